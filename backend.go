@@ -1,0 +1,121 @@
+package forge
+
+import (
+	"context"
+	"time"
+)
+
+// Backend runs jobs: host processes (local), containers (docker) or Swarm
+// services (swarm).
+//
+// Run runs one attempt of one job to the end: it prepares the job's
+// workspace, runs the steps in order (each in /bin/sh -e -c, in its own
+// process group, bounded by the step's Timeout), reports every step and
+// every output line to rep, and removes whatever it created. A failed step
+// fails the job unless the step has ContinueOnError; the steps after a
+// failed step are not run (they are reported skipped).
+//
+// Run returns the job's status: StatusSuccess or StatusFailure for what the
+// commands did; a non-nil error (with StatusError) when forge itself could
+// not run the job. When ctx is cancelled or its deadline passes, Run kills
+// every process it started (SIGTERM to the process group, SIGKILL after a
+// grace period), waits for them, and returns StatusCanceled (cancel) or
+// StatusFailure (deadline), with a nil error.
+//
+// Run is safe to call concurrently for different jobs. rep is called from
+// one goroutine at a time, in order, and must not block for long.
+type Backend interface {
+	Run(ctx context.Context, run *JobRun, rep Reporter) (Status, error)
+}
+
+// JobRun is what a backend needs to run one attempt of a job.
+type JobRun struct {
+	Job *Job
+	// BuildID and Attempt identify the run (Attempt counts from 1).
+	BuildID string
+	Attempt int
+	// Env is the complete environment of the steps, except secrets:
+	// the job's variables, CI=true, FORGE_* and lease variables.
+	Env map[string]string
+	// Secrets are passed to the steps as environment variables; every
+	// occurrence of a value in the output is masked as ***.
+	Secrets map[string]string
+	// Workspace is where the job's source comes from.
+	Workspace Workspace
+}
+
+// Workspace tells a backend where a job runs.
+type Workspace struct {
+	// Dir is a checkout of the source. Without Clean the local backend runs
+	// in it directly.
+	Dir string
+	// Clean gives the job a fresh copy of Dir's HEAD (a git worktree) in a
+	// temporary directory, removed afterwards unless Keep.
+	Clean bool
+	Keep  bool
+}
+
+// Reporter receives what happens while a plan runs.
+type Reporter interface {
+	Report(e Event)
+}
+
+// ReporterFunc adapts a function to Reporter.
+type ReporterFunc func(e Event)
+
+// Report calls f(e).
+func (f ReporterFunc) Report(e Event) { f(e) }
+
+// EventType says what an Event is about.
+type EventType string
+
+// The event types, in the order they happen for a job.
+const (
+	EventJobQueued    EventType = "job_queued"
+	EventJobWaiting   EventType = "job_waiting" // waiting for a lease
+	EventJobStarted   EventType = "job_started"
+	EventStepStarted  EventType = "step_started"
+	EventLine         EventType = "line"
+	EventStepFinished EventType = "step_finished"
+	EventJobFinished  EventType = "job_finished"
+	EventPlanFinished EventType = "plan_finished"
+)
+
+// Event is one thing that happened while a plan ran. Backends fill in the
+// step fields; the engine adds Job and Attempt.
+type Event struct {
+	Type    EventType `json:"type"`
+	Time    time.Time `json:"time"`
+	Job     string    `json:"job,omitempty"`
+	Attempt int       `json:"attempt,omitempty"`
+	// Step is the step's index in the job, from 0; StepName its name.
+	Step     int    `json:"step"`
+	StepName string `json:"step_name,omitempty"`
+	// Line is set for EventLine.
+	Line *LogLine `json:"line,omitempty"`
+	// Status, ExitCode and Duration are set when something finishes.
+	Status   Status        `json:"status,omitempty"`
+	ExitCode int           `json:"exit_code"`
+	Duration time.Duration `json:"duration,omitempty"`
+	// Message explains an error, a skip or a wait (e.g. the queue position).
+	Message string `json:"message,omitempty"`
+}
+
+// Stream names where a line of output came from.
+type Stream string
+
+// The streams.
+const (
+	Stdout Stream = "stdout"
+	Stderr Stream = "stderr"
+	System Stream = "system" // forge's own messages in a job log
+)
+
+// LogLine is one line of a job's output, without its newline.
+type LogLine struct {
+	// Number counts the job's lines from 1.
+	Number int       `json:"number"`
+	Time   time.Time `json:"time"`
+	Stream Stream    `json:"stream"`
+	Text   string    `json:"text"`
+}

@@ -1,0 +1,127 @@
+package forge
+
+import (
+	"context"
+	"time"
+)
+
+// Repo is a repository forge builds.
+type Repo struct {
+	ID            int64     `json:"id"`
+	Owner         string    `json:"owner"`
+	Name          string    `json:"name"`
+	CloneURL      string    `json:"clone_url"`
+	DefaultBranch string    `json:"default_branch"`
+	Private       bool      `json:"private"`
+	Created       time.Time `json:"created"`
+	Updated       time.Time `json:"updated"`
+}
+
+// FullName returns "owner/name".
+func (r *Repo) FullName() string { return r.Owner + "/" + r.Name }
+
+// Hook is a source-control event that may trigger builds, independent of
+// how it arrived (GitHub webhook, manual trigger).
+type Hook struct {
+	Event  string `json:"event"`  // "pull_request", "push", "tag", "manual", ...
+	Action string `json:"action"` // the event's action ("opened", "synchronize", ...), if any
+	Repo   Repo   `json:"repo"`
+	Ref    string `json:"ref"`    // full ref: refs/heads/main, refs/pull/7/head, refs/tags/v1
+	Branch string `json:"branch"` // the branch built (a pull request's head branch)
+	// Target is the branch a pull request goes into, or the pushed branch.
+	Target      string `json:"target"`
+	SHA         string `json:"sha"`
+	Before      string `json:"before,omitempty"`
+	PullRequest int    `json:"pull_request,omitempty"`
+	Draft       bool   `json:"draft,omitempty"`
+	Merged      bool   `json:"merged,omitempty"`
+	// Fork is true when the code comes from another repository: its jobs
+	// never see secrets.
+	Fork        bool     `json:"fork,omitempty"`
+	Tag         string   `json:"tag,omitempty"`
+	Message     string   `json:"message,omitempty"`
+	Author      string   `json:"author,omitempty"`
+	Sender      string   `json:"sender,omitempty"`
+	CommitCount int      `json:"commit_count,omitempty"`
+	Paths       []string `json:"paths,omitempty"` // files changed, when known
+}
+
+// Build is one run of one action of a repository at one commit.
+type Build struct {
+	ID     int64  `json:"id"`
+	RepoID int64  `json:"repo_id"`
+	Number int64  `json:"number"` // counts per repository from 1
+	Action string `json:"action"`
+	Status Status `json:"status"`
+	Hook   Hook   `json:"hook"`
+	// Error says why forge could not run the build (StatusError).
+	Error    string    `json:"error,omitempty"`
+	Created  time.Time `json:"created"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	// Version counts updates, for optimistic locking.
+	Version int64 `json:"version"`
+}
+
+// BuildJob is the record of one job of a build.
+type BuildJob struct {
+	ID       int64     `json:"id"`
+	BuildID  int64     `json:"build_id"`
+	Name     string    `json:"name"`
+	Status   Status    `json:"status"`
+	Attempt  int       `json:"attempt"`
+	ExitCode int       `json:"exit_code"`
+	Error    string    `json:"error,omitempty"`
+	Needs    []string  `json:"needs,omitempty"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	// Handle lets a backend reattach to a job that outlived a restart.
+	Backend string       `json:"backend,omitempty"`
+	Handle  []byte       `json:"-"`
+	Steps   []*BuildStep `json:"steps,omitempty"`
+}
+
+// BuildStep is the record of one step of a job.
+type BuildStep struct {
+	JobID    int64     `json:"job_id"`
+	Index    int       `json:"index"`
+	Name     string    `json:"name"`
+	Status   Status    `json:"status"`
+	ExitCode int       `json:"exit_code"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// Delivery is a webhook delivery as received, kept so that nothing answered
+// 2xx is ever lost and nothing is processed twice.
+type Delivery struct {
+	ID        string    `json:"id"` // X-GitHub-Delivery
+	Event     string    `json:"event"`
+	Action    string    `json:"action,omitempty"`
+	Payload   []byte    `json:"-"`
+	Received  time.Time `json:"received"`
+	Processed time.Time `json:"processed,omitzero"`
+	// Result is what came of it: "builds created", "ignored: ...", an error.
+	Result string `json:"result,omitempty"`
+}
+
+// BuildFilter selects builds in a listing. Zero fields match everything.
+type BuildFilter struct {
+	RepoID      int64
+	Status      Status
+	Branch      string
+	PullRequest int
+	// Paging: builds with ID below Before, newest first, at most Limit.
+	Before int64
+	Limit  int
+}
+
+// LogStore keeps job logs permanently.
+//
+// Append adds lines to the end of a job's log; lines arrive in order and
+// Number is unique per job. Lines returns lines with numbers in
+// [from, from+limit); limit <= 0 means all. Safe for concurrent use.
+type LogStore interface {
+	Append(ctx context.Context, jobID int64, lines []LogLine) error
+	Lines(ctx context.Context, jobID int64, from, limit int) ([]LogLine, error)
+}
