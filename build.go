@@ -54,6 +54,9 @@ type Build struct {
 	Action string `json:"action"`
 	Status Status `json:"status"`
 	Hook   Hook   `json:"hook"`
+	// DeliveryID is the webhook delivery that created the build, if any;
+	// a delivery creates at most one build per action.
+	DeliveryID string `json:"delivery_id,omitempty"`
 	// Error says why forge could not run the build (StatusError).
 	Error    string    `json:"error,omitempty"`
 	Created  time.Time `json:"created"`
@@ -114,6 +117,8 @@ type BuildFilter struct {
 	// Paging: builds with ID below Before, newest first, at most Limit.
 	Before int64
 	Limit  int
+	// Ascending lists oldest first (the runner's queue order).
+	Ascending bool
 }
 
 // LogStore keeps job logs permanently.

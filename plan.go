@@ -43,6 +43,9 @@ type Job struct {
 	Steps     []Step            `json:"steps"`
 	Artifacts []string          `json:"artifacts,omitempty"`
 	Reports   []Report          `json:"reports,omitempty"`
+	// Skip, when not empty, says why the job is not run (its when:
+	// condition excluded it); the engine reports it skipped.
+	Skip string `json:"skip,omitempty"`
 	// Limits and Placement are for container backends.
 	Limits    Limits   `json:"limits,omitempty"`
 	Placement []string `json:"placement,omitempty"`
