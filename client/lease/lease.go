@@ -1,0 +1,176 @@
+package lease
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/forgeci/forge"
+)
+
+// Lease is a grant in force on a Client's connection. Its methods are safe
+// for concurrent use.
+type Lease struct {
+	c         *Client
+	id        string
+	holder    string
+	grantedAt time.Time
+	resources map[string][]Resource
+	raw       []byte
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	lost   chan struct{} // closed when lost
+	ended  chan struct{} // closed when over, lost or released
+
+	mu        sync.Mutex
+	releasing bool // Release was called
+	sent      bool // the release message went out
+	over      bool
+	err       error // why it was lost
+}
+
+func newLease(c *Client, m *Message, raw []byte) *Lease {
+	l := &Lease{
+		c:         c,
+		id:        m.Lease,
+		holder:    m.Holder,
+		grantedAt: m.Time(),
+		resources: m.Resources,
+		raw:       slices.Clone(raw),
+		lost:      make(chan struct{}),
+		ended:     make(chan struct{}),
+	}
+	if l.resources == nil {
+		l.resources = map[string][]Resource{}
+	}
+	if l.grantedAt.IsZero() {
+		l.grantedAt = time.Now()
+	}
+	l.ctx, l.cancel = context.WithCancelCause(context.Background())
+	return l
+}
+
+// ID is the lease id the server gave.
+func (l *Lease) ID() string { return l.id }
+
+// Holder is the holder description the server recorded.
+func (l *Lease) Holder() string { return l.holder }
+
+// GrantedAt is when the server granted the lease.
+func (l *Lease) GrantedAt() time.Time { return l.grantedAt }
+
+// Resources maps each pool to the resources granted from it, with their
+// attributes and labels. The caller must not modify the result.
+func (l *Lease) Resources() map[string][]Resource { return l.resources }
+
+// IDs returns the ids of the resources granted from pool, in order.
+func (l *Lease) IDs(pool string) []string {
+	var ids []string
+	for _, r := range l.resources[pool] {
+		ids = append(ids, r.ID)
+	}
+	return ids
+}
+
+// JSON is the granted message exactly as the server sent it.
+func (l *Lease) JSON() []byte { return slices.Clone(l.raw) }
+
+// Env returns the variables a program using the lease sees:
+// FORGE_LEASE_<POOL> with the comma-separated resource ids of each pool
+// (see EnvName) and FORGE_LEASE_JSON with the granted message.
+func (l *Lease) Env() map[string]string { return GrantEnv(l.resources, l.raw) }
+
+// Info describes the lease in forge's domain terms.
+func (l *Lease) Info() *forge.Lease {
+	fl := &forge.Lease{ID: l.id, Holder: l.holder, Granted: l.grantedAt, Resources: map[string][]string{}}
+	for _, pool := range slices.Sorted(maps.Keys(l.resources)) {
+		fl.Resources[pool] = l.IDs(pool)
+	}
+	return fl
+}
+
+// Lost is closed when the lease ends other than by Release or Close: the
+// connection dropped or went silent, or the server revoked the lease. The
+// resources may then already belong to someone else.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+// Context is cancelled when the lease ends, however it ends; its cause
+// (context.Cause) is ErrReleased after Release, or the *forge.Error that
+// says why the lease was lost. Work that uses the resources should run
+// under it.
+func (l *Lease) Context() context.Context { return l.ctx }
+
+// Err says why the lease was lost; nil while it is held or after Release.
+func (l *Lease) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Release gives the resources back and waits for the server to confirm.
+// It is idempotent, and returns nil for a lease already lost or released
+// (a lost lease has nothing left to give back). When ctx ends first it
+// returns ECANCELED or ETIMEOUT; the release may still happen, and a
+// second call waits for it again. Closing the Client releases too.
+func (l *Lease) Release(ctx context.Context) error {
+	l.mu.Lock()
+	if l.over {
+		l.mu.Unlock()
+		return nil
+	}
+	l.releasing = true
+	send := !l.sent
+	l.sent = true
+	l.mu.Unlock()
+	if send {
+		if err := l.c.send(ctx, &Message{Type: TypeRelease, Lease: l.id}); err != nil {
+			if forge.ErrorCode(err) == forge.ECANCELED || forge.ErrorCode(err) == forge.ETIMEOUT {
+				l.mu.Lock()
+				l.sent = false
+				l.mu.Unlock()
+				return err
+			}
+			// The connection is gone, and the server released
+			// everything it held: shutdown ends the lease as released.
+		}
+	}
+	select {
+	case <-l.ended:
+		return nil
+	case <-ctx.Done():
+		return contextError(ctx)
+	}
+}
+
+// end finishes the lease once. A lease whose release was asked for ends as
+// released even when the connection drops first, since the server releases
+// everything on a closed connection.
+func (l *Lease) end(cause error, lost bool) {
+	l.mu.Lock()
+	if l.over {
+		l.mu.Unlock()
+		return
+	}
+	l.over = true
+	if lost && l.releasing {
+		lost, cause = false, ErrReleased
+	}
+	if lost {
+		l.err = cause
+	}
+	l.mu.Unlock()
+	if lost {
+		close(l.lost)
+	}
+	l.cancel(cause)
+	close(l.ended)
+}
+
+func (l *Lease) isReleasing() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.releasing
+}
