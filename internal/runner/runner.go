@@ -1,0 +1,439 @@
+// Package runner runs the builds queued in the database: workers take the
+// oldest queued builds within a server-wide and a per-repository limit, make
+// a workspace at the build's commit, compile its plan and execute it, and
+// record every job, step and log line as it happens.
+//
+// The queue is the database (forge.BuildStore): nothing queued is lost when
+// the server stops, and several servers sharing one PostgreSQL database
+// claim builds with the build row's optimistic lock, so a build runs once.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/forgeci/forge"
+)
+
+// Checkouter makes a build's workspace. It is implemented by internal/git.
+//
+// Checkout makes dir (which does not exist yet) a git working tree of repo
+// at commit sha, fetching what is missing. It is safe for concurrent use
+// and honours ctx.
+type Checkouter interface {
+	Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) error
+}
+
+// Planner reads the build spec in a workspace and compiles the plan of a
+// build's action for the build's hook.
+//
+// Errors with code EINVALID are problems of the spec (a missing or invalid
+// .forge.yml); their message is shown to the user as the jobs' log.
+type Planner interface {
+	Plan(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error)
+}
+
+// PlannerFunc adapts a function to Planner.
+type PlannerFunc func(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error)
+
+// Plan calls f.
+func (f PlannerFunc) Plan(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error) {
+	return f(ctx, dir, b)
+}
+
+// Executor runs a compiled plan: internal/engine with a backend.
+//
+// Execute runs every job of plan to the end, reporting each event to rep
+// (from one goroutine at a time), and returns the overall status. When ctx
+// is cancelled it kills every job and returns StatusCanceled. A non-nil
+// error means the plan could not be run at all (StatusError).
+type Executor interface {
+	Execute(ctx context.Context, plan *forge.Plan, run *Run, rep forge.Reporter) (forge.Status, error)
+}
+
+// Run describes one build's execution to an Executor.
+type Run struct {
+	Build *forge.Build
+	Repo  *forge.Repo
+	// Env is what every job of the build sees: CI=true and the FORGE_*
+	// variables of DESIGN.md part 4, except the per-job ones.
+	Env map[string]string
+	// JobEnv returns the per-job variables (FORGE_JOB, FORGE_STATUS_URL).
+	JobEnv func(job string) map[string]string
+	// Secrets for the steps; nil for builds of forks.
+	Secrets map[string]string
+	// Workspace is the checkout at the build's commit; each job gets a
+	// clean copy of it.
+	Workspace forge.Workspace
+}
+
+// Publisher carries log lines live to followers (internal/livelog).
+// Publish must not block; Finish says a job's log is complete.
+type Publisher interface {
+	Publish(jobID int64, lines []forge.LogLine)
+	Finish(jobID int64)
+}
+
+// SecretsFunc returns the secrets a repository's builds get.
+type SecretsFunc func(ctx context.Context, repo *forge.Repo) (map[string]string, error)
+
+// Options configure a Runner. Builds, Repos, Logs, Git, Planner and Executor
+// are required.
+type Options struct {
+	Builds   forge.BuildStore
+	Repos    forge.RepoStore
+	Logs     forge.LogStore
+	Git      Checkouter
+	Planner  Planner
+	Executor Executor
+	// Live, when set, receives every log line as it is recorded.
+	Live Publisher
+	// Secrets, when set, gives the secrets of a repository's builds; builds
+	// of forks never get them.
+	Secrets SecretsFunc
+	// WorkDir holds the builds' workspaces (one directory per build,
+	// removed when the build ends).
+	WorkDir string
+	// PublicURL is the server's address as users reach it, for
+	// FORGE_STATUS_URL (e.g. https://ci.example.com).
+	PublicURL string
+	// Concurrency bounds the builds running at once (default: the number
+	// of CPUs); PerRepo bounds them per repository (default: no bound
+	// beyond Concurrency).
+	Concurrency int
+	PerRepo     int
+	// Poll is how often the queue is looked at without a Notify, and how
+	// often a running build checks whether it was cancelled elsewhere
+	// (default 2s).
+	Poll time.Duration
+	// Grace is how long running builds may go on after Run's context ends
+	// before they are cancelled (default 30s).
+	Grace time.Duration
+	// FlushInterval is how often buffered log lines are written (default
+	// 100ms; they are also written at every step's end).
+	FlushInterval time.Duration
+	Logger        *slog.Logger
+	// Registerer, when set, gets the runner's Prometheus metrics.
+	Registerer prometheus.Registerer
+}
+
+// Runner runs queued builds. Create it with New, start it with Run.
+type Runner struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+	wake    chan struct{}
+
+	// base is the parent of every build's context: it outlives Run's ctx
+	// so running builds get their grace period, and stopBuilds cancels it.
+	base       context.Context
+	stopBuilds context.CancelCauseFunc
+
+	mu       sync.Mutex
+	running  map[int64]*active // by build ID
+	perRepo  map[int64]int
+	stopping bool
+	wg       sync.WaitGroup
+}
+
+type active struct {
+	build  *forge.Build
+	cancel context.CancelCauseFunc
+}
+
+// Reasons a build is cancelled, stored as its Error.
+var (
+	ErrShutdown      = errors.New("server shutting down")
+	ErrServerRestart = errors.New("server restarted")
+)
+
+// New returns a Runner; it checks the required options.
+func New(opts Options) (*Runner, error) {
+	switch {
+	case opts.Builds == nil, opts.Repos == nil, opts.Logs == nil:
+		return nil, errors.New("runner: Builds, Repos and Logs stores are required")
+	case opts.Git == nil, opts.Planner == nil, opts.Executor == nil:
+		return nil, errors.New("runner: Git, Planner and Executor are required")
+	case opts.WorkDir == "":
+		return nil, errors.New("runner: WorkDir is required")
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = runtime.NumCPU()
+	}
+	if opts.PerRepo <= 0 || opts.PerRepo > opts.Concurrency {
+		opts.PerRepo = opts.Concurrency
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = 2 * time.Second
+	}
+	if opts.Grace <= 0 {
+		opts.Grace = 30 * time.Second
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = 100 * time.Millisecond
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	base, stop := context.WithCancelCause(context.Background())
+	return &Runner{
+		opts:       opts,
+		log:        opts.Logger.With("component", "runner"),
+		metrics:    m,
+		wake:       make(chan struct{}, 1),
+		base:       base,
+		stopBuilds: stop,
+		running:    make(map[int64]*active),
+		perRepo:    make(map[int64]int),
+	}, nil
+}
+
+// Notify tells the runner that builds were queued; it never blocks.
+func (r *Runner) Notify() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Running returns the IDs of the builds this runner is running now.
+func (r *Runner) Running() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := make([]int64, 0, len(r.running))
+	for id := range r.running {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Run recovers the builds a previous server left running, then runs queued
+// builds until ctx ends. Then it stops taking builds, lets the running ones
+// finish for up to Options.Grace, cancels the rest (recorded as cancelled,
+// "server shutting down") and returns once every build has ended.
+func (r *Runner) Run(ctx context.Context) error {
+	if _, err := r.Recover(ctx); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(r.opts.WorkDir, 0o755); err != nil {
+		return fmt.Errorf("runner: work directory: %w", err)
+	}
+	tick := time.NewTicker(r.opts.Poll)
+	defer tick.Stop()
+	for {
+		r.schedule(ctx)
+		select {
+		case <-ctx.Done():
+			return r.drain()
+		case <-r.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// drain waits for the running builds, cancelling them after the grace period.
+func (r *Runner) drain() error {
+	r.mu.Lock()
+	r.stopping = true
+	n := len(r.running)
+	r.mu.Unlock()
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	if n > 0 {
+		r.log.Info("waiting for running builds", "builds", n, "grace", r.opts.Grace)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(r.opts.Grace):
+	}
+	r.log.Warn("grace period over: cancelling running builds", "builds", len(r.Running()))
+	r.stopBuilds(ErrShutdown)
+	select {
+	case <-done:
+		return nil
+	case <-time.After(time.Minute):
+		return fmt.Errorf("runner: builds %v did not stop within a minute of being cancelled", r.Running())
+	}
+}
+
+// queueScan bounds how many queued builds one scheduling pass looks at.
+const queueScan = 200
+
+// schedule claims as many of the oldest queued builds as the limits allow.
+func (r *Runner) schedule(ctx context.Context) {
+	r.mu.Lock()
+	free := r.opts.Concurrency - len(r.running)
+	stopping := r.stopping
+	r.mu.Unlock()
+	if stopping {
+		return
+	}
+	queued, err := r.opts.Builds.ListBuilds(ctx, forge.BuildFilter{Status: forge.StatusQueued, Ascending: true, Limit: queueScan})
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Error("listing queued builds", "err", err)
+		}
+		return
+	}
+	r.metrics.queued.Set(float64(len(queued)))
+	for _, b := range queued {
+		if free <= 0 || ctx.Err() != nil {
+			return
+		}
+		r.mu.Lock()
+		_, dup := r.running[b.ID]
+		full := r.perRepo[b.RepoID] >= r.opts.PerRepo
+		r.mu.Unlock()
+		if dup || full {
+			continue
+		}
+		b.Status = forge.StatusRunning
+		b.Started = time.Now().UTC()
+		b.Error = ""
+		if err := r.opts.Builds.UpdateBuild(ctx, b); err != nil {
+			if forge.ErrorCode(err) != forge.ECONFLICT {
+				r.log.Error("claiming build", "build", b.ID, "err", err)
+			}
+			continue // someone else took it, or cancelled it
+		}
+		r.metrics.queued.Dec()
+		free--
+		r.start(b)
+	}
+}
+
+// start runs the claimed build b in a goroutine owned by r.wg.
+func (r *Runner) start(b *forge.Build) {
+	ctx, cancel := context.WithCancelCause(r.base)
+	r.mu.Lock()
+	r.running[b.ID] = &active{build: b, cancel: cancel}
+	r.perRepo[b.RepoID]++
+	r.mu.Unlock()
+	r.metrics.running.Inc()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer func() {
+			cancel(nil)
+			r.mu.Lock()
+			delete(r.running, b.ID)
+			if r.perRepo[b.RepoID]--; r.perRepo[b.RepoID] <= 0 {
+				delete(r.perRepo, b.RepoID)
+			}
+			r.mu.Unlock()
+			r.metrics.running.Dec()
+			r.Notify() // a slot is free
+		}()
+		r.runBuild(ctx, b)
+	}()
+}
+
+// Cancel cancels build id with reason (e.g. "canceled by alice"): a queued
+// build is marked cancelled, a running one has its jobs killed. It returns
+// ENOTFOUND for an unknown build and ECONFLICT when the build has already
+// finished. A build running on another server sharing the database is
+// marked cancelled and stops within Options.Poll.
+func (r *Runner) Cancel(ctx context.Context, id int64, reason string) (*forge.Build, error) {
+	if reason == "" {
+		reason = "canceled"
+	}
+	var b *forge.Build
+	for attempt := 0; ; attempt++ {
+		var err error
+		if b, err = r.opts.Builds.Build(ctx, id); err != nil {
+			return nil, err
+		}
+		if b.Status.Done() {
+			return b, forge.Errorf(forge.ECONFLICT, "build %d has already finished (%s)", id, b.Status)
+		}
+		b.Status = forge.StatusCanceled
+		b.Error = reason
+		b.Finished = time.Now().UTC()
+		err = r.opts.Builds.UpdateBuild(ctx, b)
+		if err == nil {
+			break
+		}
+		if forge.ErrorCode(err) != forge.ECONFLICT || attempt == 5 {
+			return nil, err
+		}
+	}
+	r.mu.Lock()
+	a := r.running[id]
+	r.mu.Unlock()
+	if a != nil {
+		a.cancel(errors.New(reason))
+		return b, nil
+	}
+	// Not running here: close its jobs too, unless another server runs it
+	// (its runner sees the cancel and records the jobs itself).
+	if !b.Started.IsZero() {
+		return b, nil
+	}
+	jobs, err := r.opts.Builds.Jobs(ctx, id)
+	if err != nil {
+		return b, err
+	}
+	for _, j := range jobs {
+		if !j.Status.Done() {
+			j.Status = forge.StatusCanceled
+			j.Error = reason
+			if err := r.opts.Builds.UpdateJob(ctx, j); err != nil {
+				return b, err
+			}
+		}
+	}
+	r.metrics.finished.WithLabelValues(string(forge.StatusCanceled)).Inc()
+	return b, nil
+}
+
+// Restart queues a new build of the same repository, commit, hook and
+// action as the finished build id, with the same jobs. ECONFLICT when build
+// id has not finished yet.
+func (r *Runner) Restart(ctx context.Context, id int64) (*forge.Build, error) {
+	old, err := r.opts.Builds.Build(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !old.Status.Done() {
+		return nil, forge.Errorf(forge.ECONFLICT, "build %d is still %s: cancel it before restarting", id, old.Status)
+	}
+	oldJobs, err := r.opts.Builds.Jobs(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	nb := &forge.Build{
+		RepoID:  old.RepoID,
+		Action:  old.Action,
+		Status:  forge.StatusQueued,
+		Hook:    old.Hook,
+		Created: time.Now().UTC(),
+	}
+	jobs := make([]*forge.BuildJob, len(oldJobs))
+	for i, j := range oldJobs {
+		jobs[i] = &forge.BuildJob{Name: j.Name, Needs: j.Needs, Status: forge.StatusQueued}
+	}
+	if err := r.opts.Builds.CreateBuild(ctx, nb, jobs); err != nil {
+		return nil, err
+	}
+	r.Notify()
+	return nb, nil
+}
+
+// workspace is build b's directory under WorkDir.
+func (r *Runner) workspace(b *forge.Build) string {
+	return filepath.Join(r.opts.WorkDir, fmt.Sprintf("build-%d", b.ID))
+}
