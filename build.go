@@ -119,7 +119,24 @@ type BuildFilter struct {
 	Limit  int
 	// Ascending lists oldest first (the runner's queue order).
 	Ascending bool
+
+	// Statuses, when not empty, matches a build in any of them (e.g.
+	// queued and running, for restart recovery). With Status set too, a
+	// build must match both.
+	Statuses []Status
+	// Action and SHA, when set, match exactly.
+	Action string
+	SHA    string
+	// After: only builds with ID above After (paging oldest first).
+	After int64
 }
+
+// Build listing limits: a BuildFilter with Limit <= 0 lists
+// DefaultBuildLimit builds; no listing returns more than MaxBuildLimit.
+const (
+	DefaultBuildLimit = 100
+	MaxBuildLimit     = 1000
+)
 
 // LogStore keeps job logs permanently.
 //
