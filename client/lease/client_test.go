@@ -1,0 +1,522 @@
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge"
+)
+
+func twoDUTs() map[string][]Resource {
+	return map[string][]Resource{
+		"dut": {
+			{ID: "dut1", Attributes: map[string]string{"host": "10.0.0.5"}, Labels: map[string]string{"arch": "arm64"}},
+			{ID: "dut2", Attributes: map[string]string{"host": "10.0.0.6"}, Labels: map[string]string{"arch": "amd64"}},
+		},
+		"lab-ports.x": {{ID: "20000"}, {ID: "20001"}, {ID: "20002"}},
+	}
+}
+
+func dial(t *testing.T, url string) *Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatalf("Dial(%s): %v", url, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func acquire(t *testing.T, c *Client, reqs ...Request) *Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l, err := c.Acquire(ctx, "test", reqs, nil)
+	if err != nil {
+		t.Fatalf("Acquire(%v): %v", reqs, err)
+	}
+	return l
+}
+
+// eventually polls cond until it holds or a second passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestWebSocketURL(t *testing.T) {
+	tests := []struct {
+		in, want, code string
+	}{
+		{"http://127.0.0.1:8080", "ws://127.0.0.1:8080/api/v1/leases/ws", ""},
+		{"http://127.0.0.1:8080/", "ws://127.0.0.1:8080/api/v1/leases/ws", ""},
+		{"https://forge.example.com", "wss://forge.example.com/api/v1/leases/ws", ""},
+		{"https://example.com/forge/", "wss://example.com/forge/api/v1/leases/ws", ""},
+		{"ws://h:1/api/v1/leases/ws", "ws://h:1/api/v1/leases/ws", ""},
+		{"wss://h/api/v1/leases/ws", "wss://h/api/v1/leases/ws", ""},
+		{"localhost:8080", "ws://localhost:8080/api/v1/leases/ws", ""},
+		{"", "", forge.EINVALID},
+		{"ftp://h", "", forge.EINVALID},
+		{"http://", "", forge.EINVALID},
+		{"http://bad host", "", forge.EINVALID},
+	}
+	for _, tt := range tests {
+		got, err := WebSocketURL(tt.in)
+		if got != tt.want || forge.ErrorCode(err) != tt.code {
+			t.Errorf("WebSocketURL(%q) = %q, %v; want %q, code %q", tt.in, got, err, tt.want, tt.code)
+		}
+	}
+}
+
+func TestEnvName(t *testing.T) {
+	tests := []struct{ pool, want string }{
+		{"dut", "FORGE_LEASE_DUT"},
+		{"lab-dut.x", "FORGE_LEASE_LAB_DUT_X"},
+		{"Ports_2", "FORGE_LEASE_PORTS_2"},
+		{"ün", "FORGE_LEASE__N"},
+	}
+	for _, tt := range tests {
+		if got := EnvName(tt.pool); got != tt.want {
+			t.Errorf("EnvName(%q) = %q, want %q", tt.pool, got, tt.want)
+		}
+	}
+}
+
+func TestDecode(t *testing.T) {
+	tests := []struct {
+		in      string
+		wantErr string // substring; "" means valid
+	}{
+		{`{"type":"acquire","id":"r1","holder":"a","requests":[{"pool":"dut","count":1,"labels":{"arch":"arm64"}}],"max_wait_ms":30000}`, ""},
+		{`{"type":"hello","version":1,"keepalive_ms":10000,"connection":"C1"}`, ""},
+		{`{"type":"granted","id":"r1","lease":"L1","resources":{"dut":[{"id":"dut1"}]}}`, ""},
+		{`{"type":"error","code":"invalid","message":"x"}`, ""},
+		{`{"type":"revoked","lease":"L1","reason":"operator"}`, ""},
+		{`[]`, "not a JSON object"},
+		{`{}`, `without "type"`},
+		{`{"type":"bogus"}`, "unknown message type"},
+		{`{"type":"acquire","id":"r1"}`, `without "requests"`},
+		{`{"type":"acquire","requests":[{"pool":"a"}]}`, `without "id"`},
+		{`{"type":"acquire","id":"r1","requests":[{"count":1}]}`, `without "pool"`},
+		{`{"type":"acquire","id":"r1","requests":[{"pool":"a","count":-1}]}`, "negative"},
+		{`{"type":"acquire","id":"` + strings.Repeat("x", 129) + `","requests":[{"pool":"a"}]}`, "longer than 128"},
+		{`{"type":"release"}`, `without "lease"`},
+		{`{"type":"granted","id":"r1","lease":"L1","resources":{"dut":[{}]}}`, "without an id"},
+		{`{"type":"error"}`, `without "code"`},
+		{`{"type":"hello"}`, "version"},
+	}
+	for _, tt := range tests {
+		_, err := Decode([]byte(tt.in))
+		switch {
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("Decode(%s) = %v, want no error", tt.in, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("Decode(%s) = %v, want an error containing %q", tt.in, err, tt.wantErr)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"type":"acquire","id":"r1","holder":"a","requests":[{"pool":"dut","count":2}]}`))
+	f.Add([]byte(`{"type":"granted","id":"r1","lease":"L1","granted_at":"2026-01-01T00:00:00Z","resources":{"dut":[{"id":"d"}]}}`))
+	f.Add([]byte(`{"type":"queued","id":"r1","position":3}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Decode(data)
+		if err != nil {
+			return
+		}
+		// A decoded message re-encodes to something that decodes alike.
+		again, err := json.Marshal(m)
+		if err != nil {
+			t.Fatalf("re-encoding %#v: %v", m, err)
+		}
+		if _, err := Decode(again); err != nil {
+			t.Fatalf("Decode(%s) accepted, but its re-encoding %s fails: %v", data, again, err)
+		}
+		m.Time()
+		GrantEnv(m.Resources, data)
+	})
+}
+
+func TestAcquireGrantsResourcesAndEnv(t *testing.T) {
+	f := newFakeServer(t, twoDUTs())
+	c := dial(t, f.URL())
+	l := acquire(t, c, Request{Pool: "dut", Labels: map[string]string{"arch": "amd64"}}, Request{Pool: "lab-ports.x", Count: 2})
+
+	if got := l.IDs("dut"); len(got) != 1 || got[0] != "dut2" {
+		t.Errorf("dut ids = %v, want [dut2] (the amd64 one)", got)
+	}
+	if got := l.Resources()["dut"][0].Attributes["host"]; got != "10.0.0.6" {
+		t.Errorf("dut2 host = %q, want 10.0.0.6", got)
+	}
+	env := l.Env()
+	if got, want := env["FORGE_LEASE_DUT"], "dut2"; got != want {
+		t.Errorf("FORGE_LEASE_DUT = %q, want %q", got, want)
+	}
+	if got, want := env["FORGE_LEASE_LAB_PORTS_X"], "20000,20001"; got != want {
+		t.Errorf("FORGE_LEASE_LAB_PORTS_X = %q, want %q", got, want)
+	}
+	var m Message
+	if err := json.Unmarshal([]byte(env["FORGE_LEASE_JSON"]), &m); err != nil || m.Type != TypeGranted || m.Lease != l.ID() {
+		t.Errorf("FORGE_LEASE_JSON = %s (%v), want the granted message of %s", env["FORGE_LEASE_JSON"], err, l.ID())
+	}
+	if info := l.Info(); info.ID != l.ID() || len(info.Resources["lab-ports.x"]) != 2 || info.Granted.IsZero() {
+		t.Errorf("Info() = %+v", info)
+	}
+	if got := f.heldCount(); got != 3 {
+		t.Fatalf("server holds %d resources, want 3", got)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if got := f.heldCount(); got != 0 {
+		t.Errorf("server holds %d resources after Release, want 0", got)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Errorf("second Release: %v, want nil (idempotent)", err)
+	}
+	select {
+	case <-l.Lost():
+		t.Error("Lost closed after Release")
+	default:
+	}
+	if got := context.Cause(l.Context()); !errors.Is(got, ErrReleased) {
+		t.Errorf("Context cause after Release = %v, want ErrReleased", got)
+	}
+}
+
+func TestQueuePositionAndHandoff(t *testing.T) {
+	f := newFakeServer(t, map[string][]Resource{"dut": {{ID: "dut1"}}})
+	first, second, third := dial(t, f.URL()), dial(t, f.URL()), dial(t, f.URL())
+	l1 := acquire(t, first, Request{Pool: "dut"})
+
+	var mu sync.Mutex
+	var positions []int
+	type result struct {
+		l   *Lease
+		err error
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got2 := make(chan result, 1)
+	go func() {
+		l, err := second.Acquire(ctx, "second", []Request{{Pool: "dut"}}, &AcquireOptions{Queued: func(p int) {
+			mu.Lock()
+			positions = append(positions, p)
+			mu.Unlock()
+		}})
+		got2 <- result{l, err}
+	}()
+	eventually(t, "second to be queued", func() bool { mu.Lock(); defer mu.Unlock(); return len(positions) > 0 })
+	got3 := make(chan result, 1)
+	go func() {
+		l, err := third.Acquire(ctx, "third", []Request{{Pool: "dut"}}, nil)
+		got3 <- result{l, err}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case r := <-got2:
+		t.Fatalf("second granted while the first holds the only device: %v", r)
+	default:
+	}
+	if err := l1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got2
+	if r.err != nil || r.l.IDs("dut")[0] != "dut1" {
+		t.Fatalf("second Acquire = %v, %v; want dut1", r.l, r.err)
+	}
+	mu.Lock()
+	if len(positions) != 1 || positions[0] != 1 {
+		t.Errorf("second saw positions %v, want [1]", positions)
+	}
+	mu.Unlock()
+	// Closing the second's connection hands the device to the third.
+	second.Close()
+	r = <-got3
+	if r.err != nil {
+		t.Fatalf("third Acquire after the second closed: %v", r.err)
+	}
+}
+
+func TestAcquireErrors(t *testing.T) {
+	f := newFakeServer(t, twoDUTs())
+	c := dial(t, f.URL())
+	tests := []struct {
+		name string
+		reqs []Request
+		opts *AcquireOptions
+		code string
+		msg  string
+	}{
+		{"unknown pool", []Request{{Pool: "nope"}}, nil, forge.ENOTFOUND, `unknown pool "nope"`},
+		{"more than the pool has", []Request{{Pool: "dut", Count: 3}}, nil, forge.EINVALID, "only"},
+		{"no requests", nil, nil, forge.EINVALID, "no resources"},
+		{"no pool", []Request{{Count: 1}}, nil, forge.EINVALID, "without a pool"},
+		{"negative count", []Request{{Pool: "dut", Count: -1}}, nil, forge.EINVALID, "negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			l, err := c.Acquire(ctx, "t", tt.reqs, tt.opts)
+			if l != nil || forge.ErrorCode(err) != tt.code || !strings.Contains(forge.ErrorMessage(err), tt.msg) {
+				t.Errorf("Acquire = %v, %v; want code %s with %q", l, err, tt.code, tt.msg)
+			}
+		})
+	}
+	// An error leaves the connection and its leases alone.
+	l := acquire(t, c, Request{Pool: "dut", Count: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := c.Acquire(ctx, "t", []Request{{Pool: "dut"}}, &AcquireOptions{MaxWait: 50 * time.Millisecond})
+	if forge.ErrorCode(err) != forge.ETIMEOUT || time.Since(start) < 50*time.Millisecond {
+		t.Errorf("Acquire with MaxWait on a busy pool = %v after %v; want ETIMEOUT after 50ms", err, time.Since(start))
+	}
+	select {
+	case <-l.Lost():
+		t.Fatal("errors on other requests lost the lease")
+	default:
+	}
+}
+
+func TestCancelWhileQueuedWithdraws(t *testing.T) {
+	f := newFakeServer(t, map[string][]Resource{"dut": {{ID: "dut1"}}})
+	holder, waiter := dial(t, f.URL()), dial(t, f.URL())
+	l := acquire(t, holder, Request{Pool: "dut"})
+	ctx, cancel := context.WithCancel(context.Background())
+	queued := make(chan int, 4)
+	done := make(chan error, 1)
+	go func() {
+		_, err := waiter.Acquire(ctx, "w", []Request{{Pool: "dut"}}, &AcquireOptions{Queued: func(p int) { queued <- p }})
+		done <- err
+	}()
+	<-queued
+	cancel()
+	if err := <-done; forge.ErrorCode(err) != forge.ECANCELED {
+		t.Fatalf("Acquire after cancel = %v, want ECANCELED", err)
+	}
+	eventually(t, "the withdrawn request to leave the queue", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.queue) == 0
+	})
+	l.Release(context.Background())
+	// The device is free again and the waiter's connection still works.
+	l2 := acquire(t, waiter, Request{Pool: "dut"})
+	if l2.IDs("dut")[0] != "dut1" {
+		t.Errorf("got %v, want dut1", l2.IDs("dut"))
+	}
+}
+
+func TestConnectionLossLosesEveryLease(t *testing.T) {
+	f := newFakeServer(t, twoDUTs())
+	c := dial(t, f.URL())
+	l1 := acquire(t, c, Request{Pool: "dut"})
+	l2 := acquire(t, c, Request{Pool: "lab-ports.x"})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := c.Acquire(ctx, "w", []Request{{Pool: "dut", Count: 2}}, nil)
+		waiting <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	f.kill()
+	for _, l := range []*Lease{l1, l2} {
+		select {
+		case <-l.Lost():
+		case <-time.After(2 * time.Second):
+			t.Fatalf("lease %s not lost after the connection dropped", l.ID())
+		}
+		if code := forge.ErrorCode(l.Err()); code != forge.EUNAVAILABLE {
+			t.Errorf("lease %s Err() = %v, want EUNAVAILABLE", l.ID(), l.Err())
+		}
+		if l.Context().Err() == nil {
+			t.Errorf("lease %s Context not cancelled", l.ID())
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Errorf("Release of a lost lease = %v, want nil", err)
+		}
+	}
+	if err := <-waiting; forge.ErrorCode(err) != forge.EUNAVAILABLE {
+		t.Errorf("waiting Acquire = %v, want EUNAVAILABLE", err)
+	}
+	if _, err := c.Acquire(ctx, "w", []Request{{Pool: "dut"}}, nil); forge.ErrorCode(err) != forge.EUNAVAILABLE {
+		t.Errorf("Acquire on a dead client = %v, want EUNAVAILABLE", err)
+	}
+	<-c.Done()
+}
+
+func TestRevokedLeaseIsLostAlone(t *testing.T) {
+	f := newFakeServer(t, twoDUTs())
+	c := dial(t, f.URL())
+	l1 := acquire(t, c, Request{Pool: "dut"})
+	l2 := acquire(t, c, Request{Pool: "dut"})
+	f.revoke(l1.ID(), "forced release by operator")
+	select {
+	case <-l1.Lost():
+	case <-time.After(2 * time.Second):
+		t.Fatal("revoked lease not lost")
+	}
+	if err := l1.Err(); forge.ErrorCode(err) != forge.ECONFLICT || !strings.Contains(err.Error(), "forced release by operator") {
+		t.Errorf("Err() = %v, want ECONFLICT naming the reason", err)
+	}
+	select {
+	case <-l2.Lost():
+		t.Error("the other lease was lost too")
+	case <-time.After(20 * time.Millisecond):
+	}
+}
+
+func TestSilentServerIsDetected(t *testing.T) {
+	f := newFakeServer(t, twoDUTs())
+	f.silent = true
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, f.URL(), &Options{Keepalive: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	select {
+	case <-c.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("a server that answers no pings was not detected")
+	}
+	if d := time.Since(start); d > 600*time.Millisecond {
+		t.Errorf("detected after %v, want within about the 200ms bound", d)
+	}
+	if !strings.Contains(c.Err().Error(), "did not answer") {
+		t.Errorf("Err() = %v", c.Err())
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + ln.Addr().String()
+	ln.Close()
+	notForge := httptest.NewServer(http.NotFoundHandler())
+	defer notForge.Close()
+	tests := []struct {
+		url, code, msg string
+	}{
+		{closed, forge.EUNAVAILABLE, "cannot reach"},
+		{notForge.URL, forge.EUNAVAILABLE, "HTTP 404"},
+		{"gopher://x", forge.EINVALID, "scheme"},
+	}
+	for _, tt := range tests {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := Dial(ctx, tt.url, nil)
+		cancel()
+		if forge.ErrorCode(err) != tt.code || !strings.Contains(err.Error(), tt.msg) {
+			t.Errorf("Dial(%s) = %v, want %s containing %q", tt.url, err, tt.code, tt.msg)
+		}
+	}
+}
+
+func TestCloseReleasesWithoutLoss(t *testing.T) {
+	f := newFakeServer(t, twoDUTs())
+	c := dial(t, f.URL())
+	l := acquire(t, c, Request{Pool: "dut"})
+	c.Close()
+	eventually(t, "the server to free the device", func() bool { return f.heldCount() == 0 })
+	select {
+	case <-l.Lost():
+		t.Error("Close made the lease lost; want released")
+	default:
+	}
+	if !errors.Is(context.Cause(l.Context()), ErrReleased) {
+		t.Errorf("cause = %v, want ErrReleased", context.Cause(l.Context()))
+	}
+	if _, err := c.Ping(context.Background()); err == nil {
+		t.Error("Ping on a closed client succeeded")
+	}
+}
+
+func TestPing(t *testing.T) {
+	f := newFakeServer(t, twoDUTs())
+	c := dial(t, f.URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if d, err := c.Ping(ctx); err != nil || d <= 0 {
+		t.Errorf("Ping = %v, %v", d, err)
+	}
+}
+
+func TestLeaser(t *testing.T) {
+	f := newFakeServer(t, map[string][]Resource{"dut": {{ID: "dut1"}}})
+	lr, err := NewLeaser(f.URL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	g1, err := lr.Acquire(ctx, []forge.ResourceRequest{{Pool: "dut", Count: 1}}, "job a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := g1.Env()["FORGE_LEASE_DUT"]; got != "dut1" {
+		t.Errorf("FORGE_LEASE_DUT = %q, want dut1", got)
+	}
+	if got := g1.Lease(); got.Holder != "job a" || got.Resources["dut"][0] != "dut1" {
+		t.Errorf("Lease() = %+v", got)
+	}
+	positions := make(chan int, 4)
+	g2c := make(chan forge.Grant, 1)
+	go func() {
+		g, err := lr.Acquire(ctx, []forge.ResourceRequest{{Pool: "dut"}}, "job b", func(p int) { positions <- p })
+		if err != nil {
+			t.Error(err)
+		}
+		g2c <- g
+	}()
+	if p := <-positions; p != 1 {
+		t.Errorf("queued position = %d, want 1", p)
+	}
+	if err := g1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g2 := <-g2c
+	if g2 == nil {
+		t.Fatal("second grant missing")
+	}
+	f.kill()
+	select {
+	case <-g2.Lost():
+	case <-time.After(2 * time.Second):
+		t.Fatal("grant not lost when its connection dropped")
+	}
+	g2.Release(ctx)
+
+	_, err = lr.Acquire(ctx, []forge.ResourceRequest{{Pool: "nope"}}, "job c", nil)
+	if forge.ErrorCode(err) != forge.ENOTFOUND {
+		t.Errorf("unknown pool: %v, want ENOTFOUND", err)
+	}
+	if _, err := NewLeaser("gopher://x", nil); forge.ErrorCode(err) != forge.EINVALID {
+		t.Errorf("NewLeaser(bad URL) = %v, want EINVALID", err)
+	}
+}
