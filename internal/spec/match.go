@@ -1,0 +1,206 @@
+package spec
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/goccy/go-yaml/ast"
+)
+
+// glob is a compiled pattern for branches, tags, events and paths:
+// `*` matches within one path segment, `**` across segments, `?` one
+// character, `[a-z]` and `[!a-z]` classes. A leading `!` makes it an
+// exclusion.
+type glob struct {
+	src     string
+	exclude bool
+	re      *regexp.Regexp
+}
+
+// compileGlob compiles pattern s.
+func compileGlob(s string) (glob, error) {
+	g := glob{src: s}
+	if strings.HasPrefix(s, "!") {
+		g.exclude = true
+		s = s[1:]
+	}
+	if s == "" {
+		return g, fmt.Errorf("empty pattern")
+	}
+	var b strings.Builder
+	b.WriteString("^")
+	rs := []rune(s)
+	for i := 0; i < len(rs); i++ {
+		switch c := rs[i]; c {
+		case '*':
+			if i+1 < len(rs) && rs[i+1] == '*' {
+				i++
+				if i+1 < len(rs) && rs[i+1] == '/' {
+					i++
+					b.WriteString("(?:.*/)?") // **/ also matches no directory
+				} else {
+					b.WriteString(".*")
+				}
+			} else {
+				b.WriteString("[^/]*")
+			}
+		case '?':
+			b.WriteString("[^/]")
+		case '[':
+			end := strings.IndexRune(string(rs[i+1:]), ']')
+			if end < 0 {
+				return g, fmt.Errorf("`[` without `]`")
+			}
+			class := []rune(string(rs[i+1:])[:end])
+			i += len(class) + 1
+			if len(class) == 0 {
+				return g, fmt.Errorf("empty `[]`")
+			}
+			b.WriteString("[")
+			if class[0] == '!' || class[0] == '^' {
+				b.WriteString("^")
+				class = class[1:]
+			}
+			for _, cr := range class {
+				if cr == '\\' || cr == '[' || cr == ']' || cr == '^' {
+					b.WriteByte('\\')
+				}
+				b.WriteRune(cr)
+			}
+			b.WriteString("]")
+		default:
+			b.WriteString(regexp.QuoteMeta(string(c)))
+		}
+	}
+	b.WriteString("$")
+	re, err := regexp.Compile(b.String())
+	if err != nil {
+		return g, fmt.Errorf("bad character class")
+	}
+	g.re = re
+	return g, nil
+}
+
+// globs is a list of patterns: a name matches when it matches some
+// inclusion and no exclusion; a list of only exclusions matches every
+// name that none of them matches.
+type globs []glob
+
+func (gs globs) match(name string) bool {
+	included, hasInclude := false, false
+	for _, g := range gs {
+		if g.exclude {
+			if g.re.MatchString(name) {
+				return false
+			}
+			continue
+		}
+		hasInclude = true
+		if !included && g.re.MatchString(name) {
+			included = true
+		}
+	}
+	return included || !hasInclude
+}
+
+func (gs globs) String() string {
+	s := make([]string, len(gs))
+	for i, g := range gs {
+		s[i] = g.src
+	}
+	return strings.Join(s, ", ")
+}
+
+// patterns reads a pattern or a list of patterns.
+func (r *reader) patterns(n ast.Node, what string) globs {
+	var out globs
+	for _, s := range r.strs(n, what) {
+		g, err := compileGlob(s.s)
+		if err != nil {
+			r.ps.at(s.p, "bad pattern `%s` in %s: %v", s.s, what, err)
+			continue
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// whenSpec is a job's when: condition. Every condition given must hold;
+// nil lists are not conditions.
+type whenSpec struct {
+	branch, event, tag, paths globs
+}
+
+// when reads {branch, event, tag, paths}.
+func (r *reader) when(n ast.Node, what string) *whenSpec {
+	entries, ok := r.mapping(n, what, "duplicate key `%s` in "+what+" (first at line %d)")
+	if !ok {
+		return nil
+	}
+	w := &whenSpec{}
+	for _, e := range entries {
+		in := fmt.Sprintf("`%s` of %s", e.key, what)
+		var gs globs
+		switch e.key {
+		case "branch", "event", "tag", "paths":
+			gs = r.patterns(e.value, in)
+			if len(gs) == 0 {
+				r.ps.at(e.keyPos, "%s is empty: give a pattern or a list of patterns", in)
+			}
+		default:
+			r.unknownKey(e, what, whenKeys)
+			continue
+		}
+		switch e.key {
+		case "branch":
+			w.branch = gs
+		case "event":
+			w.event = gs
+		case "tag":
+			w.tag = gs
+		case "paths":
+			w.paths = gs
+		}
+	}
+	return w
+}
+
+// skip returns why the condition excludes a build described by opts, or
+// "" when it does not. Without an Event nothing is known about the build
+// (a plain local run) and only paths are checked; with an Event, an empty
+// Branch or Tag means the build has none. Nil Paths are unknown and match.
+func (w *whenSpec) skip(opts Options) string {
+	if w == nil {
+		return ""
+	}
+	if opts.Event != "" {
+		check := []struct {
+			key   string
+			gs    globs
+			value string
+		}{
+			{"event", w.event, opts.Event},
+			{"branch", w.branch, opts.Branch},
+			{"tag", w.tag, opts.Tag},
+		}
+		for _, c := range check {
+			if c.gs == nil || c.gs.match(c.value) && c.value != "" {
+				continue
+			}
+			if c.value == "" {
+				return fmt.Sprintf("when: the build has no %s to match %s", c.key, c.gs)
+			}
+			return fmt.Sprintf("when: %s %q does not match %s", c.key, c.value, c.gs)
+		}
+	}
+	if w.paths != nil && opts.Paths != nil {
+		for _, p := range opts.Paths {
+			if w.paths.match(p) {
+				return ""
+			}
+		}
+		return fmt.Sprintf("when: no changed file matches paths %s", w.paths)
+	}
+	return ""
+}
