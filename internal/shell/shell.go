@@ -1,0 +1,506 @@
+// Package shell runs the steps of a job as shell processes and reports what
+// they print, line by line.
+//
+// It is the one step runner of forge: the local backend uses it on the host,
+// and forgexec uses it inside containers, so it assumes nothing about the
+// machine beyond a POSIX shell: the caller gives the working directory and
+// the complete environment.
+//
+// Each step runs as SHELL -e -c SCRIPT in a process group of its own, with
+// stdin from /dev/null. Its stdout and stderr are read separately, cut into
+// lines and reported as they are read, each with the time it was read; the
+// lines of both streams keep the order in which they were read. A line is
+// reported without its newline (and without a '\r' before it). A line longer
+// than Options.MaxLine is reported as several lines, none of its bytes lost,
+// so neither a single 10 MB line nor gigabytes of output use more memory than
+// about two buffers of MaxLine bytes. Text is made valid UTF-8: each run of
+// invalid bytes and each NUL byte becomes U+FFFD, so binary output cannot
+// break a log store, a terminal or a browser. Secret values are replaced by
+// *** (see Masker), also when a value is split across two writes.
+//
+// When a step ends, whatever is left in its process group is killed, and its
+// pipes are read to the end. A process that leaves the group (setsid, or a
+// double fork into a new session) escapes that kill: forge cannot see it
+// without a cgroup or a PID namespace (inside a container, removing the
+// container ends it). If such a process keeps the step's stdout or stderr
+// open, forge stops reading DrainTimeout after the step ended and says so in
+// a system line, instead of waiting forever.
+package shell
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/forgeci/forge"
+)
+
+// DefaultShell is the shell steps run in when Options.Shell is empty.
+const DefaultShell = "/bin/sh"
+
+// DefaultKillGrace is the time between SIGTERM and SIGKILL when
+// Options.KillGrace is zero.
+const DefaultKillGrace = 5 * time.Second
+
+// DrainTimeout is how long output is still read after a step's process group
+// is gone, for pipes held open by a process that escaped the group.
+const DrainTimeout = time.Second
+
+// Options tune how steps run. The zero value is ready to use.
+type Options struct {
+	// Shell is the shell steps run in, as SHELL -e -c SCRIPT;
+	// "" means DefaultShell.
+	Shell string
+	// KillGrace is how long a process group gets between SIGTERM and
+	// SIGKILL when a step is cancelled or times out; 0 means
+	// DefaultKillGrace.
+	KillGrace time.Duration
+	// MaxLine is the longest line reported whole, in bytes; 0 means
+	// DefaultMaxLine.
+	MaxLine int
+	// Notes are system lines reported at the start of the first step
+	// (the local backend says there where a kept workspace is).
+	Notes []string
+}
+
+// RunSteps runs steps in order in dir, with exactly the environment env
+// ("NAME=VALUE" entries) plus secrets as variables (a secret replaces an env
+// entry of the same name), and reports to rep, one call at a time:
+//
+//   - EventStepStarted, then EventLine for each line of output, then
+//     EventStepFinished with the status, exit code, duration and a message
+//     for anything but success. Lines are numbered across the whole job
+//     from 1, and every occurrence of a secret value is masked.
+//   - A step exits 0: success. Non-zero: failure, and the job fails unless
+//     the step has ContinueOnError. The exit code of a step killed by a
+//     signal is 128+signal, as shells report it.
+//   - A step's Timeout passes: its process group gets SIGTERM, then SIGKILL
+//     after KillGrace; the step fails with "timed out after 5s".
+//   - ctx is cancelled: the same kill; the step and the job are
+//     StatusCanceled. ctx's deadline passes: the step and the job fail.
+//   - Steps after the one that ended the job are reported StatusSkipped.
+//
+// RunSteps returns the job's status: StatusSuccess, StatusFailure or
+// StatusCanceled with a nil error; or StatusError with an error when a step
+// could not be started at all (no such shell or directory, a bad
+// environment entry). It returns only when every process it started is gone.
+func RunSteps(ctx context.Context, steps []forge.Step, dir string, env []string, secrets map[string]string, rep forge.Reporter, opts Options) (forge.Status, error) {
+	if opts.Shell == "" {
+		opts.Shell = DefaultShell
+	}
+	if opts.KillGrace <= 0 {
+		opts.KillGrace = DefaultKillGrace
+	}
+	if opts.MaxLine <= 0 {
+		opts.MaxLine = DefaultMaxLine
+	}
+	env, values, err := stepEnv(env, secrets)
+	if err != nil {
+		return forge.StatusError, err
+	}
+	r := &runner{opts: opts, dir: dir, env: env, rep: rep}
+	r.masker = NewMasker(values)
+	for i, s := range []forge.Stream{forge.Stdout, forge.Stderr} {
+		r.out[i] = lineBuffer{max: opts.MaxLine, look: r.masker.Lookahead(), m: r.masker}
+		r.out[i].emit = func(line []byte, complete bool) { r.line(s, line, complete) }
+	}
+	return r.run(ctx, steps)
+}
+
+// stepEnv checks env and adds the secrets to it, in a stable order. It
+// returns the environment and the secret values to mask.
+func stepEnv(env []string, secrets map[string]string) ([]string, []string, error) {
+	out := make([]string, 0, len(env)+len(secrets))
+	for _, e := range env {
+		name, _, ok := strings.Cut(e, "=")
+		if err := checkEnv(name, e); err != nil || !ok {
+			if err == nil {
+				err = forge.Errorf(forge.EINVALID, "environment entry %q is not NAME=VALUE", e)
+			}
+			return nil, nil, err
+		}
+		if _, secret := secrets[name]; !secret {
+			out = append(out, e)
+		}
+	}
+	names := make([]string, 0, len(secrets))
+	for name := range secrets {
+		if err := checkEnv(name, secrets[name]); err != nil {
+			return nil, nil, err
+		}
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	values := make([]string, 0, len(names))
+	for _, name := range names {
+		out = append(out, name+"="+secrets[name])
+		values = append(values, secrets[name])
+	}
+	return out, values, nil
+}
+
+// checkEnv rejects what execve cannot pass or the shell would misread.
+func checkEnv(name, value string) error {
+	switch {
+	case name == "":
+		return forge.Errorf(forge.EINVALID, "environment variable with an empty name")
+	case strings.ContainsAny(name, "=\x00"):
+		return forge.Errorf(forge.EINVALID, "environment variable name %q contains '=' or NUL", name)
+	case strings.ContainsRune(value, 0):
+		return forge.Errorf(forge.EINVALID, "environment variable %s contains a NUL byte", name)
+	}
+	return nil
+}
+
+// runner runs the steps of one job. Its buffers live as long as the job.
+type runner struct {
+	opts   Options
+	dir    string
+	env    []string
+	rep    forge.Reporter
+	masker *Masker
+
+	// mu serialises reports: the two stream readers emit lines while
+	// the step runs. The fields below are guarded by it.
+	mu       sync.Mutex
+	lines    int
+	step     int
+	stepName string
+	now      time.Time       // when the chunk being cut into lines was read
+	slab     []forge.LogLine // LogLines are handed out from here, to allocate in bulk
+	out      [2]lineBuffer   // stdout, stderr
+}
+
+// run runs the steps and returns the job's status.
+func (r *runner) run(ctx context.Context, steps []forge.Step) (forge.Status, error) {
+	status := forge.StatusSuccess
+	var jobErr error
+	for i, s := range steps {
+		if status != forge.StatusSuccess {
+			r.report(forge.Event{Type: forge.EventStepFinished, Step: i, StepName: s.Name,
+				Status: forge.StatusSkipped, Message: skipReason(status)})
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			status = ctxStatus(err)
+			r.report(forge.Event{Type: forge.EventStepFinished, Step: i, StepName: s.Name,
+				Status: forge.StatusSkipped, Message: skipReason(status)})
+			continue
+		}
+		res := r.runStep(ctx, i, s)
+		switch {
+		case res.err != nil:
+			status, jobErr = forge.StatusError, res.err
+		case res.status == forge.StatusFailure && s.ContinueOnError && ctx.Err() == nil:
+			// The step failed; the job goes on.
+		case res.status != forge.StatusSuccess:
+			status = res.status
+		}
+	}
+	return status, jobErr
+}
+
+func skipReason(job forge.Status) string {
+	switch job {
+	case forge.StatusCanceled:
+		return "not run: the job was cancelled"
+	case forge.StatusError:
+		return "not run: forge could not run an earlier step"
+	}
+	return "not run: an earlier step failed"
+}
+
+func ctxStatus(err error) forge.Status {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return forge.StatusFailure
+	}
+	return forge.StatusCanceled
+}
+
+type stepResult struct {
+	status forge.Status
+	err    error
+}
+
+// runStep runs one step to its end and reports it.
+func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
+	r.mu.Lock()
+	r.step, r.stepName = i, s.Name
+	r.mu.Unlock()
+	start := time.Now()
+	r.report(forge.Event{Type: forge.EventStepStarted, Time: start, Step: i, StepName: s.Name})
+	if i == 0 {
+		for _, n := range r.opts.Notes {
+			r.System(n)
+		}
+	}
+	finish := func(st forge.Status, code int, msg string) {
+		now := time.Now()
+		r.report(forge.Event{Type: forge.EventStepFinished, Time: now, Step: i, StepName: s.Name,
+			Status: st, ExitCode: code, Duration: now.Sub(start), Message: msg})
+	}
+
+	var pr, pw [2]*os.File
+	for k := range pr {
+		var err error
+		if pr[k], pw[k], err = os.Pipe(); err != nil {
+			closeAll(pr[:k], pw[:k])
+			err = forge.WrapError(forge.EINTERNAL, err, "cannot create a pipe for the step's output")
+			finish(forge.StatusError, -1, err.Error())
+			return stepResult{forge.StatusError, err}
+		}
+	}
+	cmd := &exec.Cmd{
+		Path:        r.opts.Shell,
+		Args:        []string{r.opts.Shell, "-e", "-c", s.Run},
+		Dir:         r.dir,
+		Env:         r.env,
+		Stdout:      pw[0],
+		Stderr:      pw[1],
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	err := cmd.Start()
+	pw[0].Close()
+	pw[1].Close()
+	if err != nil {
+		pr[0].Close()
+		pr[1].Close()
+		err = startError(r.opts.Shell, r.dir, err)
+		finish(forge.StatusError, -1, forge.ErrorMessage(err))
+		return stepResult{forge.StatusError, err}
+	}
+
+	// Two readers, one per stream; readersLeft reaching 0 closes readersDone.
+	readersDone := make(chan struct{})
+	var readersLeft atomic.Int32
+	readersLeft.Store(2)
+	var escaped [2]bool
+	for k := range pr {
+		go func() {
+			escaped[k] = r.read(pr[k], &r.out[k])
+			if readersLeft.Add(-1) == 0 {
+				close(readersDone)
+			}
+		}()
+	}
+
+	k := &killer{pgid: cmd.Process.Pid, grace: r.opts.KillGrace, graceOver: make(chan struct{})}
+	stepCtx := ctx
+	if s.Timeout > 0 {
+		var cancel context.CancelFunc
+		stepCtx, cancel = context.WithTimeout(ctx, s.Timeout)
+		defer cancel()
+	}
+	stopKill := context.AfterFunc(stepCtx, k.terminate)
+
+	// Wait for the shell to exit but leave it a zombie, so its process
+	// group id cannot be reused until the group has been killed.
+	werr := waitExited(cmd.Process.Pid)
+	terminating := !stopKill()
+	if terminating && werr == nil {
+		// Give the rest of the group its grace period too: it is gone
+		// when it has closed the pipes.
+		select {
+		case <-readersDone:
+		case <-k.graceOver:
+		}
+	}
+	k.finish()
+	var exitErr *exec.ExitError
+	if err := cmd.Wait(); err != nil && !errors.As(err, &exitErr) && werr == nil {
+		werr = err
+	}
+	// Whatever held the pipes is dead now, unless it left the group.
+	deadline := time.Now().Add(DrainTimeout)
+	pr[0].SetReadDeadline(deadline)
+	pr[1].SetReadDeadline(deadline)
+	<-readersDone
+	pr[0].Close()
+	pr[1].Close()
+	for k, esc := range escaped {
+		if esc {
+			r.System(fmt.Sprintf("stopped reading %s: a process that left the step's process group still holds it open", []string{"stdout", "stderr"}[k]))
+		}
+	}
+
+	if werr != nil {
+		err := forge.WrapError(forge.EINTERNAL, werr, "cannot wait for the step's shell")
+		finish(forge.StatusError, -1, err.Error())
+		return stepResult{forge.StatusError, err}
+	}
+	code := exitCode(cmd.ProcessState)
+	switch {
+	case terminating && ctx.Err() != nil:
+		st := ctxStatus(ctx.Err())
+		msg := "cancelled"
+		if st == forge.StatusFailure {
+			msg = "the job timed out"
+		}
+		finish(st, code, msg)
+		return stepResult{status: st}
+	case terminating:
+		finish(forge.StatusFailure, code, "timed out after "+s.Timeout.String())
+		return stepResult{status: forge.StatusFailure}
+	case code != 0:
+		msg := fmt.Sprintf("exit code %d", code)
+		if s.ContinueOnError {
+			msg += " (continue_on_error: the job goes on)"
+		}
+		finish(forge.StatusFailure, code, msg)
+		return stepResult{status: forge.StatusFailure}
+	}
+	finish(forge.StatusSuccess, 0, "")
+	return stepResult{status: forge.StatusSuccess}
+}
+
+func closeAll(fs ...[]*os.File) {
+	for _, l := range fs {
+		for _, f := range l {
+			f.Close()
+		}
+	}
+}
+
+// startError explains why the shell could not be started.
+func startError(sh, dir string, err error) error {
+	if fi, serr := os.Stat(dir); serr != nil || !fi.IsDir() {
+		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot run steps in %s: not a directory", dir))
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot run steps: shell %s not found", sh))
+	}
+	return forge.WrapError(forge.EINTERNAL, err, "cannot start the step's shell "+sh)
+}
+
+// waitExited blocks until process pid has exited, without reaping it.
+func waitExited(pid int) error {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// exitCode is the step's exit code; 128+signal when a signal killed it.
+func exitCode(state *os.ProcessState) int {
+	if ws, ok := state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return state.ExitCode()
+}
+
+// read copies one stream into lines until EOF or the drain deadline. It
+// reports whether the deadline cut it short.
+func (r *runner) read(f *os.File, lb *lineBuffer) (cutShort bool) {
+	for {
+		n, err := f.Read(lb.space())
+		if n > 0 {
+			r.mu.Lock()
+			r.now = time.Now()
+			lb.commit(n)
+			r.mu.Unlock()
+		}
+		if err != nil {
+			cutShort = errors.Is(err, os.ErrDeadlineExceeded)
+			break
+		}
+	}
+	r.mu.Lock()
+	r.now = time.Now()
+	lb.flush()
+	r.mu.Unlock()
+	return cutShort
+}
+
+// line reports one line of a stream. r.mu is held.
+func (r *runner) line(stream forge.Stream, b []byte, complete bool) {
+	if complete && len(b) > 0 && b[len(b)-1] == '\r' {
+		b = b[:len(b)-1]
+	}
+	b = cleanText(r.masker.Mask(b))
+	r.emitLocked(stream, string(b))
+}
+
+// System reports a line of forge's own in the current step.
+func (r *runner) System(text string) {
+	r.mu.Lock()
+	r.now = time.Now()
+	r.emitLocked(forge.System, r.masker.MaskString(text))
+	r.mu.Unlock()
+}
+
+func (r *runner) emitLocked(stream forge.Stream, text string) {
+	if len(r.slab) == 0 {
+		r.slab = make([]forge.LogLine, 256)
+	}
+	l := &r.slab[0]
+	r.slab = r.slab[1:]
+	r.lines++
+	*l = forge.LogLine{Number: r.lines, Time: r.now, Stream: stream, Text: text}
+	r.rep.Report(forge.Event{Type: forge.EventLine, Time: r.now, Step: r.step, StepName: r.stepName, Line: l})
+}
+
+// report sends a step event; Time is set if empty.
+func (r *runner) report(e forge.Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	r.mu.Lock()
+	r.rep.Report(e)
+	r.mu.Unlock()
+}
+
+// killer ends a step's process group: SIGTERM, then SIGKILL after the grace
+// period. Once the step is over (finish), it sends nothing more: the group's
+// id may be reused.
+type killer struct {
+	pgid      int
+	grace     time.Duration
+	graceOver chan struct{} // closed when the grace period is over
+
+	mu    sync.Mutex
+	done  bool
+	timer *time.Timer
+}
+
+// terminate sends SIGTERM to the group and arms SIGKILL.
+func (k *killer) terminate() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.done {
+		return
+	}
+	syscall.Kill(-k.pgid, syscall.SIGTERM)
+	k.timer = time.AfterFunc(k.grace, func() {
+		k.mu.Lock()
+		if !k.done {
+			syscall.Kill(-k.pgid, syscall.SIGKILL)
+		}
+		k.mu.Unlock()
+		close(k.graceOver)
+	})
+}
+
+// finish kills whatever is left of the group and disarms the killer.
+func (k *killer) finish() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.done = true
+	if k.timer != nil {
+		k.timer.Stop()
+	}
+	// The leader is not reaped yet, so the group id is still the step's.
+	syscall.Kill(-k.pgid, syscall.SIGKILL)
+}

@@ -1,0 +1,545 @@
+package shell
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/forgeci/forge"
+)
+
+func TestStepResults(t *testing.T) {
+	tests := []struct {
+		name  string
+		steps []forge.Step
+		job   forge.Status
+		// want is each step's status, exit code and message.
+		want []string
+	}{
+		{"success", []forge.Step{{Run: "true"}, {Run: "exit 0"}}, forge.StatusSuccess,
+			[]string{"success 0 ", "success 0 "}},
+		{"failure skips the rest", []forge.Step{{Run: "exit 3"}, {Run: "true"}, {Run: "true"}}, forge.StatusFailure,
+			[]string{"failure 3 exit code 3", "skipped 0 not run: an earlier step failed", "skipped 0 not run: an earlier step failed"}},
+		{"sh -e stops at the first failing command", []forge.Step{{Run: "false; echo never"}}, forge.StatusFailure,
+			[]string{"failure 1 exit code 1"}},
+		{"continue_on_error", []forge.Step{{Run: "exit 7", ContinueOnError: true}, {Run: "true"}}, forge.StatusSuccess,
+			[]string{"failure 7 exit code 7 (continue_on_error: the job goes on)", "success 0 "}},
+		{"continue_on_error then a failure", []forge.Step{{Run: "exit 7", ContinueOnError: true}, {Run: "exit 2"}, {Run: "true"}}, forge.StatusFailure,
+			[]string{"failure 7 exit code 7 (continue_on_error: the job goes on)", "failure 2 exit code 2", "skipped 0 not run: an earlier step failed"}},
+		{"killed by a signal", []forge.Step{{Run: "kill -9 $$"}}, forge.StatusFailure,
+			[]string{"failure 137 exit code 137"}},
+		{"command not found", []forge.Step{{Run: "no-such-command-forge"}}, forge.StatusFailure,
+			[]string{"failure 127 exit code 127"}},
+		{"no steps", nil, forge.StatusSuccess, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, rec := run(t, t.Context(), Options{}, nil, tt.steps...)
+			if st != tt.job {
+				t.Errorf("job status: got %s, want %s", st, tt.job)
+			}
+			var got []string
+			for _, e := range rec.finished() {
+				got = append(got, string(e.Status)+" "+strconv.Itoa(e.ExitCode)+" "+e.Message)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("steps:\n got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestEventsAndLineNumbers(t *testing.T) {
+	st, rec := run(t, t.Context(), Options{}, nil,
+		forge.Step{Name: "one", Run: "echo a; echo b"},
+		forge.Step{Name: "two", Run: "echo c"})
+	if st != forge.StatusSuccess {
+		t.Fatalf("got %s, want success", st)
+	}
+	var got []string
+	for _, e := range rec.events {
+		s := string(e.Type) + " " + strconv.Itoa(e.Step) + " " + e.StepName
+		if e.Line != nil {
+			s += " " + strconv.Itoa(e.Line.Number) + " " + string(e.Line.Stream) + " " + e.Line.Text
+			if e.Line.Time.IsZero() || !e.Time.Equal(e.Line.Time) {
+				t.Errorf("line %d: time %v, event time %v", e.Line.Number, e.Line.Time, e.Time)
+			}
+		}
+		if e.Type == forge.EventStepFinished && e.Duration <= 0 {
+			t.Errorf("step %d: duration %v, want > 0", e.Step, e.Duration)
+		}
+		got = append(got, s)
+	}
+	want := []string{
+		"step_started 0 one",
+		"line 0 one 1 stdout a",
+		"line 0 one 2 stdout b",
+		"step_finished 0 one",
+		"step_started 1 two",
+		"line 1 two 3 stdout c",
+		"step_finished 1 two",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("events:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestOutput(t *testing.T) {
+	type line struct {
+		stream forge.Stream
+		text   string
+	}
+	tests := []struct {
+		name string
+		run  string
+		want []line
+	}{
+		{"stdout and stderr keep their order",
+			"echo out1; sleep 0.05; echo err1 >&2; sleep 0.05; echo out2; sleep 0.05; echo err2 >&2",
+			[]line{{forge.Stdout, "out1"}, {forge.Stderr, "err1"}, {forge.Stdout, "out2"}, {forge.Stderr, "err2"}}},
+		{"last line without newline", "printf 'a\\nb'",
+			[]line{{forge.Stdout, "a"}, {forge.Stdout, "b"}}},
+		{"last line of stderr without newline", "printf 'c' >&2",
+			[]line{{forge.Stderr, "c"}}},
+		{"empty lines are lines", "printf '\\n\\nx\\n'",
+			[]line{{forge.Stdout, ""}, {forge.Stdout, ""}, {forge.Stdout, "x"}}},
+		{"CRLF loses its CR, a lone CR stays", "printf 'dos\\r\\nbar\\rbaz\\n'",
+			[]line{{forge.Stdout, "dos"}, {forge.Stdout, "bar\rbaz"}}},
+		{"a line split across writes is one line", "printf 'hel'; sleep 0.05; printf 'lo\\n'",
+			[]line{{forge.Stdout, "hello"}}},
+		{"invalid UTF-8 and NUL become U+FFFD", "printf 'a\\000b\\377\\376c\\n'",
+			[]line{{forge.Stdout, "a\uFFFDb\uFFFDc"}}},
+		{"valid UTF-8 is kept", "printf 'h\\303\\251 \\342\\234\\223\\n'",
+			[]line{{forge.Stdout, "hé ✓"}}},
+		{"stdin is empty", "cat; echo done",
+			[]line{{forge.Stdout, "done"}}},
+		{"no output", "true", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, rec := run(t, t.Context(), Options{}, nil, forge.Step{Run: tt.run})
+			var got []line
+			for _, l := range rec.lines() {
+				got = append(got, line{l.Stream, l.Text})
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBinaryOutput(t *testing.T) {
+	st, rec := run(t, t.Context(), Options{MaxLine: 4096}, nil, forge.Step{Run: "head -c 2000000 /dev/urandom"})
+	if st != forge.StatusSuccess {
+		t.Fatalf("got %s, want success", st)
+	}
+	lines := rec.lines()
+	if len(lines) < 1000 {
+		t.Errorf("got %d lines from 2 MB of random bytes, want about 7800", len(lines))
+	}
+	for _, l := range lines {
+		if !utf8.ValidString(l.Text) || strings.ContainsRune(l.Text, 0) {
+			t.Fatalf("line %d is not clean UTF-8: %q", l.Number, l.Text)
+		}
+		if len(l.Text) > 4096*3 {
+			t.Fatalf("line %d: %d bytes, want at most 3x MaxLine after replacements", l.Number, len(l.Text))
+		}
+	}
+}
+
+func TestLongLine(t *testing.T) {
+	const size = 10 << 20 // 10 MiB, one line
+	st, rec := run(t, t.Context(), Options{}, nil,
+		forge.Step{Run: "head -c 10485760 /dev/zero | tr '\\000' x; echo; echo next"})
+	if st != forge.StatusSuccess {
+		t.Fatalf("got %s, want success", st)
+	}
+	texts := rec.texts(forge.Stdout)
+	if len(texts) != 11 || texts[10] != "next" {
+		t.Fatalf("got %d lines, want 10 pieces of 1 MiB and \"next\"", len(texts))
+	}
+	total := 0
+	for i, s := range texts[:10] {
+		if len(s) != DefaultMaxLine {
+			t.Errorf("piece %d: %d bytes, want %d", i, len(s), DefaultMaxLine)
+		}
+		if strings.Trim(s, "x") != "" {
+			t.Errorf("piece %d holds other bytes than x", i)
+		}
+		total += len(s)
+	}
+	if total != size {
+		t.Errorf("got %d bytes, want %d", total, size)
+	}
+}
+
+func TestLongLineKeepsRunes(t *testing.T) {
+	// 3-byte runes in pieces of at most 10 bytes: no rune is cut.
+	_, rec := run(t, t.Context(), Options{MaxLine: 10}, nil, forge.Step{Run: "printf '✓✓✓✓✓✓✓✓✓✓'"})
+	texts := rec.texts(forge.Stdout)
+	if got := strings.Join(texts, ""); got != strings.Repeat("✓", 10) {
+		t.Errorf("got %q, want ten ✓", got)
+	}
+	for _, s := range texts {
+		if !utf8.ValidString(s) || len(s) > 10 {
+			t.Errorf("piece %q: a cut rune or longer than 10 bytes", s)
+		}
+	}
+}
+
+// TestHugeOutputMemory pushes 200 MB through the pipe and checks that the
+// heap stays flat: nothing buffers the log.
+func TestHugeOutputMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	var peak uint64
+	var bytesSeen, n int
+	var lineRep forge.ReporterFunc = func(e forge.Event) {
+		if e.Line == nil {
+			return
+		}
+		bytesSeen += len(e.Line.Text) + 1
+		if n++; n%20000 == 0 {
+			peak = max(peak, heapInUse())
+		}
+	}
+	// 200 MB: lines of 1000 bytes, then one line of 20 MB.
+	step := forge.Step{Run: `yes "$(head -c 999 /dev/zero | tr '\000' y)" | head -c 180000000; head -c 20000000 /dev/zero | tr '\000' z`}
+	before := heapInUse()
+	st, err := RunSteps(t.Context(), []forge.Step{step}, t.TempDir(), testEnv, nil, lineRep, Options{})
+	if st != forge.StatusSuccess || err != nil {
+		t.Fatalf("got %s, %v; want success", st, err)
+	}
+	peak = max(peak, heapInUse())
+	if want := 200_000_000 + 20; bytesSeen < 200_000_000 || bytesSeen > want {
+		t.Errorf("saw %d bytes, want 200,000,000 and a newline per cut", bytesSeen)
+	}
+	if grew := int64(peak) - int64(before); grew > 64<<20 {
+		t.Errorf("heap in use grew by %d MiB while 200 MB went through, want at most 64 MiB", grew>>20)
+	}
+	t.Logf("heap in use: %d MiB before, %d MiB at most", before>>20, peak>>20)
+}
+
+// heapInUse reads the heap's size from the runtime.
+func heapInUse() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
+}
+
+func TestSecretsMasked(t *testing.T) {
+	secrets := map[string]string{
+		"TOKEN":    "hunter2-token",
+		"MULTI":    "line-one\nline-two\r\n",
+		"SHORT":    "ab",
+		"OVERLAP1": "abcdef",
+		"OVERLAP2": "defghi",
+	}
+	tests := []struct {
+		name string
+		run  string
+		want []string
+	}{
+		{"whole value", `echo "token=$TOKEN."`, []string{"token=***."}},
+		{"value split across two writes", `printf 'x hunter2-'; sleep 0.1; printf 'token y\n'`, []string{"x *** y"}},
+		{"every occurrence", `echo "$TOKEN$TOKEN $TOKEN"`, []string{"*** ***"}},
+		{"multi-line value, line by line", `printf '%s' "$MULTI"; echo; echo "a line-two b"`,
+			[]string{"***", "***", "", "a *** b"}},
+		{"short values are not masked", `echo "$SHORT"`, []string{"ab"}},
+		{"overlapping values are masked as one", `echo abcdefghi`, []string{"***"}},
+		{"on stderr too", `echo "$TOKEN" >&2`, []string{"***"}},
+		{"secrets reach the step", `test "$TOKEN" = hunter2-token && echo yes`, []string{"yes"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, rec := run(t, t.Context(), Options{}, secrets, forge.Step{Run: tt.run})
+			if got := rec.texts(""); !slices.Equal(got, tt.want) {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSecretNotSplitByLongLineCut(t *testing.T) {
+	// MaxLine 16: a naive cut at byte 16 would split the secret in two
+	// unmasked halves.
+	secrets := map[string]string{"S": "SECRETVALUE"}
+	_, rec := run(t, t.Context(), Options{MaxLine: 16}, secrets,
+		forge.Step{Run: `printf '0123456789ab'; sleep 0.05; printf 'SECRETVALUE tail and more text here'`})
+	got := strings.Join(rec.texts(""), "|")
+	if strings.Contains(got, "SECRET") || strings.Contains(got, "VALUE") || !strings.Contains(got, "***") {
+		t.Errorf("got %q: the secret is not masked", got)
+	}
+	for _, s := range rec.texts("") {
+		if len(s) > 16 {
+			t.Errorf("piece %q longer than MaxLine", s)
+		}
+	}
+}
+
+func TestNotesAreSystemLinesOfTheFirstStep(t *testing.T) {
+	_, rec := run(t, t.Context(), Options{Notes: []string{"workspace kept at /tmp/x"}}, nil,
+		forge.Step{Run: "echo a"}, forge.Step{Run: "echo b"})
+	lines := rec.lines()
+	if len(lines) != 3 || lines[0].Stream != forge.System || lines[0].Text != "workspace kept at /tmp/x" || lines[0].Number != 1 {
+		t.Errorf("got %+v, want the note as system line 1", lines)
+	}
+}
+
+func TestEnvironment(t *testing.T) {
+	t.Setenv("FORGE_TEST_HOST_ONLY", "leaked")
+	env := []string{"PATH=/usr/bin:/bin", "CI=true", "FORGE_JOB=test job", "SPACES=a  b", "TOKEN=overridden"}
+	rec := &recorder{t: t}
+	st, err := RunSteps(t.Context(), []forge.Step{{Run: "env"}}, t.TempDir(), env,
+		map[string]string{"TOKEN": "s3cret-value"}, rec, Options{})
+	if st != forge.StatusSuccess || err != nil {
+		t.Fatalf("got %s, %v", st, err)
+	}
+	got := rec.texts(forge.Stdout)
+	for _, want := range []string{"PATH=/usr/bin:/bin", "CI=true", "FORGE_JOB=test job", "SPACES=a  b", "TOKEN=***"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("env lacks %q; got %q", want, got)
+		}
+	}
+	for _, l := range got {
+		if strings.HasPrefix(l, "FORGE_TEST_HOST_ONLY=") || l == "TOKEN=overridden" {
+			t.Errorf("env has %q, which was not given", l)
+		}
+	}
+}
+
+func TestWorkingDirectory(t *testing.T) {
+	dir := t.TempDir()
+	rec := &recorder{t: t}
+	if _, err := RunSteps(t.Context(), []forge.Step{{Run: "pwd -P"}}, dir, testEnv, nil, rec, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.Readlink(dir)
+	if want == "" {
+		want = dir
+	}
+	if got := rec.texts(forge.Stdout); len(got) != 1 || got[0] != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func TestStartErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name    string
+		dir     string
+		env     []string
+		secrets map[string]string
+		opts    Options
+		code    string
+		msg     string
+	}{
+		{"no such directory", dir + "/missing", testEnv, nil, Options{}, forge.EINVALID, "not a directory"},
+		{"no such shell", dir, testEnv, nil, Options{Shell: "/no/such/sh"}, forge.EINVALID, "shell /no/such/sh not found"},
+		{"env entry without =", dir, []string{"PATH"}, nil, Options{}, forge.EINVALID, `"PATH" is not NAME=VALUE`},
+		{"env entry with empty name", dir, []string{"=x"}, nil, Options{}, forge.EINVALID, "empty name"},
+		{"secret with NUL", dir, testEnv, map[string]string{"S": "a\x00b"}, Options{}, forge.EINVALID, "S contains a NUL byte"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{t: t}
+			st, err := RunSteps(t.Context(), []forge.Step{{Run: "true"}, {Run: "true"}}, tt.dir, tt.env, tt.secrets, rec, tt.opts)
+			if st != forge.StatusError || err == nil {
+				t.Fatalf("got %s, %v; want error", st, err)
+			}
+			if forge.ErrorCode(err) != tt.code || !strings.Contains(forge.ErrorMessage(err), tt.msg) {
+				t.Errorf("got %s %q, want %s containing %q", forge.ErrorCode(err), forge.ErrorMessage(err), tt.code, tt.msg)
+			}
+		})
+	}
+}
+
+func TestStepTimeout(t *testing.T) {
+	m := marker(t)
+	killMarked(t, m)
+	start := time.Now()
+	st, rec := run(t, t.Context(), Options{KillGrace: time.Second}, nil,
+		forge.Step{Run: "echo start; sleep " + m, Timeout: 200 * time.Millisecond},
+		forge.Step{Run: "true"})
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("took %v, want about 200ms", el)
+	}
+	if st != forge.StatusFailure {
+		t.Errorf("job: got %s, want failure", st)
+	}
+	f := rec.finished()
+	if len(f) != 2 || f[0].Status != forge.StatusFailure || f[0].Message != "timed out after 200ms" || f[1].Status != forge.StatusSkipped {
+		t.Errorf("got %+v, want a failure \"timed out after 200ms\" and a skipped step", f)
+	}
+	if f[0].ExitCode != 128+15 {
+		t.Errorf("exit code: got %d, want 143 (SIGTERM)", f[0].ExitCode)
+	}
+	assertNoneRunning(t, m)
+}
+
+func TestSIGTERMIgnoredGetsSIGKILL(t *testing.T) {
+	m := marker(t)
+	killMarked(t, m)
+	grace := 300 * time.Millisecond
+	start := time.Now()
+	_, rec := run(t, t.Context(), Options{KillGrace: grace}, nil,
+		forge.Step{Run: "trap '' TERM; sleep " + m + " & sleep " + m, Timeout: 100 * time.Millisecond})
+	el := time.Since(start)
+	if el < 400*time.Millisecond || el > 3*time.Second {
+		t.Errorf("took %v, want timeout + grace = 400ms", el)
+	}
+	f := rec.finished()
+	if len(f) != 1 || f[0].ExitCode != 128+9 || f[0].Message != "timed out after 100ms" {
+		t.Errorf("got %+v, want killed (137), \"timed out after 100ms\"", f)
+	}
+	assertNoneRunning(t, m)
+}
+
+func TestGraceLetsTheGroupFinish(t *testing.T) {
+	// The shell dies at SIGTERM at once; its child traps it and needs
+	// 200ms to clean up, within the grace period: it must get them.
+	dir := t.TempDir()
+	script := `sh -c 'trap "sleep 0.2; echo cleaned > ` + dir + `/done; exit 0" TERM; while :; do sleep 0.05; done' & wait`
+	rec := &recorder{t: t}
+	RunSteps(t.Context(), []forge.Step{{Run: script, Timeout: 200 * time.Millisecond}}, dir, testEnv, nil, rec, Options{KillGrace: 3 * time.Second})
+	if b, err := os.ReadFile(dir + "/done"); err != nil || string(b) != "cleaned\n" {
+		t.Errorf("child's cleanup: got %q, %v; want it done within the grace period", b, err)
+	}
+}
+
+func TestBackgroundChildIsKilled(t *testing.T) {
+	m := marker(t)
+	killMarked(t, m)
+	start := time.Now()
+	st, rec := run(t, t.Context(), Options{}, nil,
+		forge.Step{Run: "sleep " + m + " & sh -c 'sleep " + m + "' >/dev/null 2>&1 & echo started"},
+		forge.Step{Run: "echo second"})
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("took %v: waited for the background child", el)
+	}
+	if st != forge.StatusSuccess || !slices.Equal(rec.texts(""), []string{"started", "second"}) {
+		t.Errorf("got %s %q, want success, started, second", st, rec.texts(""))
+	}
+	assertNoneRunning(t, m)
+}
+
+func TestCancel(t *testing.T) {
+	m := marker(t)
+	killMarked(t, m)
+	ctx, cancel := context.WithCancel(t.Context())
+	rec := &recorder{t: t}
+	var st forge.Status
+	done := make(chan error)
+	go func() {
+		var err error
+		st, err = RunSteps(ctx, []forge.Step{
+			{Run: "echo ok"},
+			{Run: "sleep " + m + " & sleep " + m + " & echo running; wait"},
+			{Run: "echo never"},
+		}, t.TempDir(), testEnv, nil, rec, Options{KillGrace: time.Second})
+		done <- err
+	}()
+	for deadline := time.Now().Add(5 * time.Second); len(running(t, m)) < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the step did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunSteps did not return after cancel")
+	}
+	if st != forge.StatusCanceled {
+		t.Errorf("job: got %s, want canceled", st)
+	}
+	var got []string
+	for _, e := range rec.finished() {
+		got = append(got, string(e.Status))
+	}
+	if want := []string{"success", "canceled", "skipped"}; !slices.Equal(got, want) {
+		t.Errorf("steps: got %q, want %q", got, want)
+	}
+	assertNoneRunning(t, m)
+}
+
+func TestJobDeadline(t *testing.T) {
+	m := marker(t)
+	killMarked(t, m)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	st, rec := run(t, ctx, Options{}, nil, forge.Step{Run: "sleep " + m}, forge.Step{Run: "true"})
+	if st != forge.StatusFailure {
+		t.Errorf("job: got %s, want failure", st)
+	}
+	f := rec.finished()
+	if len(f) != 2 || f[0].Status != forge.StatusFailure || f[0].Message != "the job timed out" || f[1].Status != forge.StatusSkipped {
+		t.Errorf("got %+v", f)
+	}
+	assertNoneRunning(t, m)
+}
+
+func TestCancelledBeforeStart(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	st, rec := run(t, ctx, Options{}, nil, forge.Step{Run: "echo never"})
+	if st != forge.StatusCanceled || len(rec.lines()) != 0 {
+		t.Errorf("got %s with %d lines, want canceled with none", st, len(rec.lines()))
+	}
+	if f := rec.finished(); len(f) != 1 || f[0].Status != forge.StatusSkipped {
+		t.Errorf("got %+v, want the step skipped", f)
+	}
+}
+
+func TestEscapedProcessDoesNotHang(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/setsid"); err != nil {
+		t.Skip("no setsid")
+	}
+	m := marker(t)
+	killMarked(t, m)
+	start := time.Now()
+	st, rec := run(t, t.Context(), Options{}, nil, forge.Step{Run: "setsid sleep " + m + " & sleep 0.2; echo bye"})
+	if el := time.Since(start); el > DrainTimeout+2*time.Second {
+		t.Errorf("took %v, want about DrainTimeout (%v)", el, DrainTimeout)
+	}
+	if st != forge.StatusSuccess {
+		t.Errorf("got %s, want success", st)
+	}
+	var warned bool
+	for _, l := range rec.lines() {
+		warned = warned || (l.Stream == forge.System && strings.Contains(l.Text, "left the step's process group"))
+	}
+	if !warned {
+		t.Errorf("no system line about the escaped process: %q", rec.texts(""))
+	}
+}
+
+func TestReportsNeverOverlap(t *testing.T) {
+	// recorder fails the test if two Report calls overlap; both streams
+	// write at full speed.
+	_, rec := run(t, t.Context(), Options{}, nil, forge.Step{Run: "seq 1 20000 & seq 1 20000 >&2; wait"})
+	lines := rec.lines()
+	if len(lines) != 40000 {
+		t.Fatalf("got %d lines, want 40000", len(lines))
+	}
+	for i, l := range lines {
+		if l.Number != i+1 {
+			t.Fatalf("line %d numbered %d", i+1, l.Number)
+		}
+		if i > 0 && l.Time.Before(lines[i-1].Time) {
+			t.Fatalf("line %d is older than line %d", i+1, i)
+		}
+	}
+}
