@@ -7,9 +7,14 @@ import (
 // check validates what spans several parts of the file: that there is an
 // action, that names are unique, that needs name jobs of the same action
 // without a cycle, and that on: runs actions that exist.
-func (f *File) check(r *reader) {
+//
+// clean says whether reading found no problem so far; without it a file
+// whose only action was broken is not also reported as having no action.
+func (f *File) check(r *reader, clean bool) {
 	if len(f.actions) == 0 {
-		r.ps.add(1, 1, "no action: add an `execute:` list of commands, or `jobs:`")
+		if clean {
+			r.ps.add(1, 1, "no action: add an `execute:` list of commands, or `jobs:`")
+		}
 		return
 	}
 	byName := map[string]*jobSpec{}

@@ -102,7 +102,7 @@ func (r *reader) job(je entry) *jobSpec {
 			j.matrix = r.matrix(e.value, in)
 		case "steps":
 			hasSteps = true
-			j.steps = r.commands(e.value, in, e.keyPos)
+			j.steps = r.commands(e.value, in, "step", what, e.keyPos)
 		case "artifacts":
 			for _, s := range r.strs(e.value, in) {
 				if strings.TrimSpace(s.s) == "" {

@@ -142,9 +142,7 @@ func Parse(name string, data []byte) (*File, error) {
 	r := &reader{ps: ps}
 	r.collectAnchors(body)
 	r.file(f, body)
-	if len(ps.list) == 0 {
-		f.check(r)
-	}
+	f.check(r, len(ps.list) == 0)
 	if err := ps.err(); err != nil {
 		return nil, err
 	}
@@ -227,7 +225,8 @@ func (r *reader) topLevelAction(f *File, e entry) {
 		return
 	}
 	j := &jobSpec{name: e.key, p: e.keyPos, topLevel: true, action: e.key}
-	j.steps = r.commands(e.value, fmt.Sprintf("action `%s`", e.key), e.keyPos)
+	what := fmt.Sprintf("action `%s`", e.key)
+	j.steps = r.commands(e.value, what, "command", what, e.keyPos)
 	f.noteAction(e.key)
 	f.jobs = append(f.jobs, j)
 }
@@ -238,9 +237,10 @@ func (f *File) noteAction(a string) {
 	}
 }
 
-// commands reads a list of shell commands (the single-job form): each a
-// string, or a step mapping.
-func (r *reader) commands(n ast.Node, what string, at pos) []forge.Step {
+// commands reads a list of steps, each a command string or a step
+// mapping: an action's list (item "command") or a job's steps (item
+// "step"). what names the list, owner what it belongs to.
+func (r *reader) commands(n ast.Node, what, item, owner string, at pos) []forge.Step {
 	items, ok := r.list(n, what, false)
 	if !ok {
 		return nil
@@ -250,8 +250,8 @@ func (r *reader) commands(n ast.Node, what string, at pos) []forge.Step {
 		return nil
 	}
 	steps := make([]forge.Step, 0, len(items))
-	for i, item := range items {
-		if s, ok := r.step(item, fmt.Sprintf("command %d of %s", i+1, what)); ok {
+	for i, it := range items {
+		if s, ok := r.step(it, fmt.Sprintf("%s %d of %s", item, i+1, owner)); ok {
 			steps = append(steps, s)
 		}
 	}
