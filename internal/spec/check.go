@@ -10,10 +10,10 @@ import (
 //
 // clean says whether reading found no problem so far; without it a file
 // whose only action was broken is not also reported as having no action.
-func (f *File) check(r *reader, clean bool) {
+func (f *File) check(r *reader, root pos, clean bool) {
 	if len(f.actions) == 0 {
 		if clean {
-			r.ps.add(1, 1, "no action: add an `execute:` list of commands, or `jobs:`")
+			r.ps.at(root, "no action: add an `execute:` list of commands, or `jobs:`")
 		}
 		return
 	}

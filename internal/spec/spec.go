@@ -103,7 +103,7 @@ func Load(path string) (*File, error) {
 	info, err := os.Stat(path)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return nil, forge.Errorf(forge.ENOTFOUND, "no spec file %s", path)
+			return nil, forge.Errorf(forge.ENOTFOUND, "cannot read %s: no such file", path)
 		}
 		return nil, forge.WrapError(forge.EINVALID, err, "cannot read "+path)
 	}
@@ -142,7 +142,7 @@ func Parse(name string, data []byte) (*File, error) {
 	r := &reader{ps: ps}
 	r.collectAnchors(body)
 	r.file(f, body)
-	f.check(r, len(ps.list) == 0)
+	f.check(r, posOf(body), len(ps.list) == 0)
 	if err := ps.err(); err != nil {
 		return nil, err
 	}
