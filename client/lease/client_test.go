@@ -15,14 +15,8 @@ import (
 	"github.com/forgeci/forge"
 )
 
-func twoDUTs() map[string][]Resource {
-	return map[string][]Resource{
-		"dut": {
-			{ID: "dut1", Attributes: map[string]string{"host": "10.0.0.5"}, Labels: map[string]string{"arch": "arm64"}},
-			{ID: "dut2", Attributes: map[string]string{"host": "10.0.0.6"}, Labels: map[string]string{"arch": "amd64"}},
-		},
-		"lab-ports.x": {{ID: "20000"}, {ID: "20001"}, {ID: "20002"}},
-	}
+func twoDUTs() []*forge.Pool {
+	return []*forge.Pool{dutPool(), onePool("lab-ports.x", "20000", "20001", "20002")}
 }
 
 func dial(t *testing.T, url string) *Client {
@@ -154,8 +148,8 @@ func FuzzDecode(f *testing.F) {
 }
 
 func TestAcquireGrantsResourcesAndEnv(t *testing.T) {
-	f := newFakeServer(t, twoDUTs())
-	c := dial(t, f.URL())
+	f := newTestServer(t, twoDUTs()...)
+	c := dial(t, f.URL)
 	l := acquire(t, c, Request{Pool: "dut", Labels: map[string]string{"arch": "amd64"}}, Request{Pool: "lab-ports.x", Count: 2})
 
 	if got := l.IDs("dut"); len(got) != 1 || got[0] != "dut2" {
@@ -178,7 +172,7 @@ func TestAcquireGrantsResourcesAndEnv(t *testing.T) {
 	if info := l.Info(); info.ID != l.ID() || len(info.Resources["lab-ports.x"]) != 2 || info.Granted.IsZero() {
 		t.Errorf("Info() = %+v", info)
 	}
-	if got := f.heldCount(); got != 3 {
+	if got := f.held(t); got != 3 {
 		t.Fatalf("server holds %d resources, want 3", got)
 	}
 
@@ -187,7 +181,7 @@ func TestAcquireGrantsResourcesAndEnv(t *testing.T) {
 	if err := l.Release(ctx); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	if got := f.heldCount(); got != 0 {
+	if got := f.held(t); got != 0 {
 		t.Errorf("server holds %d resources after Release, want 0", got)
 	}
 	if err := l.Release(ctx); err != nil {
@@ -204,8 +198,8 @@ func TestAcquireGrantsResourcesAndEnv(t *testing.T) {
 }
 
 func TestQueuePositionAndHandoff(t *testing.T) {
-	f := newFakeServer(t, map[string][]Resource{"dut": {{ID: "dut1"}}})
-	first, second, third := dial(t, f.URL()), dial(t, f.URL()), dial(t, f.URL())
+	f := newTestServer(t, onePool("dut", "dut1"))
+	first, second, third := dial(t, f.URL), dial(t, f.URL), dial(t, f.URL)
 	l1 := acquire(t, first, Request{Pool: "dut"})
 
 	var mu sync.Mutex
@@ -258,8 +252,8 @@ func TestQueuePositionAndHandoff(t *testing.T) {
 }
 
 func TestAcquireErrors(t *testing.T) {
-	f := newFakeServer(t, twoDUTs())
-	c := dial(t, f.URL())
+	f := newTestServer(t, twoDUTs()...)
+	c := dial(t, f.URL)
 	tests := []struct {
 		name string
 		reqs []Request
@@ -268,7 +262,7 @@ func TestAcquireErrors(t *testing.T) {
 		msg  string
 	}{
 		{"unknown pool", []Request{{Pool: "nope"}}, nil, forge.ENOTFOUND, `unknown pool "nope"`},
-		{"more than the pool has", []Request{{Pool: "dut", Count: 3}}, nil, forge.EINVALID, "only"},
+		{"more than the pool has", []Request{{Pool: "dut", Count: 3}}, nil, forge.EINVALID, "never grant 3"},
 		{"no requests", nil, nil, forge.EINVALID, "no resources"},
 		{"no pool", []Request{{Count: 1}}, nil, forge.EINVALID, "without a pool"},
 		{"negative count", []Request{{Pool: "dut", Count: -1}}, nil, forge.EINVALID, "negative"},
@@ -300,8 +294,8 @@ func TestAcquireErrors(t *testing.T) {
 }
 
 func TestCancelWhileQueuedWithdraws(t *testing.T) {
-	f := newFakeServer(t, map[string][]Resource{"dut": {{ID: "dut1"}}})
-	holder, waiter := dial(t, f.URL()), dial(t, f.URL())
+	f := newTestServer(t, onePool("dut", "dut1"))
+	holder, waiter := dial(t, f.URL), dial(t, f.URL)
 	l := acquire(t, holder, Request{Pool: "dut"})
 	ctx, cancel := context.WithCancel(context.Background())
 	queued := make(chan int, 4)
@@ -316,9 +310,7 @@ func TestCancelWhileQueuedWithdraws(t *testing.T) {
 		t.Fatalf("Acquire after cancel = %v, want ECANCELED", err)
 	}
 	eventually(t, "the withdrawn request to leave the queue", func() bool {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return len(f.queue) == 0
+		return f.queued(t, "dut") == 0
 	})
 	l.Release(context.Background())
 	// The device is free again and the waiter's connection still works.
@@ -329,8 +321,8 @@ func TestCancelWhileQueuedWithdraws(t *testing.T) {
 }
 
 func TestConnectionLossLosesEveryLease(t *testing.T) {
-	f := newFakeServer(t, twoDUTs())
-	c := dial(t, f.URL())
+	f := newTestServer(t, twoDUTs()...)
+	c := dial(t, f.URL)
 	l1 := acquire(t, c, Request{Pool: "dut"})
 	l2 := acquire(t, c, Request{Pool: "lab-ports.x"})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -368,11 +360,13 @@ func TestConnectionLossLosesEveryLease(t *testing.T) {
 }
 
 func TestRevokedLeaseIsLostAlone(t *testing.T) {
-	f := newFakeServer(t, twoDUTs())
-	c := dial(t, f.URL())
+	f := newTestServer(t, twoDUTs()...)
+	c := dial(t, f.URL)
 	l1 := acquire(t, c, Request{Pool: "dut"})
 	l2 := acquire(t, c, Request{Pool: "dut"})
-	f.revoke(l1.ID(), "forced release by operator")
+	if err := f.m.Revoke(context.Background(), l1.ID(), "forced release by operator"); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-l1.Lost():
 	case <-time.After(2 * time.Second):
@@ -389,11 +383,10 @@ func TestRevokedLeaseIsLostAlone(t *testing.T) {
 }
 
 func TestSilentServerIsDetected(t *testing.T) {
-	f := newFakeServer(t, twoDUTs())
-	f.silent = true
+	url := silentServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, f.URL(), &Options{Keepalive: 200 * time.Millisecond})
+	c, err := Dial(ctx, url, &Options{Keepalive: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,11 +432,11 @@ func TestDialErrors(t *testing.T) {
 }
 
 func TestCloseReleasesWithoutLoss(t *testing.T) {
-	f := newFakeServer(t, twoDUTs())
-	c := dial(t, f.URL())
+	f := newTestServer(t, twoDUTs()...)
+	c := dial(t, f.URL)
 	l := acquire(t, c, Request{Pool: "dut"})
 	c.Close()
-	eventually(t, "the server to free the device", func() bool { return f.heldCount() == 0 })
+	eventually(t, "the server to free the device", func() bool { return f.held(t) == 0 })
 	select {
 	case <-l.Lost():
 		t.Error("Close made the lease lost; want released")
@@ -458,8 +451,8 @@ func TestCloseReleasesWithoutLoss(t *testing.T) {
 }
 
 func TestPing(t *testing.T) {
-	f := newFakeServer(t, twoDUTs())
-	c := dial(t, f.URL())
+	f := newTestServer(t, twoDUTs()...)
+	c := dial(t, f.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if d, err := c.Ping(ctx); err != nil || d <= 0 {
@@ -468,8 +461,8 @@ func TestPing(t *testing.T) {
 }
 
 func TestLeaser(t *testing.T) {
-	f := newFakeServer(t, map[string][]Resource{"dut": {{ID: "dut1"}}})
-	lr, err := NewLeaser(f.URL(), nil)
+	f := newTestServer(t, onePool("dut", "dut1"))
+	lr, err := NewLeaser(f.URL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
