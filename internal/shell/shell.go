@@ -123,7 +123,7 @@ func stepEnv(env []string, secrets map[string]string) ([]string, []string, error
 	out := make([]string, 0, len(env)+len(secrets))
 	for _, e := range env {
 		name, _, ok := strings.Cut(e, "=")
-		if err := checkEnv(name, e); err != nil || !ok {
+		if err := CheckEnv(name, e); err != nil || !ok {
 			if err == nil {
 				err = forge.Errorf(forge.EINVALID, "environment entry %q is not NAME=VALUE", e)
 			}
@@ -135,7 +135,7 @@ func stepEnv(env []string, secrets map[string]string) ([]string, []string, error
 	}
 	names := make([]string, 0, len(secrets))
 	for name := range secrets {
-		if err := checkEnv(name, secrets[name]); err != nil {
+		if err := CheckEnv(name, secrets[name]); err != nil {
 			return nil, nil, err
 		}
 		names = append(names, name)
@@ -149,8 +149,10 @@ func stepEnv(env []string, secrets map[string]string) ([]string, []string, error
 	return out, values, nil
 }
 
-// checkEnv rejects what execve cannot pass or the shell would misread.
-func checkEnv(name, value string) error {
+// CheckEnv returns an EINVALID error when name=value cannot be passed in a
+// process environment: an empty name, '=' or NUL in the name, NUL in the
+// value.
+func CheckEnv(name, value string) error {
 	switch {
 	case name == "":
 		return forge.Errorf(forge.EINVALID, "environment variable with an empty name")

@@ -1,0 +1,229 @@
+// Package local is forge's local backend: it runs a job's steps as host
+// processes, in the checkout itself or in a fresh git worktree of it.
+//
+// Environment. A step sees exactly JobRun.Env and JobRun.Secrets, plus, for
+// a usable run on a developer's machine, these variables of forge's own
+// environment when JobRun.Env does not set them: PATH, HOME, USER, LANG,
+// TERM and TMPDIR. Nothing else of forge's environment reaches a step (no
+// tokens, no DOCKER_HOST, no FORGE_* of the server). FORGE_WORKSPACE is set to
+// the directory the steps actually run in, which differs from the checkout
+// with Workspace.Clean.
+//
+// Workspaces. Without Workspace.Clean the steps run in Workspace.Dir itself.
+// With it, the job gets `git worktree add --detach` of Dir's HEAD in a new
+// temporary directory, removed afterwards (`git worktree remove --force`,
+// then `git worktree prune`) unless Workspace.Keep: then its path is reported
+// in a system line at the start of the first step. Uncommitted changes and
+// submodules are not copied: a clean workspace is the commit, as a server
+// would build it.
+package local
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/shell"
+)
+
+// Options configure the local backend. The zero value is ready to use.
+type Options struct {
+	// TempDir holds --clean workspaces; "" means os.TempDir().
+	TempDir string
+	// KillGrace is how long a process group gets between SIGTERM and
+	// SIGKILL; 0 means 5s.
+	KillGrace time.Duration
+	// Shell is the shell used; "" means /bin/sh (run as: sh -e -c SCRIPT).
+	Shell string
+}
+
+// Backend runs jobs as processes on this machine. It is safe for
+// concurrent use.
+type Backend struct {
+	opts Options
+}
+
+var _ forge.Backend = (*Backend)(nil)
+
+// New returns a local backend.
+func New(opts Options) *Backend {
+	return &Backend{opts: opts}
+}
+
+// passThrough are the host variables a step gets unless JobRun.Env sets
+// them: without them most tools do not work on a developer's machine.
+var passThrough = []string{"PATH", "HOME", "USER", "LANG", "TERM", "TMPDIR"}
+
+// defaultPath is PATH when the host has none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Run runs one attempt of run.Job, as forge.Backend documents.
+func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter) (forge.Status, error) {
+	if run == nil || run.Job == nil {
+		return forge.StatusError, forge.Errorf(forge.EINVALID, "no job to run")
+	}
+	dir, err := checkDir(run.Workspace.Dir)
+	if err != nil {
+		return forge.StatusError, err
+	}
+	var notes []string
+	if run.Workspace.Clean {
+		wt, err := b.addWorktree(ctx, dir)
+		if err != nil {
+			if ctx.Err() != nil {
+				return skipAll(run.Job, rep, ctx.Err()), nil
+			}
+			return forge.StatusError, err
+		}
+		if run.Workspace.Keep {
+			notes = append(notes, "clean workspace "+wt.dir+" (kept after the job)")
+		} else {
+			defer wt.remove()
+		}
+		dir = wt.dir
+	}
+	env, err := stepEnv(run.Env, dir)
+	if err != nil {
+		return forge.StatusError, err
+	}
+	opts := shell.Options{Shell: b.opts.Shell, KillGrace: b.opts.KillGrace, Notes: notes}
+	return shell.RunSteps(ctx, run.Job.Steps, dir, env, run.Secrets, rep, opts)
+}
+
+// checkDir returns the absolute path of the workspace directory dir.
+func checkDir(dir string) (string, error) {
+	if dir == "" {
+		return "", forge.Errorf(forge.EINVALID, "no workspace directory given")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", forge.WrapError(forge.EINVALID, err, "workspace "+dir)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", forge.WrapError(forge.EINVALID, err, fmt.Sprintf("workspace %s does not exist", dir))
+	}
+	if !fi.IsDir() {
+		return "", forge.Errorf(forge.EINVALID, "workspace %s is not a directory", dir)
+	}
+	return abs, nil
+}
+
+// stepEnv is the steps' environment: env, the pass-through host variables
+// env lacks, and FORGE_WORKSPACE. Sorted, so runs are reproducible.
+func stepEnv(env map[string]string, dir string) ([]string, error) {
+	out := make([]string, 0, len(env)+len(passThrough)+1)
+	for k, v := range env {
+		if err := shell.CheckEnv(k, v); err != nil {
+			return nil, err
+		}
+		if k != "FORGE_WORKSPACE" {
+			out = append(out, k+"="+v)
+		}
+	}
+	for _, k := range passThrough {
+		if _, set := env[k]; set {
+			continue
+		}
+		v, ok := os.LookupEnv(k)
+		if k == "PATH" && v == "" {
+			v, ok = defaultPath, true
+		}
+		if ok {
+			out = append(out, k+"="+v)
+		}
+	}
+	out = append(out, "FORGE_WORKSPACE="+dir)
+	slices.Sort(out)
+	return out, nil
+}
+
+// skipAll reports every step skipped because ctx ended before the job could
+// start, and returns the job's status.
+func skipAll(job *forge.Job, rep forge.Reporter, err error) forge.Status {
+	st, why := forge.StatusCanceled, "not run: the job was cancelled"
+	if errors.Is(err, context.DeadlineExceeded) {
+		st, why = forge.StatusFailure, "not run: the job timed out"
+	}
+	for i, s := range job.Steps {
+		rep.Report(forge.Event{Type: forge.EventStepFinished, Time: time.Now(), Step: i, StepName: s.Name,
+			Status: forge.StatusSkipped, Message: why})
+	}
+	return st
+}
+
+// worktree is a clean workspace: a git worktree of a checkout's HEAD.
+type worktree struct {
+	repo string // the checkout it came from
+	dir  string // the worktree, inside tmp
+	tmp  string // the temporary directory made for it
+}
+
+// addWorktree makes a detached worktree of repo's HEAD in a new temporary
+// directory.
+func (b *Backend) addWorktree(ctx context.Context, repo string) (*worktree, error) {
+	if _, err := git(ctx, repo, "rev-parse", "--git-dir"); err != nil {
+		return nil, forge.WrapError(forge.EINVALID, err,
+			fmt.Sprintf("a clean workspace needs a git repository: %s is not one", repo))
+	}
+	if _, err := git(ctx, repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"); err != nil {
+		return nil, forge.WrapError(forge.EINVALID, err,
+			fmt.Sprintf("a clean workspace needs a commit: the repository %s has none yet", repo))
+	}
+	tmp, err := os.MkdirTemp(b.opts.TempDir, "forge-ws-")
+	if err != nil {
+		return nil, forge.WrapError(forge.EINTERNAL, err, "cannot make a directory for the clean workspace")
+	}
+	// A subdirectory named after the checkout, so tools that look at the
+	// directory's name (go, npm) see the project's.
+	wt := &worktree{repo: repo, tmp: tmp, dir: filepath.Join(tmp, filepath.Base(repo))}
+	if _, err := git(ctx, repo, "worktree", "add", "--detach", wt.dir, "HEAD"); err != nil {
+		os.RemoveAll(tmp)
+		git(context.WithoutCancel(ctx), repo, "worktree", "prune")
+		return nil, forge.WrapError(forge.EINTERNAL, err, "cannot make a clean workspace of "+repo)
+	}
+	return wt, nil
+}
+
+// remove deletes the worktree and git's record of it. It runs when the job
+// is over, even if it was cancelled.
+func (w *worktree) remove() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Steps may leave read-only directories (Go's module cache does):
+	// make them writable so they can be removed.
+	filepath.WalkDir(w.dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o755)
+		}
+		return nil
+	})
+	git(ctx, w.repo, "worktree", "remove", "--force", w.dir)
+	os.RemoveAll(w.tmp)
+	git(ctx, w.repo, "worktree", "prune")
+}
+
+// git runs git in dir and returns its output; its error includes stderr.
+func git(ctx context.Context, dir string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...)
+	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "LC_ALL=C")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			return out, fmt.Errorf("git %s: %w", strings.Join(args, " "), err)
+		}
+		return out, fmt.Errorf("git %s: %w: %s", strings.Join(args, " "), err, msg)
+	}
+	return out, nil
+}

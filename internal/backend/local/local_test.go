@@ -1,0 +1,372 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge"
+)
+
+// recorder keeps every event.
+type recorder struct {
+	mu     sync.Mutex
+	events []forge.Event
+}
+
+func (r *recorder) Report(e forge.Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+}
+
+func (r *recorder) texts(s forge.Stream) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, e := range r.events {
+		if e.Line != nil && (s == "" || e.Line.Stream == s) {
+			out = append(out, e.Line.Text)
+		}
+	}
+	return out
+}
+
+func (r *recorder) statuses() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, e := range r.events {
+		if e.Type == forge.EventStepFinished {
+			out = append(out, string(e.Status))
+		}
+	}
+	return out
+}
+
+func job(steps ...string) *forge.Job {
+	j := &forge.Job{Name: "test"}
+	for i, s := range steps {
+		j.Steps = append(j.Steps, forge.Step{Name: "step " + string(rune('a'+i)), Run: s})
+	}
+	return j
+}
+
+// gitRepo makes a repository with one commit holding file.txt.
+func gitRepo(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "project")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustGit(t, dir, "init", "-q", "-b", "main")
+	if err := os.WriteFile(filepath.Join(dir, "file.txt"), []byte("committed\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustGit(t, dir, "add", "file.txt")
+	mustGit(t, dir, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "first")
+	return dir
+}
+
+func mustGit(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// worktrees lists the worktrees git knows of repo, besides repo itself.
+func worktrees(t *testing.T, repo string) []string {
+	var out []string
+	for _, l := range strings.Split(mustGit(t, repo, "worktree", "list", "--porcelain"), "\n") {
+		if p, ok := strings.CutPrefix(l, "worktree "); ok && p != repo {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func TestRunInCheckout(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "here.txt"), []byte("uncommitted\n"), 0o644)
+	rec := &recorder{}
+	st, err := New(Options{}).Run(t.Context(), &forge.JobRun{
+		Job: job("cat here.txt", "touch made-by-step"), Workspace: forge.Workspace{Dir: dir},
+	}, rec)
+	if st != forge.StatusSuccess || err != nil {
+		t.Fatalf("got %s, %v; want success", st, err)
+	}
+	if got := rec.texts(""); !slices.Equal(got, []string{"uncommitted"}) {
+		t.Errorf("got %q, want the checkout's file", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "made-by-step")); err != nil {
+		t.Errorf("the step did not run in the checkout: %v", err)
+	}
+}
+
+func TestEnvironment(t *testing.T) {
+	t.Setenv("FORGE_TEST_HOST_SECRET", "must-not-leak")
+	t.Setenv("HOME", "/home/from-host")
+	t.Setenv("TERM", "xterm-test")
+	dir := t.TempDir()
+	rec := &recorder{}
+	env := map[string]string{
+		"CI": "true", "FORGE_JOB": "test", "FORGE_SHA": "abc123", "FORGE_PULL_REQUEST": "7",
+		"FORGE_WORKSPACE": "/wrong", "TERM": "dumb", "APP_ENV": "with spaces and $dollar",
+	}
+	st, err := New(Options{}).Run(t.Context(), &forge.JobRun{
+		Job: job("env"), Env: env, Secrets: map[string]string{"API_TOKEN": "tok-123456"},
+		Workspace: forge.Workspace{Dir: dir},
+	}, rec)
+	if st != forge.StatusSuccess || err != nil {
+		t.Fatalf("got %s, %v", st, err)
+	}
+	got := rec.texts(forge.Stdout)
+	want := []string{
+		"CI=true", "FORGE_JOB=test", "FORGE_SHA=abc123", "FORGE_PULL_REQUEST=7",
+		"FORGE_WORKSPACE=" + dir, "TERM=dumb", "APP_ENV=with spaces and $dollar",
+		"HOME=/home/from-host", "PATH=" + os.Getenv("PATH"), "API_TOKEN=***",
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("env lacks %q", w)
+		}
+	}
+	for _, l := range got {
+		if strings.Contains(l, "FORGE_TEST_HOST_SECRET") || l == "TERM=xterm-test" {
+			t.Errorf("env has %q from forge's own environment", l)
+		}
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	notGit := t.TempDir()
+	empty := t.TempDir()
+	mustGit(t, empty, "init", "-q")
+	tests := []struct {
+		name string
+		run  *forge.JobRun
+		msg  string
+	}{
+		{"no job", &forge.JobRun{Workspace: forge.Workspace{Dir: notGit}}, "no job to run"},
+		{"no workspace", &forge.JobRun{Job: job("true")}, "no workspace directory given"},
+		{"missing workspace", &forge.JobRun{Job: job("true"), Workspace: forge.Workspace{Dir: notGit + "/nope"}}, "does not exist"},
+		{"workspace is a file", &forge.JobRun{Job: job("true"), Workspace: forge.Workspace{Dir: file}}, "is not a directory"},
+		{"clean outside git", &forge.JobRun{Job: job("true"), Workspace: forge.Workspace{Dir: notGit, Clean: true}},
+			"a clean workspace needs a git repository: " + notGit + " is not one"},
+		{"clean without commits", &forge.JobRun{Job: job("true"), Workspace: forge.Workspace{Dir: empty, Clean: true}},
+			"has none yet"},
+		{"bad env name", &forge.JobRun{Job: job("true"), Env: map[string]string{"A=B": "x"}, Workspace: forge.Workspace{Dir: notGit}},
+			"contains '='"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, err := New(Options{}).Run(t.Context(), tt.run, &recorder{})
+			if st != forge.StatusError || err == nil {
+				t.Fatalf("got %s, %v; want an error", st, err)
+			}
+			if forge.ErrorCode(err) != forge.EINVALID || !strings.Contains(forge.ErrorMessage(err), tt.msg) {
+				t.Errorf("got %s %q, want invalid containing %q", forge.ErrorCode(err), forge.ErrorMessage(err), tt.msg)
+			}
+		})
+	}
+}
+
+func TestCleanWorkspace(t *testing.T) {
+	repo := gitRepo(t)
+	os.WriteFile(filepath.Join(repo, "file.txt"), []byte("dirty\n"), 0o644)
+	os.WriteFile(filepath.Join(repo, "untracked.txt"), []byte("x\n"), 0o644)
+	tmp := t.TempDir()
+	rec := &recorder{}
+	st, err := New(Options{TempDir: tmp}).Run(t.Context(), &forge.JobRun{
+		Job:       job(`cat file.txt; test ! -e untracked.txt; echo "$FORGE_WORKSPACE" | grep -q '^'"$(pwd -P)"'$' && echo ws-ok; basename "$PWD"; mkdir -p ro/sub; chmod 555 ro ro/sub`),
+		Workspace: forge.Workspace{Dir: repo, Clean: true},
+	}, rec)
+	if st != forge.StatusSuccess || err != nil {
+		t.Fatalf("got %s, %v; want success (%q)", st, err, rec.texts(""))
+	}
+	if got, want := rec.texts(""), []string{"committed", "ws-ok", "project"}; !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q: HEAD's content, in FORGE_WORKSPACE, named after the checkout", got, want)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("temporary directory not removed: %v", left)
+	}
+	if wts := worktrees(t, repo); len(wts) != 0 {
+		t.Errorf("git still knows worktrees %q", wts)
+	}
+	if b, _ := os.ReadFile(filepath.Join(repo, "file.txt")); string(b) != "dirty\n" {
+		t.Errorf("the checkout was changed: %q", b)
+	}
+}
+
+func TestCleanWorkspaceRemovedAfterFailureAndCancel(t *testing.T) {
+	repo := gitRepo(t)
+	tmp := t.TempDir()
+	b := New(Options{TempDir: tmp, KillGrace: time.Second})
+	st, _ := b.Run(t.Context(), &forge.JobRun{Job: job("exit 1"), Workspace: forge.Workspace{Dir: repo, Clean: true}}, &recorder{})
+	if st != forge.StatusFailure {
+		t.Errorf("got %s, want failure", st)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	st, _ = b.Run(ctx, &forge.JobRun{Job: job("sleep 30"), Workspace: forge.Workspace{Dir: repo, Clean: true}}, &recorder{})
+	if st != forge.StatusFailure {
+		t.Errorf("got %s, want failure (deadline)", st)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("temporary directories not removed: %v", left)
+	}
+	if wts := worktrees(t, repo); len(wts) != 0 {
+		t.Errorf("git still knows worktrees %q", wts)
+	}
+}
+
+func TestCleanWorkspaceKeep(t *testing.T) {
+	repo := gitRepo(t)
+	tmp := t.TempDir()
+	rec := &recorder{}
+	st, err := New(Options{TempDir: tmp}).Run(t.Context(), &forge.JobRun{
+		Job: job("echo made > made.txt", "true"), Workspace: forge.Workspace{Dir: repo, Clean: true, Keep: true},
+	}, rec)
+	if st != forge.StatusSuccess || err != nil {
+		t.Fatalf("got %s, %v", st, err)
+	}
+	sys := rec.texts(forge.System)
+	if len(sys) != 1 {
+		t.Fatalf("got system lines %q, want one naming the kept workspace", sys)
+	}
+	path := strings.TrimSuffix(strings.TrimPrefix(sys[0], "clean workspace "), " (kept after the job)")
+	if b, err := os.ReadFile(filepath.Join(path, "made.txt")); err != nil || string(b) != "made\n" {
+		t.Errorf("kept workspace %q: made.txt: %q, %v", path, b, err)
+	}
+	if wts := worktrees(t, repo); len(wts) != 1 {
+		t.Errorf("git worktrees: got %q, want the kept one", wts)
+	}
+	mustGit(t, repo, "worktree", "remove", "--force", path)
+}
+
+func TestConcurrentCleanJobs(t *testing.T) {
+	repo := gitRepo(t)
+	tmp := t.TempDir()
+	b := New(Options{TempDir: tmp})
+	const n = 6
+	var wg sync.WaitGroup
+	results := make([]string, n)
+	for i := range n {
+		wg.Go(func() {
+			rec := &recorder{}
+			// Each job writes the same file name: they must not see each other's.
+			st, err := b.Run(t.Context(), &forge.JobRun{
+				Job:       job("test ! -e mine.txt", "echo "+string(rune('a'+i))+" > mine.txt; sleep 0.2; cat mine.txt"),
+				Workspace: forge.Workspace{Dir: repo, Clean: true},
+			}, rec)
+			results[i] = string(st) + " " + strings.Join(rec.texts(""), ",")
+			if err != nil {
+				results[i] += " " + err.Error()
+			}
+		})
+	}
+	wg.Wait()
+	for i, got := range results {
+		if want := "success " + string(rune('a'+i)); got != want {
+			t.Errorf("job %d: got %q, want %q", i, got, want)
+		}
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("temporary directories not removed: %v", left)
+	}
+	if wts := worktrees(t, repo); len(wts) != 0 {
+		t.Errorf("git still knows worktrees %q", wts)
+	}
+}
+
+func TestKillsEverythingOnCancel(t *testing.T) {
+	m := marker()
+	t.Cleanup(func() { killMarked(m) })
+	ctx, cancel := context.WithCancel(t.Context())
+	rec := &recorder{}
+	done := make(chan forge.Status)
+	go func() {
+		st, _ := New(Options{KillGrace: 200 * time.Millisecond}).Run(ctx, &forge.JobRun{
+			Job:       job("(trap '' TERM; sleep " + m + ") & sleep " + m + " & echo up; wait"),
+			Workspace: forge.Workspace{Dir: t.TempDir()},
+		}, rec)
+		done <- st
+	}()
+	for deadline := time.Now().Add(5 * time.Second); len(running(m)) < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the step did not start")
+		}
+	}
+	cancel()
+	select {
+	case st := <-done:
+		if st != forge.StatusCanceled {
+			t.Errorf("got %s, want canceled", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if left := running(m); len(left) != 0 {
+		t.Errorf("left running after cancel: %q", left)
+	}
+}
+
+func TestCancelledBeforeWorkspace(t *testing.T) {
+	repo := gitRepo(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	rec := &recorder{}
+	st, err := New(Options{TempDir: t.TempDir()}).Run(ctx, &forge.JobRun{Job: job("true", "true"), Workspace: forge.Workspace{Dir: repo, Clean: true}}, rec)
+	if st != forge.StatusCanceled || err != nil {
+		t.Errorf("got %s, %v; want canceled", st, err)
+	}
+	if got := rec.statuses(); !slices.Equal(got, []string{"skipped", "skipped"}) {
+		t.Errorf("got %q, want both steps skipped", got)
+	}
+}
+
+// marker returns a sleep duration unique to the test run, to find its
+// processes in the process table.
+func marker() string {
+	return "986." + strconv.FormatUint(uint64(rand.Uint32()), 10)
+}
+
+// running lists the live processes whose command line contains m.
+func running(m string) []string {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	var out []string
+	for _, d := range dirs {
+		cmdline, err := os.ReadFile(d + "/cmdline")
+		if err != nil || !bytes.Contains(cmdline, []byte(m)) {
+			continue
+		}
+		if stat, err := os.ReadFile(d + "/stat"); err == nil {
+			if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+				continue
+			}
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+func killMarked(m string) {
+	for _, d := range running(m) {
+		exec.Command("kill", "-9", filepath.Base(d)).Run()
+	}
+}
