@@ -1,0 +1,582 @@
+package runner_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/runner"
+	"github.com/forgeci/forge/internal/sqldb"
+)
+
+// openDB opens a migrated SQLite database in a temporary directory.
+func openDB(t testing.TB) *sqldb.DB {
+	t.Helper()
+	ctx := context.Background()
+	db, err := sqldb.Open(ctx, sqldb.Config{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.Migrate(ctx, "up"); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return db
+}
+
+func makeRepo(t testing.TB, db *sqldb.DB, name string) *forge.Repo {
+	t.Helper()
+	r := &forge.Repo{Owner: "acme", Name: name, CloneURL: "file:///nowhere/" + name, DefaultBranch: "main"}
+	if err := db.UpsertRepo(context.Background(), r); err != nil {
+		t.Fatalf("upsert repo: %v", err)
+	}
+	return r
+}
+
+// queue stores a queued build of repo with jobs named names.
+func queue(t testing.TB, db *sqldb.DB, repo *forge.Repo, names ...string) *forge.Build {
+	t.Helper()
+	b := &forge.Build{RepoID: repo.ID, Action: "execute", Status: forge.StatusQueued, Hook: forge.Hook{
+		Event: "pull_request", Action: "opened", Repo: *repo, Ref: "refs/pull/7/head", Branch: "feature",
+		Target: "main", SHA: "0123456789abcdef0123456789abcdef01234567", PullRequest: 7, CommitCount: 2,
+	}}
+	jobs := make([]*forge.BuildJob, len(names))
+	for i, n := range names {
+		jobs[i] = &forge.BuildJob{Name: n, Status: forge.StatusQueued}
+	}
+	if err := db.CreateBuild(context.Background(), b, jobs); err != nil {
+		t.Fatalf("create build: %v", err)
+	}
+	return b
+}
+
+// backend is a scripted forge.Backend: each step's Run says what to do:
+// "echo TEXT" prints TEXT, "fail" exits 1, "block" waits for ctx or for
+// release, "sleep D" sleeps D.
+type backend struct {
+	mu      sync.Mutex
+	runs    []*forge.JobRun
+	release chan struct{}
+	active  atomic.Int32
+	peak    atomic.Int32
+}
+
+func newBackend() *backend { return &backend{release: make(chan struct{})} }
+
+func (b *backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter) (forge.Status, error) {
+	b.mu.Lock()
+	b.runs = append(b.runs, run)
+	b.mu.Unlock()
+	n := b.active.Add(1)
+	defer b.active.Add(-1)
+	for {
+		p := b.peak.Load()
+		if n <= p || b.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	line := 0
+	for i, s := range run.Job.Steps {
+		rep.Report(forge.Event{Type: forge.EventStepStarted, Time: time.Now(), Step: i, StepName: s.Name})
+		st, code := forge.StatusSuccess, 0
+		cmd, arg, _ := strings.Cut(s.Run, " ")
+		switch cmd {
+		case "echo":
+			for _, text := range strings.Split(arg, ";") {
+				line++
+				rep.Report(forge.Event{Type: forge.EventLine, Time: time.Now(), Step: i, Line: &forge.LogLine{Number: line, Time: time.Now(), Stream: forge.Stdout, Text: text}})
+			}
+		case "env":
+			line++
+			rep.Report(forge.Event{Type: forge.EventLine, Time: time.Now(), Step: i, Line: &forge.LogLine{Number: line, Time: time.Now(), Stream: forge.Stdout, Text: arg + "=" + run.Env[arg]}})
+		case "fail":
+			st, code = forge.StatusFailure, 1
+		case "block":
+			select {
+			case <-ctx.Done():
+				st, code = forge.StatusCanceled, -1
+			case <-b.release:
+			}
+		case "sleep":
+			d, _ := time.ParseDuration(arg)
+			select {
+			case <-ctx.Done():
+				st, code = forge.StatusCanceled, -1
+			case <-time.After(d):
+			}
+		}
+		rep.Report(forge.Event{Type: forge.EventStepFinished, Time: time.Now(), Step: i, StepName: s.Name, Status: st, ExitCode: code})
+		if st != forge.StatusSuccess {
+			return st, nil
+		}
+	}
+	return forge.StatusSuccess, nil
+}
+
+// planOf makes every job of the build run steps.
+func planOf(steps ...string) runner.PlannerFunc {
+	return func(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error) {
+		if _, err := os.Stat(filepath.Join(dir, "checked-out")); err != nil {
+			return nil, fmt.Errorf("the workspace was not checked out: %v", err)
+		}
+		p := &forge.Plan{Action: b.Action}
+		p.Jobs = append(p.Jobs, &forge.Job{Name: "test"})
+		for i, s := range steps {
+			p.Jobs[0].Steps = append(p.Jobs[0].Steps, forge.Step{Name: fmt.Sprintf("step %d", i+1), Run: s})
+		}
+		return p, nil
+	}
+}
+
+// checkout is a Checkouter that makes dir with a marker file.
+type checkout struct{ calls atomic.Int32 }
+
+func (c *checkout) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) error {
+	c.calls.Add(1)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "checked-out"), []byte(sha), 0o644)
+}
+
+type setup struct {
+	db      *sqldb.DB
+	be      *backend
+	runner  *runner.Runner
+	workDir string
+}
+
+func newRunner(t testing.TB, db *sqldb.DB, plan runner.Planner, tweak func(*runner.Options)) *setup {
+	t.Helper()
+	be := newBackend()
+	opts := runner.Options{
+		Builds: db, Repos: db, Logs: db,
+		Git:           &checkout{},
+		Planner:       plan,
+		Executor:      runner.Engine{Backend: be, Parallel: 4},
+		WorkDir:       filepath.Join(t.TempDir(), "work"),
+		PublicURL:     "https://ci.example.com/",
+		Concurrency:   4,
+		Poll:          50 * time.Millisecond,
+		Grace:         5 * time.Second,
+		FlushInterval: 20 * time.Millisecond,
+	}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	r, err := runner.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &setup{db: db, be: be, runner: r, workDir: opts.WorkDir}
+}
+
+// start runs the runner until the test ends; stop stops it early.
+func (s *setup) start(t testing.TB) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- s.runner.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-errc })
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// waitBuild waits until build id has finished and returns it.
+func waitBuild(t testing.TB, db *sqldb.DB, id int64) *forge.Build {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := db.Build(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Status.Done() {
+			return b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("build %d still %s after 10s", id, b.Status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func waitStatus(t testing.TB, db *sqldb.DB, id int64, want forge.Status) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := db.Build(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Status == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("build %d is %s, want %s", id, b.Status, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func logText(t testing.TB, db *sqldb.DB, jobID int64) string {
+	t.Helper()
+	lines, err := db.Lines(context.Background(), jobID, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sb strings.Builder
+	for i, l := range lines {
+		if l.Number != i+1 {
+			t.Errorf("line %d has number %d", i+1, l.Number)
+		}
+		sb.WriteString(l.Text + "\n")
+	}
+	return sb.String()
+}
+
+func TestRunsQueuedBuildAndRecordsEverything(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	s := newRunner(t, db, planOf("echo one;two", "env FORGE_STATUS_URL", "env FORGE_PULL_REQUEST"), nil)
+	b := queue(t, db, repo, "test")
+	s.start(t)
+	s.runner.Notify()
+	got := waitBuild(t, db, b.ID)
+	if got.Status != forge.StatusSuccess || got.Error != "" {
+		t.Fatalf("build = %s %q, want success", got.Status, got.Error)
+	}
+	if got.Started.IsZero() || got.Finished.Before(got.Started) {
+		t.Errorf("build times started=%v finished=%v", got.Started, got.Finished)
+	}
+	jobs, err := db.Jobs(context.Background(), b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := jobs[0]
+	if j.Status != forge.StatusSuccess || j.Attempt != 1 || j.Started.IsZero() || j.Finished.IsZero() {
+		t.Errorf("job = %+v, want success attempt 1 with times", j)
+	}
+	if len(j.Steps) != 3 {
+		t.Fatalf("job has %d steps, want 3", len(j.Steps))
+	}
+	for _, st := range j.Steps {
+		if st.Status != forge.StatusSuccess || st.Finished.IsZero() {
+			t.Errorf("step %d = %s finished %v, want success", st.Index, st.Status, st.Finished)
+		}
+	}
+	want := fmt.Sprintf("one\ntwo\nFORGE_STATUS_URL=https://ci.example.com/acme/app/builds/%d/jobs/%d\nFORGE_PULL_REQUEST=7\n", b.Number, j.ID)
+	if log := logText(t, db, j.ID); log != want {
+		t.Errorf("log =\n%s\nwant\n%s", log, want)
+	}
+	run := s.be.runs[0]
+	for k, v := range map[string]string{"CI": "true", "FORGE_OWNER": "acme", "FORGE_REPO": "app", "FORGE_SHA": b.Hook.SHA,
+		"FORGE_REF": "refs/pull/7/head", "FORGE_COMMIT_COUNT": "2", "FORGE_BUILD_ID": fmt.Sprint(b.ID), "FORGE_JOB": "test", "FORGE_ACTION": "execute"} {
+		if run.Env[k] != v {
+			t.Errorf("env %s = %q, want %q", k, run.Env[k], v)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.workDir, fmt.Sprintf("build-%d", b.ID))); !os.IsNotExist(err) {
+		t.Errorf("workspace left behind: %v", err)
+	}
+}
+
+func TestFailingStepFailsBuild(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	s := newRunner(t, db, planOf("echo before", "fail", "echo never"), nil)
+	b := queue(t, db, repo, "test")
+	s.start(t)
+	got := waitBuild(t, db, b.ID)
+	if got.Status != forge.StatusFailure {
+		t.Fatalf("build = %s, want failure", got.Status)
+	}
+	j, _ := db.Jobs(context.Background(), b.ID)
+	if j[0].Status != forge.StatusFailure || j[0].Steps[1].ExitCode != 1 {
+		t.Errorf("job %s, step 2 exit %d: want failure, 1", j[0].Status, j[0].Steps[1].ExitCode)
+	}
+}
+
+func TestInvalidSpecErrorsBuildWithMessageInLog(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	bad := runner.PlannerFunc(func(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error) {
+		return nil, forge.Errorf(forge.EINVALID, ".forge.yml:3:5: unknown key \"exeute\" (did you mean \"execute\"?)")
+	})
+	s := newRunner(t, db, bad, nil)
+	b := queue(t, db, repo, "test")
+	s.start(t)
+	got := waitBuild(t, db, b.ID)
+	if got.Status != forge.StatusError || !strings.Contains(got.Error, "did you mean") {
+		t.Fatalf("build = %s %q, want error naming the spec problem", got.Status, got.Error)
+	}
+	j, _ := db.Jobs(context.Background(), b.ID)
+	if j[0].Status != forge.StatusError {
+		t.Errorf("job = %s, want error", j[0].Status)
+	}
+	if log := logText(t, db, j[0].ID); !strings.Contains(log, ".forge.yml:3:5: unknown key") {
+		t.Errorf("job log = %q, want the lint message", log)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	db := openDB(t)
+	a, b := makeRepo(t, db, "a"), makeRepo(t, db, "b")
+	var mu sync.Mutex
+	cur := map[int64]int{}
+	peak := map[int64]int{}
+	total, peakTotal := 0, 0
+	plan := runner.PlannerFunc(func(ctx context.Context, dir string, bd *forge.Build) (*forge.Plan, error) {
+		mu.Lock()
+		cur[bd.RepoID]++
+		total++
+		peak[bd.RepoID] = max(peak[bd.RepoID], cur[bd.RepoID])
+		peakTotal = max(peakTotal, total)
+		mu.Unlock()
+		time.Sleep(40 * time.Millisecond)
+		mu.Lock()
+		cur[bd.RepoID]--
+		total--
+		mu.Unlock()
+		return &forge.Plan{Action: "execute", Jobs: []*forge.Job{{Name: "test", Steps: []forge.Step{{Name: "s", Run: "echo x"}}}}}, nil
+	})
+	s := newRunner(t, db, plan, func(o *runner.Options) { o.Concurrency = 3; o.PerRepo = 2 })
+	var ids []int64
+	for i := 0; i < 6; i++ {
+		ids = append(ids, queue(t, db, a, "test").ID, queue(t, db, b, "test").ID)
+	}
+	s.start(t)
+	for _, id := range ids {
+		if got := waitBuild(t, db, id); got.Status != forge.StatusSuccess {
+			t.Errorf("build %d = %s %q", id, got.Status, got.Error)
+		}
+	}
+	if peakTotal > 3 || peak[a.ID] > 2 || peak[b.ID] > 2 {
+		t.Errorf("peak running: total %d (limit 3), repo a %d, repo b %d (limit 2)", peakTotal, peak[a.ID], peak[b.ID])
+	}
+	if peakTotal < 2 {
+		t.Errorf("peak running %d: builds did not run in parallel", peakTotal)
+	}
+}
+
+func TestCancelRunningBuildKillsItsJobs(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	s := newRunner(t, db, planOf("echo started", "block"), nil)
+	b := queue(t, db, repo, "test")
+	s.start(t)
+	waitStatus(t, db, b.ID, forge.StatusRunning)
+	for s.be.active.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := s.runner.Cancel(context.Background(), b.ID, "canceled by alice"); err != nil {
+		t.Fatal(err)
+	}
+	got := waitBuild(t, db, b.ID)
+	if got.Status != forge.StatusCanceled || got.Error != "canceled by alice" {
+		t.Errorf("build = %s %q, want canceled by alice", got.Status, got.Error)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.be.active.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := s.be.active.Load(); n != 0 {
+		t.Errorf("%d jobs still running after cancel", n)
+	}
+	waitJobs(t, db, b.ID, forge.StatusCanceled)
+	if _, err := s.runner.Cancel(context.Background(), b.ID, "again"); forge.ErrorCode(err) != forge.ECONFLICT {
+		t.Errorf("cancelling a finished build: err %v, want conflict", err)
+	}
+}
+
+// waitJobs waits until every job of build id has status want.
+func waitJobs(t testing.TB, db *sqldb.DB, id int64, want forge.Status) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		jobs, err := db.Jobs(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := true
+		for _, j := range jobs {
+			ok = ok && j.Status == want
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, j := range jobs {
+				t.Errorf("job %s = %s, want %s", j.Name, j.Status, want)
+			}
+			t.FailNow()
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCancelQueuedBuildAndRestart(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	s := newRunner(t, db, planOf("echo hi"), nil)
+	b := queue(t, db, repo, "test", "lint")
+	ctx := context.Background()
+	if _, err := s.runner.Cancel(ctx, b.ID, "superseded"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := db.Build(ctx, b.ID)
+	if got.Status != forge.StatusCanceled || got.Error != "superseded" {
+		t.Errorf("build = %s %q, want canceled superseded", got.Status, got.Error)
+	}
+	waitJobs(t, db, b.ID, forge.StatusCanceled)
+	if _, err := s.runner.Cancel(ctx, 999999, "x"); forge.ErrorCode(err) != forge.ENOTFOUND {
+		t.Errorf("cancel of unknown build: %v, want not_found", err)
+	}
+	nb, err := s.runner.Restart(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nb.ID == b.ID || nb.Number != b.Number+1 || nb.Hook.SHA != b.Hook.SHA || nb.Action != b.Action || nb.Status != forge.StatusQueued {
+		t.Errorf("restarted build = %+v, want a new queued build of the same hook", nb)
+	}
+	jobs, _ := db.Jobs(ctx, nb.ID)
+	if len(jobs) != 2 || jobs[0].Name != "test" || jobs[1].Name != "lint" {
+		t.Errorf("restarted jobs = %v, want test and lint", jobs)
+	}
+	if _, err := s.runner.Restart(ctx, nb.ID); forge.ErrorCode(err) != forge.ECONFLICT {
+		t.Errorf("restart of a queued build: %v, want conflict", err)
+	}
+}
+
+func TestRecoverEndsBuildsLeftRunning(t *testing.T) {
+	db := openDB(t)
+	ctx := context.Background()
+	repo := makeRepo(t, db, "app")
+	b := queue(t, db, repo, "test", "later")
+	queued := queue(t, db, repo, "test")
+	b.Status, b.Started = forge.StatusRunning, time.Now()
+	if err := db.UpdateBuild(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	jobs, _ := db.Jobs(ctx, b.ID)
+	jobs[0].Status, jobs[0].Started = forge.StatusRunning, time.Now()
+	if err := db.UpdateJob(ctx, jobs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.SaveStep(ctx, &forge.BuildStep{JobID: jobs[0].ID, Index: 0, Name: "s", Status: forge.StatusRunning, Started: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	s := newRunner(t, db, planOf("echo ran"), nil)
+	s.start(t)
+	got := waitBuild(t, db, b.ID)
+	if got.Status != forge.StatusError || got.Error != "server restarted" {
+		t.Errorf("left-running build = %s %q, want error server restarted", got.Status, got.Error)
+	}
+	jobs, _ = db.Jobs(ctx, b.ID)
+	if jobs[0].Status != forge.StatusError || jobs[0].Error != "server restarted" || jobs[0].Steps[0].Status != forge.StatusError {
+		t.Errorf("running job = %s %q step %s, want error server restarted", jobs[0].Status, jobs[0].Error, jobs[0].Steps[0].Status)
+	}
+	if jobs[1].Status != forge.StatusCanceled {
+		t.Errorf("never-started job = %s, want canceled", jobs[1].Status)
+	}
+	if got := waitBuild(t, db, queued.ID); got.Status != forge.StatusSuccess {
+		t.Errorf("queued build after restart = %s, want it run to success", got.Status)
+	}
+}
+
+func TestShutdownLetsShortBuildsFinishAndCancelsLongOnes(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	plan := runner.PlannerFunc(func(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error) {
+		step := "sleep 100ms"
+		if b.Number == 2 {
+			step = "block"
+		}
+		return &forge.Plan{Action: "execute", Jobs: []*forge.Job{{Name: "test", Steps: []forge.Step{{Name: "s", Run: step}}}}}, nil
+	})
+	s := newRunner(t, db, plan, func(o *runner.Options) { o.Grace = 500 * time.Millisecond })
+	short, long := queue(t, db, repo, "test"), queue(t, db, repo, "test")
+	stop := s.start(t)
+	waitStatus(t, db, long.ID, forge.StatusRunning)
+	for s.be.active.Load() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	began := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(began); d < 400*time.Millisecond || d > 5*time.Second {
+		t.Errorf("shutdown took %v, want about the 500ms grace", d)
+	}
+	if got := waitBuild(t, db, short.ID); got.Status != forge.StatusSuccess {
+		t.Errorf("short build = %s, want success within the grace period", got.Status)
+	}
+	if got := waitBuild(t, db, long.ID); got.Status != forge.StatusCanceled || got.Error != "server shutting down" {
+		t.Errorf("long build = %s %q, want canceled: server shutting down", got.Status, got.Error)
+	}
+}
+
+func TestTwoRunnersNeverRunABuildTwice(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	var mu sync.Mutex
+	runs := map[int64]int{}
+	plan := runner.PlannerFunc(func(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error) {
+		mu.Lock()
+		runs[b.ID]++
+		mu.Unlock()
+		return &forge.Plan{Action: "execute", Jobs: []*forge.Job{{Name: "test", Steps: []forge.Step{{Name: "s", Run: "echo x"}}}}}, nil
+	})
+	s1 := newRunner(t, db, plan, nil)
+	s2 := newRunner(t, db, plan, nil)
+	var ids []int64
+	for i := 0; i < 40; i++ {
+		ids = append(ids, queue(t, db, repo, "test").ID)
+	}
+	s1.start(t)
+	s2.start(t)
+	for _, id := range ids {
+		if got := waitBuild(t, db, id); got.Status != forge.StatusSuccess {
+			t.Errorf("build %d = %s %q", id, got.Status, got.Error)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range ids {
+		if runs[id] != 1 {
+			t.Errorf("build %d ran %d times, want 1", id, runs[id])
+		}
+	}
+}
+
+func TestLinesOfRetriedJobKeepUniqueNumbers(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	plan := runner.PlannerFunc(func(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error) {
+		return &forge.Plan{Action: "execute", Jobs: []*forge.Job{{Name: "test", Retries: 1, Steps: []forge.Step{{Name: "a", Run: "echo try"}, {Name: "b", Run: "fail"}}}}}, nil
+	})
+	s := newRunner(t, db, plan, nil)
+	b := queue(t, db, repo, "test")
+	s.start(t)
+	if got := waitBuild(t, db, b.ID); got.Status != forge.StatusFailure {
+		t.Fatalf("build = %s, want failure", got.Status)
+	}
+	j, _ := db.Jobs(context.Background(), b.ID)
+	if j[0].Attempt != 2 {
+		t.Errorf("attempt = %d, want 2", j[0].Attempt)
+	}
+	if log := logText(t, db, j[0].ID); log != "try\nattempt 2\ntry\n" {
+		t.Errorf("log = %q, want both attempts' lines", log)
+	}
+}
