@@ -150,7 +150,11 @@ func suggest(word string, candidates []string) string {
 	}
 	// Allow about one edit per three characters, at least one and at most
 	// three, so `enviroment` finds `environment` but `foo` finds nothing.
+	// Words of one or two characters only match ignoring case.
 	limit := max(1, min(3, len(word)/3))
+	if len([]rune(word)) < 3 {
+		limit = 0
+	}
 	if best == "" || bestDist > limit {
 		return ""
 	}

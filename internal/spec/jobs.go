@@ -20,9 +20,10 @@ const (
 )
 
 // jobs reads the jobs: mapping.
-func (r *reader) jobs(f *File, n ast.Node) {
+func (r *reader) jobs(f *File, je entry) {
+	n := je.value
 	if r.isNull(r.resolve(n)) {
-		r.ps.at(posOf(n), "`jobs` is empty: add at least one job")
+		r.ps.at(je.keyPos, "`jobs` is empty: add at least one job")
 		return
 	}
 	entries, ok := r.mapping(n, "`jobs`", "duplicate job `%s`: a job of that name is already defined at line %d")
@@ -30,7 +31,7 @@ func (r *reader) jobs(f *File, n ast.Node) {
 		return
 	}
 	if len(entries) == 0 {
-		r.ps.at(posOf(n), "`jobs` is empty: add at least one job")
+		r.ps.at(je.keyPos, "`jobs` is empty: add at least one job")
 	}
 	for _, e := range entries {
 		if r.overBudget {

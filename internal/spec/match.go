@@ -145,7 +145,7 @@ func (r *reader) when(n ast.Node, what string) *whenSpec {
 		switch e.key {
 		case "branch", "event", "tag", "paths":
 			gs = r.patterns(e.value, in)
-			if len(gs) == 0 {
+			if r.isEmpty(e.value) {
 				r.ps.at(e.keyPos, "%s is empty: give a pattern or a list of patterns", in)
 			}
 		default:

@@ -72,12 +72,12 @@ func (r *reader) on(n ast.Node) []*onRule {
 				switch {
 				case f.key == "run":
 					rule.run = r.strs(f.value, in)
-					if len(rule.run) == 0 {
+					if r.isEmpty(f.value) {
 						r.ps.at(f.keyPos, "%s is empty: name the actions to run", in)
 					}
 				case f.key == filterKey:
 					rule.filter = r.patterns(f.value, in)
-					if len(rule.filter) == 0 {
+					if r.isEmpty(f.value) {
 						r.ps.at(f.keyPos, "%s is empty: give a pattern or a list of patterns", in)
 					}
 				default:

@@ -161,8 +161,7 @@ func (r *reader) file(f *File, body ast.Node) {
 	if !ok {
 		return
 	}
-	var jobsNode ast.Node
-	var onEntry *entry
+	var jobsEntry, onEntry *entry
 	for _, e := range entries {
 		switch e.key {
 		case "image":
@@ -175,15 +174,15 @@ func (r *reader) file(f *File, body ast.Node) {
 		case "ports":
 			f.ports = r.ports(e.value, "`ports`")
 		case "jobs":
-			jobsNode = e.value
+			jobsEntry = &e
 		case "on":
 			onEntry = &e
 		default:
 			r.topLevelAction(f, e)
 		}
 	}
-	if jobsNode != nil {
-		r.jobs(f, jobsNode)
+	if jobsEntry != nil {
+		r.jobs(f, *jobsEntry)
 	}
 	if onEntry != nil {
 		f.hasOn = true

@@ -402,6 +402,15 @@ func (r *reader) strs(n ast.Node, what string) []strAt {
 	return out
 }
 
+// isEmpty reports whether n is null or an empty list.
+func (r *reader) isEmpty(n ast.Node) bool {
+	v := r.resolve(n)
+	if seq, ok := v.(*ast.SequenceNode); ok {
+		return len(seq.Values) == 0
+	}
+	return r.isNull(v)
+}
+
 // isNull reports whether n stands for an empty value.
 func (r *reader) isNull(n ast.Node) bool {
 	if n == nil {
