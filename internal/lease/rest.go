@@ -1,0 +1,227 @@
+package lease
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/forgeci/forge"
+)
+
+// maxPoolBody bounds a PUT /api/v1/pools/{name} body.
+const maxPoolBody = 4 << 20
+
+func (s *Server) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/pools", s.listPools)
+	mux.HandleFunc("GET /api/v1/pools/{name}", s.getPool)
+	mux.HandleFunc("PUT /api/v1/pools/{name}", s.putPool)
+	mux.HandleFunc("DELETE /api/v1/pools/{name}", s.deletePool)
+	mux.HandleFunc("POST /api/v1/pools/{name}/resources/{id}/disable", s.setDisabled(true))
+	mux.HandleFunc("POST /api/v1/pools/{name}/resources/{id}/enable", s.setDisabled(false))
+	mux.HandleFunc("GET /api/v1/leases", s.listLeases)
+	mux.HandleFunc("GET /api/v1/leases/history", s.history)
+	mux.HandleFunc("DELETE /api/v1/leases/{id}", s.revoke)
+}
+
+// httpStatus maps a forge error code to an HTTP status.
+func httpStatus(code string) int {
+	switch code {
+	case forge.EINVALID:
+		return http.StatusBadRequest
+	case forge.ENOTFOUND:
+		return http.StatusNotFound
+	case forge.ECONFLICT:
+		return http.StatusConflict
+	case forge.EUNAUTHORIZED:
+		return http.StatusUnauthorized
+	case forge.EFORBIDDEN:
+		return http.StatusForbidden
+	case forge.ETOOLARGE:
+		return http.StatusRequestEntityTooLarge
+	case forge.EUNAVAILABLE:
+		return http.StatusServiceUnavailable
+	case forge.ETIMEOUT:
+		return http.StatusGatewayTimeout
+	case forge.ENOTIMPL:
+		return http.StatusNotImplemented
+	case forge.ECANCELED:
+		return 499 // client closed request, as nginx names it
+	}
+	return http.StatusInternalServerError
+}
+
+// apiError is the JSON body of every error answer.
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code := forge.ErrorCode(err)
+	writeJSON(w, httpStatus(code), apiError{Code: code, Message: forge.ErrorMessage(err)})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away; nothing to do
+}
+
+// poolsResponse is the answer of GET /api/v1/pools.
+type poolsResponse struct {
+	Pools []*PoolState `json:"pools"`
+}
+
+func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {
+	pools, err := s.m.Pools(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, poolsResponse{Pools: pools})
+}
+
+func (s *Server) getPool(w http.ResponseWriter, r *http.Request) {
+	p, err := s.m.Pool(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) putPool(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var pc PoolConfig
+	body := http.MaxBytesReader(w, r.Body, maxPoolBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&pc); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, forge.Errorf(forge.ETOOLARGE, "pool body over %d bytes", maxPoolBody))
+			return
+		}
+		writeError(w, forge.Errorf(forge.EINVALID, "pool %q: body is not a pool object like {\"order\":\"fifo\",\"resources\":[{\"id\":\"dut1\"}]}: %s", name, jsonProblem(err)))
+		return
+	}
+	p, err := pc.Pool(name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	created, err := s.m.PutPool(r.Context(), p)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	st, err := s.m.Pool(r.Context(), name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, st)
+}
+
+func (s *Server) deletePool(w http.ResponseWriter, r *http.Request) {
+	if err := s.m.DeletePool(r.Context(), r.PathValue("name")); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) setDisabled(disabled bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name, id := r.PathValue("name"), r.PathValue("id")
+		if err := s.m.SetDisabled(r.Context(), name, id, disabled); err != nil {
+			writeError(w, err)
+			return
+		}
+		p, err := s.m.Pool(r.Context(), name)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		for _, res := range p.Resources {
+			if res.ID == id {
+				writeJSON(w, http.StatusOK, res)
+				return
+			}
+		}
+		writeError(w, forge.Errorf(forge.ENOTFOUND, "pool %q has no resource %q", name, id))
+	}
+}
+
+// leasesResponse is the answer of GET /api/v1/leases.
+type leasesResponse struct {
+	Leases []*LeaseState `json:"leases"`
+}
+
+func (s *Server) listLeases(w http.ResponseWriter, r *http.Request) {
+	ls, err := s.m.Leases(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, leasesResponse{Leases: ls})
+}
+
+// historyResponse is the answer of GET /api/v1/leases/history.
+type historyResponse struct {
+	History []*HistoryEntry `json:"history"`
+}
+
+func (s *Server) history(w http.ResponseWriter, r *http.Request) {
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeError(w, forge.Errorf(forge.EINVALID, "limit %q: want a positive integer", v))
+			return
+		}
+		limit = n
+	}
+	h, err := s.m.History(r.Context(), limit)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, historyResponse{History: h})
+}
+
+// revokeRequest is the optional body of DELETE /api/v1/leases/{id}.
+type revokeRequest struct {
+	Reason string `json:"reason"`
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	reason := "forced release by operator"
+	if r.ContentLength != 0 {
+		var body revokeRequest
+		err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body)
+		if err != nil && !errors.Is(err, io.EOF) {
+			writeError(w, forge.Errorf(forge.EINVALID, "body must be {\"reason\":\"...\"}: %s", jsonProblem(err)))
+			return
+		}
+		if strings.TrimSpace(body.Reason) != "" {
+			reason = fmt.Sprintf("forced release by operator: %s", strings.TrimSpace(body.Reason))
+		}
+	}
+	if err := s.m.Revoke(r.Context(), r.PathValue("id"), reason); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,756 @@
+package lease
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge"
+)
+
+const dutConfig = `
+pools:
+  dut:
+    resources:
+      - {id: dut1, host: 10.0.0.5, labels: {arch: arm64}}
+      - {id: dut2, host: 10.0.0.6, labels: {arch: amd64}}
+      - {id: dut3, host: 10.0.0.7, labels: {arch: amd64}}
+  one:
+    resources:
+      - {id: only}
+  ports:
+    range: 20000-20009
+`
+
+func TestPingPong(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	c := e.dial()
+	c.send(map[string]any{"type": "ping", "id": "p1"})
+	if m := c.expect(TypePong); m.ID != "p1" {
+		t.Fatalf("pong id: got %q, want p1", m.ID)
+	}
+}
+
+func TestAcquireGrantRelease(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	c := e.dial()
+	before := time.Now().Add(-time.Second)
+	c.acquire("r1", req("dut", 1, "arch=arm64"))
+	g := c.expect(TypeGranted)
+	if g.ID != "r1" || !strings.HasPrefix(g.Lease, "L") || g.Holder != "test r1" {
+		t.Fatalf("granted: got %+v, want id r1, a lease L..., holder %q", g, "test r1")
+	}
+	at, err := time.Parse(time.RFC3339Nano, g.GrantedAt)
+	if err != nil || at.Before(before) || at.After(time.Now().Add(time.Second)) {
+		t.Fatalf("granted_at %q: want a current RFC3339Nano time (%v)", g.GrantedAt, err)
+	}
+	rs := g.Resources["dut"]
+	if len(rs) != 1 || rs[0].ID != "dut1" || rs[0].Attributes["host"] != "10.0.0.5" || rs[0].Labels["arch"] != "arm64" {
+		t.Fatalf("resources: got %+v, want dut1 with host 10.0.0.5 and arch arm64", g.Resources)
+	}
+	c.acquire("r2", req("ports", 3))
+	g2 := c.expect(TypeGranted)
+	if got := ids(g2, "ports"); got != "20000,20001,20002" {
+		t.Fatalf("ports: got %s, want 20000,20001,20002", got)
+	}
+	if g2.Resources["ports"][0].Attributes["value"] != "20000" {
+		t.Fatalf("range resource attributes: got %v, want value=20000", g2.Resources["ports"][0].Attributes)
+	}
+	c.release(g.Lease)
+	c.send(map[string]any{"type": "release", "lease": g.Lease})
+	if m := c.expect(TypeError); m.Code != forge.ENOTFOUND || m.Lease != g.Lease {
+		t.Fatalf("second release: got %+v, want not_found about %s", m, g.Lease)
+	}
+	// Another connection cannot release someone else's lease.
+	other := e.dial()
+	other.send(map[string]any{"type": "release", "lease": g2.Lease})
+	if m := other.expect(TypeError); m.Code != forge.ENOTFOUND {
+		t.Fatalf("foreign release: got %+v, want not_found", m)
+	}
+	c.release(g2.Lease)
+}
+
+func TestDefaultCountAndHolder(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	c := e.dial()
+	c.sendRaw(`{"type":"acquire","id":"r1","requests":[{"pool":"ports"}]}`)
+	g := c.expect(TypeGranted)
+	if len(g.Resources["ports"]) != 1 {
+		t.Fatalf("count absent: got %d resources, want 1", len(g.Resources["ports"]))
+	}
+	if !strings.HasPrefix(g.Holder, "127.0.0.1:") {
+		t.Fatalf("holder absent: got %q, want the remote address", g.Holder)
+	}
+}
+
+func TestQueuePositionsFIFO(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{PositionInterval: 20 * time.Millisecond})
+	a, b, c, d := e.dial(), e.dial(), e.dial(), e.dial()
+	a.acquire("a", req("one", 1))
+	ga := a.expect(TypeGranted)
+	for i, cl := range []*testClient{b, c, d} {
+		cl.acquire("w", req("one", 1))
+		q := cl.next()
+		if q.Type != TypeQueued || q.ID != "w" || q.Position != i+1 {
+			t.Fatalf("client %d: got %+v, want queued at position %d", i, q, i+1)
+		}
+	}
+	a.release(ga.Lease)
+	gb := b.expect(TypeGranted)
+	// c and d move up.
+	if q := c.next(); q.Type != TypeQueued || q.Position != 1 {
+		t.Fatalf("c after a release: got %+v, want queued position 1", q)
+	}
+	if q := d.next(); q.Type != TypeQueued || q.Position != 2 {
+		t.Fatalf("d after a release: got %+v, want queued position 2", q)
+	}
+	b.release(gb.Lease)
+	gc := c.expect(TypeGranted)
+	d.quiet(100 * time.Millisecond)
+	c.release(gc.Lease)
+	d.expect(TypeGranted)
+}
+
+func TestFIFONobodyJumpsALargerRequest(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a, b, c := e.dial(), e.dial(), e.dial()
+	a.acquire("a", req("dut", 2))
+	ga := a.expect(TypeGranted)
+	b.acquire("b", req("dut", 3))
+	b.expect(TypeQueued)
+	c.acquire("c", req("dut", 1)) // one is free, but b came first
+	c.expect(TypeQueued)
+	c.quiet(150 * time.Millisecond)
+	a.release(ga.Lease)
+	gb := b.expect(TypeGranted)
+	if len(gb.Resources["dut"]) != 3 {
+		t.Fatalf("b: got %v, want 3 resources", gb.Resources)
+	}
+	c.quiet(50 * time.Millisecond)
+	b.release(gb.Lease)
+	c.expect(TypeGranted)
+}
+
+func TestFillOrderWithStarvationBound(t *testing.T) {
+	cfg := `
+pools:
+  f:
+    order: fill
+    range: 1-3
+`
+	e := newEnv(t, cfg, Options{}, MemoryOptions{FillMaxPasses: 2})
+	a, big := e.dial(), e.dial()
+	a.acquire("a", req("f", 2))
+	ga := a.expect(TypeGranted)
+	big.acquire("big", req("f", 3))
+	big.expect(TypeQueued)
+	// Two small requests may pass the big one while a resource is free.
+	for i := 0; i < 2; i++ {
+		s := e.dial()
+		s.acquire(fmt.Sprint("small", i), req("f", 1))
+		g := s.expect(TypeGranted)
+		s.release(g.Lease)
+	}
+	// The third may not: the big one has been passed over twice.
+	s := e.dial()
+	s.acquire("small2", req("f", 1))
+	s.expect(TypeQueued)
+	s.quiet(100 * time.Millisecond)
+	a.release(ga.Lease)
+	gb := big.expect(TypeGranted)
+	if len(gb.Resources["f"]) != 3 {
+		t.Fatalf("big: got %v, want 3", gb.Resources)
+	}
+	big.release(gb.Lease)
+	s.expect(TypeGranted)
+}
+
+func TestFillOrderTimeBound(t *testing.T) {
+	cfg := `
+pools:
+  f:
+    order: fill
+    range: 1-2
+`
+	e := newEnv(t, cfg, Options{}, MemoryOptions{FillMaxPasses: 1000, FillMaxWait: 200 * time.Millisecond})
+	a, big := e.dial(), e.dial()
+	a.acquire("a", req("f", 1))
+	ga := a.expect(TypeGranted)
+	big.acquire("big", req("f", 2))
+	big.expect(TypeQueued)
+	s := e.dial()
+	s.acquire("s1", req("f", 1))
+	g := s.expect(TypeGranted) // first pass
+	s.release(g.Lease)
+	time.Sleep(250 * time.Millisecond)
+	s.acquire("s2", req("f", 1))
+	s.expect(TypeQueued) // passed over for longer than 200ms: no more
+	a.release(ga.Lease)
+	big.expect(TypeGranted)
+}
+
+func TestLabels(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a := e.dial()
+	a.acquire("x", req("dut", 2, "arch=amd64"))
+	g := a.expect(TypeGranted)
+	if got := ids(g, "dut"); got != "dut2,dut3" {
+		t.Fatalf("amd64: got %s, want dut2,dut3", got)
+	}
+	for _, tc := range []struct {
+		name string
+		r    map[string]any
+		code string
+	}{
+		{"more than matching", req("dut", 2, "arch=arm64"), forge.EINVALID},
+		{"no such label value", req("dut", 1, "arch=mips"), forge.EINVALID},
+		{"unknown pool", req("nope", 1), forge.ENOTFOUND},
+		{"more than the pool", req("dut", 4), forge.EINVALID},
+	} {
+		a.acquire(tc.name, tc.r)
+		m := a.expect(TypeError)
+		if m.Code != tc.code || m.ID != tc.name {
+			t.Errorf("%s: got %+v, want code %s about %q", tc.name, m, tc.code, tc.name)
+		}
+	}
+}
+
+// A waiter claims only the resources it could use: a request for other
+// labels is not made to wait behind it, and no one takes what it needs.
+func TestFIFOIsPerMatchingResource(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a, b, c, d := e.dial(), e.dial(), e.dial(), e.dial()
+	a.acquire("a", req("dut", 1, "arch=arm64"))
+	ga := a.expect(TypeGranted)
+	b.acquire("b", req("dut", 1, "arch=arm64"))
+	b.expect(TypeQueued)
+	c.acquire("c", req("dut", 1, "arch=amd64"))
+	if got := ids(c.expect(TypeGranted), "dut"); got != "dut2" {
+		t.Fatalf("c: got %s, want dut2", got)
+	}
+	d.acquire("d", req("dut", 1))
+	if got := ids(d.expect(TypeGranted), "dut"); got != "dut3" {
+		t.Fatalf("d: got %s, want dut3", got)
+	}
+	a.release(ga.Lease)
+	if got := ids(b.expect(TypeGranted), "dut"); got != "dut1" {
+		t.Fatalf("b: got %s, want dut1", got)
+	}
+}
+
+func TestSamePoolTwiceInOneRequest(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a := e.dial()
+	// "any one" and "an arm64": the arm64 one must not be taken by "any".
+	a.acquire("x", req("dut", 1), req("dut", 1, "arch=arm64"))
+	g := a.expect(TypeGranted)
+	if got := ids(g, "dut"); !strings.Contains(got, "dut1") || len(g.Resources["dut"]) != 2 {
+		t.Fatalf("got %s, want dut1 and one other", got)
+	}
+	a.acquire("y", req("dut", 2, "arch=arm64"))
+	if m := a.expect(TypeError); m.Code != forge.EINVALID {
+		t.Fatalf("two arm64 of one: got %+v, want invalid", m)
+	}
+}
+
+func TestMultiPoolAtomic(t *testing.T) {
+	cfg := `
+pools:
+  a: {resources: [{id: a1}]}
+  b: {resources: [{id: b1}]}
+`
+	e := newEnv(t, cfg, Options{}, MemoryOptions{})
+	x, y, z := e.dial(), e.dial(), e.dial()
+	x.acquire("x", req("b", 1))
+	gx := x.expect(TypeGranted)
+	y.acquire("y", req("a", 1), req("b", 1))
+	y.expect(TypeQueued)
+	z.acquire("z", req("a", 1)) // a is free, but y is first in a's queue
+	z.expect(TypeQueued)
+	// y holds nothing while it waits.
+	var pools poolsResponse
+	e.rest("GET", "/api/v1/pools", "", &pools)
+	if pools.Pools[0].Name != "a" || pools.Pools[0].Resources[0].State != StateFree {
+		t.Fatalf("pool a while y waits: got %+v, want a1 free", pools.Pools[0].Resources[0])
+	}
+	if len(pools.Pools[0].Queue) != 2 || pools.Pools[0].Queue[0].Request != "y" || pools.Pools[0].Queue[1].Request != "z" {
+		t.Fatalf("queue of a: got %+v, want y then z", pools.Pools[0].Queue)
+	}
+	x.release(gx.Lease)
+	gy := y.expect(TypeGranted)
+	if ids(gy, "a") != "a1" || ids(gy, "b") != "b1" {
+		t.Fatalf("y: got %v, want a1 and b1", gy.Resources)
+	}
+	z.quiet(50 * time.Millisecond)
+	y.release(gy.Lease)
+	z.expect(TypeGranted)
+}
+
+func TestMultiPoolNoDeadlock(t *testing.T) {
+	cfg := `
+pools:
+  a: {resources: [{id: a1}]}
+  b: {resources: [{id: b1}]}
+`
+	e := newEnv(t, cfg, Options{}, MemoryOptions{})
+	const n = 20
+	done := make(chan error, 2*n)
+	for i := 0; i < 2*n; i++ {
+		c := e.dial()
+		first, second := "a", "b"
+		if i%2 == 1 {
+			first, second = "b", "a"
+		}
+		go func() {
+			c.send(map[string]any{"type": "acquire", "id": "r", "requests": []any{req(first, 1), req(second, 1)}})
+			for m := range c.msgs {
+				if m.Type == TypeGranted {
+					c.send(map[string]any{"type": "release", "lease": m.Lease})
+				}
+				if m.Type == TypeReleased {
+					done <- nil
+					return
+				}
+				if m.Type == TypeError {
+					done <- fmt.Errorf("%+v", m)
+					return
+				}
+			}
+			done <- fmt.Errorf("connection closed")
+		}()
+	}
+	for i := 0; i < 2*n; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d clients served: deadlock", i, 2*n)
+		}
+	}
+}
+
+func TestMaxWaitTimeout(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a, b := e.dial(), e.dial()
+	a.acquire("a", req("one", 1))
+	a.expect(TypeGranted)
+	start := time.Now()
+	b.send(map[string]any{"type": "acquire", "id": "b", "requests": []any{req("one", 1)}, "max_wait_ms": 150})
+	b.expect(TypeQueued)
+	m := b.expect(TypeError)
+	if m.Code != forge.ETIMEOUT || m.ID != "b" {
+		t.Fatalf("got %+v, want timeout about b", m)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("timeout after %s, want about 150ms", d)
+	}
+	var p PoolState
+	e.rest("GET", "/api/v1/pools/one", "", &p)
+	if len(p.Queue) != 0 {
+		t.Fatalf("queue after timeout: got %+v, want empty", p.Queue)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a, b := e.dial(), e.dial()
+	a.acquire("a", req("one", 1))
+	ga := a.expect(TypeGranted)
+	b.acquire("b", req("one", 1))
+	b.expect(TypeQueued)
+	b.send(map[string]any{"type": "cancel", "id": "b"})
+	if m := b.expect(TypeCanceled); m.ID != "b" {
+		t.Fatalf("got %+v, want canceled b", m)
+	}
+	b.send(map[string]any{"type": "cancel", "id": "b"})
+	if m := b.expect(TypeError); m.Code != forge.ENOTFOUND || m.ID != "b" {
+		t.Fatalf("second cancel: got %+v, want not_found about b", m)
+	}
+	a.send(map[string]any{"type": "cancel", "id": "a"}) // granted: not cancelable
+	if m := a.expect(TypeError); m.Code != forge.ENOTFOUND {
+		t.Fatalf("cancel of granted: got %+v, want not_found", m)
+	}
+	a.release(ga.Lease)
+	b.quiet(100 * time.Millisecond) // the canceled request is not granted
+	// The id is free again once the request left the queue.
+	b.acquire("b", req("one", 1))
+	b.expect(TypeGranted)
+}
+
+func TestBadMessagesLeaveLeasesIntact(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{MaxMessageBytes: 1024}, MemoryOptions{})
+	c := e.dial()
+	c.acquire("held", req("one", 1))
+	g := c.expect(TypeGranted)
+	c.acquire("q", req("dut", 1, "arch=arm64"))
+	c.expect(TypeGranted)
+	other := e.dial()
+	other.acquire("dup", req("one", 1))
+	other.expect(TypeQueued)
+	for _, tc := range []struct {
+		name, msg, code, id string
+	}{
+		{"not JSON", `{"type":`, forge.EINVALID, ""},
+		{"array", `[1,2]`, forge.EINVALID, ""},
+		{"two objects", `{"type":"ping"} {"type":"ping"}`, forge.EINVALID, ""},
+		{"no type", `{"id":"x"}`, forge.EINVALID, "x"},
+		{"unknown type", `{"type":"steal","id":"x"}`, forge.EINVALID, "x"},
+		{"acquire without id", `{"type":"acquire","requests":[{"pool":"one"}]}`, forge.EINVALID, ""},
+		{"id too long", `{"type":"acquire","id":"` + strings.Repeat("x", 129) + `","requests":[{"pool":"one"}]}`, forge.EINVALID, ""},
+		{"no requests", `{"type":"acquire","id":"r","requests":[]}`, forge.EINVALID, "r"},
+		{"count zero", `{"type":"acquire","id":"r","requests":[{"pool":"one","count":0}]}`, forge.EINVALID, "r"},
+		{"count negative", `{"type":"acquire","id":"r","requests":[{"pool":"one","count":-1}]}`, forge.EINVALID, "r"},
+		{"count a string", `{"type":"acquire","id":"r","requests":[{"pool":"one","count":"2"}]}`, forge.EINVALID, "r"},
+		{"no pool", `{"type":"acquire","id":"r","requests":[{"count":1}]}`, forge.EINVALID, "r"},
+		{"negative wait", `{"type":"acquire","id":"r","requests":[{"pool":"one"}],"max_wait_ms":-5}`, forge.EINVALID, "r"},
+		{"unknown pool", `{"type":"acquire","id":"r","requests":[{"pool":"zzz"}]}`, forge.ENOTFOUND, "r"},
+		{"release without lease", `{"type":"release"}`, forge.EINVALID, ""},
+		{"release unknown", `{"type":"release","lease":"Lnope"}`, forge.ENOTFOUND, ""},
+		{"cancel without id", `{"type":"cancel"}`, forge.EINVALID, ""},
+		{"oversized", `{"type":"ping","id":"` + strings.Repeat("x", 2000) + `"}`, forge.ETOOLARGE, ""},
+	} {
+		c.sendRaw(tc.msg)
+		m := c.expect(TypeError)
+		if m.Code != tc.code || m.ID != tc.id || m.Message == "" {
+			t.Errorf("%s: got %+v, want code %q, id %q and a message", tc.name, m, tc.code, tc.id)
+		}
+	}
+	// Duplicate id of a queued request: conflict.
+	other.acquire("dup", req("one", 1))
+	if m := other.expect(TypeError); m.Code != forge.ECONFLICT || m.ID != "dup" {
+		t.Errorf("duplicate id: got %+v, want conflict about dup", m)
+	}
+	// Binary frame.
+	if err := c.ws.Write(context.Background(), 2, []byte(`{"type":"ping"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.expect(TypeError); m.Code != forge.EINVALID {
+		t.Errorf("binary: got %+v, want invalid", m)
+	}
+	// Everything still held: the waiter is still waiting, release works.
+	other.quiet(50 * time.Millisecond)
+	c.release(g.Lease)
+	other.expect(TypeGranted)
+}
+
+func TestRevokeByOperator(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a, b := e.dial(), e.dial()
+	a.acquire("a", req("one", 1))
+	ga := a.expect(TypeGranted)
+	b.acquire("b", req("one", 1))
+	b.expect(TypeQueued)
+	if code := e.rest("DELETE", "/api/v1/leases/"+ga.Lease, `{"reason":"device on fire"}`, nil); code != http.StatusNoContent {
+		t.Fatalf("DELETE lease: got %d, want 204", code)
+	}
+	m := a.expect(TypeRevoked)
+	if m.Lease != ga.Lease || m.Reason != "forced release by operator: device on fire" {
+		t.Fatalf("got %+v, want revoked %s with the reason", m, ga.Lease)
+	}
+	b.expect(TypeGranted)
+	var apiErr apiError
+	if code := e.rest("DELETE", "/api/v1/leases/"+ga.Lease, "", &apiErr); code != http.StatusNotFound || apiErr.Code != forge.ENOTFOUND {
+		t.Fatalf("second DELETE: got %d %+v, want 404 not_found", code, apiErr)
+	}
+	a.send(map[string]any{"type": "release", "lease": ga.Lease})
+	if m := a.expect(TypeError); m.Code != forge.ENOTFOUND {
+		t.Fatalf("release after revoke: got %+v, want not_found", m)
+	}
+}
+
+func TestDisableEnable(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a, b := e.dial(), e.dial()
+	a.acquire("a", req("one", 1))
+	ga := a.expect(TypeGranted)
+	b.acquire("b", req("one", 1))
+	b.expect(TypeQueued)
+	var rs ResourceState
+	if code := e.rest("POST", "/api/v1/pools/one/resources/only/disable", "", &rs); code != http.StatusOK || rs.State != StateLeased || !rs.Disabled {
+		t.Fatalf("disable leased: got %d %+v, want 200, still leased and disabled", code, rs)
+	}
+	a.release(ga.Lease) // the lease was intact
+	b.quiet(100 * time.Millisecond)
+	var p PoolState
+	e.rest("GET", "/api/v1/pools/one", "", &p)
+	if p.Resources[0].State != StateDisabled || p.Free != 0 || p.Disabled != 1 {
+		t.Fatalf("after release: got %+v free %d, want disabled", p.Resources[0], p.Free)
+	}
+	if code := e.rest("POST", "/api/v1/pools/one/resources/only/enable", "", &rs); code != http.StatusOK {
+		t.Fatalf("enable: got %d", code)
+	}
+	b.expect(TypeGranted)
+	var apiErr apiError
+	if code := e.rest("POST", "/api/v1/pools/one/resources/nope/disable", "", &apiErr); code != http.StatusNotFound || apiErr.Code != forge.ENOTFOUND || !strings.Contains(apiErr.Message, "nope") {
+		t.Fatalf("unknown resource: got %d %+v, want 404 naming it", code, apiErr)
+	}
+	if code := e.rest("POST", "/api/v1/pools/zzz/resources/only/enable", "", nil); code != http.StatusNotFound {
+		t.Fatalf("unknown pool: got %d, want 404", code)
+	}
+}
+
+func TestPoolEditsWhileLeased(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a, w := e.dial(), e.dial()
+	a.acquire("a", req("dut", 1, "arch=arm64"))
+	ga := a.expect(TypeGranted)
+	w.acquire("w", req("dut", 3))
+	w.expect(TypeQueued)
+	// Replace the pool without dut1: a keeps its lease; w can never get 3.
+	var p PoolState
+	code := e.rest("PUT", "/api/v1/pools/dut", `{"resources":[{"id":"dut2","host":"10.0.0.9"},{"id":"dut4","labels":{"arch":"riscv"}}]}`, &p)
+	if code != http.StatusOK {
+		t.Fatalf("PUT: got %d, want 200", code)
+	}
+	if m := w.expect(TypeError); m.Code != forge.EINVALID || m.ID != "w" {
+		t.Fatalf("waiter after shrink: got %+v, want invalid about w", m)
+	}
+	byID := map[string]*ResourceState{}
+	for _, r := range p.Resources {
+		byID[r.ID] = r
+	}
+	if r := byID["dut1"]; r == nil || r.State != StateLeased || !r.Removing || r.Lease != ga.Lease {
+		t.Fatalf("dut1 after PUT: got %+v, want leased by %s and removing", r, ga.Lease)
+	}
+	if r := byID["dut2"]; r == nil || r.Attributes["host"] != "10.0.0.9" || byID["dut3"] != nil || byID["dut4"] == nil {
+		t.Fatalf("resources after PUT: got %+v, want dut2 updated, dut3 gone, dut4 new", p.Resources)
+	}
+	if p.Size != 2 {
+		t.Fatalf("size: got %d, want 2", p.Size)
+	}
+	a.release(ga.Lease)
+	e.rest("GET", "/api/v1/pools/dut", "", &p)
+	for _, r := range p.Resources {
+		if r.ID == "dut1" {
+			t.Fatalf("dut1 still in the pool after its release")
+		}
+	}
+	// Delete a pool while leased and waited for.
+	b, c := e.dial(), e.dial()
+	b.acquire("b", req("one", 1))
+	gb := b.expect(TypeGranted)
+	c.acquire("c", req("one", 1))
+	c.expect(TypeQueued)
+	if code := e.rest("DELETE", "/api/v1/pools/one", "", nil); code != http.StatusNoContent {
+		t.Fatalf("DELETE pool: got %d, want 204", code)
+	}
+	if m := c.expect(TypeError); m.Code != forge.ENOTFOUND || m.ID != "c" {
+		t.Fatalf("waiter of deleted pool: got %+v, want not_found", m)
+	}
+	c.acquire("c2", req("one", 1))
+	if m := c.expect(TypeError); m.Code != forge.ENOTFOUND {
+		t.Fatalf("acquire of deleted pool: got %+v, want not_found", m)
+	}
+	e.rest("GET", "/api/v1/pools/one", "", &p)
+	if !p.Deleted || p.Resources[0].State != StateLeased {
+		t.Fatalf("deleted pool while leased: got %+v, want deleted with its leased resource", p)
+	}
+	b.release(gb.Lease)
+	if code := e.rest("GET", "/api/v1/pools/one", "", nil); code != http.StatusNotFound {
+		t.Fatalf("GET deleted pool after release: got %d, want 404", code)
+	}
+	// Create a pool.
+	if code := e.rest("PUT", "/api/v1/pools/new", `{"order":"fill","range":"1-2","labels":{"zone":"a"}}`, &p); code != http.StatusCreated || p.Size != 2 || p.Order != OrderFill || p.Resources[0].Labels["zone"] != "a" {
+		t.Fatalf("PUT new: got %d %+v, want 201 with 2 resources", code, p)
+	}
+	c.acquire("n", req("new", 2, "zone=a"))
+	c.expect(TypeGranted)
+	var apiErr apiError
+	for _, tc := range []struct{ body, want string }{
+		{`{"order":"random"}`, "unknown order"},
+		{`{"range":"9-1"}`, "above high end"},
+		{`{"resources":[{"id":"x"},{"id":"x"}]}`, "duplicate resource id"},
+		{`{"resources":[{"host":"h"}]}`, "without an id"},
+		{`{"colour":"red"}`, "unknown field"},
+		{`nonsense`, "invalid"},
+	} {
+		code := e.rest("PUT", "/api/v1/pools/bad", tc.body, &apiErr)
+		if code != http.StatusBadRequest || apiErr.Code != forge.EINVALID || !strings.Contains(apiErr.Message, tc.want) {
+			t.Errorf("PUT %s: got %d %+v, want 400 mentioning %q", tc.body, code, apiErr, tc.want)
+		}
+	}
+}
+
+func TestAbruptCloseReleasesAtOnce(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a, b := e.dial(), e.dial()
+	a.acquire("a", req("one", 1))
+	a.expect(TypeGranted)
+	a.acquire("a2", req("one", 1)) // a queued request of a too
+	b.acquire("b", req("one", 1))
+	b.expect(TypeQueued)
+	start := time.Now()
+	a.ws.CloseNow() // no close handshake: like a killed process
+	b.expect(TypeGranted)
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("granted %s after the close, want milliseconds", d)
+	}
+	var h historyResponse
+	e.rest("GET", "/api/v1/leases/history", "", &h)
+	if len(h.History) < 3 || h.History[1].Event != "released" || h.History[1].Reason != ReasonDisconnected {
+		t.Fatalf("history: got %+v, want a release by disconnection before b's grant", h.History)
+	}
+}
+
+// rawWS opens a WebSocket by hand, sends text frames, and never reads
+// again: it does not answer pings, like a peer behind a dead network.
+func rawWS(t *testing.T, url string, frames ...string) net.Conn {
+	t.Helper()
+	hostPath := strings.TrimPrefix(url, "ws://")
+	host, path, _ := strings.Cut(hostPath, "/")
+	nc, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	key := make([]byte, 16)
+	rand.Read(key)
+	fmt.Fprintf(nc, "GET /%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+		path, host, base64.StdEncoding.EncodeToString(key))
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	for _, f := range frames {
+		if _, err := nc.Write(textFrame(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return nc
+}
+
+func textFrame(payload string) []byte {
+	p := []byte(payload)
+	var b []byte
+	b = append(b, 0x81)
+	switch {
+	case len(p) < 126:
+		b = append(b, 0x80|byte(len(p)))
+	default:
+		b = append(b, 0x80|126, byte(len(p)>>8), byte(len(p)))
+	}
+	mask := []byte{1, 2, 3, 4}
+	b = append(b, mask...)
+	for i, c := range p {
+		b = append(b, c^mask[i%4])
+	}
+	return b
+}
+
+func TestKeepaliveDropsSilentClient(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{Keepalive: time.Second}, MemoryOptions{})
+	rawWS(t, e.wsURL, `{"type":"acquire","id":"r","holder":"silent","requests":[{"pool":"one"}]}`)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var ls leasesResponse
+		e.rest("GET", "/api/v1/leases", "", &ls)
+		if len(ls.Leases) == 1 && ls.Leases[0].Holder == "silent" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the silent client never got its lease: %+v", ls)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	silentSince := time.Now()
+	b := e.dial()
+	b.acquire("b", req("one", 1))
+	b.expect(TypeQueued)
+	b.expect(TypeGranted)
+	d := time.Since(silentSince)
+	if d > 1500*time.Millisecond {
+		t.Fatalf("silent client kept its lease %s, want at most the 1s keepalive (plus scheduling slack)", d)
+	}
+	// b answers pings (its library does while reading): it keeps its lease
+	// for several keepalive periods.
+	b.quiet(2500 * time.Millisecond)
+	var ls leasesResponse
+	e.rest("GET", "/api/v1/leases", "", &ls)
+	if len(ls.Leases) != 1 || ls.Leases[0].Connection != b.conn {
+		t.Fatalf("leases after 2.5s: got %+v, want b's", ls.Leases)
+	}
+}
+
+func TestShutdownClosesConnections(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	a := e.dial()
+	a.acquire("a", req("one", 1))
+	a.expect(TypeGranted)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.s.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if m := a.expect(TypeError); m.Code != forge.EUNAVAILABLE {
+		t.Fatalf("got %+v, want unavailable", m)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection still open after Shutdown")
+	}
+	ls, _ := e.m.Leases(ctx)
+	if len(ls) != 0 || e.s.Connections() != 0 {
+		t.Fatalf("after shutdown: %d leases, %d connections; want none", len(ls), e.s.Connections())
+	}
+	if code := e.rest("GET", "/api/v1/leases/ws", "", nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("new connection after shutdown: got %d, want 503", code)
+	}
+}
+
+func TestFloodingClientDoesNotStarveOthers(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	// The flooder never reads and sends as fast as it can.
+	flood := rawWS(t, e.wsURL)
+	stop := make(chan struct{})
+	flooded := make(chan int)
+	go func() {
+		frame := textFrame(`{"type":"ping","id":"` + strings.Repeat("f", 100) + `"}`)
+		n := 0
+		defer func() { flooded <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			flood.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			if _, err := flood.Write(frame); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					continue
+				}
+				return
+			}
+			n++
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	c := e.dial()
+	var worst time.Duration
+	for i := 0; i < 200; i++ {
+		start := time.Now()
+		c.acquire(fmt.Sprint(i), req("ports", 1))
+		g := c.expect(TypeGranted)
+		c.release(g.Lease)
+		worst = max(worst, time.Since(start))
+	}
+	close(stop)
+	n := <-flooded
+	if n < 1000 {
+		t.Fatalf("the flooder sent only %d messages; the test did not flood", n)
+	}
+	if worst > 200*time.Millisecond {
+		t.Fatalf("worst acquire/release round trip under flood: %s, want under 200ms", worst)
+	}
+	t.Logf("flooder sent %d messages; worst round trip of the other client %s", n, worst)
+}
