@@ -19,12 +19,16 @@
 // *** (see Masker), also when a value is split across two writes.
 //
 // When a step ends, whatever is left in its process group is killed, and its
-// pipes are read to the end. A process that leaves the group (setsid, or a
-// double fork into a new session) escapes that kill: forge cannot see it
+// pipes are read to the end. A process that left the group (setsid, a double
+// fork into a new session) but still holds the step's stdout or stderr is
+// found by that pipe in /proc and killed too, with a system line saying so.
+// A process that left the group and closed or redirected its output as well
+// (a proper daemon) escapes: forge cannot tell it from any other process
 // without a cgroup or a PID namespace (inside a container, removing the
-// container ends it). If such a process keeps the step's stdout or stderr
-// open, forge stops reading DrainTimeout after the step ended and says so in
-// a system line, instead of waiting forever.
+// container ends it; PR_SET_CHILD_SUBREAPER would only make it forge's child,
+// not tell which step it came from). Should a pipe still be open after that,
+// forge stops reading DrainTimeout after the step ended and says so in a
+// system line, instead of waiting forever.
 package shell
 
 import (
@@ -34,6 +38,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +56,10 @@ const DefaultShell = "/bin/sh"
 // DefaultKillGrace is the time between SIGTERM and SIGKILL when
 // Options.KillGrace is zero.
 const DefaultKillGrace = 5 * time.Second
+
+// escapeDelay is how long a killed process group has to close the step's
+// pipes before forge looks for processes outside the group that hold them.
+const escapeDelay = 100 * time.Millisecond
 
 // DrainTimeout is how long output is still read after a step's process group
 // is gone, for pipes held open by a process that escaped the group.
@@ -322,7 +331,17 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 	if err := cmd.Wait(); err != nil && !errors.As(err, &exitErr) && werr == nil {
 		werr = err
 	}
-	// Whatever held the pipes is dead now, unless it left the group.
+	// Whatever held the pipes dies now, unless it left the group
+	// (setsid): such a process is found by the pipe it holds and killed.
+	escapeCheck := time.NewTimer(escapeDelay)
+	select {
+	case <-readersDone:
+	case <-escapeCheck.C:
+		if n := killPipeHolders(pr[:]); n > 0 {
+			r.System(fmt.Sprintf("killed %d process(es) that left the step's process group but kept its output open", n))
+		}
+	}
+	escapeCheck.Stop()
 	deadline := time.Now().Add(DrainTimeout)
 	pr[0].SetReadDeadline(deadline)
 	pr[1].SetReadDeadline(deadline)
@@ -382,6 +401,42 @@ func startError(sh, dir string, err error) error {
 		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot run steps: shell %s not found", sh))
 	}
 	return forge.WrapError(forge.EINTERNAL, err, "cannot start the step's shell "+sh)
+}
+
+// killPipeHolders sends SIGKILL to every process but forge that has one of
+// the pipes of files open, and returns how many there were. Only the step's
+// processes can hold them: forge's own ends are close-on-exec.
+func killPipeHolders(files []*os.File) int {
+	var targets []string
+	for _, f := range files {
+		fi, err := f.Stat()
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			targets = append(targets, "pipe:["+strconv.FormatUint(st.Ino, 10)+"]")
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	killed := 0
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
+		for _, fd := range fds {
+			link, err := os.Readlink("/proc/" + p.Name() + "/fd/" + fd.Name())
+			if err == nil && slices.Contains(targets, link) {
+				if syscall.Kill(pid, syscall.SIGKILL) == nil {
+					killed++
+				}
+				break
+			}
+		}
+	}
+	return killed
 }
 
 // waitExited blocks until process pid has exited, without reaping it.
