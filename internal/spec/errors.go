@@ -86,14 +86,23 @@ type problems struct {
 	file  string
 	lines []string
 	list  []Problem
+	more  int // problems not listed, past maxProblems
 }
 
 func newProblems(file string, data []byte) *problems {
 	return &problems{file: file, lines: strings.Split(string(data), "\n")}
 }
 
+// maxProblems is how many problems one file reports; past that the rest
+// are counted, not listed.
+const maxProblems = 50
+
 // add records a problem at line:col.
 func (ps *problems) add(line, col int, format string, args ...any) {
+	if len(ps.list) >= maxProblems {
+		ps.more++
+		return
+	}
 	if line < 1 {
 		line = 1
 	}
@@ -131,6 +140,11 @@ func (ps *problems) err() error {
 			continue
 		}
 		out = append(out, p)
+	}
+	if ps.more > 0 {
+		last := out[len(out)-1]
+		out = append(out, Problem{File: ps.file, Line: last.Line, Col: last.Col,
+			Message: fmt.Sprintf("and %d more problems; fix these first", ps.more)})
 	}
 	return &Errors{Problems: out}
 }

@@ -104,6 +104,15 @@ func (gs globs) match(name string) bool {
 	return included || !hasInclude
 }
 
+func (gs globs) hasInclude() bool {
+	for _, g := range gs {
+		if !g.exclude {
+			return true
+		}
+	}
+	return false
+}
+
 func (gs globs) String() string {
 	s := make([]string, len(gs))
 	for i, g := range gs {
@@ -185,11 +194,18 @@ func (w *whenSpec) skip(opts Options) string {
 			{"tag", w.tag, opts.Tag},
 		}
 		for _, c := range check {
-			if c.gs == nil || c.gs.match(c.value) && c.value != "" {
+			if c.gs == nil {
 				continue
 			}
 			if c.value == "" {
-				return fmt.Sprintf("when: the build has no %s to match %s", c.key, c.gs)
+				// Nothing to match: only a list of exclusions holds.
+				if c.gs.hasInclude() {
+					return fmt.Sprintf("when: the build has no %s to match %s", c.key, c.gs)
+				}
+				continue
+			}
+			if c.gs.match(c.value) {
+				continue
 			}
 			return fmt.Sprintf("when: %s %q does not match %s", c.key, c.value, c.gs)
 		}

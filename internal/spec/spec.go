@@ -178,6 +178,9 @@ func (r *reader) file(f *File, body ast.Node) {
 		case "on":
 			onEntry = &e
 		default:
+			if strings.HasPrefix(e.key, "x-") {
+				continue // an extension key, e.g. to hold anchors
+			}
 			r.topLevelAction(f, e)
 		}
 	}

@@ -288,6 +288,10 @@ func (r *reader) mergeEntries(n ast.Node, what string) []entry {
 		var out []entry
 		seen := map[string]bool{}
 		for _, item := range seq.Values {
+			if _, nested := r.resolve(item).(*ast.SequenceNode); nested {
+				r.ps.at(posOf(item), "a merge (<<) in %s takes a mapping or a list of mappings, not a list of lists", what)
+				continue
+			}
 			for _, e := range r.mergeEntries(item, what) {
 				if !seen[e.key] {
 					seen[e.key] = true
