@@ -1,0 +1,452 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+	"golang.org/x/term"
+
+	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/client/lease"
+)
+
+// Exit statuses of forge lease besides CMD's own.
+const (
+	exitLeaseUnavailable = 69  // the lease server cannot be reached (sysexits EX_UNAVAILABLE)
+	exitLeaseLost        = 75  // the lease was lost while CMD ran (sysexits EX_TEMPFAIL)
+	exitLeaseWait        = 124 // --wait passed before the grant (like timeout(1))
+	exitNotExecutable    = 126 // CMD exists but cannot run (like a shell)
+	exitNotFound         = 127 // CMD not found (like a shell)
+)
+
+// defaultServer is where forge lease looks for the server when neither
+// --server nor FORGE_SERVER says.
+const defaultServer = "http://127.0.0.1:8080"
+
+type leaseOptions struct {
+	labels    []string
+	wait      time.Duration
+	server    string
+	holder    string
+	killGrace time.Duration
+	quiet     bool
+}
+
+func newLeaseCmd() *cobra.Command {
+	o := &leaseOptions{}
+	cmd := &cobra.Command{
+		Use:   "lease POOL[:N] [POOL[:N]...] [flags] -- CMD [ARGS...]",
+		Short: "Hold test resources from a lease server while CMD runs",
+		Long: `lease asks the forge server for N resources of each POOL (N defaults to 1),
+all at once, waits its turn in the queue, then runs CMD with the granted
+resources in its environment, and gives them back when CMD exits:
+
+  FORGE_LEASE_<POOL>  the granted resource ids, comma-separated; the pool
+                      name upper-cased with every character other than a
+                      letter or digit as "_" (pool lab-dut.x: FORGE_LEASE_LAB_DUT_X)
+  FORGE_LEASE_JSON    the server's whole "granted" message, with each
+                      resource's attributes (host, serial, ...) and labels
+
+The lease lives as long as forge lease's connection to the server: if forge
+lease dies, however it dies, the server takes the resources back at once.
+If the connection is lost while CMD runs (server restart, network silent
+for the keepalive bound, operator revoked the lease), the resources may
+already belong to someone else: CMD gets SIGTERM, SIGKILL after
+--kill-grace, and forge lease exits 75.
+
+While waiting, the queue position is shown on stderr ("waiting for dut:
+position 2"). SIGINT, SIGTERM and SIGHUP are passed on to CMD, which runs in
+its own process group (the terminal's foreground group when run from a
+shell); whatever CMD leaves running in that group is stopped before the
+resources are given back.
+
+--label k=v selects resources by label in every pool; --label POOL:k=v in
+one pool only. The server address comes from --server, else $FORGE_SERVER,
+else ` + defaultServer + ` (https gives wss).
+
+Exit status:
+  CMD's own status; 128+N when CMD was killed by signal N
+  2    bad arguments, an unknown pool, or a request no pool can satisfy
+  69   the lease server cannot be reached or is shutting down
+  75   the lease was lost while CMD ran (CMD was stopped)
+  124  --wait passed before the resources were granted
+  126  CMD cannot be executed; 127 CMD not found
+  130  interrupted while waiting
+  1    any other failure`,
+		Example: `  forge lease dut -- pytest -x tests/hw
+  forge lease dut:2 ports --label arch=arm64 -- ./flash.sh
+  forge lease dut --label dut:arch=arm64 ports:3 --wait 10m -- make hil
+  FORGE_SERVER=https://ci.example.com forge lease dut -- sh -c 'ssh "$FORGE_LEASE_DUT" uname -a'`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			switch {
+			case dash < 0:
+				return usageError{errors.New(`missing "--" before the command: forge lease POOL[:N]... -- CMD [ARGS...]`)}
+			case dash == 0:
+				return usageError{errors.New("no pool given: forge lease POOL[:N]... -- CMD [ARGS...]")}
+			case dash == len(args):
+				return usageError{errors.New(`no command given after "--"`)}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			return runLease(cmd.Context(), o, args[:dash], args[dash:], cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&o.labels, "label", "l", nil, "select resources with label `k=v` (every pool) or POOL:k=v (one pool); repeatable")
+	f.DurationVar(&o.wait, "wait", 0, "give up when not granted within `DURATION` (exit 124; default: wait forever)")
+	f.StringVar(&o.server, "server", "", "the forge server `URL` (default $FORGE_SERVER, else "+defaultServer+")")
+	f.StringVar(&o.holder, "holder", "", "who holds the lease, as operators see it (default: user@host CMD)")
+	f.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "after a lost lease, how long CMD has between SIGTERM and SIGKILL")
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing of forge lease's own but errors")
+	return cmd
+}
+
+// parseLeaseArgs turns POOL[:N] arguments and --label values into
+// requests, in argument order.
+func parseLeaseArgs(pools, labels []string) ([]lease.Request, error) {
+	var reqs []lease.Request
+	index := map[string]int{}
+	for _, arg := range pools {
+		name, count, hasCount := strings.Cut(arg, ":")
+		if name == "" || strings.ContainsAny(name, " \t\n=,") {
+			return nil, usageError{fmt.Errorf("bad pool %q: want POOL or POOL:N, e.g. dut or dut:2", arg)}
+		}
+		n := 1
+		if hasCount {
+			v, err := strconv.Atoi(count)
+			if err != nil || v < 1 {
+				return nil, usageError{fmt.Errorf("bad count in %q: want a whole number of at least 1, e.g. %s:2", arg, name)}
+			}
+			n = v
+		}
+		if _, dup := index[name]; dup {
+			return nil, usageError{fmt.Errorf("pool %q given twice: ask for several with %s:N", name, name)}
+		}
+		index[name] = len(reqs)
+		reqs = append(reqs, lease.Request{Pool: name, Count: n})
+	}
+	for _, l := range labels {
+		target, kv := "", l
+		if eq := strings.IndexByte(l, '='); eq >= 0 {
+			if colon := strings.IndexByte(l[:eq], ':'); colon >= 0 {
+				target, kv = l[:colon], l[colon+1:]
+			}
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usageError{fmt.Errorf("bad --label %q: want k=v or POOL:k=v", l)}
+		}
+		for i := range reqs {
+			if target != "" && reqs[i].Pool != target {
+				continue
+			}
+			if reqs[i].Labels == nil {
+				reqs[i].Labels = map[string]string{}
+			}
+			reqs[i].Labels[k] = v
+		}
+		if _, ok := index[target]; target != "" && !ok {
+			return nil, usageError{fmt.Errorf("--label %q names pool %q, which is not asked for", l, target)}
+		}
+	}
+	return reqs, nil
+}
+
+func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	reqs, err := parseLeaseArgs(poolArgs, o.labels)
+	if err != nil {
+		return err
+	}
+	if o.wait < 0 || o.killGrace < 0 {
+		return usageError{errors.New("--wait and --kill-grace must not be negative")}
+	}
+	server := o.server
+	if server == "" {
+		server = os.Getenv("FORGE_SERVER")
+	}
+	if server == "" {
+		server = defaultServer
+	}
+	if _, err := lease.WebSocketURL(server); err != nil {
+		return usageError{err}
+	}
+	// Find CMD before taking anything: a typo must not cost a queue turn.
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return exitWith(exitNotFound, "%s: command not found", argv[0])
+		}
+		return exitWith(exitNotExecutable, "%s: %v", argv[0], err)
+	}
+	holder := o.holder
+	if holder == "" {
+		holder = lease.DefaultHolder(strings.Join(argv, " "))
+	}
+	say := func(format string, args ...any) {
+		if !o.quiet {
+			fmt.Fprintf(stderr, "forge lease: "+format+"\n", args...)
+		}
+	}
+
+	c, err := lease.Dial(ctx, server, nil)
+	if err != nil {
+		return leaseError(err, server)
+	}
+	defer c.Close()
+
+	names := make([]string, len(reqs))
+	for i, r := range reqs {
+		names[i] = r.Pool
+	}
+	waitingFor := strings.Join(names, ", ")
+	tty := isTerminal(stderr)
+	shown := false
+	opts := &lease.AcquireOptions{MaxWait: o.wait, Queued: func(pos int) {
+		if o.quiet {
+			return
+		}
+		if tty {
+			fmt.Fprintf(stderr, "\r\033[Kforge lease: waiting for %s: position %d", waitingFor, pos)
+			shown = true
+			return
+		}
+		fmt.Fprintf(stderr, "forge lease: waiting for %s: position %d\n", waitingFor, pos)
+	}}
+	actx := ctx
+	if o.wait > 0 {
+		// The server enforces --wait; this is a backstop for one that does not.
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, o.wait+5*time.Second)
+		defer cancel()
+	}
+	start := time.Now()
+	l, err := c.Acquire(actx, holder, reqs, opts)
+	if shown {
+		fmt.Fprintln(stderr)
+	}
+	if err != nil {
+		if forge.ErrorCode(err) == forge.ETIMEOUT && ctx.Err() == nil {
+			return exitWith(exitLeaseWait, "no %s granted within --wait %s", waitingFor, o.wait)
+		}
+		return leaseError(err, server)
+	}
+	say("granted %s after %s (lease %s)", describeGrant(l), time.Since(start).Round(time.Millisecond), l.ID())
+
+	code, lost, err := runHolding(l, path, argv, stdin, stdout, stderr, o.killGrace, say)
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l.Release(rctx)
+	if err != nil {
+		return err
+	}
+	if lost {
+		return exitWith(exitLeaseLost, "lease %s on %s lost while %s ran (%s); %s was stopped",
+			l.ID(), waitingFor, argv[0], forge.ErrorMessage(l.Err()), argv[0])
+	}
+	if code != 0 {
+		return &exitError{code: code}
+	}
+	return nil
+}
+
+// describeGrant is "dut=dut1 ports=20000,20001".
+func describeGrant(l *lease.Lease) string {
+	var parts []string
+	for pool := range l.Resources() {
+		parts = append(parts, pool+"="+strings.Join(l.IDs(pool), ","))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, " ")
+}
+
+// leaseError maps a client error to forge lease's exit statuses.
+func leaseError(err error, server string) error {
+	msg := forge.ErrorMessage(err)
+	switch forge.ErrorCode(err) {
+	case forge.EINVALID, forge.ENOTFOUND, forge.ETOOLARGE, forge.ECONFLICT:
+		return exitWith(exitUsage, "%s", msg)
+	case forge.EUNAVAILABLE, forge.EUNAUTHORIZED, forge.EFORBIDDEN:
+		return exitWith(exitLeaseUnavailable, "%s (is forge server running at %s? set --server or FORGE_SERVER)", errorText(err), server)
+	case forge.ECANCELED:
+		return exitWith(exitCanceled, "interrupted while waiting for the lease")
+	case forge.ETIMEOUT:
+		return exitWith(exitLeaseWait, "%s", msg)
+	}
+	return exitWith(exitFailed, "%s", errorText(err))
+}
+
+// runHolding runs CMD while l is held. It returns CMD's exit status, and
+// lost=true when the lease was lost and CMD stopped because of it.
+func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, stdout, stderr io.Writer,
+	grace time.Duration, say func(string, ...any)) (code int, lost bool, err error) {
+	cmd := exec.Command(path, argv[1:]...)
+	cmd.Args = argv
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	cmd.Env = os.Environ()
+	for k, v := range l.Env() {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	// CMD gets its own process group so that a signal reaches its whole
+	// tree; on a terminal that group becomes the foreground one, so Ctrl-C
+	// and reading the terminal work as without forge lease. If forge lease
+	// itself dies, CMD gets SIGTERM (Pdeathsig): it no longer holds the
+	// resources.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	restore := func() {}
+	if fd, ok := foregroundTTY(stdin); ok {
+		cmd.SysProcAttr.Foreground = true
+		cmd.SysProcAttr.Ctty = fd
+		restore = func() { reclaimTerminal(fd) }
+	}
+
+	// Orphans of CMD (a daemon it started) become our children, so that
+	// stopGroup can reap them instead of leaving zombies to a PID 1 that
+	// may never wait for them.
+	_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	// Pdeathsig fires when the thread that started the child exits, so the
+	// starting goroutine keeps its thread locked until CMD is gone.
+	started := make(chan error, 1)
+	exited := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			runtime.UnlockOSThread()
+			return
+		}
+		started <- nil
+		exited <- cmd.Wait()
+		// The thread stays locked and is discarded with this goroutine.
+	}()
+	if err := <-started; err != nil {
+		restore()
+		return 0, false, exitWith(exitNotExecutable, "cannot start %s: %v", argv[0], err)
+	}
+	pgid := cmd.Process.Pid
+
+	var waitErr error
+	var killTimer <-chan time.Time
+	lostC := l.Lost()
+loop:
+	for {
+		select {
+		case waitErr = <-exited:
+			break loop
+		case s := <-sigs:
+			syscall.Kill(-pgid, s.(syscall.Signal))
+		case <-lostC:
+			lostC = nil
+			lost = true
+			restore()
+			fmt.Fprintf(stderr, "forge lease: lost the lease (%s): the resources may already belong to someone else; stopping %s (SIGTERM, SIGKILL after %s)\n",
+				forge.ErrorMessage(l.Err()), argv[0], grace)
+			syscall.Kill(-pgid, syscall.SIGTERM)
+			killTimer = time.After(grace)
+		case <-killTimer:
+			killTimer = nil
+			syscall.Kill(-pgid, syscall.SIGKILL)
+		}
+	}
+	restore()
+	stopGroup(pgid, grace)
+	return exitCode(cmd.ProcessState, waitErr), lost, nil
+}
+
+// stopGroup ends whatever CMD left running in its process group before
+// the resources go back: SIGTERM, then SIGKILL after grace.
+func stopGroup(pgid int, grace time.Duration) {
+	if groupGone(pgid) {
+		return
+	}
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	deadline := time.Now().Add(grace)
+	for time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		if groupGone(pgid) {
+			return
+		}
+	}
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && !groupGone(pgid); {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// groupGone reaps the orphans forge lease inherited as subreaper, then
+// reports whether process group pgid is empty. CMD itself was already
+// waited for, so nothing else of ours is reaped here.
+func groupGone(pgid int) bool {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			break
+		}
+	}
+	return syscall.Kill(-pgid, 0) != nil
+}
+
+// exitCode is CMD's status as a shell reports it.
+func exitCode(ps *os.ProcessState, err error) int {
+	if ps == nil {
+		if err != nil {
+			return exitFailed
+		}
+		return exitOK
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// foregroundTTY reports stdin's descriptor when it is a terminal whose
+// foreground process group is ours, i.e. forge lease runs in the
+// foreground of an interactive shell.
+func foregroundTTY(stdin io.Reader) (int, bool) {
+	f, ok := stdin.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return 0, false
+	}
+	fd := int(f.Fd())
+	pg, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP)
+	if err != nil || pg != unix.Getpgrp() {
+		return 0, false
+	}
+	return fd, true
+}
+
+// reclaimTerminal makes forge lease's process group the terminal's
+// foreground group again after CMD's. A background group gets SIGTTOU for
+// that, so it is ignored for the call.
+func reclaimTerminal(fd int) {
+	signal.Ignore(syscall.SIGTTOU)
+	defer signal.Reset(syscall.SIGTTOU)
+	_ = unix.IoctlSetPointerInt(fd, unix.TIOCSPGRP, unix.Getpgrp())
+}
