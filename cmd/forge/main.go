@@ -131,6 +131,8 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newMigrateCmd(),
 		newLintCmd(),
 		newLeaseCmd(),
+		newServerCmd(),
+		newTokenCmd(),
 	)
 	return root
 }

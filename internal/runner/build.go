@@ -236,10 +236,4 @@ func short(sha string) string {
 }
 
 // errText is the whole text of err: spec errors list every problem.
-func errText(err error) string {
-	var fe *forge.Error
-	if errors.As(err, &fe) && fe.Message != "" && fe.Err == nil {
-		return fe.Message
-	}
-	return err.Error()
-}
+func errText(err error) string { return err.Error() }

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/term"
+
+	"github.com/forgeci/forge"
+	leaseclient "github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/backend/local"
+	"github.com/forgeci/forge/internal/git"
+	"github.com/forgeci/forge/internal/github"
+	httpapi "github.com/forgeci/forge/internal/http"
+	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/livelog"
+	"github.com/forgeci/forge/internal/runner"
+	"github.com/forgeci/forge/internal/sqldb"
+)
+
+func newServerCmd() *cobra.Command {
+	var f serverFlags
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Serve GitHub webhooks, run builds, and serve the REST API and resource leases",
+		Long: `forge server receives GitHub webhooks at POST /hooks/github, runs the builds
+they trigger on this machine (local backend), serves the REST API under /api/v1
+(OpenAPI description at /api/v1/openapi.json), resource leases over WebSockets
+(/api/v1/leases/ws), /healthz, /readyz and Prometheus /metrics.
+
+Configuration comes from the YAML file given with --config, then FORGE_*
+environment variables (FORGE_ADDR, FORGE_DATA, FORGE_DATABASE_URL,
+FORGE_PUBLIC_URL, FORGE_GITHUB_WEBHOOK_SECRET, FORGE_GITHUB_TOKEN,
+FORGE_BUILDS_CONCURRENCY, FORGE_GRACE, FORGE_LOG_LEVEL, ...), then flags:
+flags win. The database is SQLite in the data directory unless
+FORGE_DATABASE_URL is a postgres:// URL.
+
+The server refuses to start while database migrations are pending; run
+"forge migrate up" first, or set FORGE_MIGRATE=auto to migrate at start.
+
+On SIGTERM or SIGINT it stops taking new builds, stops serving HTTP, lets
+running builds finish for up to --grace, then cancels them and exits 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m := &serverMain{Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()}
+			if err := m.ParseFlags(cmd, &f, os.Getenv); err != nil {
+				return err
+			}
+			defer m.Close()
+			return m.Run(cmd.Context())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.addr, "addr", "", `address to listen on, HOST:PORT (default ":8080")`)
+	fl.StringVar(&f.data, "data", "", "data directory: database, git mirrors, workspaces (default $FORGE_DATA or ./forge-data)")
+	fl.StringVar(&f.config, "config", "", "YAML configuration file")
+	fl.StringVar(&f.publicURL, "public-url", "", "the server's URL as users reach it, for links in builds (default http://ADDR)")
+	fl.DurationVar(&f.grace, "grace", 0, "how long running builds may finish after SIGTERM before they are cancelled (default 30s)")
+	return cmd
+}
+
+type serverFlags struct {
+	addr, data, config, publicURL string
+	grace                         time.Duration
+}
+
+// serverMain is forge server: ParseFlags builds the configuration, Run
+// wires every part and serves until its context ends, Close releases what
+// Run opened.
+type serverMain struct {
+	Config serverConfig
+	Stdout io.Writer
+	Stderr io.Writer
+	Logger *slog.Logger
+
+	// Listening, when set, receives the bound address once the server
+	// accepts connections (tests).
+	Listening func(addr net.Addr)
+
+	db *sqldb.DB
+}
+
+// ParseFlags resolves the configuration: defaults, then the --config file,
+// then the environment, then the flags that were set.
+func (m *serverMain) ParseFlags(cmd *cobra.Command, f *serverFlags, getenv func(string) string) error {
+	c := defaultServerConfig()
+	if f.config != "" {
+		if err := loadConfigFile(f.config, &c); err != nil {
+			return err
+		}
+	}
+	if err := applyEnv(&c, getenv); err != nil {
+		return err
+	}
+	changed := cmd.Flags().Changed
+	if changed("addr") {
+		c.Addr = f.addr
+	}
+	if changed("data") {
+		c.Data = f.data
+	}
+	if changed("public-url") {
+		c.PublicURL = f.publicURL
+	}
+	if changed("grace") {
+		c.Grace = Duration(f.grace)
+	}
+	if c.Data == "" {
+		c.Data = sqldb.DefaultDataDir()
+	}
+	if err := c.validate(); err != nil {
+		return err
+	}
+	m.Config = c
+	return nil
+}
+
+// newLogger logs to w: JSON unless w is a terminal.
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// Run opens the database, wires the webhook intake, the trigger, the
+// runner, the lease server and the HTTP API, and serves until ctx ends.
+func (m *serverMain) Run(ctx context.Context) error {
+	c := &m.Config
+	if m.Logger == nil {
+		m.Logger = newLogger(m.Stderr, c.Log.Level)
+	}
+	log := m.Logger
+	data, err := filepath.Abs(c.Data)
+	if err != nil {
+		return forge.Errorf(forge.EINVALID, "data directory %q: %v", c.Data, err)
+	}
+	if err := os.MkdirAll(data, 0o750); err != nil {
+		return forge.Errorf(forge.EINVALID, "data directory: %v", err)
+	}
+
+	// The database, refusing a schema this forge does not know.
+	auto, err := sqldb.MigrateAutoFromEnv()
+	if err != nil {
+		return err
+	}
+	db, err := sqldb.Open(ctx, sqldb.Config{DataDir: data, URL: c.DatabaseURL})
+	if err != nil {
+		return err
+	}
+	m.db = db
+	applied, err := db.PrepareSchema(ctx, auto)
+	if len(applied) > 0 {
+		log.Info("migrated the database", "versions", applied)
+	}
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	// Leases: pools from the configuration, served in-process.
+	lc := c.leaseConfig()
+	pools, err := lc.BuildPools()
+	if err != nil {
+		return forge.Errorf(forge.EINVALID, "config: %v", err)
+	}
+	leases, err := lease.NewMemory(pools, lc.ManagerOptions())
+	if err != nil {
+		return err
+	}
+	leaseSrv := lease.NewServer(leases, lease.Options{Keepalive: lc.KeepaliveOrDefault(), Registry: reg, Logger: log.With("component", "lease")})
+
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		return forge.Errorf(forge.EUNAVAILABLE, "listen on %s: %v", c.Addr, err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	publicURL := c.PublicURL
+	if publicURL == "" {
+		publicURL = "http://" + loopbackIfAny(addr)
+	}
+
+	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token})
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(data, "tmp")
+	if err := os.MkdirAll(tmp, 0o750); err != nil {
+		return forge.Errorf(forge.EINVALID, "data directory: %v", err)
+	}
+	leaser, err := leaseclient.NewLeaser("http://"+loopbackIfAny(addr), nil)
+	if err != nil {
+		return err
+	}
+	live := livelog.New()
+	run, err := runner.New(runner.Options{
+		Builds: db, Repos: db, Logs: db,
+		Git:     gitc,
+		Planner: runner.SpecPlanner(),
+		Executor: runner.Engine{
+			Backend:  local.New(local.Options{TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace)}),
+			Leaser:   leaser,
+			Parallel: c.Builds.Parallel,
+		},
+		Live: live,
+		Secrets: func(_ context.Context, repo *forge.Repo) (map[string]string, error) {
+			return c.secretsFor(repo.FullName()), nil
+		},
+		WorkDir:     filepath.Join(data, "work"),
+		PublicURL:   publicURL,
+		Concurrency: c.Builds.Concurrency,
+		PerRepo:     c.Builds.PerRepo,
+		Grace:       time.Duration(c.Grace),
+		Logger:      log,
+		Registerer:  reg,
+	})
+	if err != nil {
+		return err
+	}
+	proc, err := newProcessor(m, db, gitc, run, log, reg)
+	if err != nil {
+		return err
+	}
+
+	api := httpapi.New(httpapi.Options{
+		Repos: db, Store: db, Logs: db, Tokens: db,
+		Control: run,
+		Trigger: proc.trigger(),
+		Hooks: httpapi.GitHubHook(db, httpapi.HookOptions{
+			Secret:   c.GitHub.WebhookSecret,
+			MaxBody:  c.GitHub.MaxBody,
+			Validate: github.Validate,
+			Notify:   proc.Notify,
+			Logger:   log.With("component", "webhook"),
+			Metrics:  reg,
+		}),
+		Leases: leaseSrv.Handler(),
+		Ready: func(ctx context.Context) error {
+			if err := db.Ping(ctx); err != nil {
+				return forge.WrapError(forge.EUNAVAILABLE, err, "database unreachable")
+			}
+			return db.CheckSchema(ctx)
+		},
+		Gatherer:     reg,
+		PrivateReads: c.API.PrivateReads,
+		Logger:       log,
+	})
+	srv := &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+
+	log.Info("listening", "addr", addr, "public_url", publicURL, "data", data, "database", db.String(), "version", version)
+	if m.Listening != nil {
+		m.Listening(ln.Addr())
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down: no new builds; running builds get the grace period", "grace", time.Duration(c.Grace).String())
+		api.SetDraining()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = leaseSrv.Shutdown(sctx)
+		return srv.Shutdown(sctx)
+	})
+	g.Go(func() error { return run.Run(gctx) })
+	g.Go(func() error { return proc.Run(gctx) })
+	err = g.Wait()
+	log.Info("stopped", "err", err)
+	if err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// Close closes what Run opened.
+func (m *serverMain) Close() error {
+	if m.db != nil {
+		return m.db.Close()
+	}
+	return nil
+}
+
+// loopbackIfAny turns a wildcard listen address into one this host can dial.
+func loopbackIfAny(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		if ip != nil && ip.To4() == nil {
+			return net.JoinHostPort("::1", port)
+		}
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return strings.TrimSpace(addr)
+}
