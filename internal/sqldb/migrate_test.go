@@ -1,0 +1,494 @@
+package sqldb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge"
+)
+
+// helperEnv makes the test binary act as one `forge migrate up` process
+// (see TestMain): the migration race runs across real processes.
+const helperEnv = "FORGE_SQLDB_TEST_MIGRATE_HELPER"
+
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv(helperEnv); cfg != "" {
+		os.Exit(migrateHelper(cfg))
+	}
+	os.Exit(m.Run())
+}
+
+// migrateHelper opens the database described by cfgJSON, migrates it up
+// and prints the versions it applied as JSON.
+func migrateHelper(cfgJSON string) int {
+	var cfg Config
+	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db, err := Open(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer db.Close()
+	applied, err := db.Migrate(ctx, "up")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if applied == nil {
+		applied = []int64{}
+	}
+	json.NewEncoder(os.Stdout).Encode(applied)
+	return 0
+}
+
+// latest returns the versions this forge knows.
+func knownVersions(t *testing.T, db *DB) []int64 {
+	t.Helper()
+	known, err := db.knownMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []int64
+	for _, m := range known {
+		vs = append(vs, m.Version)
+	}
+	if len(vs) < 2 {
+		t.Fatalf("known migrations: got %v, want at least two for these tests", vs)
+	}
+	return vs
+}
+
+// versionRows counts goose's rows per applied version.
+func versionRows(t *testing.T, db *DB) map[int64]int {
+	t.Helper()
+	rows, err := db.sqlDB().Query("SELECT version_id FROM " + versionTable + " WHERE version_id > 0 AND is_applied")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[int64]int{}
+	for rows.Next() {
+		var v int64
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		out[v]++
+	}
+	return out
+}
+
+func TestMigrateUpDownStatus(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		ctx := context.Background()
+		db := openTest(t, testConfig(t, kind))
+		known := knownVersions(t, db)
+		latest := known[len(known)-1]
+
+		st, err := db.SchemaStatus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Current != 0 || st.Latest != latest || !reflect.DeepEqual(st.Pending, known) || len(st.Unknown) != 0 {
+			t.Fatalf("status of a new database: got %+v, want current 0, latest %d, all pending", st, latest)
+		}
+		if st.Migrations[0].Name != "00001_init.sql" || st.Migrations[0].Applied {
+			t.Fatalf("first migration: got %+v", st.Migrations[0])
+		}
+		err = db.CheckSchema(ctx)
+		wantCode(t, err, forge.ECONFLICT)
+		if !errors.Is(err, ErrSchemaPending) || !strings.Contains(err.Error(), "forge migrate up") {
+			t.Fatalf("CheckSchema of a new database: got %v, want ErrSchemaPending saying to run forge migrate up", err)
+		}
+		// Status changes nothing, not even goose's table.
+		if _, err := db.ListRepos(ctx); err == nil {
+			t.Fatal("ListRepos worked before migrating: status must not create the schema")
+		}
+
+		applied, err := db.Migrate(ctx, "up")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(applied, known) {
+			t.Fatalf("up: applied %v, want %v", applied, known)
+		}
+		if err := db.CheckSchema(ctx); err != nil {
+			t.Fatalf("CheckSchema after up: %v", err)
+		}
+		st, err = db.SchemaStatus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range st.Migrations {
+			if !m.Applied || m.AppliedAt.IsZero() || time.Since(m.AppliedAt) > time.Hour {
+				t.Fatalf("after up: migration %+v, want applied just now", m)
+			}
+		}
+		if st.Current != latest || len(st.Pending) != 0 {
+			t.Fatalf("status after up: got %+v", st)
+		}
+		again, err := db.Migrate(ctx, "up")
+		if err != nil || len(again) != 0 {
+			t.Fatalf("second up: got %v, %v; want nothing to do", again, err)
+		}
+
+		down, err := db.Migrate(ctx, "down")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(down, []int64{latest}) {
+			t.Fatalf("down: rolled back %v, want [%d]", down, latest)
+		}
+		st, _ = db.SchemaStatus(ctx)
+		if st.Current != known[len(known)-2] || !reflect.DeepEqual(st.Pending, []int64{latest}) {
+			t.Fatalf("status after down: got %+v", st)
+		}
+		wantCode(t, db.CheckSchema(ctx), forge.ECONFLICT)
+		for range len(known) - 1 {
+			if _, err := db.Migrate(ctx, "down"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		none, err := db.Migrate(ctx, "down")
+		if err != nil || len(none) != 0 {
+			t.Fatalf("down with nothing applied: got %v, %v; want nothing", none, err)
+		}
+		if _, err := db.ListRepos(ctx); err == nil {
+			t.Fatal("ListRepos worked after rolling everything back")
+		}
+		applied, err = db.Migrate(ctx, "up")
+		if err != nil || !reflect.DeepEqual(applied, known) {
+			t.Fatalf("up after down: got %v, %v; want %v", applied, err, known)
+		}
+		mustRepo(t, db, "acme", "after")
+
+		_, err = db.Migrate(ctx, "sideways")
+		wantCode(t, err, forge.EINVALID)
+	})
+}
+
+func TestSchemaNewerThanKnown(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		ctx := context.Background()
+		db := newTestDB(t, kind)
+		// What a newer forge leaves behind: a version this one does not know.
+		if _, err := db.sqlDB().Exec(db.q("INSERT INTO "+versionTable+" (version_id, is_applied) VALUES (?, ?)"), 90001, true); err != nil {
+			t.Fatal(err)
+		}
+		st, err := db.SchemaStatus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Current != 90001 || !reflect.DeepEqual(st.Unknown, []int64{90001}) {
+			t.Fatalf("status: got %+v, want current 90001 unknown", st)
+		}
+		last := st.Migrations[len(st.Migrations)-1]
+		if last.Version != 90001 || last.Name != "" || !last.Applied {
+			t.Fatalf("unknown migration listed as %+v", last)
+		}
+		err = db.CheckSchema(ctx)
+		wantCode(t, err, forge.ECONFLICT)
+		if !errors.Is(err, ErrSchemaNewer) || !strings.Contains(err.Error(), "90001") {
+			t.Fatalf("CheckSchema: got %v, want ErrSchemaNewer naming version 90001", err)
+		}
+		for _, dir := range []string{"up", "down"} {
+			_, err = db.Migrate(ctx, dir)
+			if !errors.Is(err, ErrSchemaNewer) {
+				t.Fatalf("Migrate %s on a newer schema: got %v, want ErrSchemaNewer", dir, err)
+			}
+		}
+		_, err = db.PrepareSchema(ctx, true)
+		if !errors.Is(err, ErrSchemaNewer) {
+			t.Fatalf("PrepareSchema(auto) on a newer schema: got %v, want ErrSchemaNewer", err)
+		}
+	})
+}
+
+func TestPrepareSchema(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		ctx := context.Background()
+		db := openTest(t, testConfig(t, kind))
+		known := knownVersions(t, db)
+		if _, err := db.PrepareSchema(ctx, false); !errors.Is(err, ErrSchemaPending) {
+			t.Fatalf("PrepareSchema without auto: got %v, want ErrSchemaPending", err)
+		}
+		applied, err := db.PrepareSchema(ctx, true)
+		if err != nil || !reflect.DeepEqual(applied, known) {
+			t.Fatalf("PrepareSchema(auto): got %v, %v; want %v", applied, err, known)
+		}
+		applied, err = db.PrepareSchema(ctx, true)
+		if err != nil || len(applied) != 0 {
+			t.Fatalf("second PrepareSchema(auto): got %v, %v; want nothing applied", applied, err)
+		}
+		if _, err := db.PrepareSchema(ctx, false); err != nil {
+			t.Fatalf("PrepareSchema on a current schema: %v", err)
+		}
+	})
+}
+
+// TestMigrateRaceHandles starts Migrate up on several separate handles at
+// once: every call succeeds, and each migration is applied exactly once.
+// Without the lock the race fails most rounds; three rounds make a miss
+// unlikely.
+func TestMigrateRaceHandles(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		for round := range 3 {
+			t.Run(fmt.Sprint("round", round), func(t *testing.T) { raceHandles(t, kind) })
+		}
+	})
+}
+
+func raceHandles(t *testing.T, kind string) {
+	{
+		ctx := context.Background()
+		cfg := testConfig(t, kind)
+		const n = 4
+		dbs := make([]*DB, n)
+		for i := range dbs {
+			dbs[i] = openTest(t, cfg)
+		}
+		known := knownVersions(t, dbs[0])
+		start := make(chan struct{})
+		results := make([][]int64, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, db := range dbs {
+			wg.Go(func() {
+				<-start
+				results[i], errs[i] = db.Migrate(ctx, "up")
+			})
+		}
+		close(start)
+		wg.Wait()
+		checkRace(t, dbs[0], known, results, errs)
+	}
+}
+
+// TestMigrateRaceProcesses is the same race between real processes, as two
+// replicas running forge migrate up at once would be.
+func TestMigrateRaceProcesses(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		for round := range 2 {
+			t.Run(fmt.Sprint("round", round), func(t *testing.T) { raceProcesses(t, kind) })
+		}
+	})
+}
+
+func raceProcesses(t *testing.T, kind string) {
+	{
+		cfg := testConfig(t, kind)
+		db := openTest(t, cfg)
+		known := knownVersions(t, db)
+		cfgJSON, _ := json.Marshal(cfg)
+		const n = 3
+		cmds := make([]*exec.Cmd, n)
+		outs := make([]*strings.Builder, n)
+		for i := range cmds {
+			cmds[i] = exec.Command(os.Args[0])
+			cmds[i].Env = append(os.Environ(), helperEnv+"="+string(cfgJSON))
+			outs[i] = new(strings.Builder)
+			cmds[i].Stdout = outs[i]
+			cmds[i].Stderr = outs[i]
+		}
+		for _, c := range cmds {
+			if err := c.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		results := make([][]int64, n)
+		errs := make([]error, n)
+		for i, c := range cmds {
+			if err := c.Wait(); err != nil {
+				errs[i] = fmt.Errorf("process %d: %v: %s", i, err, outs[i])
+				continue
+			}
+			if err := json.Unmarshal([]byte(outs[i].String()), &results[i]); err != nil {
+				errs[i] = fmt.Errorf("process %d output %q: %v", i, outs[i], err)
+			}
+		}
+		checkRace(t, db, known, results, errs)
+	}
+}
+
+// checkRace checks the outcome of concurrent migrations: no errors, every
+// known version applied by exactly one of them, and recorded once.
+func checkRace(t *testing.T, db *DB, known []int64, results [][]int64, errs []error) {
+	t.Helper()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent migrate up: %v", err)
+		}
+	}
+	var all []int64
+	for _, r := range results {
+		all = append(all, r...)
+	}
+	sort.Slice(all, func(i, k int) bool { return all[i] < all[k] })
+	if !reflect.DeepEqual(all, known) {
+		t.Fatalf("versions applied across the racers: got %v (per racer %v), want %v once each", all, results, known)
+	}
+	rows := versionRows(t, db)
+	for _, v := range known {
+		if rows[v] != 1 {
+			t.Fatalf("goose's table: version %d recorded %d times, want once (%v)", v, rows[v], rows)
+		}
+	}
+	if err := db.CheckSchema(context.Background()); err != nil {
+		t.Fatalf("CheckSchema after the race: %v", err)
+	}
+}
+
+// TestMigrateWaitsForLock: while another process holds the SQLite
+// migration lock, Migrate waits, and gives up when its context ends.
+func TestMigrateWaitsForLock(t *testing.T) {
+	cfg := testConfig(t, "sqlite")
+	holder := openTest(t, cfg)
+	db := openTest(t, cfg)
+	unlock, err := holder.lockMigrations(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	_, err = db.Migrate(ctx, "up")
+	wantCode(t, err, forge.ETIMEOUT)
+	if waited := time.Since(began); waited < 150*time.Millisecond {
+		t.Fatalf("Migrate gave up after %v, want it to wait for the lock until its deadline", waited)
+	}
+	if st, _ := db.SchemaStatus(context.Background()); st.Current != 0 {
+		t.Fatalf("Migrate changed the schema without the lock: %+v", st)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := db.Migrate(context.Background(), "up")
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Migrate finished (%v) while the lock was held", err)
+	default:
+	}
+	unlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Migrate did not finish after the lock was released")
+	}
+}
+
+func TestMigrateAutoFromEnv(t *testing.T) {
+	for _, tt := range []struct {
+		value string
+		auto  bool
+		code  string
+	}{
+		{"", false, ""},
+		{"auto", true, ""},
+		{"yes", false, forge.EINVALID},
+		{"AUTO", false, forge.EINVALID},
+	} {
+		t.Setenv(EnvMigrate, tt.value)
+		auto, err := MigrateAutoFromEnv()
+		if auto != tt.auto || forge.ErrorCode(err) != tt.code {
+			t.Errorf("%s=%q: got %v, %v; want %v, code %q", EnvMigrate, tt.value, auto, err, tt.auto, tt.code)
+		}
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Setenv(EnvDataDir, "")
+	t.Setenv(EnvDatabaseURL, "")
+	if got := DefaultDataDir(); got != DefaultDataDirName {
+		t.Fatalf("DefaultDataDir without %s: got %q, want %q", EnvDataDir, got, DefaultDataDirName)
+	}
+	t.Setenv(EnvDataDir, "/srv/forge")
+	if got := DefaultDataDir(); got != "/srv/forge" {
+		t.Fatalf("DefaultDataDir: got %q, want /srv/forge", got)
+	}
+	if got := ConfigFromEnv("/d"); got != (Config{DataDir: "/d"}) {
+		t.Fatalf("ConfigFromEnv without a URL: got %+v", got)
+	}
+	t.Setenv(EnvDatabaseURL, " postgres://u@h/db ")
+	if got := ConfigFromEnv("/d"); got != (Config{DataDir: "/d", URL: "postgres://u@h/db"}) {
+		t.Fatalf("ConfigFromEnv: got %+v", got)
+	}
+}
+
+func TestOpen(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+		code string
+		says string
+	}{
+		{"nothing", Config{}, forge.EINVALID, "no data directory"},
+		{"mysql", Config{URL: "mysql://u@h/db"}, forge.EINVALID, `scheme "mysql"`},
+		{"not a url", Config{URL: "postgres://%zz"}, forge.EINVALID, "not a URL"},
+		{"data dir is a file", Config{DataDir: file}, forge.EINVALID, "data directory"},
+		{"postgres down", Config{URL: "postgres://u:secret@127.0.0.1:1/db?connect_timeout=2"}, forge.EUNAVAILABLE, "cannot reach"},
+	} {
+		db, err := Open(ctx, tt.cfg)
+		if err == nil {
+			db.Close()
+		}
+		if forge.ErrorCode(err) != tt.code || !strings.Contains(forge.ErrorMessage(err), tt.says) {
+			t.Errorf("%s: got %v (%s), want %s saying %q", tt.name, err, forge.ErrorCode(err), tt.code, tt.says)
+		}
+		if strings.Contains(forge.ErrorMessage(err), "secret") {
+			t.Errorf("%s: the message shows the password: %s", tt.name, forge.ErrorMessage(err))
+		}
+	}
+
+	dir := filepath.Join(t.TempDir(), "new", "data")
+	db := openTest(t, Config{DataDir: dir})
+	if db.Dialect() != "sqlite" || !strings.Contains(db.String(), filepath.Join(dir, FileName)) {
+		t.Fatalf("opened %s (%s), want SQLite at %s", db, db.Dialect(), filepath.Join(dir, FileName))
+	}
+	if err := db.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var mode string
+	if err := db.sqlDB().QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+		t.Fatalf("journal mode: got %q, %v; want wal", mode, err)
+	}
+	var fk int
+	if err := db.r.QueryRow("PRAGMA foreign_keys").Scan(&fk); err != nil || fk != 1 {
+		t.Fatalf("foreign keys on the read pool: got %d, %v; want 1", fk, err)
+	}
+}
+
+func TestNumberPlaceholders(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"SELECT 1", "SELECT 1"},
+		{"a = ? AND b = ?", "a = $1 AND b = $2"},
+		{"x = '?' AND y = ?", "x = '?' AND y = $1"},
+		{"IN (?, ?, ?)", "IN ($1, $2, $3)"},
+	} {
+		if got := numberPlaceholders(tt.in); got != tt.want {
+			t.Errorf("numberPlaceholders(%q): got %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
