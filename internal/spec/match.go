@@ -15,7 +15,15 @@ import (
 type glob struct {
 	src     string
 	exclude bool
-	re      *regexp.Regexp
+	re      *regexp.Regexp // nil for a pattern without wildcards
+	literal string
+}
+
+func (g glob) matches(name string) bool {
+	if g.re == nil {
+		return name == g.literal
+	}
+	return g.re.MatchString(name)
 }
 
 // compileGlob compiles pattern s.
@@ -27,6 +35,10 @@ func compileGlob(s string) (glob, error) {
 	}
 	if s == "" {
 		return g, fmt.Errorf("empty pattern")
+	}
+	if !strings.ContainsAny(s, "*?[") {
+		g.literal = s
+		return g, nil
 	}
 	var b strings.Builder
 	b.WriteString("^")
@@ -91,13 +103,13 @@ func (gs globs) match(name string) bool {
 	included, hasInclude := false, false
 	for _, g := range gs {
 		if g.exclude {
-			if g.re.MatchString(name) {
+			if g.matches(name) {
 				return false
 			}
 			continue
 		}
 		hasInclude = true
-		if !included && g.re.MatchString(name) {
+		if !included && g.matches(name) {
 			included = true
 		}
 	}
@@ -125,7 +137,7 @@ func (gs globs) String() string {
 func (r *reader) patterns(n ast.Node, what string) globs {
 	var out globs
 	for _, s := range r.strs(n, what) {
-		g, err := compileGlob(s.s)
+		g, err := r.glob(s.s)
 		if err != nil {
 			r.ps.at(s.p, "bad pattern `%s` in %s: %v", s.s, what, err)
 			continue
@@ -133,6 +145,21 @@ func (r *reader) patterns(n ast.Node, what string) globs {
 		out = append(out, g)
 	}
 	return out
+}
+
+// glob compiles s once per file: specs repeat the same patterns.
+func (r *reader) glob(s string) (glob, error) {
+	if g, ok := r.globs[s]; ok {
+		return g, nil
+	}
+	g, err := compileGlob(s)
+	if err == nil {
+		if r.globs == nil {
+			r.globs = map[string]glob{}
+		}
+		r.globs[s] = g
+	}
+	return g, err
 }
 
 // whenSpec is a job's when: condition. Every condition given must hold;

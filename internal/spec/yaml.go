@@ -24,6 +24,7 @@ type reader struct {
 	visits  int
 	// overBudget is set once maxNodes is exceeded; readers then stop.
 	overBudget bool
+	globs      map[string]glob // compiled patterns by source
 }
 
 // parseYAML parses data into its document body, or records why it cannot.
