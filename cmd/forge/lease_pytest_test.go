@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge/client/lease"
+)
+
+// pytestExample is the folder of the pytest plugin example.
+const pytestExample = "../../examples/pytest"
+
+// leasePython finds a python3 with pytest and websockets (Debian's
+// python3-pytest and python3-websockets); it skips the test without one,
+// and fails it in CI.
+func leasePython(t *testing.T) string {
+	t.Helper()
+	for _, py := range []string{"python3", "/usr/bin/python3"} {
+		if exec.Command(py, "-c", "import pytest, websockets").Run() == nil {
+			return py
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("no python3 with pytest and websockets: install python3-pytest and python3-websockets")
+	}
+	t.Skip("no python3 with pytest and websockets (apt-get install python3-pytest python3-websockets)")
+	return ""
+}
+
+// startPytest runs python -m pytest with args; the example folder is on
+// PYTHONPATH so -p forge_lease works from anywhere.
+func startPytest(t *testing.T, py string, env []string, args ...string) *leaseProc {
+	t.Helper()
+	abs, err := filepath.Abs(pytestExample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &leaseProc{done: make(chan struct{})}
+	p.cmd = exec.Command(py, append([]string{"-m", "pytest", "-p", "no:cacheprovider"}, args...)...)
+	p.cmd.Env = append(os.Environ(), append([]string{"PYTHONDONTWRITEBYTECODE=1", "PYTHONPATH=" + abs}, env...)...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		p.code = exitCode(p.cmd.ProcessState, nil)
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// TestPytestExampleLeasesForTheSession runs examples/pytest against a real
+// lease server: the session waits its turn, gets the device, and gives it
+// back at the end.
+func TestPytestExampleLeasesForTheSession(t *testing.T) {
+	py := leasePython(t)
+	srv := newLeaseServer(t, leasePool("dut", "dut1"))
+
+	// Someone else holds the only device when the session starts.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := lease.Dial(ctx, srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	other, err := c.Acquire(ctx, "other", []lease.Request{{Pool: "dut"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	record := filepath.Join(t.TempDir(), "granted")
+	p := startPytest(t, py, []string{"FORGE_EXAMPLE_RECORD=" + record}, pytestExample, "--forge-lease", "dut", "--forge-server", srv.URL)
+	waitFor(t, 20*time.Second, "the pytest session to queue for dut", func() bool { return srv.queueLen(t, "dut") == 1 })
+	if _, err := os.Stat(record); err == nil {
+		t.Fatal("tests ran before the session had the device")
+	}
+	if err := other.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("pytest exited %d\nstdout: %s\nstderr: %s", code, p.stdout.String(), p.stderr.String())
+	}
+	out := p.stdout.String()
+	for _, want := range []string{"forge lease: waiting for dut: position 1", "forge lease: granted dut=dut1", "3 passed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("pytest output lacks %q:\n%s", want, out)
+		}
+	}
+	if got, _ := os.ReadFile(record); string(got) != "dut1" {
+		t.Errorf("the tests saw %q, want dut1", got)
+	}
+	if got := srv.leases(t, "dut"); len(got) != 0 {
+		t.Errorf("leases left after the session: %v", got)
+	}
+}
+
+// TestPytestExampleUnderForgeLease: the same tests take the grant of an
+// enclosing forge lease from FORGE_LEASE_JSON.
+func TestPytestExampleUnderForgeLease(t *testing.T) {
+	py := leasePython(t)
+	srv := newLeaseServer(t, leasePool("dut", "dut1"))
+	abs, _ := filepath.Abs(pytestExample)
+	p := startForge(t, []string{"FORGE_SERVER=" + srv.URL, "PYTHONDONTWRITEBYTECODE=1"},
+		"lease", "dut", "--", py, "-m", "pytest", "-p", "no:cacheprovider", abs)
+	if code := p.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, p.stdout.String(), p.stderr.String())
+	}
+	if out := p.stdout.String(); !strings.Contains(out, "3 passed") {
+		t.Errorf("pytest output lacks 3 passed:\n%s", out)
+	}
+}
+
+// TestPytestExampleAbortsWhenLost: a lease lost in the middle of a test
+// interrupts the session at once, with status 75 and a message.
+func TestPytestExampleAbortsWhenLost(t *testing.T) {
+	py := leasePython(t)
+	srv := newLeaseServer(t, leasePool("dut", "dut1"))
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "test_slow.py"), []byte(`
+import time
+
+def test_slow(forge_resources):
+    print("started", flush=True)
+    time.sleep(60)
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startPytest(t, py, nil, "-p", "forge_lease", "-s", dir, "--forge-lease", "dut", "--forge-server", srv.URL)
+	waitFor(t, 20*time.Second, "the test to start", func() bool { return strings.Contains(p.stdout.String(), "started") })
+	lost := time.Now()
+	if err := srv.m.Revoke(context.Background(), srv.leases(t, "dut")["dut1"], "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 10*time.Second); code != 75 {
+		t.Errorf("pytest exited %d, want 75\nstdout: %s\nstderr: %s", code, p.stdout.String(), p.stderr.String())
+	}
+	if d := time.Since(lost); d > 5*time.Second {
+		t.Errorf("session ended %v after the loss; want at once", d)
+	}
+	if got := p.stderr.String(); !strings.Contains(got, "lost the lease on dut (revoked by the server: maintenance)") {
+		t.Errorf("stderr lacks the loss message:\n%s", got)
+	}
+}
+
+func TestPytestExampleErrors(t *testing.T) {
+	py := leasePython(t)
+	srv := newLeaseServer(t, leasePool("dut", "dut1"))
+	tests := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"unknown pool", []string{"--forge-lease", "nope", "--forge-server", srv.URL}, 2, `unknown pool "nope"`},
+		{"bad count", []string{"--forge-lease", "dut:x", "--forge-server", srv.URL}, 4, `bad count in 'dut:x'`},
+		{"unreachable", []string{"--forge-lease", "dut", "--forge-server", "http://127.0.0.1:1"}, 69, "cannot reach the lease server"},
+		{"no lease at all", nil, 0, "3 skipped"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startPytest(t, py, []string{"FORGE_LEASE_JSON=", "FORGE_LEASE_POOLS="}, append([]string{pytestExample}, tt.args...)...)
+			code := p.wait(t, 60*time.Second)
+			out := p.stdout.String() + p.stderr.String()
+			if code != tt.code || !strings.Contains(out, tt.msg) {
+				t.Errorf("exit %d, want %d with %q; output:\n%s", code, tt.code, tt.msg, out)
+			}
+		})
+	}
+}
