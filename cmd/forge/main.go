@@ -128,6 +128,7 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		newVersionCmd(),
+		newExecCmd(),
 		newMigrateCmd(),
 		newLintCmd(),
 		newLeaseCmd(),

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The end-to-end benchmarks of issue 2 run the forge binary (built once)
+// the way a user does, in a git checkout of their own:
+//
+//	go test -run='^$' -bench=Exec -benchtime=20x ./cmd/forge
+//
+// Each reports medians over its iterations; see BENCHMARKS.md.
+
+// benchCheckout makes a git repository with one commit holding spec as
+// .forge.yml, and returns its directory.
+func benchCheckout(b *testing.B, spec string) string {
+	b.Helper()
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, ".forge.yml"), []byte(spec), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"init", "-q", "-b", "main"},
+		{"add", ".forge.yml"},
+		{"-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "-q", "-m", "bench"},
+	} {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	return dir
+}
+
+// rusageEnv makes the test binary a launcher (see init): measuring the
+// peak RSS of a process started straight from a large test process would
+// count the test's own memory, which the child shares until it execs.
+const rusageEnv = "FORGE_BENCH_LAUNCHER"
+
+// init turns the test binary, when started with rusageEnv set, into a
+// small launcher: it runs os.Args[1:], then writes "WALL CHILD SELF" (the
+// child's wall time in nanoseconds, the peak RSS of the child and its own,
+// in KiB) to file descriptor 3 and exits with the child's status.
+func init() {
+	if os.Getenv(rusageEnv) != "1" {
+		return
+	}
+	cmd := exec.Command(os.Args[1], os.Args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, rusageEnv+"=") })
+	start := time.Now()
+	err := cmd.Run()
+	wall := time.Since(start)
+	var children, self syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	fmt.Fprintf(os.NewFile(3, "rusage"), "%d %d %d\n", wall, children.Maxrss, self.Maxrss)
+	if err != nil {
+		os.Exit(max(cmd.ProcessState.ExitCode(), 1))
+	}
+	os.Exit(0)
+}
+
+// timed runs bin with args through the launcher, in dir, with its stdout
+// drained through a pipe, and returns its wall time (measured by the
+// launcher, so the launcher's own start does not count), the peak resident
+// memory of the process in bytes, and the launcher's own peak (an upper
+// bound of what the first figure may include that is not the process's).
+func timed(b *testing.B, dir, bin string, args ...string) (time.Duration, int64, int64) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{bin}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), rusageEnv+"=1")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	rr, rw, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rr.Close()
+	cmd.ExtraFiles = []*os.File{rw}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	rw.Close()
+	if _, err := io.Copy(io.Discard, stdout); err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("%v: %v\n%s", args, err, stderr.String())
+	}
+	var wall time.Duration
+	var child, self int64
+	if _, err := fmt.Fscan(rr, &wall, &child, &self); err != nil {
+		b.Fatalf("reading the launcher's rusage: %v", err)
+	}
+	return wall, child * 1024, self * 1024
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkExecSteps50 compares forge exec of one job of 50 steps of
+// `true` with a shell loop starting `sh -c true` 50 times, alternating the
+// two in every iteration. Target: ratio at most 1.3.
+func BenchmarkExecSteps50(b *testing.B) {
+	bin := buildForge(b)
+	var spec strings.Builder
+	spec.WriteString("execute:\n")
+	for range 50 {
+		spec.WriteString("  - \"true\"\n")
+	}
+	dir := benchCheckout(b, spec.String())
+	var forgeT, loopT []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		d, _, _ := timed(b, dir, bin, "exec")
+		forgeT = append(forgeT, d)
+		d, _, _ = timed(b, dir, "/bin/sh", "-c", "i=0; while [ $i -lt 50 ]; do sh -c true; i=$((i+1)); done")
+		loopT = append(loopT, d)
+	}
+	b.StopTimer()
+	b.ReportMetric(ms(median(forgeT)), "forge-ms")
+	b.ReportMetric(ms(median(loopT)), "loop-ms")
+	b.ReportMetric(float64(median(forgeT))/float64(median(loopT)), "ratio")
+}
+
+// BenchmarkExecSeqMillion runs one step `seq 1 N` with the output captured
+// with timestamps to a log file (--log-dir) and to stdout, a pipe the
+// benchmark drains. It reports the wall time and forge's peak RSS for a
+// million lines and for 100,000, to show memory does not grow with the
+// output. Target: 300 ms for the million.
+func BenchmarkExecSeqMillion(b *testing.B) {
+	bin := buildForge(b)
+	dir := benchCheckout(b, "jobs:\n  million:\n    steps:\n      - seq 1 1000000\n  tenth:\n    action: tenth\n    steps:\n      - seq 1 100000\n")
+	logs := b.TempDir()
+	var wall1M, wall100k []time.Duration
+	var rss1M, rss100k, launcher int64
+	// check reads a log as a stream, to keep the test process small.
+	check := func(job string, lines int) {
+		f, err := os.Open(filepath.Join(logs, job+".log"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		n := 0
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), " out ") {
+				n++
+				if want := " out " + strconv.Itoa(n); !strings.HasSuffix(sc.Text(), want) {
+					b.Fatalf("log of %s: line %q, want it to end in %q", job, sc.Text(), want)
+				}
+			}
+		}
+		if n != lines {
+			b.Fatalf("log of %s: %d lines of output, want %d", job, n, lines)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		d, rss, self := timed(b, dir, bin, "exec", "--log-dir", logs)
+		wall1M = append(wall1M, d)
+		rss1M, launcher = max(rss1M, rss), max(launcher, self)
+
+		d, rss, self = timed(b, dir, bin, "exec", "--action", "tenth", "--log-dir", logs)
+		wall100k = append(wall100k, d)
+		rss100k, launcher = max(rss100k, rss), max(launcher, self)
+	}
+	b.StopTimer()
+	check("million", 1000000)
+	check("tenth", 100000)
+	b.ReportMetric(ms(median(wall1M)), "1M-ms")
+	b.ReportMetric(ms(median(wall100k)), "100k-ms")
+	b.ReportMetric(float64(rss1M)/(1<<20), "1M-rss-MB")
+	b.ReportMetric(float64(rss100k)/(1<<20), "100k-rss-MB")
+	b.ReportMetric(float64(launcher)/(1<<20), "launcher-rss-MB")
+}
