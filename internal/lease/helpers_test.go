@@ -251,3 +251,5 @@ func (e *testEnv) rest(method, path, body string, out any) int {
 	}
 	return resp.StatusCode
 }
+
+func waitABit() { time.Sleep(5 * time.Millisecond) }
