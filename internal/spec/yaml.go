@@ -144,7 +144,7 @@ func (r *reader) resolve(n ast.Node) ast.Node {
 		r.visits++
 		if r.visits > maxNodes {
 			r.overBudget = true
-			r.ps.at(posOf(n), "this file expands to more than %d values (through aliases); simplify it", maxNodes)
+			r.ps.at(posOf(n), "this file has, or expands to through aliases, more than %d values: simplify it", maxNodes)
 			return nil
 		}
 		switch v := n.(type) {
