@@ -176,6 +176,12 @@ func Dial(ctx context.Context, serverURL string, opts *Options) (*Client, error)
 		if resp != nil {
 			return nil, handshakeError(wsURL, resp.StatusCode, err)
 		}
+		// The network error says what went wrong; the layers the
+		// WebSocket library wraps around it do not.
+		var opErr *net.OpError
+		if errors.As(err, &opErr) {
+			err = opErr
+		}
 		return nil, forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("cannot reach the lease server at %s", serverURL))
 	}
 	conn.SetReadLimit(readLimit)

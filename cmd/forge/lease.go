@@ -450,3 +450,34 @@ func reclaimTerminal(fd int) {
 	defer signal.Reset(syscall.SIGTTOU)
 	_ = unix.IoctlSetPointerInt(fd, unix.TIOCSPGRP, unix.Getpgrp())
 }
+
+// leaseServerValue is forge exec's --lease-server flag: setting it to a
+// server address makes *target a Leaser for that server, so that jobs with
+// a resources: key acquire their leases there (one connection per job,
+// held while the job runs).
+type leaseServerValue struct {
+	url    string
+	target *forge.Leaser
+}
+
+// newLeaseServerValue returns the flag value that sets *target.
+func newLeaseServerValue(target *forge.Leaser) *leaseServerValue {
+	return &leaseServerValue{target: target}
+}
+
+func (v *leaseServerValue) String() string { return v.url }
+
+// Type names the value in --help.
+func (v *leaseServerValue) Type() string { return "URL" }
+
+// Set checks the address and makes the Leaser; a bad address is a usage
+// error when the flags are parsed.
+func (v *leaseServerValue) Set(s string) error {
+	lr, err := lease.NewLeaser(s, nil)
+	if err != nil {
+		return err
+	}
+	v.url = s
+	*v.target = lr
+	return nil
+}
