@@ -43,6 +43,12 @@ func TestParseProblems(t *testing.T) {
 			[]string{"f.yml:2:6: variable `A` must be a single value, not a mapping"}},
 		{"bad variable name", "environment:\n  1A: b\nexecute: [true]\n",
 			[]string{"f.yml:2:3: bad variable name `1A` in `environment`: use letters, digits and `_`, not starting with a digit"}},
+		{"execute is a mapping", "execute: {a: b}\n",
+			[]string{"f.yml:1:10: action `execute` must be a list of commands, not a mapping"}},
+		{"columns count characters", "execute: [\"ééé\", [x]]\n",
+			[]string{"f.yml:1:18: command 2 of action `execute` must be a command (a string), not a list"}},
+		{"windows line ends", "jobs:\r\n  a:\r\n    stepz: [x]\r\n    steps: [y]\r\n",
+			[]string{"f.yml:3:5: unknown key `stepz` in job `a`: did you mean `steps`?"}},
 		{"steps is a string", "jobs:\n  a:\n    steps: make\n",
 			[]string{"f.yml:3:12: `steps` of job `a` must be a list, not a string"}},
 		{"retries is a word", "jobs:\n  a:\n    retries: many\n    steps: [x]\n",
@@ -175,9 +181,42 @@ func TestParseProblems(t *testing.T) {
 			}
 			lines := strings.Split(tc.src, "\n")
 			for _, p := range errs.Problems {
-				if p.Line <= len(lines) && p.Source != lines[p.Line-1] {
+				if p.Line <= len(lines) && p.Source != strings.TrimSuffix(lines[p.Line-1], "\r") {
 					t.Errorf("Source of %s: got %q, want line %d %q", p, p.Source, p.Line, lines[p.Line-1])
 				}
+			}
+		})
+	}
+}
+
+// TestParseAccepts covers valid files in less common YAML shapes.
+func TestParseAccepts(t *testing.T) {
+	tests := []struct{ name, src, wantRun string }{
+		{"byte order mark", "\ufeffexecute: [true]\n", "true"},
+		{"directive", "%YAML 1.2\n---\nexecute: [x]\n", "x"},
+		{"document markers", "---\nexecute: [x]\n...\n", "x"},
+		{"windows line ends", "execute:\r\n  - echo hi\r\n", "echo hi"},
+		{"literal block", "execute:\n  - |\n    echo a\n    echo b\n", "echo a\necho b\n"},
+		{"folded block", "execute:\n  - >\n    echo a\n    b\n", "echo a b\n"},
+		{"flow style", "{jobs: {a: {steps: [x]}}}\n", "x"},
+		{"number and boolean commands", "execute: [true, 1.10]\n", "true"},
+		{"escaped tab inside a value", "execute: [\"printf 'a\\tb'\"]\n", "printf 'a\tb'"},
+		{"tab after a value", "execute: [x]\t# comment\n", "x"},
+		{"tab in a block scalar", "execute:\n  - |\n    printf 'x\\n'\n    \techo indented\n", "printf 'x\\n'\n\techo indented\n"},
+		{"explicit string tag", "execute: [!!str 5]\n", "5"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := Parse("f.yml", []byte(tc.src))
+			if err != nil {
+				t.Fatalf("Parse:\n%s", Report(err))
+			}
+			p, err := Compile(f, Options{})
+			if err != nil {
+				t.Fatalf("Compile: %v", err)
+			}
+			if got := p.Jobs[0].Steps[0].Run; got != tc.wantRun {
+				t.Errorf("first step: got %q, want %q", got, tc.wantRun)
 			}
 		})
 	}

@@ -8,6 +8,7 @@
 package spec
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"regexp"
@@ -125,6 +126,8 @@ func Load(path string) (*File, error) {
 // event, the branch): a file Parse accepts compiles for each of its
 // actions. Problems are returned together as an *Errors.
 func Parse(name string, data []byte) (*File, error) {
+	// Editors on Windows may start a file with a byte order mark.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	ps := newProblems(name, data)
 	if len(data) > maxFileSize {
 		ps.add(1, 1, "the file is %d bytes; a spec may have at most %d", len(data), maxFileSize)
@@ -202,6 +205,10 @@ func (r *reader) topLevelAction(f *File, e entry) {
 	if _, isSeq := v.(*ast.SequenceNode); !isSeq {
 		if _, isNull := v.(*ast.NullNode); !isNull {
 			// Not a command list: most likely a misspelt key.
+			if e.key == DefaultAction {
+				r.ps.at(posOf(e.value), "action `%s` must be a list of commands, not %s", e.key, kind(v))
+				return
+			}
 			if slices.Contains(jobKeys, e.key) {
 				r.ps.at(e.keyPos, "`%s` belongs to a job: move it under a job in `jobs:`", e.key)
 				return

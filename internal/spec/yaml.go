@@ -54,9 +54,13 @@ func parseYAML(ps *problems, data []byte) (body ast.Node) {
 	}
 	var docs []ast.Node
 	for _, d := range f.Docs {
-		if d != nil && d.Body != nil {
-			docs = append(docs, d.Body)
+		if d == nil || d.Body == nil {
+			continue
 		}
+		if _, directive := d.Body.(*ast.DirectiveNode); directive {
+			continue // %YAML or %TAG before the document
+		}
+		docs = append(docs, d.Body)
 	}
 	if len(docs) == 0 {
 		return nil
