@@ -18,8 +18,10 @@
 // break a log store, a terminal or a browser. Secret values are replaced by
 // *** (see Masker), also when a value is split across two writes.
 //
-// When a step ends, whatever is left in its process group is killed, and its
-// pipes are read to the end. A process that left the group (setsid, a double
+// When a step's shell exits, whatever is left in its process group (a
+// background child) gets SIGKILL at once, since nothing would wait for it;
+// when a step is cancelled or times out, the group gets SIGTERM and has
+// KillGrace to exit before SIGKILL. Then the step's pipes are read to the end. A process that left the group (setsid, a double
 // fork into a new session) but still holds the step's stdout or stderr is
 // found by that pipe in /proc and killed too, with a system line saying so.
 // A process that left the group and closed or redirected its output as well
@@ -117,7 +119,13 @@ func RunSteps(ctx context.Context, steps []forge.Step, dir string, env []string,
 	if err != nil {
 		return forge.StatusError, err
 	}
-	r := &runner{opts: opts, dir: dir, env: env, rep: rep}
+	// One /dev/null for every step's stdin, rather than one open per step.
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		return forge.StatusError, forge.WrapError(forge.EINTERNAL, err, "cannot open "+os.DevNull)
+	}
+	defer devNull.Close()
+	r := &runner{opts: opts, dir: dir, env: env, rep: rep, stdin: devNull}
 	r.masker = NewMasker(values)
 	for i, s := range []forge.Stream{forge.Stdout, forge.Stderr} {
 		r.out[i] = lineBuffer{max: opts.MaxLine, look: r.masker.Lookahead(), m: r.masker}
@@ -180,6 +188,7 @@ type runner struct {
 	env    []string
 	rep    forge.Reporter
 	masker *Masker
+	stdin  *os.File // /dev/null
 
 	// mu serialises reports: the two stream readers emit lines while
 	// the step runs. The fields below are guarded by it.
@@ -276,6 +285,7 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 		Args:        []string{r.opts.Shell, "-e", "-c", s.Run},
 		Dir:         r.dir,
 		Env:         r.env,
+		Stdin:       r.stdin,
 		Stdout:      pw[0],
 		Stderr:      pw[1],
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
@@ -499,15 +509,29 @@ func (r *runner) System(text string) {
 }
 
 func (r *runner) emitLocked(stream forge.Stream, text string) {
-	if len(r.slab) == 0 {
-		r.slab = make([]forge.LogLine, 256)
+	// Short lines come from a slab, to allocate LogLines in bulk; a slab
+	// lives while any of its lines does, so long texts are not put there.
+	var l *forge.LogLine
+	if len(text) <= slabText {
+		if len(r.slab) == 0 {
+			r.slab = make([]forge.LogLine, slabLines)
+		}
+		l = &r.slab[0]
+		r.slab = r.slab[1:]
+	} else {
+		l = new(forge.LogLine)
 	}
-	l := &r.slab[0]
-	r.slab = r.slab[1:]
 	r.lines++
 	*l = forge.LogLine{Number: r.lines, Time: r.now, Stream: stream, Text: text}
 	r.rep.Report(forge.Event{Type: forge.EventLine, Time: r.now, Step: r.step, StepName: r.stepName, Line: l})
 }
+
+// A slab holds slabLines LogLines of texts up to slabText bytes: at most
+// about 50 KB kept alive by one line a consumer holds on to.
+const (
+	slabLines = 256
+	slabText  = 128
+)
 
 // report sends a step event; Time is set if empty.
 func (r *runner) report(e forge.Event) {
