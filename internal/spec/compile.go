@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -119,7 +120,12 @@ func (f *File) compileJob(js *jobSpec, combo []envVar) *forge.Job {
 		Retries:   js.retries,
 		Limits:    js.limits,
 		Placement: slices.Clone(js.placement),
-		Resources: slices.Clone(js.res),
+	}
+	// Plans share nothing with the File or each other, so a caller may
+	// change a plan while another is compiled from the same File.
+	for _, rr := range js.res {
+		rr.Labels = maps.Clone(rr.Labels)
+		job.Resources = append(job.Resources, rr)
 	}
 	if len(combo) > 0 {
 		job.Matrix = map[string]string{}

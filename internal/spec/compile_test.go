@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -309,6 +310,34 @@ func TestProblemsAreCapped(t *testing.T) {
 	}
 	if got, want := errs.Problems[maxProblems].Message, "and 30 more problems; fix these first"; got != want {
 		t.Errorf("last problem: got %q, want %q", got, want)
+	}
+}
+
+// TestCompileConcurrently compiles one File from several goroutines and
+// changes the plans; run with -race it shows plans share no memory.
+func TestCompileConcurrently(t *testing.T) {
+	f := mustParse(t, string(spec200())+"    resources: [{pool: p, labels: {a: b}}]\n")
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			p, err := Compile(f, Options{Event: "push", Branch: "main"})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for _, j := range p.Jobs {
+				j.Environment["X"] = "y"
+				j.Steps[0].Run = "changed"
+				for _, r := range j.Resources {
+					r.Labels["a"] = "changed"
+				}
+			}
+		})
+	}
+	wg.Wait()
+	p, _ := Compile(f, Options{})
+	if got := p.Jobs[199].Resources[0].Labels["a"]; got != "b" {
+		t.Errorf("a plan's change reached the File: label a = %q", got)
 	}
 }
 
