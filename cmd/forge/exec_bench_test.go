@@ -10,7 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 	"testing"
 	"time"
 )
@@ -44,45 +44,33 @@ func benchCheckout(b *testing.B, spec string) string {
 	return dir
 }
 
-// rusageEnv makes the test binary a launcher (see init): measuring the
-// peak RSS of a process started straight from a large test process would
-// count the test's own memory, which the child shares until it execs.
-const rusageEnv = "FORGE_BENCH_LAUNCHER"
-
-// init turns the test binary, when started with rusageEnv set, into a
-// small launcher: it runs os.Args[1:], then writes "WALL CHILD SELF" (the
-// child's wall time in nanoseconds, the peak RSS of the child and its own,
-// in KiB) to file descriptor 3 and exits with the child's status.
-func init() {
-	if os.Getenv(rusageEnv) != "1" {
-		return
-	}
-	cmd := exec.Command(os.Args[1], os.Args[2:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, rusageEnv+"=") })
-	start := time.Now()
-	err := cmd.Run()
-	wall := time.Since(start)
-	var children, self syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
-	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
-	fmt.Fprintf(os.NewFile(3, "rusage"), "%d %d %d\n", wall, children.Maxrss, self.Maxrss)
+// launcher builds testdata/launcher once.
+var launcher = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "forge-launcher-")
 	if err != nil {
-		os.Exit(max(cmd.ProcessState.ExitCode(), 1))
+		return "", err
 	}
-	os.Exit(0)
-}
+	bin := filepath.Join(dir, "launcher")
+	out, err := exec.Command("go", "build", "-o", bin, "./testdata/launcher").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build launcher: %v\n%s", err, out)
+	}
+	return bin, nil
+})
 
-// timed runs bin with args through the launcher, in dir, with its stdout
+// timed runs bin with args through the launcher (testdata/launcher), in dir, with its stdout
 // drained through a pipe, and returns its wall time (measured by the
 // launcher, so the launcher's own start does not count), the peak resident
 // memory of the process in bytes, and the launcher's own peak (an upper
 // bound of what the first figure may include that is not the process's).
 func timed(b *testing.B, dir, bin string, args ...string) (time.Duration, int64, int64) {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], append([]string{bin}, args...)...)
+	l, err := launcher()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(l, append([]string{bin}, args...)...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), rusageEnv+"=1")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)
