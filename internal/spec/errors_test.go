@@ -119,6 +119,8 @@ func TestParseProblems(t *testing.T) {
 			[]string{"f.yml:2:5: invalid YAML: could not find end character of single-quoted text"}},
 		{"two documents", "execute: [a]\n---\ndeploy: [b]\n",
 			[]string{"f.yml:3:1: a second YAML document: a spec is one document, remove the `---` before this line or move it to another file"}},
+		{"unknown alias in a value", "image: *nope\nexecute: [x]\n",
+			[]string{"f.yml:1:8: unknown alias `*nope`: no anchor `&nope` in this file"}},
 		{"unknown alias", "execute: *nope\n",
 			[]string{"f.yml:1:10: unknown alias `*nope`: no anchor `&nope` in this file"}},
 		{"bad port", "ports:\n  8080: 99999\nexecute: [x]\n",

@@ -117,7 +117,7 @@ func (o *onRule) actions() []string {
 //     on Hook.Target; other pull request actions run nothing;
 //   - "merged": on.merged likewise;
 //   - "push" of a branch: on.push, filtered on Hook.Target (or
-//     Hook.Branch when Target is empty); a push of a tag (Hook.Tag set or
+//     Hook.Branch, or the branch of Hook.Ref, when Target is empty); a push of a tag (Hook.Tag set or
 //     Ref under refs/tags/) and "tag": on.tag, filtered on the tag;
 //   - "manual": on.manual.
 func (f *File) ActionsFor(h *forge.Hook) []string {
@@ -135,6 +135,12 @@ func (f *File) ActionsFor(h *forge.Hook) []string {
 	branch := h.Target
 	if branch == "" {
 		branch = h.Branch
+	}
+	if branch == "" {
+		branch, _ = strings.CutPrefix(h.Ref, "refs/heads/")
+		if branch == h.Ref {
+			branch = ""
+		}
 	}
 	switch h.Event {
 	case "pull_request":

@@ -45,6 +45,8 @@ docs: [x]
 		{"merged event", forge.Hook{Event: "merged", Target: "production"}, []string{"deploy"}},
 		{"push to main", forge.Hook{Event: "push", Ref: "refs/heads/main", Target: "main"}, []string{"execute", "docs"}},
 		{"push to main, branch only", forge.Hook{Event: "push", Branch: "main"}, []string{"execute", "docs"}},
+		{"push to main, ref only", forge.Hook{Event: "push", Ref: "refs/heads/main"}, []string{"execute", "docs"}},
+		{"push without a branch", forge.Hook{Event: "push"}, nil},
 		{"push to a feature branch", forge.Hook{Event: "push", Target: "feature"}, nil},
 		{"push of a tag", forge.Hook{Event: "push", Ref: "refs/tags/v1.0"}, []string{"release"}},
 		{"tag event", forge.Hook{Event: "tag", Tag: "v2.0"}, []string{"release"}},

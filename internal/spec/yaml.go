@@ -351,13 +351,13 @@ func scalarText(n ast.Node) (string, bool) {
 func (r *reader) str(n ast.Node, what string) (string, pos, bool) {
 	p := posOf(n)
 	v := r.resolve(n)
-	if v == nil && r.overBudget {
-		return "", p, false
+	if v == nil {
+		return "", p, false // resolve said why
 	}
 	if s, ok := scalarText(v); ok {
 		return s, p, true
 	}
-	if _, isNull := v.(*ast.NullNode); isNull || v == nil {
+	if _, isNull := v.(*ast.NullNode); isNull {
 		r.ps.at(p, "%s is empty: give it a value", what)
 		return "", p, false
 	}
