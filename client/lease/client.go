@@ -93,7 +93,7 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the reader, the watchdog and background sends
 
-	lastSeen atomic.Int64 // unix nanoseconds of the last frame received
+	lastSeen *atomic.Int64 // unix nanoseconds of the last frame received
 	nextID   atomic.Uint64
 
 	mu       sync.Mutex
@@ -165,9 +165,15 @@ func Dial(ctx context.Context, serverURL string, opts *Options) (*Client, error)
 	if err != nil {
 		return nil, err
 	}
+	// The server's pings prove it alive; the watchdog reads lastSeen.
+	var lastSeen atomic.Int64
 	conn, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{
 		HTTPClient: opts.HTTPClient,
 		HTTPHeader: opts.Header,
+		OnPingReceived: func(context.Context, []byte) bool {
+			lastSeen.Store(time.Now().UnixNano())
+			return true
+		},
 	})
 	if err != nil {
 		if ctxErr := contextError(ctx); ctxErr != nil {
@@ -210,6 +216,7 @@ func Dial(ctx context.Context, serverURL string, opts *Options) (*Client, error)
 	}
 
 	c := &Client{
+		lastSeen:  &lastSeen,
 		conn:      conn,
 		url:       wsURL,
 		hello:     *hello,

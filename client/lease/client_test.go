@@ -405,6 +405,26 @@ func TestSilentServerIsDetected(t *testing.T) {
 	}
 }
 
+// TestIdleLeaseOutlivesKeepalive: an idle lease on a live connection is
+// kept over several keepalive periods, both sides answering the other's
+// pings, and the client takes the server's bound from its hello.
+func TestIdleLeaseOutlivesKeepalive(t *testing.T) {
+	f := newTestServerKeepalive(t, time.Second, onePool("dut", "dut1"))
+	c := dial(t, f.URL)
+	if got := c.Keepalive(); got != time.Second {
+		t.Errorf("Keepalive() = %v, want the server's 1s", got)
+	}
+	l := acquire(t, c, Request{Pool: "dut"})
+	select {
+	case <-l.Lost():
+		t.Fatalf("idle lease lost: %v", l.Err())
+	case <-time.After(2500 * time.Millisecond):
+	}
+	if got := f.held(t); got != 1 {
+		t.Errorf("server holds %d, want 1", got)
+	}
+}
+
 func TestDialErrors(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -32,11 +32,18 @@ type testServer struct {
 
 func newTestServer(t *testing.T, pools ...*forge.Pool) *testServer {
 	t.Helper()
+	return newTestServerKeepalive(t, 0, pools...)
+}
+
+// newTestServerKeepalive is newTestServer with the server's keepalive
+// bound (0: its default).
+func newTestServerKeepalive(t *testing.T, keepalive time.Duration, pools ...*forge.Pool) *testServer {
+	t.Helper()
 	m, err := ilease.NewMemory(pools, ilease.MemoryOptions{PositionInterval: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("NewMemory: %v", err)
 	}
-	s := ilease.NewServer(m, ilease.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s := ilease.NewServer(m, ilease.Options{Keepalive: keepalive, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
