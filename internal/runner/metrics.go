@@ -7,18 +7,18 @@ import (
 )
 
 type metrics struct {
-	queued     prometheus.Gauge
+	queued     prometheus.GaugeFunc
 	running    prometheus.Gauge
 	finished   *prometheus.CounterVec
 	jobSeconds *prometheus.HistogramVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, queued func() float64) (*metrics, error) {
 	m := &metrics{
-		queued: prometheus.NewGauge(prometheus.GaugeOpts{
+		queued: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "forge_builds_queued",
-			Help: "Builds waiting in the queue at the last look (counted up to 200).",
-		}),
+			Help: "Builds waiting in the queue (counted up to 1000).",
+		}, queued),
 		running: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "forge_builds_running",
 			Help: "Builds this server is running now.",

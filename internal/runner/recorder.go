@@ -50,6 +50,10 @@ type write struct {
 // flushLines makes the writer flush early when this many lines wait.
 const flushLines = 2000
 
+// kickDelay is how long after a step's end its writes are made, so the
+// writes of a quick succession of steps share a batch.
+const kickDelay = 5 * time.Millisecond
+
 func newRecorder(r *Runner, b *forge.Build, rows []*forge.BuildJob) *recorder {
 	rec := &recorder{
 		r:     r,
@@ -245,13 +249,23 @@ func (rec *recorder) writer() {
 			rec.flush()
 			return
 		case <-rec.wake:
+			// Gather what happens together with the step's end (the
+			// job's end, the next step's start) into the same batch.
+			select {
+			case <-rec.stop:
+			case <-time.After(kickDelay):
+			}
 		case <-t.C:
 		}
 		rec.flush()
 	}
 }
 
-// flush performs every queued write, in order.
+// flush performs the queued writes. Within one batch only the last state
+// of each job and step row matters, so a batch costs at most one write per
+// row: first the log lines (in order, one Append per run of a job's
+// lines), then the steps, then the jobs, so a reader never sees a step
+// finished before its output.
 func (rec *recorder) flush() {
 	rec.mu.Lock()
 	batch := rec.pending
@@ -262,20 +276,58 @@ func (rec *recorder) flush() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), finalWrite)
 	defer cancel()
-	st := rec.r.opts.Builds
+	type stepKey struct {
+		job   int64
+		index int
+	}
+	var (
+		jobs      []*forge.BuildJob
+		jobAt     = map[int64]int{}
+		steps     []*forge.BuildStep
+		stepAt    = map[stepKey]int{}
+		lineRuns  []write
+		lastLines = map[int64]int{}
+	)
 	for _, w := range batch {
-		var err error
 		switch {
 		case w.job != nil:
-			err = st.UpdateJob(ctx, w.job)
+			if i, ok := jobAt[w.job.ID]; ok {
+				jobs[i] = w.job
+			} else {
+				jobAt[w.job.ID] = len(jobs)
+				jobs = append(jobs, w.job)
+			}
 		case w.step != nil:
-			err = st.SaveStep(ctx, w.step)
+			k := stepKey{w.step.JobID, w.step.Index}
+			if i, ok := stepAt[k]; ok {
+				steps[i] = w.step
+			} else {
+				stepAt[k] = len(steps)
+				steps = append(steps, w.step)
+			}
 		default:
-			err = rec.r.opts.Logs.Append(ctx, w.jobID, w.lines)
+			if i, ok := lastLines[w.jobID]; ok {
+				lineRuns[i].lines = append(lineRuns[i].lines, w.lines...)
+			} else {
+				lastLines[w.jobID] = len(lineRuns)
+				lineRuns = append(lineRuns, w)
+			}
 		}
+	}
+	st := rec.r.opts.Builds
+	report := func(err error) {
 		if err != nil {
 			rec.r.log.Error("recording a build's progress", "build", rec.build.ID, "err", err)
 		}
+	}
+	for _, w := range lineRuns {
+		report(rec.r.opts.Logs.Append(ctx, w.jobID, w.lines))
+	}
+	for _, s := range steps {
+		report(st.SaveStep(ctx, s))
+	}
+	for _, j := range jobs {
+		report(st.UpdateJob(ctx, j))
 	}
 }
 

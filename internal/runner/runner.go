@@ -184,7 +184,17 @@ func New(opts Options) (*Runner, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(opts.Registerer)
+	builds := opts.Builds
+	m, err := newMetrics(opts.Registerer, func() float64 {
+		// Counted when scraped: the queue is the database.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		q, err := builds.ListBuilds(ctx, forge.BuildFilter{Status: forge.StatusQueued, Limit: forge.MaxBuildLimit})
+		if err != nil {
+			return -1
+		}
+		return float64(len(q))
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -282,17 +292,31 @@ func (r *Runner) schedule(ctx context.Context) {
 	if stopping {
 		return
 	}
-	queued, err := r.opts.Builds.ListBuilds(ctx, forge.BuildFilter{Status: forge.StatusQueued, Ascending: true, Limit: queueScan})
-	if err != nil {
-		if ctx.Err() == nil {
-			r.log.Error("listing queued builds", "err", err)
-		}
-		return
-	}
-	r.metrics.queued.Set(float64(len(queued)))
-	for _, b := range queued {
-		if free <= 0 || ctx.Err() != nil {
+	// Look at a few more builds than there are free slots (some may belong
+	// to repositories at their limit); when none of those could be taken,
+	// look further.
+	for _, limit := range []int{free*4 + 16, queueScan} {
+		queued, err := r.opts.Builds.ListBuilds(ctx, forge.BuildFilter{Status: forge.StatusQueued, Ascending: true, Limit: limit})
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Error("listing queued builds", "err", err)
+			}
 			return
+		}
+		claimed := r.claim(ctx, queued, &free)
+		if claimed > 0 || len(queued) < limit || free <= 0 {
+			return
+		}
+	}
+}
+
+// claim claims builds from queued, oldest first, while free > 0, and
+// starts them; it returns how many it started.
+func (r *Runner) claim(ctx context.Context, queued []*forge.Build, free *int) int {
+	n := 0
+	for _, b := range queued {
+		if *free <= 0 || ctx.Err() != nil {
+			return n
 		}
 		r.mu.Lock()
 		_, dup := r.running[b.ID]
@@ -310,10 +334,11 @@ func (r *Runner) schedule(ctx context.Context) {
 			}
 			continue // someone else took it, or cancelled it
 		}
-		r.metrics.queued.Dec()
-		free--
+		*free--
+		n++
 		r.start(b)
 	}
+	return n
 }
 
 // start runs the claimed build b in a goroutine owned by r.wg.
