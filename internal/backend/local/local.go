@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/forgeci/forge"
@@ -48,7 +49,8 @@ type Options struct {
 // Backend runs jobs as processes on this machine. It is safe for
 // concurrent use.
 type Backend struct {
-	opts Options
+	opts  Options
+	locks sync.Map // repository directory → *sync.Mutex of its worktree records
 }
 
 var _ forge.Backend = (*Backend)(nil)
@@ -162,41 +164,80 @@ func skipAll(job *forge.Job, rep forge.Reporter, err error) forge.Status {
 
 // worktree is a clean workspace: a git worktree of a checkout's HEAD.
 type worktree struct {
-	repo string // the checkout it came from
-	dir  string // the worktree, inside tmp
-	tmp  string // the temporary directory made for it
+	repo string      // the checkout it came from
+	dir  string      // the worktree: a new temporary directory
+	lock *sync.Mutex // the repository's worktree lock
 }
 
 // addWorktree makes a detached worktree of repo's HEAD in a new temporary
 // directory.
 func (b *Backend) addWorktree(ctx context.Context, repo string) (*worktree, error) {
-	if _, err := git(ctx, repo, "rev-parse", "--git-dir"); err != nil {
-		return nil, forge.WrapError(forge.EINVALID, err,
-			fmt.Sprintf("a clean workspace needs a git repository: %s is not one", repo))
-	}
 	if _, err := git(ctx, repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"); err != nil {
+		// Say which it is: no repository, or no commit yet.
+		if _, gerr := git(ctx, repo, "rev-parse", "--git-dir"); gerr != nil {
+			return nil, forge.WrapError(forge.EINVALID, gerr,
+				fmt.Sprintf("a clean workspace needs a git repository: %s is not one", repo))
+		}
 		return nil, forge.WrapError(forge.EINVALID, err,
 			fmt.Sprintf("a clean workspace needs a commit: the repository %s has none yet", repo))
 	}
-	tmp, err := os.MkdirTemp(b.opts.TempDir, "forge-ws-")
+	// Git reads the records of all worktrees while it adds one, and fails
+	// on one another git is writing: adds and removals of one repository
+	// take turns in this process, and retry when another process raced.
+	mu := b.repoLock(repo)
+	mu.Lock()
+	defer mu.Unlock()
+	var err error
+	for attempt := 1; ; attempt++ {
+		var wt *worktree
+		if wt, err = addWorktreeOnce(b.opts.TempDir, repo); err == nil {
+			wt.lock = mu
+			return wt, nil
+		}
+		if attempt == 3 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+	}
+	return nil, forge.WrapError(forge.EINTERNAL, err, "cannot make a clean workspace of "+repo)
+}
+
+// addWorktreeOnce adds a worktree of repo's HEAD in a new directory of
+// tempDir. The directory is named after the checkout and unique: git names
+// its record of a worktree after the directory. The add is not cancelled
+// with the job: a git killed half-way leaves a locked record that prune
+// never removes, and adding takes a moment only.
+func addWorktreeOnce(tempDir, repo string) (*worktree, error) {
+	dir, err := os.MkdirTemp(tempDir, "forge-"+filepath.Base(repo)+"-")
 	if err != nil {
-		return nil, forge.WrapError(forge.EINTERNAL, err, "cannot make a directory for the clean workspace")
+		return nil, err
 	}
-	// A subdirectory named after the checkout, so tools that look at the
-	// directory's name (go, npm) see the project's.
-	wt := &worktree{repo: repo, tmp: tmp, dir: filepath.Join(tmp, filepath.Base(repo))}
-	if _, err := git(ctx, repo, "worktree", "add", "--detach", wt.dir, "HEAD"); err != nil {
-		os.RemoveAll(tmp)
-		git(context.WithoutCancel(ctx), repo, "worktree", "prune")
-		return nil, forge.WrapError(forge.EINTERNAL, err, "cannot make a clean workspace of "+repo)
+	ctx, cancel := context.WithTimeout(context.Background(), gitTimeout)
+	defer cancel()
+	if _, err := git(ctx, repo, "worktree", "add", "--detach", dir, "HEAD"); err != nil {
+		os.RemoveAll(dir)
+		git(ctx, repo, "worktree", "prune")
+		return nil, err
 	}
-	return wt, nil
+	return &worktree{repo: repo, dir: dir}, nil
+}
+
+// gitTimeout bounds git's bookkeeping of worktrees, which is not cancelled
+// with a job.
+const gitTimeout = 5 * time.Minute
+
+// repoLock returns the lock of repo's worktree records.
+func (b *Backend) repoLock(repo string) *sync.Mutex {
+	mu, _ := b.locks.LoadOrStore(repo, new(sync.Mutex))
+	return mu.(*sync.Mutex)
 }
 
 // remove deletes the worktree and git's record of it. It runs when the job
 // is over, even if it was cancelled.
 func (w *worktree) remove() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	w.lock.Lock()
+	defer w.lock.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), gitTimeout)
 	defer cancel()
 	// Steps may leave read-only directories (Go's module cache does):
 	// make them writable so they can be removed.
@@ -207,7 +248,7 @@ func (w *worktree) remove() {
 		return nil
 	})
 	git(ctx, w.repo, "worktree", "remove", "--force", w.dir)
-	os.RemoveAll(w.tmp)
+	os.RemoveAll(w.dir)
 	git(ctx, w.repo, "worktree", "prune")
 }
 
