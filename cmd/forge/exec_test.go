@@ -474,3 +474,88 @@ func TestExecCompletionAndHelp(t *testing.T) {
 		t.Errorf("forge version: exit %d, %q", code, out)
 	}
 }
+
+// gitRepo makes a repository with one commit of files, plus an uncommitted
+// file "dirty", and returns its directory.
+func gitRepo(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, args := range [][]string{
+		{"init", "-q", "-b", "feature/x"},
+		{"add", "."},
+		{"-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "one"},
+		{"remote", "add", "origin", "git@github.com:acme/widgets.git"},
+	} {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "dirty"), []byte("not committed"), 0o644)
+	return dir
+}
+
+func TestExecCleanWorkspace(t *testing.T) {
+	bin := buildForge(t)
+	repo := gitRepo(t, map[string]string{".forge.yml": `jobs:
+  where:
+    steps:
+      - echo "dir=$(pwd)"
+      - echo "ws=$FORGE_WORKSPACE owner=$FORGE_OWNER repo=$FORGE_REPO ref=$FORGE_REF count=$FORGE_COMMIT_COUNT"
+      - if [ -e dirty ]; then echo "has dirty"; else echo "no dirty"; fi
+      - test -f .forge.yml
+`})
+	realRepo, _ := filepath.EvalSymlinks(repo)
+	tests := []struct {
+		args      []string
+		inRepo    bool
+		dirty     string
+		keepAfter bool
+	}{
+		{nil, true, "has dirty", false},
+		{[]string{"--clean"}, false, "no dirty", false},
+		{[]string{"--clean", "--keep"}, false, "no dirty", true},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(append([]string{"exec"}, tc.args...), " "), func(t *testing.T) {
+			cmd := exec.Command(bin, append([]string{"exec"}, tc.args...)...)
+			cmd.Dir = repo
+			outb, err := cmd.CombinedOutput()
+			out := string(outb)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			m := regexp.MustCompile(`\[where\] dir=(.*)`).FindStringSubmatch(out)
+			if m == nil {
+				t.Fatalf("no dir line:\n%s", out)
+			}
+			dir, _ := filepath.EvalSymlinks(m[1])
+			if (dir == realRepo) != tc.inRepo {
+				t.Errorf("ran in %s; in the checkout %s: %v, want %v", m[1], repo, dir == realRepo, tc.inRepo)
+			}
+			if !strings.Contains(out, "[where] ws="+m[1]+" owner=acme repo=widgets ref=refs/heads/feature/x count=1") {
+				t.Errorf("FORGE_* variables wrong:\n%s", out)
+			}
+			if !strings.Contains(out, "[where] "+tc.dirty) {
+				t.Errorf("want %q:\n%s", tc.dirty, out)
+			}
+			if !tc.inRepo {
+				_, err := os.Stat(m[1])
+				if exists := err == nil; exists != tc.keepAfter {
+					t.Errorf("workspace %s exists after the run: %v, want %v", m[1], exists, tc.keepAfter)
+				}
+				if tc.keepAfter {
+					rm := exec.Command("git", "worktree", "remove", "--force", m[1])
+					rm.Dir = repo
+					rm.Run()
+				}
+			}
+		})
+	}
+}

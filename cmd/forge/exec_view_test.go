@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/engine"
+)
+
+func TestOwnerRepo(t *testing.T) {
+	tests := []struct{ url, owner, repo string }{
+		{"https://github.com/forgeci/forge.git", "forgeci", "forge"},
+		{"https://github.com/forgeci/forge", "forgeci", "forge"},
+		{"https://user:tok@github.example.com:8443/team/app/", "team", "app"},
+		{"git@github.com:forgeci/forge.git", "forgeci", "forge"},
+		{"ssh://git@host:2222/group/sub/proj.git", "sub", "proj"},
+		{"/srv/git/team/app.git", "team", "app"},
+		{"app", "", "app"},
+		{"", "", ""},
+	}
+	for _, tt := range tests {
+		if o, r := ownerRepo(tt.url); o != tt.owner || r != tt.repo {
+			t.Errorf("ownerRepo(%q) = %q, %q; want %q, %q", tt.url, o, r, tt.owner, tt.repo)
+		}
+	}
+}
+
+func TestParseSecret(t *testing.T) {
+	tests := []struct {
+		in, name, value, err string
+	}{
+		{"TOKEN=abc", "TOKEN", "abc", ""},
+		{"T_1=a=b=c", "T_1", "a=b=c", ""},
+		{"_X= spaced ", "_X", " spaced ", ""},
+		{"TOKEN", "", "", "want NAME=VALUE"},
+		{"1X=abc", "", "", "not a variable name"},
+		{"MY-VAR=abc", "", "", "not a variable name"},
+		{"EMPTY=", "", "", "is empty"},
+	}
+	for _, tt := range tests {
+		name, value, err := parseSecret(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("parseSecret(%q): got error %v, want one containing %q", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || name != tt.name || value != tt.value {
+			t.Errorf("parseSecret(%q) = %q, %q, %v; want %q, %q", tt.in, name, value, err, tt.name, tt.value)
+		}
+	}
+}
+
+func TestReadSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("# comment\n\n  # indented comment\nA=one\r\nB=two=2\nA=uno\n"), 0o600)
+	got := map[string]string{}
+	if err := readSecretFile(good, got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["A"] != "uno" || got["B"] != "two=2" {
+		t.Errorf("got %q, want A=uno B=two=2", got)
+	}
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(bad, []byte("A=1x\nexport B=2\n"), 0o600)
+	err := readSecretFile(bad, map[string]string{})
+	if err == nil || !strings.Contains(err.Error(), bad+":2:") {
+		t.Errorf("got %v, want an error at %s:2", err, bad)
+	}
+}
+
+func TestTimestamper(t *testing.T) {
+	var ts timestamper
+	base := time.Date(2026, 11, 26, 13, 4, 5, 0, time.UTC)
+	for _, d := range []time.Duration{0, 123456 * time.Microsecond, 999999999, time.Second + 7*time.Microsecond, time.Hour + 1} {
+		tm := base.Add(d).In(time.FixedZone("X", 3600))
+		want := tm.UTC().Format("2006-01-02T15:04:05.000000Z")
+		if got := string(ts.format(tm)); got != want {
+			t.Errorf("format(%v) = %s, want %s", tm, got, want)
+		}
+	}
+}
+
+func TestLogFileName(t *testing.T) {
+	for in, want := range map[string]string{
+		"build":                    "build",
+		"test (go=1.22, os=linux)": "test__go_1.22__os_linux_",
+		"../etc/passwd":            ".._etc_passwd",
+		"a/b":                      "a_b",
+	} {
+		if got := logFileName(in); got != want {
+			t.Errorf("logFileName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestSanitizeControl(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain\ttext":              "plain\ttext",
+		"\x1b[31mred\x1b[0m":       "\x1b[31mred\x1b[0m",
+		"progress\r50%":            "progress 50%",
+		"clear\x1b[2Jscreen":       "clear [2Jscreen",
+		"up\x1b[3Aand\x07bell\x7f": "up [3Aand bell ",
+	} {
+		if got := sanitizeControl(in); got != want {
+			t.Errorf("sanitizeControl(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestFit(t *testing.T) {
+	tests := []struct {
+		in       string
+		n        int
+		coloured bool
+		want     string
+	}{
+		{"hello", 10, false, "hello"},
+		{"hello", 3, false, "hel"},
+		{"héllo wörld", 4, false, "héll"},
+		{"\x1b[32m✓\x1b[0m build", 3, true, "\x1b[32m✓\x1b[0m b\x1b[0m"},
+	}
+	for _, tt := range tests {
+		if got := fit(tt.in, tt.n, tt.coloured); got != tt.want {
+			t.Errorf("fit(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
+}
+
+// TestLiveView drives the terminal view with events and checks what a
+// terminal would get: prefixed, coloured lines, a state block redrawn in
+// place, and the summary at the end without the block.
+func TestLiveView(t *testing.T) {
+	plan := &forge.Plan{Jobs: []*forge.Job{
+		{Name: "build", Steps: []forge.Step{{Name: "compile"}, {Name: "link"}}},
+		{Name: "test", Needs: []string{"build"}, Steps: []forge.Step{{Name: "unit"}}},
+	}}
+	var out bytes.Buffer
+	v := newTextView(&out, plan, true, true, func() (int, int) { return 60, 20 })
+	now := time.Now()
+	v.now = func() time.Time { return now.Add(1500 * time.Millisecond) }
+	ev := func(e forge.Event) {
+		if e.Time.IsZero() {
+			e.Time = now
+		}
+		v.Report(e)
+	}
+	ev(forge.Event{Type: forge.EventJobQueued, Job: "build"})
+	ev(forge.Event{Type: forge.EventJobQueued, Job: "test"})
+	ev(forge.Event{Type: forge.EventJobStarted, Job: "build", Attempt: 1})
+	ev(forge.Event{Type: forge.EventStepStarted, Job: "build", Step: 1, StepName: "link"})
+	time.Sleep(3 * flushEvery / 2) // one redraw
+	ev(forge.Event{Type: forge.EventLine, Job: "build", Line: &forge.LogLine{Text: "linking\r\x1b[2Kdone"}})
+	ev(forge.Event{Type: forge.EventJobFinished, Job: "build", Status: forge.StatusSuccess, Duration: time.Second})
+	ev(forge.Event{Type: forge.EventJobFinished, Job: "test", Status: forge.StatusSkipped, Message: "needs nothing"})
+	if err := v.Finish(&engine.Result{Status: forge.StatusSuccess, Duration: time.Second, Jobs: []*engine.JobResult{
+		{Name: "build", Status: forge.StatusSuccess, Attempts: 1, Duration: time.Second},
+		{Name: "test", Status: forge.StatusSkipped, Message: "needs nothing"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	for _, want := range []string{
+		"\x1b[36m[build] \x1b[0mlinking  [2Kdone\n", // prefix coloured; no cursor movement from the job
+		"step 2/2 link", // the state block names the step
+		"1.5s",          // and the elapsed time
+		"\x1b[2F\x1b[J", // a two-line block erased in place
+		"\x1b[33m[test]  \x1b[0m\x1b[2mskipped: needs nothing\x1b", // padded to "build"; forge's own lines dimmed
+		"1 passed, 1 skipped",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("live output lacks %q:\n%q", want, s)
+		}
+	}
+	// The block is gone before the summary: the last erase comes after the
+	// last block line.
+	if i, j := strings.LastIndex(s, "\x1b[J"), strings.LastIndex(s, "\x1b[K"); i < j {
+		t.Errorf("the state block is left on screen after the run:\n%q", s)
+	}
+	for _, l := range strings.Split(s, "\n") {
+		if plain := regexp.MustCompile("\x1b\\[[0-9;]*[A-Za-z]").ReplaceAllString(l, ""); len([]rune(plain)) > 60 && strings.Contains(l, "\x1b[K") {
+			t.Errorf("a block line is wider than the terminal: %q", plain)
+		}
+	}
+}
+
+func TestPlainViewNoColourNoBlock(t *testing.T) {
+	plan := &forge.Plan{Jobs: []*forge.Job{{Name: "a", Steps: []forge.Step{{Name: "s"}}}}}
+	var out bytes.Buffer
+	v := newTextView(&out, plan, false, true, nil)
+	v.Report(forge.Event{Type: forge.EventJobQueued, Job: "a"})
+	v.Report(forge.Event{Type: forge.EventJobStarted, Job: "a", Attempt: 1})
+	v.Report(forge.Event{Type: forge.EventLine, Job: "a", Line: &forge.LogLine{Text: "raw\x1b[31m text"}})
+	v.Finish(&engine.Result{Status: forge.StatusSuccess, Jobs: []*engine.JobResult{{Name: "a", Status: forge.StatusSuccess, Attempts: 1}}})
+	s := out.String()
+	if !strings.HasPrefix(s, "[a] raw\x1b[31m text\n") {
+		t.Errorf("plain output: got %q, want the job's text as it was, prefixed", s)
+	}
+	if strings.Count(s, "\x1b") != 1 {
+		t.Errorf("plain output has escape codes of forge's own: %q", s)
+	}
+}
