@@ -30,20 +30,27 @@ type testServer struct {
 	conns []net.Conn
 }
 
-func newTestServer(t *testing.T, pools ...*forge.Pool) *testServer {
+func newTestServer(t testing.TB, pools ...*forge.Pool) *testServer {
 	t.Helper()
 	return newTestServerKeepalive(t, 0, pools...)
 }
 
 // newTestServerKeepalive is newTestServer with the server's keepalive
 // bound (0: its default).
-func newTestServerKeepalive(t *testing.T, keepalive time.Duration, pools ...*forge.Pool) *testServer {
+func newTestServerKeepalive(t testing.TB, keepalive time.Duration, pools ...*forge.Pool) *testServer {
+	t.Helper()
+	return newTestServerOptions(t, ilease.Options{Keepalive: keepalive}, pools...)
+}
+
+// newTestServerOptions is newTestServer with the server's options.
+func newTestServerOptions(t testing.TB, opts ilease.Options, pools ...*forge.Pool) *testServer {
 	t.Helper()
 	m, err := ilease.NewMemory(pools, ilease.MemoryOptions{PositionInterval: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("NewMemory: %v", err)
 	}
-	s := ilease.NewServer(m, ilease.Options{Keepalive: keepalive, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s := ilease.NewServer(m, opts)
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
