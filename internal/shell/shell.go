@@ -119,6 +119,13 @@ func RunSteps(ctx context.Context, steps []forge.Step, dir string, env []string,
 	if err != nil {
 		return forge.StatusError, err
 	}
+	if !strings.Contains(opts.Shell, "/") {
+		path, err := exec.LookPath(opts.Shell)
+		if err != nil {
+			return forge.StatusError, forge.WrapError(forge.EINVALID, err, "cannot run steps: shell "+opts.Shell+" not found")
+		}
+		opts.Shell = path
+	}
 	// One /dev/null for every step's stdin, rather than one open per step.
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -205,46 +212,38 @@ type runner struct {
 func (r *runner) run(ctx context.Context, steps []forge.Step) (forge.Status, error) {
 	status := forge.StatusSuccess
 	var jobErr error
+	skip := "" // why the steps left are not run
 	for i, s := range steps {
-		if status != forge.StatusSuccess {
-			r.report(forge.Event{Type: forge.EventStepFinished, Step: i, StepName: s.Name,
-				Status: forge.StatusSkipped, Message: skipReason(status)})
-			continue
+		if skip == "" && ctx.Err() != nil {
+			status, skip = ctxEnd(ctx.Err())
 		}
-		if err := ctx.Err(); err != nil {
-			status = ctxStatus(err)
+		if skip != "" {
 			r.report(forge.Event{Type: forge.EventStepFinished, Step: i, StepName: s.Name,
-				Status: forge.StatusSkipped, Message: skipReason(status)})
+				Status: forge.StatusSkipped, Message: "not run: " + skip})
 			continue
 		}
 		res := r.runStep(ctx, i, s)
 		switch {
+		case ctx.Err() != nil:
+			status, skip = ctxEnd(ctx.Err())
 		case res.err != nil:
-			status, jobErr = forge.StatusError, res.err
-		case res.status == forge.StatusFailure && s.ContinueOnError && ctx.Err() == nil:
+			status, jobErr, skip = forge.StatusError, res.err, "forge could not run an earlier step"
+		case res.status == forge.StatusFailure && s.ContinueOnError:
 			// The step failed; the job goes on.
 		case res.status != forge.StatusSuccess:
-			status = res.status
+			status, skip = res.status, "an earlier step failed"
 		}
 	}
 	return status, jobErr
 }
 
-func skipReason(job forge.Status) string {
-	switch job {
-	case forge.StatusCanceled:
-		return "not run: the job was cancelled"
-	case forge.StatusError:
-		return "not run: forge could not run an earlier step"
-	}
-	return "not run: an earlier step failed"
-}
-
-func ctxStatus(err error) forge.Status {
+// ctxEnd is the job's status, and why the steps left are skipped, when its
+// context ends.
+func ctxEnd(err error) (forge.Status, string) {
 	if errors.Is(err, context.DeadlineExceeded) {
-		return forge.StatusFailure
+		return forge.StatusFailure, "the job timed out"
 	}
-	return forge.StatusCanceled
+	return forge.StatusCanceled, "the job was cancelled"
 }
 
 type stepResult struct {
@@ -372,11 +371,7 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 	code := exitCode(cmd.ProcessState)
 	switch {
 	case terminating && ctx.Err() != nil:
-		st := ctxStatus(ctx.Err())
-		msg := "cancelled"
-		if st == forge.StatusFailure {
-			msg = "the job timed out"
-		}
+		st, msg := ctxEnd(ctx.Err())
 		finish(st, code, msg)
 		return stepResult{status: st}
 	case terminating:

@@ -356,6 +356,7 @@ func TestStartErrors(t *testing.T) {
 	}{
 		{"no such directory", dir + "/missing", testEnv, nil, Options{}, forge.EINVALID, "not a directory"},
 		{"no such shell", dir, testEnv, nil, Options{Shell: "/no/such/sh"}, forge.EINVALID, "shell /no/such/sh not found"},
+		{"no such shell in PATH", dir, testEnv, nil, Options{Shell: "no-such-sh"}, forge.EINVALID, "shell no-such-sh not found"},
 		{"env entry without =", dir, []string{"PATH"}, nil, Options{}, forge.EINVALID, `"PATH" is not NAME=VALUE`},
 		{"env entry with empty name", dir, []string{"=x"}, nil, Options{}, forge.EINVALID, "empty name"},
 		{"secret with NUL", dir, testEnv, map[string]string{"S": "a\x00b"}, Options{}, forge.EINVALID, "S contains a NUL byte"},
@@ -497,7 +498,7 @@ func TestJobDeadline(t *testing.T) {
 		t.Errorf("job: got %s, want failure", st)
 	}
 	f := rec.finished()
-	if len(f) != 2 || f[0].Status != forge.StatusFailure || f[0].Message != "the job timed out" || f[1].Status != forge.StatusSkipped {
+	if len(f) != 2 || f[0].Status != forge.StatusFailure || f[0].Message != "the job timed out" || f[1].Status != forge.StatusSkipped || f[1].Message != "not run: the job timed out" {
 		t.Errorf("got %+v", f)
 	}
 	assertNoneRunning(t, m)
