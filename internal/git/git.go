@@ -1,0 +1,453 @@
+// Package git fetches the code forge builds with the git command line: a
+// bare mirror per repository under DATA/git/<owner>/<repo>.git, commits
+// fetched into it by SHA (shallow by default), files read from it, and
+// workspaces made from it in milliseconds.
+//
+// A workspace is a fresh repository whose objects come from the mirror
+// through git's alternates mechanism (objects/info/alternates), with the
+// mirror's shallow list copied in: nothing is copied or packed, so making
+// one costs a few git invocations whatever the repository's size, and the
+// workspace has its own config and hooks (what a build does to its
+// workspace never reaches the mirror). Jobs that run in containers need
+// the mirror's objects directory mounted at the same path (read-only is
+// enough).
+//
+// Credentials (Options.Token) go to git in the environment of the one
+// command that needs them, as an HTTP Authorization header; they are never
+// on a command line, in a config file, in a URL or in an error message.
+package git
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/forgeci/forge"
+)
+
+// DefaultDepth is how many commits Fetch asks for unless Options.Depth
+// says otherwise: enough for `git describe` and short histories, small
+// enough to stay fast on large repositories.
+const DefaultDepth = 50
+
+// Options configures a Git.
+type Options struct {
+	// Dir holds the mirrors: Dir/<owner>/<repo>.git. Required.
+	Dir string
+	// Depth is how many commits of history to fetch: 0 means
+	// DefaultDepth, a negative value the whole history.
+	Depth int
+	// Token, when set, authenticates fetches over HTTP(S) (a GitHub token
+	// or an installation token), sent as user x-access-token.
+	Token string
+	// Binary is the git executable; "" means "git" from PATH.
+	Binary string
+}
+
+// Git runs git for forge. It is safe for concurrent use: operations on
+// one repository are serialised (one mutex per mirror), different
+// repositories proceed in parallel.
+type Git struct {
+	opts  Options
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+// New returns a Git keeping mirrors under opts.Dir.
+func New(opts Options) (*Git, error) {
+	if opts.Dir == "" {
+		return nil, forge.Errorf(forge.EINVALID, "git: a directory for mirrors is required")
+	}
+	abs, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, forge.Errorf(forge.EINVALID, "git: mirror directory %q: %w", opts.Dir, err)
+	}
+	opts.Dir = abs
+	if opts.Binary == "" {
+		opts.Binary = "git"
+	}
+	if _, err := exec.LookPath(opts.Binary); err != nil {
+		return nil, forge.Errorf(forge.EUNAVAILABLE, "git: %s is not installed: %w", opts.Binary, err)
+	}
+	if opts.Depth == 0 {
+		opts.Depth = DefaultDepth
+	}
+	return &Git{opts: opts, locks: map[string]*sync.Mutex{}}, nil
+}
+
+// MirrorDir returns the directory of repo's mirror (it may not exist yet).
+func (g *Git) MirrorDir(repo *forge.Repo) (string, error) {
+	if !validName(repo.Owner) || !validName(repo.Name) {
+		return "", forge.Errorf(forge.EINVALID, "git: %q is not a valid owner/name for a mirror", repo.Owner+"/"+repo.Name)
+	}
+	return filepath.Join(g.opts.Dir, repo.Owner, repo.Name+".git"), nil
+}
+
+// validName accepts what GitHub allows in owner and repository names, and
+// nothing that could leave the mirror directory.
+func validName(s string) bool {
+	if s == "" || s == "." || s == ".." || len(s) > 100 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// lock serialises the operations on one mirror and returns its unlock.
+func (g *Git) lock(dir string) func() {
+	g.mu.Lock()
+	l, ok := g.locks[dir]
+	if !ok {
+		l = &sync.Mutex{}
+		g.locks[dir] = l
+	}
+	g.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+var shaPattern = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
+
+// IsSHA reports whether s is a full commit id.
+func IsSHA(s string) bool { return shaPattern.MatchString(s) }
+
+// Fetch makes a commit of repo available in its mirror and returns its
+// SHA. With sha set, that commit is fetched (by id; when the server will
+// not serve an id, ref is fetched instead and must bring it); with sha
+// empty, ref (a branch, tag, full ref such as refs/pull/7/head, or a
+// commit id) is fetched and the commit it names returned. A commit already
+// in the mirror is not fetched again.
+//
+// Errors: EINVALID for a bad ref or clone URL, ENOTFOUND when the commit
+// or ref does not exist, EUNAVAILABLE when the remote cannot be reached
+// or refuses (a retry may work), ECANCELED when ctx ends.
+func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (string, error) {
+	dir, err := g.MirrorDir(repo)
+	if err != nil {
+		return "", err
+	}
+	if sha != "" && !IsSHA(sha) {
+		return "", forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
+	}
+	if sha == "" && ref == "" {
+		return "", forge.Errorf(forge.EINVALID, "git: fetch needs a ref or a commit")
+	}
+	if ref != "" && !validRef(ref) {
+		return "", forge.Errorf(forge.EINVALID, "git: %q is not a valid ref", ref)
+	}
+	remote, err := cloneURL(repo.CloneURL)
+	if err != nil {
+		return "", err
+	}
+	defer g.lock(dir)()
+	if err := g.ensureMirror(ctx, dir); err != nil {
+		return "", err
+	}
+	if sha != "" && g.hasCommit(ctx, dir, sha) {
+		return sha, g.keep(ctx, dir, sha)
+	}
+	if sha == "" && IsSHA(ref) {
+		if g.hasCommit(ctx, dir, ref) {
+			return ref, g.keep(ctx, dir, ref)
+		}
+		sha, ref = ref, ""
+	}
+	if sha != "" {
+		ferr := g.fetch(ctx, dir, remote, sha)
+		if ferr == nil && g.hasCommit(ctx, dir, sha) {
+			return sha, g.keep(ctx, dir, sha)
+		}
+		if ref == "" || ctx.Err() != nil {
+			return "", orNotFound(ferr, fmt.Sprintf("commit %s not found in %s", sha, repo.FullName()))
+		}
+		// The server would not serve the id: fetch the ref, which must
+		// bring the commit.
+		if err := g.fetchRef(ctx, dir, remote, ref); err != nil {
+			return "", err
+		}
+		if !g.hasCommit(ctx, dir, sha) {
+			return "", forge.Errorf(forge.ENOTFOUND, "commit %s is not on %s of %s (force-pushed away?)", sha, ref, repo.FullName())
+		}
+		return sha, g.keep(ctx, dir, sha)
+	}
+	if err := g.fetchRef(ctx, dir, remote, ref); err != nil {
+		return "", err
+	}
+	out, err := g.run(ctx, dir, nil, "rev-parse", "--verify", "--end-of-options", "FETCH_HEAD^{commit}")
+	if err != nil {
+		return "", forge.Errorf(forge.ENOTFOUND, "%s of %s is not a commit", ref, repo.FullName())
+	}
+	sha = strings.TrimSpace(out)
+	return sha, g.keep(ctx, dir, sha)
+}
+
+// fetchRef fetches ref, trying it as written, then as a branch, then as a
+// tag when it is a short name.
+func (g *Git) fetchRef(ctx context.Context, dir, remote, ref string) error {
+	candidates := []string{ref}
+	if !strings.HasPrefix(ref, "refs/") {
+		candidates = append(candidates, "refs/heads/"+ref, "refs/tags/"+ref)
+	}
+	var err error
+	for _, c := range candidates {
+		if err = g.fetch(ctx, dir, remote, c); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return orNotFound(err, fmt.Sprintf("ref %s not found", ref))
+}
+
+// orNotFound turns git's "not found" failures into ENOTFOUND with msg.
+func orNotFound(err error, msg string) error {
+	if err == nil {
+		return forge.Errorf(forge.ENOTFOUND, "%s", msg)
+	}
+	var ge *Error
+	if errors.As(err, &ge) && ge.notFound() {
+		return forge.WrapError(forge.ENOTFOUND, err, msg)
+	}
+	return err
+}
+
+// fetch runs one git fetch of what (a ref or an id) into dir's mirror.
+func (g *Git) fetch(ctx context.Context, dir, remote, what string) error {
+	args := []string{"fetch", "--quiet", "--no-tags"}
+	if g.opts.Depth > 0 {
+		args = append(args, "--depth", fmt.Sprint(g.opts.Depth))
+	} else if _, err := os.Stat(filepath.Join(dir, "shallow")); err == nil {
+		args = append(args, "--unshallow")
+	}
+	args = append(args, "--end-of-options", remote, what)
+	_, err := g.run(ctx, dir, g.credentials(remote), args...)
+	if err != nil && ctx.Err() != nil {
+		return forge.WrapError(forge.ECANCELED, ctx.Err(), "git fetch cancelled")
+	}
+	return err
+}
+
+// keep makes a fetched commit reachable from a ref of the mirror, so git's
+// automatic garbage collection never drops what a workspace still uses.
+func (g *Git) keep(ctx context.Context, dir, sha string) error {
+	_, err := g.run(ctx, dir, nil, "update-ref", "refs/forge/"+sha, sha)
+	return err
+}
+
+func (g *Git) hasCommit(ctx context.Context, dir, sha string) bool {
+	_, err := g.run(ctx, dir, nil, "cat-file", "-e", sha+"^{commit}")
+	return err == nil
+}
+
+// ensureMirror creates dir as a bare repository if it is not one yet.
+func (g *Git) ensureMirror(ctx context.Context, dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "HEAD")); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return forge.Errorf(forge.EINTERNAL, "git: make mirror directory: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".init-*")
+	if err != nil {
+		return forge.Errorf(forge.EINTERNAL, "git: make mirror: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if _, err := g.run(ctx, "", nil, "init", "--quiet", "--bare", tmp); err != nil {
+		return err
+	}
+	// Keep fetched objects forever (they are referenced by refs/forge/*
+	// anyway) and never ask for anything interactively.
+	for _, kv := range [][2]string{{"gc.pruneExpire", "never"}, {"core.askPass", ""}, {"fetch.writeCommitGraph", "false"}} {
+		if _, err := g.run(ctx, tmp, nil, "config", kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	// The rename makes a half-made mirror impossible to see.
+	if err := os.Rename(tmp, dir); err != nil {
+		return forge.Errorf(forge.EINTERNAL, "git: make mirror: %w", err)
+	}
+	return nil
+}
+
+// ReadFile returns the content of path at commit sha of repo's mirror;
+// ENOTFOUND when the commit (fetch it first) or the file does not exist.
+func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) ([]byte, error) {
+	dir, err := g.MirrorDir(repo)
+	if err != nil {
+		return nil, err
+	}
+	if !IsSHA(sha) {
+		return nil, forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
+	}
+	path = strings.TrimPrefix(filepath.ToSlash(filepath.Clean(path)), "/")
+	if path == "." || path == ".." || strings.HasPrefix(path, "../") {
+		return nil, forge.Errorf(forge.EINVALID, "git: %q is not a path in the repository", path)
+	}
+	defer g.lock(dir)()
+	if !g.hasCommit(ctx, dir, sha) {
+		return nil, forge.Errorf(forge.ENOTFOUND, "commit %s of %s has not been fetched", sha, repo.FullName())
+	}
+	typ, err := g.run(ctx, dir, nil, "cat-file", "-t", sha+":"+path)
+	if err != nil {
+		return nil, forge.Errorf(forge.ENOTFOUND, "%s does not exist at %s", path, short(sha))
+	}
+	if t := strings.TrimSpace(typ); t != "blob" {
+		return nil, forge.Errorf(forge.EINVALID, "%s at %s is a %s, not a file", path, short(sha), t)
+	}
+	var out bytes.Buffer
+	if err := g.runTo(ctx, dir, nil, &out, "cat-file", "blob", sha+":"+path); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// Message returns the full commit message of sha in repo's mirror.
+func (g *Git) Message(ctx context.Context, repo *forge.Repo, sha string) (string, error) {
+	dir, err := g.MirrorDir(repo)
+	if err != nil {
+		return "", err
+	}
+	if !IsSHA(sha) {
+		return "", forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
+	}
+	defer g.lock(dir)()
+	if !g.hasCommit(ctx, dir, sha) {
+		return "", forge.Errorf(forge.ENOTFOUND, "commit %s of %s has not been fetched", sha, repo.FullName())
+	}
+	out, err := g.run(ctx, dir, nil, "log", "-1", "--format=%B", sha)
+	return strings.TrimRight(out, "\n"), err
+}
+
+// Checkout makes dir, which must not exist, a working tree of repo at
+// commit sha, fetching the commit into the mirror first when it is
+// missing. HEAD is detached at sha and the remote origin is the clone URL
+// (without credentials). On failure nothing is left at dir.
+func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (err error) {
+	if !IsSHA(sha) {
+		return forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return forge.Errorf(forge.ECONFLICT, "git: workspace %s already exists", dir)
+	}
+	mirror, err := g.MirrorDir(repo)
+	if err != nil {
+		return err
+	}
+	if _, err := g.Fetch(ctx, repo, "", sha); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return forge.Errorf(forge.EINTERNAL, "git: make workspace: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	if _, err := g.run(ctx, dir, nil, "init", "--quiet"); err != nil {
+		return err
+	}
+	gitDir := filepath.Join(dir, ".git")
+	if err := os.WriteFile(filepath.Join(gitDir, "objects", "info", "alternates"), []byte(filepath.Join(mirror, "objects")+"\n"), 0o644); err != nil {
+		return forge.Errorf(forge.EINTERNAL, "git: link workspace objects: %w", err)
+	}
+	// The mirror's shallow list is read under its lock: a fetch rewrites it.
+	unlock := g.lock(mirror)
+	shallow, rerr := os.ReadFile(filepath.Join(mirror, "shallow"))
+	unlock()
+	if rerr == nil {
+		if err := os.WriteFile(filepath.Join(gitDir, "shallow"), shallow, 0o644); err != nil {
+			return forge.Errorf(forge.EINTERNAL, "git: copy shallow list: %w", err)
+		}
+	}
+	if remote, err := cloneURL(repo.CloneURL); err == nil {
+		if _, err := g.run(ctx, dir, nil, "remote", "add", "origin", remote); err != nil {
+			return err
+		}
+	}
+	if _, err := g.run(ctx, dir, nil, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha, "--"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// cloneURL checks a clone URL: an https/http/ssh/git/file URL, an scp-like
+// ssh address, or an absolute local path (tests, mirrors of mirrors).
+func cloneURL(raw string) (string, error) {
+	if raw == "" {
+		return "", forge.Errorf(forge.EINVALID, "git: the repository has no clone URL")
+	}
+	if strings.HasPrefix(raw, "-") || strings.ContainsAny(raw, "\n\r\x00") {
+		return "", forge.Errorf(forge.EINVALID, "git: clone URL %q is not valid", redact(raw))
+	}
+	if filepath.IsAbs(raw) {
+		return raw, nil
+	}
+	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
+		switch u.Scheme {
+		case "https", "http", "ssh", "git", "file":
+			return raw, nil
+		}
+		return "", forge.Errorf(forge.EINVALID, "git: clone URL scheme %q is not supported", u.Scheme)
+	}
+	if i := strings.Index(raw, ":"); i > 0 && !strings.Contains(raw[:i], "/") {
+		return raw, nil // user@host:owner/repo.git
+	}
+	return "", forge.Errorf(forge.EINVALID, "git: clone URL %q is not a URL or an absolute path", redact(raw))
+}
+
+// credentials returns the environment that authenticates a fetch from
+// remote, or nil. Passing the header through GIT_CONFIG_* keeps it off
+// the command line (visible in ps) and out of every file.
+func (g *Git) credentials(remote string) []string {
+	if g.opts.Token == "" {
+		return nil
+	}
+	u, err := url.Parse(remote)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil
+	}
+	basic := base64.StdEncoding.EncodeToString([]byte("x-access-token:" + g.opts.Token))
+	return []string{
+		"GIT_CONFIG_COUNT=1",
+		"GIT_CONFIG_KEY_0=http.extraHeader",
+		"GIT_CONFIG_VALUE_0=Authorization: Basic " + basic,
+	}
+}
+
+// validRef accepts what git check-ref-format would, minus anything that
+// could be read as an option.
+func validRef(s string) bool {
+	if s == "" || len(s) > 1024 || strings.HasPrefix(s, "-") || strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") ||
+		strings.HasSuffix(s, ".") || strings.HasSuffix(s, ".lock") || strings.Contains(s, "..") || strings.Contains(s, "//") ||
+		strings.Contains(s, "@{") || s == "@" {
+		return false
+	}
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f || strings.ContainsRune(" ~^:?*[\\", c) {
+			return false
+		}
+	}
+	return true
+}
+
+func short(sha string) string {
+	if len(sha) > 12 {
+		return sha[:12]
+	}
+	return sha
+}
