@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -142,7 +143,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	if tag == "" {
 		tag = g.tag
 	}
-	if actions := f.Actions(); !contains(actions, o.action) && (o.actionSet || !f.HasOn()) {
+	if actions := f.Actions(); !slices.Contains(actions, o.action) && (o.actionSet || !f.HasOn()) {
 		return exitWith(exitUsage, "%s has no action %q; its actions are: %s", o.file, o.action, strings.Join(actions, ", "))
 	}
 	action := o.chooseAction(f, branch, tag, stderr)
@@ -168,7 +169,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		Workspace: forge.Workspace{Dir: dir, Clean: o.clean, Keep: o.keep},
 	}
 
-	var v view
+	var v execView
 	if o.json {
 		v = newJSONView(stdout)
 	} else {
@@ -186,7 +187,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		_, noColourEnv := os.LookupEnv("NO_COLOR")
 		v = newTextView(stdout, plan, live, !o.noColor && !noColourEnv, size)
 	}
-	rep := tee{view: v}
+	rep := execTee{view: v}
 	if o.logDir != "" {
 		if rep.logs, err = newLogDir(o.logDir); err != nil {
 			return exitWith(exitUsage, "%v", err)
@@ -248,7 +249,7 @@ func (o *execOptions) chooseAction(f *spec.File, branch, tag string, stderr io.W
 		what += " " + tag
 	}
 	switch {
-	case o.actionSet && !contains(on, o.action):
+	case o.actionSet && !slices.Contains(on, o.action):
 		fmt.Fprintf(stderr, "forge: note: on: does not run %s for a %s; running it because --action asked for it\n", o.action, what)
 	case !o.actionSet && len(on) > 0:
 		return on[0]
@@ -265,7 +266,7 @@ func (o *execOptions) check() error {
 		return exitWith(exitUsage, "--parallel must be 1 or more (0 means the number of CPUs), got %d", o.parallel)
 	case o.keep && !o.clean:
 		return exitWith(exitUsage, "--keep keeps the directories --clean makes: give --clean too")
-	case !contains(knownEvents, o.event):
+	case !slices.Contains(knownEvents, o.event):
 		return exitWith(exitUsage, "unknown --event %q: want one of %s", o.event, strings.Join(knownEvents, ", "))
 	case o.tag != "" && o.event != "tag":
 		return exitWith(exitUsage, "--tag goes with --event tag")
@@ -334,13 +335,4 @@ func readSecretFile(path string, secrets map[string]string) error {
 		return exitWith(exitUsage, "--secret-file %s: %v", path, err)
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -44,8 +44,8 @@ func benchCheckout(b *testing.B, spec string) string {
 	return dir
 }
 
-// launcher builds testdata/launcher once.
-var launcher = sync.OnceValues(func() (string, error) {
+// rusageLauncher builds testdata/launcher once.
+var rusageLauncher = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "forge-launcher-")
 	if err != nil {
 		return "", err
@@ -58,14 +58,14 @@ var launcher = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-// timed runs bin with args through the launcher (testdata/launcher), in dir, with its stdout
+// timedRun runs bin with args through testdata/launcher, in dir, with its stdout
 // drained through a pipe, and returns its wall time (measured by the
 // launcher, so the launcher's own start does not count), the peak resident
 // memory of the process in bytes, and the launcher's own peak (an upper
 // bound of what the first figure may include that is not the process's).
-func timed(b *testing.B, dir, bin string, args ...string) (time.Duration, int64, int64) {
+func timedRun(b *testing.B, dir, bin string, args ...string) (time.Duration, int64, int64) {
 	b.Helper()
-	l, err := launcher()
+	l, err := rusageLauncher()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func timed(b *testing.B, dir, bin string, args ...string) (time.Duration, int64,
 	return wall, child * 1024, self * 1024
 }
 
-func median(ds []time.Duration) time.Duration {
+func medianDuration(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	if len(s) == 0 {
@@ -110,7 +110,7 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // BenchmarkExecSteps50 compares forge exec of one job of 50 steps of
 // `true` with a shell loop starting `sh -c true` 50 times, alternating the
@@ -126,15 +126,15 @@ func BenchmarkExecSteps50(b *testing.B) {
 	var forgeT, loopT []time.Duration
 	b.ResetTimer()
 	for range b.N {
-		d, _, _ := timed(b, dir, bin, "exec")
+		d, _, _ := timedRun(b, dir, bin, "exec")
 		forgeT = append(forgeT, d)
-		d, _, _ = timed(b, dir, "/bin/sh", "-c", "i=0; while [ $i -lt 50 ]; do sh -c true; i=$((i+1)); done")
+		d, _, _ = timedRun(b, dir, "/bin/sh", "-c", "i=0; while [ $i -lt 50 ]; do sh -c true; i=$((i+1)); done")
 		loopT = append(loopT, d)
 	}
 	b.StopTimer()
-	b.ReportMetric(ms(median(forgeT)), "forge-ms")
-	b.ReportMetric(ms(median(loopT)), "loop-ms")
-	b.ReportMetric(float64(median(forgeT))/float64(median(loopT)), "ratio")
+	b.ReportMetric(millis(medianDuration(forgeT)), "forge-ms")
+	b.ReportMetric(millis(medianDuration(loopT)), "loop-ms")
+	b.ReportMetric(float64(medianDuration(forgeT))/float64(medianDuration(loopT)), "ratio")
 }
 
 // BenchmarkExecSeqMillion runs one step `seq 1 N` with the output captured
@@ -147,7 +147,7 @@ func BenchmarkExecSeqMillion(b *testing.B) {
 	dir := benchCheckout(b, "jobs:\n  million:\n    steps:\n      - seq 1 1000000\n  tenth:\n    action: tenth\n    steps:\n      - seq 1 100000\n")
 	logs := b.TempDir()
 	var wall1M, wall100k []time.Duration
-	var rss1M, rss100k, launcher int64
+	var rss1M, rss100k, launcherRSS int64
 	// check reads a log as a stream, to keep the test process small.
 	check := func(job string, lines int) {
 		f, err := os.Open(filepath.Join(logs, job+".log"))
@@ -171,20 +171,20 @@ func BenchmarkExecSeqMillion(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		d, rss, self := timed(b, dir, bin, "exec", "--log-dir", logs)
+		d, rss, self := timedRun(b, dir, bin, "exec", "--log-dir", logs)
 		wall1M = append(wall1M, d)
-		rss1M, launcher = max(rss1M, rss), max(launcher, self)
+		rss1M, launcherRSS = max(rss1M, rss), max(launcherRSS, self)
 
-		d, rss, self = timed(b, dir, bin, "exec", "--action", "tenth", "--log-dir", logs)
+		d, rss, self = timedRun(b, dir, bin, "exec", "--action", "tenth", "--log-dir", logs)
 		wall100k = append(wall100k, d)
-		rss100k, launcher = max(rss100k, rss), max(launcher, self)
+		rss100k, launcherRSS = max(rss100k, rss), max(launcherRSS, self)
 	}
 	b.StopTimer()
 	check("million", 1000000)
 	check("tenth", 100000)
-	b.ReportMetric(ms(median(wall1M)), "1M-ms")
-	b.ReportMetric(ms(median(wall100k)), "100k-ms")
+	b.ReportMetric(millis(medianDuration(wall1M)), "1M-ms")
+	b.ReportMetric(millis(medianDuration(wall100k)), "100k-ms")
 	b.ReportMetric(float64(rss1M)/(1<<20), "1M-rss-MB")
 	b.ReportMetric(float64(rss100k)/(1<<20), "100k-rss-MB")
-	b.ReportMetric(float64(launcher)/(1<<20), "launcher-rss-MB")
+	b.ReportMetric(float64(launcherRSS)/(1<<20), "launcher-rss-MB")
 }

@@ -22,14 +22,14 @@ import (
 // complete when its job finishes.
 type logDir struct {
 	dir   string
-	files map[string]*jobLog // by job name
-	names map[string]bool    // file names in use
-	last  *jobLog            // the job of the previous event: lines come in runs
+	files map[string]*jobLogFile // by job name
+	names map[string]bool        // file names in use
+	last  *jobLogFile            // the job of the previous event: lines come in runs
 	ts    timestamper
 	err   error // the first write error; later writes are skipped
 }
 
-type jobLog struct {
+type jobLogFile struct {
 	job  string
 	path string
 	f    *os.File
@@ -40,7 +40,7 @@ func newLogDir(dir string) (*logDir, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("--log-dir: %w", err)
 	}
-	return &logDir{dir: dir, files: map[string]*jobLog{}, names: map[string]bool{}}, nil
+	return &logDir{dir: dir, files: map[string]*jobLogFile{}, names: map[string]bool{}}, nil
 }
 
 // logFileName turns a job name such as "test (go=1.22, os=linux)" into a
@@ -56,7 +56,7 @@ func logFileName(job string) string {
 	return string(b)
 }
 
-func (d *logDir) open(job string) *jobLog {
+func (d *logDir) open(job string) *jobLogFile {
 	if l := d.files[job]; l != nil {
 		return l
 	}
@@ -66,7 +66,7 @@ func (d *logDir) open(job string) *jobLog {
 		name = base + "-" + strconv.Itoa(i) + ".log"
 	}
 	d.names[name] = true
-	l := &jobLog{job: job, path: filepath.Join(d.dir, name)}
+	l := &jobLogFile{job: job, path: filepath.Join(d.dir, name)}
 	f, err := os.Create(l.path)
 	if err != nil {
 		d.fail(err)
@@ -134,7 +134,7 @@ func (d *logDir) Report(e forge.Event) {
 	}
 }
 
-func (d *logDir) line(l *jobLog, t time.Time, s forge.Stream, text string) {
+func (d *logDir) line(l *jobLogFile, t time.Time, s forge.Stream, text string) {
 	w := l.w
 	w.Write(d.ts.format(t))
 	switch s {

@@ -51,7 +51,7 @@ func summaryRow(out, job string) []string {
 	return nil
 }
 
-var ansi = regexp.MustCompile("\x1b\\[")
+var ansiCSI = regexp.MustCompile("\x1b\\[")
 
 func TestExecExamples(t *testing.T) {
 	tests := []struct {
@@ -106,7 +106,7 @@ func TestExecExamples(t *testing.T) {
 					t.Errorf("output lacks line %q:\n%s", l, out)
 				}
 			}
-			if ansi.MatchString(out) {
+			if ansiCSI.MatchString(out) {
 				t.Errorf("escape codes in output off a terminal:\n%q", out)
 			}
 		})

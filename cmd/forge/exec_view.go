@@ -15,10 +15,10 @@ import (
 	"github.com/forgeci/forge/internal/engine"
 )
 
-// A view shows a run to the user. Report is called by the engine from one
+// An execView shows a run to the user. Report is called by the engine from one
 // goroutine at a time; Finish is called once, after the run, with its
 // result, and writes the summary.
-type view interface {
+type execView interface {
 	forge.Reporter
 	Finish(res *engine.Result) error
 }
@@ -237,7 +237,7 @@ func (v *textView) drawBlock() {
 	}
 	now := v.now()
 	for _, s := range shown {
-		v.w.WriteString(fit(v.stateLine(s, now), cols-1, v.colour))
+		v.w.WriteString(fitWidth(v.stateLine(s, now), cols-1, v.colour))
 		v.w.WriteString("\x1b[K\n")
 		v.drawn++
 	}
@@ -252,7 +252,7 @@ func (v *textView) drawBlock() {
 				parts = append(parts, fmt.Sprintf("%d %s", counts[st], st))
 			}
 		}
-		v.w.WriteString(fit(fmt.Sprintf("  %d more jobs: %s", hidden, strings.Join(parts, ", ")), cols-1, false))
+		v.w.WriteString(fitWidth(fmt.Sprintf("  %d more jobs: %s", hidden, strings.Join(parts, ", ")), cols-1, false))
 		v.w.WriteString("\x1b[K\n")
 		v.drawn++
 	}
@@ -305,9 +305,9 @@ func statusMark(st forge.Status) (string, string) {
 	return "·", ""
 }
 
-// fit cuts s to at most n characters on screen, counting escape sequences
+// fitWidth cuts s to at most n characters on screen, counting escape sequences
 // as nothing when coloured.
-func fit(s string, n int, coloured bool) string {
+func fitWidth(s string, n int, coloured bool) string {
 	w := 0
 	for i := 0; i < len(s); {
 		if coloured && s[i] == 0x1b {
@@ -466,14 +466,14 @@ func (v *jsonView) Finish(res *engine.Result) error {
 	return v.w.Flush()
 }
 
-// tee reports every event to a log directory and a view.
-type tee struct {
+// execTee reports every event to a log directory and a view.
+type execTee struct {
 	logs *logDir
-	view view
+	view execView
 }
 
 // Report passes e to both.
-func (t tee) Report(e forge.Event) {
+func (t execTee) Report(e forge.Event) {
 	if t.logs != nil {
 		t.logs.Report(e)
 	}

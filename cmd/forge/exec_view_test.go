@@ -128,7 +128,7 @@ func TestFit(t *testing.T) {
 		{"\x1b[32m✓\x1b[0m build", 3, true, "\x1b[32m✓\x1b[0m b\x1b[0m"},
 	}
 	for _, tt := range tests {
-		if got := fit(tt.in, tt.n, tt.coloured); got != tt.want {
+		if got := fitWidth(tt.in, tt.n, tt.coloured); got != tt.want {
 			t.Errorf("fit(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
 		}
 	}
