@@ -1,0 +1,95 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDeployConfigLoads(t *testing.T) {
+	c := defaultServerConfig()
+	if err := loadConfigFile("../../deploy/config.yml", &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Data = t.TempDir()
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Builds.Concurrency != 4 || c.Builds.PerRepo != 2 || time.Duration(c.Grace) != 5*time.Minute || len(c.Pools) != 1 {
+		t.Errorf("config = %+v", c)
+	}
+	if time.Duration(c.Lease.Keepalive) != 10*time.Second || time.Duration(c.Builds.KillGrace) != 10*time.Second {
+		t.Errorf("durations: keepalive %v kill_grace %v", time.Duration(c.Lease.Keepalive), time.Duration(c.Builds.KillGrace))
+	}
+}
+
+func TestConfigErrorsNameTheProblem(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown key", "adr: :80\n", "adr"},
+		{"unknown nested key", "builds:\n  concurency: 3\n", "concurency"},
+		{"bad duration", "grace: soon\n", "not a duration"},
+		{"bad type", "builds:\n  concurrency: many\n", "concurrency"},
+		{"bad level", "log: {level: loud}\n", "log.level"},
+		{"bad public url", "public_url: ci.example.com\n", "public_url"},
+		{"bad pool", "pools:\n  ports:\n    range: 9-1\n", "ports"},
+		{"bad secrets key", "secrets:\n  app: {A: b}\n", "owner/repo"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "c.yml")
+			if err := os.WriteFile(path, []byte(tt.yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c := defaultServerConfig()
+			c.Data = "d"
+			err := loadConfigFile(path, &c)
+			if err == nil {
+				err = c.validate()
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error = %v, want one naming %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yml")
+	if err := os.WriteFile(path, []byte("addr: :1111\ndata: /from/file\nbuilds: {concurrency: 3}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"FORGE_ADDR": ":2222", "FORGE_BUILDS_CONCURRENCY": "5", "FORGE_GITHUB_WEBHOOK_SECRET": "s3"}
+	cmd := newServerCmd()
+	if err := cmd.Flags().Parse([]string{"--addr", ":3333"}); err != nil {
+		t.Fatal(err)
+	}
+	m := &serverMain{}
+	f := &serverFlags{config: path, addr: ":3333"}
+	if err := m.ParseFlags(cmd, f, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	c := m.Config
+	if c.Addr != ":3333" || c.Data != "/from/file" || c.Builds.Concurrency != 5 || c.GitHub.WebhookSecret != "s3" {
+		t.Errorf("addr %q (want flag :3333), data %q (want file), concurrency %d (want env 5), secret %q (want env)", c.Addr, c.Data, c.Builds.Concurrency, c.GitHub.WebhookSecret)
+	}
+	env["FORGE_BUILDS_CONCURRENCY"] = "lots"
+	if err := m.ParseFlags(cmd, f, func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "FORGE_BUILDS_CONCURRENCY") {
+		t.Errorf("bad env value: %v, want an error naming it", err)
+	}
+}
+
+func TestSecretsForRepo(t *testing.T) {
+	c := defaultServerConfig()
+	c.Secrets = map[string]map[string]string{"*": {"A": "all", "B": "all"}, "acme/app": {"B": "app"}}
+	got := c.secretsFor("acme/app")
+	if got["A"] != "all" || got["B"] != "app" || len(got) != 2 {
+		t.Errorf("secretsFor(acme/app) = %v", got)
+	}
+	if got := c.secretsFor("other/x"); got["B"] != "all" {
+		t.Errorf("secretsFor(other/x) = %v", got)
+	}
+}
