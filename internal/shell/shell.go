@@ -46,6 +46,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -205,6 +206,7 @@ type runner struct {
 	stepName string
 	now      time.Time       // when the chunk being cut into lines was read
 	slab     []forge.LogLine // LogLines are handed out from here, to allocate in bulk
+	arena    []byte          // short texts are copied here (see text)
 	out      [2]lineBuffer   // stdout, stderr
 }
 
@@ -491,8 +493,27 @@ func (r *runner) line(stream forge.Stream, b []byte, complete bool) {
 	if complete && len(b) > 0 && b[len(b)-1] == '\r' {
 		b = b[:len(b)-1]
 	}
-	b = cleanText(r.masker.Mask(b))
-	r.emitLocked(stream, string(b))
+	r.emitLocked(stream, r.text(cleanText(r.masker.Mask(b))))
+}
+
+// text returns b as a string. Short texts are copied into an arena that
+// is only ever appended to, so a million short lines cost a few hundred
+// allocations rather than a million; like a slab, an arena lives while any
+// of its texts does, hence only short texts go there.
+func (r *runner) text(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if len(b) > slabText {
+		return string(b)
+	}
+	if cap(r.arena)-len(r.arena) < len(b) {
+		r.arena = make([]byte, 0, arenaSize)
+	}
+	start := len(r.arena)
+	r.arena = append(r.arena, b...)
+	// The bytes are never written again: the string may alias them.
+	return unsafe.String(&r.arena[start], len(b))
 }
 
 // System reports a line of forge's own in the current step.
@@ -526,6 +547,7 @@ func (r *runner) emitLocked(stream forge.Stream, text string) {
 const (
 	slabLines = 256
 	slabText  = 128
+	arenaSize = 16 << 10
 )
 
 // report sends a step event; Time is set if empty.
