@@ -567,4 +567,12 @@ func TestReportsNeverOverlap(t *testing.T) {
 			t.Fatalf("line %d is older than line %d", i+1, i)
 		}
 	}
+	// Texts kept by the consumer stay intact while later lines are read.
+	for _, s := range []forge.Stream{forge.Stdout, forge.Stderr} {
+		for i, text := range rec.texts(s) {
+			if want := strconv.Itoa(i + 1); text != want {
+				t.Fatalf("%s line %d: got %q, want %q", s, i+1, text, want)
+			}
+		}
+	}
 }
