@@ -12,6 +12,15 @@ func TestExamplesLintClean(t *testing.T) {
 	if err != nil || len(paths) == 0 {
 		t.Fatalf("no examples found: %v", err)
 	}
+	have := map[string]bool{}
+	for _, p := range paths {
+		have[filepath.Base(p)] = true
+	}
+	for _, name := range []string{"single-job.yml", "dag.yml", "dag-failing.yml", "matrix.yml", "steps.yml", "actions.yml", "on.yml"} {
+		if !have[name] {
+			t.Errorf("examples/%s is missing", name)
+		}
+	}
 	for _, path := range paths {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			f, err := Load(path)

@@ -25,8 +25,10 @@ import (
 // DefaultAction is the action run when none is named.
 const DefaultAction = "execute"
 
-// maxFileSize bounds the size of a spec; larger files are refused.
-const maxFileSize = 1 << 20
+// maxFileSize bounds the size of a spec; larger files are refused. The
+// YAML library slows down on large inputs, and 512 KiB holds thousands of
+// jobs.
+const maxFileSize = 512 << 10
 
 // File is a parsed, validated spec. Compile turns it into plans.
 type File struct {

@@ -38,6 +38,9 @@ func parseYAML(ps *problems, data []byte) (body ast.Node) {
 			ps.add(1, 1, "cannot read this YAML (the parser failed: %v)", v)
 		}
 	}()
+	if tooDeep(ps, data) || tooManyKeys(ps, data) {
+		return nil
+	}
 	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
 	if err != nil {
 		if tabs := tabProblems(ps, data); tabs {
@@ -69,6 +72,92 @@ func parseYAML(ps *problems, data []byte) (body ast.Node) {
 		ps.at(posOf(d), "a second YAML document: a spec is one document, remove the `---` before this line or move it to another file")
 	}
 	return docs[0]
+}
+
+// maxFlowDepth bounds the nesting of flow collections ([...] and {...}).
+// The YAML library takes quadratic time in it (100,000 unclosed `[` take
+// minutes), and no spec needs more than a few levels.
+const maxFlowDepth = 64
+
+// tooDeep records a problem and returns true when data nests flow
+// collections deeper than maxFlowDepth. It follows YAML's quoting closely
+// enough for that: brackets inside quoted scalars and comments do not
+// count, and a quote opens a scalar only where a scalar can start. Block
+// scalars are not recognised, so their brackets count; a shell script
+// would need 64 unbalanced `[` on end to trip it.
+func tooDeep(ps *problems, data []byte) bool {
+	depth, line, col := 0, 1, 0
+	var quote byte
+	prev := byte('\n')
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		col++
+		if c == '\n' {
+			line, col = line+1, 0
+		}
+		switch {
+		case quote == '"' && c == '\\':
+			i++ // an escape: skip the next byte
+			col++
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '#' && (prev == ' ' || prev == '\t' || prev == '\n'):
+			for i+1 < len(data) && data[i+1] != '\n' {
+				i++
+			}
+		case (c == '\'' || c == '"') && strings.IndexByte(" \t\n[{,:-?", prev) >= 0:
+			quote = c
+		case c == '[' || c == '{':
+			depth++
+			if depth > maxFlowDepth {
+				ps.add(line, col, "lists and mappings nested more than %d deep: simplify this", maxFlowDepth)
+				return true
+			}
+		case c == ']' || c == '}':
+			depth = max(depth-1, 0)
+		}
+		prev = c
+	}
+	return false
+}
+
+// maxKeys bounds the lines that look like `key:`. The YAML library takes
+// quadratic time in the keys of one block mapping (10,000 keys take about
+// a second, 50,000 half a minute); a 200-job spec has about 2,000.
+const maxKeys = 10_000
+
+// tooManyKeys records a problem and returns true when data has more than
+// maxKeys lines that look like a mapping key, or a line that opens more
+// than maxFlowDepth block collections at once (`- - - - x`), which the
+// library also handles in quadratic time.
+func tooManyKeys(ps *problems, data []byte) bool {
+	keys := 0
+	for i, line := range strings.Split(string(data), "\n") {
+		rest := strings.TrimLeft(line, " ")
+		indicators := 0
+		for len(rest) >= 2 && (rest[0] == '-' || rest[0] == '?' || rest[0] == ':') && (rest[1] == ' ' || rest[1] == '\t') {
+			rest = strings.TrimLeft(rest[2:], " \t")
+			indicators++
+		}
+		if indicators > maxFlowDepth {
+			ps.add(i+1, 1, "lists and mappings nested more than %d deep: simplify this", maxFlowDepth)
+			return true
+		}
+		if rest == "" || rest[0] == '#' {
+			continue
+		}
+		rest = strings.TrimRight(rest, " \t\r")
+		if strings.Contains(rest, ": ") || strings.HasSuffix(rest, ":") {
+			keys++
+			if keys > maxKeys {
+				ps.add(i+1, 1, "more than %d keys: a spec this large is not supported, split it or simplify it", maxKeys)
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // tabProblems records a problem for every line indented with a tab, and
