@@ -34,7 +34,7 @@ func eachDialect(t *testing.T, fn func(t *testing.T, kind string)) {
 	}
 }
 
-func requirePostgres(t *testing.T) {
+func requirePostgres(t testing.TB) {
 	t.Helper()
 	if os.Getenv(envTestPostgresURL) != "" {
 		return
@@ -48,7 +48,7 @@ func requirePostgres(t *testing.T) {
 // testConfig returns a Config for a new empty database of kind: a fresh
 // data directory for SQLite, a fresh schema (dropped after the test) for
 // PostgreSQL. Several Opens of one Config share the database.
-func testConfig(t *testing.T, kind string) Config {
+func testConfig(t testing.TB, kind string) Config {
 	t.Helper()
 	if kind == "sqlite" {
 		return Config{DataDir: t.TempDir()}
@@ -82,7 +82,7 @@ func testConfig(t *testing.T, kind string) Config {
 }
 
 // openTest opens cfg and closes it after the test.
-func openTest(t *testing.T, cfg Config) *DB {
+func openTest(t testing.TB, cfg Config) *DB {
 	t.Helper()
 	db, err := Open(context.Background(), cfg)
 	if err != nil {
@@ -93,7 +93,7 @@ func openTest(t *testing.T, cfg Config) *DB {
 }
 
 // newTestDB returns a new migrated database of kind.
-func newTestDB(t *testing.T, kind string) *DB {
+func newTestDB(t testing.TB, kind string) *DB {
 	t.Helper()
 	db := openTest(t, testConfig(t, kind))
 	if _, err := db.Migrate(context.Background(), "up"); err != nil {
@@ -103,7 +103,7 @@ func newTestDB(t *testing.T, kind string) *DB {
 }
 
 // wantCode fails the test unless err carries the forge error code want.
-func wantCode(t *testing.T, err error, want string) {
+func wantCode(t testing.TB, err error, want string) {
 	t.Helper()
 	if got := forge.ErrorCode(err); got != want {
 		t.Fatalf("error code: got %q (%v), want %q", got, err, want)
@@ -111,7 +111,7 @@ func wantCode(t *testing.T, err error, want string) {
 }
 
 // mustRepo stores a repository owner/name.
-func mustRepo(t *testing.T, db *DB, owner, name string) *forge.Repo {
+func mustRepo(t testing.TB, db *DB, owner, name string) *forge.Repo {
 	t.Helper()
 	r := &forge.Repo{Owner: owner, Name: name, CloneURL: "https://example.com/" + owner + "/" + name + ".git", DefaultBranch: "main"}
 	if err := db.UpsertRepo(context.Background(), r); err != nil {
@@ -121,7 +121,7 @@ func mustRepo(t *testing.T, db *DB, owner, name string) *forge.Repo {
 }
 
 // mustBuild creates a build of repo with jobs named names.
-func mustBuild(t *testing.T, db *DB, repo *forge.Repo, hook forge.Hook, names ...string) (*forge.Build, []*forge.BuildJob) {
+func mustBuild(t testing.TB, db *DB, repo *forge.Repo, hook forge.Hook, names ...string) (*forge.Build, []*forge.BuildJob) {
 	t.Helper()
 	hook.Repo = *repo
 	b := &forge.Build{RepoID: repo.ID, Action: "execute", Hook: hook}

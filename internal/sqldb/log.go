@@ -3,6 +3,7 @@ package sqldb
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -53,11 +54,23 @@ func (db *DB) Append(ctx context.Context, jobID int64, lines []forge.LogLine) er
 	if db.dialect == dialectPostgres && len(lines) >= copyMin {
 		err = db.copyLines(ctx, jobID, lines)
 	} else {
-		err = db.write(ctx, func(tx *sql.Tx) error { return db.insertLines(ctx, tx, jobID, lines) })
+		err = db.write(ctx, func(tx *sql.Tx) error {
+			if db.dialect == dialectPostgres {
+				// No foreign key on PostgreSQL (see the migration).
+				err := db.exists(ctx, tx, "SELECT 1 FROM jobs WHERE id = ? FOR KEY SHARE", jobID, "job %d not found")
+				if err != nil {
+					return err
+				}
+			}
+			return db.insertLines(ctx, tx, jobID, lines)
+		})
 	}
+	var fe *forge.Error
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &fe):
+		return err
 	case isForeignKey(err):
 		return forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("job %d not found", jobID))
 	case isUnique(err):
@@ -108,8 +121,9 @@ func insertLinesQuery(n int) string {
 	return b.String()
 }
 
-// copyLines appends lines with PostgreSQL's COPY, which is one statement
-// and so atomic by itself.
+// copyLines appends lines with PostgreSQL's COPY, in a transaction that
+// first checks and key-share locks the job (logs has no foreign key on
+// PostgreSQL: see the migration).
 func (db *DB) copyLines(ctx context.Context, jobID int64, lines []forge.LogLine) error {
 	conn, err := db.w.Conn(ctx)
 	if err != nil {
@@ -118,12 +132,28 @@ func (db *DB) copyLines(ctx context.Context, jobID int64, lines []forge.LogLine)
 	defer conn.Close()
 	return conn.Raw(func(driverConn any) error {
 		pc := driverConn.(*stdlib.Conn).Conn()
-		_, err := pc.CopyFrom(ctx, pgx.Identifier{"logs"}, []string{"job_id", "number", "time", "stream", "text"},
+		tx, err := pc.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback(context.WithoutCancel(ctx))
+		var one int
+		err = tx.QueryRow(ctx, "SELECT 1 FROM jobs WHERE id = $1 FOR KEY SHARE", jobID).Scan(&one)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return notFound("job %d not found", jobID)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.CopyFrom(ctx, pgx.Identifier{"logs"}, []string{"job_id", "number", "time", "stream", "text"},
 			pgx.CopyFromSlice(len(lines), func(i int) ([]any, error) {
 				l := &lines[i]
 				return []any{jobID, int64(l.Number), l.Time.UnixMicro(), string(l.Stream), l.Text}, nil
 			}))
-		return err
+		if err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
 	})
 }
 
