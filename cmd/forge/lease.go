@@ -25,16 +25,16 @@ import (
 
 // Exit statuses of forge lease besides CMD's own.
 const (
-	exitLeaseUnavailable = 69  // the lease server cannot be reached (sysexits EX_UNAVAILABLE)
-	exitLeaseLost        = 75  // the lease was lost while CMD ran (sysexits EX_TEMPFAIL)
-	exitLeaseWait        = 124 // --wait passed before the grant (like timeout(1))
-	exitNotExecutable    = 126 // CMD exists but cannot run (like a shell)
-	exitNotFound         = 127 // CMD not found (like a shell)
+	exitLeaseUnavailable      = 69  // the lease server cannot be reached (sysexits EX_UNAVAILABLE)
+	exitLeaseLost             = 75  // the lease was lost while CMD ran (sysexits EX_TEMPFAIL)
+	exitLeaseWait             = 124 // --wait passed before the grant (like timeout(1))
+	exitLeaseCmdNotExecutable = 126 // CMD exists but cannot run (like a shell)
+	exitLeaseCmdNotFound      = 127 // CMD not found (like a shell)
 )
 
-// defaultServer is where forge lease looks for the server when neither
+// defaultLeaseServer is where forge lease looks for the server when neither
 // --server nor FORGE_SERVER says.
-const defaultServer = "http://127.0.0.1:8080"
+const defaultLeaseServer = "http://127.0.0.1:8080"
 
 type leaseOptions struct {
 	labels    []string
@@ -75,7 +75,7 @@ resources are given back.
 
 --label k=v selects resources by label in every pool; --label POOL:k=v in
 one pool only. The server address comes from --server, else $FORGE_SERVER,
-else ` + defaultServer + ` (https gives wss).
+else ` + defaultLeaseServer + ` (https gives wss).
 
 Exit status:
   CMD's own status; 128+N when CMD was killed by signal N
@@ -110,7 +110,7 @@ Exit status:
 	f := cmd.Flags()
 	f.StringArrayVarP(&o.labels, "label", "l", nil, "select resources with label `k=v` (every pool) or POOL:k=v (one pool); repeatable")
 	f.DurationVar(&o.wait, "wait", 0, "give up when not granted within `DURATION` (exit 124; default: wait forever)")
-	f.StringVar(&o.server, "server", "", "the forge server `URL` (default $FORGE_SERVER, else "+defaultServer+")")
+	f.StringVar(&o.server, "server", "", "the forge server `URL` (default $FORGE_SERVER, else "+defaultLeaseServer+")")
 	f.StringVar(&o.holder, "holder", "", "who holds the lease, as operators see it (default: user@host CMD)")
 	f.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "after a lost lease, how long CMD has between SIGTERM and SIGKILL")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing of forge lease's own but errors")
@@ -181,7 +181,7 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 		server = os.Getenv("FORGE_SERVER")
 	}
 	if server == "" {
-		server = defaultServer
+		server = defaultLeaseServer
 	}
 	if _, err := lease.WebSocketURL(server); err != nil {
 		return usageError{err}
@@ -190,9 +190,9 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
-			return exitWith(exitNotFound, "%s: command not found", argv[0])
+			return exitWith(exitLeaseCmdNotFound, "%s: command not found", argv[0])
 		}
-		return exitWith(exitNotExecutable, "%s: %v", argv[0], err)
+		return exitWith(exitLeaseCmdNotExecutable, "%s: %v", argv[0], err)
 	}
 	holder := o.holder
 	if holder == "" {
@@ -215,7 +215,7 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 		names[i] = r.Pool
 	}
 	waitingFor := strings.Join(names, ", ")
-	tty := isTerminal(stderr)
+	tty := leaseIsTerminal(stderr)
 	shown := false
 	opts := &lease.AcquireOptions{MaxWait: o.wait, Queued: func(pos int) {
 		if o.quiet {
@@ -246,7 +246,7 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 		}
 		return leaseError(err, server)
 	}
-	say("granted %s after %s (lease %s)", describeGrant(l), time.Since(start).Round(time.Millisecond), l.ID())
+	say("granted %s after %s (lease %s)", describeLeaseGrant(l), time.Since(start).Round(time.Millisecond), l.ID())
 
 	code, lost, err := runHolding(l, path, argv, stdin, stdout, stderr, o.killGrace, say)
 	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -265,8 +265,8 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 	return nil
 }
 
-// describeGrant is "dut=dut1 ports=20000,20001".
-func describeGrant(l *lease.Lease) string {
+// describeLeaseGrant is "dut=dut1 ports=20000,20001".
+func describeLeaseGrant(l *lease.Lease) string {
 	var parts []string
 	for pool := range l.Resources() {
 		parts = append(parts, pool+"="+strings.Join(l.IDs(pool), ","))
@@ -309,14 +309,14 @@ func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, std
 	// resources.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	restore := func() {}
-	if fd, ok := foregroundTTY(stdin); ok {
+	if fd, ok := leaseForegroundTTY(stdin); ok {
 		cmd.SysProcAttr.Foreground = true
 		cmd.SysProcAttr.Ctty = fd
-		restore = func() { reclaimTerminal(fd) }
+		restore = func() { leaseReclaimTerminal(fd) }
 	}
 
 	// Orphans of CMD (a daemon it started) become our children, so that
-	// stopGroup can reap them instead of leaving zombies to a PID 1 that
+	// stopLeaseGroup can reap them instead of leaving zombies to a PID 1 that
 	// may never wait for them.
 	_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
@@ -341,7 +341,7 @@ func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, std
 	}()
 	if err := <-started; err != nil {
 		restore()
-		return 0, false, exitWith(exitNotExecutable, "cannot start %s: %v", argv[0], err)
+		return 0, false, exitWith(exitLeaseCmdNotExecutable, "cannot start %s: %v", argv[0], err)
 	}
 	pgid := cmd.Process.Pid
 
@@ -369,34 +369,34 @@ loop:
 		}
 	}
 	restore()
-	stopGroup(pgid, grace)
-	return exitCode(cmd.ProcessState, waitErr), lost, nil
+	stopLeaseGroup(pgid, grace)
+	return leaseExitCode(cmd.ProcessState, waitErr), lost, nil
 }
 
-// stopGroup ends whatever CMD left running in its process group before
+// stopLeaseGroup ends whatever CMD left running in its process group before
 // the resources go back: SIGTERM, then SIGKILL after grace.
-func stopGroup(pgid int, grace time.Duration) {
-	if groupGone(pgid) {
+func stopLeaseGroup(pgid int, grace time.Duration) {
+	if leaseGroupGone(pgid) {
 		return
 	}
 	syscall.Kill(-pgid, syscall.SIGTERM)
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
-		if groupGone(pgid) {
+		if leaseGroupGone(pgid) {
 			return
 		}
 	}
 	syscall.Kill(-pgid, syscall.SIGKILL)
-	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && !groupGone(pgid); {
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && !leaseGroupGone(pgid); {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
 
-// groupGone reaps the orphans forge lease inherited as subreaper, then
+// leaseGroupGone reaps the orphans forge lease inherited as subreaper, then
 // reports whether process group pgid is empty. CMD itself was already
 // waited for, so nothing else of ours is reaped here.
-func groupGone(pgid int) bool {
+func leaseGroupGone(pgid int) bool {
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -407,8 +407,8 @@ func groupGone(pgid int) bool {
 	return syscall.Kill(-pgid, 0) != nil
 }
 
-// exitCode is CMD's status as a shell reports it.
-func exitCode(ps *os.ProcessState, err error) int {
+// leaseExitCode is CMD's status as a shell reports it.
+func leaseExitCode(ps *os.ProcessState, err error) int {
 	if ps == nil {
 		if err != nil {
 			return exitFailed
@@ -421,15 +421,15 @@ func exitCode(ps *os.ProcessState, err error) int {
 	return ps.ExitCode()
 }
 
-func isTerminal(w any) bool {
+func leaseIsTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// foregroundTTY reports stdin's descriptor when it is a terminal whose
+// leaseForegroundTTY reports stdin's descriptor when it is a terminal whose
 // foreground process group is ours, i.e. forge lease runs in the
 // foreground of an interactive shell.
-func foregroundTTY(stdin io.Reader) (int, bool) {
+func leaseForegroundTTY(stdin io.Reader) (int, bool) {
 	f, ok := stdin.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return 0, false
@@ -442,10 +442,10 @@ func foregroundTTY(stdin io.Reader) (int, bool) {
 	return fd, true
 }
 
-// reclaimTerminal makes forge lease's process group the terminal's
+// leaseReclaimTerminal makes forge lease's process group the terminal's
 // foreground group again after CMD's. A background group gets SIGTTOU for
 // that, so it is ignored for the call.
-func reclaimTerminal(fd int) {
+func leaseReclaimTerminal(fd int) {
 	signal.Ignore(syscall.SIGTTOU)
 	defer signal.Reset(syscall.SIGTTOU)
 	_ = unix.IoctlSetPointerInt(fd, unix.TIOCSPGRP, unix.Getpgrp())

@@ -12,13 +12,13 @@ import (
 	"time"
 )
 
-// acceptanceServer is a real `forge server --config` with lease pools.
-type acceptanceServer struct {
+// leaseAcceptanceServer is a real `forge server --config` with lease pools.
+type leaseAcceptanceServer struct {
 	URL  string
 	proc *leaseProc
 }
 
-func startForgeServer(t *testing.T, config string) *acceptanceServer {
+func startLeaseForgeServer(t *testing.T, config string) *leaseAcceptanceServer {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "forge.yml")
@@ -31,9 +31,9 @@ func startForgeServer(t *testing.T, config string) *acceptanceServer {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	p := startForge(t, []string{"FORGE_MIGRATE=auto"}, "server", "--config", cfg, "--addr", addr, "--data", filepath.Join(dir, "data"))
-	s := &acceptanceServer{URL: "http://" + addr, proc: p}
-	waitFor(t, 20*time.Second, "forge server to answer", func() bool {
+	p := startLeaseForge(t, []string{"FORGE_MIGRATE=auto"}, "server", "--config", cfg, "--addr", addr, "--data", filepath.Join(dir, "data"))
+	s := &leaseAcceptanceServer{URL: "http://" + addr, proc: p}
+	leaseWaitFor(t, 20*time.Second, "forge server to answer", func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("forge server exited %d: %s", p.code, p.stderr.String())
@@ -51,7 +51,7 @@ func startForgeServer(t *testing.T, config string) *acceptanceServer {
 
 // pool reads a pool's state over the REST API: resource id → lease id,
 // and the queue length.
-func (s *acceptanceServer) pool(t *testing.T, name string) (leases map[string]string, queued int) {
+func (s *leaseAcceptanceServer) pool(t *testing.T, name string) (leases map[string]string, queued int) {
 	t.Helper()
 	resp, err := http.Get(s.URL + "/api/v1/pools/" + name)
 	if err != nil {
@@ -77,7 +77,7 @@ func (s *acceptanceServer) pool(t *testing.T, name string) (leases map[string]st
 	return leases, len(p.Queue)
 }
 
-const acceptanceConfig = `pools:
+const leaseAcceptanceConfig = `pools:
   dut:
     resources:
       - {id: dut1, host: 10.0.0.5, labels: {arch: arm64}}
@@ -92,7 +92,7 @@ const acceptanceConfig = `pools:
 // SIGKILL starts the next at once; a server that dies under a running CMD
 // stops it with status 75.
 func TestLeaseAcceptanceWithForgeServer(t *testing.T) {
-	srv := startForgeServer(t, acceptanceConfig)
+	srv := startLeaseForgeServer(t, leaseAcceptanceConfig)
 	dir := t.TempDir()
 	env := []string{"FORGE_SERVER=" + srv.URL, "DIR=" + dir}
 	exists := func(name string) func() bool {
@@ -100,9 +100,9 @@ func TestLeaseAcceptanceWithForgeServer(t *testing.T) {
 	}
 
 	// Two shells, the second waiting for the first.
-	first := startForge(t, env, "lease", "dut", "--", "sh", "-c", `touch "$DIR/first-started"; sleep 0.5; touch "$DIR/first-done"`)
-	waitFor(t, 10*time.Second, "the first to start", exists("first-started"))
-	second := startForge(t, env, "lease", "dut", "ports:2", "--", "sh", "-c",
+	first := startLeaseForge(t, env, "lease", "dut", "--", "sh", "-c", `touch "$DIR/first-started"; sleep 0.5; touch "$DIR/first-done"`)
+	leaseWaitFor(t, 10*time.Second, "the first to start", exists("first-started"))
+	second := startLeaseForge(t, env, "lease", "dut", "ports:2", "--", "sh", "-c",
 		`test -f "$DIR/first-done" && echo "$FORGE_LEASE_DUT $FORGE_LEASE_PORTS"`)
 	if code := first.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("first exited %d: %s", code, first.stderr.String())
@@ -118,13 +118,13 @@ func TestLeaseAcceptanceWithForgeServer(t *testing.T) {
 	}
 
 	// SIGKILL of the holder starts the waiter at once.
-	holder := startForge(t, env, "lease", "dut", "--", "sh", "-c", `touch "$DIR/holder-started"; exec sleep 60`)
-	waitFor(t, 10*time.Second, "the holder to start", exists("holder-started"))
-	waiter := startForge(t, env, "lease", "dut", "--", "touch", filepath.Join(dir, "waiter-started"))
-	waitFor(t, 10*time.Second, "the waiter to queue", func() bool { _, q := srv.pool(t, "dut"); return q == 1 })
+	holder := startLeaseForge(t, env, "lease", "dut", "--", "sh", "-c", `touch "$DIR/holder-started"; exec sleep 60`)
+	leaseWaitFor(t, 10*time.Second, "the holder to start", exists("holder-started"))
+	waiter := startLeaseForge(t, env, "lease", "dut", "--", "touch", filepath.Join(dir, "waiter-started"))
+	leaseWaitFor(t, 10*time.Second, "the waiter to queue", func() bool { _, q := srv.pool(t, "dut"); return q == 1 })
 	killed := time.Now()
 	holder.cmd.Process.Signal(syscall.SIGKILL)
-	waitFor(t, 5*time.Second, "the waiter to start", exists("waiter-started"))
+	leaseWaitFor(t, 5*time.Second, "the waiter to start", exists("waiter-started"))
 	t.Logf("waiter's CMD ran %v after SIGKILL of the holder (includes starting touch)", time.Since(killed))
 	if d := time.Since(killed); d > time.Second {
 		t.Errorf("waiter started %v after the SIGKILL; want at once", d)
@@ -132,12 +132,12 @@ func TestLeaseAcceptanceWithForgeServer(t *testing.T) {
 	if code := waiter.wait(t, 10*time.Second); code != 0 {
 		t.Errorf("waiter exited %d: %s", code, waiter.stderr.String())
 	}
-	waitFor(t, 5*time.Second, "every lease to end", func() bool { l, _ := srv.pool(t, "dut"); return len(l) == 0 })
+	leaseWaitFor(t, 5*time.Second, "every lease to end", func() bool { l, _ := srv.pool(t, "dut"); return len(l) == 0 })
 
 	// The server dies under a running CMD: CMD is stopped, status 75.
-	running := startForge(t, env, "lease", "dut", "--kill-grace", "2s", "--", "sh", "-c",
+	running := startLeaseForge(t, env, "lease", "dut", "--kill-grace", "2s", "--", "sh", "-c",
 		`trap 'echo stopped; exit 0' TERM; touch "$DIR/running"; while :; do sleep 0.02; done`)
-	waitFor(t, 10*time.Second, "CMD to run", exists("running"))
+	leaseWaitFor(t, 10*time.Second, "CMD to run", exists("running"))
 	srv.proc.cmd.Process.Signal(syscall.SIGKILL)
 	if code := running.wait(t, 15*time.Second); code != exitLeaseLost {
 		t.Errorf("forge lease exited %d after the server died, want %d", code, exitLeaseLost)

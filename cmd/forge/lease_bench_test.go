@@ -60,7 +60,7 @@ func killHandoffTrial(b *testing.B, ctx context.Context, bin string, srv *leaseS
 	}
 	defer holder.Wait()
 	defer holder.Process.Kill()
-	waitFor(b, 10*time.Second, "the holder's grant", func() bool { return len(srv.leases(b, "dut")) == 1 })
+	leaseWaitFor(b, 10*time.Second, "the holder's grant", func() bool { return len(srv.leases(b, "dut")) == 1 })
 
 	queued := make(chan struct{}, 1)
 	type result struct {

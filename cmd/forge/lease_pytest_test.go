@@ -12,8 +12,8 @@ import (
 	"github.com/forgeci/forge/client/lease"
 )
 
-// pytestExample is the folder of the pytest plugin example.
-const pytestExample = "../../examples/pytest"
+// leasePytestExample is the folder of the pytest plugin example.
+const leasePytestExample = "../../examples/pytest"
 
 // leasePython finds a python3 with pytest and websockets (Debian's
 // python3-pytest and python3-websockets); it skips the test without one,
@@ -32,11 +32,11 @@ func leasePython(t *testing.T) string {
 	return ""
 }
 
-// startPytest runs python -m pytest with args; the example folder is on
+// startLeasePytest runs python -m pytest with args; the example folder is on
 // PYTHONPATH so -p forge_lease works from anywhere.
-func startPytest(t *testing.T, py string, env []string, args ...string) *leaseProc {
+func startLeasePytest(t *testing.T, py string, env []string, args ...string) *leaseProc {
 	t.Helper()
-	abs, err := filepath.Abs(pytestExample)
+	abs, err := filepath.Abs(leasePytestExample)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func startPytest(t *testing.T, py string, env []string, args ...string) *leasePr
 	}
 	go func() {
 		p.cmd.Wait()
-		p.code = exitCode(p.cmd.ProcessState, nil)
+		p.code = leaseExitCode(p.cmd.ProcessState, nil)
 		close(p.done)
 	}()
 	t.Cleanup(func() {
@@ -80,8 +80,8 @@ func TestPytestExampleLeasesForTheSession(t *testing.T) {
 	}
 
 	record := filepath.Join(t.TempDir(), "granted")
-	p := startPytest(t, py, []string{"FORGE_EXAMPLE_RECORD=" + record}, pytestExample, "--forge-lease", "dut", "--forge-server", srv.URL)
-	waitFor(t, 20*time.Second, "the pytest session to queue for dut", func() bool { return srv.queueLen(t, "dut") == 1 })
+	p := startLeasePytest(t, py, []string{"FORGE_EXAMPLE_RECORD=" + record}, leasePytestExample, "--forge-lease", "dut", "--forge-server", srv.URL)
+	leaseWaitFor(t, 20*time.Second, "the pytest session to queue for dut", func() bool { return srv.queueLen(t, "dut") == 1 })
 	if _, err := os.Stat(record); err == nil {
 		t.Fatal("tests ran before the session had the device")
 	}
@@ -110,8 +110,8 @@ func TestPytestExampleLeasesForTheSession(t *testing.T) {
 func TestPytestExampleUnderForgeLease(t *testing.T) {
 	py := leasePython(t)
 	srv := newLeaseServer(t, leasePool("dut", "dut1"))
-	abs, _ := filepath.Abs(pytestExample)
-	p := startForge(t, []string{"FORGE_SERVER=" + srv.URL, "PYTHONDONTWRITEBYTECODE=1"},
+	abs, _ := filepath.Abs(leasePytestExample)
+	p := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL, "PYTHONDONTWRITEBYTECODE=1"},
 		"lease", "dut", "--", py, "-m", "pytest", "-p", "no:cacheprovider", abs)
 	if code := p.wait(t, 60*time.Second); code != 0 {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, p.stdout.String(), p.stderr.String())
@@ -136,8 +136,8 @@ def test_slow(forge_resources):
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := startPytest(t, py, nil, "-p", "forge_lease", "-s", dir, "--forge-lease", "dut", "--forge-server", srv.URL)
-	waitFor(t, 20*time.Second, "the test to start", func() bool { return strings.Contains(p.stdout.String(), "started") })
+	p := startLeasePytest(t, py, nil, "-p", "forge_lease", "-s", dir, "--forge-lease", "dut", "--forge-server", srv.URL)
+	leaseWaitFor(t, 20*time.Second, "the test to start", func() bool { return strings.Contains(p.stdout.String(), "started") })
 	lost := time.Now()
 	if err := srv.m.Revoke(context.Background(), srv.leases(t, "dut")["dut1"], "maintenance"); err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func TestPytestExampleErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := startPytest(t, py, []string{"FORGE_LEASE_JSON=", "FORGE_LEASE_POOLS="}, append([]string{pytestExample}, tt.args...)...)
+			p := startLeasePytest(t, py, []string{"FORGE_LEASE_JSON=", "FORGE_LEASE_POOLS="}, append([]string{leasePytestExample}, tt.args...)...)
 			code := p.wait(t, 60*time.Second)
 			out := p.stdout.String() + p.stderr.String()
 			if code != tt.code || !strings.Contains(out, tt.msg) {

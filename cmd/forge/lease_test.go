@@ -107,19 +107,19 @@ func (s *leaseServer) queueLen(t testing.TB, pool string) int {
 	return len(p.Queue)
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a process writes it.
-type syncBuffer struct {
+// leaseBuffer is a bytes.Buffer safe to read while a process writes it.
+type leaseBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *leaseBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *leaseBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
@@ -128,12 +128,12 @@ func (b *syncBuffer) String() string {
 // leaseProc is a running forge lease.
 type leaseProc struct {
 	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
+	stdout, stderr leaseBuffer
 	done           chan struct{}
 	code           int
 }
 
-func startForge(t testing.TB, env []string, args ...string) *leaseProc {
+func startLeaseForge(t testing.TB, env []string, args ...string) *leaseProc {
 	t.Helper()
 	p := &leaseProc{done: make(chan struct{})}
 	p.cmd = exec.Command(leaseForgeBinary(t), args...)
@@ -144,7 +144,7 @@ func startForge(t testing.TB, env []string, args ...string) *leaseProc {
 	}
 	go func() {
 		p.cmd.Wait()
-		p.code = exitCode(p.cmd.ProcessState, nil)
+		p.code = leaseExitCode(p.cmd.ProcessState, nil)
 		close(p.done)
 	}()
 	t.Cleanup(func() {
@@ -165,8 +165,8 @@ func (p *leaseProc) wait(t testing.TB, timeout time.Duration) int {
 	}
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+// leaseWaitFor polls cond until it holds or timeout passes.
+func leaseWaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
 		if cond() {
@@ -176,9 +176,9 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	t.Fatalf("timed out after %v waiting for %s", timeout, what)
 }
 
-// processGone reports whether pid has ended: no such process, or a zombie
+// leaseProcessGone reports whether pid has ended: no such process, or a zombie
 // nobody reaped (PID 1 of a container may never reap orphans).
-func processGone(pid int) bool {
+func leaseProcessGone(pid int) bool {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return true
@@ -236,9 +236,9 @@ func TestLeaseTwoHolders(t *testing.T) {
 	srv := newLeaseServer(t, leasePool("dut", "dut1"))
 	dir := t.TempDir()
 	env := []string{"FORGE_SERVER=" + srv.URL, "DIR=" + dir}
-	first := startForge(t, env, "lease", "dut", "--", "sh", "-c", `echo "first has $FORGE_LEASE_DUT"; sleep 0.5; touch "$DIR/first-done"`)
-	waitFor(t, 5*time.Second, "the first to hold dut1", func() bool { return srv.leases(t, "dut")["dut1"] != "" })
-	second := startForge(t, env, "lease", "dut", "--", "sh", "-c", `test -f "$DIR/first-done" && echo "second has $FORGE_LEASE_DUT after the first"`)
+	first := startLeaseForge(t, env, "lease", "dut", "--", "sh", "-c", `echo "first has $FORGE_LEASE_DUT"; sleep 0.5; touch "$DIR/first-done"`)
+	leaseWaitFor(t, 5*time.Second, "the first to hold dut1", func() bool { return srv.leases(t, "dut")["dut1"] != "" })
+	second := startLeaseForge(t, env, "lease", "dut", "--", "sh", "-c", `test -f "$DIR/first-done" && echo "second has $FORGE_LEASE_DUT after the first"`)
 
 	if code := first.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("first exited %d: %s", code, first.stderr.String())
@@ -266,14 +266,14 @@ func TestLeaseSIGKILLHandsOver(t *testing.T) {
 	srv := newLeaseServer(t, leasePool("dut", "dut1"))
 	dir := t.TempDir()
 	env := []string{"FORGE_SERVER=" + srv.URL, "DIR=" + dir}
-	first := startForge(t, env, "lease", "dut", "--", "sh", "-c", `echo $$ > "$DIR/first.pid"; exec sleep 60`)
-	waitFor(t, 5*time.Second, "the first's CMD to start", func() bool { _, err := os.Stat(filepath.Join(dir, "first.pid")); return err == nil })
-	second := startForge(t, env, "lease", "dut", "--", "sh", "-c", `touch "$DIR/second-started"`)
-	waitFor(t, 5*time.Second, "the second to queue", func() bool { return srv.queueLen(t, "dut") == 1 })
+	first := startLeaseForge(t, env, "lease", "dut", "--", "sh", "-c", `echo $$ > "$DIR/first.pid"; exec sleep 60`)
+	leaseWaitFor(t, 5*time.Second, "the first's CMD to start", func() bool { _, err := os.Stat(filepath.Join(dir, "first.pid")); return err == nil })
+	second := startLeaseForge(t, env, "lease", "dut", "--", "sh", "-c", `touch "$DIR/second-started"`)
+	leaseWaitFor(t, 5*time.Second, "the second to queue", func() bool { return srv.queueLen(t, "dut") == 1 })
 
 	killed := time.Now()
 	first.cmd.Process.Signal(syscall.SIGKILL)
-	waitFor(t, 2*time.Second, "the second's CMD to start", func() bool {
+	leaseWaitFor(t, 2*time.Second, "the second's CMD to start", func() bool {
 		_, err := os.Stat(filepath.Join(dir, "second-started"))
 		return err == nil
 	})
@@ -283,8 +283,8 @@ func TestLeaseSIGKILLHandsOver(t *testing.T) {
 	}
 	data, _ := os.ReadFile(filepath.Join(dir, "first.pid"))
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	waitFor(t, 2*time.Second, "the killed holder's CMD to end", func() bool {
-		return pid > 0 && processGone(pid)
+	leaseWaitFor(t, 2*time.Second, "the killed holder's CMD to end", func() bool {
+		return pid > 0 && leaseProcessGone(pid)
 	})
 }
 
@@ -322,8 +322,8 @@ func TestLeaseLostWhileRunning(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newLeaseServer(t, leasePool("dut", "dut1"))
-			p := startForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--kill-grace", tt.grace, "--", "sh", "-c", tt.script)
-			waitFor(t, 5*time.Second, "CMD to start", func() bool { return strings.Contains(p.stdout.String(), "started") })
+			p := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--kill-grace", tt.grace, "--", "sh", "-c", tt.script)
+			leaseWaitFor(t, 5*time.Second, "CMD to start", func() bool { return strings.Contains(p.stdout.String(), "started") })
 			start := time.Now()
 			tt.lose(t, srv, srv.leases(t, "dut")["dut1"])
 			code := p.wait(t, 10*time.Second)
@@ -359,12 +359,12 @@ func TestLeaseExitStatusAndEnv(t *testing.T) {
 		{`test "$FORGE_LEASE_LAB_DUT_X" = d1,d2`, 0},
 	}
 	for _, tt := range tests {
-		p := startForge(t, env, "lease", "lab-dut.x:2", "--", "sh", "-c", tt.script)
+		p := startLeaseForge(t, env, "lease", "lab-dut.x:2", "--", "sh", "-c", tt.script)
 		if code := p.wait(t, 10*time.Second); code != tt.code {
 			t.Errorf("forge lease -- sh -c %q exited %d, want %d; stderr %q", tt.script, code, tt.code, p.stderr.String())
 		}
 	}
-	p := startForge(t, env, "lease", "-q", "lab-dut.x:3", "--", "sh", "-c", `printf %s "$FORGE_LEASE_JSON"`)
+	p := startLeaseForge(t, env, "lease", "-q", "lab-dut.x:3", "--", "sh", "-c", `printf %s "$FORGE_LEASE_JSON"`)
 	if code := p.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("exit %d: %s", code, p.stderr.String())
 	}
@@ -386,9 +386,9 @@ func TestLeaseExitStatusAndEnv(t *testing.T) {
 func TestLeaseForwardsSignals(t *testing.T) {
 	srv := newLeaseServer(t, leasePool("dut", "dut1"))
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-		p := startForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sh", "-c",
+		p := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sh", "-c",
 			`trap 'echo got signal; exit 5' INT TERM; echo started; while :; do sleep 0.02; done`)
-		waitFor(t, 5*time.Second, "CMD to start", func() bool { return strings.Contains(p.stdout.String(), "started") })
+		leaseWaitFor(t, 5*time.Second, "CMD to start", func() bool { return strings.Contains(p.stdout.String(), "started") })
 		p.cmd.Process.Signal(sig)
 		if code := p.wait(t, 5*time.Second); code != 5 {
 			t.Errorf("%v: exit %d, want CMD's 5; stderr %q", sig, code, p.stderr.String())
@@ -396,14 +396,14 @@ func TestLeaseForwardsSignals(t *testing.T) {
 		if !strings.Contains(p.stdout.String(), "got signal") {
 			t.Errorf("%v: CMD did not get the signal: %q", sig, p.stdout.String())
 		}
-		waitFor(t, 2*time.Second, "the release", func() bool { return len(srv.leases(t, "dut")) == 0 })
+		leaseWaitFor(t, 2*time.Second, "the release", func() bool { return len(srv.leases(t, "dut")) == 0 })
 	}
 }
 
 func TestLeaseLeftoversAreStopped(t *testing.T) {
 	srv := newLeaseServer(t, leasePool("dut", "dut1"))
 	dir := t.TempDir()
-	p := startForge(t, []string{"FORGE_SERVER=" + srv.URL, "DIR=" + dir}, "lease", "dut", "--kill-grace", "1s", "--", "sh", "-c",
+	p := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL, "DIR=" + dir}, "lease", "dut", "--kill-grace", "1s", "--", "sh", "-c",
 		`sleep 60 & echo $! > "$DIR/bg.pid"`)
 	if code := p.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("exit %d: %s", code, p.stderr.String())
@@ -413,7 +413,7 @@ func TestLeaseLeftoversAreStopped(t *testing.T) {
 	if pid <= 0 {
 		t.Fatalf("no pid recorded: %q", data)
 	}
-	if !processGone(pid) {
+	if !leaseProcessGone(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Errorf("CMD's background child %d still runs after forge lease gave the device back", pid)
 	}
@@ -421,8 +421,8 @@ func TestLeaseLeftoversAreStopped(t *testing.T) {
 
 func TestLeaseErrors(t *testing.T) {
 	srv := newLeaseServer(t, leasePool("dut", "dut1"))
-	holder := startForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sleep", "60")
-	waitFor(t, 5*time.Second, "the holder", func() bool { return len(srv.leases(t, "dut")) == 1 })
+	holder := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sleep", "60")
+	leaseWaitFor(t, 5*time.Second, "the holder", func() bool { return len(srv.leases(t, "dut")) == 1 })
 	unreachable := "http://127.0.0.1:1"
 	tests := []struct {
 		name string
@@ -439,11 +439,11 @@ func TestLeaseErrors(t *testing.T) {
 		{"bad server", []string{"lease", "--server", "ftp://x", "dut", "--", "true"}, exitUsage, "scheme"},
 		{"unreachable", []string{"lease", "--server", unreachable, "dut", "--", "true"}, exitLeaseUnavailable, "cannot reach the lease server at " + unreachable},
 		{"wait passes", []string{"lease", "--server", srv.URL, "--wait", "200ms", "dut", "--", "true"}, exitLeaseWait, "no dut granted within --wait 200ms"},
-		{"command not found", []string{"lease", "--server", srv.URL, "dut", "--", "no-such-command-xyz"}, exitNotFound, "no-such-command-xyz: command not found"},
+		{"command not found", []string{"lease", "--server", srv.URL, "dut", "--", "no-such-command-xyz"}, exitLeaseCmdNotFound, "no-such-command-xyz: command not found"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := startForge(t, nil, tt.args...)
+			p := startLeaseForge(t, nil, tt.args...)
 			if code := p.wait(t, 10*time.Second); code != tt.code {
 				t.Errorf("exit %d, want %d; stderr %q", code, tt.code, p.stderr.String())
 			}

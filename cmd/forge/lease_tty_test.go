@@ -15,8 +15,8 @@ import (
 	"github.com/forgeci/forge/client/lease"
 )
 
-// openPTY opens a pseudo-terminal pair.
-func openPTY(t *testing.T) (master, slave *os.File) {
+// leaseOpenPTY opens a pseudo-terminal pair.
+func leaseOpenPTY(t *testing.T) (master, slave *os.File) {
 	t.Helper()
 	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
@@ -38,11 +38,11 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	return master, slave
 }
 
-// startForgeOnTTY runs forge as the session leader of a new terminal, as
+// startLeaseForgeOnTTY runs forge as the session leader of a new terminal, as
 // an interactive shell would run it in the foreground.
-func startForgeOnTTY(t *testing.T, env []string, args ...string) (*leaseProc, *os.File) {
+func startLeaseForgeOnTTY(t *testing.T, env []string, args ...string) (*leaseProc, *os.File) {
 	t.Helper()
-	master, slave := openPTY(t)
+	master, slave := leaseOpenPTY(t)
 	p := &leaseProc{done: make(chan struct{})}
 	p.cmd = exec.Command(leaseForgeBinary(t), args...)
 	p.cmd.Env = append(os.Environ(), env...)
@@ -64,7 +64,7 @@ func startForgeOnTTY(t *testing.T, env []string, args ...string) (*leaseProc, *o
 	}()
 	go func() {
 		p.cmd.Wait()
-		p.code = exitCode(p.cmd.ProcessState, nil)
+		p.code = leaseExitCode(p.cmd.ProcessState, nil)
 		close(p.done)
 	}()
 	t.Cleanup(func() {
@@ -92,17 +92,17 @@ func TestLeaseOnATerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p, tty := startForgeOnTTY(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sh", "-c",
+	p, tty := startLeaseForgeOnTTY(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sh", "-c",
 		`read line; echo "read $line"; trap 'echo got INT; exit 4' INT; echo started; while :; do sleep 0.02; done`)
-	waitFor(t, 10*time.Second, "the position on the terminal", func() bool {
+	leaseWaitFor(t, 10*time.Second, "the position on the terminal", func() bool {
 		return strings.Contains(p.stdout.String(), "\r\033[Kforge lease: waiting for dut: position 1")
 	})
 	if err := other.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the grant", func() bool { return strings.Contains(p.stdout.String(), "granted dut=dut1") })
+	leaseWaitFor(t, 10*time.Second, "the grant", func() bool { return strings.Contains(p.stdout.String(), "granted dut=dut1") })
 	tty.Write([]byte("hello\n"))
-	waitFor(t, 10*time.Second, "CMD to read the terminal", func() bool { return strings.Contains(p.stdout.String(), "started") })
+	leaseWaitFor(t, 10*time.Second, "CMD to read the terminal", func() bool { return strings.Contains(p.stdout.String(), "started") })
 	tty.Write([]byte{3}) // Ctrl-C
 	if code := p.wait(t, 10*time.Second); code != 4 {
 		t.Errorf("exit %d, want CMD's 4\noutput: %q", code, p.stdout.String())
@@ -113,7 +113,7 @@ func TestLeaseOnATerminal(t *testing.T) {
 			t.Errorf("output lacks %q: %q", want, out)
 		}
 	}
-	waitFor(t, 5*time.Second, "the release", func() bool { return len(srv.leases(t, "dut")) == 0 })
+	leaseWaitFor(t, 5*time.Second, "the release", func() bool { return len(srv.leases(t, "dut")) == 0 })
 }
 
 // TestLeaseInterruptedWhileWaiting: SIGINT while queued withdraws the
@@ -121,10 +121,10 @@ func TestLeaseOnATerminal(t *testing.T) {
 func TestLeaseInterruptedWhileWaiting(t *testing.T) {
 	srv := newLeaseServer(t, leasePool("dut", "dut1"))
 	dir := t.TempDir()
-	holder := startForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sleep", "60")
-	waitFor(t, 10*time.Second, "the holder", func() bool { return len(srv.leases(t, "dut")) == 1 })
-	p := startForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "touch", dir+"/ran")
-	waitFor(t, 10*time.Second, "the waiter to queue", func() bool { return srv.queueLen(t, "dut") == 1 })
+	holder := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sleep", "60")
+	leaseWaitFor(t, 10*time.Second, "the holder", func() bool { return len(srv.leases(t, "dut")) == 1 })
+	p := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "touch", dir+"/ran")
+	leaseWaitFor(t, 10*time.Second, "the waiter to queue", func() bool { return srv.queueLen(t, "dut") == 1 })
 	p.cmd.Process.Signal(syscall.SIGINT)
 	if code := p.wait(t, 10*time.Second); code != exitCanceled {
 		t.Errorf("exit %d, want %d; stderr %q", code, exitCanceled, p.stderr.String())
@@ -132,7 +132,7 @@ func TestLeaseInterruptedWhileWaiting(t *testing.T) {
 	if !strings.Contains(p.stderr.String(), "interrupted while waiting") {
 		t.Errorf("stderr %q", p.stderr.String())
 	}
-	waitFor(t, 5*time.Second, "the queue to empty", func() bool { return srv.queueLen(t, "dut") == 0 })
+	leaseWaitFor(t, 5*time.Second, "the queue to empty", func() bool { return srv.queueLen(t, "dut") == 0 })
 	if _, err := os.Stat(dir + "/ran"); err == nil {
 		t.Error("CMD ran although interrupted before the grant")
 	}
