@@ -207,7 +207,15 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err := os.MkdirAll(tmp, 0o750); err != nil {
 		return forge.Errorf(forge.EINVALID, "data directory: %v", err)
 	}
-	leaser, err := leaseclient.NewLeaser("http://"+loopbackIfAny(addr), nil)
+	// The engine leases pipeline resources from this server's own lease
+	// endpoint, with a token that lives only in this process.
+	internal, err := newTokenSecret()
+	if err != nil {
+		return err
+	}
+	leaser, err := leaseclient.NewLeaser("http://"+loopbackIfAny(addr), &leaseclient.Options{
+		Header: http.Header{"Authorization": {"Bearer " + internal}},
+	})
 	if err != nil {
 		return err
 	}
@@ -260,9 +268,10 @@ func (m *serverMain) Run(ctx context.Context) error {
 			}
 			return db.CheckSchema(ctx)
 		},
-		Gatherer:     reg,
-		PrivateReads: c.API.PrivateReads,
-		Logger:       log,
+		Gatherer:      reg,
+		PrivateReads:  c.API.PrivateReads,
+		InternalToken: internal,
+		Logger:        log,
 	})
 	srv := &http.Server{
 		Handler:           api.Handler(),

@@ -336,12 +336,14 @@ func TestAuth(t *testing.T) {
 		{"lease mutation with admin", false, "PUT", "/api/v1/pools/dut", "admin-secret", 200},
 		{"lease mutation without token", false, "DELETE", "/api/v1/leases/l1", "", 401},
 		{"probes stay public", true, "GET", "/healthz", "", 200},
+		{"internal token reads", true, "GET", "/api/v1/pools", "internal-secret", 200},
+		{"internal token is no admin", true, "PUT", "/api/v1/pools/dut", "internal-secret", 403},
 		{"webhook is public (signed)", true, "POST", "/hooks/github", "", 202},
 		{"unknown path", false, "GET", "/api/v1/nothing", "", 404},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t, func(o *httpapi.Options) { o.PrivateReads = tt.privateReads })
+			f := newFixture(t, func(o *httpapi.Options) { o.PrivateReads = tt.privateReads; o.InternalToken = "internal-secret" })
 			resp, body := f.do(t, tt.method, tt.path, tt.token, "")
 			if resp.StatusCode != tt.want {
 				t.Fatalf("status %d, want %d; body %s", resp.StatusCode, tt.want, body)

@@ -16,6 +16,7 @@ package http
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"log/slog"
@@ -74,7 +75,11 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// PrivateReads requires a token for reads too.
 	PrivateReads bool
-	Logger       *slog.Logger
+	// InternalToken, when set, is accepted as a (non-admin) token without
+	// a database lookup: the server's own clients (the engine's lease
+	// client) use it. It lives only in the server's memory.
+	InternalToken string
+	Logger        *slog.Logger
 }
 
 // Server is forge's HTTP handler. Create it with New.
@@ -197,6 +202,9 @@ func (s *Server) authenticate(r *http.Request) (*forge.Token, error) {
 	secret = strings.TrimSpace(secret)
 	if !ok || !strings.EqualFold(scheme, "Bearer") || secret == "" {
 		return nil, forge.Errorf(forge.EUNAUTHORIZED, "malformed Authorization header: want Bearer TOKEN")
+	}
+	if s.opts.InternalToken != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(s.opts.InternalToken)) == 1 {
+		return &forge.Token{Name: "forge-internal"}, nil
 	}
 	if s.opts.Tokens == nil {
 		return nil, forge.Errorf(forge.EUNAUTHORIZED, "this server has no token store")
