@@ -12,7 +12,8 @@ import (
 )
 
 func newLintCmd() *cobra.Command {
-	return &cobra.Command{
+	var schema bool
+	cmd := &cobra.Command{
 		Use:   "lint [FILE...]",
 		Short: "Check build specs and show what is wrong, with positions",
 		Long: `Lint checks each FILE (default .forge.yml; - reads standard input) the
@@ -24,17 +25,30 @@ followed by the offending line and a caret under the column. Valid files
 print nothing.
 
 Exit status: 0 when every file is valid, 1 when any has a problem, 2 when
-a file cannot be read.`,
+a file cannot be read.
+
+--schema prints the JSON Schema of the format (docs/forge.schema.json), for
+editors, instead.`,
 		Example: `  forge lint
   forge lint examples/*.yml
-  git show HEAD:.forge.yml | forge lint -`,
+  git show HEAD:.forge.yml | forge lint -
+  forge lint --schema > forge.schema.json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if schema {
+				if len(args) > 0 {
+					return usageError{fmt.Errorf("--schema takes no files")}
+				}
+				_, err := cmd.OutOrStdout().Write(spec.Schema)
+				return err
+			}
 			if len(args) == 0 {
 				args = []string{".forge.yml"}
 			}
 			return lintFiles(cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), args)
 		},
 	}
+	cmd.Flags().BoolVar(&schema, "schema", false, "print the JSON Schema of the spec format and exit")
+	return cmd
 }
 
 // lintFiles lints each file, printing problems to stdout and read errors

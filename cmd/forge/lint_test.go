@@ -21,6 +21,20 @@ func lintRun(t *testing.T, dir, stdin string, args ...string) (code int, stdout,
 	return code, out.String(), errOut.String()
 }
 
+func TestLintSchema(t *testing.T) {
+	code, stdout, stderr := lintRun(t, "", "", "--schema")
+	if code != 0 || stderr != "" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	want, err := os.ReadFile("../../docs/forge.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stdout != string(want) {
+		t.Errorf("--schema does not print docs/forge.schema.json")
+	}
+}
+
 func TestLint(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, body string) string {
@@ -71,6 +85,8 @@ func TestLint(t *testing.T) {
 				"      - echo: hi\n" +
 				"        ^\n", ""},
 		{"stdin valid", []string{"-"}, "execute: [true]\n", 0, "", ""},
+		{"schema with a file is a usage error", []string{"--schema", good}, "", 2, "", "--schema takes no files"},
+		{"unknown flag", []string{"--nope"}, "", 2, "", "unknown flag"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
