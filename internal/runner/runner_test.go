@@ -580,3 +580,34 @@ func TestLinesOfRetriedJobKeepUniqueNumbers(t *testing.T) {
 		t.Errorf("log = %q, want both attempts' lines", log)
 	}
 }
+
+func TestSecretsNeverReachForks(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	s := newRunner(t, db, planOf("echo hi"), func(o *runner.Options) {
+		o.Secrets = func(ctx context.Context, r *forge.Repo) (map[string]string, error) {
+			return map[string]string{"DEPLOY_KEY": "k-" + r.Name}, nil
+		}
+	})
+	own := queue(t, db, repo, "test")
+	fork := &forge.Build{RepoID: repo.ID, Action: "execute", Status: forge.StatusQueued, Hook: own.Hook}
+	fork.Hook.Fork = true
+	if err := db.CreateBuild(context.Background(), fork, []*forge.BuildJob{{Name: "test", Status: forge.StatusQueued}}); err != nil {
+		t.Fatal(err)
+	}
+	s.start(t)
+	waitBuild(t, db, own.ID)
+	waitBuild(t, db, fork.ID)
+	s.be.mu.Lock()
+	defer s.be.mu.Unlock()
+	got := map[string]string{}
+	for _, run := range s.be.runs {
+		got[run.BuildID] = run.Secrets["DEPLOY_KEY"]
+	}
+	if got[fmt.Sprint(own.ID)] != "k-app" {
+		t.Errorf("own build's secret = %q, want k-app", got[fmt.Sprint(own.ID)])
+	}
+	if v, ok := got[fmt.Sprint(fork.ID)]; !ok || v != "" {
+		t.Errorf("fork build's secret = %q (ran: %v), want none", v, ok)
+	}
+}
