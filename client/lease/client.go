@@ -313,8 +313,11 @@ func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
 		delete(c.pings, id)
 		c.mu.Unlock()
 	}()
+	if err := contextError(ctx); err != nil {
+		return 0, err
+	}
 	start := time.Now()
-	if err := c.send(ctx, &Message{Type: TypePing, ID: id}); err != nil {
+	if err := c.send(&Message{Type: TypePing, ID: id}); err != nil {
 		return 0, err
 	}
 	select {
@@ -342,6 +345,9 @@ func (c *Client) Acquire(ctx context.Context, holder string, reqs []Request, opt
 	if err := checkRequests(reqs); err != nil {
 		return nil, err
 	}
+	if err := contextError(ctx); err != nil {
+		return nil, err
+	}
 	if holder == "" {
 		holder = DefaultHolder("")
 	}
@@ -360,7 +366,7 @@ func (c *Client) Acquire(ctx context.Context, holder string, reqs []Request, opt
 	c.pending[m.ID] = p
 	c.mu.Unlock()
 
-	if err := c.send(ctx, m); err != nil {
+	if err := c.send(m); err != nil {
 		c.mu.Lock()
 		delete(c.pending, m.ID)
 		c.mu.Unlock()
@@ -427,16 +433,18 @@ func DefaultHolder(what string) string {
 	return s
 }
 
-// send writes one message.
-func (c *Client) send(ctx context.Context, m *Message) error {
+// send writes one message. It never uses a caller's context: the
+// WebSocket library closes the connection when a write's context ends, and
+// one caller giving up must not cost every lease of the Client. A write
+// that takes longer than the keepalive bound means the connection is dead.
+func (c *Client) send(m *Message) error {
 	data, err := json.Marshal(m)
 	if err != nil {
 		return forge.WrapError(forge.EINTERNAL, err, "cannot encode a lease message")
 	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.keepalive)
+	defer cancel()
 	if err := c.conn.Write(ctx, websocket.MessageText, data); err != nil {
-		if ctxErr := contextError(ctx); ctxErr != nil {
-			return ctxErr
-		}
 		c.shutdown(forge.WrapError(forge.EUNAVAILABLE, err, "connection to the lease server lost"))
 		return c.Err()
 	}
@@ -454,9 +462,7 @@ func (c *Client) background(m *Message) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		ctx, cancel := context.WithTimeout(c.ctx, c.keepalive)
-		defer cancel()
-		c.send(ctx, m)
+		c.send(m)
 	}()
 }
 

@@ -320,6 +320,87 @@ func TestCancelWhileQueuedWithdraws(t *testing.T) {
 	}
 }
 
+// TestCallerContextsNeverCostTheConnection: a caller whose context is
+// already done gets ECANCELED, and the connection with its other leases
+// stays up (the WebSocket library closes a connection whose write context
+// ends, so the client must never write under a caller's context).
+func TestCallerContextsNeverCostTheConnection(t *testing.T) {
+	f := newTestServer(t, twoDUTs()...)
+	c := dial(t, f.URL)
+	kept := acquire(t, c, Request{Pool: "dut"})
+	other := acquire(t, c, Request{Pool: "dut"})
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Acquire(done, "t", []Request{{Pool: "lab-ports.x"}}, nil); forge.ErrorCode(err) != forge.ECANCELED {
+		t.Errorf("Acquire with a done context = %v, want ECANCELED", err)
+	}
+	if _, err := c.Ping(done); forge.ErrorCode(err) != forge.ECANCELED {
+		t.Errorf("Ping with a done context = %v, want ECANCELED", err)
+	}
+	other.Release(done)
+	eventually(t, "the release sent under a done context", func() bool { return f.held(t) == 1 })
+	time.Sleep(20 * time.Millisecond)
+	if c.Err() != nil {
+		t.Fatalf("connection ended: %v", c.Err())
+	}
+	select {
+	case <-kept.Lost():
+		t.Fatalf("the other lease was lost: %v", kept.Err())
+	default:
+	}
+	if _, err := c.Ping(context.Background()); err != nil {
+		t.Errorf("Ping after: %v", err)
+	}
+}
+
+// TestConcurrentLeasesOnOneClient: many goroutines share one Client; the
+// client side never sees a resource granted twice at once.
+func TestConcurrentLeasesOnOneClient(t *testing.T) {
+	f := newTestServer(t, onePool("ports", "p1", "p2", "p3"))
+	c := dial(t, f.URL)
+	var mu sync.Mutex
+	inUse := map[string]bool{}
+	var wg sync.WaitGroup
+	for g := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 15 {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				l, err := c.Acquire(ctx, "g", []Request{{Pool: "ports", Count: 1 + (g+i)%2}}, nil)
+				if err != nil {
+					cancel()
+					t.Errorf("goroutine %d: %v", g, err)
+					return
+				}
+				ids := l.IDs("ports")
+				mu.Lock()
+				for _, id := range ids {
+					if inUse[id] {
+						t.Errorf("%s granted twice at once", id)
+					}
+					inUse[id] = true
+				}
+				mu.Unlock()
+				time.Sleep(time.Millisecond)
+				mu.Lock()
+				for _, id := range ids {
+					inUse[id] = false
+				}
+				mu.Unlock()
+				if err := l.Release(ctx); err != nil {
+					t.Errorf("release: %v", err)
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	if got := f.held(t); got != 0 {
+		t.Errorf("%d resources held at the end", got)
+	}
+}
+
 func TestConnectionLossLosesEveryLease(t *testing.T) {
 	f := newTestServer(t, twoDUTs()...)
 	c := dial(t, f.URL)

@@ -27,7 +27,7 @@ type Lease struct {
 
 	mu        sync.Mutex
 	releasing bool // Release was called
-	sent      bool // the release message went out
+	sent      bool // the release message was sent
 	over      bool
 	err       error // why it was lost
 }
@@ -112,9 +112,10 @@ func (l *Lease) Err() error {
 
 // Release gives the resources back and waits for the server to confirm.
 // It is idempotent, and returns nil for a lease already lost or released
-// (a lost lease has nothing left to give back). When ctx ends first it
-// returns ECANCELED or ETIMEOUT; the release may still happen, and a
-// second call waits for it again. Closing the Client releases too.
+// (a lost lease has nothing left to give back). When ctx ends before the
+// server confirms it returns ECANCELED or ETIMEOUT; the release message
+// is out and a second call waits for the confirmation again. Closing the
+// Client releases too.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()
 	if l.over {
@@ -125,17 +126,10 @@ func (l *Lease) Release(ctx context.Context) error {
 	send := !l.sent
 	l.sent = true
 	l.mu.Unlock()
+	// An error here means the connection is gone, and the server released
+	// everything it held: shutdown ends the lease as released.
 	if send {
-		if err := l.c.send(ctx, &Message{Type: TypeRelease, Lease: l.id}); err != nil {
-			if forge.ErrorCode(err) == forge.ECANCELED || forge.ErrorCode(err) == forge.ETIMEOUT {
-				l.mu.Lock()
-				l.sent = false
-				l.mu.Unlock()
-				return err
-			}
-			// The connection is gone, and the server released
-			// everything it held: shutdown ends the lease as released.
-		}
+		l.c.send(&Message{Type: TypeRelease, Lease: l.id})
 	}
 	select {
 	case <-l.ended:
