@@ -65,6 +65,7 @@ func (db *DB) CreateBuild(ctx context.Context, b *forge.Build, jobs []*forge.Bui
 		b.Created = now()
 	}
 	b.Created, b.Started, b.Finished = stamp(b.Created), stamp(b.Started), stamp(b.Finished)
+	b.Error = cleanText(b.Error)
 	var id, number int64
 	err = db.write(ctx, func(tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, db.q("UPDATE repos SET last_number = last_number + 1 WHERE id = ? RETURNING last_number"), b.RepoID).Scan(&number)
@@ -110,6 +111,7 @@ func (db *DB) insertJob(ctx context.Context, tx *sql.Tx, buildID int64, j *forge
 		j.Status = forge.StatusPending
 	}
 	j.Started, j.Finished = stamp(j.Started), stamp(j.Finished)
+	j.Error = cleanText(j.Error)
 	needs, err := json.Marshal(j.Needs)
 	if err != nil {
 		return forge.WrapError(forge.EINVALID, err, "job needs")
@@ -248,6 +250,7 @@ func (db *DB) UpdateBuild(ctx context.Context, b *forge.Build) error {
 		return forge.Errorf(forge.EINVALID, "build %d: empty status", b.ID)
 	}
 	b.Started, b.Finished = stamp(b.Started), stamp(b.Finished)
+	b.Error = cleanText(b.Error)
 	return db.write(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, db.q(`UPDATE builds SET status = ?, error = ?, started = ?, finished = ?, version = version + 1
 			WHERE id = ? AND version = ?`),
@@ -413,6 +416,7 @@ func (db *DB) UpdateJob(ctx context.Context, j *forge.BuildJob) error {
 		return forge.Errorf(forge.EINVALID, "job %d: empty status", j.ID)
 	}
 	j.Started, j.Finished = stamp(j.Started), stamp(j.Finished)
+	j.Error = cleanText(j.Error)
 	return db.write(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, db.q(`UPDATE jobs SET status = ?, attempt = ?, exit_code = ?, error = ?,
 				started = ?, finished = ?, backend = ?, handle = ? WHERE id = ?`),

@@ -165,7 +165,7 @@ func (db *DB) Delivery(ctx context.Context, id string) (*forge.Delivery, error) 
 // replaces its result.
 func (db *DB) FinishDelivery(ctx context.Context, id, result string) error {
 	return db.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, db.q("UPDATE deliveries SET processed = ?, result = ? WHERE id = ?"), now().UnixMicro(), result, id)
+		res, err := tx.ExecContext(ctx, db.q("UPDATE deliveries SET processed = ?, result = ? WHERE id = ?"), now().UnixMicro(), cleanText(result), id)
 		if err != nil {
 			return db.fail(ctx, err, "finish delivery "+id)
 		}

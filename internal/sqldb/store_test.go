@@ -447,13 +447,16 @@ func TestUpdateBuildOptimisticLocking(t *testing.T) {
 		if got.Status != forge.StatusRunning || got.Version != 2 || !got.Started.Equal(at(1)) {
 			t.Fatalf("stored build after conflict: got %+v, want running, version 2", got)
 		}
-		got.Status, got.Finished, got.Error = forge.StatusError, at(5), "server restarted"
+		got.Status, got.Finished, got.Error = forge.StatusError, at(5), "server restarted \x00\xff"
 		if err := db.UpdateBuild(ctx, got); err != nil {
 			t.Fatal(err)
 		}
 		again, err := db.Build(ctx, b.ID)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if got.Error != "server restarted \uFFFD\uFFFD" {
+			t.Fatalf("UpdateBuild stored error %q, want NUL and bad UTF-8 replaced", got.Error)
 		}
 		if !reflect.DeepEqual(again, got) {
 			t.Fatalf("after second update: got %+v, want %+v", again, got)

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// migrateRun runs `forge migrate args...` and returns its exit status and
+// output.
+func migrateRun(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = run(context.Background(), append([]string{"forge", "migrate"}, args...), strings.NewReader(""), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestMigrateCommand(t *testing.T) {
+	t.Setenv("FORGE_DATABASE_URL", "")
+	t.Setenv("FORGE_DATA", "")
+	data := filepath.Join(t.TempDir(), "data")
+	db := filepath.Join(data, "forge.db")
+
+	steps := []struct {
+		name     string
+		args     []string
+		wantCode int
+		stdout   []string // substrings, in order
+		stderr   string
+	}{
+		{"status of a new database", []string{"status", "--data", data}, 0,
+			[]string{"SQLite database " + db, "VERSION", "00001_init.sql", "pending", "00002_", "pending", "version 0 of 2: 2 pending; run forge migrate up"}, ""},
+		{"up applies all", []string{"up", "--data", data}, 0,
+			[]string{"applied 00001_init.sql\n", "applied 00002_build_lookup_indexes.sql\n", "the schema is at version 2 of 2"}, ""},
+		{"up again does nothing", []string{"up", "--data", data}, 0,
+			[]string{"nothing to migrate: the schema is at version 2, the latest"}, ""},
+		{"status after up", []string{"status", "--data", data}, 0,
+			[]string{"00001_init.sql", " UTC\n", "00002_", " UTC\n", "the schema is up to date (version 2)"}, ""},
+		{"down rolls back one", []string{"down", "--data", data}, 0,
+			[]string{"rolled back 00002_build_lookup_indexes.sql\n", "the schema is at version 1 of 2"}, ""},
+		{"down again", []string{"down", "--data", data}, 0, []string{"rolled back 00001_init.sql\n"}, ""},
+		{"down with nothing applied", []string{"down", "--data", data}, 0, []string{"nothing to roll back"}, ""},
+		{"no subcommand", nil, 2, nil, "migrate needs a subcommand"},
+		{"unknown subcommand", []string{"sideways"}, 2, nil, `unknown command "sideways"`},
+		{"extra argument", []string{"up", "now", "--data", data}, 2, nil, "unknown command"},
+		{"unsupported URL", []string{"status", "--database-url", "mysql://u@h/db"}, 2, nil, `scheme "mysql" is not supported`},
+	}
+	for _, s := range steps {
+		code, stdout, stderr := migrateRun(t, s.args...)
+		if code != s.wantCode {
+			t.Fatalf("%s: exit %d, want %d\nstdout: %s\nstderr: %s", s.name, code, s.wantCode, stdout, stderr)
+		}
+		rest := stdout
+		for _, want := range s.stdout {
+			i := strings.Index(rest, want)
+			if i < 0 {
+				t.Fatalf("%s: stdout lacks %q (in order)\n%s", s.name, want, stdout)
+			}
+			rest = rest[i+len(want):]
+		}
+		if !strings.Contains(stderr, s.stderr) {
+			t.Fatalf("%s: stderr %q, want it to contain %q", s.name, stderr, s.stderr)
+		}
+	}
+}
+
+// TestMigrateFindsDatabaseLikeServer: without --data, FORGE_DATA and then
+// ./forge-data are used; FORGE_DATABASE_URL wins over the data directory.
+func TestMigrateFindsDatabaseLikeServer(t *testing.T) {
+	t.Setenv("FORGE_DATABASE_URL", "")
+	env := filepath.Join(t.TempDir(), "env-data")
+	t.Setenv("FORGE_DATA", env)
+	if code, out, errOut := migrateRun(t, "up"); code != 0 || !strings.Contains(out, filepath.Join(env, "forge.db")) {
+		t.Fatalf("up with FORGE_DATA: exit %d, %s %s; want the database in %s", code, out, errOut, env)
+	}
+
+	t.Setenv("FORGE_DATA", "")
+	wd := t.TempDir()
+	t.Chdir(wd)
+	if code, out, errOut := migrateRun(t, "status"); code != 0 || !strings.Contains(out, filepath.Join(wd, "forge-data", "forge.db")) {
+		t.Fatalf("status with no --data: exit %d, %s %s; want ./forge-data/forge.db", code, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(wd, "forge-data", "forge.db")); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Setenv("FORGE_DATABASE_URL", "sqlserver://x")
+	if code, _, errOut := migrateRun(t, "status", "--data", wd); code != 2 || !strings.Contains(errOut, "FORGE_DATABASE_URL") {
+		t.Fatalf("FORGE_DATABASE_URL must win over --data: exit %d, %s", code, errOut)
+	}
+}
+
+// TestMigrateCommandPostgres runs up and status against PostgreSQL when a
+// server is given.
+func TestMigrateCommandPostgres(t *testing.T) {
+	base := os.Getenv("FORGE_TEST_POSTGRES_URL")
+	if base == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
+		}
+		t.Skip("FORGE_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run")
+	}
+	// The database's own schema may be shared with other tests; a
+	// schema of this test's own keeps the run isolated.
+	t.Setenv("FORGE_DATABASE_URL", migrateScratchSchema(t, base))
+	code, out, errOut := migrateRun(t, "up")
+	if code != 0 || !strings.Contains(out, "applied 00001_init.sql") || !strings.Contains(out, "PostgreSQL database") {
+		t.Fatalf("up: exit %d\n%s%s", code, out, errOut)
+	}
+	if strings.Contains(out, ":forge@") {
+		t.Fatalf("the password is shown: %s", out)
+	}
+	code, out, errOut = migrateRun(t, "status")
+	if code != 0 || !strings.Contains(out, "the schema is up to date (version 2)") {
+		t.Fatalf("status: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+// migrateScratchSchema creates a schema for one test in the database at
+// base, drops it after the test, and returns a URL whose search_path is it.
+func migrateScratchSchema(t *testing.T, base string) string {
+	t.Helper()
+	db, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	schema := fmt.Sprintf("forge_migrate_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
+	if _, err := db.Exec("CREATE SCHEMA " + schema); err != nil {
+		t.Fatalf("create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		if _, err := db.Exec("DROP SCHEMA " + schema + " CASCADE"); err != nil {
+			t.Errorf("drop schema: %v", err)
+		}
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
