@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -14,7 +16,7 @@ import (
 
 // newMigrateCmd returns `forge migrate up|down|status`.
 func newMigrateCmd() *cobra.Command {
-	var dataDir, dbURL string
+	var configPath, dataDir, dbURL string
 	cmd := &cobra.Command{
 		Use:   "migrate up|down|status",
 		Short: "Migrate the server's database: apply pending migrations, roll back one, or list them",
@@ -26,10 +28,11 @@ unless FORGE_MIGRATE=auto).
   forge migrate down     roll back the latest applied migration
   forge migrate status   list the migrations and whether each is applied
 
-It finds the database exactly as forge server does: PostgreSQL when
---database-url or FORGE_DATABASE_URL holds a postgres:// URL, otherwise
-SQLite in DATA/forge.db, where DATA is --data, else $FORGE_DATA, else
-./forge-data.
+It finds the database exactly as forge server does, from the same
+--config file, FORGE_* variables and flags (flags win): PostgreSQL when
+database_url (--database-url, FORGE_DATABASE_URL) is a postgres:// URL,
+otherwise SQLite in DATA/forge.db, where DATA is data (--data, FORGE_DATA),
+else ./forge-data.
 
 "up" and "down" hold a lock (a PostgreSQL advisory lock, or a file lock
 beside the SQLite database): a second forge migrate waits for the first,
@@ -40,19 +43,32 @@ previous forge release keeps running on the new schema.`,
 			return usageError{fmt.Errorf("migrate needs a subcommand: up, down or status (see forge migrate --help)")}
 		},
 	}
+	cmd.PersistentFlags().StringVar(&configPath, "config", "", "the server's YAML configuration file, for its data and database_url")
 	cmd.PersistentFlags().StringVar(&dataDir, "data", "", "data directory holding forge.db (default $FORGE_DATA, else ./forge-data)")
 	cmd.PersistentFlags().StringVar(&dbURL, "database-url", "", "PostgreSQL URL postgres://USER:PASSWORD@HOST/DB (default $FORGE_DATABASE_URL; empty: SQLite in the data directory)")
 
+	// open resolves the database as forge server does (config file, then
+	// FORGE_* variables, then flags) and opens it.
 	open := func(ctx context.Context) (*sqldb.DB, error) {
-		dir := dataDir
-		if dir == "" {
-			dir = sqldb.DefaultDataDir()
+		c := defaultServerConfig()
+		if configPath != "" {
+			if err := loadConfigFile(configPath, &c); err != nil {
+				return nil, err
+			}
 		}
-		cfg := sqldb.ConfigFromEnv(dir)
+		if err := applyEnv(&c, os.Getenv); err != nil {
+			return nil, err
+		}
+		if dataDir != "" {
+			c.Data = dataDir
+		}
 		if dbURL != "" {
-			cfg.URL = dbURL
+			c.DatabaseURL = dbURL
 		}
-		return sqldb.Open(ctx, cfg)
+		if c.Data == "" {
+			c.Data = sqldb.DefaultDataDir()
+		}
+		return sqldb.Open(ctx, sqldb.Config{DataDir: c.Data, URL: strings.TrimSpace(c.DatabaseURL)})
 	}
 	migrate := func(direction string) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, _ []string) error {

@@ -72,7 +72,8 @@ func TestMigrateCommand(t *testing.T) {
 }
 
 // TestMigrateFindsDatabaseLikeServer: without --data, FORGE_DATA and then
-// ./forge-data are used; FORGE_DATABASE_URL wins over the data directory.
+// ./forge-data are used; the server's --config file is read, flags win;
+// FORGE_DATABASE_URL wins over the data directory.
 func TestMigrateFindsDatabaseLikeServer(t *testing.T) {
 	t.Setenv("FORGE_DATABASE_URL", "")
 	env := filepath.Join(t.TempDir(), "env-data")
@@ -89,6 +90,23 @@ func TestMigrateFindsDatabaseLikeServer(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(wd, "forge-data", "forge.db")); err != nil {
 		t.Fatal(err)
+	}
+
+	// The server's config file names the data directory; --data wins.
+	fromFile := filepath.Join(t.TempDir(), "file-data")
+	conf := filepath.Join(t.TempDir(), "forge.yml")
+	if err := os.WriteFile(conf, []byte("data: "+fromFile+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := migrateRun(t, "up", "--config", conf); code != 0 || !strings.Contains(out, filepath.Join(fromFile, "forge.db")) {
+		t.Fatalf("up --config: exit %d, %s %s; want the database in %s", code, out, errOut, fromFile)
+	}
+	flagDir := filepath.Join(t.TempDir(), "flag-data")
+	if code, out, errOut := migrateRun(t, "status", "--config", conf, "--data", flagDir); code != 0 || !strings.Contains(out, filepath.Join(flagDir, "forge.db")) {
+		t.Fatalf("status --config --data: exit %d, %s %s; want --data to win", code, out, errOut)
+	}
+	if code, _, errOut := migrateRun(t, "status", "--config", filepath.Join(wd, "missing.yml")); code != 2 || !strings.Contains(errOut, "missing.yml") {
+		t.Fatalf("status with a missing config: exit %d, %s; want 2 naming the file", code, errOut)
 	}
 
 	t.Setenv("FORGE_DATABASE_URL", "sqlserver://x")
