@@ -176,6 +176,9 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 		// The server would not serve the id: fetch the ref, which must
 		// bring the commit.
 		if err := g.fetchRef(ctx, dir, remote, ref); err != nil {
+			if forge.ErrorCode(err) == forge.ENOTFOUND {
+				return "", forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("commit %s not found in %s, nor %s", sha, repo.FullName(), ref))
+			}
 			return "", err
 		}
 		if !g.hasCommit(ctx, dir, sha) {
