@@ -795,3 +795,54 @@ func TestCanceledContext(t *testing.T) {
 		wantCode(t, db.UpsertRepo(ctx, &forge.Repo{Owner: "a", Name: "b"}), forge.ECANCELED)
 	})
 }
+
+// TestSQLiteWaitsForOtherWriters: while another connection (as another
+// process would) holds SQLite's write lock, writers wait for it instead of
+// failing with SQLITE_BUSY.
+func TestSQLiteWaitsForOtherWriters(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t, "sqlite")
+	db := openTest(t, cfg)
+	if _, err := db.Migrate(ctx, "up"); err != nil {
+		t.Fatal(err)
+	}
+	other := openTest(t, cfg)
+	repo := mustRepo(t, db, "acme", "locked")
+
+	tx, err := other.sqlDB().BeginTx(ctx, nil) // BEGIN IMMEDIATE: takes the write lock
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE repos SET clone_url = 'held' WHERE id = ?", repo.ID); err != nil {
+		t.Fatal(err)
+	}
+	const hold = 300 * time.Millisecond
+	released := make(chan time.Time, 1)
+	go func() {
+		time.Sleep(hold)
+		released <- time.Now()
+		tx.Commit()
+	}()
+	began := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() {
+			errs[i] = db.CreateBuild(ctx, &forge.Build{RepoID: repo.ID, Action: "execute"}, []*forge.BuildJob{{Name: "build"}})
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("writer during another connection's write lock: %v", err)
+		}
+	}
+	finished := time.Now()
+	if at := <-released; finished.Before(at) {
+		t.Fatalf("writers finished %v after starting, before the lock was released", finished.Sub(began))
+	}
+	got, err := db.Repo(ctx, repo.ID)
+	if err != nil || got.CloneURL != "held" {
+		t.Fatalf("the other connection's write: got %+v, %v", got, err)
+	}
+}
