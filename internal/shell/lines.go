@@ -52,7 +52,7 @@ func (b *lineBuffer) commit(n int) {
 			break
 		}
 		end := i + j
-		b.emit(data[start:end], true)
+		b.emitCut(data[start:end], true)
 		start = end + 1
 		i = start
 	}
@@ -72,33 +72,37 @@ func (b *lineBuffer) commit(n int) {
 
 // flush emits what is left at the end of the stream.
 func (b *lineBuffer) flush() {
-	data := b.buf
-	for len(data) > 0 {
-		c := len(data)
-		if c > b.max {
-			c = b.cut(data)
-		}
-		b.emit(data[:c], false)
-		data = data[c:]
+	if len(b.buf) > 0 {
+		b.emitCut(b.buf, false)
 	}
 	b.buf = b.buf[:0]
 }
 
+// emitCut emits a whole line, in pieces of at most max bytes when it is
+// longer (its end came with the bytes that made it too long).
+func (b *lineBuffer) emitCut(line []byte, complete bool) {
+	for len(line) > b.max {
+		c := b.cut(line)
+		b.emit(line[:c], false)
+		line = line[c:]
+	}
+	b.emit(line, complete)
+}
+
 // cut returns where to end a piece of a line too long to keep whole: at
-// most max bytes, not inside a secret value, not inside a UTF-8 sequence.
+// most max bytes, not inside a secret value and, where that allows, not
+// inside a UTF-8 sequence. Secrets come first: a cut rune only garbles one
+// character, a cut secret shows.
 func (b *lineBuffer) cut(data []byte) int {
 	c := b.max
-	for {
-		c0 := c
-		c = b.m.SafeCut(data, c)
-		// Back off over at most three continuation bytes to a rune start.
-		for k := 0; k < utf8.UTFMax-1 && c > 1 && c < len(data) && !utf8.RuneStart(data[c]); k++ {
-			c--
-		}
-		if c == c0 {
-			return c
-		}
+	// Back off over at most three continuation bytes to a rune start.
+	for k := 0; k < utf8.UTFMax-1 && c > 1 && c < len(data) && !utf8.RuneStart(data[c]); k++ {
+		c--
 	}
+	if s, ok := b.m.safeCut(data, c); ok {
+		return s
+	}
+	return b.m.SafeCut(data, b.max)
 }
 
 // cleanText returns line as valid UTF-8 without NUL bytes: each run of

@@ -125,8 +125,17 @@ func (m *Masker) MaskString(s string) string {
 // past p, or all there is. When only a cut at 0 would do (a value longer than
 // p), it returns p: such a value cannot be hidden by cutting.
 func (m *Masker) SafeCut(b []byte, p int) int {
-	if m == nil || p <= 0 || p >= len(b) {
+	c, ok := m.safeCut(b, p)
+	if !ok {
 		return p
+	}
+	return c
+}
+
+// safeCut is SafeCut that reports false instead of giving up.
+func (m *Masker) safeCut(b []byte, p int) (int, bool) {
+	if m == nil || p <= 0 || p >= len(b) {
+		return p, true
 	}
 	c := p
 	for moved := true; moved; {
@@ -150,22 +159,19 @@ func (m *Masker) SafeCut(b []byte, p int) int {
 			}
 		}
 	}
-	if c <= 0 {
-		return p
-	}
-	return c
+	return c, c > 0
 }
 
 // Writer masks secrets in a byte stream, line by line, before passing it to
-// an underlying writer. It buffers at most one line (cut at MaxLine bytes, as
-// step output is), so a value split across two writes is still masked.
+// an underlying writer. It holds back at most one line (cut at MaxLine bytes,
+// as step output is), so a value split across two writes is still masked.
 // Call Flush at the end of the stream to write a last line that has no
 // newline. A Writer is not safe for concurrent use.
 type Writer struct {
 	w   io.Writer
-	m   *Masker
-	max int
-	buf []byte
+	lb  lineBuffer
+	out []byte
+	err error // the first error of w
 }
 
 // NewWriter returns a Writer that writes to w what is written to it, with the
@@ -175,59 +181,43 @@ func NewWriter(w io.Writer, m *Masker, maxLine int) *Writer {
 	if maxLine <= 0 {
 		maxLine = DefaultMaxLine
 	}
-	return &Writer{w: w, m: m, max: maxLine}
+	mw := &Writer{w: w}
+	mw.lb = lineBuffer{max: maxLine, look: m.Lookahead(), m: m, emit: mw.put}
+	return mw
 }
 
 // Write masks and writes every complete line of p, and holds back the rest.
 // It reports len(p) unless the underlying writer fails.
 func (w *Writer) Write(p []byte) (int, error) {
-	if w.m == nil && len(w.buf) == 0 {
-		// Nothing to mask and nothing held back: pass through untouched.
+	if w.lb.m == nil {
+		// Nothing to mask: pass through untouched.
 		return w.w.Write(p)
 	}
-	w.buf = append(w.buf, p...)
-	start := 0
-	for {
-		i := bytes.IndexByte(w.buf[start:], '\n')
-		if i < 0 {
-			break
-		}
-		end := start + i
-		if err := w.put(w.buf[start:end], true); err != nil {
-			return 0, err
-		}
-		start = end + 1
+	for rest := p; len(rest) > 0 && w.err == nil; {
+		n := copy(w.lb.space(), rest)
+		w.lb.commit(n)
+		rest = rest[n:]
 	}
-	for len(w.buf)-start > w.max+w.m.Lookahead() {
-		c := w.m.SafeCut(w.buf[start:], w.max)
-		if err := w.put(w.buf[start:start+c], false); err != nil {
-			return 0, err
-		}
-		start += c
+	if w.err != nil {
+		return 0, w.err
 	}
-	w.buf = w.buf[:copy(w.buf, w.buf[start:])]
 	return len(p), nil
 }
 
 // Flush masks and writes whatever is held back.
 func (w *Writer) Flush() error {
-	if len(w.buf) == 0 {
-		return nil
-	}
-	err := w.put(w.buf, false)
-	w.buf = w.buf[:0]
-	return err
+	w.lb.flush()
+	return w.err
 }
 
-func (w *Writer) put(line []byte, newline bool) error {
-	out, masked := w.m.mask(line)
-	if newline {
-		if masked {
-			out = append(out, '\n')
-		} else {
-			out = line[:len(line)+1] // the newline still follows in buf
-		}
+// put writes one masked line or piece of a line.
+func (w *Writer) put(line []byte, complete bool) {
+	if w.err != nil {
+		return
 	}
-	_, err := w.w.Write(out)
-	return err
+	w.out = append(w.out[:0], w.lb.m.Mask(line)...)
+	if complete {
+		w.out = append(w.out, '\n')
+	}
+	_, w.err = w.w.Write(w.out)
 }
