@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"os"
 	"os/exec"
-	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,48 +26,211 @@ type gitInfo struct {
 	err    error // why sha is empty
 }
 
-// readGit asks git about the working directory: the three commands run at
-// once, since they add to the start-up of every forge exec.
+// readGit learns about the working directory's checkout. The files under
+// .git give the top, HEAD, its ref and the origin remote in microseconds;
+// only the commit count needs git itself. Layouts the file reader does not
+// know (reftable, GIT_DIR, core.worktree, ...) are asked of git instead.
+// The git processes run at once, since they add to the start-up of every
+// forge exec.
 func readGit(ctx context.Context, wantTag bool) *gitInfo {
-	g := &gitInfo{}
+	var g *gitInfo
+	if cwd, err := os.Getwd(); err == nil {
+		g = readGitFiles(cwd)
+	}
 	var wg sync.WaitGroup
-	var revParse, count, origin, tag string
-	var revErr error
-	wg.Go(func() {
-		revParse, revErr = gitOut(ctx, "rev-parse", "--show-toplevel", "HEAD", "--symbolic-full-name", "HEAD")
-	})
+	var count, tag string
+	if g == nil {
+		wg.Go(func() { g = readGitCommands(ctx) })
+	}
 	wg.Go(func() { count, _ = gitOut(ctx, "rev-list", "--count", "HEAD") })
-	wg.Go(func() { origin, _ = gitOut(ctx, "config", "--get", "remote.origin.url") })
 	if wantTag {
 		wg.Go(func() { tag, _ = gitOut(ctx, "describe", "--exact-match", "--tags", "HEAD") })
 	}
 	wg.Wait()
+	if g.sha != "" {
+		g.count, _ = strconv.Atoi(count)
+	}
+	g.tag = tag
+	if g.repo == "" && g.top != "" {
+		g.repo = filepath.Base(g.top)
+	}
+	return g
+}
 
+// readGitCommands asks git for what readGitFiles reads.
+func readGitCommands(ctx context.Context) *gitInfo {
+	g := &gitInfo{}
+	var wg sync.WaitGroup
+	var revParse, origin string
+	var revErr error
+	wg.Go(func() {
+		revParse, revErr = gitOut(ctx, "rev-parse", "--show-toplevel", "HEAD", "--symbolic-full-name", "HEAD")
+	})
+	wg.Go(func() { origin, _ = gitOut(ctx, "config", "--get", "remote.origin.url") })
+	wg.Wait()
 	lines := strings.Split(revParse, "\n")
-	if revErr != nil {
+	if revErr != nil || len(lines) != 3 {
 		g.err = revErr
 		// No commit yet, or not a checkout: the top may still be known.
 		if top, err := gitOut(ctx, "rev-parse", "--show-toplevel"); err == nil {
 			g.top = top
 		}
-	} else if len(lines) == 3 {
+	} else {
 		g.top, g.sha = lines[0], lines[1]
-		g.ref = lines[2]
-		if g.ref == "HEAD" { // detached
-			g.ref = g.sha
-		}
-		g.branch = strings.TrimPrefix(g.ref, "refs/heads/")
-		if g.branch == g.ref {
-			g.branch = ""
-		}
+		g.setRef(lines[2])
 	}
-	g.count, _ = strconv.Atoi(count)
-	g.tag = tag
 	g.owner, g.repo = ownerRepo(origin)
-	if g.repo == "" && g.top != "" {
-		g.repo = path.Base(g.top)
-	}
 	return g
+}
+
+// setRef records HEAD's symbolic name ("HEAD" when detached).
+func (g *gitInfo) setRef(ref string) {
+	g.ref = ref
+	if ref == "HEAD" || ref == "" {
+		g.ref = g.sha
+	}
+	if b, ok := strings.CutPrefix(g.ref, "refs/heads/"); ok {
+		g.branch = b
+	}
+}
+
+// readGitFiles reads the checkout containing dir from its .git files. It
+// returns nil when git must be asked instead.
+func readGitFiles(dir string) *gitInfo {
+	if os.Getenv("GIT_DIR") != "" || os.Getenv("GIT_WORK_TREE") != "" || os.Getenv("GIT_COMMON_DIR") != "" {
+		return nil
+	}
+	top, gitDir := "", ""
+	for d := dir; ; {
+		p := filepath.Join(d, ".git")
+		if fi, err := os.Stat(p); err == nil {
+			top, gitDir = d, p
+			if !fi.IsDir() { // a worktree or submodule: "gitdir: PATH"
+				b, err := os.ReadFile(p)
+				rest, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "gitdir: ")
+				if err != nil || !ok {
+					return nil
+				}
+				if !filepath.IsAbs(rest) {
+					rest = filepath.Join(d, rest)
+				}
+				gitDir = rest
+			}
+			break
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return &gitInfo{err: errors.New("not a git checkout")}
+		}
+		d = parent
+	}
+	common := gitDir
+	if b, err := os.ReadFile(filepath.Join(gitDir, "commondir")); err == nil {
+		c := strings.TrimSpace(string(b))
+		if !filepath.IsAbs(c) {
+			c = filepath.Join(gitDir, c)
+		}
+		common = c
+	}
+	config, err := os.ReadFile(filepath.Join(common, "config"))
+	if err != nil {
+		return nil
+	}
+	origin, plain := gitConfigOrigin(string(config))
+	if !plain {
+		return nil
+	}
+	head, err := os.ReadFile(filepath.Join(gitDir, "HEAD"))
+	if err != nil {
+		return nil
+	}
+	g := &gitInfo{top: top}
+	h := strings.TrimSpace(string(head))
+	if ref, ok := strings.CutPrefix(h, "ref: "); ok {
+		sha, found := resolveRef(gitDir, common, ref)
+		if !found {
+			if _, err := os.Stat(filepath.Join(common, "reftable")); err == nil {
+				return nil
+			}
+			g.err = fmt.Errorf("no commit yet on %s", ref)
+		}
+		g.sha = sha
+		g.setRef(ref)
+	} else if isHexSHA(h) {
+		g.sha = h
+		g.setRef("HEAD")
+	} else {
+		return nil
+	}
+	g.owner, g.repo = ownerRepo(origin)
+	return g
+}
+
+// resolveRef finds the commit ref names, in the loose refs of the worktree
+// and of the repository, then in packed-refs.
+func resolveRef(gitDir, common, ref string) (string, bool) {
+	for _, d := range []string{gitDir, common} {
+		if b, err := os.ReadFile(filepath.Join(d, filepath.FromSlash(ref))); err == nil {
+			if sha := strings.TrimSpace(string(b)); isHexSHA(sha) {
+				return sha, true
+			}
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(common, "packed-refs"))
+	if err != nil {
+		return "", false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if sha, name, ok := strings.Cut(strings.TrimSpace(line), " "); ok && name == ref && isHexSHA(sha) {
+			return sha, true
+		}
+	}
+	return "", false
+}
+
+func isHexSHA(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// gitConfigOrigin finds remote.origin.url in a git config file. plain is
+// false when the file uses what this small reader does not follow
+// (includes, core.worktree, bare or reftable repositories, urls with
+// insteadOf rewrites): then git must be asked.
+func gitConfigOrigin(config string) (url string, plain bool) {
+	section := ""
+	for _, line := range strings.Split(config, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		if line[0] == '[' {
+			section = strings.ToLower(strings.TrimSpace(strings.Trim(line, "[]")))
+			if strings.HasPrefix(section, "include") || strings.HasPrefix(section, "url ") {
+				return "", false
+			}
+			continue
+		}
+		key, value, _ := strings.Cut(line, "=")
+		key = strings.ToLower(strings.TrimSpace(key))
+		value = strings.TrimSpace(value)
+		switch {
+		case section == "core" && (key == "worktree" || key == "bare" && value == "true" || key == "repositoryformatversion" && value != "0" && value != "1"):
+			return "", false
+		case section == "extensions" && key == "refstorage":
+			return "", false
+		case section == `remote "origin"` && key == "url":
+			url = strings.Trim(value, `"`)
+		}
+	}
+	return url, true
 }
 
 // describeErr says why there is no commit.

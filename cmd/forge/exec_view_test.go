@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -205,5 +207,94 @@ func TestPlainViewNoColourNoBlock(t *testing.T) {
 	}
 	if strings.Count(s, "\x1b") != 1 {
 		t.Errorf("plain output has escape codes of forge's own: %q", s)
+	}
+}
+
+// TestReadGitFiles checks the .git reader against git itself on the
+// layouts a checkout may have.
+func TestReadGitFiles(t *testing.T) {
+	gitIn := func(t *testing.T, dir string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-c", "user.name=t", "-c", "user.email=t@example.com"}, args...)...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	base := t.TempDir()
+	repo := filepath.Join(base, "repo")
+	os.MkdirAll(filepath.Join(repo, "sub", "dir"), 0o755)
+	gitIn(t, repo, "init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(repo, "f"), []byte("1"), 0o644)
+	gitIn(t, repo, "add", "f")
+	gitIn(t, repo, "commit", "-q", "-m", "one")
+	gitIn(t, repo, "commit", "-q", "--allow-empty", "-m", "two")
+	gitIn(t, repo, "remote", "add", "origin", "https://github.com/acme/widgets.git")
+	wt := filepath.Join(base, "wt")
+	gitIn(t, repo, "worktree", "add", "-q", "-b", "feature/y", wt)
+
+	tests := []struct {
+		name  string
+		dir   string
+		setup func()
+	}{
+		{"top", repo, nil},
+		{"subdirectory", filepath.Join(repo, "sub", "dir"), nil},
+		{"packed refs", repo, func() { gitIn(t, repo, "pack-refs", "--all") }},
+		{"detached", repo, func() { gitIn(t, repo, "checkout", "-q", "--detach", "HEAD~1") }},
+		{"worktree", wt, nil},
+		{"new branch, no commit", repo, func() { gitIn(t, repo, "checkout", "-q", "--orphan", "empty") }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.setup != nil {
+				tc.setup()
+			}
+			got := readGitFiles(tc.dir)
+			if got == nil {
+				t.Fatal("readGitFiles gave up on a plain layout")
+			}
+			old, _ := os.Getwd()
+			os.Chdir(tc.dir)
+			want := readGitCommands(context.Background())
+			os.Chdir(old)
+			if want.sha == "" {
+				// git names no ref without a commit; the files still know the branch.
+				want.ref, want.branch = "refs/heads/empty", "empty"
+			}
+			gotTop, _ := filepath.EvalSymlinks(got.top)
+			wantTop, _ := filepath.EvalSymlinks(want.top)
+			if gotTop != wantTop || got.sha != want.sha || got.ref != want.ref || got.branch != want.branch ||
+				got.owner != want.owner || got.repo != want.repo || (got.err == nil) != (want.err == nil) {
+				t.Errorf("files: top %q sha %q ref %q branch %q %s/%s err %v\ngit:   top %q sha %q ref %q branch %q %s/%s err %v",
+					got.top, got.sha, got.ref, got.branch, got.owner, got.repo, got.err,
+					want.top, want.sha, want.ref, want.branch, want.owner, want.repo, want.err)
+			}
+		})
+	}
+	if g := readGitFiles(t.TempDir()); g == nil || g.sha != "" || g.err == nil {
+		t.Errorf("outside a checkout: got %+v, want no commit and an error", g)
+	}
+}
+
+func TestGitConfigOrigin(t *testing.T) {
+	tests := []struct {
+		config, url string
+		plain       bool
+	}{
+		{"[core]\n\tbare = false\n[remote \"origin\"]\n\turl = git@github.com:a/b.git\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n", "git@github.com:a/b.git", true},
+		{"[remote \"upstream\"]\n\turl = https://x/y/z\n", "", true},
+		{"[include]\n\tpath = other\n", "", false},
+		{"[core]\n\tworktree = /elsewhere\n", "", false},
+		{"[extensions]\n\trefStorage = reftable\n", "", false},
+		{"[url \"git@github.com:\"]\n\tinsteadOf = https://github.com/\n", "", false},
+	}
+	for _, tt := range tests {
+		url, plain := gitConfigOrigin(tt.config)
+		if url != tt.url || plain != tt.plain {
+			t.Errorf("gitConfigOrigin(%q) = %q, %v; want %q, %v", tt.config, url, plain, tt.url, tt.plain)
+		}
 	}
 }
