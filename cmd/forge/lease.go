@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -107,6 +109,18 @@ Exit status:
 			return runLease(cmd.Context(), o, args[:dash], args[dash:], cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
+	cmd.ValidArgsFunction = func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+		if leaseCompletingCommand(cmd, args) {
+			return nil, cobra.ShellCompDirectiveDefault // CMD and its arguments
+		}
+		ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
+		defer cancel()
+		names, err := leasePoolNames(ctx, leaseServerAddress(o.server))
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveNoSpace
+	}
 	f := cmd.Flags()
 	f.StringArrayVarP(&o.labels, "label", "l", nil, "select resources with label `k=v` (every pool) or POOL:k=v (one pool); repeatable")
 	f.DurationVar(&o.wait, "wait", 0, "give up when not granted within `DURATION` (exit 124; default: wait forever)")
@@ -176,13 +190,7 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 	if o.wait < 0 || o.killGrace < 0 {
 		return usageError{errors.New("--wait and --kill-grace must not be negative")}
 	}
-	server := o.server
-	if server == "" {
-		server = os.Getenv("FORGE_SERVER")
-	}
-	if server == "" {
-		server = defaultLeaseServer
-	}
+	server := leaseServerAddress(o.server)
 	if _, err := lease.WebSocketURL(server); err != nil {
 		return usageError{err}
 	}
@@ -263,6 +271,63 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 		return &exitError{code: code}
 	}
 	return nil
+}
+
+// leaseCompletingCommand reports whether shell completion is past the
+// "--", at CMD or its arguments. Cobra's completion adds a "--" of its own
+// and drops the user's, so the raw command line is consulted too.
+func leaseCompletingCommand(cmd *cobra.Command, args []string) bool {
+	if dash := cmd.ArgsLenAtDash(); dash >= 0 && dash < len(args) {
+		return true
+	}
+	raw := os.Args
+	return len(raw) > 2 && raw[1] == cobra.ShellCompRequestCmd && slices.Contains(raw[2:len(raw)-1], "--")
+}
+
+// leaseServerAddress is --server, else $FORGE_SERVER, else the default.
+func leaseServerAddress(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv("FORGE_SERVER"); env != "" {
+		return env
+	}
+	return defaultLeaseServer
+}
+
+// leasePoolNames lists the server's pools (GET /api/v1/pools), for shell
+// completion.
+func leasePoolNames(ctx context.Context, server string) ([]string, error) {
+	ws, err := lease.WebSocketURL(server)
+	if err != nil {
+		return nil, err
+	}
+	u := strings.Replace(strings.TrimSuffix(ws, lease.Path)+"/api/v1/pools", "ws", "http", 1)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: HTTP %d", u, resp.StatusCode)
+	}
+	var body struct {
+		Pools []struct {
+			Name string `json:"name"`
+		} `json:"pools"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&body); err != nil {
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	names := make([]string, len(body.Pools))
+	for i, p := range body.Pools {
+		names[i] = p.Name
+	}
+	return names, nil
 }
 
 // describeLeaseGrant is "dut=dut1 ports=20000,20001".

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -457,5 +458,34 @@ func TestLeaseErrors(t *testing.T) {
 	}
 	if got := srv.queueLen(t, "dut"); got != 0 {
 		t.Errorf("%d requests left in the queue", got)
+	}
+}
+
+func TestLeaseCompletesPoolNames(t *testing.T) {
+	srv := newLeaseServer(t, leasePool("dut", "dut1"), leasePool("lab-ports", "p1"))
+	tests := []struct {
+		args []string
+		want []string
+		not  []string
+	}{
+		{[]string{"__complete", "lease", "--server", srv.URL, ""}, []string{"dut", "lab-ports"}, nil},
+		{[]string{"__complete", "lease", "--server", srv.URL, "dut", ""}, []string{"lab-ports"}, nil},
+		{[]string{"__complete", "lease", "--server", srv.URL, "dut", "--", ""}, nil, []string{"lab-ports"}},
+		{[]string{"__complete", "lease", "--server", srv.URL, "dut", "--", "sh", ""}, nil, []string{"lab-ports"}},
+		{[]string{"__complete", "lease", "--server", "http://127.0.0.1:1", ""}, nil, []string{"dut"}},
+	}
+	for _, tt := range tests {
+		out, _ := exec.Command(leaseForgeBinary(t), tt.args...).Output()
+		lines := strings.Split(string(out), "\n")
+		for _, w := range tt.want {
+			if !slices.Contains(lines, w) {
+				t.Errorf("forge %v: completions %q lack %q", tt.args, lines, w)
+			}
+		}
+		for _, n := range tt.not {
+			if slices.Contains(lines, n) {
+				t.Errorf("forge %v: completions %q include %q", tt.args, lines, n)
+			}
+		}
 	}
 }
