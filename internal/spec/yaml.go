@@ -38,7 +38,7 @@ func parseYAML(ps *problems, data []byte) (body ast.Node) {
 			ps.add(1, 1, "cannot read this YAML (the parser failed: %v)", v)
 		}
 	}()
-	if tooDeep(ps, data) || tooManyKeys(ps, data) {
+	if tooDeep(ps, data) || tooManyKeys(ps) {
 		return nil
 	}
 	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
@@ -132,9 +132,9 @@ const maxKeys = 10_000
 // maxKeys lines that look like a mapping key, or a line that opens more
 // than maxFlowDepth block collections at once (`- - - - x`), which the
 // library also handles in quadratic time.
-func tooManyKeys(ps *problems, data []byte) bool {
+func tooManyKeys(ps *problems) bool {
 	keys := 0
-	for i, line := range strings.Split(string(data), "\n") {
+	for i, line := range ps.lines {
 		rest := strings.TrimLeft(line, " ")
 		indicators := 0
 		for len(rest) >= 2 && (rest[0] == '-' || rest[0] == '?' || rest[0] == ':') && (rest[1] == ' ' || rest[1] == '\t') {
