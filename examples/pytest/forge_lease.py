@@ -150,12 +150,19 @@ class Lease:
     def _run(self):
         try:
             self._loop.run_until_complete(self._main())
+        except BaseException as e:  # a bug here must not leave acquire() waiting
+            if not self._ready.is_set():
+                self._fail(LeaseError("internal", f"lease client failed: {e!r}"))
         finally:
             self._loop.close()
 
     async def _main(self):
-        import websockets  # imported here so that --help works without it
-
+        try:
+            import websockets  # imported here so that --help works without it
+        except ImportError:
+            self._fail(LeaseError("unavailable", "the Python websockets package is missing "
+                                  "(Debian: apt-get install python3-websockets; else pip install websockets)"))
+            return
         try:
             ws = await websockets.connect(self.url, max_size=16 << 20, compression=None,
                                           ping_interval=5, ping_timeout=10, open_timeout=10)
