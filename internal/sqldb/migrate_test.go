@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -490,5 +493,42 @@ func TestNumberPlaceholders(t *testing.T) {
 		if got := numberPlaceholders(tt.in); got != tt.want {
 			t.Errorf("numberPlaceholders(%q): got %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestMigrationsAdditive guards the rule of migrations/README.md: both
+// dialects have the same migrations, and no up migration drops, renames,
+// retypes or tightens anything, so the previous release keeps working on
+// the new schema.
+func TestMigrationsAdditive(t *testing.T) {
+	forbidden := regexp.MustCompile(`(?i)\b(DROP\s|RENAME\s|ALTER\s+COLUMN\s+\S+\s+(SET\s+DATA\s+)?TYPE\b|SET\s+NOT\s+NULL|TRUNCATE\s|DELETE\s+FROM)`)
+	names := map[string][]string{}
+	for _, d := range []string{"sqlite", "postgres"} {
+		files, err := fs.Glob(migrationFiles, "migrations/"+d+"/*.sql")
+		if err != nil || len(files) == 0 {
+			t.Fatalf("%s migrations: %v, %v", d, files, err)
+		}
+		for _, f := range files {
+			names[d] = append(names[d], path.Base(f))
+			body, err := migrationFiles.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := string(body)
+			up := strings.Index(text, "-- +goose Up")
+			down := strings.Index(text, "-- +goose Down")
+			if up < 0 || down < up {
+				t.Fatalf("%s: want a -- +goose Up section followed by a -- +goose Down section", f)
+			}
+			for i, line := range strings.Split(text[up:down], "\n") {
+				code, _, _ := strings.Cut(line, "--")
+				if m := forbidden.FindString(code); m != "" {
+					t.Errorf("%s: up migration line %d uses %q: migrations are additive only (see migrations/README.md)", f, i+1, strings.TrimSpace(m))
+				}
+			}
+		}
+	}
+	if !reflect.DeepEqual(names["sqlite"], names["postgres"]) {
+		t.Fatalf("the dialects' migrations differ: sqlite %v, postgres %v", names["sqlite"], names["postgres"])
 	}
 }
