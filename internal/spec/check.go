@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"slices"
 	"strings"
 )
 
@@ -53,23 +54,14 @@ func (f *File) check(r *reader, root pos, clean bool) {
 	f.checkCycles(r, byName)
 	for _, rule := range f.on {
 		for _, a := range rule.run {
-			if !contains(f.actions, a.s) {
+			if !slices.Contains(f.actions, a.s) {
 				r.ps.at(a.p, "`on.%s` runs action `%s`, which this file does not have:%s", rule.event, a.s, orList(suggest(a.s, f.actions), f.actions))
 			}
 		}
-		if len(rule.run) == 0 && !contains(f.actions, DefaultAction) {
+		if len(rule.run) == 0 && !slices.Contains(f.actions, DefaultAction) {
 			r.ps.at(rule.p, "`on.%s` runs `%s` by default, which this file does not have: add `run:` with one of %s", rule.event, DefaultAction, strings.Join(quoteAll(f.actions), ", "))
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // orList returns hint when not empty, else " the choices are a, b, c".

@@ -201,7 +201,7 @@ func (r *reader) collectAnchors(n ast.Node) {
 		defer func() { depth-- }()
 		switch v := n.(type) {
 		case *ast.AnchorNode:
-			if v.Name != nil {
+			if v.Name != nil && v.Name.GetToken() != nil {
 				r.anchors[v.Name.GetToken().Value] = v.Value
 			}
 			walk(v.Value)
