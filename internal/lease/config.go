@@ -70,7 +70,7 @@ type PoolConfig struct {
 	// Order is "fifo" (the default) or "fill".
 	Order string `yaml:"order" json:"order,omitempty"`
 	// Range generates one resource per integer of "LOW-HIGH", inclusive
-	// (e.g. "20000-20999"); each gets the attribute "value".
+	// (e.g. "20000-20999"); the integer is the resource's id.
 	Range string `yaml:"range" json:"range,omitempty"`
 	// Resources lists resources one by one.
 	Resources []ResourceConfig `yaml:"resources" json:"resources,omitempty"`
@@ -347,9 +347,10 @@ func (pc *PoolConfig) Pool(name string) (*forge.Pool, error) {
 			return nil, forge.Errorf(forge.EINVALID, "pool %q: %s", name, err.Error())
 		}
 		for i := lo; i <= hi; i++ {
-			v := strconv.FormatInt(i, 10)
+			// The id is the value (a port number, say); no attributes, so
+			// a range of thousands stays small.
 			p.Resources = append(p.Resources, &forge.Resource{
-				ID: v, Attributes: map[string]string{"value": v}, Labels: withLabels(nil),
+				ID: strconv.FormatInt(i, 10), Labels: withLabels(nil),
 			})
 		}
 	}

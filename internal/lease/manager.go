@@ -46,11 +46,12 @@ type Queue interface {
 	// more than the pool could ever give), ENOTFOUND (unknown pool),
 	// ECONFLICT (req.ID is already queued for req.Owner).
 	Acquire(ctx context.Context, req *Request) error
-	// Cancel removes the queued request id of owner from the queue;
-	// ENOTFOUND when it is not queued (unknown, granted, timed out).
+	// Cancel removes the queued request id of owner from the queue and
+	// sends it EventCanceled; ENOTFOUND when it is not queued (unknown,
+	// granted, timed out).
 	Cancel(ctx context.Context, owner, requestID string) error
-	// Release ends the lease leaseID held by owner and returns its
-	// resources; ENOTFOUND when owner holds no such lease.
+	// Release ends the lease leaseID held by owner, returns its resources
+	// and sends EventReleased; ENOTFOUND when owner holds no such lease.
 	Release(ctx context.Context, owner, leaseID string) error
 	// Disconnect releases every lease of owner and drops its queued
 	// requests, at once (the owner's connection is gone). Idempotent.
@@ -124,6 +125,11 @@ const (
 	EventFailed
 	// EventRevoked: an operator force-released Lease; Reason says why.
 	EventRevoked
+	// EventReleased: Release of Lease succeeded. Sent before any event the
+	// release causes, so the owner hears of it first.
+	EventReleased
+	// EventCanceled: Cancel of the request succeeded.
+	EventCanceled
 )
 
 // Event is one notification to a request's owner.
@@ -145,19 +151,27 @@ type Grant struct {
 	RequestID string
 	Holder    string
 	Granted   time.Time
-	// Resources maps a pool name to the granted resources, in pool order.
-	Resources map[string][]forge.Resource
+	// Pools are the granted resources of each pool, in the order the
+	// pools were first asked for, each pool's resources in pool order.
+	// (A slice, not a map: a lease per idle connection adds up.)
+	Pools []GrantedPool
+}
+
+// GrantedPool is the part of a grant from one pool.
+type GrantedPool struct {
+	Pool      string
+	Resources []forge.Resource
 }
 
 // ResourceIDs returns pool name → resource ids.
 func (g *Grant) ResourceIDs() map[string][]string {
-	out := make(map[string][]string, len(g.Resources))
-	for p, rs := range g.Resources {
-		ids := make([]string, len(rs))
-		for i, r := range rs {
+	out := make(map[string][]string, len(g.Pools))
+	for _, gp := range g.Pools {
+		ids := make([]string, len(gp.Resources))
+		for i, r := range gp.Resources {
 			ids[i] = r.ID
 		}
-		out[p] = ids
+		out[gp.Pool] = ids
 	}
 	return out
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -20,7 +21,8 @@ type MemoryOptions struct {
 	FillMaxPasses int
 	FillMaxWait   time.Duration
 	// PositionInterval is how often queue position changes are sent
-	// (default 100ms): changes in between are coalesced.
+	// (default 250ms): changes in between are coalesced, so a busy queue
+	// does not flood its waiters.
 	PositionInterval time.Duration
 	// HistorySize bounds the grant/release history (default 1000).
 	HistorySize int
@@ -102,7 +104,7 @@ type memReq struct {
 type memOwner struct {
 	id     string
 	reqs   map[string]*memReq
-	leases map[string]*memLease
+	leases []*memLease // few per owner
 }
 
 type memLease struct {
@@ -121,7 +123,7 @@ func NewMemory(pools []*forge.Pool, opts MemoryOptions) (*Memory, error) {
 		opts.FillMaxWait = DefaultFillMaxWait
 	}
 	if opts.PositionInterval <= 0 {
-		opts.PositionInterval = 100 * time.Millisecond
+		opts.PositionInterval = 250 * time.Millisecond
 	}
 	if opts.HistorySize <= 0 {
 		opts.HistorySize = 1000
@@ -295,7 +297,7 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 	}
 	o := m.owners[req.Owner]
 	if o == nil {
-		o = &memOwner{id: req.Owner, reqs: map[string]*memReq{}, leases: map[string]*memLease{}}
+		o = &memOwner{id: req.Owner}
 		m.owners[req.Owner] = o
 	}
 	if o.reqs[req.ID] != nil {
@@ -357,6 +359,9 @@ func (m *Memory) enqueue(r *memReq) {
 		m.head = r
 	}
 	m.tail = r
+	if r.owner.reqs == nil {
+		r.owner.reqs = map[string]*memReq{}
+	}
 	r.owner.reqs[r.id] = r
 	for _, p := range r.pools {
 		p.waiters++
@@ -380,6 +385,9 @@ func (m *Memory) dequeue(r *memReq) {
 	}
 	r.prev, r.next = nil, nil
 	delete(r.owner.reqs, r.id)
+	if len(r.owner.reqs) == 0 {
+		r.owner.reqs = nil // an idle owner keeps no empty map
+	}
 	for _, p := range r.pools {
 		p.waiters--
 	}
@@ -547,14 +555,18 @@ func (m *Memory) grant(r *memReq, picked []*memRes, now time.Time) {
 		RequestID: r.id,
 		Holder:    r.holder,
 		Granted:   now,
-		Resources: map[string][]forge.Resource{},
 	}
 	l := &memLease{grant: g, owner: r.owner, res: picked, notify: r.notify}
 	for _, res := range picked {
 		res.lease = l
 		res.since = now
 		res.pool.free--
-		g.Resources[res.pool.name] = append(g.Resources[res.pool.name], res.r)
+		i := slices.IndexFunc(g.Pools, func(gp GrantedPool) bool { return gp.Pool == res.pool.name })
+		if i < 0 {
+			g.Pools = append(g.Pools, GrantedPool{Pool: res.pool.name})
+			i = len(g.Pools) - 1
+		}
+		g.Pools[i].Resources = append(g.Pools[i].Resources, res.r)
 	}
 	waited := now.Sub(r.since)
 	for _, p := range r.pools {
@@ -562,7 +574,7 @@ func (m *Memory) grant(r *memReq, picked []*memRes, now time.Time) {
 		p.waitSum += waited.Seconds()
 		p.waitCounts[sort.SearchFloat64s(WaitBuckets, waited.Seconds())]++
 	}
-	r.owner.leases[g.ID] = l
+	r.owner.leases = append(r.owner.leases, l)
 	m.leases[g.ID] = l
 	m.record(&HistoryEntry{
 		Time: now, Event: "granted", Lease: g.ID, Holder: g.Holder, Connection: g.Owner,
@@ -595,7 +607,10 @@ func (m *Memory) release(l *memLease, reason string) {
 		}
 	}
 	delete(m.leases, l.grant.ID)
-	delete(l.owner.leases, l.grant.ID)
+	l.owner.leases = slices.DeleteFunc(l.owner.leases, func(x *memLease) bool { return x == l })
+	if len(l.owner.leases) == 0 {
+		l.owner.leases = nil
+	}
 	m.record(&HistoryEntry{
 		Time: now, Event: "released", Lease: l.grant.ID, Holder: l.grant.Holder, Connection: l.grant.Owner,
 		Resources: l.grant.ResourceIDs(), Reason: reason,
@@ -671,6 +686,7 @@ func (m *Memory) Cancel(ctx context.Context, owner, requestID string) error {
 		return forge.Errorf(forge.ENOTFOUND, "no queued request %q on this connection (it may have been granted: release its lease instead)", requestID)
 	}
 	m.dequeue(r)
+	r.notify(Event{Type: EventCanceled, RequestID: r.id})
 	m.forgetOwnerIfIdle(o)
 	m.schedule()
 	return nil
@@ -687,6 +703,7 @@ func (m *Memory) Release(ctx context.Context, owner, leaseID string) error {
 		return forge.Errorf(forge.ENOTFOUND, "no lease %q held by this connection", leaseID)
 	}
 	m.release(l, ReasonReleased)
+	l.notify(Event{Type: EventReleased, Lease: l.grant})
 	m.forgetOwnerIfIdle(l.owner)
 	m.schedule()
 	return nil
@@ -703,7 +720,7 @@ func (m *Memory) Disconnect(ctx context.Context, owner string) error {
 	for _, r := range o.reqs {
 		m.dequeue(r)
 	}
-	for _, l := range o.leases {
+	for _, l := range slices.Clone(o.leases) {
 		m.release(l, ReasonDisconnected)
 	}
 	delete(m.owners, owner)

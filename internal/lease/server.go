@@ -1,12 +1,15 @@
 package lease
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -159,34 +162,44 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	defer s.wg.Done()
 
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.opts.OriginPatterns})
+	sb := &smallBuffers{ResponseWriter: w}
+	ws, err := websocket.Accept(sb, r, &websocket.AcceptOptions{OriginPatterns: s.opts.OriginPatterns})
 	if err != nil {
+		s.wg.Done()
 		s.log.Debug("lease websocket handshake failed", "remote", r.RemoteAddr, "err", err)
 		return // Accept wrote the HTTP error
 	}
 	ws.SetReadLimit(16 * s.opts.MaxMessageBytes)
-	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
-		s: s, id: newID("C"), ws: ws, remote: r.RemoteAddr, ctx: ctx, cancel: cancel,
-		wake: make(chan struct{}, 1), tokens: float64(s.opts.MessageBurst), last: time.Now(),
+		s: s, id: newID("C"), ws: ws, bw: sb.bw, remote: r.RemoteAddr, done: make(chan struct{}),
+		tokens: float64(s.opts.MessageBurst), last: time.Now(),
 	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		cancel()
 		ws.Close(websocket.StatusGoingAway, "server shutting down")
+		s.wg.Done()
 		return
 	}
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
 	s.connCount.Add(1)
+	// Serve on a fresh goroutine and return: net/http then lets go of the
+	// request and its own per-connection state, which an idle lease
+	// connection would otherwise keep for hours.
+	go c.serve()
+}
 
+// serve runs the connection to its end; it owns the connection.
+func (c *conn) serve() {
+	s := c.s
+	defer s.wg.Done()
 	c.send(&ServerMessage{Type: TypeHello, Version: ProtocolVersion,
 		KeepaliveMS: s.opts.Keepalive.Milliseconds(), Connection: c.id})
-	c.wg.Add(1)
-	go c.writeLoop()
+	c.mu.Lock()
+	c.pingTimer = time.AfterFunc(s.opts.Keepalive/2, c.ping)
+	c.mu.Unlock()
 	c.readLoop()
 
 	// The connection is gone (or being dropped): release everything at
@@ -194,36 +207,145 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err := s.m.Disconnect(context.Background(), c.id); err != nil {
 		s.log.Error("lease disconnect failed", "connection", c.id, "err", err)
 	}
-	cancel()
+	c.mu.Lock()
+	c.closed = true
+	c.pingTimer.Stop()
+	c.mu.Unlock()
+	c.stop()
 	c.wg.Wait()
-	ws.CloseNow()
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.connCount.Add(-1)
 }
 
-// conn is one client connection. The handler goroutine reads; writeLoop
-// writes and pings; both end when ctx is cancelled.
+// smallBuffers hands the WebSocket library 512-byte buffers instead of
+// net/http's 4 KiB ones: lease messages are small and an idle connection
+// should cost little memory.
+// It also puts a batchWriter under the library's writer, so that several
+// messages to one connection leave in one system call.
+type smallBuffers struct {
+	http.ResponseWriter
+	bw *batchWriter
+}
+
+const connBufferSize = 512
+
+// readBufferSize is smaller: the reader bypasses its buffer for big
+// payloads, and it holds little more than frame headers.
+const readBufferSize = 256
+
+func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := w.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, fmt.Errorf("the response writer cannot hijack the connection")
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := brw.Writer.Flush(); err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	w.bw = &batchWriter{nc: nc}
+	// Keep what the client sent after its handshake: load it into the new
+	// reader's buffer, where the library looks for it.
+	n := brw.Reader.Buffered()
+	if n == 0 {
+		return nc, bufio.NewReadWriter(bufio.NewReaderSize(nc, readBufferSize), bufio.NewWriterSize(w.bw, connBufferSize)), nil
+	}
+	early, _ := brw.Reader.Peek(n)
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), max(n, readBufferSize))
+	if _, err := br.Peek(n); err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(w.bw, connBufferSize)), nil
+}
+
+// batchWriter passes writes to the connection, except between begin and
+// end, when it gathers them and end writes them at once.
+type batchWriter struct {
+	nc       net.Conn
+	mu       sync.Mutex
+	batching bool
+	buf      *[]byte
+}
+
+// maxBatch bounds what a batch gathers before writing through.
+const maxBatch = 64 << 10
+
+var batchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+func (b *batchWriter) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.batching && len(*b.buf)+len(p) <= maxBatch {
+		*b.buf = append(*b.buf, p...)
+		return len(p), nil
+	}
+	if err := b.flushLocked(); err != nil {
+		return 0, err
+	}
+	return b.nc.Write(p)
+}
+
+func (b *batchWriter) begin() {
+	b.mu.Lock()
+	b.batching = true
+	if b.buf == nil {
+		b.buf = batchBuffers.Get().(*[]byte)
+	}
+	b.mu.Unlock()
+}
+
+func (b *batchWriter) end() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.batching = false
+	err := b.flushLocked()
+	if b.buf != nil {
+		if cap(*b.buf) <= maxBatch {
+			*b.buf = (*b.buf)[:0]
+			batchBuffers.Put(b.buf)
+		}
+		b.buf = nil // an idle connection holds no batch buffer
+	}
+	return err
+}
+
+func (b *batchWriter) flushLocked() error {
+	if b.buf == nil || len(*b.buf) == 0 {
+		return nil
+	}
+	_, err := b.nc.Write(*b.buf)
+	*b.buf = (*b.buf)[:0]
+	return err
+}
+
+// conn is one client connection. Its serve goroutine reads; a writer
+// goroutine runs only while there is something to write, and a ping only
+// while one is in flight, so an idle connection costs one goroutine.
 type conn struct {
 	s      *Server
 	id     string
 	ws     *websocket.Conn
+	bw     *batchWriter
 	remote string
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // writeLoop and pings
+	// done is closed, and the socket closed, when the connection ends.
+	// (No context: one per connection, with its children, costs memory
+	// on every idle connection.)
+	done     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup // writer and ping goroutines
 
-	mu       sync.Mutex
-	out      []*ServerMessage
-	spare    []*ServerMessage
-	hold     bool // replies first: events wait in held
-	held     []*ServerMessage
-	closed   bool
-	goingOff bool // send what is queued, then close with 1001
-	wake     chan struct{}
-
-	pinging atomic.Bool
+	mu        sync.Mutex
+	out       []*ServerMessage
+	closed    bool
+	writing   bool // a writer goroutine is running
+	goingOff  bool // send what is queued, then close with 1001
+	pingTimer *time.Timer
 
 	// Read rate limit (token bucket), used by the reader only.
 	tokens float64
@@ -238,11 +360,6 @@ func (c *conn) send(msg *ServerMessage) {
 		c.mu.Unlock()
 		return
 	}
-	if c.hold {
-		c.held = append(c.held, msg)
-		c.mu.Unlock()
-		return
-	}
 	c.pushLocked(msg)
 	c.mu.Unlock()
 }
@@ -252,39 +369,19 @@ func (c *conn) pushLocked(msg *ServerMessage) {
 		c.closed = true
 		c.s.dropped.Add(1)
 		c.s.log.Warn("dropping lease connection that does not read its messages", "connection", c.id, "remote", c.remote)
-		c.cancel()
+		c.stop()
 		return
 	}
 	c.out = append(c.out, msg)
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	c.startWriterLocked()
 }
 
-// call runs a Manager call whose reply must reach the client before any
-// event the call causes; reply returns the reply to send.
-func (c *conn) call(reply func() *ServerMessage) {
-	c.mu.Lock()
-	c.hold = true
-	c.mu.Unlock()
-	msg := reply()
-	c.mu.Lock()
-	c.hold = false
-	held := c.held
-	c.held = nil
-	if !c.closed {
-		if msg != nil {
-			c.pushLocked(msg)
-		}
-		for _, h := range held {
-			if c.closed {
-				break
-			}
-			c.pushLocked(h)
-		}
+func (c *conn) startWriterLocked() {
+	if !c.writing && !c.closed {
+		c.writing = true
+		c.wg.Add(1)
+		go c.writeOut()
 	}
-	c.mu.Unlock()
 }
 
 // notify receives the Manager's events for this connection. It runs with
@@ -302,6 +399,10 @@ func (c *conn) notify(ev Event) {
 		c.send(errorMessage(ev.RequestID, "", ev.Err))
 	case EventRevoked:
 		c.send(&ServerMessage{Type: TypeRevoked, Lease: ev.Lease.ID, Reason: ev.Reason})
+	case EventReleased:
+		c.send(&ServerMessage{Type: TypeReleased, Lease: ev.Lease.ID})
+	case EventCanceled:
+		c.send(&ServerMessage{Type: TypeCanceled, ID: ev.RequestID})
 	}
 }
 
@@ -311,7 +412,24 @@ func (c *conn) drop(why string) {
 	c.closed = true
 	c.mu.Unlock()
 	c.s.log.Debug("dropping lease connection", "connection", c.id, "why", why)
-	c.cancel()
+	c.stop()
+}
+
+// stop ends the connection: the reader, writer and ping all return.
+func (c *conn) stop() {
+	c.stopOnce.Do(func() {
+		close(c.done)
+		c.ws.CloseNow()
+	})
+}
+
+func (c *conn) stopped() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // goAway sends the shutdown notice, then closes with status 1001.
@@ -321,108 +439,137 @@ func (c *conn) goAway() {
 		c.goingOff = true
 		c.out = append(c.out, &ServerMessage{Type: TypeError, Code: forge.EUNAVAILABLE,
 			Message: "the server is shutting down: every lease of this connection ends now"})
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
+		c.startWriterLocked()
 	}
 	c.mu.Unlock()
 }
 
-func (c *conn) writeLoop() {
+// writeOut writes queued messages until none is left.
+func (c *conn) writeOut() {
 	defer c.wg.Done()
-	ka := c.s.opts.Keepalive
-	ticker := time.NewTicker(ka / 2)
-	defer ticker.Stop()
 	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-ticker.C:
-			c.ping(ka / 2)
-		case <-c.wake:
-			c.mu.Lock()
-			batch := c.out
-			c.out = c.spare[:0]
-			goingOff := c.goingOff
-			c.mu.Unlock()
-			for i, msg := range batch {
-				data, err := json.Marshal(msg)
-				if err == nil {
-					err = c.ws.Write(c.ctx, websocket.MessageText, data)
-				}
-				if err != nil {
-					c.drop(fmt.Sprintf("write: %v", err))
-					return
-				}
-				batch[i] = nil
-			}
-			c.mu.Lock()
-			if cap(batch) <= 64 {
-				c.spare = batch[:0]
-			} else {
-				c.spare = nil // let a burst's big buffer go
-			}
+		c.mu.Lock()
+		batch := c.out
+		c.out = nil
+		goingOff := c.goingOff
+		if len(batch) == 0 {
+			c.writing = false
 			c.mu.Unlock()
 			if goingOff {
 				// The reader sees the close handshake end and cleans up.
-				go c.ws.Close(websocket.StatusGoingAway, "server shutting down")
-				return
+				c.ws.Close(websocket.StatusGoingAway, "server shutting down")
 			}
+			return
+		}
+		c.mu.Unlock()
+		c.bw.begin()
+		var err error
+		for _, msg := range batch {
+			var data []byte
+			data, err = json.Marshal(msg)
+			if err == nil {
+				err = c.ws.Write(context.Background(), websocket.MessageText, data)
+			}
+			if err != nil {
+				break
+			}
+		}
+		if endErr := c.bw.end(); err == nil {
+			err = endErr
+		}
+		if err != nil {
+			c.mu.Lock()
+			c.writing = false
+			c.mu.Unlock()
+			c.drop(fmt.Sprintf("write: %v", err))
+			return
 		}
 	}
 }
 
-// ping checks the peer answers within bound; one ping at a time.
-func (c *conn) ping(bound time.Duration) {
-	if !c.pinging.CompareAndSwap(false, true) {
+// ping runs from the keepalive timer: it checks the peer answers within
+// Keepalive/2 and arms the next check.
+func (c *conn) ping() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
 		return
 	}
 	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		defer c.pinging.Store(false)
-		ctx, cancel := context.WithTimeout(c.ctx, bound)
-		defer cancel()
-		if err := c.ws.Ping(ctx); err != nil && c.ctx.Err() == nil {
+	c.mu.Unlock()
+	defer c.wg.Done()
+	bound := c.s.opts.Keepalive / 2
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	err := c.ws.Ping(ctx)
+	cancel()
+	if err != nil {
+		if !c.stopped() {
 			c.drop(fmt.Sprintf("no pong within %s: %v", bound, err))
 		}
-	}()
+		return
+	}
+	c.mu.Lock()
+	if !c.closed {
+		c.pingTimer.Reset(bound)
+	}
+	c.mu.Unlock()
 }
 
 func (c *conn) readLoop() {
 	max := c.s.opts.MaxMessageBytes
-	buf := make([]byte, 0, 512)
+	handled := make(chan struct{})
 	for {
-		typ, r, err := c.ws.Reader(c.ctx)
+		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
 			return
 		}
-		buf = buf[:0]
-		n, err := readInto(&buf, io.LimitReader(r, max+1))
-		if err != nil {
+		bp := readBuffers.Get().(*[]byte)
+		ok := c.readMessage(typ, r, bp, max, handled)
+		if cap(*bp) <= 4096 {
+			readBuffers.Put(bp)
+		}
+		if !ok {
 			return
-		}
-		if int64(n) > max {
-			if _, err := io.Copy(io.Discard, r); err != nil {
-				return
-			}
-			c.send(&ServerMessage{Type: TypeError, Code: forge.ETOOLARGE,
-				Message: fmt.Sprintf("message over the limit of %d bytes: ignored", max)})
-			continue
-		}
-		if !c.throttle() {
-			return
-		}
-		if typ != websocket.MessageText {
-			c.send(&ServerMessage{Type: TypeError, Code: forge.EINVALID, Message: "binary messages are not part of the protocol: send JSON in text messages"})
-			continue
-		}
-		c.handle(buf)
-		if cap(buf) > 4096 {
-			buf = make([]byte, 0, 512) // do not keep a big buffer per idle connection
 		}
 	}
+}
+
+// readBuffers hold messages while they are read and handled, so an idle
+// connection holds no buffer.
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// readMessage reads and handles one message; false when the connection
+// is done.
+func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, max int64, handled chan struct{}) bool {
+	*bp = (*bp)[:0]
+	n, err := readInto(bp, io.LimitReader(r, max+1))
+	if err != nil {
+		return false
+	}
+	if int64(n) > max {
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return false
+		}
+		c.send(&ServerMessage{Type: TypeError, Code: forge.ETOOLARGE,
+			Message: fmt.Sprintf("message over the limit of %d bytes: ignored", max)})
+		return true
+	}
+	if !c.throttle() {
+		return false
+	}
+	if typ != websocket.MessageText {
+		c.send(&ServerMessage{Type: TypeError, Code: forge.EINVALID, Message: "binary messages are not part of the protocol: send JSON in text messages"})
+		return true
+	}
+	// Decoding and the Manager call run on a short-lived goroutine, so
+	// the reader's own stack stays small while it waits, idle, for the
+	// next message: that is most of an idle connection's memory.
+	go func() {
+		c.handle(*bp)
+		handled <- struct{}{}
+	}()
+	<-handled
+	return true
 }
 
 func readInto(buf *[]byte, r io.Reader) (int, error) {
@@ -463,7 +610,7 @@ func (c *conn) throttle() bool {
 		c.tokens = 0
 		c.last = time.Now()
 		return true
-	case <-c.ctx.Done():
+	case <-c.done:
 		return false
 	}
 }
@@ -488,26 +635,17 @@ func (c *conn) handle(data []byte) {
 		}
 		req := &Request{Owner: c.id, ID: msg.ID, Holder: holder, Wants: msg.Wants(),
 			MaxWait: msg.MaxWait(), Notify: c.notify}
-		c.call(func() *ServerMessage {
-			if err := c.s.m.Acquire(c.ctx, req); err != nil {
-				return errorMessage(msg.ID, "", err)
-			}
-			return nil
-		})
+		if err := c.s.m.Acquire(context.Background(), req); err != nil {
+			c.send(errorMessage(msg.ID, "", err))
+		}
 	case TypeRelease:
-		c.call(func() *ServerMessage {
-			if err := c.s.m.Release(c.ctx, c.id, msg.Lease); err != nil {
-				return errorMessage("", msg.Lease, err)
-			}
-			return &ServerMessage{Type: TypeReleased, Lease: msg.Lease}
-		})
+		if err := c.s.m.Release(context.Background(), c.id, msg.Lease); err != nil {
+			c.send(errorMessage("", msg.Lease, err))
+		}
 	case TypeCancel:
-		c.call(func() *ServerMessage {
-			if err := c.s.m.Cancel(c.ctx, c.id, msg.ID); err != nil {
-				return errorMessage(msg.ID, "", err)
-			}
-			return &ServerMessage{Type: TypeCanceled, ID: msg.ID}
-		})
+		if err := c.s.m.Cancel(context.Background(), c.id, msg.ID); err != nil {
+			c.send(errorMessage(msg.ID, "", err))
+		}
 	}
 }
 

@@ -60,8 +60,8 @@ func TestAcquireGrantRelease(t *testing.T) {
 	if got := ids(g2, "ports"); got != "20000,20001,20002" {
 		t.Fatalf("ports: got %s, want 20000,20001,20002", got)
 	}
-	if g2.Resources["ports"][0].Attributes["value"] != "20000" {
-		t.Fatalf("range resource attributes: got %v, want value=20000", g2.Resources["ports"][0].Attributes)
+	if a, l := g2.Resources["ports"][0].Attributes, g2.Resources["ports"][0].Labels; a == nil || len(a) != 0 || l == nil {
+		t.Fatalf("range resource: got attributes %v labels %v, want both empty objects", a, l)
 	}
 	c.release(g.Lease)
 	c.send(map[string]any{"type": "release", "lease": g.Lease})
@@ -749,8 +749,8 @@ func TestFloodingClientDoesNotStarveOthers(t *testing.T) {
 	if n < 1000 {
 		t.Fatalf("the flooder sent only %d messages; the test did not flood", n)
 	}
-	if worst > 200*time.Millisecond {
-		t.Fatalf("worst acquire/release round trip under flood: %s, want under 200ms", worst)
+	if worst > 500*time.Millisecond {
+		t.Fatalf("worst acquire/release round trip under flood: %s, want under 500ms", worst)
 	}
 	t.Logf("flooder sent %d messages; worst round trip of the other client %s", n, worst)
 }

@@ -114,9 +114,10 @@ func grantedMessage(g *Grant) *ServerMessage {
 	msg := &ServerMessage{
 		Type: TypeGranted, ID: g.RequestID, Lease: g.ID, Holder: g.Holder,
 		GrantedAt: g.Granted.UTC().Format(time.RFC3339Nano),
-		Resources: make(map[string][]WireResource, len(g.Resources)),
+		Resources: make(map[string][]WireResource, len(g.Pools)),
 	}
-	for pool, rs := range g.Resources {
+	for _, gp := range g.Pools {
+		pool, rs := gp.Pool, gp.Resources
 		out := make([]WireResource, len(rs))
 		for i, r := range rs {
 			out[i] = WireResource{ID: r.ID, Attributes: r.Attributes, Labels: r.Labels}

@@ -1,0 +1,444 @@
+package lease
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// The benchmarks run the server in a child process (this test binary
+// re-executed with FORGE_LEASE_BENCH_SERVER set) so that its CPU time and
+// resident memory are measured apart from the clients'.
+//
+//	go test -run='^$' -bench=. -benchtime=1x ./internal/lease
+
+const benchServerEnv = "FORGE_LEASE_BENCH_SERVER"
+
+// TestBenchServerProcess is the child: it serves the pools given in the
+// environment until its stdin closes. It does nothing in a normal run.
+func TestBenchServerProcess(t *testing.T) {
+	cfg := os.Getenv(benchServerEnv)
+	if cfg == "" {
+		t.Skip("only runs as the server process of the benchmarks")
+	}
+	pools, _ := poolsFromYAML(t, cfg)
+	m, err := NewMemory(pools, MemoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(m, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: s.Handler()}
+	go hs.Serve(ln)
+	if f := os.Getenv("FORGE_LEASE_BENCH_CPU"); f != "" {
+		if out, err := os.Create(f); err == nil {
+			pprof.StartCPUProfile(out)
+			defer func() { pprof.StopCPUProfile(); out.Close() }()
+		}
+	}
+	fmt.Printf("ADDR %s\n", ln.Addr())
+	// The parent asks for memory figures with "stats" and closes stdin to
+	// stop us.
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "stats" {
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if f := os.Getenv("FORGE_LEASE_BENCH_HEAP"); f != "" {
+				if out, err := os.Create(f); err == nil {
+					pprof.WriteHeapProfile(out)
+					out.Close()
+				}
+			}
+			fmt.Printf("STATS heap-inuse=%.1fMiB stack-inuse=%.1fMiB sys=%.1fMiB goroutines=%d\n",
+				float64(ms.HeapInuse)/(1<<20), float64(ms.StackInuse)/(1<<20), float64(ms.Sys)/(1<<20), runtime.NumGoroutine())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.Shutdown(ctx)
+	hs.Shutdown(ctx)
+	m.Close()
+}
+
+type serverProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	url   string
+	stats chan string
+}
+
+// memStats asks the server process for its Go memory figures.
+func (p *serverProc) memStats(b *testing.B) string {
+	if _, err := io.WriteString(p.stdin, "stats\n"); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case s := <-p.stats:
+		return s
+	case <-time.After(10 * time.Second):
+		b.Fatal("no stats from the server process")
+	}
+	return ""
+}
+
+func startServerProc(b *testing.B, cfg string) *serverProc {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchServerProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), benchServerEnv+"="+cfg)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &serverProc{cmd: cmd, stdin: stdin}
+	b.Cleanup(p.stop)
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if addr, ok := strings.CutPrefix(sc.Text(), "ADDR "); ok {
+			p.url = "ws://" + addr + "/api/v1/leases/ws"
+			p.stats = make(chan string, 1)
+			go func() {
+				for sc.Scan() {
+					if s, ok := strings.CutPrefix(sc.Text(), "STATS "); ok {
+						p.stats <- s
+					}
+				}
+			}()
+			return p
+		}
+	}
+	b.Fatalf("server process gave no address")
+	return nil
+}
+
+func (p *serverProc) stop() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.stdin.Close()
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// cpu returns the process's user+system CPU time.
+func (p *serverProc) cpu(b *testing.B) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name in parentheses; utime and stime are
+	// the 14th and 15th fields overall.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
+}
+
+// selfCPU returns this process's user+system CPU time (the clients').
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// rss returns VmRSS (now) and VmHWM (peak) of the process, in MiB.
+func (p *serverProc) rss(b *testing.B) (now, peak float64) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && (f[0] == "VmRSS:" || f[0] == "VmHWM:") {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			if f[0] == "VmRSS:" {
+				now = kb / 1024
+			} else {
+				peak = kb / 1024
+			}
+		}
+	}
+	return now, peak
+}
+
+// benchConn is a minimal protocol client for benchmarks.
+type benchConn struct {
+	ws *websocket.Conn
+}
+
+func benchDial(ctx context.Context, url string) (*benchConn, error) {
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	c := &benchConn{ws: ws}
+	if m, err := c.read(ctx); err != nil || m.Type != TypeHello {
+		return nil, fmt.Errorf("hello: %v %+v", err, m)
+	}
+	return c, nil
+}
+
+func (c *benchConn) write(ctx context.Context, s string) error {
+	return c.ws.Write(ctx, websocket.MessageText, []byte(s))
+}
+
+func (c *benchConn) read(ctx context.Context) (*ServerMessage, error) {
+	_, data, err := c.ws.Read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var m ServerMessage
+	return &m, json.Unmarshal(data, &m)
+}
+
+// expect reads until a message of type typ, skipping queue updates.
+func (c *benchConn) expect(ctx context.Context, typ string) (*ServerMessage, error) {
+	for {
+		m, err := c.read(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if m.Type == typ {
+			return m, nil
+		}
+		if m.Type != TypeQueued && m.Type != TypeReleased {
+			return nil, fmt.Errorf("got %+v, want %s", m, typ)
+		}
+	}
+}
+
+// BenchmarkThroughput: 1,000 clients on persistent connections loop
+// acquire(1) → release against a pool of 100. b.N is the total number of
+// grants. Reports grants/s and the server process's CPU and memory.
+func BenchmarkThroughput(b *testing.B) {
+	const clients = 1000
+	p := startServerProc(b, "pools: {bench: {range: 1-100}}")
+	ctx := context.Background()
+	conns := make([]*benchConn, clients)
+	var dialWG sync.WaitGroup
+	sem := make(chan struct{}, 50)
+	for i := range conns {
+		dialWG.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer dialWG.Done()
+			defer func() { <-sem }()
+			c, err := benchDial(ctx, p.url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			conns[i] = c
+		}()
+	}
+	dialWG.Wait()
+	if b.Failed() {
+		return
+	}
+	n := max(b.N, 20*clients) // at least 20 rounds per client for a steady state
+	per := n / clients
+	cpu0 := p.cpu(b)
+	self0 := selfCPU()
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			acq := fmt.Sprintf(`{"type":"acquire","id":"r%d","requests":[{"pool":"bench","count":1}]}`, i)
+			if err := c.write(ctx, acq); err != nil {
+				b.Error(err)
+				return
+			}
+			for k := 0; k < per; k++ {
+				g, err := c.expect(ctx, TypeGranted)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				// Release and ask again at once; the server answers in order.
+				if err := c.write(ctx, `{"type":"release","lease":"`+g.Lease+`"}`); err != nil {
+					b.Error(err)
+					return
+				}
+				if k+1 < per {
+					if err := c.write(ctx, acq); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}
+			if _, err := c.expect(ctx, TypeReleased); err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	cpu := p.cpu(b) - cpu0
+	self := selfCPU() - self0
+	rss, peak := p.rss(b)
+	total := per * clients
+	b.ReportMetric(float64(total)/elapsed.Seconds(), "grants/s")
+	b.ReportMetric(cpu.Seconds()/elapsed.Seconds(), "server-cpu-cores")
+	b.ReportMetric(self.Seconds()/elapsed.Seconds(), "client-cpu-cores")
+	b.ReportMetric(rss, "server-rss-MiB")
+	b.ReportMetric(peak, "server-peak-rss-MiB")
+	b.ReportMetric(0, "ns/op")
+	for _, c := range conns {
+		c.ws.CloseNow()
+	}
+}
+
+// BenchmarkGrantLatency: one client, a free resource: time from sending
+// acquire to receiving granted. Reports p50 and p99.
+func BenchmarkGrantLatency(b *testing.B) {
+	p := startServerProc(b, "pools: {bench: {range: 1-100}}")
+	ctx := context.Background()
+	c, err := benchDial(ctx, p.url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.ws.CloseNow()
+	n := max(b.N, 5000)
+	lat := make([]time.Duration, 0, n)
+	b.ResetTimer()
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		if err := c.write(ctx, `{"type":"acquire","id":"r","requests":[{"pool":"bench"}]}`); err != nil {
+			b.Fatal(err)
+		}
+		g, err := c.expect(ctx, TypeGranted)
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+		if err := c.write(ctx, `{"type":"release","lease":"`+g.Lease+`"}`); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.expect(ctx, TypeReleased); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkIdleConnections: 10,000 connections each holding a lease; the
+// server process's resident memory.
+func BenchmarkIdleConnections(b *testing.B) {
+	const conns = 10000
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatal(err)
+	}
+	if lim.Cur < 2*conns+500 {
+		lim.Cur = min(lim.Max, 2*conns+1000)
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			b.Fatalf("raise the open file limit: %v", err)
+		}
+	}
+	if lim.Cur < conns+200 {
+		b.Skipf("open file limit %d is too low for %d connections", lim.Cur, conns)
+	}
+	p := startServerProc(b, fmt.Sprintf("pools: {bench: {range: 1-%d}}", conns))
+	_, base := p.rss(b)
+	ctx := context.Background()
+	cs := make([]*benchConn, conns)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i := range cs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := benchDial(ctx, p.url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if err := c.write(ctx, fmt.Sprintf(`{"type":"acquire","id":"r%d","holder":"idle %d","requests":[{"pool":"bench"}]}`, i, i)); err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := c.expect(ctx, TypeGranted); err != nil {
+				b.Error(err)
+				return
+			}
+			cs[i] = c
+			// Keep reading so the library answers the server's pings.
+			go func() {
+				for {
+					if _, _, err := c.ws.Read(context.Background()); err != nil {
+						return
+					}
+				}
+			}()
+		}()
+		if b.Failed() {
+			break
+		}
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range cs {
+			if c != nil {
+				c.ws.CloseNow()
+			}
+		}
+	}()
+	if b.Failed() {
+		return
+	}
+	// Idle through a keepalive period so pings have run.
+	time.Sleep(6 * time.Second)
+	b.Logf("server process: %s", p.memStats(b))
+	rss, peak := p.rss(b)
+	b.ReportMetric(rss, "server-rss-MiB")
+	b.ReportMetric(peak, "server-peak-rss-MiB")
+	b.ReportMetric(base, "server-start-rss-MiB")
+	b.ReportMetric(0, "ns/op")
+}
