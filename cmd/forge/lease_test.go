@@ -489,3 +489,26 @@ func TestLeaseCompletesPoolNames(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseServerGoesAwayWhileWaiting: a server shutting down while
+// forge lease waits ends it with 69 and a message, CMD never run.
+func TestLeaseServerGoesAwayWhileWaiting(t *testing.T) {
+	srv := newLeaseServer(t, leasePool("dut", "dut1"))
+	dir := t.TempDir()
+	startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sleep", "60")
+	leaseWaitFor(t, 10*time.Second, "the holder", func() bool { return len(srv.leases(t, "dut")) == 1 })
+	p := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "touch", dir+"/ran")
+	leaseWaitFor(t, 10*time.Second, "the waiter to queue", func() bool { return srv.queueLen(t, "dut") == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.s.Shutdown(ctx)
+	if code := p.wait(t, 10*time.Second); code != exitLeaseUnavailable {
+		t.Errorf("exit %d, want %d; stderr %q", code, exitLeaseUnavailable, p.stderr.String())
+	}
+	if got := p.stderr.String(); !strings.Contains(got, "lease server") {
+		t.Errorf("stderr %q does not say what happened", got)
+	}
+	if _, err := os.Stat(dir + "/ran"); err == nil {
+		t.Error("CMD ran without a lease")
+	}
+}
