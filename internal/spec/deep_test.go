@@ -30,7 +30,7 @@ func TestHostileInputsAreFast(t *testing.T) {
 		{"many keys", manyKeys(30_000, "k%d: x\n"), "f.yml:10001:1: more than 10000 keys"},
 		{"one key many times", strings.Repeat("a: x\n", 100_000), "more than 10000 keys"},
 		{"many empty block scalars", manyKeys(30_000, "k%d: |\n"), "more than 10000 keys"},
-		{"too large", strings.Repeat("#", 600_000), "f.yml:1:1: the file is 600000 bytes; a spec may have at most 524288"},
+		{"too large", strings.Repeat("#", 600_000), "f.yml:1:1: the file has more than 524288 bytes (512 KiB), the most a spec may have"},
 		{"64 levels are fine", "execute: " + strings.Repeat("[", 64) + strings.Repeat("]", 64) + "\n", "command 1 of action `execute` must be a command"},
 		{"brackets in quotes do not count", "execute: ['" + strings.Repeat("[", 100) + "', \"" + strings.Repeat("{", 100) + "\"]\n", ""},
 		{"brackets in comments do not count", "execute: [x] # " + strings.Repeat("[", 100) + "\n", ""},

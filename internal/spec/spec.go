@@ -10,6 +10,7 @@ package spec
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"slices"
@@ -95,28 +96,27 @@ var (
 )
 
 var (
-	reName    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
-	reVar     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	reDynamic = regexp.MustCompile(`\$\{[A-Za-z_][A-Za-z0-9_]*\}`)
+	reName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	reVar  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
 // Load reads and parses the spec at path. A missing or unreadable file is
-// an error with code ENOTFOUND or EINVALID, not an *Errors.
+// an error with code ENOTFOUND or EINVALID, not an *Errors; a file that is
+// too large is a problem in an *Errors, like any other.
 func Load(path string) (*File, error) {
-	info, err := os.Stat(path)
+	fh, err := os.Open(path)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return nil, forge.Errorf(forge.ENOTFOUND, "cannot read %s: no such file", path)
 		}
 		return nil, forge.WrapError(forge.EINVALID, err, "cannot read "+path)
 	}
-	if info.IsDir() {
+	defer fh.Close()
+	if info, err := fh.Stat(); err == nil && info.IsDir() {
 		return nil, forge.Errorf(forge.EINVALID, "%s is a directory, not a spec file", path)
 	}
-	if info.Size() > maxFileSize {
-		return nil, forge.Errorf(forge.ETOOLARGE, "%s is %d bytes; a spec may have at most %d", path, info.Size(), maxFileSize)
-	}
-	data, err := os.ReadFile(path)
+	// One byte more than allowed is enough for Parse to say it is too big.
+	data, err := io.ReadAll(io.LimitReader(fh, maxFileSize+1))
 	if err != nil {
 		return nil, forge.WrapError(forge.EINVALID, err, "cannot read "+path)
 	}
@@ -130,11 +130,12 @@ func Load(path string) (*File, error) {
 func Parse(name string, data []byte) (*File, error) {
 	// Editors on Windows may start a file with a byte order mark.
 	data = bytes.TrimPrefix(data, []byte("\ufeff"))
-	ps := newProblems(name, data)
 	if len(data) > maxFileSize {
-		ps.add(1, 1, "the file is %d bytes; a spec may have at most %d", len(data), maxFileSize)
+		ps := newProblems(name, nil)
+		ps.add(1, 1, "the file has more than %d bytes (512 KiB), the most a spec may have", maxFileSize)
 		return nil, ps.err()
 	}
+	ps := newProblems(name, data)
 	f := &File{Name: name, ps: ps}
 	body := parseYAML(ps, data)
 	if len(ps.list) > 0 {
