@@ -29,7 +29,7 @@ func TestLoad(t *testing.T) {
 	}
 	tests := []struct {
 		name, path, code, want string
-		problems             bool
+		problems               bool
 	}{
 		{"missing", filepath.Join(dir, "nope.yml"), forge.ENOTFOUND, "cannot read " + filepath.Join(dir, "nope.yml") + ": no such file", false},
 		{"directory", dir, forge.EINVALID, dir + " is a directory, not a spec file", false},
