@@ -171,7 +171,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 
 	var v execView
 	if o.json {
-		v = newJSONView(stdout)
+		v = newJSONView(stdout, stderr)
 	} else {
 		live, size := false, func() (int, int) { return 0, 0 }
 		if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -200,7 +200,21 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		Parallel: o.parallel,
 		Reporter: rep,
 	})
+	// Say at once what an interrupt does, so nobody presses Ctrl-C again
+	// while steps get their grace period.
+	ran := make(chan struct{})
+	noted := make(chan struct{})
+	go func() {
+		defer close(noted)
+		select {
+		case <-ctx.Done():
+			v.Note("interrupted: stopping every job (SIGTERM to each step, SIGKILL after 5s)")
+		case <-ran:
+		}
+	}()
 	res, err := eng.Run(ctx, plan, info)
+	close(ran)
+	<-noted
 	if err != nil {
 		return err
 	}

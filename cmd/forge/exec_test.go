@@ -443,6 +443,9 @@ func TestExecInterrupt(t *testing.T) {
 			if left := processesWith(marker); len(left) > 0 {
 				t.Errorf("processes left after forge exited:\n%s", strings.Join(left, "\n"))
 			}
+			if !strings.Contains(out.String(), "forge: interrupted: stopping every job") {
+				t.Errorf("no word that the run is being stopped:\n%s", out.String())
+			}
 			for _, job := range []string{"a", "b", "c", "d"} {
 				if row := summaryRow(out.String(), job); len(row) < 2 || row[1] != "canceled" {
 					t.Errorf("summary of %s: got %q, want canceled\n%s", job, row, out.String())

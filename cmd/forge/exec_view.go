@@ -21,6 +21,9 @@ import (
 type execView interface {
 	forge.Reporter
 	Finish(res *engine.Result) error
+	// Note tells the user something about the run as a whole (safe to
+	// call from any goroutine).
+	Note(msg string)
 }
 
 // flushEvery is how often buffered output reaches stdout (and how often the
@@ -329,6 +332,19 @@ func fitWidth(s string, n int, coloured bool) string {
 	return s
 }
 
+// Note prints "forge: msg" among the jobs' output.
+func (v *textView) Note(msg string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.eraseBlock()
+	if v.colour {
+		v.w.WriteString("\x1b[1mforge: " + msg + "\x1b[0m\n")
+	} else {
+		v.w.WriteString("forge: " + msg + "\n")
+	}
+	v.w.Flush()
+}
+
 // Finish stops the redraws, clears the state block and prints the summary.
 func (v *textView) Finish(res *engine.Result) error {
 	close(v.stop)
@@ -399,15 +415,16 @@ func writeSummary(w io.Writer, res *engine.Result, colour bool) {
 // jsonView prints one JSON object per event, then a summary object; nothing
 // else goes to stdout.
 type jsonView struct {
-	mu   sync.Mutex
-	w    *bufio.Writer
-	enc  *json.Encoder
-	stop chan struct{}
-	done chan struct{}
+	stderr io.Writer
+	mu     sync.Mutex
+	w      *bufio.Writer
+	enc    *json.Encoder
+	stop   chan struct{}
+	done   chan struct{}
 }
 
-func newJSONView(out io.Writer) *jsonView {
-	v := &jsonView{w: bufio.NewWriterSize(out, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+func newJSONView(out, stderr io.Writer) *jsonView {
+	v := &jsonView{stderr: stderr, w: bufio.NewWriterSize(out, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
 	v.enc = json.NewEncoder(v.w)
 	v.enc.SetEscapeHTML(false)
 	go func() {
@@ -450,6 +467,13 @@ type jsonJobSummary struct {
 	ExitCode int           `json:"exit_code"`
 	Duration time.Duration `json:"duration"`
 	Message  string        `json:"message,omitempty"`
+}
+
+// Note prints msg on stderr: stdout carries only JSON.
+func (v *jsonView) Note(msg string) {
+	if v.stderr != nil {
+		fmt.Fprintln(v.stderr, "forge:", msg)
+	}
 }
 
 // Finish prints the summary object.
