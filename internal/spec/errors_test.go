@@ -113,6 +113,13 @@ func TestParseProblems(t *testing.T) {
 			[]string{"f.yml:2:1: tab character in indentation: YAML indents with spaces only"}},
 		{"tab after spaces", "jobs:\n  a:\n  \tsteps: [x]\n",
 			[]string{"f.yml:3:3: tab character in indentation: YAML indents with spaces only"}},
+		{"several tab-indented lines", "jobs:\n\ta:\n\t\tsteps: [x]\n",
+			[]string{
+				"f.yml:2:1: tab character in indentation: YAML indents with spaces only",
+				"f.yml:3:1: tab character in indentation: YAML indents with spaces only",
+			}},
+		{"a syntax error beside tabs in a block scalar", "execute:\n  - |\n    all:\n    \tmake\n  - [x\n",
+			[]string{"f.yml:5:5: invalid YAML: sequence end token ']' not found"}},
 		{"unclosed flow list", "execute: [true\n",
 			[]string{"f.yml:1:10: invalid YAML: sequence end token ']' not found"}},
 		{"unclosed quote", "execute:\n  - 'echo\n",

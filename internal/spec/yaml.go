@@ -43,16 +43,19 @@ func parseYAML(ps *problems, data []byte) (body ast.Node) {
 	}
 	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
 	if err != nil {
-		if tabs := tabProblems(ps, data); tabs {
+		line, col, msg := 1, 1, firstLine(err.Error())
+		var ye yaml.Error
+		if errors.As(err, &ye) && ye.GetToken() != nil && ye.GetToken().Position != nil {
+			tk := ye.GetToken()
+			line, col, msg = tk.Position.Line, tk.Position.Column, ye.GetMessage()
+		}
+		// Tabs are the usual cause; then name every tab-indented line,
+		// the way an editor that inserted them would have.
+		if strings.Contains(msg, "\t") || tabIndented(ps, line) {
+			tabProblems(ps)
 			return nil
 		}
-		var ye yaml.Error
-		if errors.As(err, &ye) && ye.GetToken() != nil {
-			tk := ye.GetToken()
-			ps.add(tk.Position.Line, tk.Position.Column, "invalid YAML: %s", ye.GetMessage())
-		} else {
-			ps.add(1, 1, "invalid YAML: %s", firstLine(err.Error()))
-		}
+		ps.add(line, col, "invalid YAML: %s", msg)
 		return nil
 	}
 	var docs []ast.Node
@@ -160,26 +163,35 @@ func tooManyKeys(ps *problems) bool {
 	return false
 }
 
-// tabProblems records a problem for every line indented with a tab, and
-// reports whether there was any. It runs only when the YAML did not parse,
-// since tabs inside block scalars and after values are allowed.
-func tabProblems(ps *problems, data []byte) bool {
-	found := 0
-	for i, line := range strings.Split(string(data), "\n") {
-		for col, r := range []rune(line) {
-			if r == '\t' {
-				if found < 20 {
-					ps.add(i+1, col+1, "tab character in indentation: YAML indents with spaces only")
-				}
-				found++
-				break
-			}
-			if r != ' ' {
-				break
-			}
+// tabColumn returns the column of the first tab in line's indentation,
+// or 0 when it is indented with spaces only.
+func tabColumn(line string) int {
+	for i := 0; i < len(line); i++ {
+		switch line[i] {
+		case '\t':
+			return i + 1 // only spaces before it: bytes are characters
+		case ' ':
+		default:
+			return 0
 		}
 	}
-	return found > 0
+	return 0
+}
+
+// tabIndented reports whether line n (from 1) is indented with a tab.
+func tabIndented(ps *problems, n int) bool {
+	return n >= 1 && n <= len(ps.lines) && tabColumn(ps.lines[n-1]) > 0
+}
+
+// tabProblems records a problem for every line indented with a tab. It
+// runs only when the YAML did not parse because of a tab, since tabs
+// inside block scalars and after values are allowed.
+func tabProblems(ps *problems) {
+	for i, line := range ps.lines {
+		if col := tabColumn(line); col > 0 {
+			ps.add(i+1, col, "tab character in indentation: YAML indents with spaces only")
+		}
+	}
 }
 
 func firstLine(s string) string {
