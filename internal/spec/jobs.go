@@ -159,11 +159,10 @@ func (r *reader) ports(n ast.Node, what string) []forge.Port {
 		return nil
 	}
 	for _, e := range entries {
-		target, p, ok := r.str(e.value, fmt.Sprintf("port %s of %s", e.key, what))
+		target, _, ok := r.str(e.value, fmt.Sprintf("port %s of %s", e.key, what))
 		if !ok {
 			continue
 		}
-		_ = p
 		if port, ok := r.port(e.key, target, e.keyPos, what); ok {
 			out = append(out, port)
 		}

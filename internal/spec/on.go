@@ -126,21 +126,15 @@ func (f *File) ActionsFor(h *forge.Hook) []string {
 	}
 	event, subject := "", ""
 	tag := h.Tag
-	if tag == "" {
-		tag, _ = strings.CutPrefix(h.Ref, "refs/tags/")
-		if tag == h.Ref {
-			tag = ""
-		}
+	if t, ok := strings.CutPrefix(h.Ref, "refs/tags/"); ok && tag == "" {
+		tag = t
 	}
 	branch := h.Target
 	if branch == "" {
 		branch = h.Branch
 	}
-	if branch == "" {
-		branch, _ = strings.CutPrefix(h.Ref, "refs/heads/")
-		if branch == h.Ref {
-			branch = ""
-		}
+	if b, ok := strings.CutPrefix(h.Ref, "refs/heads/"); ok && branch == "" {
+		branch = b
 	}
 	switch h.Event {
 	case "pull_request":
