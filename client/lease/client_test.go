@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -88,6 +89,25 @@ func TestEnvName(t *testing.T) {
 		if got := EnvName(tt.pool); got != tt.want {
 			t.Errorf("EnvName(%q) = %q, want %q", tt.pool, got, tt.want)
 		}
+	}
+}
+
+func TestGrantEnv(t *testing.T) {
+	res := map[string][]Resource{
+		"dut":  {{ID: "d2"}, {ID: "d1"}},
+		"a-b":  {{ID: "x"}},
+		"a.b":  {{ID: "y"}, {ID: "z"}},
+		"none": nil,
+	}
+	got := GrantEnv(res, []byte(`{"type":"granted"}`))
+	want := map[string]string{
+		"FORGE_LEASE_DUT":  "d2,d1",
+		"FORGE_LEASE_A_B":  "x,y,z",
+		"FORGE_LEASE_NONE": "",
+		"FORGE_LEASE_JSON": `{"type":"granted"}`,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("GrantEnv = %v, want %v", got, want)
 	}
 }
 

@@ -3,7 +3,9 @@ package lease
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -215,15 +217,21 @@ const EnvJSON = "FORGE_LEASE_JSON"
 
 // GrantEnv returns the environment of a grant: one EnvName(pool) per pool
 // with the comma-separated resource ids, in the order granted, and EnvJSON
-// with raw, the granted message as received.
+// with raw, the granted message as received. Pools whose names map to the
+// same variable ("a-b" and "a.b") share it, their ids in pool name order.
 func GrantEnv(resources map[string][]Resource, raw []byte) map[string]string {
 	env := make(map[string]string, len(resources)+1)
-	for pool, rs := range resources {
-		ids := make([]string, len(rs))
-		for i, r := range rs {
-			ids[i] = r.ID
+	for _, pool := range slices.Sorted(maps.Keys(resources)) {
+		name := EnvName(pool)
+		for _, r := range resources[pool] {
+			if env[name] != "" {
+				env[name] += ","
+			}
+			env[name] += r.ID
 		}
-		env[EnvName(pool)] = strings.Join(ids, ",")
+		if _, ok := env[name]; !ok {
+			env[name] = ""
+		}
 	}
 	env[EnvJSON] = string(raw)
 	return env
