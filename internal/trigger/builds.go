@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/runner"
 	"github.com/forgeci/forge/internal/spec"
 )
 
@@ -83,7 +84,10 @@ func short(sha string) string {
 // pending job row per plan job. An action the spec cannot compile (an
 // action it does not have, a when: it cannot evaluate) gives a failed build.
 func (p *Processor) createPlanned(ctx context.Context, h *forge.Hook, deliveryID, action string, f *spec.File) (*forge.Build, error) {
-	plan, err := spec.Compile(f, CompileOptions(h, action))
+	b := p.newBuild(h, deliveryID, action)
+	// The runner compiles the build again in its workspace with the same
+	// options: the job rows made here are the jobs it runs.
+	plan, err := spec.Compile(f, runner.CompileOptions(b))
 	if err != nil {
 		return p.createFailed(ctx, h, deliveryID, action, strings.TrimRight(spec.Report(err), "\n"))
 	}
@@ -94,7 +98,6 @@ func (p *Processor) createPlanned(ctx context.Context, h *forge.Hook, deliveryID
 	for i, j := range plan.Jobs {
 		jobs[i] = &forge.BuildJob{Name: j.Name, Status: forge.StatusPending, Needs: slices.Clone(j.Needs)}
 	}
-	b := p.newBuild(h, deliveryID, action)
 	b.Status = forge.StatusQueued
 	created, err := p.store(ctx, b, jobs)
 	if err != nil || !created {

@@ -498,26 +498,3 @@ func describe(h *forge.Hook) string {
 	}
 	return h.Event + " " + h.Ref
 }
-
-// CompileOptions are the spec.Options of a build of action for hook h:
-// the event, branch, tag and changed paths its jobs' when: conditions see.
-// The runner compiles with the same options, so the jobs it runs are the
-// jobs the build was created with.
-//
-// Event is "pull_request", "push", "tag" or "manual" as in the hook, and
-// "merged" for a merged pull request; Branch is the branch the change goes
-// into for pull requests (as Drone and Woodpecker match it) and the pushed
-// branch otherwise.
-func CompileOptions(h *forge.Hook, action string) spec.Options {
-	o := spec.Options{Action: action, Event: h.Event, Branch: h.Branch, Tag: h.Tag, Paths: h.Paths}
-	if h.Event == "pull_request" {
-		o.Branch = h.Target
-		if h.Merged {
-			o.Event = "merged"
-		}
-	}
-	if o.Event == "" {
-		o.Event = "manual"
-	}
-	return o
-}

@@ -654,24 +654,6 @@ func TestRun(t *testing.T) {
 	}
 }
 
-func TestCompileOptions(t *testing.T) {
-	for _, tt := range []struct {
-		hook               forge.Hook
-		event, branch, tag string
-	}{
-		{forge.Hook{Event: "pull_request", Action: "opened", Branch: "feat", Target: "main"}, "pull_request", "main", ""},
-		{forge.Hook{Event: "pull_request", Action: "closed", Merged: true, Branch: "feat", Target: "production"}, "merged", "production", ""},
-		{forge.Hook{Event: "push", Branch: "dev", Target: "dev"}, "push", "dev", ""},
-		{forge.Hook{Event: "tag", Tag: "v1"}, "tag", "", "v1"},
-		{forge.Hook{Event: "manual", Branch: "x"}, "manual", "x", ""},
-	} {
-		o := trigger.CompileOptions(&tt.hook, "execute")
-		if o.Event != tt.event || o.Branch != tt.branch || o.Tag != tt.tag || o.Action != "execute" {
-			t.Errorf("CompileOptions(%+v) = %+v, want event %q branch %q tag %q", tt.hook, o, tt.event, tt.branch, tt.tag)
-		}
-	}
-}
-
 func TestNewRequires(t *testing.T) {
 	_, err := trigger.New(trigger.Options{})
 	if forge.ErrorCode(err) != forge.EINVALID || forge.ErrorMessage(err) != "trigger: options Builds, Deliveries, Git, ParseHook, Repos are required" {
