@@ -47,6 +47,7 @@ func TestLint(t *testing.T) {
 	good := write("good.yml", "execute:\n  - echo hi\n")
 	bad := write("bad.yml", "jobs:\n  build:\n    enviroment: {A: b}\n    steps: [true]\n  test:\n    needs: biuld\n    steps: [true]\n")
 	write(".forge.yml", "image: x\nexecute: []\n")
+	big := write("big.yml", "execute: [true]\n"+strings.Repeat("# padding\n", 60_000))
 	examples, err := filepath.Glob("../../examples/*.yml")
 	if err != nil || len(examples) == 0 {
 		t.Fatalf("no examples: %v", err)
@@ -80,6 +81,8 @@ func TestLint(t *testing.T) {
 		{"missing file is a usage error", []string{"nope.yml"}, "", 2, "", "cannot read nope.yml: no such file"},
 		{"missing file wins over problems", []string{bad, "nope.yml"}, "", 2, "", "nope.yml"},
 		{"a directory is not a spec", []string{"."}, "", 2, "", "is a directory"},
+		{"a file too large is a problem", []string{big}, "", 1,
+			"big.yml:1:1: the file has more than 524288 bytes (512 KiB), the most a spec may have\n", ""},
 		{"stdin", []string{"-"}, "execute:\n  - echo: hi\n", 1,
 			"<stdin>:2:5: command 1 of action `execute` is a mapping (`echo: ...`), not a command: quote the command if it contains \": \", or write {name, run}\n" +
 				"      - echo: hi\n" +
