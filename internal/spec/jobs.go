@@ -148,7 +148,7 @@ func (r *reader) ports(n ast.Node, what string) []forge.Port {
 			if !ok {
 				target = pub
 			}
-			if p, ok := r.port(pub, target, s.p, what); ok {
+			if p, ok := r.port(pub, target, s.p, s.p, what); ok {
 				out = append(out, p)
 			}
 		}
@@ -159,11 +159,11 @@ func (r *reader) ports(n ast.Node, what string) []forge.Port {
 		return nil
 	}
 	for _, e := range entries {
-		target, _, ok := r.str(e.value, fmt.Sprintf("port %s of %s", e.key, what))
+		target, tp, ok := r.str(e.value, fmt.Sprintf("port %s of %s", e.key, what))
 		if !ok {
 			continue
 		}
-		if port, ok := r.port(e.key, target, e.keyPos, what); ok {
+		if port, ok := r.port(e.key, target, e.keyPos, tp, what); ok {
 			out = append(out, port)
 		}
 	}
@@ -172,22 +172,24 @@ func (r *reader) ports(n ast.Node, what string) []forge.Port {
 
 // port builds a Port from its published and target texts; the protocol
 // suffix (/tcp, /udp) may be on either.
-func (r *reader) port(pub, target string, p pos, what string) (forge.Port, bool) {
+func (r *reader) port(pub, target string, pubPos, targetPos pos, what string) (forge.Port, bool) {
 	proto := "tcp"
-	for _, s := range []*string{&pub, &target} {
+	texts := []*string{&pub, &target}
+	at := []pos{pubPos, targetPos}
+	for i, s := range texts {
 		if num, pr, ok := strings.Cut(*s, "/"); ok {
 			if pr != "tcp" && pr != "udp" {
-				r.ps.at(p, "bad port protocol `%s` in %s: use tcp or udp", pr, what)
+				r.ps.at(at[i], "bad port protocol `%s` in %s: use tcp or udp", pr, what)
 				return forge.Port{}, false
 			}
 			*s, proto = num, pr
 		}
 	}
 	var nums [2]int
-	for i, s := range []string{pub, target} {
-		x, err := strconv.Atoi(strings.TrimSpace(s))
+	for i, s := range texts {
+		x, err := strconv.Atoi(strings.TrimSpace(*s))
 		if err != nil || x < 1 || x > 65535 {
-			r.ps.at(p, "bad port `%s` in %s: a port is a number from 1 to 65535", s, what)
+			r.ps.at(at[i], "bad port `%s` in %s: a port is a number from 1 to 65535", *s, what)
 			return forge.Port{}, false
 		}
 		nums[i] = x
