@@ -178,12 +178,16 @@ type timestamper struct {
 }
 
 func (t *timestamper) format(tm time.Time) []byte {
-	tm = tm.UTC()
-	if s := tm.Unix(); s != t.sec || t.buf[0] == 0 {
-		t.sec = s
-		tm.Truncate(time.Second).AppendFormat(t.buf[:0], "2006-01-02T15:04:05.")
+	ns := tm.UnixNano()
+	sec, frac := ns/1e9, ns%1e9
+	if frac < 0 { // before 1970
+		sec, frac = sec-1, frac+1e9
 	}
-	us := tm.Nanosecond() / 1000
+	if sec != t.sec || t.buf[0] == 0 {
+		t.sec = sec
+		time.Unix(sec, 0).UTC().AppendFormat(t.buf[:0], "2006-01-02T15:04:05.")
+	}
+	us := frac / 1000
 	for i := 25; i >= 20; i-- {
 		t.buf[i] = byte('0' + us%10)
 		us /= 10

@@ -81,8 +81,10 @@ func TestReadSecretFile(t *testing.T) {
 func TestTimestamper(t *testing.T) {
 	var ts timestamper
 	base := time.Date(2026, 11, 26, 13, 4, 5, 0, time.UTC)
-	for _, d := range []time.Duration{0, 123456 * time.Microsecond, 999999999, time.Second + 7*time.Microsecond, time.Hour + 1} {
-		tm := base.Add(d).In(time.FixedZone("X", 3600))
+	for _, tm := range []time.Time{
+		base, base.Add(123456 * time.Microsecond), base.Add(999999999), base.Add(time.Second + 7*time.Microsecond),
+		base.Add(time.Hour + 1).In(time.FixedZone("X", 3600)), time.Date(1969, 12, 31, 23, 59, 59, 250000000, time.UTC),
+	} {
 		want := tm.UTC().Format("2006-01-02T15:04:05.000000Z")
 		if got := string(ts.format(tm)); got != want {
 			t.Errorf("format(%v) = %s, want %s", tm, got, want)
