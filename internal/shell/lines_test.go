@@ -2,8 +2,11 @@ package shell
 
 import (
 	"bytes"
+	"errors"
+	"os"
 	"slices"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -100,4 +103,23 @@ func FuzzLineBuffer(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPipeReadDeadline checks that the read end of pipe() is pollable: the
+// drain timeout relies on read deadlines, which only pollable files have.
+func TestPipeReadDeadline(t *testing.T) {
+	r, w, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close() // held open: only the deadline can end the read
+	if err := r.SetReadDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+		t.Fatalf("SetReadDeadline: %v", err)
+	}
+	start := time.Now()
+	_, err = r.Read(make([]byte, 10))
+	if !errors.Is(err, os.ErrDeadlineExceeded) || time.Since(start) > 2*time.Second {
+		t.Errorf("Read: got %v after %v, want a deadline error after 50ms", err, time.Since(start))
+	}
 }
