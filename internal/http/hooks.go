@@ -13,7 +13,9 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -97,6 +99,10 @@ func GitHubHook(deliveries forge.DeliveryStore, opts HookOptions) http.HandlerFu
 	}
 	count := hookCounter(opts.Metrics)
 	secret := []byte(opts.Secret)
+	create := deliveries.CreateDelivery
+	if b, ok := deliveries.(DeliveryBatcher); ok {
+		create = (&groupCommit{store: b}).create
+	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		event := r.Header.Get("X-GitHub-Event")
 		id := r.Header.Get("X-GitHub-Delivery")
@@ -173,7 +179,7 @@ func GitHubHook(deliveries forge.DeliveryStore, opts HookOptions) http.HandlerFu
 		// The store call must not be torn by a client that hangs up: a
 		// half-stored delivery is worse than a late answer.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), hookStoreTimeout)
-		err = deliveries.CreateDelivery(ctx, d)
+		err = create(ctx, d)
 		cancel()
 		switch {
 		case forge.ErrorCode(err) == forge.ECONFLICT:
@@ -189,6 +195,91 @@ func GitHubHook(deliveries forge.DeliveryStore, opts HookOptions) http.HandlerFu
 			opts.Notify()
 		}
 	}
+}
+
+// DeliveryBatcher is an optional ability of the forge.DeliveryStore given
+// to GitHubHook, found by type assertion. CreateDeliveries stores ds in one
+// transaction and returns one error per delivery: nil when it was stored,
+// ECONFLICT when its id was stored before (also earlier in ds), and the
+// transaction's error for every delivery when it failed as a whole.
+//
+// With it, deliveries that arrive while a commit is in flight are stored
+// together by the next one (group commit): under a burst the store flushes
+// to disk once per batch instead of once per delivery, which bounds the
+// time to acknowledge a delivery by about two commits.
+type DeliveryBatcher interface {
+	CreateDeliveries(ctx context.Context, ds []*forge.Delivery) []error
+}
+
+// maxHookBatch bounds one group commit.
+const maxHookBatch = 128
+
+// groupCommit stores deliveries through a DeliveryBatcher, one batch at a
+// time, without a goroutine of its own: the first caller to find no
+// commit in flight leads one, storing every delivery waiting at that
+// moment; when it is done it hands the lead to the first delivery that
+// arrived meanwhile.
+type groupCommit struct {
+	store DeliveryBatcher
+	mu    sync.Mutex
+	queue []*hookWaiter
+	busy  bool // a leader is committing
+}
+
+type hookWaiter struct {
+	d    *forge.Delivery
+	done chan error    // the delivery's outcome
+	lead chan struct{} // this waiter leads the next batch
+}
+
+func (g *groupCommit) create(ctx context.Context, d *forge.Delivery) error {
+	w := &hookWaiter{d: d, done: make(chan error, 1), lead: make(chan struct{}, 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, w)
+	if !g.busy {
+		g.busy = true
+		w.lead <- struct{}{}
+	}
+	g.mu.Unlock()
+	for {
+		select {
+		case err := <-w.done:
+			return err
+		case <-w.lead:
+			g.commit(ctx)
+		}
+	}
+}
+
+// commit stores the waiting deliveries (the leader's first among them),
+// then passes the lead on or, with nobody waiting, ends the busy spell.
+func (g *groupCommit) commit(ctx context.Context) {
+	g.mu.Lock()
+	n := min(len(g.queue), maxHookBatch)
+	batch := slices.Clone(g.queue[:n])
+	g.queue = slices.Delete(g.queue, 0, n)
+	g.mu.Unlock()
+
+	ds := make([]*forge.Delivery, len(batch))
+	for i, w := range batch {
+		ds[i] = w.d
+	}
+	errs := g.store.CreateDeliveries(ctx, ds)
+	for i, w := range batch {
+		if len(errs) != len(batch) {
+			w.done <- forge.Errorf(forge.EINTERNAL, "store answered %d results for %d deliveries", len(errs), len(batch))
+			continue
+		}
+		w.done <- errs[i]
+	}
+
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		g.queue[0].lead <- struct{}{}
+	} else {
+		g.busy = false
+	}
+	g.mu.Unlock()
 }
 
 // checkHookSignature returns "" when header is "sha256=<hex>" of the

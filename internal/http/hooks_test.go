@@ -556,3 +556,70 @@ func (s *timedStore) CreateDelivery(ctx context.Context, d *forge.Delivery) erro
 	s.mu.Unlock()
 	return err
 }
+
+// batchDeliveries adds CreateDeliveries to memDeliveries; each batch
+// takes delay, as a disk flush would.
+type batchDeliveries struct {
+	*memDeliveries
+	delay   time.Duration
+	batches atomic.Int32
+	largest atomic.Int32
+}
+
+func (b *batchDeliveries) CreateDeliveries(ctx context.Context, ds []*forge.Delivery) []error {
+	b.batches.Add(1)
+	if n := int32(len(ds)); n > b.largest.Load() {
+		b.largest.Store(n)
+	}
+	time.Sleep(b.delay)
+	errs := make([]error, len(ds))
+	for i, d := range ds {
+		errs[i] = b.memDeliveries.CreateDelivery(ctx, d)
+	}
+	return errs
+}
+
+// TestHookGroupCommit: deliveries arriving while a commit is in flight are
+// stored together, every one is answered with its own outcome, and a
+// redelivery inside a batch is still a duplicate.
+func TestHookGroupCommit(t *testing.T) {
+	store := &batchDeliveries{memDeliveries: newMemDeliveries(), delay: 20 * time.Millisecond}
+	var notified atomic.Int32
+	h := forgehttp.GitHubHook(store, forgehttp.HookOptions{Secret: secret, Notify: func() { notified.Add(1) }})
+	body := []byte(`{"action":"x"}`)
+	const n = 60
+	codes := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			id := fmt.Sprint("d", i%50) // d0..d9 arrive twice
+			w := httptest.NewRecorder()
+			h(w, hookRequest("star", id, "application/json", body))
+			var answer map[string]string
+			_ = json.Unmarshal(w.Body.Bytes(), &answer)
+			codes[i] = fmt.Sprint(w.Code, " ", answer["message"])
+		})
+	}
+	wg.Wait()
+	counts := map[string]int{}
+	for _, c := range codes {
+		counts[c]++
+	}
+	if counts["202 accepted"] != 50 || counts["202 duplicate delivery, ignored"] != 10 {
+		t.Errorf("answers = %v, want 50 accepted and 10 duplicates", counts)
+	}
+	if store.count() != 50 || notified.Load() != 50 {
+		t.Errorf("stored %d, notified %d; want 50 and 50", store.count(), notified.Load())
+	}
+	if b := store.batches.Load(); b >= n/2 || store.largest.Load() < 2 {
+		t.Errorf("%d batches, largest %d, for %d concurrent deliveries: not grouped", b, store.largest.Load(), n)
+	}
+
+	// A failing batch fails each of its deliveries with 503.
+	store.err = forge.Errorf(forge.EUNAVAILABLE, "disk full")
+	w := httptest.NewRecorder()
+	h(w, hookRequest("star", "late", "application/json", body))
+	if w.Code != http.StatusServiceUnavailable {
+		t.Errorf("failing batch answered %d, want 503", w.Code)
+	}
+}
