@@ -76,6 +76,10 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 	if err != nil {
 		return forge.StatusError, err
 	}
+	env, err := stepEnv(run.Env)
+	if err != nil {
+		return forge.StatusError, err
+	}
 	var notes []string
 	if run.Workspace.Clean {
 		wt, err := b.addWorktree(ctx, dir)
@@ -92,10 +96,7 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 		}
 		dir = wt.dir
 	}
-	env, err := stepEnv(run.Env, dir)
-	if err != nil {
-		return forge.StatusError, err
-	}
+	env = append(env, "FORGE_WORKSPACE="+dir)
 	opts := shell.Options{Shell: b.opts.Shell, KillGrace: b.opts.KillGrace, Notes: notes}
 	return shell.RunSteps(ctx, run.Job.Steps, dir, env, run.Secrets, rep, opts)
 }
@@ -119,10 +120,10 @@ func checkDir(dir string) (string, error) {
 	return abs, nil
 }
 
-// stepEnv is the steps' environment: env, the pass-through host variables
-// env lacks, and FORGE_WORKSPACE. Sorted, so runs are reproducible.
-func stepEnv(env map[string]string, dir string) ([]string, error) {
-	out := make([]string, 0, len(env)+len(passThrough)+1)
+// stepEnv is the steps' environment but FORGE_WORKSPACE: env and the
+// pass-through host variables env lacks, sorted so runs are reproducible.
+func stepEnv(env map[string]string) ([]string, error) {
+	out := make([]string, 0, len(env)+len(passThrough)+1) // +1: FORGE_WORKSPACE
 	for k, v := range env {
 		if err := shell.CheckEnv(k, v); err != nil {
 			return nil, err
@@ -143,7 +144,6 @@ func stepEnv(env map[string]string, dir string) ([]string, error) {
 			out = append(out, k+"="+v)
 		}
 	}
-	out = append(out, "FORGE_WORKSPACE="+dir)
 	slices.Sort(out)
 	return out, nil
 }
