@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -172,7 +173,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(16 * s.opts.MaxMessageBytes)
 	c := &conn{
-		s: s, id: newID("C"), ws: ws, bw: sb.bw, remote: r.RemoteAddr, done: make(chan struct{}),
+		s: s, id: newID("C"), ws: ws, bw: sb.bw, br: sb.br, remote: r.RemoteAddr, done: make(chan struct{}),
 		tokens: float64(s.opts.MessageBurst), last: time.Now(),
 	}
 	s.mu.Lock()
@@ -227,6 +228,7 @@ func (c *conn) serve() {
 type smallBuffers struct {
 	http.ResponseWriter
 	bw *batchWriter
+	br *bufio.Reader
 }
 
 const connBufferSize = 512
@@ -253,7 +255,8 @@ func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	// reader's buffer, where the library looks for it.
 	n := brw.Reader.Buffered()
 	if n == 0 {
-		return nc, bufio.NewReadWriter(bufio.NewReaderSize(nc, readBufferSize), bufio.NewWriterSize(w.bw, connBufferSize)), nil
+		w.br = bufio.NewReaderSize(nc, readBufferSize)
+		return nc, bufio.NewReadWriter(w.br, bufio.NewWriterSize(w.bw, connBufferSize)), nil
 	}
 	early, _ := brw.Reader.Peek(n)
 	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), max(n, readBufferSize))
@@ -261,6 +264,7 @@ func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		nc.Close()
 		return nil, nil, err
 	}
+	w.br = br
 	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(w.bw, connBufferSize)), nil
 }
 
@@ -332,6 +336,7 @@ type conn struct {
 	id     string
 	ws     *websocket.Conn
 	bw     *batchWriter
+	br     *bufio.Reader // the library's reader: peeked for whole frames
 	remote string
 	// done is closed, and the socket closed, when the connection ends.
 	// (No context: one per connection, with its children, costs memory
@@ -344,6 +349,7 @@ type conn struct {
 	out       []*ServerMessage
 	closed    bool
 	writing   bool // a writer goroutine is running
+	corked    bool // the reader has more whole messages: write after them
 	goingOff  bool // send what is queued, then close with 1001
 	pingTimer *time.Timer
 
@@ -373,7 +379,55 @@ func (c *conn) pushLocked(msg *ServerMessage) {
 		return
 	}
 	c.out = append(c.out, msg)
-	c.startWriterLocked()
+	if !c.corked {
+		c.startWriterLocked()
+	}
+}
+
+// cork holds back writing while the reader handles messages it already
+// has, so that the answers to a client's pipelined messages (a release
+// and the next acquire, say) leave in one write.
+func (c *conn) cork(on bool) {
+	c.mu.Lock()
+	c.corked = on
+	if !on && len(c.out) > 0 {
+		c.startWriterLocked()
+	}
+	c.mu.Unlock()
+}
+
+// frameBuffered reports whether a whole data message (one final text or
+// binary frame) waits in br, so that reading it will not block. Control
+// frames do not count: after one, the library would block for the next
+// data message.
+func frameBuffered(br *bufio.Reader) bool {
+	n := br.Buffered()
+	if n < 2 {
+		return false
+	}
+	h, _ := br.Peek(2)
+	if op := h[0] & 0x0f; h[0]&0x80 == 0 || (op != 1 && op != 2) {
+		return false
+	}
+	size, hdr := uint64(h[1]&0x7f), 2
+	if h[1]&0x80 != 0 {
+		hdr += 4 // mask key
+	}
+	switch size {
+	case 126:
+		if n < 4 {
+			return false
+		}
+		b, _ := br.Peek(4)
+		size, hdr = uint64(binary.BigEndian.Uint16(b[2:])), hdr+2
+	case 127:
+		if n < 10 {
+			return false
+		}
+		b, _ := br.Peek(10)
+		size, hdr = binary.BigEndian.Uint64(b[2:]), hdr+8
+	}
+	return size <= uint64(n) && uint64(n) >= uint64(hdr)+size
 }
 
 func (c *conn) startWriterLocked() {
@@ -564,11 +618,18 @@ func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, m
 	// Decoding and the Manager call run on a short-lived goroutine, so
 	// the reader's own stack stays small while it waits, idle, for the
 	// next message: that is most of an idle connection's memory.
+	more := frameBuffered(c.br)
+	if more {
+		c.cork(true)
+	}
 	go func() {
 		c.handle(*bp)
 		handled <- struct{}{}
 	}()
 	<-handled
+	if !more {
+		c.cork(false)
+	}
 	return true
 }
 

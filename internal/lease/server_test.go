@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -753,4 +754,58 @@ func TestFloodingClientDoesNotStarveOthers(t *testing.T) {
 		t.Fatalf("worst acquire/release round trip under flood: %s, want under 500ms", worst)
 	}
 	t.Logf("flooder sent %d messages; worst round trip of the other client %s", n, worst)
+}
+
+// readTextFrame reads server frames from a raw connection until a text
+// frame, and returns its payload.
+func readTextFrame(t *testing.T, nc net.Conn, br *bufio.Reader) string {
+	t.Helper()
+	nc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for {
+		h := make([]byte, 2)
+		if _, err := io.ReadFull(br, h); err != nil {
+			t.Fatalf("read frame: %v", err)
+		}
+		n := int(h[1] & 0x7f)
+		switch n {
+		case 126:
+			b := make([]byte, 2)
+			io.ReadFull(br, b)
+			n = int(b[0])<<8 | int(b[1])
+		case 127:
+			t.Fatal("unexpectedly large frame")
+		}
+		p := make([]byte, n)
+		if _, err := io.ReadFull(br, p); err != nil {
+			t.Fatalf("read payload: %v", err)
+		}
+		if h[0]&0x0f == 1 {
+			return string(p)
+		}
+	}
+}
+
+// Messages and control frames that arrive together are all answered at
+// once: holding back writes for pipelined messages must not wait for a
+// data message that is not there.
+func TestPipelinedMessagesAndControlFrames(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	nc := rawWS(t, e.wsURL)
+	br := bufio.NewReader(nc)
+	if m := readTextFrame(t, nc, br); !strings.Contains(m, `"hello"`) {
+		t.Fatalf("first frame %s, want hello", m)
+	}
+	var batch []byte
+	batch = append(batch, textFrame(`{"type":"acquire","id":"a","requests":[{"pool":"ports"}]}`)...)
+	batch = append(batch, textFrame(`{"type":"ping","id":"p"}`)...)
+	batch = append(batch, 0x89, 0x80, 1, 2, 3, 4) // a ping control frame, then nothing
+	if _, err := nc.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	if m := readTextFrame(t, nc, br); !strings.Contains(m, `"granted"`) {
+		t.Fatalf("got %s, want granted", m)
+	}
+	if m := readTextFrame(t, nc, br); !strings.Contains(m, `"pong"`) {
+		t.Fatalf("got %s, want pong", m)
+	}
 }

@@ -1,7 +1,6 @@
 package lease
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -143,8 +142,8 @@ func errorMessage(id, lease string, err error) *ServerMessage {
 // code EINVALID.
 func Decode(data []byte) (*ClientMessage, error) {
 	var msg ClientMessage
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&msg); err != nil {
+	// Unmarshal also rejects anything after the object.
+	if err := json.Unmarshal(data, &msg); err != nil {
 		// Salvage the identifying fields for the reply, if they are there.
 		var ids struct {
 			Type  any `json:"type"`
@@ -161,9 +160,6 @@ func Decode(data []byte) (*ClientMessage, error) {
 			salvaged.Lease = s
 		}
 		return salvaged, forge.Errorf(forge.EINVALID, "malformed message: %s", jsonProblem(err))
-	}
-	if dec.More() {
-		return &msg, forge.Errorf(forge.EINVALID, "malformed message: one JSON object per message, found more after it")
 	}
 	err := msg.validate()
 	if err != nil {
