@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/forgeci/forge"
@@ -56,6 +57,7 @@ const (
 	DefaultInterval         = 5 * time.Second
 	DefaultBatch            = 100
 	DefaultAttempts         = 5
+	DefaultParallel         = 4
 	DefaultBackoff          = 2 * time.Second
 )
 
@@ -93,6 +95,9 @@ type Options struct {
 	Interval time.Duration
 	// Batch is how many deliveries are read at once; 0 means DefaultBatch.
 	Batch int
+	// Parallel is how many repositories' deliveries are processed at
+	// once; 0 means DefaultParallel.
+	Parallel int
 	// Attempts is how often a delivery whose commit cannot be fetched
 	// (the remote is down) is tried before it becomes a failed build, and
 	// Backoff the first wait between tries, doubled each time.
@@ -146,6 +151,9 @@ func New(opts Options) (*Processor, error) {
 	if opts.Batch <= 0 {
 		opts.Batch = DefaultBatch
 	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = DefaultParallel
+	}
 	if opts.Attempts <= 0 {
 		opts.Attempts = DefaultAttempts
 	}
@@ -190,52 +198,100 @@ func (p *Processor) Run(ctx context.Context) error {
 	}
 }
 
-// Drain processes the pending deliveries, oldest first, until none is
-// left that is due (deliveries waiting for a retry are skipped), and
-// returns how many it finished.
+// Drain processes the pending deliveries until none is left that is due
+// (deliveries waiting for a retry are skipped), and returns how many it
+// finished. Deliveries of one repository are processed one after the
+// other, oldest first (a newer push supersedes an older one); different
+// repositories proceed in parallel, up to Options.Parallel, so one slow
+// clone does not hold up every other repository.
 func (p *Processor) Drain(ctx context.Context) (int, error) {
-	done := 0
-	var firstErr error
-	for ctx.Err() == nil {
-		p.mu.Lock()
-		waiting := len(p.retry)
-		p.mu.Unlock()
-		pending, err := p.opts.Deliveries.PendingDeliveries(ctx, p.opts.Batch+waiting)
-		if err != nil {
-			return done, err
-		}
-		progressed := false
-		for _, d := range pending {
+	var (
+		mu       sync.Mutex
+		done     int
+		firstErr error
+	)
+	// run processes one repository's deliveries in order.
+	run := func(ds []*forge.Delivery) (progressed bool) {
+		for _, d := range ds {
 			if ctx.Err() != nil {
-				break
-			}
-			if !p.due(d.ID) {
-				continue
+				return progressed
 			}
 			finished, err := p.Process(ctx, d)
 			if err != nil {
 				if ctx.Err() != nil {
-					return done, nil
+					return progressed
 				}
 				// One delivery the store chokes on must not hold up the
 				// others: it waits for its next try like a failed fetch.
 				p.postpone(d.ID)
 				p.log.Error("trigger: process delivery", "delivery", d.ID, "err", err)
+				mu.Lock()
 				if firstErr == nil {
 					firstErr = err
 				}
+				mu.Unlock()
 				continue
 			}
 			if finished {
+				mu.Lock()
 				done++
+				mu.Unlock()
 				progressed = true
 			}
 		}
-		if !progressed || len(pending) < p.opts.Batch+waiting {
+		return progressed
+	}
+	for ctx.Err() == nil {
+		p.mu.Lock()
+		waiting := len(p.retry)
+		p.mu.Unlock()
+		limit := p.opts.Batch + waiting
+		pending, err := p.opts.Deliveries.PendingDeliveries(ctx, limit)
+		if err != nil {
+			return done, err
+		}
+		groups := map[string][]*forge.Delivery{}
+		var order []string
+		for _, d := range pending {
+			if !p.due(d.ID) {
+				continue
+			}
+			key := p.repoKey(d)
+			if _, ok := groups[key]; !ok {
+				order = append(order, key)
+			}
+			groups[key] = append(groups[key], d)
+		}
+		var (
+			wg         sync.WaitGroup
+			progressed atomic.Bool
+			slots      = make(chan struct{}, p.opts.Parallel)
+		)
+		for _, key := range order {
+			slots <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-slots }()
+				if run(groups[key]) {
+					progressed.Store(true)
+				}
+			})
+		}
+		wg.Wait()
+		if !progressed.Load() || len(pending) < limit {
 			return done, firstErr
 		}
 	}
 	return done, firstErr
+}
+
+// repoKey names the repository a delivery is about, "" when it names none
+// (those are only recorded, so their order does not matter).
+func (p *Processor) repoKey(d *forge.Delivery) string {
+	hook, _, err := p.opts.ParseHook(d.Event, d.Payload)
+	if err != nil || hook == nil {
+		return ""
+	}
+	return hook.Repo.FullName()
 }
 
 // postpone counts a failed try of delivery id and returns the attempts

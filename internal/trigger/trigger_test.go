@@ -660,3 +660,62 @@ func TestNewRequires(t *testing.T) {
 		t.Errorf("New({}) = %v", err)
 	}
 }
+
+// TestSlowRepositoryDoesNotBlockOthers: while one repository's remote
+// takes its time, another repository's delivery is built.
+func TestSlowRepositoryDoesNotBlockOthers(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+		http.Error(w, "slow and down", http.StatusBadGateway)
+	}))
+	defer srv.Close()
+	defer close(release)
+	var fastBuilt atomic.Int64
+	e := newEnv(t, func(o *trigger.Options) {
+		o.Attempts = 1
+		o.Created = func(b *forge.Build) {
+			if b.Status == forge.StatusQueued {
+				fastBuilt.Store(time.Now().UnixNano())
+			}
+		}
+	})
+	sha := e.up.commit("x", map[string]string{".forge.yml": dagSpec})
+	ctx := context.Background()
+	slow := e.pr("opened", sha, "master", func(p map[string]any) {
+		r := obj(p, "repository")
+		r["clone_url"], r["name"], r["full_name"] = srv.URL+"/slow/repo.git", "slow", "Codertocat/slow"
+	})
+	for _, d := range []*forge.Delivery{
+		{ID: "slow", Event: "pull_request", Payload: slow, Received: time.Now()},
+		{ID: "fast", Event: "pull_request", Payload: e.pr("opened", sha, "master", nil), Received: time.Now().Add(time.Millisecond)},
+	} {
+		if err := e.db.CreateDelivery(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := e.proc.Drain(ctx); err != nil {
+			t.Errorf("Drain: %v", err)
+		}
+	}()
+	deadline := time.After(8 * time.Second)
+	for fastBuilt.Load() == 0 {
+		select {
+		case <-deadline:
+			t.Fatal("the fast repository's build waited for the slow one")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if d := time.Unix(0, fastBuilt.Load()).Sub(start); d > 5*time.Second {
+		t.Errorf("fast build after %v", d)
+	}
+	release <- struct{}{}
+	<-done
+}
