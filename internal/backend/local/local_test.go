@@ -62,7 +62,10 @@ func job(steps ...string) *forge.Job {
 }
 
 // gitRepo makes a repository with one commit holding file.txt.
-func gitRepo(t *testing.T) string {
+func gitRepo(t *testing.T) string { return gitRepoB(t) }
+
+// gitRepoB is gitRepo for tests and benchmarks.
+func gitRepoB(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "project")
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -77,7 +80,7 @@ func gitRepo(t *testing.T) string {
 	return dir
 }
 
-func mustGit(t *testing.T, dir string, args ...string) string {
+func mustGit(t testing.TB, dir string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput()
 	if err != nil {
