@@ -627,8 +627,17 @@ func rawWS(t *testing.T, url string, frames ...string) net.Conn {
 			t.Fatal(err)
 		}
 	}
-	return nc
+	return bufferedConn{nc, br}
 }
+
+// bufferedConn reads through the reader that read the handshake answer,
+// which may hold the first frames.
+type bufferedConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func (c bufferedConn) Read(p []byte) (int, error) { return c.br.Read(p) }
 
 func textFrame(payload string) []byte {
 	p := []byte(payload)
