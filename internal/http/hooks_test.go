@@ -623,3 +623,51 @@ func TestHookGroupCommit(t *testing.T) {
 		t.Errorf("failing batch answered %d, want 503", w.Code)
 	}
 }
+
+// TestHookSQLite runs the handler on the real store: a delivery is stored
+// byte for byte, and its redelivery is acknowledged and ignored.
+func TestHookSQLite(t *testing.T) {
+	ctx := context.Background()
+	db, err := sqldb.Open(ctx, sqldb.Config{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Migrate(ctx, "up"); err != nil {
+		t.Fatal(err)
+	}
+	notified := 0
+	h := forgehttp.GitHubHook(db, forgehttp.HookOptions{Secret: secret, Validate: github.Validate, Notify: func() { notified++ }})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	body, err := os.ReadFile(filepath.Join(fixtures, "pull_request.synchronize.payload.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"accepted", "duplicate delivery, ignored"} {
+		r := hookRequest("pull_request", "72d3162e-cc78-11e3-81ab-4c9367dc0958", "application/json", body)
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, bytes.NewReader(body))
+		req.Header = r.Header
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var answer map[string]string
+		_ = json.NewDecoder(resp.Body).Decode(&answer)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted || answer["message"] != want {
+			t.Errorf("delivery %d answered %d %q, want 202 %q", i+1, resp.StatusCode, answer["message"], want)
+		}
+	}
+	pending, err := db.PendingDeliveries(ctx, 10)
+	if err != nil || len(pending) != 1 {
+		t.Fatalf("pending = %d, %v; want 1", len(pending), err)
+	}
+	d := pending[0]
+	if d.ID != "72d3162e-cc78-11e3-81ab-4c9367dc0958" || d.Event != "pull_request" || d.Action != "synchronize" || !bytes.Equal(d.Payload, body) {
+		t.Errorf("stored %q %q %q, payload equal %v", d.ID, d.Event, d.Action, bytes.Equal(d.Payload, body))
+	}
+	if notified != 1 {
+		t.Errorf("notified %d times, want 1", notified)
+	}
+}
