@@ -296,36 +296,55 @@ func TestConcurrentCleanJobs(t *testing.T) {
 	}
 }
 
+// TestKillsEverythingOnCancel cancels three jobs running at once, one in a
+// clean workspace, each with a child that ignores SIGTERM and a background
+// child: nothing may be left running, and the clean workspace is removed.
 func TestKillsEverythingOnCancel(t *testing.T) {
 	m := marker()
 	t.Cleanup(func() { killMarked(m) })
+	repo := gitRepo(t)
+	tmp := t.TempDir()
+	b := New(Options{KillGrace: 200 * time.Millisecond, TempDir: tmp})
 	ctx, cancel := context.WithCancel(t.Context())
-	rec := &recorder{}
-	done := make(chan forge.Status)
-	go func() {
-		st, _ := New(Options{KillGrace: 200 * time.Millisecond}).Run(ctx, &forge.JobRun{
-			Job:       job("(trap '' TERM; sleep " + m + ") & sleep " + m + " & echo up; wait"),
-			Workspace: forge.Workspace{Dir: t.TempDir()},
-		}, rec)
-		done <- st
-	}()
-	for deadline := time.Now().Add(5 * time.Second); len(running(m)) < 2; time.Sleep(10 * time.Millisecond) {
+	const jobs = 3
+	done := make(chan forge.Status, jobs)
+	for i := range jobs {
+		ws := forge.Workspace{Dir: t.TempDir()}
+		if i == 0 {
+			ws = forge.Workspace{Dir: repo, Clean: true}
+		}
+		go func() {
+			st, _ := b.Run(ctx, &forge.JobRun{
+				Job:       job("true", "(trap '' TERM; sleep "+m+") & sleep "+m+" & echo up; wait", "echo never"),
+				Workspace: ws,
+			}, &recorder{})
+			done <- st
+		}()
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(running(m)) < 2*jobs; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the step did not start")
+			t.Fatalf("the steps did not start: %d of %d processes", len(running(m)), 2*jobs)
 		}
 	}
 	cancel()
-	select {
-	case st := <-done:
-		if st != forge.StatusCanceled {
-			t.Errorf("got %s, want canceled", st)
+	for range jobs {
+		select {
+		case st := <-done:
+			if st != forge.StatusCanceled {
+				t.Errorf("got %s, want canceled", st)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run did not return after cancel")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after cancel")
 	}
-	time.Sleep(50 * time.Millisecond)
+	for deadline := time.Now().Add(time.Second); len(running(m)) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if left := running(m); len(left) != 0 {
 		t.Errorf("left running after cancel: %q", left)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("clean workspace not removed after cancel: %v", left)
 	}
 }
 
