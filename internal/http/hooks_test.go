@@ -636,8 +636,8 @@ func TestHookSQLite(t *testing.T) {
 	if _, err := db.Migrate(ctx, "up"); err != nil {
 		t.Fatal(err)
 	}
-	notified := 0
-	h := forgehttp.GitHubHook(db, forgehttp.HookOptions{Secret: secret, Validate: github.Validate, Notify: func() { notified++ }})
+	var notified atomic.Int32
+	h := forgehttp.GitHubHook(db, forgehttp.HookOptions{Secret: secret, Validate: github.Validate, Notify: func() { notified.Add(1) }})
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	body, err := os.ReadFile(filepath.Join(fixtures, "pull_request.synchronize.payload.json"))
@@ -667,7 +667,7 @@ func TestHookSQLite(t *testing.T) {
 	if d.ID != "72d3162e-cc78-11e3-81ab-4c9367dc0958" || d.Event != "pull_request" || d.Action != "synchronize" || !bytes.Equal(d.Payload, body) {
 		t.Errorf("stored %q %q %q, payload equal %v", d.ID, d.Event, d.Action, bytes.Equal(d.Payload, body))
 	}
-	if notified != 1 {
-		t.Errorf("notified %d times, want 1", notified)
+	if n := notified.Load(); n != 1 {
+		t.Errorf("notified %d times, want 1", n)
 	}
 }
