@@ -297,7 +297,7 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 	if err != nil {
 		pr[0].Close()
 		pr[1].Close()
-		err = startError(r.opts.Shell, r.dir, err)
+		err = startError(r.opts.Shell, r.dir, s.Run, err)
 		finish(forge.StatusError, -1, forge.ErrorMessage(err))
 		return stepResult{forge.StatusError, err}
 	}
@@ -420,7 +420,14 @@ func closeAll(fs ...[]*os.File) {
 }
 
 // startError explains why the shell could not be started.
-func startError(sh, dir string, err error) error {
+func startError(sh, dir, script string, err error) error {
+	switch {
+	case strings.ContainsRune(script, 0):
+		return forge.WrapError(forge.EINVALID, err, "the step's script contains a NUL byte")
+	case errors.Is(err, syscall.E2BIG):
+		return forge.WrapError(forge.ETOOLARGE, err, fmt.Sprintf(
+			"the step's script is too long to pass to the shell (%d bytes, at most %d): put it in a file", len(script), maxScript))
+	}
 	if fi, serr := os.Stat(dir); serr != nil || !fi.IsDir() {
 		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot run steps in %s: not a directory", dir))
 	}
@@ -429,6 +436,10 @@ func startError(sh, dir string, err error) error {
 	}
 	return forge.WrapError(forge.EINTERNAL, err, "cannot start the step's shell "+sh)
 }
+
+// maxScript is Linux's limit on one argument (MAX_ARG_STRLEN), which the
+// script is.
+const maxScript = 32 * 4096
 
 // killPipeHolders sends SIGKILL to every process but forge that has one of
 // the pipes of files open, and returns how many there were. Only the step's

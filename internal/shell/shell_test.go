@@ -347,6 +347,7 @@ func TestStartErrors(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
 		name    string
+		script  string
 		dir     string
 		env     []string
 		secrets map[string]string
@@ -354,17 +355,19 @@ func TestStartErrors(t *testing.T) {
 		code    string
 		msg     string
 	}{
-		{"no such directory", dir + "/missing", testEnv, nil, Options{}, forge.EINVALID, "not a directory"},
-		{"no such shell", dir, testEnv, nil, Options{Shell: "/no/such/sh"}, forge.EINVALID, "shell /no/such/sh not found"},
-		{"no such shell in PATH", dir, testEnv, nil, Options{Shell: "no-such-sh"}, forge.EINVALID, "shell no-such-sh not found"},
-		{"env entry without =", dir, []string{"PATH"}, nil, Options{}, forge.EINVALID, `"PATH" is not NAME=VALUE`},
-		{"env entry with empty name", dir, []string{"=x"}, nil, Options{}, forge.EINVALID, "empty name"},
-		{"secret with NUL", dir, testEnv, map[string]string{"S": "a\x00b"}, Options{}, forge.EINVALID, "S contains a NUL byte"},
+		{"no such directory", "true", dir + "/missing", testEnv, nil, Options{}, forge.EINVALID, "not a directory"},
+		{"no such shell", "true", dir, testEnv, nil, Options{Shell: "/no/such/sh"}, forge.EINVALID, "shell /no/such/sh not found"},
+		{"no such shell in PATH", "true", dir, testEnv, nil, Options{Shell: "no-such-sh"}, forge.EINVALID, "shell no-such-sh not found"},
+		{"env entry without =", "true", dir, []string{"PATH"}, nil, Options{}, forge.EINVALID, `"PATH" is not NAME=VALUE`},
+		{"env entry with empty name", "true", dir, []string{"=x"}, nil, Options{}, forge.EINVALID, "empty name"},
+		{"secret with NUL", "true", dir, testEnv, map[string]string{"S": "a\x00b"}, Options{}, forge.EINVALID, "S contains a NUL byte"},
+		{"script with NUL", "echo \x00", dir, testEnv, nil, Options{}, forge.EINVALID, "script contains a NUL byte"},
+		{"script too long", strings.Repeat("#", 200_000), dir, testEnv, nil, Options{}, forge.ETOOLARGE, "too long to pass to the shell (200000 bytes, at most 131072)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &recorder{t: t}
-			st, err := RunSteps(t.Context(), []forge.Step{{Run: "true"}, {Run: "true"}}, tt.dir, tt.env, tt.secrets, rec, tt.opts)
+			st, err := RunSteps(t.Context(), []forge.Step{{Run: tt.script}, {Run: "true"}}, tt.dir, tt.env, tt.secrets, rec, tt.opts)
 			if st != forge.StatusError || err == nil {
 				t.Fatalf("got %s, %v; want error", st, err)
 			}
