@@ -373,6 +373,10 @@ func (p *Processor) process(ctx context.Context, d *forge.Delivery) (string, *re
 		return "", nil, err
 	}
 	rebuild := hook.Action == "retest" || hook.Action == "rerequested"
+	// Decided before fetching anything: a draft costs no clone.
+	if hook.Event == "pull_request" && hook.Draft && !hook.Merged && !p.opts.BuildDrafts {
+		return fmt.Sprintf("ignored: pull request #%d is a draft (built when ready for review)", hook.PullRequest), nil, nil
+	}
 	sha, err := p.opts.Git.Fetch(ctx, &hook.Repo, hook.Ref, hook.SHA)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -398,9 +402,6 @@ func (p *Processor) process(ctx context.Context, d *forge.Delivery) (string, *re
 	}
 	if !rebuild && skipCI(hook.Message) {
 		return "ignored: [skip ci] in the commit message", nil, nil
-	}
-	if hook.Event == "pull_request" && hook.Draft && !hook.Merged && !p.opts.BuildDrafts {
-		return fmt.Sprintf("ignored: pull request #%d is a draft (built when ready for review)", hook.PullRequest), nil, nil
 	}
 	builds, why, err := p.createBuilds(ctx, hook, d.ID, "")
 	if err != nil {
