@@ -84,7 +84,9 @@ var knownHookEvents = map[string]bool{
 // body or the payload field of an application/x-www-form-urlencoded one
 // (415 for other types, 400 when it is not a JSON object or Validate
 // refuses it). A ping is answered 200 and not stored. Every other event,
-// known or not, is stored with deliveries.CreateDelivery and answered 202;
+// known or not, is stored with deliveries.CreateDelivery (or grouped with
+// others arriving at the same time, when the store is a DeliveryBatcher)
+// and answered 202;
 // a delivery id stored before (a redelivery) is answered 202 "duplicate
 // delivery, ignored" and nothing else happens. After storing, Notify
 // wakes the processor, which does the slow work.
