@@ -127,6 +127,9 @@ type BuildFilter struct {
 	// Action and SHA, when set, match exactly.
 	Action string
 	SHA    string
+	// DeliveryID, when set, matches the builds that webhook delivery
+	// created (with Action: the one build of that action).
+	DeliveryID string
 	// After: only builds with ID above After (paging oldest first).
 	After int64
 }

@@ -198,6 +198,9 @@ func (db *DB) ListBuilds(ctx context.Context, f forge.BuildFilter) ([]*forge.Bui
 	if f.SHA != "" {
 		add("sha = ?", f.SHA)
 	}
+	if f.DeliveryID != "" {
+		add("delivery_id = ?", f.DeliveryID)
+	}
 	if f.Before != 0 {
 		add("id < ?", f.Before)
 	}

@@ -293,9 +293,10 @@ func TestListBuilds(t *testing.T) {
 			if i >= 6 {
 				hook = forge.Hook{Event: "pull_request", Branch: "feat", PullRequest: 40 + i%2, SHA: "shapr"}
 			}
-			b := &forge.Build{RepoID: repo.ID, Action: "execute", Hook: hook}
+			b := &forge.Build{RepoID: repo.ID, Action: "execute", Hook: hook, DeliveryID: fmt.Sprintf("d%d", i)}
 			if i == 9 {
-				b.Action = "deploy"
+				// One delivery, two actions (build 4 is its execute).
+				b.Action, b.DeliveryID, b.RepoID = "deploy", "d4", r2.ID
 			}
 			if err := db.CreateBuild(ctx, b, nil); err != nil {
 				t.Fatal(err)
@@ -335,6 +336,8 @@ func TestListBuilds(t *testing.T) {
 			{"pull request", forge.BuildFilter{PullRequest: 41}, idx(9, 7)},
 			{"action", forge.BuildFilter{Action: "deploy"}, idx(9)},
 			{"sha", forge.BuildFilter{SHA: "sha1"}, idx(4, 1)},
+			{"delivery", forge.BuildFilter{DeliveryID: "d4"}, idx(9, 4)},
+			{"delivery and action", forge.BuildFilter{DeliveryID: "d4", Action: "deploy"}, idx(9)},
 			{"repo and branch", forge.BuildFilter{RepoID: r1.ID, Branch: "main"}, idx(4, 2, 0)},
 			{"limit", forge.BuildFilter{Limit: 3}, idx(9, 8, 7)},
 			{"page before", forge.BuildFilter{Before: all[7].ID, Limit: 3}, idx(6, 5, 4)},
