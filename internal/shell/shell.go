@@ -21,16 +21,23 @@
 // When a step's shell exits, whatever is left in its process group (a
 // background child) gets SIGKILL at once, since nothing would wait for it;
 // when a step is cancelled or times out, the group gets SIGTERM and has
-// KillGrace to exit before SIGKILL. Then the step's pipes are read to the end. A process that left the group (setsid, a double
-// fork into a new session) but still holds the step's stdout or stderr is
-// found by that pipe in /proc and killed too, with a system line saying so.
+// KillGrace to exit before SIGKILL. Then the step's pipes are read to the
+// end. A process that left the group (setsid, a double fork into a new
+// session) but still holds the step's stdout or stderr is found by that
+// pipe in /proc and killed too, with a system line saying so.
 // A process that left the group and closed or redirected its output as well
 // (a proper daemon) escapes: forge cannot tell it from any other process
 // without a cgroup or a PID namespace (inside a container, removing the
 // container ends it; PR_SET_CHILD_SUBREAPER would only make it forge's child,
 // not tell which step it came from). Should a pipe still be open after that,
 // forge stops reading DrainTimeout after the step ended and says so in a
-// system line, instead of waiting forever.
+// system line, instead of waiting forever. Killed children are reparented
+// to init, or to forge when it is PID 1 in a container: see ReapOrphans.
+//
+// Memory: output is copied once, from the pipe into the line's text. Short
+// texts share append-only arenas and LogLines come from slabs, so a million
+// lines cost a few thousand allocations; a consumer that keeps one short
+// line keeps its neighbours' arena and slab (about 50 KB) alive with it.
 package shell
 
 import (
