@@ -250,6 +250,9 @@ func (p *Processor) Drain(ctx context.Context) (int, error) {
 		if err != nil {
 			return done, err
 		}
+		if len(pending) < limit {
+			p.forget(pending)
+		}
 		groups := map[string][]*forge.Delivery{}
 		var order []string
 		for _, d := range pending {
@@ -282,6 +285,22 @@ func (p *Processor) Drain(ctx context.Context) (int, error) {
 		}
 	}
 	return done, firstErr
+}
+
+// forget drops the retry state of deliveries no longer pending (another
+// server finished them); pending is the complete list.
+func (p *Processor) forget(pending []*forge.Delivery) {
+	ids := make(map[string]bool, len(pending))
+	for _, d := range pending {
+		ids[d.ID] = true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.retry {
+		if !ids[id] {
+			delete(p.retry, id)
+		}
+	}
 }
 
 // repoKey names the repository a delivery is about, "" when it names none
