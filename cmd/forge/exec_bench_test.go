@@ -61,9 +61,11 @@ var rusageLauncher = sync.OnceValues(func() (string, error) {
 // timedRun runs bin with args through testdata/launcher, in dir, with its stdout
 // drained through a pipe, and returns its wall time (measured by the
 // launcher, so the launcher's own start does not count), the peak resident
-// memory of the process in bytes, and the launcher's own peak (an upper
-// bound of what the first figure may include that is not the process's).
-func timedRun(b *testing.B, dir, bin string, args ...string) (time.Duration, int64, int64) {
+// memory of the process in bytes, the launcher's own peak (an upper
+// bound of what the first figure may include that is not the process's),
+// and the CPU time of the process and its children: on a loaded machine
+// that says more than the wall time.
+func timedRun(b *testing.B, dir, bin string, args ...string) (wall time.Duration, rss, launcherRSS int64, cpu time.Duration) {
 	b.Helper()
 	l, err := rusageLauncher()
 	if err != nil {
@@ -93,12 +95,10 @@ func timedRun(b *testing.B, dir, bin string, args ...string) (time.Duration, int
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("%v: %v\n%s", args, err, stderr.String())
 	}
-	var wall time.Duration
-	var child, self int64
-	if _, err := fmt.Fscan(rr, &wall, &child, &self); err != nil {
+	if _, err := fmt.Fscan(rr, &wall, &rss, &launcherRSS, &cpu); err != nil {
 		b.Fatalf("reading the launcher's rusage: %v", err)
 	}
-	return wall, child * 1024, self * 1024
+	return wall, rss * 1024, launcherRSS * 1024, cpu
 }
 
 func medianDuration(ds []time.Duration) time.Duration {
@@ -123,18 +123,20 @@ func BenchmarkExecSteps50(b *testing.B) {
 		spec.WriteString("  - \"true\"\n")
 	}
 	dir := benchCheckout(b, spec.String())
-	var forgeT, loopT []time.Duration
+	var forgeT, loopT, forgeCPU, loopCPU []time.Duration
 	b.ResetTimer()
 	for range b.N {
-		d, _, _ := timedRun(b, dir, bin, "exec")
-		forgeT = append(forgeT, d)
-		d, _, _ = timedRun(b, dir, "/bin/sh", "-c", "i=0; while [ $i -lt 50 ]; do sh -c true; i=$((i+1)); done")
-		loopT = append(loopT, d)
+		d, _, _, cpu := timedRun(b, dir, bin, "exec")
+		forgeT, forgeCPU = append(forgeT, d), append(forgeCPU, cpu)
+		d, _, _, cpu = timedRun(b, dir, "/bin/sh", "-c", "i=0; while [ $i -lt 50 ]; do sh -c true; i=$((i+1)); done")
+		loopT, loopCPU = append(loopT, d), append(loopCPU, cpu)
 	}
 	b.StopTimer()
 	b.ReportMetric(millis(medianDuration(forgeT)), "forge-ms")
 	b.ReportMetric(millis(medianDuration(loopT)), "loop-ms")
 	b.ReportMetric(float64(medianDuration(forgeT))/float64(medianDuration(loopT)), "ratio")
+	b.ReportMetric(millis(medianDuration(forgeCPU)), "forge-cpu-ms")
+	b.ReportMetric(millis(medianDuration(loopCPU)), "loop-cpu-ms")
 }
 
 // BenchmarkExecSeqMillion runs one step `seq 1 N` with the output captured
@@ -146,7 +148,7 @@ func BenchmarkExecSeqMillion(b *testing.B) {
 	bin := buildForge(b)
 	dir := benchCheckout(b, "jobs:\n  million:\n    steps:\n      - seq 1 1000000\n  tenth:\n    action: tenth\n    steps:\n      - seq 1 100000\n")
 	logs := b.TempDir()
-	var wall1M, wall100k []time.Duration
+	var wall1M, wall100k, cpu1M []time.Duration
 	var rss1M, rss100k, launcherRSS int64
 	// check reads a log as a stream, to keep the test process small.
 	check := func(job string, lines int) {
@@ -171,11 +173,11 @@ func BenchmarkExecSeqMillion(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		d, rss, self := timedRun(b, dir, bin, "exec", "--log-dir", logs)
-		wall1M = append(wall1M, d)
+		d, rss, self, cpu := timedRun(b, dir, bin, "exec", "--log-dir", logs)
+		wall1M, cpu1M = append(wall1M, d), append(cpu1M, cpu)
 		rss1M, launcherRSS = max(rss1M, rss), max(launcherRSS, self)
 
-		d, rss, self = timedRun(b, dir, bin, "exec", "--action", "tenth", "--log-dir", logs)
+		d, rss, self, _ = timedRun(b, dir, bin, "exec", "--action", "tenth", "--log-dir", logs)
 		wall100k = append(wall100k, d)
 		rss100k, launcherRSS = max(rss100k, rss), max(launcherRSS, self)
 	}
@@ -184,6 +186,7 @@ func BenchmarkExecSeqMillion(b *testing.B) {
 	check("tenth", 100000)
 	b.ReportMetric(millis(medianDuration(wall1M)), "1M-ms")
 	b.ReportMetric(millis(medianDuration(wall100k)), "100k-ms")
+	b.ReportMetric(millis(medianDuration(cpu1M)), "1M-cpu-ms")
 	b.ReportMetric(float64(rss1M)/(1<<20), "1M-rss-MB")
 	b.ReportMetric(float64(rss100k)/(1<<20), "100k-rss-MB")
 	b.ReportMetric(float64(launcherRSS)/(1<<20), "launcher-rss-MB")
