@@ -17,6 +17,9 @@ import (
 // they run even when the build's context is cancelled.
 const finalWrite = 15 * time.Second
 
+// checkoutTimeout bounds making a build's workspace.
+const checkoutTimeout = 30 * time.Minute
+
 // runBuild runs the claimed build b to its end and records the outcome.
 func (r *Runner) runBuild(ctx context.Context, b *forge.Build) {
 	start := time.Now()
@@ -91,7 +94,17 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 			log.Warn("removing workspace", "dir", dir, "err", err)
 		}
 	}()
-	if err := r.opts.Git.Checkout(ctx, repo, b.Hook.SHA, dir); err != nil {
+	// The checkout is not cut short by a cancel: git killed while it
+	// updates a ref leaves a lock file that blocks the mirror for every
+	// later build. A cancelled build waits for its checkout (bounded),
+	// then ends.
+	cctx, cancelCheckout := context.WithTimeout(context.WithoutCancel(ctx), checkoutTimeout)
+	err = r.opts.Git.Checkout(cctx, repo, b.Hook.SHA, dir)
+	cancelCheckout()
+	if st, msg, ok := r.canceled(ctx); ok {
+		return rec.abortAll(st, msg)
+	}
+	if err != nil {
 		if st, msg, ok := r.canceled(ctx); ok {
 			return rec.abortAll(st, msg)
 		}

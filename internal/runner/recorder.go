@@ -145,6 +145,7 @@ func (rec *recorder) Report(e forge.Event) {
 		row.ExitCode, row.Error = 0, ""
 		js.started = e.Time
 		rec.queueJob(js)
+		rec.kick() // show it running at once
 	case forge.EventStepStarted:
 		s := &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName, Status: forge.StatusRunning, Started: e.Time}
 		js.steps[e.Step] = s

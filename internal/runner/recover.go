@@ -62,11 +62,9 @@ func (r *Runner) recoverBuild(ctx context.Context, b *forge.Build) error {
 		if j.Status.Done() {
 			continue
 		}
-		st := forge.StatusError
-		if j.Status == forge.StatusQueued || j.Status == forge.StatusPending {
-			st = forge.StatusCanceled // never started: nothing of it ran
-		}
-		j.Status, j.Error, j.Finished = st, reason, now
+		// Even a job recorded as queued may have started: its status is
+		// written a moment after it changes.
+		j.Status, j.Error, j.Finished = forge.StatusError, reason, now
 		if err := r.opts.Builds.UpdateJob(ctx, j); err != nil {
 			return fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
 		}

@@ -118,6 +118,11 @@ type Options struct {
 	// Grace is how long running builds may go on after Run's context ends
 	// before they are cancelled (default 30s).
 	Grace time.Duration
+	// NoRecover skips Recover at the start of Run. Recover takes every
+	// running build for one a dead server left behind; with several
+	// servers sharing a PostgreSQL database that is only true when they
+	// all stopped, so replicas that start while others run set it.
+	NoRecover bool
 	// FlushInterval is how often buffered log lines are written (default
 	// 100ms; they are also written at every step's end).
 	FlushInterval time.Duration
@@ -235,8 +240,10 @@ func (r *Runner) Running() []int64 {
 // finish for up to Options.Grace, cancels the rest (recorded as cancelled,
 // "server shutting down") and returns once every build has ended.
 func (r *Runner) Run(ctx context.Context) error {
-	if _, err := r.Recover(ctx); err != nil {
-		return err
+	if !r.opts.NoRecover {
+		if _, err := r.Recover(ctx); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(r.opts.WorkDir, 0o755); err != nil {
 		return fmt.Errorf("runner: work directory: %w", err)
