@@ -34,12 +34,24 @@ func SpecPlanner() Planner {
 }
 
 // CompileOptions are the spec.Options of build b: what when: conditions
-// see. The trigger creates a build's job rows with the same options.
+// see. The trigger creates a build's job rows with the same options, so
+// the plan compiled at run time has the same jobs.
+//
+// Event is the hook's event ("pull_request", "push", "tag", "manual"),
+// "merged" for a merged pull request, and "manual" when the hook has
+// none; Branch is the branch the change goes into for a pull request (as
+// Drone and Woodpecker match it) and the built branch otherwise.
 func CompileOptions(b *forge.Build) spec.Options {
 	h := b.Hook
-	event := h.Event
-	if event == "" {
-		event = "manual"
+	o := spec.Options{Action: b.Action, Event: h.Event, Branch: h.Branch, Tag: h.Tag, Paths: h.Paths}
+	if h.Event == "pull_request" {
+		o.Branch = h.Target
+		if h.Merged {
+			o.Event = "merged"
+		}
 	}
-	return spec.Options{Action: b.Action, Event: event, Branch: h.Branch, Tag: h.Tag, Paths: h.Paths}
+	if o.Event == "" {
+		o.Event = "manual"
+	}
+	return o
 }
