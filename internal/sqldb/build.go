@@ -53,6 +53,13 @@ func (db *DB) CreateBuild(ctx context.Context, b *forge.Build, jobs []*forge.Bui
 			return forge.Errorf(forge.EINVALID, "build has two jobs named %q", j.Name)
 		}
 		names[j.Name] = true
+		steps := make(map[int]bool, len(j.Steps))
+		for _, s := range j.Steps {
+			if s.Index < 0 || steps[s.Index] {
+				return forge.Errorf(forge.EINVALID, "job %q: step index %d is negative or given twice", j.Name, s.Index)
+			}
+			steps[s.Index] = true
+		}
 	}
 	hook, err := json.Marshal(&b.Hook)
 	if err != nil {
@@ -89,12 +96,7 @@ func (db *DB) CreateBuild(ctx context.Context, b *forge.Build, jobs []*forge.Bui
 		if err != nil {
 			return db.fail(ctx, err, "save build")
 		}
-		for _, j := range jobs {
-			if err := db.insertJob(ctx, tx, id, j); err != nil {
-				return err
-			}
-		}
-		return nil
+		return db.insertJobs(ctx, tx, id, jobs)
 	})
 	if err != nil {
 		for _, j := range jobs {
@@ -106,32 +108,88 @@ func (db *DB) CreateBuild(ctx context.Context, b *forge.Build, jobs []*forge.Bui
 	return nil
 }
 
-func (db *DB) insertJob(ctx context.Context, tx *sql.Tx, buildID int64, j *forge.BuildJob) error {
-	if j.Status == "" {
-		j.Status = forge.StatusPending
+// insertJobs stores a new build's jobs and their steps with one multi-row
+// INSERT per 500 jobs and per 1,000 steps, so creating a build costs a
+// few round trips whatever its size. Job IDs come back by name (names are
+// unique in a build), which holds whatever order RETURNING uses.
+func (db *DB) insertJobs(ctx context.Context, tx *sql.Tx, buildID int64, jobs []*forge.BuildJob) error {
+	var steps []*forge.BuildStep
+	for start := 0; start < len(jobs); start += 500 {
+		chunk := jobs[start:min(start+500, len(jobs))]
+		var q strings.Builder
+		q.WriteString("INSERT INTO jobs (build_id, name, status, attempt, exit_code, error, needs, started, finished, backend, handle) VALUES ")
+		args := make([]any, 0, 11*len(chunk))
+		byName := make(map[string]*forge.BuildJob, len(chunk))
+		for i, j := range chunk {
+			if j.Status == "" {
+				j.Status = forge.StatusPending
+			}
+			j.Started, j.Finished = stamp(j.Started), stamp(j.Finished)
+			j.Error = cleanText(j.Error)
+			needs := []byte("[]")
+			if j.Needs != nil {
+				var err error
+				if needs, err = json.Marshal(j.Needs); err != nil {
+					return forge.WrapError(forge.EINVALID, err, "job needs")
+				}
+			}
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+			args = append(args, buildID, j.Name, string(j.Status), j.Attempt, j.ExitCode, j.Error, string(needs),
+				micros(j.Started), micros(j.Finished), j.Backend, blob(j.Handle))
+			byName[j.Name] = j
+		}
+		q.WriteString(" RETURNING id, name")
+		rows, err := tx.QueryContext(ctx, db.q(q.String()), args...)
+		if err != nil {
+			return db.fail(ctx, err, "save jobs")
+		}
+		for rows.Next() {
+			var id int64
+			var name string
+			if err := rows.Scan(&id, &name); err != nil {
+				rows.Close()
+				return db.fail(ctx, err, "save jobs")
+			}
+			if j := byName[name]; j != nil {
+				j.ID, j.BuildID = id, buildID
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return db.fail(ctx, err, "save jobs")
+		}
+		for _, j := range chunk {
+			if j.ID == 0 {
+				return forge.Errorf(forge.EINTERNAL, "save jobs: no id came back for job %q", j.Name)
+			}
+			for _, st := range j.Steps {
+				st.JobID = j.ID
+				if st.Status == "" {
+					st.Status = forge.StatusPending
+				}
+				st.Started, st.Finished = stamp(st.Started), stamp(st.Finished)
+				steps = append(steps, st)
+			}
+		}
 	}
-	j.Started, j.Finished = stamp(j.Started), stamp(j.Finished)
-	j.Error = cleanText(j.Error)
-	needs, err := json.Marshal(j.Needs)
-	if err != nil {
-		return forge.WrapError(forge.EINVALID, err, "job needs")
-	}
-	if j.Needs == nil {
-		needs = []byte("[]")
-	}
-	err = tx.QueryRowContext(ctx, db.q(`INSERT INTO jobs (build_id, name, status, attempt, exit_code, error, needs, started, finished, backend, handle)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
-		buildID, j.Name, string(j.Status), j.Attempt, j.ExitCode, j.Error, string(needs),
-		micros(j.Started), micros(j.Finished), j.Backend, blob(j.Handle),
-	).Scan(&j.ID)
-	if err != nil {
-		return db.fail(ctx, err, "save job "+j.Name)
-	}
-	j.BuildID = buildID
-	for _, s := range j.Steps {
-		s.JobID = j.ID
-		if err := db.saveStep(ctx, tx, s); err != nil {
-			return err
+	for start := 0; start < len(steps); start += 1000 {
+		chunk := steps[start:min(start+1000, len(steps))]
+		var q strings.Builder
+		q.WriteString("INSERT INTO steps (job_id, idx, name, status, exit_code, started, finished) VALUES ")
+		args := make([]any, 0, 7*len(chunk))
+		for i, st := range chunk {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?, ?, ?, ?, ?, ?, ?)")
+			args = append(args, st.JobID, st.Index, st.Name, string(st.Status), st.ExitCode, micros(st.Started), micros(st.Finished))
+		}
+		if _, err := tx.ExecContext(ctx, db.q(q.String()), args...); err != nil {
+			return db.fail(ctx, err, "save steps")
 		}
 	}
 	return nil

@@ -269,6 +269,32 @@ func TestCreateBuild(t *testing.T) {
 			t.Fatalf("anvil's first build: got %+v, %v", b, err)
 		}
 
+		// A big matrix: past the 500-job and 1,000-step statement chunks.
+		var many []*forge.BuildJob
+		for i := range 620 {
+			many = append(many, &forge.BuildJob{Name: fmt.Sprintf("test (shard=%03d)", i), Needs: []string{"build"},
+				Steps: []*forge.BuildStep{{Index: 0, Name: "setup"}, {Index: 1, Name: fmt.Sprintf("run %d", i)}}})
+		}
+		big := &forge.Build{RepoID: anvil.ID, Action: "execute"}
+		if err := db.CreateBuild(ctx, big, many); err != nil {
+			t.Fatal(err)
+		}
+		stored, err := db.Jobs(ctx, big.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(stored) != len(many) {
+			t.Fatalf("big build: got %d jobs, want %d", len(stored), len(many))
+		}
+		for i, j := range stored {
+			if j.ID != many[i].ID || j.Name != many[i].Name || j.BuildID != big.ID || len(j.Steps) != 2 ||
+				j.Steps[1].Name != fmt.Sprintf("run %d", i) || j.Steps[1].JobID != j.ID {
+				t.Fatalf("big build job %d: got %+v (steps %+v), want %+v in creation order", i, j, j.Steps, many[i])
+			}
+		}
+		wantCode(t, db.CreateBuild(ctx, &forge.Build{RepoID: anvil.ID, Action: "execute"},
+			[]*forge.BuildJob{{Name: "a", Steps: []*forge.BuildStep{{Index: 0}, {Index: 0}}}}), forge.EINVALID)
+
 		wantCode(t, db.CreateBuild(ctx, &forge.Build{RepoID: 9999, Action: "execute"}, nil), forge.ENOTFOUND)
 		wantCode(t, db.CreateBuild(ctx, &forge.Build{RepoID: rocket.ID}, nil), forge.EINVALID)
 		wantCode(t, db.CreateBuild(ctx, &forge.Build{RepoID: rocket.ID, Action: "execute"},
