@@ -497,7 +497,15 @@ func BenchmarkIdleConnections(b *testing.B) {
 	if lim.Cur < conns+200 {
 		b.Skipf("open file limit %d is too low for %d connections", lim.Cur, conns)
 	}
-	p := startServerProc(b, fmt.Sprintf("pools: {bench: {range: 1-%d}}", conns))
+	// FORGE_LEASE_BENCH_GOMEMLIMIT passes a soft memory limit to the
+	// server process (the runtime's GOMEMLIMIT), to measure how a server
+	// configured with one fares; by default the server runs with the Go
+	// defaults.
+	var env []string
+	if l := os.Getenv("FORGE_LEASE_BENCH_GOMEMLIMIT"); l != "" {
+		env = append(env, "GOMEMLIMIT="+l)
+	}
+	p := startServerProc(b, fmt.Sprintf("pools: {bench: {range: 1-%d}}", conns), env...)
 	_, base := p.rss(b)
 	ctx := context.Background()
 	cs := make([]*benchConn, conns)
