@@ -38,6 +38,7 @@ import (
 //	  build_drafts: false
 //	  production_branch: production
 //	  kill_grace: 5s
+//	  no_recover: false           # true on replicas starting while others run
 //	secrets:                      # per repository ("*" for all); never for forks
 //	  acme/app: {DEPLOY_KEY: ...}
 //	pools: {...}                  # lease pools (docs/leases.md)
@@ -69,6 +70,9 @@ type serverConfig struct {
 		DefaultBranch    string   `yaml:"default_branch"`
 		ProductionBranch string   `yaml:"production_branch"`
 		KillGrace        Duration `yaml:"kill_grace"`
+		// NoRecover: do not end the builds the database shows running
+		// at start (set on replicas that start while others run).
+		NoRecover bool `yaml:"no_recover"`
 	} `yaml:"builds"`
 	Secrets map[string]map[string]string `yaml:"secrets"`
 	Pools   map[string]lease.PoolConfig  `yaml:"pools"`

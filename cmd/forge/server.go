@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -199,6 +200,11 @@ func (m *serverMain) Run(ctx context.Context) error {
 		publicURL = "http://" + loopbackIfAny(addr)
 	}
 
+	if n, err := removeStaleLocks(filepath.Join(data, "git")); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("removed git lock files left by a server that died mid-fetch", "files", n)
+	}
 	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token})
 	if err != nil {
 		return err
@@ -238,13 +244,14 @@ func (m *serverMain) Run(ctx context.Context) error {
 		Concurrency: c.Builds.Concurrency,
 		PerRepo:     c.Builds.PerRepo,
 		Grace:       time.Duration(c.Grace),
+		NoRecover:   c.Builds.NoRecover,
 		Logger:      log,
 		Registerer:  reg,
 	})
 	if err != nil {
 		return err
 	}
-	proc, err := newProcessor(m, db, gitc, run, log, reg)
+	proc, err := newProcessor(c, db, gitc, run, log)
 	if err != nil {
 		return err
 	}
@@ -252,7 +259,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	api := httpapi.New(httpapi.Options{
 		Repos: db, Store: db, Logs: db, Tokens: db,
 		Control: run,
-		Trigger: proc.trigger(),
+		Trigger: proc,
 		Hooks: httpapi.GitHubHook(db, httpapi.HookOptions{
 			Secret:   c.GitHub.WebhookSecret,
 			MaxBody:  c.GitHub.MaxBody,
@@ -317,6 +324,34 @@ func (m *serverMain) Close() error {
 		return m.db.Close()
 	}
 	return nil
+}
+
+// removeStaleLocks removes the *.lock files git leaves in the mirrors
+// under dir when it dies mid-operation (a server killed -9, a power cut):
+// git refuses to touch a ref or index while its lock file exists. Only
+// this server runs git in its data directory, and not yet, so every lock
+// found at start is stale.
+func removeStaleLocks(dir string) (int, error) {
+	n := 0
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) && path == dir {
+				return filepath.SkipDir
+			}
+			return err
+		}
+		if d.Type().IsRegular() && strings.HasSuffix(d.Name(), ".lock") {
+			if err := os.Remove(path); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return n, forge.Errorf(forge.EINTERNAL, "removing stale git locks: %w", err)
+	}
+	return n, nil
 }
 
 // loopbackIfAny turns a wildcard listen address into one this host can dial.

@@ -1,0 +1,571 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/forgeci/forge"
+)
+
+const e2eSecret = "e2e-webhook-secret"
+
+// e2eServerProc is a forge server started as a process by a test.
+type e2eServerProc struct {
+	cmd  *exec.Cmd
+	url  string
+	mu   sync.Mutex
+	logs bytes.Buffer
+	done chan error
+}
+
+// e2eStartServer runs `forge server` on 127.0.0.1:0 with data dir data and
+// extra environment, and waits for it to log its address.
+func e2eStartServer(t testing.TB, data string, env ...string) *e2eServerProc {
+	t.Helper()
+	bin := buildForge(t)
+	cmd := exec.Command(bin, "server", "--addr", "127.0.0.1:0", "--data", data, "--grace", "2s")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FORGE_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "FORGE_MIGRATE=auto", "FORGE_GITHUB_WEBHOOK_SECRET="+e2eSecret)
+	cmd.Env = append(cmd.Env, env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &e2eServerProc{cmd: cmd, done: make(chan error, 1)}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.logs.WriteString(line + "\n")
+			p.mu.Unlock()
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" {
+				addr <- rec.Addr
+			}
+		}
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", p.log())
+		}
+	})
+	select {
+	case a := <-addr:
+		p.url = "http://" + a
+	case err := <-p.done:
+		t.Fatalf("forge server exited before listening: %v\n%s", err, p.log())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("forge server did not listen within 30s\n%s", p.log())
+	}
+	return p
+}
+
+func (p *e2eServerProc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *e2eServerProc) stop(t testing.TB) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Errorf("forge server after SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("forge server did not stop within 30s of SIGTERM")
+	}
+}
+
+// kill9 kills the server with SIGKILL and waits for it.
+func (p *e2eServerProc) kill9(t testing.TB) {
+	t.Helper()
+	_ = p.cmd.Process.Kill()
+	err := <-p.done
+	p.done <- err
+}
+
+// e2eRepo makes a git repository with spec as its .forge.yml and returns
+// its directory and HEAD commit.
+func e2eRepo(t testing.TB, spec string) (dir, sha string) {
+	t.Helper()
+	dir = t.TempDir()
+	run := func(args ...string) string {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	run("init", "-q", "-b", "master")
+	if err := os.WriteFile(filepath.Join(dir, ".forge.yml"), []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run("add", ".forge.yml")
+	run("commit", "-q", "-m", "add the build spec")
+	return dir, run("rev-parse", "HEAD")
+}
+
+// e2ePrPayload is the pull_request fixture of action with its clone URLs
+// pointing at repo, its head at sha and its number set.
+func e2ePrPayload(t testing.TB, action, repo, sha string, number int) []byte {
+	t.Helper()
+	data, err := os.ReadFile("/work/shared/fixtures/github-webhooks/pull_request." + action + ".payload.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p map[string]any
+	if err := json.Unmarshal(data, &p); err != nil {
+		t.Fatal(err)
+	}
+	pr := p["pull_request"].(map[string]any)
+	p["repository"].(map[string]any)["clone_url"] = repo
+	p["number"] = number
+	pr["number"] = number
+	pr["draft"] = false
+	head := pr["head"].(map[string]any)
+	head["sha"] = sha
+	head["repo"].(map[string]any)["clone_url"] = repo
+	pr["base"].(map[string]any)["repo"].(map[string]any)["clone_url"] = repo
+	out, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// e2eDeliver posts a signed delivery and returns the HTTP status.
+func e2eDeliver(client *http.Client, base, event, id string, payload []byte) (int, error) {
+	mac := hmac.New(sha256.New, []byte(e2eSecret))
+	mac.Write(payload)
+	req, err := http.NewRequest("POST", base+"/hooks/github", bytes.NewReader(payload))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-GitHub-Event", event)
+	req.Header.Set("X-GitHub-Delivery", id)
+	req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// e2eApiCall calls the REST API and decodes the JSON answer into v.
+func e2eApiCall(t testing.TB, method, u, token string, v any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if v != nil && resp.StatusCode < 300 {
+		if err := json.Unmarshal(body, v); err != nil {
+			if s, ok := v.(*string); ok {
+				*s = string(body)
+			} else {
+				t.Fatalf("%s %s: %v: %s", method, u, err, body)
+			}
+		}
+	}
+	return resp.StatusCode
+}
+
+const e2eRepoPath = "/api/v1/repos/Codertocat/Hello-World"
+
+type e2eBuildView struct {
+	forge.Build
+	Jobs []*forge.BuildJob `json:"jobs"`
+}
+
+// e2eWaitBuild polls the build with number n until cond holds.
+func e2eWaitBuild(t testing.TB, p *e2eServerProc, n int64, within time.Duration, cond func(*e2eBuildView) bool) *e2eBuildView {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		var b e2eBuildView
+		st := e2eApiCall(t, "GET", fmt.Sprintf("%s%s/builds/%d", p.url, e2eRepoPath, n), "", &b)
+		if st == 200 && cond(&b) {
+			return &b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("build %d: status %d, %+v: condition not met within %v", n, st, b.Build, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func e2eBuildDone(b *e2eBuildView) bool { return b.Status.Done() }
+
+// e2eJobLog fetches the raw log of job j of build n.
+func e2eJobLog(t testing.TB, p *e2eServerProc, n int64, j *forge.BuildJob) string {
+	t.Helper()
+	var s string
+	if st := e2eApiCall(t, "GET", fmt.Sprintf("%s%s/builds/%d/jobs/%d/log", p.url, e2eRepoPath, n, j.ID), "", &s); st != 200 {
+		t.Fatalf("log: status %d", st)
+	}
+	return s
+}
+
+// e2eForgeCmd runs the forge binary with args and returns stdout.
+func e2eForgeCmd(t testing.TB, env []string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(buildForge(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("forge %v: %v\n%s", args, err, stderr.String())
+	}
+	return strings.TrimSpace(string(out))
+}
+
+const e2eE2eSpec = `execute:
+  - echo "hello from $FORGE_OWNER/$FORGE_REPO at $FORGE_SHA for pull request $FORGE_PULL_REQUEST"
+  - test "$CI" = true
+  - if env | grep -q e2e-webhook-secret; then echo "the server's secret reached the job"; exit 1; fi
+`
+
+func e2eTestEndToEnd(t *testing.T, env ...string) {
+	repo, sha := e2eRepo(t, e2eE2eSpec)
+	p := e2eStartServer(t, t.TempDir(), env...)
+	st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "e2e-1", e2ePrPayload(t, "opened", repo, sha, 2))
+	if err != nil || st != http.StatusAccepted {
+		t.Fatalf("delivery: %d %v, want 202", st, err)
+	}
+	b := e2eWaitBuild(t, p, 1, 30*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusSuccess {
+		t.Fatalf("build = %s %q, want success", b.Status, b.Error)
+	}
+	if b.Hook.SHA != sha || b.Hook.PullRequest != 2 || b.DeliveryID != "e2e-1" || b.Action != "execute" {
+		t.Errorf("build hook = sha %s pr %d delivery %q action %q", b.Hook.SHA, b.Hook.PullRequest, b.DeliveryID, b.Action)
+	}
+	if len(b.Jobs) != 1 || b.Jobs[0].Status != forge.StatusSuccess || len(b.Jobs[0].Steps) != 3 {
+		t.Fatalf("jobs = %+v, want one successful job with three steps", b.Jobs)
+	}
+	want := fmt.Sprintf("hello from Codertocat/Hello-World at %s for pull request 2\n", sha)
+	if log := e2eJobLog(t, p, 1, b.Jobs[0]); !strings.Contains(log, want) {
+		t.Errorf("job log = %q, want it to contain %q", log, want)
+	}
+	// A redelivery is acknowledged and builds nothing more.
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "e2e-1", e2ePrPayload(t, "opened", repo, sha, 2)); err != nil || st != http.StatusAccepted {
+		t.Errorf("redelivery: %d %v, want 202", st, err)
+	}
+	var list struct{ Builds []forge.Build }
+	time.Sleep(300 * time.Millisecond)
+	e2eApiCall(t, "GET", p.url+e2eRepoPath+"/builds", "", &list)
+	if len(list.Builds) != 1 {
+		t.Errorf("%d builds after a redelivery, want 1", len(list.Builds))
+	}
+	p.stop(t)
+}
+
+// TestServerEndToEnd is issue 4's acceptance: a signed pull_request
+// delivery to the real forge server (SQLite) runs a build of a local
+// repository that passes, seen through the REST API.
+func TestServerEndToEnd(t *testing.T) {
+	e2eTestEndToEnd(t)
+}
+
+// TestServerEndToEndPostgres is the same against PostgreSQL, in a
+// database of its own.
+func TestServerEndToEndPostgres(t *testing.T) {
+	u := os.Getenv("FORGE_TEST_POSTGRES_URL")
+	if u == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
+		}
+		t.Skip("FORGE_TEST_POSTGRES_URL is not set")
+	}
+	e2eTestEndToEnd(t, "FORGE_DATABASE_URL="+e2eScratchDatabase(t, u))
+}
+
+// e2eScratchDatabase creates a database for one test and returns its URL.
+func e2eScratchDatabase(t testing.TB, base string) string {
+	t.Helper()
+	db, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	name := fmt.Sprintf("forge_e2e_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
+	if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		db, err := sql.Open("pgx", base)
+		if err != nil {
+			return
+		}
+		defer db.Close()
+		_, _ = db.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+	})
+	pu, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu.Path = "/" + name
+	return pu.String()
+}
+
+// e2eAdminToken prepares data's database and returns a new admin token.
+func e2eAdminToken(t testing.TB, data string) string {
+	t.Helper()
+	e2eForgeCmd(t, nil, "migrate", "up", "--data", data)
+	return e2eForgeCmd(t, nil, "token", "create", "--admin", "--name", "e2e", "--data", data)
+}
+
+// TestServerCancelKillsJobProcesses cancels a running build through the
+// API and checks that the job's processes are gone.
+func TestServerCancelKillsJobProcesses(t *testing.T) {
+	marker := fmt.Sprintf("%d%06d", os.Getpid()%1000, time.Now().UnixNano()/1000%1000000)
+	repo, sha := e2eRepo(t, fmt.Sprintf("execute:\n  - echo started; sleep 3000.%s\n", marker))
+	data := t.TempDir()
+	token := e2eAdminToken(t, data)
+	p := e2eStartServer(t, data)
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "cancel-1", e2ePrPayload(t, "opened", repo, sha, 2)); err != nil || st != 202 {
+		t.Fatalf("delivery: %d %v", st, err)
+	}
+	e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Status == forge.StatusRunning })
+	deadline := time.Now().Add(20 * time.Second)
+	for len(processesWith("3000."+marker)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the job's sleep never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := e2eApiCall(t, "POST", fmt.Sprintf("%s%s/builds/1/cancel", p.url, e2eRepoPath), "", nil); st != 401 {
+		t.Errorf("cancel without a token: %d, want 401", st)
+	}
+	if st := e2eApiCall(t, "POST", fmt.Sprintf("%s%s/builds/1/cancel", p.url, e2eRepoPath), token, nil); st != 200 {
+		t.Fatalf("cancel: %d, want 200", st)
+	}
+	b := e2eWaitBuild(t, p, 1, 20*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusCanceled {
+		t.Errorf("build = %s, want canceled", b.Status)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		left := processesWith("3000." + marker)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("processes left after cancel: %v", left)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b = e2eWaitBuild(t, p, 1, 5*time.Second, func(b *e2eBuildView) bool { return b.Jobs[0].Status.Done() })
+	if b.Jobs[0].Status != forge.StatusCanceled {
+		t.Errorf("job = %s, want canceled", b.Jobs[0].Status)
+	}
+	p.stop(t)
+}
+
+// TestServerRestartRecovery kills the server while a build runs and
+// another waits, restarts it, and checks that the running one ends as
+// error "server restarted" and the queued one runs.
+func TestServerRestartRecovery(t *testing.T) {
+	marker := fmt.Sprintf("%d%06d", os.Getpid()%1000, time.Now().UnixNano()/1000%1000000)
+	spec := fmt.Sprintf("execute:\n  - if [ \"$FORGE_PULL_REQUEST\" = 2 ]; then sleep 3000.%s; fi; echo done $FORGE_PULL_REQUEST\n", marker)
+	repo, sha := e2eRepo(t, spec)
+	data := t.TempDir()
+	p := e2eStartServer(t, data, "FORGE_BUILDS_CONCURRENCY=1")
+	for i, n := range []int{2, 3} {
+		if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", fmt.Sprint("recover-", i), e2ePrPayload(t, "opened", repo, sha, n)); err != nil || st != 202 {
+			t.Fatalf("delivery: %d %v", st, err)
+		}
+		e2eWaitBuild(t, p, int64(i+1), 30*time.Second, func(*e2eBuildView) bool { return true })
+	}
+	e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Status == forge.StatusRunning })
+	for deadline := time.Now().Add(20 * time.Second); len(processesWith("3000."+marker)) == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the job's sleep never started")
+		}
+	}
+	p.kill9(t)
+	// The local backend's processes do not outlive a server that is
+	// killed -9 on purpose in production only by accident; end them here.
+	for _, pr := range processesWith("3000." + marker) {
+		var pid int
+		fmt.Sscanf(pr, "%d:", &pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+
+	p = e2eStartServer(t, data, "FORGE_BUILDS_CONCURRENCY=1")
+	b := e2eWaitBuild(t, p, 1, 10*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusError || b.Error != "server restarted" {
+		t.Errorf("build 1 = %s %q, want error: server restarted", b.Status, b.Error)
+	}
+	if j := b.Jobs[0]; j.Status != forge.StatusError || j.Error != "server restarted" {
+		t.Errorf("job of build 1 = %s %q, want error: server restarted", j.Status, j.Error)
+	}
+	b = e2eWaitBuild(t, p, 2, 30*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusSuccess {
+		t.Errorf("queued build 2 after the restart = %s %q, want success", b.Status, b.Error)
+	}
+	if log := e2eJobLog(t, p, 2, b.Jobs[0]); !strings.Contains(log, "done 3") {
+		t.Errorf("build 2 log = %q", log)
+	}
+	p.stop(t)
+}
+
+// TestServerCrashDuringDeliveryBurst kills -9 the server in the middle of
+// a burst of 500 signed deliveries (some sent twice), restarts it, and
+// checks that every delivery answered 2xx produced exactly one build and
+// that no delivery produced two.
+func TestServerCrashDuringDeliveryBurst(t *testing.T) {
+	repo, sha := e2eRepo(t, "execute:\n  - true\n")
+	data := t.TempDir()
+	env := []string{"FORGE_BUILDS_CONCURRENCY=1"}
+	p := e2eStartServer(t, data, env...)
+	payload := e2ePrPayload(t, "opened", repo, sha, 2)
+	// Warm the mirror so the burst measures intake, not the first clone.
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "warm", payload); err != nil || st != 202 {
+		t.Fatalf("delivery: %d %v", st, err)
+	}
+	e2eWaitBuild(t, p, 1, 30*time.Second, e2eBuildDone)
+
+	const total = 500
+	client := &http.Client{Timeout: 10 * time.Second}
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	sent := 0
+	ids := make(chan string)
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range ids {
+				st, err := e2eDeliver(client, p.url, "pull_request", id, payload)
+				if err == nil && st >= 200 && st < 300 {
+					mu.Lock()
+					acked[id] = true
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	killed := false
+	for i := 0; i < total; i++ {
+		id := fmt.Sprintf("burst-%03d", i)
+		ids <- id
+		if i%50 == 7 {
+			ids <- id // GitHub redelivers now and then
+		}
+		sent++
+		if i == total/2 {
+			p.kill9(t)
+			killed = true
+		}
+	}
+	close(ids)
+	wg.Wait()
+	if !killed {
+		t.Fatal("the server was not killed")
+	}
+	mu.Lock()
+	n := len(acked)
+	mu.Unlock()
+	if n < 50 || n >= total {
+		t.Fatalf("%d of %d deliveries acknowledged: the kill did not land mid-burst", n, total)
+	}
+	t.Logf("%d of %d deliveries acknowledged before the kill", n, total)
+
+	p = e2eStartServer(t, data, env...)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		count := map[string]int{}
+		before := ""
+		for {
+			var page struct {
+				Builds     []forge.Build `json:"builds"`
+				NextBefore int64         `json:"next_before"`
+			}
+			if st := e2eApiCall(t, "GET", p.url+e2eRepoPath+"/builds?limit=1000"+before, "", &page); st != 200 {
+				t.Fatalf("listing builds: %d", st)
+			}
+			for _, b := range page.Builds {
+				count[b.DeliveryID]++
+			}
+			if page.NextBefore == 0 {
+				break
+			}
+			before = fmt.Sprintf("&before=%d", page.NextBefore)
+		}
+		missing := 0
+		for id := range acked {
+			if count[id] == 0 {
+				missing++
+			}
+		}
+		for id, c := range count {
+			if c > 1 {
+				t.Fatalf("delivery %s produced %d builds", id, c)
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d acknowledged deliveries produced no build within 60s of the restart", missing)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	p.stop(t)
+}
