@@ -64,7 +64,8 @@ git.
 Jobs run in the checkout itself; --clean gives each job a fresh git worktree
 of HEAD in a temporary directory instead (removed afterwards unless --keep).
 The on: section and when: conditions are evaluated for --event (default
-push) on --branch (default: the current branch).
+push) on --branch (default: the current branch); without --action, a file
+with an on: section runs the first action on: gives for that event.
 
 On a terminal forge shows a live view of the jobs and each job's output
 prefixed with its name; elsewhere it prints plain "[job] text" lines.
@@ -86,7 +87,7 @@ runs), 130 when interrupted.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.file, "file", "f", ".forge.yml", "the build spec to run")
-	f.StringVar(&o.action, "action", spec.DefaultAction, "the action to run (execute, deploy, ...: a top-level list or a job's action)")
+	f.StringVar(&o.action, "action", spec.DefaultAction, "the action to run: a top-level list of commands, or the jobs with that action:\n(when not given and the file has on:, the first action on: runs for --event)")
 	f.StringVar(&o.event, "event", defaultEvent, "the event on: and when: are evaluated for: "+strings.Join(knownEvents, ", "))
 	f.StringVar(&o.branch, "branch", "", "the branch on: and when: see (default: the current git branch)")
 	f.StringVar(&o.tag, "tag", "", "the tag when: sees with --event tag (default: a tag at HEAD)")
