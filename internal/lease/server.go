@@ -396,6 +396,21 @@ func (c *conn) cork(on bool) {
 	c.mu.Unlock()
 }
 
+// uncorkAndWrite lets writing go on and writes what is queued on the
+// calling goroutine.
+func (c *conn) uncorkAndWrite() {
+	c.mu.Lock()
+	c.corked = false
+	if c.writing || c.closed || len(c.out) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.writing = true
+	c.wg.Add(1)
+	c.mu.Unlock()
+	c.writeOut()
+}
+
 // frameBuffered reports whether a whole data message (one final text or
 // binary frame) waits in br, so that reading it will not block. Control
 // frames do not count: after one, the library would block for the next
@@ -606,6 +621,7 @@ func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, m
 		}
 		c.send(&ServerMessage{Type: TypeError, Code: forge.ETOOLARGE,
 			Message: fmt.Sprintf("message over the limit of %d bytes: ignored", max)})
+		c.cork(false) // held back after an earlier pipelined message
 		return true
 	}
 	if !c.throttle() {
@@ -613,23 +629,27 @@ func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, m
 	}
 	if typ != websocket.MessageText {
 		c.send(&ServerMessage{Type: TypeError, Code: forge.EINVALID, Message: "binary messages are not part of the protocol: send JSON in text messages"})
+		c.cork(false)
 		return true
 	}
 	// Decoding and the Manager call run on a short-lived goroutine, so
 	// the reader's own stack stays small while it waits, idle, for the
 	// next message: that is most of an idle connection's memory.
+	// While a message is handled, this connection's answers are held
+	// back; they leave in one write when the handler is done and no
+	// further whole message is already waiting (a client's pipelined
+	// release and acquire get one write back). The handler goroutine
+	// writes them itself: no writer goroutine to start and wake.
 	more := frameBuffered(c.br)
-	if more {
-		c.cork(true)
-	}
+	c.cork(true)
 	go func() {
 		c.handle(*bp)
+		if !more {
+			c.uncorkAndWrite()
+		}
 		handled <- struct{}{}
 	}()
 	<-handled
-	if !more {
-		c.cork(false)
-	}
 	return true
 }
 

@@ -817,4 +817,16 @@ func TestPipelinedMessagesAndControlFrames(t *testing.T) {
 	if m := readTextFrame(t, nc, br); !strings.Contains(m, `"pong"`) {
 		t.Fatalf("got %s, want pong", m)
 	}
+	// A message answered outside the normal path (a binary frame) after
+	// a pipelined one.
+	batch = append(textFrame(`{"type":"ping","id":"q"}`), 0x82, 0x81, 0, 0, 0, 0, 'x')
+	if _, err := nc.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	if m := readTextFrame(t, nc, br); !strings.Contains(m, `"pong"`) {
+		t.Fatalf("got %s, want pong", m)
+	}
+	if m := readTextFrame(t, nc, br); !strings.Contains(m, `"invalid"`) {
+		t.Fatalf("got %s, want an invalid error for the binary frame", m)
+	}
 }
