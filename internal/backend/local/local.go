@@ -13,7 +13,9 @@
 // With it, the job gets `git worktree add --detach` of Dir's HEAD in a new
 // temporary directory, removed afterwards (`git worktree remove --force`,
 // then `git worktree prune`) unless Workspace.Keep: then its path is reported
-// in a system line at the start of the first step. Uncommitted changes and
+// in a system line at the start of the first step. When Dir is a
+// subdirectory of its checkout, the steps run in the same subdirectory of
+// the worktree. Uncommitted changes and
 // submodules are not copied: a clean workspace is the commit, as a server
 // would build it.
 package local
@@ -50,7 +52,7 @@ type Options struct {
 // concurrent use.
 type Backend struct {
 	opts  Options
-	locks sync.Map // repository directory → *sync.Mutex of its worktree records
+	locks sync.Map // git common directory → *sync.Mutex of its worktree records
 }
 
 var _ forge.Backend = (*Backend)(nil)
@@ -90,11 +92,11 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 			return forge.StatusError, err
 		}
 		if run.Workspace.Keep {
-			notes = append(notes, "clean workspace "+wt.dir+" (kept after the job)")
+			notes = append(notes, "clean workspace "+wt.run+" (kept after the job)")
 		} else {
 			defer wt.remove()
 		}
-		dir = wt.dir
+		dir = wt.run
 	}
 	env = append(env, "FORGE_WORKSPACE="+dir)
 	opts := shell.Options{Shell: b.opts.Shell, KillGrace: b.opts.KillGrace, Notes: notes}
@@ -166,32 +168,42 @@ func skipAll(job *forge.Job, rep forge.Reporter, err error) forge.Status {
 type worktree struct {
 	repo string      // the checkout it came from
 	dir  string      // the worktree: a new temporary directory
+	run  string      // where steps run: dir, or its subdirectory matching repo's
 	lock *sync.Mutex // the repository's worktree lock
 }
 
-// addWorktree makes a detached worktree of repo's HEAD in a new temporary
-// directory.
-func (b *Backend) addWorktree(ctx context.Context, repo string) (*worktree, error) {
-	if _, err := git(ctx, repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"); err != nil {
+// addWorktree makes a detached worktree of the HEAD of the repository
+// holding dir, in a new temporary directory. dir may be a subdirectory of
+// the checkout: the worktree's matching subdirectory is where steps run.
+func (b *Backend) addWorktree(ctx context.Context, dir string) (*worktree, error) {
+	out, err := git(ctx, dir, "rev-parse", "--path-format=absolute", "--git-common-dir", "--show-prefix", "HEAD^{commit}")
+	facts := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	if err != nil || len(facts) != 3 {
 		// Say which it is: no repository, or no commit yet.
-		if _, gerr := git(ctx, repo, "rev-parse", "--git-dir"); gerr != nil {
+		if _, gerr := git(ctx, dir, "rev-parse", "--git-dir"); gerr != nil {
 			return nil, forge.WrapError(forge.EINVALID, gerr,
-				fmt.Sprintf("a clean workspace needs a git repository: %s is not one", repo))
+				fmt.Sprintf("a clean workspace needs a git repository: %s is not one", dir))
 		}
 		return nil, forge.WrapError(forge.EINVALID, err,
-			fmt.Sprintf("a clean workspace needs a commit: the repository %s has none yet", repo))
+			fmt.Sprintf("a clean workspace needs a commit: the repository of %s has none yet", dir))
 	}
+	common, prefix, sha := facts[0], facts[1], facts[2]
 	// Git reads the records of all worktrees while it adds one, and fails
 	// on one another git is writing: adds and removals of one repository
 	// take turns in this process, and retry when another process raced.
-	mu := b.repoLock(repo)
+	mu := b.repoLock(common)
 	mu.Lock()
 	defer mu.Unlock()
-	var err error
 	for attempt := 1; ; attempt++ {
 		var wt *worktree
-		if wt, err = addWorktreeOnce(b.opts.TempDir, repo); err == nil {
+		if wt, err = addWorktreeOnce(b.opts.TempDir, dir, sha); err == nil {
 			wt.lock = mu
+			wt.run = filepath.Join(wt.dir, prefix)
+			if _, serr := os.Stat(wt.run); serr != nil {
+				wt.removeLocked()
+				return nil, forge.WrapError(forge.EINVALID, serr,
+					fmt.Sprintf("%s is not in the commit %.12s, so a clean workspace has no such directory", dir, sha))
+			}
 			return wt, nil
 		}
 		if attempt == 3 || ctx.Err() != nil {
@@ -199,22 +211,23 @@ func (b *Backend) addWorktree(ctx context.Context, repo string) (*worktree, erro
 		}
 		time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
 	}
-	return nil, forge.WrapError(forge.EINTERNAL, err, "cannot make a clean workspace of "+repo)
+	return nil, forge.WrapError(forge.EINTERNAL, err, "cannot make a clean workspace of "+dir)
 }
 
-// addWorktreeOnce adds a worktree of repo's HEAD in a new directory of
-// tempDir. The directory is named after the checkout and unique: git names
-// its record of a worktree after the directory. The add is not cancelled
-// with the job: a git killed half-way leaves a locked record that prune
-// never removes, and adding takes a moment only.
-func addWorktreeOnce(tempDir, repo string) (*worktree, error) {
+// addWorktreeOnce adds a worktree of commit sha of the repository holding
+// repo, in a new directory of tempDir. The directory is named after the
+// checkout and unique: git names its record of a worktree after the
+// directory. The add is not cancelled with the job: a git killed half-way
+// leaves a locked record that prune never removes, and adding takes a
+// moment only.
+func addWorktreeOnce(tempDir, repo, sha string) (*worktree, error) {
 	dir, err := os.MkdirTemp(tempDir, "forge-"+filepath.Base(repo)+"-")
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), gitTimeout)
 	defer cancel()
-	if _, err := git(ctx, repo, "worktree", "add", "--detach", dir, "HEAD"); err != nil {
+	if _, err := git(ctx, repo, "worktree", "add", "--detach", dir, sha); err != nil {
 		os.RemoveAll(dir)
 		git(ctx, repo, "worktree", "prune")
 		return nil, err
@@ -226,9 +239,10 @@ func addWorktreeOnce(tempDir, repo string) (*worktree, error) {
 // with a job.
 const gitTimeout = 5 * time.Minute
 
-// repoLock returns the lock of repo's worktree records.
-func (b *Backend) repoLock(repo string) *sync.Mutex {
-	mu, _ := b.locks.LoadOrStore(repo, new(sync.Mutex))
+// repoLock returns the lock of the worktree records in the git directory
+// common.
+func (b *Backend) repoLock(common string) *sync.Mutex {
+	mu, _ := b.locks.LoadOrStore(common, new(sync.Mutex))
 	return mu.(*sync.Mutex)
 }
 
@@ -237,6 +251,11 @@ func (b *Backend) repoLock(repo string) *sync.Mutex {
 func (w *worktree) remove() {
 	w.lock.Lock()
 	defer w.lock.Unlock()
+	w.removeLocked()
+}
+
+// removeLocked is remove with the repository's lock held.
+func (w *worktree) removeLocked() {
 	ctx, cancel := context.WithTimeout(context.Background(), gitTimeout)
 	defer cancel()
 	// Steps may leave read-only directories (Go's module cache does):

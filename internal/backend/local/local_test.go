@@ -215,6 +215,39 @@ func TestCleanWorkspace(t *testing.T) {
 	}
 }
 
+func TestCleanWorkspaceOfSubdirectory(t *testing.T) {
+	repo := gitRepo(t)
+	os.MkdirAll(filepath.Join(repo, "svc", "api"), 0o755)
+	os.WriteFile(filepath.Join(repo, "svc", "api", "main.txt"), []byte("api\n"), 0o644)
+	mustGit(t, repo, "add", ".")
+	mustGit(t, repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "api")
+	os.MkdirAll(filepath.Join(repo, "untracked-dir"), 0o755)
+	tmp := t.TempDir()
+	b := New(Options{TempDir: tmp})
+
+	rec := &recorder{}
+	st, err := b.Run(t.Context(), &forge.JobRun{Job: job("cat main.txt; test -e ../../file.txt && echo top-ok"),
+		Workspace: forge.Workspace{Dir: filepath.Join(repo, "svc", "api"), Clean: true}}, rec)
+	if st != forge.StatusSuccess || err != nil {
+		t.Fatalf("got %s, %v (%q)", st, err, rec.texts(""))
+	}
+	if got, want := rec.texts(""), []string{"api", "top-ok"}; !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q: the steps run in the worktree's svc/api", got, want)
+	}
+
+	st, err = b.Run(t.Context(), &forge.JobRun{Job: job("true"),
+		Workspace: forge.Workspace{Dir: filepath.Join(repo, "untracked-dir"), Clean: true}}, &recorder{})
+	if st != forge.StatusError || forge.ErrorCode(err) != forge.EINVALID || !strings.Contains(forge.ErrorMessage(err), "untracked-dir is not in the commit") {
+		t.Errorf("untracked directory: got %s, %v; want an error saying it is not in the commit", st, err)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("temporary directories not removed: %v", left)
+	}
+	if wts := worktrees(t, repo); len(wts) != 0 {
+		t.Errorf("git still knows worktrees %q", wts)
+	}
+}
+
 func TestCleanWorkspaceRemovedAfterFailureAndCancel(t *testing.T) {
 	repo := gitRepo(t)
 	tmp := t.TempDir()
