@@ -21,9 +21,11 @@ const envTestPostgresURL = "FORGE_TEST_POSTGRES_URL"
 var dialects = []string{"sqlite", "postgres"}
 
 // eachDialect runs fn as a subtest per database. PostgreSQL subtests skip
-// when FORGE_TEST_POSTGRES_URL is unset, and fail then when CI=true.
+// when FORGE_TEST_POSTGRES_URL is unset, and fail then when CI=true. The
+// test runs in parallel with the others: each has a database of its own.
 func eachDialect(t *testing.T, fn func(t *testing.T, kind string)) {
 	t.Helper()
+	t.Parallel()
 	for _, kind := range dialects {
 		t.Run(kind, func(t *testing.T) {
 			if kind == "postgres" {
