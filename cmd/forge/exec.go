@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -170,9 +172,19 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		Workspace: forge.Workspace{Dir: dir, Clean: o.clean, Keep: o.keep},
 	}
 
+	// A closed stdout (forge exec | head) stops the run cleanly: SIGPIPE
+	// is caught rather than ignored (an ignored signal would be inherited
+	// by the steps), so writes fail with EPIPE and the view reports it.
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	defer signal.Stop(sigpipe)
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	onWriteError := func(err error) { stopRun(fmt.Errorf("%w: %v", errOutputClosed, err)) }
+
 	var v execView
 	if o.json {
-		v = newJSONView(stdout, stderr)
+		v = newJSONView(stdout, stderr, onWriteError)
 	} else {
 		live, size := false, func() (int, int) { return 0, 0 }
 		if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -186,7 +198,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 			}
 		}
 		_, noColourEnv := os.LookupEnv("NO_COLOR")
-		v = newTextView(stdout, plan, live, !o.noColor && !noColourEnv, size)
+		v = newTextView(stdout, plan, live, !o.noColor && !noColourEnv, size, onWriteError)
 	}
 	rep := execTee{view: v}
 	if o.logDir != "" {
@@ -213,13 +225,19 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		case <-ran:
 		}
 	}()
-	res, err := eng.Run(ctx, plan, info)
+	res, err := eng.Run(runCtx, plan, info)
 	close(ran)
 	<-noted
 	if err != nil {
 		return err
 	}
 	werr := v.Finish(res)
+	if cause := context.Cause(runCtx); ctx.Err() == nil && errors.Is(cause, errOutputClosed) {
+		if rep.logs != nil {
+			rep.logs.Close()
+		}
+		return exitWith(exitFailed, "%v: the run was stopped", cause)
+	}
 	if rep.logs != nil {
 		if err := rep.logs.Close(); err != nil {
 			werr = errors.Join(werr, err)
@@ -273,6 +291,9 @@ func (o *execOptions) chooseAction(f *spec.File, branch, tag string, stderr io.W
 	}
 	return o.action
 }
+
+// errOutputClosed is why a run stops when its output cannot be written.
+var errOutputClosed = errors.New("cannot write the output")
 
 // check refuses flag values that make no sense.
 func (o *execOptions) check() error {

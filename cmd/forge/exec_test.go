@@ -562,3 +562,40 @@ func TestExecCleanWorkspace(t *testing.T) {
 		})
 	}
 }
+
+// TestExecStdoutClosed: `forge exec | head` stops the run cleanly when head
+// exits, instead of dying of SIGPIPE and leaving the steps running.
+func TestExecStdoutClosed(t *testing.T) {
+	bin := buildForge(t)
+	marker := fmt.Sprintf("%d%06d", os.Getpid()%1000, time.Now().UnixNano()/1000%1000000)
+	spec := writeSpec(t, fmt.Sprintf(`jobs:
+  spam:
+    steps:
+      - while :; do echo spam; sleep 0.01; done & sleep 3004.%[1]s
+`, marker))
+	cmd := exec.Command(bin, "exec", "-f", spec)
+	stdout, _ := cmd.StdoutPipe()
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(stdout)
+	for n := 0; n < 3 && sc.Scan(); n++ {
+	}
+	stdout.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("forge went on after its stdout was closed")
+	}
+	if code := cmd.ProcessState.ExitCode(); code != exitFailed || !strings.Contains(errb.String(), "broken pipe") {
+		t.Errorf("exit status %d, stderr %q; want 1 and a word about the closed output", code, errb.String())
+	}
+	if left := processesWith(marker); len(left) > 0 {
+		t.Errorf("processes left:\n%s", strings.Join(left, "\n"))
+	}
+}

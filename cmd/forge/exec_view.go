@@ -48,9 +48,10 @@ type textView struct {
 	order []*jobState
 	pad   int // width of the name column in live mode
 
-	drawn int // lines of the state block on screen now (live only)
-	stop  chan struct{}
-	done  chan struct{}
+	drawn  int // lines of the state block on screen now (live only)
+	failed writeFailure
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 // jobState is what the view knows of a job.
@@ -72,8 +73,9 @@ type jobState struct {
 // The colours of job prefixes, chosen in turn.
 var jobColours = []string{"36", "33", "35", "32", "34", "96", "93", "95", "92", "94"}
 
-func newTextView(out io.Writer, plan *forge.Plan, live, colour bool, size func() (int, int)) *textView {
+func newTextView(out io.Writer, plan *forge.Plan, live, colour bool, size func() (int, int), onErr func(error)) *textView {
 	v := &textView{
+		failed: writeFailure{fn: onErr},
 		w:      bufio.NewWriterSize(out, 64<<10),
 		live:   live,
 		colour: colour && live,
@@ -121,7 +123,7 @@ func (v *textView) tick() {
 				v.eraseBlock()
 				v.drawBlock()
 			}
-			v.w.Flush()
+			v.failed.check(v.w.Flush())
 			v.mu.Unlock()
 		}
 	}
@@ -416,6 +418,7 @@ func writeSummary(w io.Writer, res *engine.Result, colour bool) {
 // else goes to stdout.
 type jsonView struct {
 	stderr io.Writer
+	failed writeFailure
 	mu     sync.Mutex
 	w      *bufio.Writer
 	enc    *json.Encoder
@@ -423,8 +426,8 @@ type jsonView struct {
 	done   chan struct{}
 }
 
-func newJSONView(out, stderr io.Writer) *jsonView {
-	v := &jsonView{stderr: stderr, w: bufio.NewWriterSize(out, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+func newJSONView(out, stderr io.Writer, onErr func(error)) *jsonView {
+	v := &jsonView{stderr: stderr, failed: writeFailure{fn: onErr}, w: bufio.NewWriterSize(out, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
 	v.enc = json.NewEncoder(v.w)
 	v.enc.SetEscapeHTML(false)
 	go func() {
@@ -437,7 +440,7 @@ func newJSONView(out, stderr io.Writer) *jsonView {
 				return
 			case <-t.C:
 				v.mu.Lock()
-				v.w.Flush()
+				v.failed.check(v.w.Flush())
 				v.mu.Unlock()
 			}
 		}
@@ -488,6 +491,20 @@ func (v *jsonView) Finish(res *engine.Result) error {
 	defer v.mu.Unlock()
 	v.enc.Encode(s)
 	return v.w.Flush()
+}
+
+// writeFailure calls fn once, on the first error writing the output (a
+// closed pipe: `forge exec | head`), so that the run can be stopped
+// cleanly instead of going on unseen.
+type writeFailure struct {
+	once sync.Once
+	fn   func(error)
+}
+
+func (w *writeFailure) check(err error) {
+	if err != nil && w.fn != nil {
+		w.once.Do(func() { w.fn(err) })
+	}
 }
 
 // execTee reports every event to a log directory and a view.

@@ -147,7 +147,7 @@ func TestLiveView(t *testing.T) {
 		{Name: "test", Needs: []string{"build"}, Steps: []forge.Step{{Name: "unit"}}},
 	}}
 	var out bytes.Buffer
-	v := newTextView(&out, plan, true, true, func() (int, int) { return 60, 20 })
+	v := newTextView(&out, plan, true, true, func() (int, int) { return 60, 20 }, nil)
 	now := time.Now()
 	v.now = func() time.Time { return now.Add(1500 * time.Millisecond) }
 	ev := func(e forge.Event) {
@@ -198,7 +198,7 @@ func TestLiveView(t *testing.T) {
 func TestPlainViewNoColourNoBlock(t *testing.T) {
 	plan := &forge.Plan{Jobs: []*forge.Job{{Name: "a", Steps: []forge.Step{{Name: "s"}}}}}
 	var out bytes.Buffer
-	v := newTextView(&out, plan, false, true, nil)
+	v := newTextView(&out, plan, false, true, nil, nil)
 	v.Report(forge.Event{Type: forge.EventJobQueued, Job: "a"})
 	v.Report(forge.Event{Type: forge.EventJobStarted, Job: "a", Attempt: 1})
 	v.Report(forge.Event{Type: forge.EventLine, Job: "a", Line: &forge.LogLine{Text: "raw\x1b[31m text"}})
