@@ -150,6 +150,13 @@ func openSQLite(ctx context.Context, dataDir string) (*DB, error) {
 		return nil, forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot create data directory %s", dir))
 	}
 	path := filepath.Join(dir, FileName)
+	// The database holds webhook payloads and token hashes: only forge's
+	// user may read it. SQLite gives its -wal and -shm files the same mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot create SQLite database %s", path))
+	}
+	f.Close()
 	ms := strconv.FormatInt(busyTimeout.Milliseconds(), 10)
 	// synchronous=FULL: a committed transaction (an acknowledged webhook
 	// delivery) survives a power loss, not only a crash.

@@ -473,6 +473,18 @@ func TestOpen(t *testing.T) {
 	if err := db.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := db.Migrate(ctx, "up"); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{FileName, FileName + "-wal", FileName + "-shm"} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+			t.Errorf("%s has mode %v, want no access for group and others", f, mode)
+		}
+	}
 	var mode string
 	if err := db.sqlDB().QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
 		t.Fatalf("journal mode: got %q, %v; want wal", mode, err)
