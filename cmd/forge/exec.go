@@ -172,6 +172,10 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		Workspace: forge.Workspace{Dir: dir, Clean: o.clean, Keep: o.keep},
 	}
 
+	// A hang-up (the terminal closed) cancels the run like an interrupt;
+	// by default it would kill forge alone and leave the steps running.
+	ctx, stopHup := signal.NotifyContext(ctx, syscall.SIGHUP)
+	defer stopHup()
 	// A closed stdout (forge exec | head) stops the run cleanly: SIGPIPE
 	// is caught rather than ignored (an ignored signal would be inherited
 	// by the steps), so writes fail with EPIPE and the view reports it.

@@ -378,7 +378,7 @@ func TestExecInterrupt(t *testing.T) {
 		t.Skip("scans /proc")
 	}
 	bin := buildForge(t)
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
 		t.Run(sig.String(), func(t *testing.T) {
 			// Sleep durations carry the marker, so the sleeps themselves
 			// (not only their shells) can be found in /proc.
