@@ -41,8 +41,18 @@ type e2eServerProc struct {
 // extra environment, and waits for it to log its address.
 func e2eStartServer(t testing.TB, data string, env ...string) *e2eServerProc {
 	t.Helper()
+	return e2eStart(t, data, "", env...)
+}
+
+// e2eStart starts the server with the configuration file config, if any.
+func e2eStart(t testing.TB, data, config string, env ...string) *e2eServerProc {
+	t.Helper()
 	bin := buildForge(t)
-	cmd := exec.Command(bin, "server", "--addr", "127.0.0.1:0", "--data", data, "--grace", "2s")
+	args := []string{"server", "--addr", "127.0.0.1:0", "--data", data, "--grace", "2s"}
+	if config != "" {
+		args = append(args, "--config", config)
+	}
+	cmd := exec.Command(bin, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "FORGE_") {
 			cmd.Env = append(cmd.Env, kv)
@@ -568,4 +578,107 @@ func TestServerCrashDuringDeliveryBurst(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	p.stop(t)
+}
+
+// e2eStartServerWith is e2eStartServer with a configuration file.
+func e2eStartServerWith(t testing.TB, data, config string, env ...string) *e2eServerProc {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e2eStart(t, data, path, env...)
+}
+
+// TestServerManualRestartLeasesMetrics drives the rest of the API on the
+// real server: a manual build of a branch, a restart, a pipeline job that
+// leases a resource from the server's own pool, the pool listing and the
+// metrics.
+func TestServerManualRestartLeasesMetrics(t *testing.T) {
+	repo, sha := e2eRepo(t, `jobs:
+  test:
+    resources:
+      - ports
+    steps:
+      - echo "leased port $FORGE_LEASE_PORTS for $FORGE_EVENT"
+`)
+	data := t.TempDir()
+	token := e2eAdminToken(t, data)
+	p := e2eStartServerWith(t, data, "pools:\n  ports:\n    range: 20000-20001\n")
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "m-1", e2ePrPayload(t, "opened", repo, sha, 2)); err != nil || st != 202 {
+		t.Fatalf("delivery: %d %v", st, err)
+	}
+	b := e2eWaitBuild(t, p, 1, 30*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusSuccess {
+		t.Fatalf("build 1 = %s %q", b.Status, b.Error)
+	}
+	if log := e2eJobLog(t, p, 1, b.Jobs[0]); !strings.Contains(log, "leased port 2000") {
+		t.Errorf("build 1 log = %q, want a leased port", log)
+	}
+
+	// Manual build of the branch.
+	req, _ := http.NewRequest("POST", p.url+e2eRepoPath+"/builds", strings.NewReader(`{"ref": "master"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("manual build: %d %s", resp.StatusCode, body)
+	}
+	b = e2eWaitBuild(t, p, 2, 30*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusSuccess || b.Hook.Event != "manual" || b.Hook.SHA != sha {
+		t.Errorf("manual build = %s event %q sha %s", b.Status, b.Hook.Event, b.Hook.SHA)
+	}
+	if log := e2eJobLog(t, p, 2, b.Jobs[0]); !strings.Contains(log, "for manual") {
+		t.Errorf("manual build log = %q", log)
+	}
+
+	// Restart it: a new build of the same commit and hook.
+	if st := e2eApiCall(t, "POST", p.url+e2eRepoPath+"/builds/2/restart", token, nil); st != 201 {
+		t.Fatalf("restart: %d", st)
+	}
+	b = e2eWaitBuild(t, p, 3, 30*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusSuccess || b.Hook.Event != "manual" {
+		t.Errorf("restarted build = %s %q", b.Status, b.Hook.Event)
+	}
+
+	var pools string
+	if st := e2eApiCall(t, "GET", p.url+"/api/v1/pools", "", &pools); st != 200 || !strings.Contains(pools, "20001") {
+		t.Errorf("pools: %d %s", st, pools)
+	}
+	var metrics string
+	e2eApiCall(t, "GET", p.url+"/metrics", "", &metrics)
+	for _, want := range []string{
+		`forge_builds_finished_total{result="success"} 3`,
+		`forge_webhooks_total{event="pull_request",result="accepted"} 1`,
+		`forge_job_duration_seconds_count{result="success"} 3`,
+		"forge_builds_queued 0",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	p.stop(t)
+}
+
+// TestServerRefusesPendingSchema: without FORGE_MIGRATE=auto the server
+// does not start on a database that needs migrations, and says what to run.
+func TestServerRefusesPendingSchema(t *testing.T) {
+	cmd := exec.Command(buildForge(t), "server", "--addr", "127.0.0.1:0", "--data", t.TempDir())
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FORGE_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitFailed {
+		t.Fatalf("forge server on a fresh database: %v, want exit %d\n%s", err, exitFailed, out)
+	}
+	if !strings.Contains(string(out), "forge migrate up") || !strings.Contains(string(out), "FORGE_MIGRATE=auto") {
+		t.Errorf("message = %s, want it to name forge migrate up and FORGE_MIGRATE=auto", out)
+	}
 }
