@@ -830,3 +830,71 @@ func TestPipelinedMessagesAndControlFrames(t *testing.T) {
 		t.Fatalf("got %s, want an invalid error for the binary frame", m)
 	}
 }
+
+// A client that floods but never reads stops being read (its answers
+// cannot be written), so it costs the server nothing, and the keepalive
+// drops it: its lease goes back to the pool.
+func TestFloodingClientThatDoesNotReadIsDropped(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{MessageRate: 1e6, MessageBurst: 1e6, Keepalive: time.Second}, MemoryOptions{})
+	nc := rawWS(t, e.wsURL, `{"type":"acquire","id":"a","holder":"deaf","requests":[{"pool":"one"}]}`)
+	waiter := e.dial()
+	waiter.acquire("w", req("one", 1))
+	waiter.expect(TypeQueued)
+	frame := textFrame(`{"type":"ping","id":"` + strings.Repeat("p", 120) + `"}`)
+	var burst []byte
+	for i := 0; i < 100; i++ {
+		burst = append(burst, frame...)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			if _, err := nc.Write(burst); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					continue
+				}
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	waiter.expect(TypeGranted)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("the deaf client kept its lease %s, want about the 1s keepalive", d)
+	}
+}
+
+// A connection whose outgoing queue overflows is dropped at once.
+func TestSendQueueOverflowDrops(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{SendQueue: 16}, MemoryOptions{})
+	c := e.dial()
+	c.acquire("a", req("one", 1))
+	c.expect(TypeGranted)
+	e.s.mu.Lock()
+	var sc *conn
+	for x := range e.s.conns {
+		sc = x
+	}
+	e.s.mu.Unlock()
+	sc.cork(true) // nothing is written: as if the client did not read
+	for i := 0; i < 17; i++ {
+		sc.send(&ServerMessage{Type: TypePong, ID: fmt.Sprint(i)})
+	}
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection not dropped")
+	}
+	if got := metricValue(t, e, "forge_lease_slow_connections_dropped_total", nil).GetCounter().GetValue(); got != 1 {
+		t.Fatalf("dropped connections: got %v, want 1", got)
+	}
+	w := e.dial()
+	w.acquire("w", req("one", 1))
+	w.expect(TypeGranted) // the dropped connection's lease was released
+}
