@@ -356,47 +356,76 @@ func checkRace(t *testing.T, db *DB, known []int64, results [][]int64, errs []er
 	}
 }
 
-// TestMigrateWaitsForLock: while another process holds the SQLite
-// migration lock, Migrate waits, and gives up when its context ends.
+// TestMigrateWaitsForLock: while another process holds the migration lock
+// (the SQLite lock file, or the PostgreSQL advisory lock), Migrate waits,
+// gives up when its context ends, and runs once the lock is released.
 func TestMigrateWaitsForLock(t *testing.T) {
-	cfg := testConfig(t, "sqlite")
-	holder := openTest(t, cfg)
-	db := openTest(t, cfg)
-	unlock, err := holder.lockMigrations(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	began := time.Now()
-	_, err = db.Migrate(ctx, "up")
-	wantCode(t, err, forge.ETIMEOUT)
-	if waited := time.Since(began); waited < 150*time.Millisecond {
-		t.Fatalf("Migrate gave up after %v, want it to wait for the lock until its deadline", waited)
-	}
-	if st, _ := db.SchemaStatus(context.Background()); st.Current != 0 {
-		t.Fatalf("Migrate changed the schema without the lock: %+v", st)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := db.Migrate(context.Background(), "up")
-		done <- err
-	}()
-	time.Sleep(100 * time.Millisecond)
-	select {
-	case err := <-done:
-		t.Fatalf("Migrate finished (%v) while the lock was held", err)
-	default:
-	}
-	unlock()
-	select {
-	case err := <-done:
-		if err != nil {
+	eachDialect(t, func(t *testing.T, kind string) {
+		cfg := testConfig(t, kind)
+		holder := openTest(t, cfg)
+		db := openTest(t, cfg)
+		var unlock func()
+		if kind == "sqlite" {
+			var err error
+			if unlock, err = holder.lockMigrations(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			conn, err := holder.sqlDB().Conn(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.ExecContext(context.Background(), "SELECT pg_advisory_lock($1)", holder.lockID); err != nil {
+				t.Fatal(err)
+			}
+			unlock = func() {
+				if _, err := conn.ExecContext(context.Background(), "SELECT pg_advisory_unlock($1)", holder.lockID); err != nil {
+					t.Error(err)
+				}
+				conn.Close()
+			}
+		}
+		wait := 300 * time.Millisecond
+		if kind == "postgres" {
+			wait = 1500 * time.Millisecond // goose polls the lock every second
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		began := time.Now()
+		_, err := db.Migrate(ctx, "up")
+		if code := forge.ErrorCode(err); code != forge.ETIMEOUT && code != forge.ECANCELED {
+			t.Fatalf("Migrate while locked: got %v (%s), want a timeout", err, code)
+		}
+		if waited := time.Since(began); waited < wait*3/4 {
+			t.Fatalf("Migrate gave up after %v, want it to wait for the lock until its deadline", waited)
+		}
+		if st, _ := db.SchemaStatus(context.Background()); st.Current != 0 {
+			t.Fatalf("Migrate changed the schema without the lock: %+v", st)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := db.Migrate(context.Background(), "up")
+			done <- err
+		}()
+		time.Sleep(200 * time.Millisecond)
+		select {
+		case err := <-done:
+			t.Fatalf("Migrate finished (%v) while the lock was held", err)
+		default:
+		}
+		unlock()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("Migrate did not finish after the lock was released")
+		}
+		if err := db.CheckSchema(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Migrate did not finish after the lock was released")
-	}
+	})
 }
 
 func TestMigrateAutoFromEnv(t *testing.T) {
