@@ -41,7 +41,9 @@ func TestHostileInputsAreFast(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
 			_, err := Parse("f.yml", []byte(tc.src))
-			if d := time.Since(start); d > 3*time.Second {
+			// Unguarded, these take minutes; quiet, each takes under half
+			// a second. The bound leaves room for a CI machine under load.
+			if d := time.Since(start); d > 15*time.Second {
 				t.Errorf("took %v", d)
 			}
 			switch {
