@@ -293,7 +293,7 @@ func TestAliasBombIsBounded(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "more than 200000 values") {
 		t.Fatalf("got %v, want the expansion refused", err)
 	}
-	if d := time.Since(start); d > 2*time.Second {
+	if d := time.Since(start); d > 10*time.Second { // unbounded, it would take hours
 		t.Fatalf("took %v", d)
 	}
 }
