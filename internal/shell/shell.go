@@ -10,7 +10,10 @@
 // stdin from /dev/null. Its stdout and stderr are read separately, cut into
 // lines and reported as they are read, each with the time it was read; the
 // lines of both streams keep the order in which they were read. A line is
-// reported without its newline (and without a '\r' before it). A line longer
+// reported without its newline (and without a '\r' before it), when its
+// newline arrives, when the step ends, or when MaxLine bytes of it have
+// arrived; never earlier, so that a secret written in two parts is masked
+// (a prompt without a newline shows when the line is done). A line longer
 // than Options.MaxLine is reported as several lines, none of its bytes lost,
 // so neither a single 10 MB line nor gigabytes of output use more memory than
 // about two buffers of MaxLine bytes. Text is made valid UTF-8: each run of
