@@ -27,7 +27,7 @@ import (
 const DefaultAction = "execute"
 
 // maxFileSize bounds the size of a spec; larger files are refused. The
-// YAML library slows down on large inputs, and 512 KiB holds thousands of
+// YAML library slows down on large inputs, and 512 KiB holds hundreds of
 // jobs.
 const maxFileSize = 512 << 10
 

@@ -128,7 +128,8 @@ func tooDeep(ps *problems, data []byte) bool {
 
 // maxKeys bounds the lines that look like `key:`. The YAML library takes
 // quadratic time in the keys of one block mapping (10,000 keys take about
-// a second, 50,000 half a minute); a 200-job spec has about 2,000.
+// half a second, 50,000 half a minute); the 200-job spec of the benchmark
+// has about 2,400.
 const maxKeys = 10_000
 
 // tooManyKeys records a problem and returns true when data has more than
@@ -448,7 +449,8 @@ func scalarText(n ast.Node) (string, bool) {
 	return "", false
 }
 
-// str reads a scalar as a string. Null is an error unless allowNull.
+// str reads a scalar as a string; what names it in problems. Null, a
+// mapping or a list is a problem.
 func (r *reader) str(n ast.Node, what string) (string, pos, bool) {
 	p := posOf(n)
 	v := r.resolve(n)
