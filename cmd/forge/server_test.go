@@ -682,3 +682,45 @@ func TestServerRefusesPendingSchema(t *testing.T) {
 		t.Errorf("message = %s, want it to name forge migrate up and FORGE_MIGRATE=auto", out)
 	}
 }
+
+// TestServerSIGTERMGrace sends SIGTERM while a build runs a step longer
+// than the grace period: the server stops answering, cancels the build as
+// "server shutting down" once the grace (2s) is over, leaves no process of
+// the job behind and exits 0.
+func TestServerSIGTERMGrace(t *testing.T) {
+	marker := fmt.Sprintf("%d%06d", os.Getpid()%1000, time.Now().UnixNano()/1000%1000000)
+	repo, sha := e2eRepo(t, fmt.Sprintf("execute:\n  - sleep 3000.%s\n", marker))
+	data := t.TempDir()
+	p := e2eStartServer(t, data)
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "term-1", e2ePrPayload(t, "opened", repo, sha, 2)); err != nil || st != 202 {
+		t.Fatalf("delivery: %d %v", st, err)
+	}
+	e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Status == forge.StatusRunning })
+	for deadline := time.Now().Add(20 * time.Second); len(processesWith("3000."+marker)) == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the job's sleep never started")
+		}
+	}
+	began := time.Now()
+	p.stop(t)
+	if d := time.Since(began); d < 2*time.Second || d > 20*time.Second {
+		t.Errorf("shutdown took %v, want the 2s grace and a little more", d)
+	}
+	if left := processesWith("3000." + marker); len(left) > 0 {
+		t.Errorf("processes left after shutdown: %v", left)
+	}
+	// Read the outcome with the server started again (recovery has
+	// nothing left to do: the build ended before the exit).
+	p = e2eStartServer(t, data)
+	b := e2eWaitBuild(t, p, 1, 5*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusCanceled || b.Error != "server shutting down" {
+		t.Errorf("build = %s %q, want canceled: server shutting down", b.Status, b.Error)
+	}
+	if j := b.Jobs[0]; j.Status != forge.StatusCanceled {
+		t.Errorf("job = %s %q, want canceled", j.Status, j.Error)
+	}
+	if strings.Contains(p.log(), "ended builds left running") {
+		t.Error("the restart found builds left running: the shutdown did not record the cancel")
+	}
+	p.stop(t)
+}
