@@ -188,3 +188,22 @@ func toInt64(v any) int64 {
 	}
 	return 0
 }
+
+// TestDocsNameEveryKey keeps docs/spec.md and the parser in step: every
+// key the parser knows is documented.
+func TestDocsNameEveryKey(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/spec.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, list := range [][]string{topKeys, jobKeys, stepKeys, serviceKeys, resKeys, whenKeys, limitKeys, reportKeys, onEventNames} {
+		keys = append(keys, list...)
+	}
+	keys = append(keys, "branches", "tags", "run")
+	for _, k := range keys {
+		if !strings.Contains(string(doc), "`"+k+"`") && !strings.Contains(string(doc), k+":") {
+			t.Errorf("docs/spec.md does not mention `%s`", k)
+		}
+	}
+}
