@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"os/exec"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -121,5 +124,39 @@ func TestPipeReadDeadline(t *testing.T) {
 	_, err = r.Read(make([]byte, 10))
 	if !errors.Is(err, os.ErrDeadlineExceeded) || time.Since(start) > 2*time.Second {
 		t.Errorf("Read: got %v after %v, want a deadline error after 50ms", err, time.Since(start))
+	}
+}
+
+// TestKillPipeHoldersOnlyWriters: a process holding the read end of a
+// step's pipe (a child forge forks for another job, before it execs) is
+// left alone; one holding the write end is killed.
+func TestKillPipeHoldersOnlyWriters(t *testing.T) {
+	m := marker(t)
+	killMarked(t, m)
+	r, w, err := pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	reader := exec.Command("sleep", m)
+	reader.Stdin = r
+	if err := reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Process.Kill()
+	writer := exec.Command("sleep", m)
+	writer.Stdout = w
+	if err := writer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if n := killPipeHolders([]*os.File{r}); n != 1 {
+		t.Errorf("killPipeHolders = %d, want 1 (the writer)", n)
+	}
+	if err := writer.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("writer: got %v, want killed", err)
+	}
+	if err := reader.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the reader was killed too: %v", err)
 	}
 }

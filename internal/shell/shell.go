@@ -451,9 +451,11 @@ func startError(sh, dir, script string, err error) error {
 // script is.
 const maxScript = 32 * 4096
 
-// killPipeHolders sends SIGKILL to every process but forge that has one of
-// the pipes of files open, and returns how many there were. Only the step's
-// processes can hold them: forge's own ends are close-on-exec.
+// killPipeHolders sends SIGKILL to every process that has the write end of
+// one of the pipes of files open, and returns how many there were. Only the
+// step's processes can: forge closed its write ends after starting the
+// step, and a child forge forks for another job holds forge's descriptors
+// (read ends included) only until it execs, as they are close-on-exec.
 func killPipeHolders(files []*os.File) int {
 	var targets []string
 	for _, f := range files {
@@ -466,25 +468,42 @@ func killPipeHolders(files []*os.File) int {
 		}
 	}
 	procs, _ := os.ReadDir("/proc")
-	self := os.Getpid()
 	killed := 0
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
-		if err != nil || pid == self {
+		if err != nil {
 			continue
 		}
-		fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
+		dir := "/proc/" + p.Name()
+		fds, _ := os.ReadDir(dir + "/fd")
 		for _, fd := range fds {
-			link, err := os.Readlink("/proc/" + p.Name() + "/fd/" + fd.Name())
-			if err == nil && slices.Contains(targets, link) {
-				if syscall.Kill(pid, syscall.SIGKILL) == nil {
-					killed++
-				}
-				break
+			link, err := os.Readlink(dir + "/fd/" + fd.Name())
+			if err != nil || !slices.Contains(targets, link) || !writeOnly(dir+"/fdinfo/"+fd.Name()) {
+				continue
 			}
+			if syscall.Kill(pid, syscall.SIGKILL) == nil {
+				killed++
+			}
+			break
 		}
 	}
 	return killed
+}
+
+// writeOnly reports whether the descriptor described by the fdinfo file was
+// opened for writing only, as a pipe's write end is.
+func writeOnly(fdinfo string) bool {
+	b, err := os.ReadFile(fdinfo)
+	if err != nil {
+		return false
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+			return err == nil && flags&unix.O_ACCMODE == unix.O_WRONLY
+		}
+	}
+	return false
 }
 
 // waitExited blocks until process pid has exited, without reaping it.
