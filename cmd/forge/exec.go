@@ -127,7 +127,11 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	}
 	// git runs while the spec is read.
 	gitc := make(chan *gitInfo, 1)
-	go func() { gitc <- readGit(ctx, o.event == "tag" && o.tag == "") }()
+	cwd, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	go func() { gitc <- readGit(ctx, cwd, o.event == "tag" && o.tag == "") }()
 
 	f, err := spec.Load(o.file)
 	if err != nil {
@@ -161,9 +165,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 
 	dir := g.top
 	if dir == "" {
-		if dir, err = os.Getwd(); err != nil {
-			return err
-		}
+		dir = cwd
 	}
 	info := engine.RunInfo{
 		BuildID:   "local-" + time.Now().UTC().Format("20060102-150405"),

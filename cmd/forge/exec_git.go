@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -23,32 +25,36 @@ type gitInfo struct {
 	owner  string
 	repo   string
 	count  int
-	err    error // why sha is empty
+	common string // the repository's .git directory, when read from files
+	err    error  // why sha is empty
 }
 
-// readGit learns about the working directory's checkout. The files under
+// readGit learns about the checkout containing dir. The files under
 // .git give the top, HEAD, its ref and the origin remote in microseconds;
 // only the commit count needs git itself. Layouts the file reader does not
 // know (reftable, GIT_DIR, core.worktree, ...) are asked of git instead.
 // The git processes run at once, since they add to the start-up of every
 // forge exec.
-func readGit(ctx context.Context, wantTag bool) *gitInfo {
-	var g *gitInfo
-	if cwd, err := os.Getwd(); err == nil {
-		g = readGitFiles(cwd)
-	}
+func readGit(ctx context.Context, dir string, wantTag bool) *gitInfo {
+	g := readGitFiles(dir)
 	var wg sync.WaitGroup
 	var count, tag string
+	cached := false
 	if g == nil {
-		wg.Go(func() { g = readGitCommands(ctx) })
+		wg.Go(func() { g = readGitCommands(ctx, dir) })
+	} else if g.sha != "" {
+		g.count, cached = cachedCommitCount(g)
 	}
-	wg.Go(func() { count, _ = gitOut(ctx, "rev-list", "--count", "HEAD") })
+	if !cached {
+		wg.Go(func() { count, _ = gitOut(ctx, dir, "rev-list", "--count", "HEAD") })
+	}
 	if wantTag {
-		wg.Go(func() { tag, _ = gitOut(ctx, "describe", "--exact-match", "--tags", "HEAD") })
+		wg.Go(func() { tag, _ = gitOut(ctx, dir, "describe", "--exact-match", "--tags", "HEAD") })
 	}
 	wg.Wait()
-	if g.sha != "" {
+	if g.sha != "" && !cached {
 		g.count, _ = strconv.Atoi(count)
+		saveCommitCount(g)
 	}
 	g.tag = tag
 	if g.repo == "" && g.top != "" {
@@ -57,22 +63,85 @@ func readGit(ctx context.Context, wantTag bool) *gitInfo {
 	return g
 }
 
+// The commit count of HEAD costs a git process (and, in a big repository,
+// a walk of its whole history) on every run, yet it never changes for a
+// commit unless the history is shallow or grafted. So it is kept per
+// checkout in the user's cache directory, as one line "SHA COUNT" in
+// forge/commit-count/<hash of the .git directory>; a developer running
+// forge exec again on the same commit skips git entirely.
+
+// commitCountFile is where the count of g's repository is cached, or "".
+func commitCountFile(g *gitInfo) string {
+	if g.common == "" {
+		return ""
+	}
+	for _, f := range []string{"shallow", filepath.Join("info", "grafts")} {
+		if _, err := os.Stat(filepath.Join(g.common, f)); err == nil {
+			return "" // the count of a commit may change
+		}
+	}
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(g.common))
+	return filepath.Join(dir, "forge", "commit-count", hex.EncodeToString(sum[:8]))
+}
+
+// cachedCommitCount returns the cached count of g.sha, if there is one.
+func cachedCommitCount(g *gitInfo) (int, bool) {
+	p := commitCountFile(g)
+	if p == "" {
+		return 0, false
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, false
+	}
+	sha, n, ok := strings.Cut(strings.TrimSpace(string(b)), " ")
+	count, err := strconv.Atoi(n)
+	if !ok || sha != g.sha || err != nil || count < 1 {
+		return 0, false
+	}
+	return count, true
+}
+
+// saveCommitCount caches g.count for g.sha; failures only cost the next
+// run a git process.
+func saveCommitCount(g *gitInfo) {
+	p := commitCountFile(g)
+	if p == "" || g.count < 1 {
+		return
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(p), ".count-")
+	if err != nil {
+		return
+	}
+	_, werr := fmt.Fprintf(tmp, "%s %d\n", g.sha, g.count)
+	if cerr := tmp.Close(); werr != nil || cerr != nil || os.Rename(tmp.Name(), p) != nil {
+		os.Remove(tmp.Name())
+	}
+}
+
 // readGitCommands asks git for what readGitFiles reads.
-func readGitCommands(ctx context.Context) *gitInfo {
+func readGitCommands(ctx context.Context, dir string) *gitInfo {
 	g := &gitInfo{}
 	var wg sync.WaitGroup
 	var revParse, origin string
 	var revErr error
 	wg.Go(func() {
-		revParse, revErr = gitOut(ctx, "rev-parse", "--show-toplevel", "HEAD", "--symbolic-full-name", "HEAD")
+		revParse, revErr = gitOut(ctx, dir, "rev-parse", "--show-toplevel", "HEAD", "--symbolic-full-name", "HEAD")
 	})
-	wg.Go(func() { origin, _ = gitOut(ctx, "config", "--get", "remote.origin.url") })
+	wg.Go(func() { origin, _ = gitOut(ctx, dir, "config", "--get", "remote.origin.url") })
 	wg.Wait()
 	lines := strings.Split(revParse, "\n")
 	if revErr != nil || len(lines) != 3 {
 		g.err = revErr
 		// No commit yet, or not a checkout: the top may still be known.
-		if top, err := gitOut(ctx, "rev-parse", "--show-toplevel"); err == nil {
+		if top, err := gitOut(ctx, dir, "rev-parse", "--show-toplevel"); err == nil {
 			g.top = top
 		}
 	} else {
@@ -144,7 +213,7 @@ func readGitFiles(dir string) *gitInfo {
 	if err != nil {
 		return nil
 	}
-	g := &gitInfo{top: top}
+	g := &gitInfo{top: top, common: common}
 	h := strings.TrimSpace(string(head))
 	if ref, ok := strings.CutPrefix(h, "ref: "); ok {
 		sha, found := resolveRef(gitDir, common, ref)
@@ -256,8 +325,9 @@ func (g *gitInfo) env(action string) map[string]string {
 }
 
 // gitOut runs git and returns its trimmed output.
-func gitOut(ctx context.Context, args ...string) (string, error) {
+func gitOut(ctx context.Context, dir string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Dir = dir
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {

@@ -313,7 +313,8 @@ func TestExecFORGEVariables(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	g := readGit(context.Background(), false)
+	cwd, _ := os.Getwd()
+	g := readGit(context.Background(), cwd, false)
 	want := []string{
 		"[vars] action=execute job=vars ci=true",
 		"[vars] sha=" + g.sha,

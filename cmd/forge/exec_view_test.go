@@ -258,10 +258,7 @@ func TestReadGitFiles(t *testing.T) {
 			if got == nil {
 				t.Fatal("readGitFiles gave up on a plain layout")
 			}
-			old, _ := os.Getwd()
-			os.Chdir(tc.dir)
-			want := readGitCommands(context.Background())
-			os.Chdir(old)
+			want := readGitCommands(context.Background(), tc.dir)
 			if want.sha == "" {
 				// git names no ref without a commit; the files still know the branch.
 				want.ref, want.branch = "refs/heads/empty", "empty"
@@ -298,5 +295,53 @@ func TestGitConfigOrigin(t *testing.T) {
 		if url != tt.url || plain != tt.plain {
 			t.Errorf("gitConfigOrigin(%q) = %q, %v; want %q, %v", tt.config, url, plain, tt.url, tt.plain)
 		}
+	}
+}
+
+// TestCommitCountCache: the count comes from git once per commit, then
+// from the cache; a new commit or a shallow repository asks git again.
+func TestCommitCountCache(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	repo := t.TempDir()
+	gitIn := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-c", "user.name=t", "-c", "user.email=t@example.com"}, args...)...)
+		cmd.Dir = repo
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	gitIn("init", "-q")
+	gitIn("commit", "-q", "--allow-empty", "-m", "1")
+	gitIn("commit", "-q", "--allow-empty", "-m", "2")
+	ctx := context.Background()
+
+	g := readGit(ctx, repo, false)
+	if g.count != 2 {
+		t.Fatalf("count: got %d, want 2", g.count)
+	}
+	file := commitCountFile(g)
+	data, err := os.ReadFile(file)
+	if err != nil || string(data) != g.sha+" 2\n" {
+		t.Fatalf("cache %s: got %q (%v), want %q", file, data, err, g.sha+" 2\n")
+	}
+	// A cached count is used as is: prove it by planting another one.
+	os.WriteFile(file, []byte(g.sha+" 41\n"), 0o644)
+	if got := readGit(ctx, repo, false).count; got != 41 {
+		t.Errorf("count with a cache entry: got %d, want the cached 41", got)
+	}
+	for _, bad := range []string{"", "garbage", g.sha + " x", g.sha + " 0", "0000 5"} {
+		os.WriteFile(file, []byte(bad), 0o644)
+		if got := readGit(ctx, repo, false).count; got != 2 {
+			t.Errorf("count with cache %q: got %d, want 2 from git", bad, got)
+		}
+	}
+	gitIn("commit", "-q", "--allow-empty", "-m", "3")
+	if got := readGit(ctx, repo, false).count; got != 3 {
+		t.Errorf("count after a new commit: got %d, want 3", got)
+	}
+	os.WriteFile(filepath.Join(repo, ".git", "shallow"), nil, 0o644)
+	if f := commitCountFile(readGitFiles(repo)); f != "" {
+		t.Errorf("a shallow repository is cached in %s", f)
 	}
 }
