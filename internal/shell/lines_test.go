@@ -143,7 +143,10 @@ func TestKillPipeHoldersOnlyWriters(t *testing.T) {
 	if err := reader.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer reader.Process.Kill()
+	defer func() {
+		reader.Process.Kill()
+		reader.Wait()
+	}()
 	writer := exec.Command("sleep", m)
 	writer.Stdout = w
 	if err := writer.Start(); err != nil {

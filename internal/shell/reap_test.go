@@ -43,6 +43,7 @@ func TestReapOrphans(t *testing.T) {
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	m := marker(t)
 	killMarked(t, m)
+	ReapOrphans() // whatever earlier tests left
 	st, _ := run(t, t.Context(), Options{}, nil, forge.Step{Run: "sleep " + m + " & sleep " + m + " & echo started"})
 	if st != forge.StatusSuccess {
 		t.Fatalf("got %s, want success", st)
