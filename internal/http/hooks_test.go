@@ -443,18 +443,28 @@ func FuzzHookBody(f *testing.F) {
 // server). It reports the median and 99th percentile answer times.
 //
 //	go test -run='^$' -bench=HookAck -benchtime=2000x ./internal/http
+//
+// The memory variant runs the same load on an in-memory store: the
+// difference between the two is the database's share.
 func BenchmarkHookAck(b *testing.B) {
+	b.Run("sqlite", func(b *testing.B) {
+		db, err := sqldb.Open(context.Background(), sqldb.Config{DataDir: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.Migrate(context.Background(), "up"); err != nil {
+			b.Fatal(err)
+		}
+		benchHookAck(b, db)
+	})
+	b.Run("memory", func(b *testing.B) { benchHookAck(b, newMemDeliveries()) })
+}
+
+func benchHookAck(b *testing.B, db forge.DeliveryStore) {
 	const rate = 200 // deliveries per second
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	db, err := sqldb.Open(ctx, sqldb.Config{DataDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Migrate(ctx, "up"); err != nil {
-		b.Fatal(err)
-	}
 	wake := make(chan struct{}, 1)
 	var processor sync.WaitGroup
 	processor.Go(func() {
@@ -475,7 +485,7 @@ func BenchmarkHookAck(b *testing.B) {
 	})
 	defer processor.Wait()
 	defer cancel()
-	store := &timedStore{DB: db}
+	store := &timedStore{DeliveryStore: db}
 	h := forgehttp.GitHubHook(store, forgehttp.HookOptions{
 		Secret:   secret,
 		Validate: github.Validate,
@@ -543,14 +553,14 @@ func BenchmarkHookAck(b *testing.B) {
 
 // timedStore measures CreateDelivery.
 type timedStore struct {
-	*sqldb.DB
+	forge.DeliveryStore
 	mu  sync.Mutex
 	lat []time.Duration
 }
 
 func (s *timedStore) CreateDelivery(ctx context.Context, d *forge.Delivery) error {
 	t0 := time.Now()
-	err := s.DB.CreateDelivery(ctx, d)
+	err := s.DeliveryStore.CreateDelivery(ctx, d)
 	s.mu.Lock()
 	s.lat = append(s.lat, time.Since(t0))
 	s.mu.Unlock()
