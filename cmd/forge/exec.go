@@ -188,6 +188,12 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	defer stopRun(nil)
 	onWriteError := func(err error) { stopRun(fmt.Errorf("%w: %v", errOutputClosed, err)) }
 
+	rep := execTee{}
+	if o.logDir != "" {
+		if rep.logs, err = newLogDir(o.logDir); err != nil {
+			return exitWith(exitUsage, "%v", err)
+		}
+	}
 	var v execView
 	if o.json {
 		v = newJSONView(stdout, stderr, onWriteError)
@@ -206,12 +212,8 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		_, noColourEnv := os.LookupEnv("NO_COLOR")
 		v = newTextView(stdout, plan, live, !o.noColor && !noColourEnv, size, onWriteError)
 	}
-	rep := execTee{view: v}
-	if o.logDir != "" {
-		if rep.logs, err = newLogDir(o.logDir); err != nil {
-			return exitWith(exitUsage, "%v", err)
-		}
-	}
+	rep.view = v
+	defer v.Halt()
 
 	eng := engine.New(engine.Options{
 		Backend:  local.New(local.Options{}),

@@ -24,6 +24,9 @@ type execView interface {
 	// Note tells the user something about the run as a whole (safe to
 	// call from any goroutine).
 	Note(msg string)
+	// Halt stops the view's flushing goroutine without a summary, for a
+	// run that never started; it is idempotent, and Finish calls it.
+	Halt()
 }
 
 // flushEvery is how often buffered output reaches stdout (and how often the
@@ -50,6 +53,7 @@ type textView struct {
 
 	drawn  int // lines of the state block on screen now (live only)
 	failed writeFailure
+	halt   sync.Once
 	stop   chan struct{}
 	done   chan struct{}
 }
@@ -347,10 +351,15 @@ func (v *textView) Note(msg string) {
 	v.w.Flush()
 }
 
+// Halt stops the redraws.
+func (v *textView) Halt() {
+	v.halt.Do(func() { close(v.stop) })
+	<-v.done
+}
+
 // Finish stops the redraws, clears the state block and prints the summary.
 func (v *textView) Finish(res *engine.Result) error {
-	close(v.stop)
-	<-v.done
+	v.Halt()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.eraseBlock()
@@ -419,6 +428,7 @@ func writeSummary(w io.Writer, res *engine.Result, colour bool) {
 type jsonView struct {
 	stderr io.Writer
 	failed writeFailure
+	halt   sync.Once
 	mu     sync.Mutex
 	w      *bufio.Writer
 	enc    *json.Encoder
@@ -479,10 +489,15 @@ func (v *jsonView) Note(msg string) {
 	}
 }
 
+// Halt stops the periodic flush.
+func (v *jsonView) Halt() {
+	v.halt.Do(func() { close(v.stop) })
+	<-v.done
+}
+
 // Finish prints the summary object.
 func (v *jsonView) Finish(res *engine.Result) error {
-	close(v.stop)
-	<-v.done
+	v.Halt()
 	s := jsonSummary{Type: "summary", Status: res.Status, Duration: res.Duration, Jobs: []jsonJobSummary{}}
 	for _, j := range res.Jobs {
 		s.Jobs = append(s.Jobs, jsonJobSummary{Name: j.Name, Status: j.Status, Attempts: j.Attempts, ExitCode: j.ExitCode, Duration: j.Duration, Message: j.Message})
