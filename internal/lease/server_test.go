@@ -900,3 +900,22 @@ func TestSendQueueOverflowDrops(t *testing.T) {
 	w.acquire("w", req("one", 1))
 	w.expect(TypeGranted) // the dropped connection's lease was released
 }
+
+// A message over 16 times the size limit closes the connection (1009),
+// which releases its leases.
+func TestHugeMessageClosesConnection(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{MaxMessageBytes: 1024}, MemoryOptions{})
+	c := e.dial()
+	c.acquire("a", req("one", 1))
+	c.expect(TypeGranted)
+	w := e.dial()
+	w.acquire("w", req("one", 1))
+	w.expect(TypeQueued)
+	c.sendRaw(`{"type":"ping","id":"` + strings.Repeat("x", 20000) + `"}`)
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection still open after a 20 KB message with a 1 KB limit")
+	}
+	w.expect(TypeGranted)
+}
