@@ -268,6 +268,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 			Logger:   log.With("component", "webhook"),
 			Metrics:  reg,
 		}),
+		Live:   liveLogs{live},
 		Leases: leaseSrv.Handler(),
 		Ready: func(ctx context.Context) error {
 			if err := db.Ping(ctx); err != nil {
@@ -324,6 +325,15 @@ func (m *serverMain) Close() error {
 		return m.db.Close()
 	}
 	return nil
+}
+
+// liveLogs gives the HTTP API's log followers the runner's live lines.
+type liveLogs struct{ hub *livelog.Hub }
+
+// Follow subscribes to jobID's live lines (see httpapi.LiveLogs).
+func (l liveLogs) Follow(jobID int64) (<-chan forge.LogLine, func() bool, func()) {
+	s := l.hub.Subscribe(jobID, 4096)
+	return s.C(), s.Dropped, s.Close
 }
 
 // removeStaleLocks removes the *.lock files git leaves in the mirrors

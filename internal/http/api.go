@@ -43,7 +43,7 @@ func (s *Server) routesInit() {
 	s.handle("POST", build+"/restart", Write, s.restartBuild(o.Repos, o.Store, o.Control))
 	s.handle("GET", build+"/jobs", Read, s.listJobs(o.Repos, o.Store))
 	s.handle("GET", build+"/jobs/{job}", Read, s.showJob(o.Repos, o.Store))
-	s.handle("GET", build+"/jobs/{job}/log", Read, s.jobLog(o.Repos, o.Store, o.Logs))
+	s.handle("GET", build+"/jobs/{job}/log", Read, s.jobLog(o.Repos, o.Store, o.Logs, o.Live))
 
 	leases := o.Leases
 	if leases == nil {
@@ -393,7 +393,10 @@ const maxLogLines = 100000
 // line ?from= (default 1), at most ?limit= lines (default and maximum
 // 100,000). X-Log-Next is the from= of the next page; X-Job-Status tells
 // whether more can still come.
-func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs forge.LogStore) http.HandlerFunc {
+//
+// With ?follow=true the response stays open while the job runs: stored
+// lines first, then new ones as they happen, until the job ends.
+func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs forge.LogStore, live LiveLogs) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		_, j, err := lookupJob(r, repos, builds)
 		if err != nil {
@@ -402,6 +405,13 @@ func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs for
 		}
 		from, limit := 1, maxLogLines
 		q := r.URL.Query()
+		follow := false
+		if v := q.Get("follow"); v != "" {
+			if follow, err = strconv.ParseBool(v); err != nil {
+				s.fail(w, r, forge.Errorf(forge.EINVALID, "follow=%q: want true or false", v))
+				return
+			}
+		}
 		for key, dst := range map[string]*int{"from": &from, "limit": &limit} {
 			v := q.Get(key)
 			if v == "" {
@@ -413,6 +423,10 @@ func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs for
 				return
 			}
 			*dst = n
+		}
+		if follow {
+			s.followLog(w, r, j, from, builds, logs, live)
+			return
 		}
 		lines, err := logs.Lines(r.Context(), j.ID, from, limit)
 		if err != nil {

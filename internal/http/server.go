@@ -65,6 +65,8 @@ type Options struct {
 	Trigger Trigger
 	// Hooks serves POST /hooks/github.
 	Hooks http.Handler
+	// Live, when set, carries log lines live to ?follow=true readers.
+	Live LiveLogs
 	// Leases serves /api/v1/leases/... and /api/v1/pools...
 	Leases http.Handler
 	// Ready reports whether the server can do its work (the database is
