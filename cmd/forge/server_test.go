@@ -724,3 +724,30 @@ func TestServerSIGTERMGrace(t *testing.T) {
 	}
 	p.stop(t)
 }
+
+// TestServerFollowLog follows a running job's log on the real server and
+// gets every line once, in order, the response ending with the job.
+func TestServerFollowLog(t *testing.T) {
+	repo, sha := e2eRepo(t, "execute:\n  - for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done\n")
+	p := e2eStartServer(t, t.TempDir())
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "follow-1", e2ePrPayload(t, "opened", repo, sha, 2)); err != nil || st != 202 {
+		t.Fatalf("delivery: %d %v", st, err)
+	}
+	b := e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Jobs[0].Status == forge.StatusRunning })
+	resp, err := http.Get(fmt.Sprintf("%s%s/builds/1/jobs/%d/log?follow=true", p.url, e2eRepoPath, b.Jobs[0].ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(data), "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n"; got != want {
+		t.Errorf("followed log = %q, want %q", got, want)
+	}
+	if b = e2eWaitBuild(t, p, 1, 5*time.Second, e2eBuildDone); b.Status != forge.StatusSuccess {
+		t.Errorf("build = %s", b.Status)
+	}
+	p.stop(t)
+}
