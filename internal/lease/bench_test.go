@@ -38,7 +38,11 @@ func TestBenchServerProcess(t *testing.T) {
 		t.Skip("only runs as the server process of the benchmarks")
 	}
 	pools, _ := poolsFromYAML(t, cfg)
-	m, err := NewMemory(pools, MemoryOptions{})
+	var mopts MemoryOptions
+	if d := os.Getenv("FORGE_LEASE_BENCH_POSITIONS"); d != "" {
+		mopts.PositionInterval, _ = time.ParseDuration(d)
+	}
+	m, err := NewMemory(pools, mopts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,9 +360,11 @@ func (c *benchConn) expect(ctx context.Context, typ string) (*ServerMessage, err
 // BenchmarkThroughput: 1,000 clients on persistent connections loop
 // acquire(1) → release against a pool of 100. b.N is the total number of
 // grants. Reports grants/s and the server process's CPU and memory.
+// FORGE_LEASE_BENCH_POSITIONS sets the server's queue-position interval
+// (e.g. 1h to see the cost of position updates).
 func BenchmarkThroughput(b *testing.B) {
 	const clients = 1000
-	p := startServerProc(b, "pools: {bench: {range: 1-100}}")
+	p := startServerProc(b, "pools: {bench: {range: 1-100}}", "FORGE_LEASE_BENCH_POSITIONS="+os.Getenv("FORGE_LEASE_BENCH_POSITIONS"))
 	ctx := context.Background()
 	conns := make([]*benchConn, clients)
 	var dialWG sync.WaitGroup
@@ -432,6 +438,7 @@ func BenchmarkThroughput(b *testing.B) {
 	b.ReportMetric(float64(total)/elapsed.Seconds(), "grants/s")
 	b.ReportMetric(cpu.Seconds()/elapsed.Seconds(), "server-cpu-cores")
 	b.ReportMetric(self.Seconds()/elapsed.Seconds(), "client-cpu-cores")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(total), "server-cpu-µs/grant")
 	b.ReportMetric(rss, "server-rss-MiB")
 	b.ReportMetric(peak, "server-peak-rss-MiB")
 	b.ReportMetric(0, "ns/op")

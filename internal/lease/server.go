@@ -220,7 +220,7 @@ func (c *conn) serve() {
 	s.connCount.Add(-1)
 }
 
-// smallBuffers hands the WebSocket library 512-byte buffers instead of
+// smallBuffers hands the WebSocket library small buffers instead of
 // net/http's 4 KiB ones: lease messages are small and an idle connection
 // should cost little memory.
 // It also puts a batchWriter under the library's writer, so that several
@@ -231,7 +231,9 @@ type smallBuffers struct {
 	br *bufio.Reader
 }
 
-const connBufferSize = 512
+// connBufferSize is the writer's: small, because the batchWriter under it
+// gathers a whole batch into one write anyway.
+const connBufferSize = 64
 
 // readBufferSize is smaller: the reader bypasses its buffer for big
 // payloads, and it holds little more than frame headers.
