@@ -139,3 +139,6 @@ func mustBuild(t testing.TB, db *DB, repo *forge.Repo, hook forge.Hook, names ..
 
 // at is a fixed time at microsecond precision, in UTC, as stored.
 func at(sec int) time.Time { return time.Date(2026, 11, 26, 12, 0, sec, 123456000, time.UTC) }
+
+// sqlDB returns db's writer pool, for statements the stores do not offer.
+func (db *DB) sqlDB() *sql.DB { return db.w }

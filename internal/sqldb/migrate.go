@@ -2,7 +2,6 @@ package sqldb
 
 import (
 	"context"
-	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -366,6 +365,3 @@ func versionList(vs []int64) string {
 	}
 	return strings.Join(s, ", ")
 }
-
-// sqlDB returns the underlying writer pool, for tests in this package.
-func (db *DB) sqlDB() *sql.DB { return db.w }
