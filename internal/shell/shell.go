@@ -236,10 +236,11 @@ func (r *runner) run(ctx context.Context, steps []forge.Step) (forge.Status, err
 		}
 		res := r.runStep(ctx, i, s)
 		switch {
-		case ctx.Err() != nil:
-			status, skip = ctxEnd(ctx.Err())
 		case res.err != nil:
 			status, jobErr, skip = forge.StatusError, res.err, "forge could not run an earlier step"
+		case res.jobEnded != "":
+			// The job was cancelled or timed out while the step ran.
+			status, skip = res.status, res.jobEnded
 		case res.status == forge.StatusFailure && s.ContinueOnError:
 			// The step failed; the job goes on.
 		case res.status != forge.StatusSuccess:
@@ -261,6 +262,8 @@ func ctxEnd(err error) (forge.Status, string) {
 type stepResult struct {
 	status forge.Status
 	err    error
+	// jobEnded says why, when the job's context ended the step.
+	jobEnded string
 }
 
 // runStep runs one step to its end and reports it.
@@ -288,7 +291,7 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 			closeAll(pr[:k], pw[:k])
 			err = forge.WrapError(forge.EINTERNAL, err, "cannot create a pipe for the step's output")
 			finish(forge.StatusError, -1, err.Error())
-			return stepResult{forge.StatusError, err}
+			return stepResult{status: forge.StatusError, err: err}
 		}
 	}
 	cmd := &exec.Cmd{
@@ -309,7 +312,7 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 		pr[1].Close()
 		err = startError(r.opts.Shell, r.dir, s.Run, err)
 		finish(forge.StatusError, -1, forge.ErrorMessage(err))
-		return stepResult{forge.StatusError, err}
+		return stepResult{status: forge.StatusError, err: err}
 	}
 
 	// Two readers, one per stream; readersLeft reaching 0 closes readersDone.
@@ -382,14 +385,14 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 	if werr != nil {
 		err := forge.WrapError(forge.EINTERNAL, werr, "cannot wait for the step's shell")
 		finish(forge.StatusError, -1, err.Error())
-		return stepResult{forge.StatusError, err}
+		return stepResult{status: forge.StatusError, err: err}
 	}
 	code := exitCode(cmd.ProcessState)
 	switch {
 	case terminating && ctx.Err() != nil:
 		st, msg := ctxEnd(ctx.Err())
 		finish(st, code, msg)
-		return stepResult{status: st}
+		return stepResult{status: st, jobEnded: msg}
 	case terminating:
 		finish(forge.StatusFailure, code, "timed out after "+s.Timeout.String())
 		return stepResult{status: forge.StatusFailure}

@@ -507,6 +507,23 @@ func TestJobDeadline(t *testing.T) {
 	assertNoneRunning(t, m)
 }
 
+func TestJobDeadlineBeatsContinueOnError(t *testing.T) {
+	m := marker(t)
+	killMarked(t, m)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	st, rec := run(t, ctx, Options{}, nil, forge.Step{Run: "sleep " + m, ContinueOnError: true}, forge.Step{Run: "echo never"})
+	if st != forge.StatusFailure {
+		t.Errorf("job: got %s, want failure", st)
+	}
+	if f := rec.finished(); len(f) != 2 || f[1].Status != forge.StatusSkipped || f[1].Message != "not run: the job timed out" {
+		t.Errorf("got %+v, want the second step skipped: the job timed out", f)
+	}
+	if len(rec.lines()) != 0 {
+		t.Errorf("got lines %q, want none", rec.texts(""))
+	}
+}
+
 func TestCancelledBeforeStart(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
