@@ -8,6 +8,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/runner"
+	"github.com/forgeci/forge/internal/sqldb"
 )
 
 // BenchmarkDrain measures the runner's scheduling overhead: 1,000 queued
@@ -20,12 +21,19 @@ import (
 // the wall figure is mostly the five commits a build needs: its claim, its
 // log lines, its step, its job and its result.
 //
+// The postgres variant runs when FORGE_TEST_POSTGRES_URL is set.
+//
 //	go test -run='^$' -bench=Drain -benchtime=1x -count=5 ./internal/runner
 func BenchmarkDrain(b *testing.B) {
+	b.Run("sqlite", func(b *testing.B) { benchDrain(b, func() *sqldb.DB { return openDB(b) }) })
+	b.Run("postgres", func(b *testing.B) { benchDrain(b, func() *sqldb.DB { return openPostgres(b) }) })
+}
+
+func benchDrain(b *testing.B, open func() *sqldb.DB) {
 	const builds = 1000
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		db := openDB(b)
+		db := open()
 		repo := makeRepo(b, db, "app")
 		var ids []int64
 		for n := 0; n < builds; n++ {

@@ -2,7 +2,9 @@ package runner_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/runner"
@@ -19,8 +23,49 @@ import (
 // openDB opens a migrated SQLite database in a temporary directory.
 func openDB(t testing.TB) *sqldb.DB {
 	t.Helper()
+	return openDBWith(t, sqldb.Config{DataDir: t.TempDir()})
+}
+
+// openPostgres opens a migrated PostgreSQL database of the test's own when
+// FORGE_TEST_POSTGRES_URL is set; it skips otherwise, or fails with CI=true.
+func openPostgres(t testing.TB) *sqldb.DB {
+	t.Helper()
+	base := os.Getenv("FORGE_TEST_POSTGRES_URL")
+	if base == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
+		}
+		t.Skip("FORGE_TEST_POSTGRES_URL is not set")
+	}
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	name := fmt.Sprintf("forge_runner_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	db := openDBWith(t, sqldb.Config{URL: u.String()})
+	t.Cleanup(func() {
+		db.Close()
+		if admin, err := sql.Open("pgx", base); err == nil {
+			_, _ = admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+			admin.Close()
+		}
+	})
+	return db
+}
+
+func openDBWith(t testing.TB, cfg sqldb.Config) *sqldb.DB {
+	t.Helper()
 	ctx := context.Background()
-	db, err := sqldb.Open(ctx, sqldb.Config{DataDir: t.TempDir()})
+	db, err := sqldb.Open(ctx, cfg)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
@@ -528,7 +573,11 @@ func TestShutdownLetsShortBuildsFinishAndCancelsLongOnes(t *testing.T) {
 }
 
 func TestTwoRunnersNeverRunABuildTwice(t *testing.T) {
-	db := openDB(t)
+	t.Run("sqlite", func(t *testing.T) { testTwoRunners(t, openDB(t)) })
+	t.Run("postgres", func(t *testing.T) { testTwoRunners(t, openPostgres(t)) })
+}
+
+func testTwoRunners(t *testing.T, db *sqldb.DB) {
 	repo := makeRepo(t, db, "app")
 	var mu sync.Mutex
 	runs := map[int64]int{}
