@@ -136,6 +136,16 @@ func assertNoneRunning(t testing.TB, m string) {
 	}
 }
 
+// skipUnlessCI skips the test for a missing tool or ability, except under
+// CI=true, where everything the tests need must be there.
+func skipUnlessCI(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
 // killMarked kills whatever test processes are left, so a failing test does
 // not leak them.
 func killMarked(t testing.TB, m string) {

@@ -538,7 +538,7 @@ func TestCancelledBeforeStart(t *testing.T) {
 
 func TestEscapedProcessIsKilled(t *testing.T) {
 	if _, err := exec.LookPath("setsid"); err != nil {
-		t.Skip("no setsid")
+		skipUnlessCI(t, "no setsid: %v", err)
 	}
 	m := marker(t)
 	killMarked(t, m)
