@@ -101,14 +101,16 @@ type Options struct {
 	// of forks never get them.
 	Secrets SecretsFunc
 	// WorkDir holds the builds' workspaces (one directory per build,
-	// removed when the build ends).
+	// removed when the build ends). It belongs to this runner alone: Run
+	// empties it at start.
 	WorkDir string
 	// PublicURL is the server's address as users reach it, for
 	// FORGE_STATUS_URL (e.g. https://ci.example.com).
 	PublicURL string
-	// Concurrency bounds the builds running at once (default: the number
-	// of CPUs); PerRepo bounds them per repository (default: no bound
-	// beyond Concurrency).
+	// Concurrency bounds the builds this runner runs at once (default:
+	// the number of CPUs); PerRepo bounds them per repository (default: no
+	// bound beyond Concurrency). Both are per runner: servers sharing a
+	// database each apply their own.
 	Concurrency int
 	PerRepo     int
 	// Poll is how often the queue is looked at without a Notify, and how
@@ -247,6 +249,15 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	if err := os.MkdirAll(r.opts.WorkDir, 0o755); err != nil {
 		return fmt.Errorf("runner: work directory: %w", err)
+	}
+	// Nothing runs yet: workspaces found now were left by a server that
+	// died mid-build.
+	if old, err := os.ReadDir(r.opts.WorkDir); err == nil {
+		for _, e := range old {
+			if err := os.RemoveAll(filepath.Join(r.opts.WorkDir, e.Name())); err != nil {
+				r.log.Warn("removing a workspace left behind", "dir", e.Name(), "err", err)
+			}
+		}
 	}
 	tick := time.NewTicker(r.opts.Poll)
 	defer tick.Stop()

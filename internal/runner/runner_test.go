@@ -523,8 +523,15 @@ func TestRecoverEndsBuildsLeftRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := newRunner(t, db, planOf("echo ran"), nil)
+	leftover := filepath.Join(s.workDir, fmt.Sprintf("build-%d", b.ID))
+	if err := os.MkdirAll(filepath.Join(leftover, "src"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	s.start(t)
 	got := waitBuild(t, db, b.ID)
+	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+		t.Errorf("the dead server's workspace is still there: %v", err)
+	}
 	if got.Status != forge.StatusError || got.Error != "server restarted" {
 		t.Errorf("left-running build = %s %q, want error server restarted", got.Status, got.Error)
 	}
