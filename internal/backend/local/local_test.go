@@ -153,6 +153,23 @@ func TestEnvironment(t *testing.T) {
 	}
 }
 
+func TestShellOption(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	rec := &recorder{}
+	st, err := New(Options{Shell: bash}).Run(t.Context(), &forge.JobRun{
+		Job: job(`[[ -n "$BASH_VERSION" ]] && echo bash; false; echo "not reached: -e"`), Workspace: forge.Workspace{Dir: t.TempDir()},
+	}, rec)
+	if st != forge.StatusFailure || err != nil {
+		t.Errorf("got %s, %v; want failure (set -e)", st, err)
+	}
+	if got := rec.texts(""); !slices.Equal(got, []string{"bash"}) {
+		t.Errorf("got %q, want the step run by bash -e", got)
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(file, nil, 0o644)
@@ -360,6 +377,7 @@ func TestKillsEverythingOnCancel(t *testing.T) {
 		}
 	}
 	cancel()
+	start := time.Now()
 	for range jobs {
 		select {
 		case st := <-done:
@@ -369,6 +387,11 @@ func TestKillsEverythingOnCancel(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("Run did not return after cancel")
 		}
+	}
+	// KillGrace is 200ms: the TERM-ignoring children are killed after it,
+	// not after the default 5s.
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("cancel took %v, want about the 200ms grace", el)
 	}
 	for deadline := time.Now().Add(time.Second); len(running(m)) > 0 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
