@@ -53,9 +53,10 @@ type Options struct {
 	Binary string
 }
 
-// Git runs git for forge. It is safe for concurrent use: operations on
-// one repository are serialised (one mutex per mirror), different
-// repositories proceed in parallel.
+// Git runs git for forge. It is safe for concurrent use: fetches and
+// reads of one repository are serialised (one mutex per mirror), different
+// repositories proceed in parallel, and a checkout of a commit already in
+// the mirror takes no lock, so a fetch never delays a build's start.
 type Git struct {
 	opts  Options
 	mu    sync.Mutex
@@ -350,8 +351,14 @@ func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (
 	if err != nil {
 		return err
 	}
-	if _, err := g.Fetch(ctx, repo, "", sha); err != nil {
-		return err
+	// A commit already in the mirror needs no lock: git writes objects
+	// and the shallow list by atomic renames, so reading them while
+	// another build's fetch runs is safe, and that fetch must not delay
+	// this build's start.
+	if !g.hasCommit(ctx, mirror, sha) {
+		if _, err := g.Fetch(ctx, repo, "", sha); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return forge.Errorf(forge.EINTERNAL, "git: make workspace: %w", err)
@@ -368,10 +375,9 @@ func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (
 	if err := os.WriteFile(filepath.Join(gitDir, "objects", "info", "alternates"), []byte(filepath.Join(mirror, "objects")+"\n"), 0o644); err != nil {
 		return forge.Errorf(forge.EINTERNAL, "git: link workspace objects: %w", err)
 	}
-	// The mirror's shallow list is read under its lock: a fetch rewrites it.
-	unlock := g.lock(mirror)
+	// A fetch replaces the shallow list by renaming a new one into place:
+	// this reads one whole version or the other.
 	shallow, rerr := os.ReadFile(filepath.Join(mirror, "shallow"))
-	unlock()
 	if rerr == nil {
 		if err := os.WriteFile(filepath.Join(gitDir, "shallow"), shallow, 0o644); err != nil {
 			return forge.Errorf(forge.EINTERNAL, "git: copy shallow list: %w", err)
