@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,11 +27,51 @@ import (
 // (see TestMain): the migration race runs across real processes.
 const helperEnv = "FORGE_SQLDB_TEST_MIGRATE_HELPER"
 
+// lockHelperEnv makes the test binary take the migration lock of the
+// database described by its value, say "locked", and hold it until killed.
+const lockHelperEnv = "FORGE_SQLDB_TEST_LOCK_HELPER"
+
 func TestMain(m *testing.M) {
 	if cfg := os.Getenv(helperEnv); cfg != "" {
 		os.Exit(migrateHelper(cfg))
 	}
+	if cfg := os.Getenv(lockHelperEnv); cfg != "" {
+		os.Exit(lockHelper(cfg))
+	}
 	os.Exit(m.Run())
+}
+
+// lockHelper holds the migration lock until the process dies.
+func lockHelper(cfgJSON string) int {
+	var cfg Config
+	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx := context.Background()
+	db, err := Open(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if db.dialect == dialectSQLite {
+		if _, err := db.lockMigrations(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	} else {
+		conn, err := db.w.Conn(ctx)
+		if err == nil {
+			_, err = conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", db.lockID)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	fmt.Println("locked")
+	time.Sleep(time.Hour) // until the test kills it
+	return 0
 }
 
 // migrateHelper opens the database described by cfgJSON, migrates it up
@@ -572,4 +614,47 @@ func TestMigrationsAdditive(t *testing.T) {
 	if !reflect.DeepEqual(names["sqlite"], names["postgres"]) {
 		t.Fatalf("the dialects' migrations differ: sqlite %v, postgres %v", names["sqlite"], names["postgres"])
 	}
+}
+
+// TestMigrateAfterLockHolderKilled: a forge migrate killed with SIGKILL
+// while holding the lock does not block the next one (the kernel drops
+// the file lock; PostgreSQL ends the session and its advisory lock).
+func TestMigrateAfterLockHolderKilled(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		cfg := testConfig(t, kind)
+		db := openTest(t, cfg)
+		cfgJSON, _ := json.Marshal(cfg)
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), lockHelperEnv+"="+string(cfgJSON))
+		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		buf := make([]byte, 6)
+		if _, err := io.ReadFull(out, buf); err != nil || string(buf) != "locked" {
+			t.Fatalf("lock holder said %q, %v", buf, err)
+		}
+		// Held: Migrate waits.
+		ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
+		_, err = db.Migrate(ctx, "up")
+		cancel()
+		if err == nil {
+			t.Fatal("Migrate ran while another process held the lock")
+		}
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Wait()
+		ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		applied, err := db.Migrate(ctx, "up")
+		if err != nil || len(applied) == 0 {
+			t.Fatalf("Migrate after the holder was killed: got %v, %v; want the migrations applied", applied, err)
+		}
+	})
 }
