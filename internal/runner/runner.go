@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -102,7 +103,7 @@ type Options struct {
 	Secrets SecretsFunc
 	// WorkDir holds the builds' workspaces (one directory per build,
 	// removed when the build ends). It belongs to this runner alone: Run
-	// empties it at start.
+	// removes the build-* directories it finds there at start.
 	WorkDir string
 	// PublicURL is the server's address as users reach it, for
 	// FORGE_STATUS_URL (e.g. https://ci.example.com).
@@ -254,6 +255,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	// died mid-build.
 	if old, err := os.ReadDir(r.opts.WorkDir); err == nil {
 		for _, e := range old {
+			if !strings.HasPrefix(e.Name(), "build-") {
+				continue // not ours
+			}
 			if err := os.RemoveAll(filepath.Join(r.opts.WorkDir, e.Name())); err != nil {
 				r.log.Warn("removing a workspace left behind", "dir", e.Name(), "err", err)
 			}
