@@ -588,14 +588,13 @@ func (c *conn) ping() {
 
 func (c *conn) readLoop() {
 	max := c.s.opts.MaxMessageBytes
-	handled := make(chan struct{})
 	for {
 		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
 			return
 		}
 		bp := readBuffers.Get().(*[]byte)
-		ok := c.readMessage(typ, r, bp, max, handled)
+		ok := c.readMessage(typ, r, bp, max)
 		if cap(*bp) <= 4096 {
 			readBuffers.Put(bp)
 		}
@@ -611,7 +610,7 @@ var readBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return 
 
 // readMessage reads and handles one message; false when the connection
 // is done.
-func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, max int64, handled chan struct{}) bool {
+func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, max int64) bool {
 	*bp = (*bp)[:0]
 	n, err := readInto(bp, io.LimitReader(r, max+1))
 	if err != nil {
@@ -644,6 +643,7 @@ func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, m
 	// writes them itself: no writer goroutine to start and wake.
 	more := frameBuffered(c.br)
 	c.cork(true)
+	handled := make(chan struct{}) // per message: an idle connection keeps none
 	go func() {
 		c.handle(*bp)
 		if !more {
