@@ -159,7 +159,7 @@ func (p *Processor) store(ctx context.Context, b *forge.Build, jobs []*forge.Bui
 		return err == nil, err
 	}
 	// Already built by an attempt that did not get to finish the delivery.
-	prev, lerr := p.opts.Builds.ListBuilds(ctx, forge.BuildFilter{RepoID: b.RepoID, Action: b.Action, SHA: b.Hook.SHA, Limit: 50})
+	prev, lerr := p.opts.Builds.ListBuilds(ctx, forge.BuildFilter{RepoID: b.RepoID, DeliveryID: b.DeliveryID, Action: b.Action})
 	if lerr != nil {
 		return false, lerr
 	}
