@@ -227,7 +227,9 @@ func addWorktreeOnce(tempDir, repo, sha string) (*worktree, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), gitTimeout)
 	defer cancel()
-	if _, err := git(ctx, repo, "worktree", "add", "--detach", dir, sha); err != nil {
+	// Hooks off: a clean workspace is the commit as a server's fresh clone
+	// has it, whatever post-checkout hook the developer's checkout runs.
+	if _, err := git(ctx, repo, "-c", "core.hooksPath=/dev/null", "worktree", "add", "--detach", dir, sha); err != nil {
 		os.RemoveAll(dir)
 		git(ctx, repo, "worktree", "prune")
 		return nil, err

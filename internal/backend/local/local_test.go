@@ -207,6 +207,11 @@ func TestBadInput(t *testing.T) {
 
 func TestCleanWorkspace(t *testing.T) {
 	repo := gitRepo(t)
+	hookRan := filepath.Join(t.TempDir(), "hook-ran")
+	hook := filepath.Join(repo, ".git", "hooks", "post-checkout")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\ntouch "+hookRan+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	os.WriteFile(filepath.Join(repo, "file.txt"), []byte("dirty\n"), 0o644)
 	os.WriteFile(filepath.Join(repo, "untracked.txt"), []byte("x\n"), 0o644)
 	tmp := t.TempDir()
@@ -226,6 +231,9 @@ func TestCleanWorkspace(t *testing.T) {
 	}
 	if wts := worktrees(t, repo); len(wts) != 0 {
 		t.Errorf("git still knows worktrees %q", wts)
+	}
+	if _, err := os.Stat(hookRan); err == nil {
+		t.Errorf("the checkout's post-checkout hook ran for the clean workspace")
 	}
 	if b, _ := os.ReadFile(filepath.Join(repo, "file.txt")); string(b) != "dirty\n" {
 		t.Errorf("the checkout was changed: %q", b)
