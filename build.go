@@ -29,9 +29,13 @@ type Hook struct {
 	Ref    string `json:"ref"`    // full ref: refs/heads/main, refs/pull/7/head, refs/tags/v1
 	Branch string `json:"branch"` // the branch built (a pull request's head branch)
 	// Target is the branch a pull request goes into, or the pushed branch.
-	Target      string `json:"target"`
-	SHA         string `json:"sha"`
-	Before      string `json:"before,omitempty"`
+	Target string `json:"target"`
+	SHA    string `json:"sha"`
+	Before string `json:"before,omitempty"`
+	// Base is the tip of a pull request's target branch when the event
+	// was sent: the pull request's changed files are those between the
+	// merge base of Base and SHA, and SHA.
+	Base        string `json:"base,omitempty"`
 	PullRequest int    `json:"pull_request,omitempty"`
 	Draft       bool   `json:"draft,omitempty"`
 	Merged      bool   `json:"merged,omitempty"`
