@@ -16,8 +16,8 @@
 // in a system line at the start of the first step. When Dir is a
 // subdirectory of its checkout, the steps run in the same subdirectory of
 // the worktree. Uncommitted changes and
-// submodules are not copied: a clean workspace is the commit, as a server
-// would build it.
+// submodules are not copied, and the checkout's git hooks do not run: a
+// clean workspace is the commit, as a server's fresh clone would have it.
 package local
 
 import (
