@@ -38,21 +38,24 @@ func (db *DB) Append(ctx context.Context, jobID int64, lines []forge.LogLine) er
 	if len(lines) == 0 {
 		return nil
 	}
-	t := now()
-	for i := range lines {
-		l := &lines[i]
+	for _, l := range lines {
 		if l.Number < 1 {
 			return forge.Errorf(forge.EINVALID, "log line number %d: numbers start at 1", l.Number)
 		}
-		if l.Time.IsZero() {
-			l.Time = t
+	}
+	// lines is the caller's (and may be read elsewhere at the same time,
+	// by a live log): it is not modified.
+	t := now().UnixMicro()
+	row := func(l *forge.LogLine) []any {
+		at := t
+		if !l.Time.IsZero() {
+			at = l.Time.UnixMicro()
 		}
-		l.Time = stamp(l.Time)
-		l.Text = cleanText(l.Text)
+		return []any{jobID, int64(l.Number), at, string(l.Stream), cleanText(l.Text)}
 	}
 	var err error
 	if db.dialect == dialectPostgres && len(lines) >= copyMin {
-		err = db.copyLines(ctx, jobID, lines)
+		err = db.copyLines(ctx, jobID, lines, row)
 	} else {
 		err = db.write(ctx, func(tx *sql.Tx) error {
 			if db.dialect == dialectPostgres {
@@ -62,7 +65,7 @@ func (db *DB) Append(ctx context.Context, jobID int64, lines []forge.LogLine) er
 					return err
 				}
 			}
-			return db.insertLines(ctx, tx, jobID, lines)
+			return db.insertLines(ctx, tx, lines, row)
 		})
 	}
 	var fe *forge.Error
@@ -80,14 +83,14 @@ func (db *DB) Append(ctx context.Context, jobID int64, lines []forge.LogLine) er
 }
 
 // insertLines inserts lines with batched multi-row INSERTs.
-func (db *DB) insertLines(ctx context.Context, tx *sql.Tx, jobID int64, lines []forge.LogLine) error {
+func (db *DB) insertLines(ctx context.Context, tx *sql.Tx, lines []forge.LogLine, row func(*forge.LogLine) []any) error {
 	var full *sql.Stmt
 	args := make([]any, 0, 5*logBatch)
 	for start := 0; start < len(lines); start += logBatch {
 		batch := lines[start:min(start+logBatch, len(lines))]
 		args = args[:0]
-		for _, l := range batch {
-			args = append(args, jobID, l.Number, l.Time.UnixMicro(), string(l.Stream), l.Text)
+		for i := range batch {
+			args = append(args, row(&batch[i])...)
 		}
 		var err error
 		if len(batch) == logBatch {
@@ -124,7 +127,7 @@ func insertLinesQuery(n int) string {
 // copyLines appends lines with PostgreSQL's COPY, in a transaction that
 // first checks and key-share locks the job (logs has no foreign key on
 // PostgreSQL: see the migration).
-func (db *DB) copyLines(ctx context.Context, jobID int64, lines []forge.LogLine) error {
+func (db *DB) copyLines(ctx context.Context, jobID int64, lines []forge.LogLine, row func(*forge.LogLine) []any) error {
 	conn, err := db.w.Conn(ctx)
 	if err != nil {
 		return err
@@ -146,10 +149,7 @@ func (db *DB) copyLines(ctx context.Context, jobID int64, lines []forge.LogLine)
 			return err
 		}
 		_, err = tx.CopyFrom(ctx, pgx.Identifier{"logs"}, []string{"job_id", "number", "time", "stream", "text"},
-			pgx.CopyFromSlice(len(lines), func(i int) ([]any, error) {
-				l := &lines[i]
-				return []any{jobID, int64(l.Number), l.Time.UnixMicro(), string(l.Stream), l.Text}, nil
-			}))
+			pgx.CopyFromSlice(len(lines), func(i int) ([]any, error) { return row(&lines[i]), nil }))
 		if err != nil {
 			return err
 		}

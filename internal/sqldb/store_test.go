@@ -733,6 +733,9 @@ func TestLogs(t *testing.T) {
 		if err := db.Append(ctx, other, odd); err != nil {
 			t.Fatal(err)
 		}
+		if odd[0].Text != "nul\x00byte" || !odd[0].Time.IsZero() {
+			t.Fatalf("Append changed the caller's line: %+v", odd[0])
+		}
 		got, err := db.Lines(ctx, other, 1, 0)
 		if err != nil {
 			t.Fatal(err)
