@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"os"
 	"strconv"
 	"text/tabwriter"
 
@@ -15,22 +16,35 @@ import (
 )
 
 func newTokenCmd() *cobra.Command {
-	var data string
+	var data, config string
 	cmd := &cobra.Command{
 		Use:   "token",
 		Short: "Create, list and delete API tokens",
 		Long: `API tokens authenticate REST requests: Authorization: Bearer TOKEN.
 Only a SHA-256 hash of each token is stored: the token itself is printed once,
-when it is created. The database is found as forge server finds it
-(--data DIR or $FORGE_DATA, or FORGE_DATABASE_URL).`,
+when it is created. The database is found as forge server finds it: the
+--config file's data and database_url, then FORGE_DATA and
+FORGE_DATABASE_URL, then --data.`,
 	}
 	cmd.PersistentFlags().StringVar(&data, "data", "", "data directory (default $FORGE_DATA or ./forge-data)")
+	cmd.PersistentFlags().StringVar(&config, "config", "", "the server's YAML configuration file")
 	open := func(cmd *cobra.Command) (*sqldb.DB, error) {
-		dir := data
-		if dir == "" {
-			dir = sqldb.DefaultDataDir()
+		c := defaultServerConfig()
+		if config != "" {
+			if err := loadConfigFile(config, &c); err != nil {
+				return nil, err
+			}
 		}
-		db, err := sqldb.Open(cmd.Context(), sqldb.ConfigFromEnv(dir))
+		if err := applyEnv(&c, os.Getenv); err != nil {
+			return nil, err
+		}
+		if data != "" {
+			c.Data = data
+		}
+		if c.Data == "" {
+			c.Data = sqldb.DefaultDataDir()
+		}
+		db, err := sqldb.Open(cmd.Context(), sqldb.Config{DataDir: c.Data, URL: c.DatabaseURL})
 		if err != nil {
 			return nil, err
 		}
