@@ -17,7 +17,8 @@ const Masked = "***"
 const MinSecretLen = 3
 
 // Masker replaces secret values in output with [Masked]. It matches bytes,
-// exactly as the values were given. A value containing newlines is masked line
+// exactly as the values were given and also without surrounding white space;
+// it does not look for encoded forms (base64, URL escapes). A value containing newlines is masked line
 // by line: each of its lines is masked wherever it appears, since output is
 // captured and stored one line at a time.
 //
@@ -32,16 +33,24 @@ type Masker struct {
 // enough to be masked (see [MinSecretLen]).
 func NewMasker(values []string) *Masker {
 	var vs [][]byte
+	add := func(v string) {
+		b := []byte(v)
+		if !slices.ContainsFunc(vs, func(o []byte) bool { return bytes.Equal(o, b) }) {
+			vs = append(vs, b)
+		}
+	}
 	for _, v := range values {
 		for piece := range strings.SplitSeq(v, "\n") {
 			piece = strings.TrimSuffix(piece, "\r")
-			if len(strings.TrimSpace(piece)) < MinSecretLen {
+			trimmed := strings.TrimSpace(piece)
+			if len(trimmed) < MinSecretLen {
 				continue
 			}
-			b := []byte(piece)
-			if !slices.ContainsFunc(vs, func(o []byte) bool { return bytes.Equal(o, b) }) {
-				vs = append(vs, b)
-			}
+			// The value as given, and without the white space around it
+			// (a sloppy secret file's "token " shows as "token" after
+			// the shell splits words).
+			add(piece)
+			add(trimmed)
 		}
 	}
 	if len(vs) == 0 {

@@ -24,6 +24,8 @@ func TestMasker(t *testing.T) {
 		{"multi-line value", []string{"first line\nsecond line\r\n"}, "second line", "***"},
 		{"bytes, not runes", []string{"é-é"}, "xé-éx", "x***x"},
 		{"empty line", []string{"secret"}, "", ""},
+		{"surrounding white space", []string{" tok-123\t"}, "a tok-123 b", "a *** b"},
+		{"with its white space", []string{" tok-123 "}, "a tok-123 b", "a***b"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
