@@ -23,7 +23,6 @@ package local
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -82,24 +81,25 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 	if err != nil {
 		return forge.StatusError, err
 	}
-	var notes []string
+	opts := shell.Options{Shell: b.opts.Shell, KillGrace: b.opts.KillGrace}
 	if run.Workspace.Clean {
 		wt, err := b.addWorktree(ctx, dir)
 		if err != nil {
 			if ctx.Err() != nil {
-				return skipAll(run.Job, rep, ctx.Err()), nil
+				// Ended while git looked: RunSteps, seeing ctx done,
+				// reports every step skipped and says why.
+				return shell.RunSteps(ctx, run.Job.Steps, dir, env, run.Secrets, rep, opts)
 			}
 			return forge.StatusError, err
 		}
 		if run.Workspace.Keep {
-			notes = append(notes, "clean workspace "+wt.run+" (kept after the job)")
+			opts.Notes = append(opts.Notes, "clean workspace "+wt.run+" (kept after the job)")
 		} else {
 			defer wt.remove()
 		}
 		dir = wt.run
 	}
 	env = append(env, "FORGE_WORKSPACE="+dir)
-	opts := shell.Options{Shell: b.opts.Shell, KillGrace: b.opts.KillGrace, Notes: notes}
 	return shell.RunSteps(ctx, run.Job.Steps, dir, env, run.Secrets, rep, opts)
 }
 
@@ -148,20 +148,6 @@ func stepEnv(env map[string]string) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
-}
-
-// skipAll reports every step skipped because ctx ended before the job could
-// start, and returns the job's status.
-func skipAll(job *forge.Job, rep forge.Reporter, err error) forge.Status {
-	st, why := forge.StatusCanceled, "not run: the job was cancelled"
-	if errors.Is(err, context.DeadlineExceeded) {
-		st, why = forge.StatusFailure, "not run: the job timed out"
-	}
-	for i, s := range job.Steps {
-		rep.Report(forge.Event{Type: forge.EventStepFinished, Time: time.Now(), Step: i, StepName: s.Name,
-			Status: forge.StatusSkipped, Message: why})
-	}
-	return st
 }
 
 // worktree is a clean workspace: a git worktree of a checkout's HEAD.
