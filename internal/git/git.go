@@ -28,6 +28,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -334,6 +335,44 @@ func (g *Git) Message(ctx context.Context, repo *forge.Repo, sha string) (string
 	}
 	out, err := g.run(ctx, dir, nil, "log", "-1", "--format=%B", sha)
 	return strings.TrimRight(out, "\n"), err
+}
+
+// ChangedPaths lists the files a pull request changes: those that differ
+// between head and its merge base with base (what GitHub's "Files
+// changed" shows), renames as both paths, sorted. Both commits must have
+// been fetched. ENOTFOUND when the fetched history is too shallow to hold
+// a merge base.
+func (g *Git) ChangedPaths(ctx context.Context, repo *forge.Repo, base, head string) ([]string, error) {
+	dir, err := g.MirrorDir(repo)
+	if err != nil {
+		return nil, err
+	}
+	if !IsSHA(base) || !IsSHA(head) {
+		return nil, forge.Errorf(forge.EINVALID, "git: changed paths need two full commit ids")
+	}
+	defer g.lock(dir)()
+	for _, c := range []string{base, head} {
+		if !g.hasCommit(ctx, dir, c) {
+			return nil, forge.Errorf(forge.ENOTFOUND, "commit %s of %s has not been fetched", c, repo.FullName())
+		}
+	}
+	out, err := g.run(ctx, dir, nil, "merge-base", base, head)
+	if err != nil {
+		return nil, forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("no merge base of %s and %s in the fetched history", short(base), short(head)))
+	}
+	mb := strings.TrimSpace(out)
+	out, err = g.run(ctx, dir, nil, "diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", mb, head, "--")
+	if err != nil {
+		return nil, err
+	}
+	paths := []string{}
+	for _, p := range strings.Split(out, "\x00") {
+		if p != "" {
+			paths = append(paths, p)
+		}
+	}
+	slices.Sort(paths)
+	return paths, nil
 }
 
 // Checkout makes dir, which must not exist, a working tree of repo at

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -370,5 +371,39 @@ func BenchmarkCheckout(b *testing.B) {
 		b.StopTimer()
 		os.RemoveAll(dir)
 		b.StartTimer()
+	}
+}
+
+func TestChangedPaths(t *testing.T) {
+	u := newUpstream(t)
+	u.commit("base", map[string]string{"README": "r", "docs/a.md": "a", "old.txt": "o"})
+	u.git("checkout", "--quiet", "-b", "feature")
+	u.commit("feature 1", map[string]string{"src/x.go": "x"})
+	u.git("mv", "old.txt", "new.txt")
+	head := u.commit("feature 2", map[string]string{"docs/a.md": "a2"})
+	u.git("checkout", "--quiet", "main")
+	base := u.commit("main moves on", map[string]string{"README": "r2", "other": "o"})
+	g := newGit(t, git.Options{})
+	ctx := context.Background()
+	for _, sha := range []string{base, head} {
+		if _, err := g.Fetch(ctx, u.repo(), "", sha); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := g.ChangedPaths(ctx, u.repo(), base, head)
+	want := []string{"docs/a.md", "new.txt", "old.txt", "src/x.go"}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("ChangedPaths = %q, %v; want %q (not main's README or other)", got, err, want)
+	}
+
+	// Too shallow to find the merge base.
+	shallow := newGit(t, git.Options{Depth: 1})
+	for _, sha := range []string{base, head} {
+		if _, err := shallow.Fetch(ctx, u.repo(), "", sha); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := shallow.ChangedPaths(ctx, u.repo(), base, head); forge.ErrorCode(err) != forge.ENOTFOUND {
+		t.Errorf("shallow ChangedPaths error = %v, want not_found", err)
 	}
 }

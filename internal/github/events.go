@@ -94,6 +94,9 @@ func parsePullRequest(payload []byte) (*forge.Hook, string, error) {
 	if pr.User != nil {
 		h.Author = pr.User.Login
 	}
+	if isSHA(pr.Base.SHA) {
+		h.Base = pr.Base.SHA
+	}
 	if p.Action == "synchronize" && isSHA(p.Before) && p.Before != zeroSHA {
 		h.Before = p.Before
 	}
@@ -267,6 +270,9 @@ func parseCheckSuite(payload []byte) (*forge.Hook, string, error) {
 		h.Branch = pr.Head.Ref
 		h.Target = pr.Base.Ref
 		h.Fork = pr.Head.Repo == nil || pr.Base.Repo == nil || pr.Head.Repo.ID != pr.Base.Repo.ID
+		if isSHA(pr.Base.SHA) {
+			h.Base = pr.Base.SHA
+		}
 		return h, "", nil
 	}
 	if cs.HeadBranch == nil || !validRef(*cs.HeadBranch) {

@@ -61,7 +61,7 @@ const (
 func prHook(action string) *forge.Hook {
 	return &forge.Hook{
 		Event: "pull_request", Action: action, Repo: helloWorld,
-		Ref: "refs/pull/2/head", Branch: "changes", Target: "master", SHA: headSHA,
+		Ref: "refs/pull/2/head", Branch: "changes", Target: "master", SHA: headSHA, Base: baseSHA,
 		PullRequest: 2, Author: "Codertocat", Sender: "Codertocat", CommitCount: 1,
 	}
 }
@@ -77,7 +77,7 @@ func TestParseFixtures(t *testing.T) {
 	}{
 		"check_suite.rerequested.payload.json": {hook: &forge.Hook{
 			Event: "pull_request", Action: "rerequested", Repo: helloWorld,
-			Ref: "refs/pull/2/head", Branch: "changes", Target: "master", SHA: headSHA, PullRequest: 2,
+			Ref: "refs/pull/2/head", Branch: "changes", Target: "master", SHA: headSHA, Base: baseSHA, PullRequest: 2,
 			Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]",
 		}},
 		"create.payload.json":                   {ignored: "tag simple-tag created: built from the push event GitHub sends with it"},

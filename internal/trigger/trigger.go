@@ -43,6 +43,10 @@ type Git interface {
 	ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) ([]byte, error)
 	// Message returns the commit message of sha (fetched before).
 	Message(ctx context.Context, repo *forge.Repo, sha string) (string, error)
+	// ChangedPaths lists the files head changes since its merge base with
+	// base (both fetched before); ENOTFOUND when the history fetched is
+	// too shallow to tell.
+	ChangedPaths(ctx context.Context, repo *forge.Repo, base, head string) ([]string, error)
 }
 
 // ParseFunc interprets a delivery's payload: a hook to build, or a reason
@@ -419,6 +423,7 @@ func (p *Processor) process(ctx context.Context, d *forge.Delivery) (string, *re
 			return "", nil, err
 		}
 	}
+	p.changedPaths(ctx, hook)
 	if !rebuild && skipCI(hook.Message) {
 		return "ignored: [skip ci] in the commit message", nil, nil
 	}
@@ -477,6 +482,27 @@ func (p *Processor) recordRepo(ctx context.Context, r *forge.Repo) error {
 		return err
 	}
 	return p.opts.Repos.UpsertRepo(ctx, r)
+}
+
+// changedPaths fills in the files a pull request changes, for when:
+// paths conditions, from its head and the target branch's tip. When that
+// cannot be told (the target's tip is gone, the history fetched is too
+// shallow to hold the merge base) Paths stays nil, which when: treats as
+// unknown: path-filtered jobs run rather than being skipped wrongly.
+func (p *Processor) changedPaths(ctx context.Context, h *forge.Hook) {
+	if h.Event != "pull_request" || h.Merged || h.Paths != nil || h.Base == "" || h.Target == "" {
+		return
+	}
+	if _, err := p.opts.Git.Fetch(ctx, &h.Repo, "refs/heads/"+h.Target, h.Base); err != nil {
+		p.log.Debug("trigger: fetch pull request base", "base", h.Base, "err", err)
+		return
+	}
+	paths, err := p.opts.Git.ChangedPaths(ctx, &h.Repo, h.Base, h.SHA)
+	if err != nil {
+		p.log.Debug("trigger: changed paths", "base", h.Base, "head", h.SHA, "err", err)
+		return
+	}
+	h.Paths = paths
 }
 
 // completeRetest fills what a /retest comment does not say from the pull

@@ -60,6 +60,9 @@ func (u *upstream) commit(msg string, files map[string]string) string {
 			os.Remove(p)
 			continue
 		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			u.t.Fatal(err)
+		}
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 			u.t.Fatal(err)
 		}
@@ -718,4 +721,33 @@ func TestSlowRepositoryDoesNotBlockOthers(t *testing.T) {
 	}
 	release <- struct{}{}
 	<-done
+}
+
+// TestPullRequestPaths: a pull request's changed files come from git (its
+// payload has none), for when: paths; the target branch's own changes
+// are not among them.
+func TestPullRequestPaths(t *testing.T) {
+	e := newEnv(t, nil)
+	e.up.commit("base", map[string]string{".forge.yml": dagSpec, "README": "r"})
+	e.up.git("checkout", "--quiet", "-b", "changes")
+	head := e.up.commit("feature", map[string]string{"src/x.go": "x", "docs/y.md": "y"})
+	e.up.git("checkout", "--quiet", "master")
+	base := e.up.commit("master moves", map[string]string{"README": "r2"})
+	e.deliver("pull_request", e.pr("opened", head, "master", func(p map[string]any) {
+		obj(p, "pull_request", "base")["sha"] = base
+	}))
+	b := e.builds()[0]
+	if want := []string{"docs/y.md", "src/x.go"}; !slices.Equal(b.Hook.Paths, want) || b.Hook.Base != base {
+		t.Errorf("paths = %q base %s, want %q base %s", b.Hook.Paths, b.Hook.Base, want, base)
+	}
+
+	// A base the remote does not have: paths stay unknown, the build is made.
+	e2 := newEnv(t, nil)
+	head = e2.up.commit("x", map[string]string{".forge.yml": dagSpec})
+	got := e2.deliver("pull_request", e2.pr("opened", head, "master", func(p map[string]any) {
+		obj(p, "pull_request", "base")["sha"] = strings.Repeat("cd", 20)
+	}))
+	if got != "builds created: execute #1" || e2.builds()[0].Hook.Paths != nil {
+		t.Errorf("result %q paths %q; want a build with unknown paths", got, e2.builds()[0].Hook.Paths)
+	}
 }
