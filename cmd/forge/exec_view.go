@@ -223,8 +223,9 @@ func (v *textView) eraseBlock() {
 	v.drawn = 0
 }
 
-// drawBlock writes the state block under the output: one line per job,
-// the unfinished ones first when they do not all fit.
+// drawBlock writes the state block under the output: one line per job, or,
+// when they do not all fit in half the terminal, the running and waiting
+// ones and a line counting every job by state.
 func (v *textView) drawBlock() {
 	cols, rows := 80, 24
 	if v.width != nil {
@@ -261,7 +262,7 @@ func (v *textView) drawBlock() {
 				parts = append(parts, fmt.Sprintf("%d %s", counts[st], st))
 			}
 		}
-		v.w.WriteString(fitWidth(fmt.Sprintf("  %d more jobs: %s", hidden, strings.Join(parts, ", ")), cols-1, false))
+		v.w.WriteString(fitWidth(fmt.Sprintf("  all %d jobs: %s", len(v.order), strings.Join(parts, ", ")), cols-1, false))
 		v.w.WriteString("\x1b[K\n")
 		v.drawn++
 	}
