@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -343,5 +344,34 @@ func TestCommitCountCache(t *testing.T) {
 	os.WriteFile(filepath.Join(repo, ".git", "shallow"), nil, 0o644)
 	if f := commitCountFile(readGitFiles(repo)); f != "" {
 		t.Errorf("a shallow repository is cached in %s", f)
+	}
+}
+
+// TestLiveViewOverflow: more jobs than half the terminal's rows shows the
+// running ones and a line counting them all.
+func TestLiveViewOverflow(t *testing.T) {
+	plan := &forge.Plan{}
+	for i := range 10 {
+		plan.Jobs = append(plan.Jobs, &forge.Job{Name: fmt.Sprintf("job%d", i), Steps: []forge.Step{{Name: "s"}}})
+	}
+	var out bytes.Buffer
+	v := newTextView(&out, plan, true, false, func() (int, int) { return 80, 6 }, nil)
+	for _, j := range plan.Jobs {
+		v.Report(forge.Event{Type: forge.EventJobQueued, Job: j.Name})
+	}
+	v.Report(forge.Event{Type: forge.EventJobStarted, Job: "job3", Attempt: 1, Time: time.Now()})
+	v.Report(forge.Event{Type: forge.EventJobFinished, Job: "job0", Status: forge.StatusSuccess})
+	v.mu.Lock()
+	v.eraseBlock()
+	v.w.Flush()
+	mark := out.Len()
+	v.drawBlock()
+	v.w.Flush()
+	block := out.String()[mark:]
+	v.mu.Unlock()
+	v.Halt()
+	lines := strings.Split(strings.TrimSuffix(block, "\n"), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "job3") || !strings.Contains(lines[1], "all 10 jobs: 1 running, 8 queued, 1 success") {
+		t.Errorf("block: got %q, want job3's line and the counts", lines)
 	}
 }
