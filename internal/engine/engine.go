@@ -96,7 +96,8 @@ type Result struct {
 	// StatusCanceled when the run was cancelled.
 	Status forge.Status
 	// Jobs are the jobs' results in plan order.
-	Jobs     []*JobResult
+	Jobs []*JobResult
+	// Started is when Run began; Duration how long it took.
 	Started  time.Time
 	Duration time.Duration
 }
@@ -131,6 +132,19 @@ type JobResult struct {
 }
 
 // Run runs plan and returns every job's result and the overall status.
+//
+// A job starts once every job it needs has passed; when one has not
+// (failed, errored or skipped), the job is skipped, with a message naming
+// it, and so on down the DAG. A job with Skip set (its when: excluded it)
+// is skipped with that reason. A job with Resources first acquires a lease
+// through the Leaser, holding no parallel slot while it waits; once it
+// holds one, it goes before jobs without leases for the next free slot. The
+// lease is kept across retries, its variables are added to the job's
+// environment, and it is released when the job ends; if it is lost
+// mid-job, the attempt is cancelled and the job errors with "lease lost"
+// and is not retried. Job.Timeout bounds each attempt (a failure, "timed
+// out after 5m0s"). A failed or errored attempt is run again up to
+// Job.Retries more times; a cancelled one is not.
 //
 // Every job gets EventJobQueued when the run begins (in plan order), then,
 // when it gets that far, EventJobWaiting (while it waits for a lease: once
