@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -1030,6 +1029,3 @@ func (m *Memory) Stats(ctx context.Context) ([]*PoolStats, error) {
 	}
 	return out, nil
 }
-
-// String describes a request for messages.
-func (r *memReq) String() string { return fmt.Sprintf("request %q of %s", r.id, r.owner.id) }
