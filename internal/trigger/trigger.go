@@ -13,6 +13,25 @@
 // A spec that is missing or invalid does not make a delivery disappear: it
 // creates a build that fails at once (StatusError) with the lint messages
 // as its error and as the log of its one job, "spec".
+//
+// What runs, without an on: section in the spec:
+//
+//	pull request opened, reopened, synchronize, ready_for_review → execute
+//	push to the repository's default branch                      → execute
+//	pull request merged into the production branch               → deploy
+//
+// Draft pull requests are skipped unless Options.BuildDrafts; a commit
+// message with [skip ci] or [ci skip] builds nothing (except on an
+// explicit rebuild). A "/retest" comment by a collaborator on a pull
+// request, and a re-requested check suite, rebuild the pull request's
+// current head (fetched through refs/pull/N/head) with what its latest
+// build knew (target branch, fork); without an earlier build the target is
+// the default branch and the pull request is treated as a fork (no
+// secrets). A new build of a pull request cancels the older unfinished
+// builds of the same pull request and action unless
+// Options.KeepSuperseded. A pull request's changed files, for when:
+// paths, come from git: the files between the merge base of the target's
+// tip and the head.
 package trigger
 
 import (
