@@ -284,6 +284,8 @@ func (r *runner) job(ctx context.Context, j *forge.Job) {
 		})
 	}()
 
+	// Every need ends before the job does, even when an early one already
+	// decided that it is skipped: events follow the DAG.
 	for _, n := range j.Needs {
 		select {
 		case <-r.done[n]:
@@ -291,6 +293,8 @@ func (r *runner) job(ctx context.Context, j *forge.Job) {
 			r.canceled(jr)
 			return
 		}
+	}
+	for _, n := range j.Needs {
 		if nr := r.res[n]; !nr.Status.Passed() {
 			if nr.Status == forge.StatusCanceled {
 				r.canceled(jr)
