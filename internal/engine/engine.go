@@ -93,7 +93,8 @@ type Result struct {
 	// Status is StatusSuccess when no job failed (jobs skipped by their
 	// when: condition are fine), StatusFailure when a job failed,
 	// StatusError when none failed but forge could not run one, and
-	// StatusCanceled when the run was cancelled.
+	// StatusCanceled when cancelling the run stopped a job (it takes
+	// precedence).
 	Status forge.Status
 	// Jobs are the jobs' results in plan order.
 	Jobs []*JobResult
@@ -238,25 +239,32 @@ func (e *Engine) check(plan *forge.Plan) error {
 	return nil
 }
 
-// overall is the run's status from its jobs' results.
+// overall is the run's status from its jobs' results: cancelled when the
+// cancel stopped a job (a cancel after every job ended changes nothing),
+// else failure, error, success in that order.
 func overall(ctx context.Context, jobs []*JobResult) forge.Status {
-	if ctx.Err() != nil {
-		return forge.StatusCanceled
-	}
-	st := forge.StatusSuccess
+	var canceled, failed, errored bool
 	for _, j := range jobs {
 		switch j.Status {
-		case forge.StatusFailure:
-			return forge.StatusFailure
-		case forge.StatusError:
-			st = forge.StatusError
 		case forge.StatusCanceled:
-			if st == forge.StatusSuccess {
-				st = forge.StatusCanceled
-			}
+			canceled = true
+		case forge.StatusFailure:
+			failed = true
+		case forge.StatusError:
+			errored = true
 		}
 	}
-	return st
+	switch {
+	case canceled && ctx.Err() != nil:
+		return forge.StatusCanceled
+	case failed:
+		return forge.StatusFailure
+	case errored:
+		return forge.StatusError
+	case canceled:
+		return forge.StatusCanceled
+	}
+	return forge.StatusSuccess
 }
 
 // runner is the state of one Run.

@@ -102,3 +102,58 @@ func TestRandomDAGs(t *testing.T) {
 		}
 	}
 }
+
+// TestRandomCancel cancels random plans at a random moment: every job
+// still ends exactly once, nothing is left running, and the run is
+// canceled.
+func TestRandomCancel(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	rng := rand.New(rand.NewPCG(seed, 2))
+	for run := range 20 {
+		plan := &forge.Plan{}
+		for i := range 2 + rng.IntN(8) {
+			j := &forge.Job{Name: fmt.Sprintf("j%d", i), Retries: rng.IntN(2)}
+			if i > 0 && rng.IntN(2) == 0 {
+				j.Needs = []string{fmt.Sprintf("j%d", rng.IntN(i))}
+			}
+			j.Steps = []forge.Step{{Name: "s", Run: []string{"hang", "sleep 5ms", "exit 1", "sleep 2ms\nfail-until 2"}[rng.IntN(4)]}}
+			plan.Jobs = append(plan.Jobs, j)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(15))*time.Millisecond)
+		b := &scripted{}
+		rec := &recorder{t: t}
+		res, err := New(Options{Backend: b, Parallel: 1 + rng.IntN(3), Reporter: rec}).Run(ctx, plan, RunInfo{})
+		cancel()
+		if err != nil {
+			t.Fatalf("seed %d run %d: %v", seed, run, err)
+		}
+		if n := b.active.Load(); n != 0 {
+			t.Fatalf("seed %d run %d: %d jobs still running", seed, run, n)
+		}
+		finished := map[string]int{}
+		for _, e := range rec.events {
+			if e.Type == forge.EventJobFinished {
+				finished[e.Job]++
+			}
+		}
+		for _, j := range plan.Jobs {
+			if finished[j.Name] != 1 || !res.Job(j.Name).Status.Done() {
+				t.Fatalf("seed %d run %d: %s finished %d times with %s", seed, run, j.Name, finished[j.Name], res.Job(j.Name).Status)
+			}
+		}
+		canceled := 0
+		for _, j := range plan.Jobs {
+			jr := res.Job(j.Name)
+			if jr.Status == forge.StatusCanceled {
+				canceled++
+			}
+			// A job that hangs ends only by the cancel.
+			if j.Steps[0].Run == "hang" && jr.Attempts > 0 && jr.Status != forge.StatusCanceled {
+				t.Fatalf("seed %d run %d: %s hangs, yet it ended %s", seed, run, j.Name, jr.Status)
+			}
+		}
+		if (res.Status == forge.StatusCanceled) != (canceled > 0) {
+			t.Fatalf("seed %d run %d: run %s with %d jobs canceled", seed, run, res.Status, canceled)
+		}
+	}
+}
