@@ -20,10 +20,12 @@ type recorder struct {
 	build *forge.Build
 
 	mu      sync.Mutex
+	room    *sync.Cond           // signalled when the writer takes pending writes
 	jobs    map[string]*jobState // by name
 	order   []*jobState
 	pending []write
 	nlines  int // lines in pending
+	stopped bool
 
 	wake chan struct{}
 	stop chan struct{}
@@ -50,6 +52,10 @@ type write struct {
 // flushLines makes the writer flush early when this many lines wait.
 const flushLines = 2000
 
+// maxPendingLines bounds the lines waiting for the writer: beyond it the
+// job's output waits (the engine holds the job back) until they are written.
+const maxPendingLines = 50000
+
 // kickDelay is how long after a step's end its writes are made, so the
 // writes of a quick succession of steps share a batch.
 const kickDelay = 5 * time.Millisecond
@@ -71,6 +77,7 @@ func newRecorder(r *Runner, b *forge.Build, rows []*forge.BuildJob) *recorder {
 		rec.jobs[j.Name] = js
 		rec.order = append(rec.order, js)
 	}
+	rec.room = sync.NewCond(&rec.mu)
 	go rec.writer()
 	return rec
 }
@@ -219,6 +226,12 @@ func (rec *recorder) addLine(js *jobState, l forge.LogLine) {
 	if rec.nlines++; rec.nlines >= flushLines {
 		rec.kick()
 	}
+	// A job that prints faster than the database stores lines is held
+	// back here rather than buffered without bound.
+	for rec.nlines >= maxPendingLines && !rec.stopped {
+		rec.kick()
+		rec.room.Wait()
+	}
 }
 
 func (rec *recorder) queueJob(js *jobState) {
@@ -271,6 +284,7 @@ func (rec *recorder) flush() {
 	rec.mu.Lock()
 	batch := rec.pending
 	rec.pending, rec.nlines = nil, 0
+	rec.room.Broadcast()
 	rec.mu.Unlock()
 	if len(batch) == 0 {
 		return
@@ -341,6 +355,10 @@ func (rec *recorder) close() {
 	}
 	close(rec.stop)
 	<-rec.done
+	rec.mu.Lock()
+	rec.stopped = true
+	rec.room.Broadcast()
+	rec.mu.Unlock()
 	if rec.r.opts.Live != nil {
 		for _, js := range rec.order {
 			rec.r.opts.Live.Finish(js.row.ID)

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -141,6 +142,12 @@ func (b *backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 		case "env":
 			line++
 			rep.Report(forge.Event{Type: forge.EventLine, Time: time.Now(), Step: i, Line: &forge.LogLine{Number: line, Time: time.Now(), Stream: forge.Stdout, Text: arg + "=" + run.Env[arg]}})
+		case "many":
+			n, _ := strconv.Atoi(arg)
+			for k := 0; k < n; k++ {
+				line++
+				rep.Report(forge.Event{Type: forge.EventLine, Time: time.Now(), Step: i, Line: &forge.LogLine{Number: line, Time: time.Now(), Stream: forge.Stdout, Text: strconv.Itoa(line)}})
+			}
 		case "fail":
 			st, code = forge.StatusFailure, 1
 		case "block":
@@ -687,5 +694,34 @@ func TestCompileOptions(t *testing.T) {
 		if o.Event != tt.event || o.Branch != tt.branch || o.Tag != tt.tag || o.Action != "deploy" {
 			t.Errorf("CompileOptions(%+v) = %+v, want event %q branch %q tag %q", tt.hook, o, tt.event, tt.branch, tt.tag)
 		}
+	}
+}
+
+// TestManyLinesAreAllStoredInOrder runs a job printing more lines than the
+// recorder keeps waiting, so the job is held back while they are written.
+func TestManyLinesAreAllStoredInOrder(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	s := newRunner(t, db, planOf("many 120000", "echo last"), nil)
+	b := queue(t, db, repo, "test")
+	s.start(t)
+	if got := waitBuild(t, db, b.ID); got.Status != forge.StatusSuccess {
+		t.Fatalf("build = %s %q", got.Status, got.Error)
+	}
+	j, _ := db.Jobs(context.Background(), b.ID)
+	lines, err := db.Lines(context.Background(), j[0].ID, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) != 120001 {
+		t.Fatalf("%d lines stored, want 120001", len(lines))
+	}
+	for i, l := range lines[:120000] {
+		if l.Number != i+1 || l.Text != strconv.Itoa(i+1) {
+			t.Fatalf("line %d = %d %q", i+1, l.Number, l.Text)
+		}
+	}
+	if lines[120000].Text != "last" {
+		t.Errorf("last line = %q", lines[120000].Text)
 	}
 }
