@@ -306,10 +306,17 @@ func (m *serverMain) Run(ctx context.Context) error {
 		api.SetDraining()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = leaseSrv.Shutdown(sctx)
 		return srv.Shutdown(sctx)
 	})
-	g.Go(func() error { return run.Run(gctx) })
+	g.Go(func() error {
+		err := run.Run(gctx)
+		// The lease connections close last: running jobs hold leases
+		// through them until the runner has let them finish.
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = leaseSrv.Shutdown(sctx)
+		return err
+	})
 	g.Go(func() error { return proc.Run(gctx) })
 	err = g.Wait()
 	log.Info("stopped", "err", err)

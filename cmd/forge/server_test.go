@@ -751,3 +751,28 @@ func TestServerFollowLog(t *testing.T) {
 	}
 	p.stop(t)
 }
+
+// TestServerSIGTERMLetsLeasedJobFinish: a job holding a lease from the
+// server's own pool keeps it through the grace period after SIGTERM and
+// finishes (the lease connections close after the builds).
+func TestServerSIGTERMLetsLeasedJobFinish(t *testing.T) {
+	repo, sha := e2eRepo(t, "jobs:\n  test:\n    resources: [ports]\n    steps:\n      - echo started; sleep 1; echo finished with $FORGE_LEASE_PORTS\n")
+	data := t.TempDir()
+	p := e2eStartServerWith(t, data, "pools:\n  ports:\n    range: 20000-20000\n")
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "term-lease", e2ePrPayload(t, "opened", repo, sha, 2)); err != nil || st != 202 {
+		t.Fatalf("delivery: %d %v", st, err)
+	}
+	e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool {
+		return len(b.Jobs) == 1 && b.Jobs[0].Status == forge.StatusRunning
+	})
+	p.stop(t)
+	p = e2eStartServerWith(t, data, "pools:\n  ports:\n    range: 20000-20000\n")
+	b := e2eWaitBuild(t, p, 1, 5*time.Second, e2eBuildDone)
+	if b.Status != forge.StatusSuccess {
+		t.Fatalf("build = %s %q, want success within the grace period", b.Status, b.Error)
+	}
+	if log := e2eJobLog(t, p, 1, b.Jobs[0]); !strings.Contains(log, "finished with 20000") {
+		t.Errorf("log = %q", log)
+	}
+	p.stop(t)
+}
