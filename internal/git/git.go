@@ -29,6 +29,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -288,8 +289,13 @@ func (g *Git) ensureMirror(ctx context.Context, dir string) error {
 	return nil
 }
 
+// MaxReadFile is the largest file ReadFile returns (1 MiB: a build spec
+// is far smaller).
+const MaxReadFile = 1 << 20
+
 // ReadFile returns the content of path at commit sha of repo's mirror;
-// ENOTFOUND when the commit (fetch it first) or the file does not exist.
+// ENOTFOUND when the commit (fetch it first) or the file does not exist,
+// ETOOLARGE when the file has more than MaxReadFile bytes.
 func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) ([]byte, error) {
 	dir, err := g.MirrorDir(repo)
 	if err != nil {
@@ -312,6 +318,15 @@ func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) 
 	}
 	if t := strings.TrimSpace(typ); t != "blob" {
 		return nil, forge.Errorf(forge.EINVALID, "%s at %s is a %s, not a file", path, short(sha), t)
+	}
+	// The file comes from whoever pushed the commit: its size is checked
+	// before any of it is read into memory.
+	size, err := g.run(ctx, dir, nil, "cat-file", "-s", sha+":"+path)
+	if err != nil {
+		return nil, err
+	}
+	if n, err := strconv.ParseInt(strings.TrimSpace(size), 10, 64); err != nil || n > MaxReadFile {
+		return nil, forge.Errorf(forge.ETOOLARGE, "%s at %s has %s bytes, more than the %d forge reads", path, short(sha), strings.TrimSpace(size), MaxReadFile)
 	}
 	var out bytes.Buffer
 	if err := g.runTo(ctx, dir, nil, &out, "cat-file", "blob", sha+":"+path); err != nil {

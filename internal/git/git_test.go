@@ -407,3 +407,19 @@ func TestChangedPaths(t *testing.T) {
 		t.Errorf("shallow ChangedPaths error = %v, want not_found", err)
 	}
 }
+
+func TestReadFileTooLarge(t *testing.T) {
+	u := newUpstream(t)
+	g := newGit(t, git.Options{})
+	ctx := context.Background()
+	big, err := g.Fetch(ctx, u.repo(), "", u.commit("big", map[string]string{"big.yml": strings.Repeat("x", git.MaxReadFile+1), "ok.yml": "x"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.ReadFile(ctx, u.repo(), big, "big.yml"); forge.ErrorCode(err) != forge.ETOOLARGE {
+		t.Errorf("ReadFile(big) error code = %q (%v), want too_large", forge.ErrorCode(err), err)
+	}
+	if b, err := g.ReadFile(ctx, u.repo(), big, "ok.yml"); err != nil || string(b) != "x" {
+		t.Errorf("ReadFile(ok) = %q, %v", b, err)
+	}
+}

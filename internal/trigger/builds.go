@@ -61,7 +61,7 @@ func (p *Processor) loadSpec(ctx context.Context, h *forge.Hook) (f *spec.File, 
 	case "":
 	case forge.ENOTFOUND:
 		return nil, fmt.Sprintf("%s: no such file at commit %s: add one to build this repository", p.opts.SpecFile, short(h.SHA)), nil
-	case forge.EINVALID:
+	case forge.EINVALID, forge.ETOOLARGE:
 		return nil, forge.ErrorMessage(err), nil
 	default:
 		return nil, "", err

@@ -58,7 +58,8 @@ type Git interface {
 	// URL; other codes (EUNAVAILABLE: the remote is down) may pass.
 	Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (string, error)
 	// ReadFile returns path at commit sha (fetched before); ENOTFOUND
-	// when there is no such file.
+	// when there is no such file, EINVALID when it is not a file,
+	// ETOOLARGE when it is too large to read.
 	ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) ([]byte, error)
 	// Message returns the commit message of sha (fetched before).
 	Message(ctx context.Context, repo *forge.Repo, sha string) (string, error)
