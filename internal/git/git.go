@@ -335,7 +335,8 @@ func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) 
 	return out.Bytes(), nil
 }
 
-// Message returns the full commit message of sha in repo's mirror.
+// Message returns the commit message of sha in repo's mirror (its first
+// 64 KiB).
 func (g *Git) Message(ctx context.Context, repo *forge.Repo, sha string) (string, error) {
 	dir, err := g.MirrorDir(repo)
 	if err != nil {
@@ -348,9 +349,14 @@ func (g *Git) Message(ctx context.Context, repo *forge.Repo, sha string) (string
 	if !g.hasCommit(ctx, dir, sha) {
 		return "", forge.Errorf(forge.ENOTFOUND, "commit %s of %s has not been fetched", sha, repo.FullName())
 	}
-	out, err := g.run(ctx, dir, nil, "log", "-1", "--format=%B", sha)
-	return strings.TrimRight(out, "\n"), err
+	// A message is whatever the author wrote: keep a bounded start of it.
+	var out bytes.Buffer
+	err = g.runTo(ctx, dir, nil, &limited{w: &out, n: maxMessage}, "log", "-1", "--format=%B", sha)
+	return strings.TrimRight(out.String(), "\n"), err
 }
+
+// maxMessage bounds the commit message Message returns.
+const maxMessage = 64 << 10
 
 // ChangedPaths lists the files a pull request changes: those that differ
 // between head and its merge base with base (what GitHub's "Files
