@@ -73,14 +73,6 @@ func Validate(event string, payload []byte) error {
 	return err
 }
 
-// SkipCI reports whether a commit message asks not to be built, with
-// "[skip ci]" or "[ci skip]" (any case), as GitHub Actions, Drone and
-// Woodpecker understand it.
-func SkipCI(message string) bool {
-	m := strings.ToLower(message)
-	return strings.Contains(m, "[skip ci]") || strings.Contains(m, "[ci skip]")
-}
-
 func eventName(event string) string {
 	if event == "" {
 		return "(no event)"

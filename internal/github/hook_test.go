@@ -262,22 +262,6 @@ func TestParseInvalid(t *testing.T) {
 	}
 }
 
-func TestSkipCI(t *testing.T) {
-	for msg, want := range map[string]bool{
-		"fix typo [skip ci]":      true,
-		"[CI SKIP] docs":          true,
-		"docs\n\n[Skip CI]":       true,
-		"skip ci":                 false,
-		"[skip-ci]":               false,
-		"":                        false,
-		"fix the [skip ci] check": true,
-	} {
-		if got := github.SkipCI(msg); got != want {
-			t.Errorf("SkipCI(%q) = %v, want %v", msg, got, want)
-		}
-	}
-}
-
 func TestIsRetest(t *testing.T) {
 	for body, want := range map[string]bool{
 		"/retest":              true,

@@ -476,7 +476,9 @@ func firstLine(s string) string {
 	return s
 }
 
-// skipCI reports whether a commit message asks not to be built.
+// skipCI reports whether a commit message asks not to be built, with
+// "[skip ci]" or "[ci skip]" in any case, as GitHub Actions, Drone and
+// Woodpecker understand it.
 func skipCI(message string) bool {
 	m := strings.ToLower(message)
 	return strings.Contains(m, "[skip ci]") || strings.Contains(m, "[ci skip]")
