@@ -52,8 +52,9 @@ FORGE_DATABASE_URL is a postgres:// URL.
 The server refuses to start while database migrations are pending; run
 "forge migrate up" first, or set FORGE_MIGRATE=auto to migrate at start.
 
-On SIGTERM or SIGINT it stops taking new builds, stops serving HTTP, lets
-running builds finish for up to --grace, then cancels them and exits 0.`,
+On SIGTERM or SIGINT it stops taking new builds (/readyz answers 503), lets
+running builds finish for up to --grace while still serving the API and
+leases, cancels what is left, stops serving HTTP and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			m := &serverMain{Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()}
@@ -300,20 +301,23 @@ func (m *serverMain) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	// On SIGTERM: /readyz fails, no new builds start, and the API and the
+	// lease endpoint stay up while running builds finish (their jobs may
+	// still lease resources and report); then HTTP and the lease
+	// connections close.
+	runDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(runDone)
+		return run.Run(gctx)
+	})
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down: no new builds; running builds get the grace period", "grace", time.Duration(c.Grace).String())
 		api.SetDraining()
+		<-runDone
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return srv.Shutdown(sctx)
-	})
-	g.Go(func() error {
-		err := run.Run(gctx)
-		// The lease connections close last: running jobs hold leases
-		// through them until the runner has let them finish.
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
+		err := srv.Shutdown(sctx)
 		_ = leaseSrv.Shutdown(sctx)
 		return err
 	})

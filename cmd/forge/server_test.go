@@ -702,6 +702,21 @@ func TestServerSIGTERMGrace(t *testing.T) {
 		}
 	}
 	began := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	// While the build gets its grace, the server is not ready but still
+	// answers.
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st := e2eApiCall(t, "GET", p.url+"/readyz", "", nil); st == 503 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz did not answer 503 after SIGTERM")
+		}
+	}
+	var running e2eBuildView
+	if st := e2eApiCall(t, "GET", p.url+e2eRepoPath+"/builds/1", "", &running); st != 200 || running.Status != forge.StatusRunning {
+		t.Errorf("during the grace period: %d, build %s; want the API up and the build running", st, running.Status)
+	}
 	p.stop(t)
 	if d := time.Since(began); d < 2*time.Second || d > 20*time.Second {
 		t.Errorf("shutdown took %v, want the 2s grace and a little more", d)
