@@ -236,7 +236,8 @@ func (m *serverMain) Run(ctx context.Context) error {
 			Leaser:   leaser,
 			Parallel: c.Builds.Parallel,
 		},
-		Live: live,
+		Backend: "local",
+		Live:    live,
 		Secrets: func(_ context.Context, repo *forge.Repo) (map[string]string, error) {
 			return c.secretsFor(repo.FullName()), nil
 		},

@@ -147,6 +147,7 @@ func (rec *recorder) Report(e forge.Event) {
 			js.offset = js.last
 		}
 		row.Status = forge.StatusRunning
+		row.Backend = rec.r.opts.Backend
 		row.Attempt = max(e.Attempt, 1)
 		row.Started, row.Finished = e.Time, time.Time{}
 		row.ExitCode, row.Error = 0, ""

@@ -96,6 +96,9 @@ type Options struct {
 	Git      Checkouter
 	Planner  Planner
 	Executor Executor
+	// Backend names the backend the Executor runs jobs on ("local"); it is
+	// recorded with each job, for reattaching after a restart.
+	Backend string
 	// Live, when set, receives every log line as it is recorded.
 	Live Publisher
 	// Secrets, when set, gives the secrets of a repository's builds; builds

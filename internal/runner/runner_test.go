@@ -213,6 +213,7 @@ func newRunner(t testing.TB, db *sqldb.DB, plan runner.Planner, tweak func(*runn
 		Git:           &checkout{},
 		Planner:       plan,
 		Executor:      runner.Engine{Backend: be, Parallel: 4},
+		Backend:       "fake",
 		WorkDir:       filepath.Join(t.TempDir(), "work"),
 		PublicURL:     "https://ci.example.com/",
 		Concurrency:   4,
@@ -317,7 +318,7 @@ func TestRunsQueuedBuildAndRecordsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	j := jobs[0]
-	if j.Status != forge.StatusSuccess || j.Attempt != 1 || j.Started.IsZero() || j.Finished.IsZero() {
+	if j.Status != forge.StatusSuccess || j.Attempt != 1 || j.Started.IsZero() || j.Finished.IsZero() || j.Backend != "fake" {
 		t.Errorf("job = %+v, want success attempt 1 with times", j)
 	}
 	if len(j.Steps) != 3 {
