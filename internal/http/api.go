@@ -55,7 +55,7 @@ func (s *Server) routesInit() {
 	s.handle("", "/api/v1/pools/", Delegated, leases)
 
 	// Unknown paths get a JSON 404 (registered without the route list).
-	s.mux.Handle("/", notFound())
+	s.mux.Handle("/", s.notFound())
 }
 
 func openAPIHandler() http.HandlerFunc {

@@ -340,6 +340,7 @@ func TestAuth(t *testing.T) {
 		{"internal token is no admin", true, "PUT", "/api/v1/pools/dut", "internal-secret", 403},
 		{"webhook is public (signed)", true, "POST", "/hooks/github", "", 202},
 		{"unknown path", false, "GET", "/api/v1/nothing", "", 404},
+		{"wrong method", false, "DELETE", "/api/v1/repos/acme/app/builds", "", 405},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -355,6 +356,9 @@ func TestAuth(t *testing.T) {
 				}
 				if resp.StatusCode == 401 && resp.Header.Get("WWW-Authenticate") == "" {
 					t.Error("401 without WWW-Authenticate")
+				}
+				if resp.StatusCode == 405 && resp.Header.Get("Allow") != "GET, POST" {
+					t.Errorf("405 with Allow %q, want GET, POST", resp.Header.Get("Allow"))
 				}
 			}
 		})

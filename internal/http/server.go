@@ -19,8 +19,10 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -330,9 +332,26 @@ func metrics(g prometheus.Gatherer) http.Handler {
 	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
 }
 
-// notFound is the JSON 404 of unknown paths.
-func notFound() http.HandlerFunc {
+// notFound answers requests no route took: 405 with Allow when the path
+// is served for other methods, else a JSON 404.
+func (s *Server) notFound() http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, rt := range s.routes {
+			if rt.Method == "" || rt.Method == r.Method || slices.Contains(allow, rt.Method) {
+				continue
+			}
+			probe := r.Clone(r.Context())
+			probe.Method = rt.Method
+			if _, pattern := s.mux.Handler(probe); pattern == rt.Method+" "+rt.Pattern {
+				allow = append(allow, rt.Method)
+			}
+		}
+		if len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeJSON(w, http.StatusMethodNotAllowed, errorBody{Code: forge.EINVALID, Message: fmt.Sprintf("%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", "))})
+			return
+		}
 		writeError(w, forge.Errorf(forge.ENOTFOUND, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	}
 }
