@@ -119,6 +119,60 @@ func (db *DB) CreateDelivery(ctx context.Context, d *forge.Delivery) error {
 	})
 }
 
+// CreateDeliveries stores ds in one transaction, so a burst of webhooks
+// costs one disk flush instead of one per delivery (the webhook handler's
+// group commit finds it by type assertion). It returns one error per
+// delivery: nil when stored, ECONFLICT when its id was stored before (also
+// earlier in ds), EINVALID when it lacks an id or event, and the
+// transaction's error for every stored one when the transaction fails.
+func (db *DB) CreateDeliveries(ctx context.Context, ds []*forge.Delivery) []error {
+	errs := make([]error, len(ds))
+	err := db.write(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, db.q(`INSERT INTO deliveries (id, event, action, payload, received, processed, result)
+			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`))
+		if err != nil {
+			return db.fail(ctx, err, "prepare delivery insert")
+		}
+		defer stmt.Close()
+		for i, d := range ds {
+			if d.ID == "" || d.Event == "" {
+				errs[i] = forge.Errorf(forge.EINVALID, "delivery needs an id and an event")
+				continue
+			}
+			if d.Received.IsZero() {
+				d.Received = now()
+			}
+			d.Received = stamp(d.Received)
+			payload := d.Payload
+			if payload == nil {
+				payload = []byte{}
+			}
+			res, err := stmt.ExecContext(ctx, d.ID, d.Event, d.Action, payload, d.Received.UnixMicro(), micros(d.Processed), d.Result)
+			if err != nil {
+				return db.fail(ctx, err, "save delivery "+d.ID)
+			}
+			// ON CONFLICT DO NOTHING keeps the transaction alive on both
+			// databases; no row written means the id was there already.
+			if n, err := res.RowsAffected(); err != nil {
+				return db.fail(ctx, err, "save delivery "+d.ID)
+			} else if n == 0 {
+				errs[i] = forge.Errorf(forge.ECONFLICT, "delivery %s was received before", d.ID)
+				continue
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// The whole batch was rolled back, conflicts found in it included.
+		for i := range errs {
+			if forge.ErrorCode(errs[i]) != forge.EINVALID {
+				errs[i] = err
+			}
+		}
+	}
+	return errs
+}
+
 // PendingDeliveries returns up to limit unprocessed deliveries, oldest
 // first; limit <= 0 means 100.
 func (db *DB) PendingDeliveries(ctx context.Context, limit int) ([]*forge.Delivery, error) {

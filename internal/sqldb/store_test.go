@@ -97,6 +97,29 @@ func TestDeliveries(t *testing.T) {
 			t.Fatal("CreateDelivery left Received zero")
 		}
 
+		// A batch stores new ids and reports old ones and repeats as conflicts.
+		batch := []*forge.Delivery{
+			{ID: "b-1", Event: "push", Received: at(10)},
+			{ID: "d-1", Event: "push"},
+			{ID: "b-2", Event: "pull_request", Action: "opened", Received: at(11)},
+			{ID: "b-1", Event: "push"},
+			{ID: "", Event: "push"},
+		}
+		wantCodes := []string{"", forge.ECONFLICT, "", forge.ECONFLICT, forge.EINVALID}
+		for i, err := range db.CreateDeliveries(ctx, batch) {
+			if got := forge.ErrorCode(err); got != wantCodes[i] {
+				t.Errorf("CreateDeliveries[%d] (%s): got code %q, want %q (%v)", i, batch[i].ID, got, wantCodes[i], err)
+			}
+		}
+		for _, id := range []string{"b-1", "b-2"} {
+			if _, err := db.Delivery(ctx, id); err != nil {
+				t.Errorf("delivery %s from a batch: %v", id, err)
+			}
+			if err := db.FinishDelivery(ctx, id, "checked"); err != nil {
+				t.Fatal(err)
+			}
+		}
+
 		pending, err := db.PendingDeliveries(ctx, 2)
 		if err != nil {
 			t.Fatal(err)
