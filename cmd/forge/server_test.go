@@ -334,14 +334,7 @@ func TestServerEndToEnd(t *testing.T) {
 // TestServerEndToEndPostgres is the same against PostgreSQL, in a
 // database of its own.
 func TestServerEndToEndPostgres(t *testing.T) {
-	u := os.Getenv("FORGE_TEST_POSTGRES_URL")
-	if u == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
-		}
-		t.Skip("FORGE_TEST_POSTGRES_URL is not set")
-	}
-	e2eTestEndToEnd(t, "FORGE_DATABASE_URL="+e2eScratchDatabase(t, u))
+	e2eTestEndToEnd(t, "FORGE_DATABASE_URL="+e2eScratchDatabase(t, e2ePostgresURL(t)))
 }
 
 // e2eScratchDatabase creates a database for one test and returns its URL.
@@ -479,9 +472,29 @@ func TestServerRestartRecovery(t *testing.T) {
 // checks that every delivery answered 2xx produced exactly one build and
 // that no delivery produced two.
 func TestServerCrashDuringDeliveryBurst(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testCrashDuringBurst(t) })
+	t.Run("postgres", func(t *testing.T) {
+		testCrashDuringBurst(t, "FORGE_DATABASE_URL="+e2eScratchDatabase(t, e2ePostgresURL(t)))
+	})
+}
+
+// e2ePostgresURL returns FORGE_TEST_POSTGRES_URL; it skips the test when
+// it is unset, or fails it with CI=true.
+func e2ePostgresURL(t *testing.T) string {
+	u := os.Getenv("FORGE_TEST_POSTGRES_URL")
+	if u == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
+		}
+		t.Skip("FORGE_TEST_POSTGRES_URL is not set")
+	}
+	return u
+}
+
+func testCrashDuringBurst(t *testing.T, env ...string) {
 	repo, sha := e2eRepo(t, "execute:\n  - true\n")
 	data := t.TempDir()
-	env := []string{"FORGE_BUILDS_CONCURRENCY=1"}
+	env = append(env, "FORGE_BUILDS_CONCURRENCY=1")
 	p := e2eStartServer(t, data, env...)
 	payload := e2ePrPayload(t, "opened", repo, sha, 2)
 	// Warm the mirror so the burst measures intake, not the first clone.
@@ -790,4 +803,59 @@ func TestServerSIGTERMLetsLeasedJobFinish(t *testing.T) {
 		t.Errorf("log = %q", log)
 	}
 	p.stop(t)
+}
+
+// TestServerReplicas runs two servers on one PostgreSQL database, each
+// with its own data directory, and sends deliveries to both: every
+// delivery builds once, and every build runs once, on one of them.
+func TestServerReplicas(t *testing.T) {
+	dbURL := "FORGE_DATABASE_URL=" + e2eScratchDatabase(t, e2ePostgresURL(t))
+	marks := t.TempDir()
+	repo, sha := e2eRepo(t, fmt.Sprintf("execute:\n  - echo $FORGE_BUILD_ID >> %s/ran\n", marks))
+	// Replicas that start while others run must not recover their builds.
+	config := "builds:\n  no_recover: true\n  concurrency: 2\n"
+	a := e2eStartServerWith(t, t.TempDir(), config, dbURL)
+	b := e2eStartServerWith(t, t.TempDir(), config, dbURL)
+	const n = 40
+	for i := 0; i < n; i++ {
+		to := a
+		if i%2 == 1 {
+			to = b
+		}
+		if st, err := e2eDeliver(http.DefaultClient, to.url, "pull_request", fmt.Sprint("replica-", i), e2ePrPayload(t, "opened", repo, sha, 100+i)); err != nil || st != 202 {
+			t.Fatalf("delivery %d: %d %v", i, st, err)
+		}
+	}
+	for k := int64(1); k <= n; k++ {
+		if bd := e2eWaitBuild(t, a, k, 60*time.Second, e2eBuildDone); bd.Status != forge.StatusSuccess {
+			t.Errorf("build %d = %s %q", k, bd.Status, bd.Error)
+		}
+	}
+	var list struct{ Builds []forge.Build }
+	e2eApiCall(t, "GET", b.url+e2eRepoPath+"/builds?limit=1000", "", &list)
+	if len(list.Builds) != n {
+		t.Errorf("%d builds for %d deliveries", len(list.Builds), n)
+	}
+	data, err := os.ReadFile(filepath.Join(marks, "ran"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := map[string]int{}
+	for _, id := range strings.Fields(string(data)) {
+		ran[id]++
+	}
+	for id, c := range ran {
+		if c != 1 {
+			t.Errorf("build %s ran %d times", id, c)
+		}
+	}
+	if len(ran) != n {
+		t.Errorf("%d builds ran, want %d", len(ran), n)
+	}
+	for _, p := range []*e2eServerProc{a, b} {
+		if !strings.Contains(p.log(), `"msg":"build started"`) {
+			t.Errorf("server %s ran no build: the queue was not shared", p.url)
+		}
+		p.stop(t)
+	}
 }
