@@ -50,8 +50,12 @@ type execOptions struct {
 // local run of a branch is what the server does for a push to it.
 const defaultEvent = "push"
 
+// noEvent is the --event that evaluates nothing: when: checks only paths
+// and on: is not consulted, so every job of the action runs.
+const noEvent = "none"
+
 // knownEvents are the events --event accepts.
-var knownEvents = []string{"push", "pull_request", "tag", "manual", "merged"}
+var knownEvents = []string{"push", "pull_request", "tag", "manual", "merged", noEvent}
 
 func newExecCmd() *cobra.Command {
 	o := &execOptions{}
@@ -90,7 +94,7 @@ runs), 130 when interrupted.`,
 	f := cmd.Flags()
 	f.StringVarP(&o.file, "file", "f", ".forge.yml", "the build spec to run")
 	f.StringVar(&o.action, "action", spec.DefaultAction, "the action to run: a top-level list of commands, or the jobs with that action:\n(when not given and the file has on:, the first action on: runs for --event)")
-	f.StringVar(&o.event, "event", defaultEvent, "the event on: and when: are evaluated for: "+strings.Join(knownEvents, ", "))
+	f.StringVar(&o.event, "event", defaultEvent, "the event on: and when: are evaluated for: "+strings.Join(knownEvents, ", ")+"\n(none: evaluate nothing, run every job of the action)")
 	f.StringVar(&o.branch, "branch", "", "the branch on: and when: see (default: the current git branch)")
 	f.StringVar(&o.tag, "tag", "", "the tag when: sees with --event tag (default: a tag at HEAD)")
 	f.IntVarP(&o.parallel, "parallel", "p", 0, "how many jobs run at once (default: the number of CPUs)")
@@ -154,7 +158,11 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		return exitWith(exitUsage, "%s has no action %q; its actions are: %s", o.file, o.action, strings.Join(actions, ", "))
 	}
 	action := o.chooseAction(f, branch, tag, stderr)
-	plan, err := spec.Compile(f, spec.Options{Action: action, Event: o.event, Branch: branch, Tag: tag})
+	event := o.event
+	if event == noEvent {
+		event = ""
+	}
+	plan, err := spec.Compile(f, spec.Options{Action: action, Event: event, Branch: branch, Tag: tag})
 	if err != nil {
 		fmt.Fprint(stderr, spec.Report(err))
 		return exitWith(exitUsage, "%s is not a valid spec: nothing was run", o.file)
@@ -273,7 +281,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 // --action, the first action on: runs for it (execute when it runs none);
 // with --action, that action, with a note when on: would not run it.
 func (o *execOptions) chooseAction(f *spec.File, branch, tag string, stderr io.Writer) string {
-	if !f.HasOn() {
+	if !f.HasOn() || o.event == noEvent {
 		return o.action
 	}
 	h := &forge.Hook{Event: o.event, Branch: branch, Target: branch, Tag: tag, Merged: o.event == "merged"}

@@ -82,6 +82,7 @@ func TestExecExamples(t *testing.T) {
 			lines: []string{"[deploy] deploying to staging", "[smoke] smoke-testing staging"}},
 		{file: "on.yml", args: []string{"--branch", "main"}, code: 0, result: map[string]string{"test": "success", "nightly-only": "skipped"}},
 		{file: "on.yml", args: []string{"--event", "manual", "--action", "deploy"}, code: 0, result: map[string]string{"deploy": "success"}},
+		{file: "on.yml", args: []string{"--event", "none"}, code: 0, result: map[string]string{"test": "success", "nightly-only": "success"}},
 		{file: "on.yml", args: []string{"--event", "tag", "--tag", "v1.2"}, code: 0, result: map[string]string{"release": "success"},
 			lines: []string{"[release] releasing refs/"}},
 	}
