@@ -726,3 +726,33 @@ func TestManyLinesAreAllStoredInOrder(t *testing.T) {
 		t.Errorf("last line = %q", lines[120000].Text)
 	}
 }
+
+// TestCancelThroughAnotherServer cancels a build through a runner that is
+// not running it: the one running it sees the cancel and kills its jobs.
+func TestCancelThroughAnotherServer(t *testing.T) {
+	db := openDB(t)
+	repo := makeRepo(t, db, "app")
+	replica := func(o *runner.Options) { o.NoRecover = true }
+	runs := newRunner(t, db, planOf("block"), replica)
+	other := newRunner(t, db, planOf("block"), replica)
+	b := queue(t, db, repo, "test")
+	runs.start(t)
+	waitStatus(t, db, b.ID, forge.StatusRunning)
+	for runs.be.active.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := other.runner.Cancel(context.Background(), b.ID, "canceled by bob"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runs.be.active.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the running server did not kill the job within 5s of a cancel through the other")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := waitBuild(t, db, b.ID); got.Status != forge.StatusCanceled || got.Error != "canceled by bob" {
+		t.Errorf("build = %s %q, want canceled by bob", got.Status, got.Error)
+	}
+	waitJobs(t, db, b.ID, forge.StatusCanceled)
+}
