@@ -17,8 +17,12 @@ import (
 // they run even when the build's context is cancelled.
 const finalWrite = 15 * time.Second
 
-// checkoutTimeout bounds making a build's workspace.
-const checkoutTimeout = 30 * time.Minute
+// checkoutTimeout bounds making a build's workspace; checkoutGrace is how
+// long a checkout may go on after its build was cancelled.
+const (
+	checkoutTimeout = 30 * time.Minute
+	checkoutGrace   = 10 * time.Second
+)
 
 // runBuild runs the claimed build b to its end and records the outcome.
 func (r *Runner) runBuild(ctx context.Context, b *forge.Build) {
@@ -94,12 +98,14 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 			log.Warn("removing workspace", "dir", dir, "err", err)
 		}
 	}()
-	// The checkout is not cut short by a cancel: git killed while it
-	// updates a ref leaves a lock file that blocks the mirror for every
-	// later build. A cancelled build waits for its checkout (bounded),
-	// then ends.
+	// The checkout is not cut short by a cancel at once: git killed while
+	// it updates a ref leaves a lock file that blocks the mirror for every
+	// later build. A cancelled build gives its checkout checkoutGrace to
+	// finish (a fetch from a slow remote is cut then), then ends.
 	cctx, cancelCheckout := context.WithTimeout(context.WithoutCancel(ctx), checkoutTimeout)
+	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(checkoutGrace, cancelCheckout) })
 	err = r.opts.Git.Checkout(cctx, repo, b.Hook.SHA, dir)
+	stopGrace()
 	cancelCheckout()
 	if st, msg, ok := r.canceled(ctx); ok {
 		return rec.abortAll(st, msg)
