@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -373,5 +375,51 @@ func TestLiveViewOverflow(t *testing.T) {
 	lines := strings.Split(strings.TrimSuffix(block, "\n"), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], "job3") || !strings.Contains(lines[1], "all 10 jobs: 1 running, 8 queued, 1 success") {
 		t.Errorf("block: got %q, want job3's line and the counts", lines)
+	}
+}
+
+// TestJSONLineFastPath: the hand-written encoding of line events is byte
+// for byte what encoding/json makes, for awkward text too.
+func TestJSONLineFastPath(t *testing.T) {
+	texts := []string{
+		"", "plain", `quote " backslash \ slash /`, "tab\tnl\ncr\rbs\bff\f", "\x00\x01\x1f\x7f",
+		"<html> & 'x'", "héllo wörld ✓ 🚀", "bad \xff\xfe utf8 \xc3", "sep \u2028 \u2029 end", "\xe2\x80", "ﾟ\uFFFD",
+	}
+	rng := rand.New(rand.NewPCG(7, 7))
+	for range 300 {
+		b := make([]byte, rng.IntN(40))
+		for i := range b {
+			b[i] = byte(rng.IntN(256))
+		}
+		texts = append(texts, string(b))
+	}
+	zones := []*time.Location{time.UTC, time.FixedZone("X", -5*3600-30*60)}
+	for i, text := range texts {
+		e := forge.Event{
+			Type: forge.EventLine, Time: time.Date(2026, 11, 26, 13, 4, 5, i*1000, zones[i%2]),
+			Job: []string{"", "build", "test (go=1.22, os=\"x\")"}[i%3], Attempt: i % 3, Step: i % 4,
+			StepName: []string{"", "go test ./...", text}[i%3],
+			Line:     &forge.LogLine{Number: i + 1, Time: time.Date(2026, 1, 2, 3, 4, 5, 999999999-i, zones[(i+1)%2]), Stream: forge.Stderr, Text: text},
+		}
+		if !lineFastPath(&e) {
+			t.Fatalf("event %d does not take the fast path", i)
+		}
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		enc.Encode(e)
+		if got := appendLineEvent(nil, &e); string(got) != want.String() {
+			t.Errorf("text %q:\ngot  %s\nwant %s", text, got, want.String())
+		}
+	}
+	for _, e := range []forge.Event{
+		{Type: forge.EventLine},
+		{Type: forge.EventLine, Line: &forge.LogLine{}, Message: "x"},
+		{Type: forge.EventStepStarted, Line: &forge.LogLine{}},
+		{Type: forge.EventLine, Line: &forge.LogLine{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}},
+	} {
+		if lineFastPath(&e) {
+			t.Errorf("%+v takes the fast path", e)
+		}
 	}
 }
