@@ -163,7 +163,10 @@ func TestLiveView(t *testing.T) {
 	ev(forge.Event{Type: forge.EventJobQueued, Job: "test"})
 	ev(forge.Event{Type: forge.EventJobStarted, Job: "build", Attempt: 1})
 	ev(forge.Event{Type: forge.EventStepStarted, Job: "build", Step: 1, StepName: "link"})
-	time.Sleep(3 * flushEvery / 2) // one redraw
+	v.mu.Lock() // what a tick does, without waiting for one
+	v.eraseBlock()
+	v.drawBlock()
+	v.mu.Unlock()
 	ev(forge.Event{Type: forge.EventLine, Job: "build", Line: &forge.LogLine{Text: "linking\r\x1b[2Kdone"}})
 	ev(forge.Event{Type: forge.EventJobFinished, Job: "build", Status: forge.StatusSuccess, Duration: time.Second})
 	ev(forge.Event{Type: forge.EventJobFinished, Job: "test", Status: forge.StatusSkipped, Message: "needs nothing"})
