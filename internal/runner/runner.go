@@ -288,7 +288,7 @@ func (r *Runner) drain() error {
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
 	if n > 0 {
-		r.log.Info("waiting for running builds", "builds", n, "grace", r.opts.Grace)
+		r.log.Info("waiting for running builds", "builds", n, "grace", r.opts.Grace.String())
 	}
 	select {
 	case <-done:
@@ -314,13 +314,14 @@ func (r *Runner) schedule(ctx context.Context) {
 	free := r.opts.Concurrency - len(r.running)
 	stopping := r.stopping
 	r.mu.Unlock()
-	if stopping {
+	if stopping || free <= 0 {
 		return
 	}
 	// Look at a few more builds than there are free slots (some may belong
-	// to repositories at their limit); when none of those could be taken,
-	// look further.
-	for _, limit := range []int{free*4 + 16, queueScan} {
+	// to repositories at their limit, others be taken by another server
+	// first); when none of those could be taken, look further.
+	limit := min(free*4+16, queueScan)
+	for pass := 0; pass < 4 && free > 0; pass++ {
 		queued, err := r.opts.Builds.ListBuilds(ctx, forge.BuildFilter{Status: forge.StatusQueued, Ascending: true, Limit: limit})
 		if err != nil {
 			if ctx.Err() == nil {
@@ -329,8 +330,14 @@ func (r *Runner) schedule(ctx context.Context) {
 			return
 		}
 		claimed := r.claim(ctx, queued, &free)
-		if claimed > 0 || len(queued) < limit || free <= 0 {
-			return
+		if len(queued) < limit {
+			return // that was the whole queue
+		}
+		if claimed == 0 {
+			if limit == queueScan {
+				return
+			}
+			limit = queueScan
 		}
 	}
 }
