@@ -83,8 +83,8 @@ func TestDAGOrder(t *testing.T) {
 	b := &scripted{}
 	plan := &forge.Plan{Action: "execute", Jobs: []*forge.Job{
 		job("a", nil, "sleep 20ms"),
-		job("b", []string{"a"}, "sleep 10ms"),
-		job("c", []string{"a"}, "sleep 30ms"),
+		job("b", []string{"a"}, "await 2"),
+		job("c", []string{"a"}, "await 2"),
 		job("d", []string{"b", "c"}, "print done"),
 	}}
 	res, _ := run(t, context.Background(), Options{Backend: b, Parallel: 4}, plan, RunInfo{})
@@ -112,7 +112,9 @@ func TestParallelLimit(t *testing.T) {
 			b := &scripted{}
 			plan := &forge.Plan{}
 			for i := range tc.jobs {
-				plan.Jobs = append(plan.Jobs, job(fmt.Sprintf("j%d", i), nil, "sleep 30ms"))
+				// Each job waits until as many run at once as may: more
+				// would break the limit, fewer would time out the wait.
+				plan.Jobs = append(plan.Jobs, job(fmt.Sprintf("j%d", i), nil, fmt.Sprintf("await %d\nsleep 5ms", tc.want)))
 			}
 			res, _ := run(t, context.Background(), Options{Backend: b, Parallel: tc.parallel}, plan, RunInfo{})
 			if res.Status != forge.StatusSuccess {

@@ -18,6 +18,7 @@ import (
 //	print TEXT        report a line of output
 //	sleep DURATION    wait (ends early with the context)
 //	hang              wait for the context
+//	await N           wait until N jobs have run at once (at most 5s)
 //	exit N            fail the step with exit code N (0 passes)
 //	fail-until N      fail with exit code 1 while the attempt is below N
 //	env NAME          print NAME=value of the job's environment
@@ -92,6 +93,22 @@ func (b *scripted) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporte
 				case <-time.After(d):
 				case <-ctx.Done():
 					return ctxStatus(), nil
+				}
+			case "await":
+				// wait until n jobs have run at once (or give up after 5s)
+				n, _ := strconv.Atoi(arg)
+				for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+					b.mu.Lock()
+					most := b.max
+					b.mu.Unlock()
+					if most >= n {
+						break
+					}
+					select {
+					case <-time.After(time.Millisecond):
+					case <-ctx.Done():
+						return ctxStatus(), nil
+					}
 				}
 			case "hang":
 				<-ctx.Done()
