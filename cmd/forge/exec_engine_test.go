@@ -25,8 +25,13 @@ func TestEngineLocalParallel(t *testing.T) {
 			plan := &forge.Plan{Action: "execute"}
 			for i := range 6 {
 				plan.Jobs = append(plan.Jobs, &forge.Job{
-					Name:  fmt.Sprintf("j%d", i),
-					Steps: []forge.Step{{Name: "s", Run: `echo "$(date +%s%N) 1" >> times; sleep 0.25; echo "$(date +%s%N) -1" >> times`}},
+					Name: fmt.Sprintf("j%d", i),
+					// Mark the start, wait (up to 5s) until as many jobs have
+					// started as may run at once, mark the end: jobs beyond the
+					// limit show as overlap, jobs held back as a timeout.
+					Steps: []forge.Step{{Name: "s", Run: fmt.Sprintf(`echo "$(date +%%s%%N) 1" >> times; touch "started.$FORGE_JOB"
+i=0; while [ "$(ls started.* | wc -l)" -lt %d ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+sleep 0.02; echo "$(date +%%s%%N) -1" >> times`, parallel)}},
 				})
 			}
 			eng := engine.New(engine.Options{Backend: local.New(local.Options{}), Parallel: parallel})
