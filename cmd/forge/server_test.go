@@ -859,3 +859,34 @@ func TestServerReplicas(t *testing.T) {
 		p.stop(t)
 	}
 }
+
+// TestServerPrivateReadsLeasedJob: with private reads, anonymous reads are
+// refused, while a pipeline job still leases from the server's own pool
+// (the engine's lease client has the server's internal token).
+func TestServerPrivateReadsLeasedJob(t *testing.T) {
+	repo, sha := e2eRepo(t, "jobs:\n  test:\n    resources: [ports]\n    steps:\n      - echo got $FORGE_LEASE_PORTS\n")
+	data := t.TempDir()
+	token := e2eAdminToken(t, data)
+	p := e2eStartServerWith(t, data, "api:\n  private_reads: true\npools:\n  ports:\n    range: 20000-20000\n")
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "private-1", e2ePrPayload(t, "opened", repo, sha, 2)); err != nil || st != 202 {
+		t.Fatalf("delivery: %d %v", st, err)
+	}
+	if st := e2eApiCall(t, "GET", p.url+e2eRepoPath, "", nil); st != 401 {
+		t.Errorf("anonymous read with private reads: %d, want 401", st)
+	}
+	var b e2eBuildView
+	for deadline := time.Now().Add(30 * time.Second); !b.Status.Done(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("build 1 not done within 30s: %s", b.Status)
+		}
+		e2eApiCall(t, "GET", p.url+e2eRepoPath+"/builds/1", token, &b)
+	}
+	if b.Status != forge.StatusSuccess {
+		t.Fatalf("build = %s %q, want success", b.Status, b.Error)
+	}
+	var log string
+	if st := e2eApiCall(t, "GET", fmt.Sprintf("%s%s/builds/1/jobs/%d/log", p.url, e2eRepoPath, b.Jobs[0].ID), token, &log); st != 200 || !strings.Contains(log, "got 20000") {
+		t.Errorf("log: %d %q", st, log)
+	}
+	p.stop(t)
+}
