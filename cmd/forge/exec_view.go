@@ -29,15 +29,19 @@ type execView interface {
 	Halt()
 }
 
-// flushEvery is how often buffered output reaches stdout (and how often the
-// live view is redrawn): often enough to look live, rarely enough that a
-// million lines cost a few hundred writes, not a million.
-const flushEvery = 100 * time.Millisecond
+// flushEvery is how often buffered output reaches stdout off a terminal:
+// often enough to look live, rarely enough that a million lines cost a few
+// hundred writes, not a million. redrawEvery is the same on a terminal,
+// where each flush also redraws the state block: five times a second.
+const (
+	flushEvery  = 100 * time.Millisecond
+	redrawEvery = 200 * time.Millisecond
+)
 
 // textView prints each job's output prefixed with the job's name. Off a
 // terminal it prints plain "[job] text" lines and nothing else; on a
 // terminal (live) it also keeps a block of job states at the bottom,
-// redrawn in place at most every flushEvery, and colours the prefixes
+// redrawn in place at most every redrawEvery, and colours the prefixes
 // unless colour is off.
 type textView struct {
 	mu     sync.Mutex
@@ -112,10 +116,14 @@ func newTextView(out io.Writer, plan *forge.Plan, live, colour bool, size func()
 	return v
 }
 
-// tick flushes (and, live, redraws) every flushEvery until Finish.
+// tick flushes (and, live, redraws) until Finish.
 func (v *textView) tick() {
 	defer close(v.done)
-	t := time.NewTicker(flushEvery)
+	every := flushEvery
+	if v.live {
+		every = redrawEvery
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
