@@ -67,7 +67,6 @@ type serverConfig struct {
 		CancelSuperseded *bool    `yaml:"cancel_superseded"`
 		CloneDepth       int      `yaml:"clone_depth"`
 		BuildDrafts      bool     `yaml:"build_drafts"`
-		DefaultBranch    string   `yaml:"default_branch"`
 		ProductionBranch string   `yaml:"production_branch"`
 		KillGrace        Duration `yaml:"kill_grace"`
 		// NoRecover: do not end the builds the database shows running
