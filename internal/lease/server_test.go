@@ -662,18 +662,7 @@ func TestKeepaliveDropsSilentClient(t *testing.T) {
 	// answer each ping, which a loaded CI machine needs.
 	e := newEnv(t, dutConfig, Options{Keepalive: 2 * time.Second}, MemoryOptions{})
 	rawWS(t, e.wsURL, `{"type":"acquire","id":"r","holder":"silent","requests":[{"pool":"one"}]}`)
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		var ls leasesResponse
-		e.rest("GET", "/api/v1/leases", "", &ls)
-		if len(ls.Leases) == 1 && ls.Leases[0].Holder == "silent" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the silent client never got its lease: %+v", ls)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	e.waitForHolder("silent")
 	silentSince := time.Now()
 	b := e.dial()
 	b.acquire("b", req("one", 1))
@@ -839,6 +828,7 @@ func TestPipelinedMessagesAndControlFrames(t *testing.T) {
 func TestFloodingClientThatDoesNotReadIsDropped(t *testing.T) {
 	e := newEnv(t, dutConfig, Options{MessageRate: 1e6, MessageBurst: 1e6, Keepalive: 2 * time.Second}, MemoryOptions{})
 	nc := rawWS(t, e.wsURL, `{"type":"acquire","id":"a","holder":"deaf","requests":[{"pool":"one"}]}`)
+	e.waitForHolder("deaf")
 	waiter := e.dial()
 	waiter.acquire("w", req("one", 1))
 	waiter.expect(TypeQueued)
@@ -918,4 +908,24 @@ func TestHugeMessageClosesConnection(t *testing.T) {
 		t.Fatal("connection still open after a 20 KB message with a 1 KB limit")
 	}
 	w.expect(TypeGranted)
+}
+
+// waitForHolder waits until holder holds a lease (a raw client cannot be
+// told its grant).
+func (e *testEnv) waitForHolder(holder string) {
+	e.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var ls leasesResponse
+		e.rest("GET", "/api/v1/leases", "", &ls)
+		for _, l := range ls.Leases {
+			if l.Holder == holder {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s never got its lease: %+v", holder, ls)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
