@@ -44,6 +44,9 @@ func (e *Error) notFound() bool {
 	return false
 }
 
+// killGrace is how long a cancelled git gets to clean up after SIGTERM.
+const killGrace = 2 * time.Second
+
 // maxStderr bounds what an error keeps of git's output.
 const maxStderr = 2000
 
@@ -65,10 +68,17 @@ func (g *Git) runTo(ctx context.Context, dir string, env []string, stdout io.Wri
 	cmd.Stdout = stdout
 	var stderr bytes.Buffer
 	cmd.Stderr = &limited{w: &stderr, n: 64 << 10}
-	// git may start helpers (ssh, remote-https): kill them all on cancel.
+	// git may start helpers (ssh, remote-https): stop them all on cancel.
+	// SIGTERM first, because git removes its *.lock files on SIGTERM; a
+	// SIGKILL in the middle of update-ref leaves a ref lock behind that
+	// fails every later fetch of the mirror. SIGKILL follows after a grace.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
+	cmd.Cancel = func() error {
+		pgid := cmd.Process.Pid
+		time.AfterFunc(killGrace, func() { syscall.Kill(-pgid, syscall.SIGKILL) })
+		return syscall.Kill(-pgid, syscall.SIGTERM)
+	}
+	cmd.WaitDelay = killGrace + 3*time.Second
 	if err := cmd.Run(); err != nil {
 		ge := &Error{Args: redactArgs(args), Stderr: tail(redact(strings.TrimSpace(stderr.String())), maxStderr), Err: err}
 		switch {
