@@ -112,7 +112,9 @@ func (c *checker) check(t *testing.T) {
 	for _, r := range c.reqs {
 		if r.granted {
 			for _, p := range r.pools {
-				byPool[p] = append(byPool[p], r)
+				if p != "c" { // "order: fill" lets requests pass
+					byPool[p] = append(byPool[p], r)
+				}
 			}
 		}
 	}
@@ -168,6 +170,7 @@ func TestRandomized(t *testing.T) {
 pools:
   a: {range: 1-3}
   b: {resources: [{id: b1}, {id: b2}]}
+  c: {order: fill, resources: [{id: c1}, {id: c2}]}
 `
 	e := newEnv(t, cfg, Options{}, MemoryOptions{PositionInterval: 5 * time.Millisecond})
 	ck := &checker{reqs: map[string]*seenReq{}, holds: map[string][]*hold{}}
@@ -282,7 +285,16 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 		id := fmt.Sprintf("c%d-%d", i, op)
 		var pools []string
 		var reqs []any
-		switch x := rng.IntN(10); {
+		switch x := rng.IntN(12); {
+		case x >= 10:
+			// the fill pool: passing is allowed there, so only the
+			// no-double-holder check applies to it
+			pools = []string{"c"}
+			reqs = []any{map[string]any{"pool": "c", "count": 1 + rng.IntN(2)}}
+			if x == 11 {
+				pools = append(pools, "a")
+				reqs = append(reqs, map[string]any{"pool": "a"})
+			}
 		case x < 4:
 			pools = []string{"a"}
 			reqs = []any{map[string]any{"pool": "a", "count": 1 + rng.IntN(2)}}
