@@ -120,3 +120,21 @@ func TestLeasesAndHistory(t *testing.T) {
 		t.Fatalf("bad limit: got %d %+v", code, apiErr)
 	}
 }
+
+func TestUnknownRoutesAnswerJSON(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"GET", "/api/v1/pools/dut/nothing", http.StatusNotFound, "not_found"},
+		{"POST", "/api/v1/pools", http.StatusMethodNotAllowed, "invalid"},
+		{"PATCH", "/api/v1/leases/L1", http.StatusMethodNotAllowed, "invalid"},
+	} {
+		var apiErr apiError
+		if got := e.rest(tc.method, tc.path, "", &apiErr); got != tc.status || apiErr.Code != tc.code || apiErr.Message == "" {
+			t.Errorf("%s %s: got %d %+v, want %d with code %s", tc.method, tc.path, got, apiErr, tc.status, tc.code)
+		}
+	}
+}

@@ -116,7 +116,46 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/leases/ws", s.serveWS)
 	s.routes(mux)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" {
+			notRouted(w, r, mux)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// notRouted answers a request no route takes with the JSON error body of
+// the API, keeping the mux's status (404, or 405 with its Allow header).
+func notRouted(w http.ResponseWriter, r *http.Request, mux *http.ServeMux) {
+	rec := &statusOnly{header: http.Header{}}
+	mux.ServeHTTP(rec, r)
+	if allow := rec.header.Get("Allow"); allow != "" {
+		w.Header().Set("Allow", allow)
+	}
+	code, msg := forge.ENOTFOUND, fmt.Sprintf("no such API endpoint: %s", r.URL.Path)
+	if rec.status == http.StatusMethodNotAllowed {
+		code, msg = forge.EINVALID, fmt.Sprintf("%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, rec.header.Get("Allow"))
+	}
+	status := rec.status
+	if status == 0 {
+		status = http.StatusNotFound
+	}
+	writeJSON(w, status, apiError{Code: code, Message: msg})
+}
+
+// statusOnly records a response's status and headers and drops its body.
+type statusOnly struct {
+	header http.Header
+	status int
+}
+
+func (s *statusOnly) Header() http.Header         { return s.header }
+func (s *statusOnly) Write(p []byte) (int, error) { return len(p), nil }
+func (s *statusOnly) WriteHeader(status int) {
+	if s.status == 0 {
+		s.status = status
+	}
 }
 
 // Shutdown stops accepting connections, tells every client the server is
