@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -49,11 +50,19 @@ func TestReapOrphans(t *testing.T) {
 		t.Fatalf("got %s, want success", st)
 	}
 	assertNoneRunning(t, m)
-	if z := zombieChildren(t); len(z) != 2 {
-		t.Fatalf("zombie children before reaping: got %q, want the two sleeps", z)
+	// The killed sleeps are handed to this process a moment after the
+	// kill; an earlier test may have left a zombie of its own as well.
+	var z []string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if z = zombieChildren(t); len(z) >= 2 {
+			break
+		}
 	}
-	if n := ReapOrphans(); n != 2 {
-		t.Errorf("ReapOrphans() = %d, want 2", n)
+	if len(z) < 2 {
+		t.Fatalf("zombie children before reaping: got %q, want at least the two sleeps", z)
+	}
+	if n := ReapOrphans(); n < 2 {
+		t.Errorf("ReapOrphans() = %d, want at least 2", n)
 	}
 	if z := zombieChildren(t); len(z) != 0 {
 		t.Errorf("zombie children after reaping: %q", z)
