@@ -89,8 +89,8 @@ Exit status:
   130  interrupted while waiting
   1    any other failure`,
 		Example: `  forge lease dut -- pytest -x tests/hw
-  forge lease dut:2 ports --label arch=arm64 -- ./flash.sh
-  forge lease dut --label dut:arch=arm64 ports:3 --wait 10m -- make hil
+  forge lease dut:2 --label arch=arm64 -- ./flash.sh          # two arm64 devices
+  forge lease dut ports:3 --label dut:arch=arm64 --wait 10m -- make hil
   FORGE_SERVER=https://ci.example.com forge lease dut -- sh -c 'ssh "$FORGE_LEASE_DUT" uname -a'`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
