@@ -105,6 +105,7 @@ runs), 130 when interrupted.`,
 	f.BoolVar(&o.json, "json", false, "print one JSON object per event on stdout, and a summary object")
 	f.StringVar(&o.logDir, "log-dir", "", "write each job's log, with timestamps, to `DIR`/<job>.log")
 	f.BoolVar(&o.noColor, "no-color", false, "no colours on a terminal (NO_COLOR set to anything does the same)")
+	f.Var(newLeaseServerValue(&o.leaser), "lease-server", "acquire the resources: of jobs from the forge server at `URL` (its lease WebSocket)")
 	_ = cmd.MarkFlagFilename("file", "yml", "yaml")
 	_ = cmd.MarkFlagFilename("secret-file")
 	_ = cmd.MarkFlagDirname("log-dir")
