@@ -161,7 +161,7 @@ func e2eRepo(t testing.TB, spec string) (dir, sha string) {
 // pointing at repo, its head at sha and its number set.
 func e2ePrPayload(t testing.TB, action, repo, sha string, number int) []byte {
 	t.Helper()
-	data, err := os.ReadFile("/work/shared/fixtures/github-webhooks/pull_request." + action + ".payload.json")
+	data, err := os.ReadFile("../../../shared/fixtures/github-webhooks/pull_request." + action + ".payload.json")
 	if err != nil {
 		t.Fatal(err)
 	}
