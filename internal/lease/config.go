@@ -433,10 +433,15 @@ func checkLabels(l map[string]string) error {
 }
 
 // checkPool validates a built pool: name, order, ids unique and well
-// formed, labels sane.
+// formed, labels sane. An empty order becomes fifo, the documented default,
+// so pools built in Go or sent to the REST API without one behave like
+// pools from the configuration file.
 func checkPool(p *forge.Pool) error {
 	if err := checkPoolName(p.Name); err != nil {
 		return err
+	}
+	if p.Order == "" {
+		p.Order = OrderFIFO
 	}
 	if p.Order != OrderFIFO && p.Order != OrderFill {
 		return forge.Errorf(forge.EINVALID, "pool %q: unknown order %q (want %q or %q)", p.Name, p.Order, OrderFIFO, OrderFill)

@@ -1,12 +1,15 @@
 package lease
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/goccy/go-yaml"
+
+	"github.com/forgeci/forge"
 )
 
 func TestConfigFromYAML(t *testing.T) {
@@ -121,5 +124,20 @@ func TestResourceConfigJSONRoundTrip(t *testing.T) {
 	again, _ := json.Marshal(back)
 	if string(again) != string(got) {
 		t.Fatalf("round trip: got %s, want %s", again, got)
+	}
+}
+
+func TestEmptyOrderIsFIFO(t *testing.T) {
+	m, err := NewMemory([]*forge.Pool{{Name: "dut", Resources: []*forge.Resource{{ID: "d1"}}}}, MemoryOptions{})
+	if err != nil {
+		t.Fatalf("NewMemory with no order: %v", err)
+	}
+	defer m.Close()
+	pools, err := m.Pools(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pools) != 1 || pools[0].Order != OrderFIFO {
+		t.Fatalf("got pools %+v, want one fifo pool", pools)
 	}
 }
