@@ -289,6 +289,31 @@ func TestLeaseSIGKILLHandsOver(t *testing.T) {
 	})
 }
 
+// TestLeaseSIGKILLStopsCMDTree: when forge lease is killed with SIGKILL,
+// the lease goes back at once, so what CMD started (not only CMD, which
+// Pdeathsig reaches) must stop too: the guard process sees to it.
+func TestLeaseSIGKILLStopsCMDTree(t *testing.T) {
+	srv := newLeaseServer(t, leasePool("dut", "dut1"))
+	dir := t.TempDir()
+	env := []string{"FORGE_SERVER=" + srv.URL, "DIR=" + dir}
+	p := startLeaseForge(t, env, "lease", "dut", "--kill-grace", "1s", "--", "sh", "-c",
+		`sleep 60 & echo $! > "$DIR/bg.pid"; wait`)
+	bgFile := filepath.Join(dir, "bg.pid")
+	leaseWaitFor(t, 5*time.Second, "CMD's background child to start", func() bool {
+		data, err := os.ReadFile(bgFile)
+		return err == nil && strings.HasSuffix(string(data), "\n")
+	})
+	data, _ := os.ReadFile(bgFile)
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if pid <= 0 {
+		t.Fatalf("no pid recorded: %q", data)
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.wait(t, 5*time.Second)
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	leaseWaitFor(t, 5*time.Second, "the killed holder's grandchild to end", func() bool { return leaseProcessGone(pid) })
+}
+
 func TestLeaseLostWhileRunning(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -132,6 +132,7 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newMigrateCmd(),
 		newLintCmd(),
 		newLeaseCmd(),
+		newLeaseGuardCmd(),
 		newServerCmd(),
 		newTokenCmd(),
 	)
