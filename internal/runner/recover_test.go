@@ -172,8 +172,12 @@ func TestRecoverStaleAndMissingHeartbeats(t *testing.T) {
 			}
 		}
 		// A server dies after this one started: its build goes stale.
-		later := queue(t, db, repo, "test")
-		markRunning(t, db, later, "dies-later:0:1:x", time.Now().Add(-time.Second))
+		// (Created running: a queued one could be claimed first.)
+		later := &forge.Build{RepoID: repo.ID, Action: "execute", Status: forge.StatusRunning, Hook: forge.Hook{Repo: *repo},
+			Started: time.Now(), Runner: "dies-later:0:1:x", Heartbeat: time.Now().Add(-time.Second)}
+		if err := db.CreateBuild(ctx, later, []*forge.BuildJob{{Name: "test", Status: forge.StatusRunning}}); err != nil {
+			t.Fatal(err)
+		}
 		if got := waitBuild(t, db, later.ID); got.Status != forge.StatusError || got.Error != "server restarted" {
 			t.Errorf("build that went stale later = %s %q, want error server restarted", got.Status, got.Error)
 		}

@@ -741,11 +741,12 @@ func TestCancelThroughAnotherServer(t *testing.T) {
 	other := newRunner(t, db, planOf("block"), replica)
 	b := queue(t, db, repo, "test")
 	runs.start(t)
-	other.start(t)
 	waitStatus(t, db, b.ID, forge.StatusRunning)
 	for runs.be.active.Load() == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
+	// The other replica starts, with recovery on, while the build runs.
+	other.start(t)
 	if _, err := other.runner.Cancel(context.Background(), b.ID, "canceled by bob"); err != nil {
 		t.Fatal(err)
 	}
