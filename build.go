@@ -68,6 +68,13 @@ type Build struct {
 	Finished time.Time `json:"finished,omitzero"`
 	// Version counts updates, for optimistic locking.
 	Version int64 `json:"version"`
+	// Runner identifies the server process that claimed the build, and
+	// Heartbeat is when that process last said it still runs it: a
+	// running build whose heartbeat goes stale was left by a server that
+	// died, and is ended by whichever server notices first. They are the
+	// servers' bookkeeping, not part of the API (a runner ID names a host).
+	Runner    string    `json:"-"`
+	Heartbeat time.Time `json:"-"`
 }
 
 // BuildJob is the record of one job of a build.

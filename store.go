@@ -45,6 +45,13 @@ type BuildStore interface {
 	// UpdateBuild saves b when b.Version equals the stored version and
 	// increments b.Version; ECONFLICT otherwise (someone else changed it).
 	UpdateBuild(ctx context.Context, b *Build) error
+	// TouchBuilds sets the Heartbeat of the builds among ids that are
+	// running and claimed by runner (Build.Runner) to at, unless it is
+	// already later; the other ids (finished, claimed by another runner,
+	// unknown) are skipped without error. It does not change Version, so
+	// it never makes an UpdateBuild conflict; it is idempotent. EINVALID
+	// when runner is empty or at is zero.
+	TouchBuilds(ctx context.Context, runner string, ids []int64, at time.Time) error
 	// Jobs returns a build's jobs with their steps, in creation order.
 	Jobs(ctx context.Context, buildID int64) ([]*BuildJob, error)
 	Job(ctx context.Context, id int64) (*BuildJob, error)

@@ -38,7 +38,8 @@ import (
 //	  build_drafts: false
 //	  production_branch: production
 //	  kill_grace: 5s
-//	  no_recover: false           # true on replicas starting while others run
+//	  heartbeat: 10s              # how often running builds are stamped alive
+//	  stale: 30s                  # a running build unstamped this long was left by a dead server
 //	secrets:                      # per repository ("*" for all); never for forks
 //	  acme/app: {DEPLOY_KEY: ...}
 //	pools: {...}                  # lease pools (docs/leases.md)
@@ -69,8 +70,12 @@ type serverConfig struct {
 		BuildDrafts      bool     `yaml:"build_drafts"`
 		ProductionBranch string   `yaml:"production_branch"`
 		KillGrace        Duration `yaml:"kill_grace"`
-		// NoRecover: do not end the builds the database shows running
-		// at start (set on replicas that start while others run).
+		// Heartbeat and Stale: see runner.Options (defaults 10s, 30s).
+		Heartbeat Duration `yaml:"heartbeat"`
+		Stale     Duration `yaml:"stale"`
+		// NoRecover is accepted for old configuration files: it turns
+		// recovery off (runner.Options.NoRecover), which replicas no
+		// longer need, since recovery only ends builds of dead servers.
 		NoRecover bool `yaml:"no_recover"`
 	} `yaml:"builds"`
 	Secrets map[string]map[string]string `yaml:"secrets"`

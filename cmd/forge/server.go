@@ -226,6 +226,9 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Builds.NoRecover {
+		log.Warn("builds.no_recover is set: builds left running by a server that died stay running until a server without it ends them; replicas no longer need it")
+	}
 	live := livelog.New()
 	run, err := runner.New(runner.Options{
 		Builds: db, Repos: db, Logs: db,
@@ -246,6 +249,8 @@ func (m *serverMain) Run(ctx context.Context) error {
 		Concurrency: c.Builds.Concurrency,
 		PerRepo:     c.Builds.PerRepo,
 		Grace:       time.Duration(c.Grace),
+		Heartbeat:   time.Duration(c.Builds.Heartbeat),
+		Stale:       time.Duration(c.Builds.Stale),
 		NoRecover:   c.Builds.NoRecover,
 		Logger:      log,
 		Registerer:  reg,

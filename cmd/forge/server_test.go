@@ -811,13 +811,20 @@ func TestServerSIGTERMLetsLeasedJobFinish(t *testing.T) {
 func TestServerReplicas(t *testing.T) {
 	dbURL := "FORGE_DATABASE_URL=" + e2eScratchDatabase(t, e2ePostgresURL(t))
 	marks := t.TempDir()
-	repo, sha := e2eRepo(t, fmt.Sprintf("execute:\n  - echo $FORGE_BUILD_ID >> %s/ran\n", marks))
-	// Replicas that start while others run must not recover their builds.
-	config := "builds:\n  no_recover: true\n  concurrency: 2\n"
+	repo, sha := e2eRepo(t, fmt.Sprintf("execute:\n  - echo $FORGE_BUILD_ID >> %s/ran\n  - sleep 0.2\n", marks))
+	// Recovery is on and runs every 300ms; the second replica starts
+	// while the first runs builds, and neither ends the other's.
+	config := "builds:\n  concurrency: 2\n  heartbeat: 100ms\n  stale: 300ms\n"
 	a := e2eStartServerWith(t, t.TempDir(), config, dbURL)
-	b := e2eStartServerWith(t, t.TempDir(), config, dbURL)
 	const n = 40
-	for i := 0; i < n; i++ {
+	for i := 0; i < 4; i++ {
+		if st, err := e2eDeliver(http.DefaultClient, a.url, "pull_request", fmt.Sprint("replica-", i), e2ePrPayload(t, "opened", repo, sha, 100+i)); err != nil || st != 202 {
+			t.Fatalf("delivery %d: %d %v", i, st, err)
+		}
+	}
+	e2eWaitBuild(t, a, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Status == forge.StatusRunning || b.Status.Done() })
+	b := e2eStartServerWith(t, t.TempDir(), config, dbURL)
+	for i := 4; i < n; i++ {
 		to := a
 		if i%2 == 1 {
 			to = b

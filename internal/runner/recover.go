@@ -3,34 +3,86 @@ package runner
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/forgeci/forge"
 )
 
-// Recover ends the builds a previous server left running. The local backend
-// cannot reattach to a job whose server died (its processes died with it),
-// so every unfinished job of such a build is marked error "server
-// restarted", and so is the build: no build stays running forever. Queued
-// builds are left alone: they simply run. It returns how many builds it
-// ended.
+// heartbeat stamps the builds this runner runs as alive every
+// Options.Heartbeat, with one TouchBuilds call, until ctx ends.
+func (r *Runner) heartbeat(ctx context.Context) {
+	t := time.NewTicker(r.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids := r.Running()
+		if len(ids) == 0 {
+			continue
+		}
+		if err := r.opts.Builds.TouchBuilds(ctx, r.id, ids, time.Now().UTC()); err != nil && ctx.Err() == nil {
+			// The next beat tries again; only Options.Stale without one
+			// makes the builds look dead.
+			r.log.Error("heartbeat of running builds", "builds", len(ids), "err", err)
+		}
+	}
+}
+
+// recoverEvery runs Recover every Options.Stale until ctx ends, so the
+// builds of a server that dies are ended while the others run on.
+func (r *Runner) recoverEvery(ctx context.Context) {
+	t := time.NewTicker(r.opts.Stale)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := r.Recover(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("recovering builds of dead servers", "err", err)
+		}
+	}
+}
+
+// Recover ends the running builds whose server is gone: those whose
+// heartbeat is older than Options.Stale or missing (rows from before
+// heartbeats), and those a previous process of this runner (same host and
+// WorkDir, see Options.ID) left behind. Builds of live servers, this one's
+// included, are never touched, so it is safe while other servers share the
+// database. The local backend cannot reattach to a job whose server died
+// (its processes died with it), so every unfinished job of such a build is
+// marked error "server restarted", and so is the build: no build stays
+// running forever. Queued builds are left alone: they simply run.
 //
-// Run calls Recover first. It assumes that every running build in the
-// database was started by a server that is no longer running: with several
-// servers sharing one database, run it only when no other server is up.
+// Each build is ended with its row's optimistic lock, so of several
+// runners recovering at once one ends it and the others leave it. Recover
+// returns how many builds it ended itself. Run calls it at start and every
+// Options.Stale.
 func (r *Runner) Recover(ctx context.Context) (int, error) {
 	n := 0
+	cutoff := time.Now().Add(-r.opts.Stale)
 	var before int64
 	for {
 		list, err := r.opts.Builds.ListBuilds(ctx, forge.BuildFilter{Status: forge.StatusRunning, Before: before, Limit: 100})
 		if err != nil {
-			return n, fmt.Errorf("runner: listing builds left running: %w", err)
+			return n, fmt.Errorf("runner: listing running builds: %w", err)
 		}
 		for _, b := range list {
-			if err := r.recoverBuild(ctx, b); err != nil {
+			if !r.abandoned(b, cutoff) {
+				continue
+			}
+			ended, err := r.recoverBuild(ctx, b)
+			if err != nil {
 				return n, err
 			}
-			n++
+			if ended {
+				n++
+			}
 		}
 		if len(list) < 100 {
 			break
@@ -38,24 +90,55 @@ func (r *Runner) Recover(ctx context.Context) (int, error) {
 		before = list[len(list)-1].ID
 	}
 	if n > 0 {
-		r.log.Warn("ended builds left running by a previous server", "builds", n)
+		r.log.Warn("ended builds left running by a server that is gone", "builds", n)
 	}
 	return n, nil
 }
 
-func (r *Runner) recoverBuild(ctx context.Context, b *forge.Build) error {
+// abandoned reports whether the running build b was left by a server that
+// is gone, given that a live one stamped its builds after cutoff.
+func (r *Runner) abandoned(b *forge.Build, cutoff time.Time) bool {
+	if b.Runner == r.id {
+		r.mu.Lock()
+		_, ours := r.running[b.ID]
+		r.mu.Unlock()
+		if ours {
+			return false // even if a heartbeat failed: it runs here
+		}
+	}
+	if r.home != "" && strings.HasPrefix(b.Runner, r.home) && b.Runner != r.id {
+		return true // a previous process of this runner
+	}
+	return b.Heartbeat.IsZero() || b.Heartbeat.Before(cutoff)
+}
+
+// recoverBuild ends the abandoned build b, then its jobs and steps. It
+// reports false when the build changed since it was read (another runner
+// recovered it, its server finished it, someone cancelled it): then it
+// leaves it alone.
+func (r *Runner) recoverBuild(ctx context.Context, b *forge.Build) (bool, error) {
 	reason := ErrServerRestart.Error()
+	now := time.Now().UTC()
+	// The build first, with its lock: only the runner that wins it goes
+	// on to the jobs, so two recovering runners never both act.
+	b.Status, b.Error, b.Finished = forge.StatusError, reason, now
+	if err := r.opts.Builds.UpdateBuild(ctx, b); err != nil {
+		if forge.ErrorCode(err) == forge.ECONFLICT {
+			return false, nil
+		}
+		return false, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
+	}
+	r.metrics.finished.WithLabelValues(string(forge.StatusError)).Inc()
 	jobs, err := r.opts.Builds.Jobs(ctx, b.ID)
 	if err != nil {
-		return fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
+		return true, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
 	}
-	now := time.Now().UTC()
 	for _, j := range jobs {
 		for _, s := range j.Steps {
 			if !s.Status.Done() {
 				s.Status, s.Finished = forge.StatusError, now
 				if err := r.opts.Builds.SaveStep(ctx, s); err != nil {
-					return fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
+					return true, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
 				}
 			}
 		}
@@ -66,26 +149,8 @@ func (r *Runner) recoverBuild(ctx context.Context, b *forge.Build) error {
 		// written a moment after it changes.
 		j.Status, j.Error, j.Finished = forge.StatusError, reason, now
 		if err := r.opts.Builds.UpdateJob(ctx, j); err != nil {
-			return fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
+			return true, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
 		}
 	}
-	for attempt := 0; ; attempt++ {
-		b.Status, b.Error, b.Finished = forge.StatusError, reason, now
-		err := r.opts.Builds.UpdateBuild(ctx, b)
-		if err == nil {
-			r.metrics.finished.WithLabelValues(string(forge.StatusError)).Inc()
-			return nil
-		}
-		if forge.ErrorCode(err) != forge.ECONFLICT || attempt == 5 {
-			return fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
-		}
-		cur, err := r.opts.Builds.Build(ctx, b.ID)
-		if err != nil {
-			return fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
-		}
-		if cur.Status.Done() {
-			return nil
-		}
-		b = cur
-	}
+	return true, nil
 }

@@ -6,10 +6,16 @@
 // The queue is the database (forge.BuildStore): nothing queued is lost when
 // the server stops, and several servers sharing one PostgreSQL database
 // claim builds with the build row's optimistic lock, so a build runs once.
+// Each runner stamps the builds it claims with its ID and keeps their
+// heartbeat fresh; a running build whose heartbeat goes stale was left by a
+// server that died, and any runner ends it (see Recover).
 package runner
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -124,10 +130,25 @@ type Options struct {
 	// Grace is how long running builds may go on after Run's context ends
 	// before they are cancelled (default 30s).
 	Grace time.Duration
-	// NoRecover skips Recover at the start of Run. Recover takes every
-	// running build for one a dead server left behind; with several
-	// servers sharing a PostgreSQL database that is only true when they
-	// all stopped, so replicas that start while others run set it.
+	// ID identifies this runner in the builds it claims (Build.Runner).
+	// It must differ from that of every other runner sharing the
+	// database, including this process's own later incarnations. Default:
+	// the host name, a digest of WorkDir, the process ID and random bytes;
+	// with the default, a runner recognises at once the builds a previous
+	// process with the same host and WorkDir left running (WorkDir belongs
+	// to one runner at a time, so that process is gone).
+	ID string
+	// Heartbeat is how often the runner stamps its running builds as
+	// alive (default 10s). Stale is how old a running build's heartbeat
+	// may get before Recover takes its server for dead (default three
+	// heartbeats; at least two). Clocks of servers sharing a database
+	// must agree to well within Stale - Heartbeat.
+	Heartbeat time.Duration
+	Stale     time.Duration
+	// NoRecover skips Recover, at start and periodically. It is no longer
+	// needed with several servers sharing a database (Recover only ends
+	// builds whose server stopped heartbeating); with it, the builds of a
+	// server that died stay running until a runner without it ends them.
 	NoRecover bool
 	// FlushInterval is how often buffered log lines are written (default
 	// 100ms; they are also written at every step's end).
@@ -139,7 +160,12 @@ type Options struct {
 
 // Runner runs queued builds. Create it with New, start it with Run.
 type Runner struct {
-	opts    Options
+	opts Options
+	// id is Options.ID or the generated one; home, when the ID was
+	// generated, is its host-and-WorkDir prefix shared by every
+	// incarnation of this runner.
+	id      string
+	home    string
 	log     *slog.Logger
 	metrics *metrics
 	wake    chan struct{}
@@ -189,6 +215,22 @@ func New(opts Options) (*Runner, error) {
 	if opts.Grace <= 0 {
 		opts.Grace = 30 * time.Second
 	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = 10 * time.Second
+	}
+	if opts.Stale <= 0 {
+		opts.Stale = 3 * opts.Heartbeat
+	}
+	if opts.Stale < 2*opts.Heartbeat {
+		return nil, fmt.Errorf("runner: Stale (%v) must be at least twice Heartbeat (%v), or live builds look dead", opts.Stale, opts.Heartbeat)
+	}
+	id, home := opts.ID, ""
+	if id == "" {
+		var err error
+		if id, home, err = newID(opts.WorkDir); err != nil {
+			return nil, err
+		}
+	}
 	if opts.FlushInterval <= 0 {
 		opts.FlushInterval = 100 * time.Millisecond
 	}
@@ -212,6 +254,8 @@ func New(opts Options) (*Runner, error) {
 	base, stop := context.WithCancelCause(context.Background())
 	return &Runner{
 		opts:       opts,
+		id:         id,
+		home:       home,
 		log:        opts.Logger.With("component", "runner"),
 		metrics:    m,
 		wake:       make(chan struct{}, 1),
@@ -221,6 +265,28 @@ func New(opts Options) (*Runner, error) {
 		perRepo:    make(map[int64]int),
 	}, nil
 }
+
+// newID returns a runner ID, host:workdir-digest:pid:random, and its
+// home, the host:workdir-digest: prefix.
+func newID(workDir string) (id, home string, err error) {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	if abs, err := filepath.Abs(workDir); err == nil {
+		workDir = abs
+	}
+	sum := sha256.Sum256([]byte(workDir))
+	var nonce [4]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", "", fmt.Errorf("runner: id: %w", err)
+	}
+	home = host + ":" + hex.EncodeToString(sum[:4]) + ":"
+	return fmt.Sprintf("%s%d:%s", home, os.Getpid(), hex.EncodeToString(nonce[:])), home, nil
+}
+
+// ID returns the runner's ID, as stored in the builds it claims.
+func (r *Runner) ID() string { return r.id }
 
 // Notify tells the runner that builds were queued; it never blocks.
 func (r *Runner) Notify() {
@@ -241,10 +307,12 @@ func (r *Runner) Running() []int64 {
 	return ids
 }
 
-// Run recovers the builds a previous server left running, then runs queued
-// builds until ctx ends. Then it stops taking builds, lets the running ones
-// finish for up to Options.Grace, cancels the rest (recorded as cancelled,
-// "server shutting down") and returns once every build has ended.
+// Run recovers the builds dead servers left running, then runs queued
+// builds until ctx ends, keeping the heartbeat of its running builds fresh
+// and recovering again every Options.Stale. Then it stops taking builds,
+// lets the running ones finish for up to Options.Grace (still heartbeating),
+// cancels the rest (recorded as cancelled, "server shutting down") and
+// returns once every build has ended.
 func (r *Runner) Run(ctx context.Context) error {
 	if !r.opts.NoRecover {
 		if _, err := r.Recover(ctx); err != nil {
@@ -265,6 +333,17 @@ func (r *Runner) Run(ctx context.Context) error {
 				r.log.Warn("removing a workspace left behind", "dir", e.Name(), "err", err)
 			}
 		}
+	}
+	// The heartbeat outlives ctx: builds in their grace period still run.
+	hctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	heartbeatDone := make(chan struct{})
+	go func() { defer close(heartbeatDone); r.heartbeat(hctx) }()
+	defer func() { stopHeartbeat(); <-heartbeatDone }()
+	if !r.opts.NoRecover {
+		rctx, stopRecover := context.WithCancel(ctx)
+		recoverDone := make(chan struct{})
+		go func() { defer close(recoverDone); r.recoverEvery(rctx) }()
+		defer func() { stopRecover(); <-recoverDone }()
 	}
 	tick := time.NewTicker(r.opts.Poll)
 	defer tick.Stop()
@@ -360,6 +439,7 @@ func (r *Runner) claim(ctx context.Context, queued []*forge.Build, free *int) in
 		b.Status = forge.StatusRunning
 		b.Started = time.Now().UTC()
 		b.Error = ""
+		b.Runner, b.Heartbeat = r.id, b.Started
 		if err := r.opts.Builds.UpdateBuild(ctx, b); err != nil {
 			if forge.ErrorCode(err) != forge.ECONFLICT {
 				r.log.Error("claiming build", "build", b.ID, "err", err)

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -265,7 +266,8 @@ func waitBuild(t testing.TB, db *sqldb.DB, id int64) *forge.Build {
 	}
 }
 
-func waitStatus(t testing.TB, db *sqldb.DB, id int64, want forge.Status) {
+// waitStatus waits until build id has one of the statuses want.
+func waitStatus(t testing.TB, db *sqldb.DB, id int64, want ...forge.Status) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -273,11 +275,11 @@ func waitStatus(t testing.TB, db *sqldb.DB, id int64, want forge.Status) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b.Status == want {
+		if slices.Contains(want, b.Status) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("build %d is %s, want %s", id, b.Status, want)
+			t.Fatalf("build %d is %s, want %v", id, b.Status, want)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -602,9 +604,10 @@ func testTwoRunners(t *testing.T, db *sqldb.DB) {
 		mu.Unlock()
 		return &forge.Plan{Action: "execute", Jobs: []*forge.Job{{Name: "test", Steps: []forge.Step{{Name: "s", Run: "echo x"}}}}}, nil
 	})
-	// Replicas that start together must not take each other's running
-	// builds for a dead server's (see Options.NoRecover).
-	replica := func(o *runner.Options) { o.NoRecover = true }
+	// Replicas run with recovery on, recovering often, and the second
+	// starts while the first runs builds: neither takes the other's
+	// running builds for a dead server's.
+	replica := func(o *runner.Options) { o.Heartbeat, o.Stale = 50*time.Millisecond, 150*time.Millisecond }
 	s1 := newRunner(t, db, plan, replica)
 	s2 := newRunner(t, db, plan, replica)
 	var ids []int64
@@ -612,6 +615,7 @@ func testTwoRunners(t *testing.T, db *sqldb.DB) {
 		ids = append(ids, queue(t, db, repo, "test").ID)
 	}
 	s1.start(t)
+	waitStatus(t, db, ids[0], forge.StatusRunning, forge.StatusSuccess)
 	s2.start(t)
 	for _, id := range ids {
 		if got := waitBuild(t, db, id); got.Status != forge.StatusSuccess {
@@ -732,7 +736,7 @@ func TestManyLinesAreAllStoredInOrder(t *testing.T) {
 func TestCancelThroughAnotherServer(t *testing.T) {
 	db := openDB(t)
 	repo := makeRepo(t, db, "app")
-	replica := func(o *runner.Options) { o.NoRecover = true }
+	replica := func(o *runner.Options) { o.Heartbeat, o.Stale = 50*time.Millisecond, 150*time.Millisecond }
 	runs := newRunner(t, db, planOf("block"), replica)
 	other := newRunner(t, db, planOf("block"), replica)
 	b := queue(t, db, repo, "test")
@@ -741,6 +745,8 @@ func TestCancelThroughAnotherServer(t *testing.T) {
 	for runs.be.active.Load() == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
+	// The other replica starts, with recovery on, while the build runs.
+	other.start(t)
 	if _, err := other.runner.Cancel(context.Background(), b.ID, "canceled by bob"); err != nil {
 		t.Fatal(err)
 	}

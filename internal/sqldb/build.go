@@ -7,19 +7,20 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/forgeci/forge"
 )
 
 var _ forge.BuildStore = (*DB)(nil)
 
-const buildColumns = "id, repo_id, number, action, status, hook, delivery_id, error, created, started, finished, version"
+const buildColumns = "id, repo_id, number, action, status, hook, delivery_id, error, created, started, finished, version, runner, heartbeat"
 
 func scanBuild(row interface{ Scan(...any) error }) (*forge.Build, error) {
 	b := new(forge.Build)
 	var hook string
 	err := row.Scan(&b.ID, &b.RepoID, &b.Number, &b.Action, &b.Status, &hook, &b.DeliveryID, &b.Error,
-		timeCol{&b.Created}, timeCol{&b.Started}, timeCol{&b.Finished}, &b.Version)
+		timeCol{&b.Created}, timeCol{&b.Started}, timeCol{&b.Finished}, &b.Version, &b.Runner, timeCol{&b.Heartbeat})
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +72,7 @@ func (db *DB) CreateBuild(ctx context.Context, b *forge.Build, jobs []*forge.Bui
 	if b.Created.IsZero() {
 		b.Created = now()
 	}
-	b.Created, b.Started, b.Finished = stamp(b.Created), stamp(b.Started), stamp(b.Finished)
+	b.Created, b.Started, b.Finished, b.Heartbeat = stamp(b.Created), stamp(b.Started), stamp(b.Finished), stamp(b.Heartbeat)
 	b.Error = cleanText(b.Error)
 	var id, number int64
 	err = db.write(ctx, func(tx *sql.Tx) error {
@@ -84,10 +85,11 @@ func (db *DB) CreateBuild(ctx context.Context, b *forge.Build, jobs []*forge.Bui
 		}
 		h := &b.Hook
 		err = tx.QueryRowContext(ctx, db.q(`INSERT INTO builds (repo_id, number, action, status, event, branch, pull_request, sha,
-				hook, delivery_id, error, created, started, finished, version)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id`),
+				hook, delivery_id, error, created, started, finished, version, runner, heartbeat)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id`),
 			b.RepoID, number, b.Action, string(b.Status), h.Event, h.Branch, h.PullRequest, h.SHA,
 			string(hook), b.DeliveryID, b.Error, b.Created.UnixMicro(), micros(b.Started), micros(b.Finished),
+			b.Runner, micros(b.Heartbeat),
 		).Scan(&id)
 		if isUnique(err) && b.DeliveryID != "" {
 			return forge.WrapError(forge.ECONFLICT, err,
@@ -302,20 +304,22 @@ func (db *DB) ListBuilds(ctx context.Context, f forge.BuildFilter) ([]*forge.Bui
 	return out, nil
 }
 
-// UpdateBuild saves b's Status, Error, Started and Finished when b.Version
-// equals the stored version, and increments b.Version; ECONFLICT when
-// someone else changed the build since b was read, ENOTFOUND when it does
-// not exist. The other fields of a build never change.
+// UpdateBuild saves b's Status, Error, Started, Finished, Runner and
+// Heartbeat when b.Version equals the stored version, and increments
+// b.Version; ECONFLICT when someone else changed the build since b was
+// read, ENOTFOUND when it does not exist. The other fields of a build never
+// change.
 func (db *DB) UpdateBuild(ctx context.Context, b *forge.Build) error {
 	if b.Status == "" {
 		return forge.Errorf(forge.EINVALID, "build %d: empty status", b.ID)
 	}
-	b.Started, b.Finished = stamp(b.Started), stamp(b.Finished)
+	b.Started, b.Finished, b.Heartbeat = stamp(b.Started), stamp(b.Finished), stamp(b.Heartbeat)
 	b.Error = cleanText(b.Error)
 	return db.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, db.q(`UPDATE builds SET status = ?, error = ?, started = ?, finished = ?, version = version + 1
+		res, err := tx.ExecContext(ctx, db.q(`UPDATE builds SET status = ?, error = ?, started = ?, finished = ?,
+				runner = ?, heartbeat = ?, version = version + 1
 			WHERE id = ? AND version = ?`),
-			string(b.Status), b.Error, micros(b.Started), micros(b.Finished), b.ID, b.Version)
+			string(b.Status), b.Error, micros(b.Started), micros(b.Finished), b.Runner, micros(b.Heartbeat), b.ID, b.Version)
 		if err != nil {
 			return db.fail(ctx, err, "update build")
 		}
@@ -336,6 +340,38 @@ func (db *DB) UpdateBuild(ctx context.Context, b *forge.Build) error {
 			return db.fail(ctx, err, "update build")
 		}
 		return forge.Errorf(forge.ECONFLICT, "build %d was changed by someone else (version %d, not %d): read it again", b.ID, version, b.Version)
+	})
+}
+
+// TouchBuilds sets the heartbeat of the builds among ids that are running
+// and claimed by runner to at, unless a later one is stored; other ids are
+// skipped. The version is left alone: a heartbeat is not a change another
+// writer must see, and it must not make the runner's own UpdateBuild
+// conflict. One statement per 500 ids; EINVALID when runner is empty or at
+// is zero.
+func (db *DB) TouchBuilds(ctx context.Context, runner string, ids []int64, at time.Time) error {
+	if runner == "" || at.IsZero() {
+		return forge.Errorf(forge.EINVALID, "touch builds: a runner and a time are required")
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	t := at.UnixMicro()
+	return db.write(ctx, func(tx *sql.Tx) error {
+		for start := 0; start < len(ids); start += 500 {
+			chunk := ids[start:min(start+500, len(ids))]
+			marks := strings.TrimSuffix(strings.Repeat("?, ", len(chunk)), ", ")
+			args := []any{t, runner, string(forge.StatusRunning), t}
+			for _, id := range chunk {
+				args = append(args, id)
+			}
+			_, err := tx.ExecContext(ctx, db.q(`UPDATE builds SET heartbeat = ?
+				WHERE runner = ? AND status = ? AND (heartbeat IS NULL OR heartbeat < ?) AND id IN (`+marks+")"), args...)
+			if err != nil {
+				return db.fail(ctx, err, "touch builds")
+			}
+		}
+		return nil
 	})
 }
 

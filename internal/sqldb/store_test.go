@@ -901,3 +901,93 @@ func TestSQLiteWaitsForOtherWriters(t *testing.T) {
 		t.Fatalf("the other connection's write: got %+v, %v", got, err)
 	}
 }
+
+// TestRunnerAndHeartbeat: a build's Runner and Heartbeat are stored by
+// CreateBuild and UpdateBuild, read by Build and ListBuilds, and
+// TouchBuilds refreshes only running builds of the named runner, forward
+// only, without changing their version.
+func TestRunnerAndHeartbeat(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		ctx := context.Background()
+		db := newTestDB(t, kind)
+		r := mustRepo(t, db, "acme", "rocket")
+		pre := &forge.Build{RepoID: r.ID, Action: "execute", Status: forge.StatusRunning, Runner: "host-a:1", Heartbeat: at(1)}
+		if err := db.CreateBuild(ctx, pre, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := db.Build(ctx, pre.ID); err != nil || got.Runner != "host-a:1" || !got.Heartbeat.Equal(at(1)) {
+			t.Fatalf("created build: got %+v, %v; want runner host-a:1, heartbeat %v", got, err, at(1))
+		}
+		mine, _ := mustBuild(t, db, r, forge.Hook{Event: "push"}, "build")
+		theirs, _ := mustBuild(t, db, r, forge.Hook{Event: "push"}, "build")
+		done, _ := mustBuild(t, db, r, forge.Hook{Event: "push"}, "build")
+		if !mine.Heartbeat.IsZero() || mine.Runner != "" {
+			t.Fatalf("new build: runner %q heartbeat %v, want none", mine.Runner, mine.Heartbeat)
+		}
+		for _, c := range []struct {
+			b      *forge.Build
+			runner string
+			status forge.Status
+		}{{mine, "host-a:1", forge.StatusRunning}, {theirs, "host-b:2", forge.StatusRunning}, {done, "host-a:1", forge.StatusSuccess}} {
+			c.b.Status, c.b.Runner, c.b.Heartbeat = c.status, c.runner, at(2)
+			if err := db.UpdateBuild(ctx, c.b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		list, err := db.ListBuilds(ctx, forge.BuildFilter{RepoID: r.ID, Ascending: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != 4 || !reflect.DeepEqual(list[1], mine) || !reflect.DeepEqual(list[2], theirs) {
+			t.Fatalf("ListBuilds: got %+v, want the stored runners and heartbeats of %+v and %+v", list, mine, theirs)
+		}
+
+		if err := db.TouchBuilds(ctx, "host-a:1", []int64{mine.ID, theirs.ID, done.ID, pre.ID, 99999}, at(9)); err != nil {
+			t.Fatal(err)
+		}
+		want := map[int64]time.Time{pre.ID: at(9), mine.ID: at(9), theirs.ID: at(2), done.ID: at(2)}
+		versions := map[int64]int64{pre.ID: pre.Version, mine.ID: mine.Version, theirs.ID: theirs.Version, done.ID: done.Version}
+		check := func(when string) {
+			t.Helper()
+			for id, beat := range want {
+				got, err := db.Build(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !got.Heartbeat.Equal(beat) || got.Version != versions[id] {
+					t.Errorf("%s: build %d heartbeat %v version %d, want %v, version %d (unchanged)", when, id, got.Heartbeat, got.Version, beat, versions[id])
+				}
+			}
+		}
+		check("after TouchBuilds")
+		// Never backwards; nothing to touch is no error.
+		if err := db.TouchBuilds(ctx, "host-a:1", []int64{mine.ID}, at(5)); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.TouchBuilds(ctx, "host-a:1", nil, at(5)); err != nil {
+			t.Fatal(err)
+		}
+		check("after an older TouchBuilds")
+		// A touch leaves the optimistic lock alone: the runner's own
+		// update of the version it read still succeeds.
+		mine.Status, mine.Finished = forge.StatusSuccess, at(10)
+		if err := db.UpdateBuild(ctx, mine); err != nil {
+			t.Fatalf("UpdateBuild after TouchBuilds: %v", err)
+		}
+		wantCode(t, db.TouchBuilds(ctx, "", []int64{mine.ID}, at(5)), forge.EINVALID)
+		wantCode(t, db.TouchBuilds(ctx, "host-a:1", []int64{mine.ID}, time.Time{}), forge.EINVALID)
+
+		// Past one statement's chunk of ids.
+		var many []int64
+		for i := range 1200 {
+			many = append(many, int64(100000+i))
+		}
+		many = append(many, pre.ID)
+		if err := db.TouchBuilds(ctx, "host-a:1", many, at(20)); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := db.Build(ctx, pre.ID); !got.Heartbeat.Equal(at(20)) {
+			t.Errorf("TouchBuilds of 1201 ids: heartbeat %v, want %v", got.Heartbeat, at(20))
+		}
+	})
+}

@@ -1,0 +1,244 @@
+package runner_test
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/runner"
+	"github.com/forgeci/forge/internal/sqldb"
+)
+
+// fast makes a runner heartbeat every 50ms and recover every 150ms.
+func fast(o *runner.Options) { o.Heartbeat, o.Stale = 50*time.Millisecond, 150*time.Millisecond }
+
+// eachDB runs fn on SQLite, and on PostgreSQL when it is configured.
+func eachDB(t *testing.T, fn func(t *testing.T, db *sqldb.DB)) {
+	t.Run("sqlite", func(t *testing.T) { fn(t, openDB(t)) })
+	t.Run("postgres", func(t *testing.T) { fn(t, openPostgres(t)) })
+}
+
+// markRunning makes build b look claimed by runner, last stamped at beat.
+func markRunning(t testing.TB, db *sqldb.DB, b *forge.Build, runnerID string, beat time.Time) {
+	t.Helper()
+	b.Status, b.Started, b.Runner, b.Heartbeat = forge.StatusRunning, time.Now(), runnerID, beat
+	if err := db.UpdateBuild(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLiveReplicaBuildIsNotRecovered: a runner that starts while another
+// runs a build, and recovers every 150ms, never ends that build, whose
+// heartbeat keeps advancing.
+func TestLiveReplicaBuildIsNotRecovered(t *testing.T) {
+	eachDB(t, func(t *testing.T, db *sqldb.DB) {
+		ctx := context.Background()
+		repo := makeRepo(t, db, "app")
+		first := newRunner(t, db, planOf("block"), fast)
+		b := queue(t, db, repo, "test")
+		first.start(t)
+		waitStatus(t, db, b.ID, forge.StatusRunning)
+		for first.be.active.Load() == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		claimed, err := db.Build(ctx, b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if claimed.Runner != first.runner.ID() || claimed.Heartbeat.IsZero() {
+			t.Fatalf("claimed build: runner %q heartbeat %v, want runner %q and a heartbeat", claimed.Runner, claimed.Heartbeat, first.runner.ID())
+		}
+
+		second := newRunner(t, db, planOf("echo hi"), fast)
+		if second.runner.ID() == first.runner.ID() {
+			t.Fatalf("two runners share the ID %q", first.runner.ID())
+		}
+		second.start(t)
+		time.Sleep(800 * time.Millisecond) // five recovery periods of each
+		if n, err := second.runner.Recover(ctx); err != nil || n != 0 {
+			t.Fatalf("Recover by the second runner: ended %d, %v; want 0", n, err)
+		}
+		cur, err := db.Build(ctx, b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur.Status != forge.StatusRunning || cur.Runner != first.runner.ID() || cur.Version != claimed.Version {
+			t.Fatalf("the live replica's build: %s %q runner %q version %d; want running, untouched (version %d)",
+				cur.Status, cur.Error, cur.Runner, cur.Version, claimed.Version)
+		}
+		if !cur.Heartbeat.After(claimed.Heartbeat.Add(300 * time.Millisecond)) {
+			t.Errorf("heartbeat went from %v to %v in 800ms: want it refreshed every 50ms", claimed.Heartbeat, cur.Heartbeat)
+		}
+		if n := first.be.active.Load(); n != 1 {
+			t.Errorf("%d jobs running on the first runner, want 1", n)
+		}
+		close(first.be.release)
+		if got := waitBuild(t, db, b.ID); got.Status != forge.StatusSuccess {
+			t.Errorf("build = %s %q, want success", got.Status, got.Error)
+		}
+	})
+}
+
+// frozen is a build store whose heartbeats can be stopped, as when a
+// server hangs or loses the database while its builds look running.
+type frozen struct {
+	*sqldb.DB
+	stopped atomic.Bool
+}
+
+func (f *frozen) TouchBuilds(ctx context.Context, runner string, ids []int64, at time.Time) error {
+	if f.stopped.Load() {
+		return nil
+	}
+	return f.DB.TouchBuilds(ctx, runner, ids, at)
+}
+
+// TestStaleBuildIsRecovered: when a runner's heartbeat stops, another
+// ends its build as "server restarted" within a few periods, and the
+// runner that still had it kills its job.
+func TestStaleBuildIsRecovered(t *testing.T) {
+	eachDB(t, func(t *testing.T, db *sqldb.DB) {
+		repo := makeRepo(t, db, "app")
+		store := &frozen{DB: db}
+		hung := newRunner(t, db, planOf("block"), func(o *runner.Options) { fast(o); o.Builds = store })
+		b := queue(t, db, repo, "test")
+		hung.start(t)
+		waitStatus(t, db, b.ID, forge.StatusRunning)
+		for hung.be.active.Load() == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		other := newRunner(t, db, planOf("echo hi"), fast)
+		other.start(t)
+		time.Sleep(400 * time.Millisecond)
+		if cur, _ := db.Build(context.Background(), b.ID); cur.Status != forge.StatusRunning {
+			t.Fatalf("build %s %q while its runner heartbeats, want running", cur.Status, cur.Error)
+		}
+		stopped := time.Now()
+		store.stopped.Store(true)
+		got := waitBuild(t, db, b.ID)
+		if got.Status != forge.StatusError || got.Error != "server restarted" {
+			t.Fatalf("build of the hung runner = %s %q, want error server restarted", got.Status, got.Error)
+		}
+		if d := time.Since(stopped); d > 2*time.Second {
+			t.Errorf("recovered %v after the heartbeat stopped, want within a few 150ms periods", d)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for hung.be.active.Load() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the hung runner still runs the job of a build another runner ended")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		jobs, err := db.Jobs(context.Background(), b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Both runners record the job's end (the hung one as cancelled,
+		// when it notices): it must not be left running.
+		if j := jobs[0]; !j.Status.Done() {
+			t.Errorf("job = %s %q, want ended", j.Status, j.Error)
+		}
+	})
+}
+
+// TestRecoverStaleAndMissingHeartbeats: at start and periodically, a
+// runner ends running builds whose heartbeat is stale or missing, and
+// those of an earlier process with its WorkDir, but no build with a fresh
+// heartbeat of another runner.
+func TestRecoverStaleAndMissingHeartbeats(t *testing.T) {
+	eachDB(t, func(t *testing.T, db *sqldb.DB) {
+		ctx := context.Background()
+		repo := makeRepo(t, db, "app")
+		work := filepath.Join(t.TempDir(), "work")
+		earlier, err := runner.New(runner.Options{Builds: db, Repos: db, Logs: db, Git: &checkout{}, Planner: planOf(), Executor: runner.Engine{}, WorkDir: work})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale, none, fresh, previous := queue(t, db, repo, "test"), queue(t, db, repo, "test"), queue(t, db, repo, "test"), queue(t, db, repo, "test")
+		markRunning(t, db, stale, "gone-host:0:1:x", time.Now().Add(-time.Hour))
+		markRunning(t, db, none, "", time.Time{})
+		markRunning(t, db, fresh, "live-host:0:1:x", time.Now().Add(time.Hour)) // stays fresh through the test
+		markRunning(t, db, previous, earlier.ID(), time.Now())
+
+		s := newRunner(t, db, planOf("echo hi"), func(o *runner.Options) { fast(o); o.WorkDir = work })
+		s.start(t)
+		for _, b := range []*forge.Build{stale, none, previous} {
+			if got := waitBuild(t, db, b.ID); got.Status != forge.StatusError || got.Error != "server restarted" {
+				t.Errorf("build %d = %s %q, want error server restarted", b.ID, got.Status, got.Error)
+			}
+		}
+		// A server dies after this one started: its build goes stale.
+		// (Created running: a queued one could be claimed first.)
+		later := &forge.Build{RepoID: repo.ID, Action: "execute", Status: forge.StatusRunning, Hook: forge.Hook{Repo: *repo},
+			Started: time.Now(), Runner: "dies-later:0:1:x", Heartbeat: time.Now().Add(-time.Second)}
+		if err := db.CreateBuild(ctx, later, []*forge.BuildJob{{Name: "test", Status: forge.StatusRunning}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := waitBuild(t, db, later.ID); got.Status != forge.StatusError || got.Error != "server restarted" {
+			t.Errorf("build that went stale later = %s %q, want error server restarted", got.Status, got.Error)
+		}
+		if cur, err := db.Build(ctx, fresh.ID); err != nil || cur.Status != forge.StatusRunning || cur.Version != fresh.Version {
+			t.Errorf("build with a fresh heartbeat: %+v, %v; want running, untouched", cur, err)
+		}
+	})
+}
+
+// TestConcurrentRecoverEndsEachBuildOnce: runners recovering at once end
+// every stale build exactly once between them.
+func TestConcurrentRecoverEndsEachBuildOnce(t *testing.T) {
+	eachDB(t, func(t *testing.T, db *sqldb.DB) {
+		ctx := context.Background()
+		repo := makeRepo(t, db, "app")
+		const n = 30
+		var builds []*forge.Build
+		for range n {
+			b := queue(t, db, repo, "test", "lint")
+			markRunning(t, db, b, "gone-host:0:1:x", time.Now().Add(-time.Hour))
+			builds = append(builds, b)
+		}
+		runners := []*setup{newRunner(t, db, planOf(), fast), newRunner(t, db, planOf(), fast), newRunner(t, db, planOf(), fast)}
+		counts := make([]int, len(runners))
+		var wg sync.WaitGroup
+		for i, s := range runners {
+			wg.Go(func() {
+				var err error
+				if counts[i], err = s.runner.Recover(ctx); err != nil {
+					t.Errorf("Recover: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if total := counts[0] + counts[1] + counts[2]; total != n {
+			t.Errorf("the runners ended %v builds, %d in all; want %d in all", counts, total, n)
+		}
+		for _, b := range builds {
+			got, err := db.Build(ctx, b.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Created, claimed, ended: one write each.
+			if got.Status != forge.StatusError || got.Error != "server restarted" || got.Version != b.Version+1 {
+				t.Errorf("build %d = %s %q version %d, want error server restarted, version %d", b.ID, got.Status, got.Error, got.Version, b.Version+1)
+			}
+			jobs, _ := db.Jobs(ctx, b.ID)
+			for _, j := range jobs {
+				if j.Status != forge.StatusError || j.Error != "server restarted" {
+					t.Errorf("build %d job %s = %s %q, want error server restarted", b.ID, j.Name, j.Status, j.Error)
+				}
+			}
+		}
+	})
+}
+
+func TestStaleMustExceedTwoHeartbeats(t *testing.T) {
+	db := openDB(t)
+	_, err := runner.New(runner.Options{Builds: db, Repos: db, Logs: db, Git: &checkout{}, Planner: planOf(), Executor: runner.Engine{},
+		WorkDir: t.TempDir(), Heartbeat: time.Second, Stale: 1500 * time.Millisecond})
+	if err == nil {
+		t.Fatal("New accepted a Stale shorter than two heartbeats")
+	}
+}
