@@ -83,6 +83,9 @@ func (b *lineBuffer) flush() {
 func (b *lineBuffer) emitCut(line []byte, complete bool) {
 	for len(line) > b.max {
 		c := b.cut(line)
+		if c >= len(line) {
+			break // the cut had to move past the end: the line stays whole
+		}
 		b.emit(line[:c], false)
 		line = line[c:]
 	}

@@ -128,17 +128,54 @@ func (m *Masker) MaskString(s string) string {
 	return string(out)
 }
 
-// SafeCut returns where to cut b at or before p so that no secret value
-// straddles the cut: the largest c <= p such that no occurrence of a value
-// starts before c and ends after it. b must hold at least Lookahead bytes
-// past p, or all there is. When only a cut at 0 would do (a value longer than
-// p), it returns p: such a value cannot be hidden by cutting.
+// SafeCut returns where to cut b near p so that no secret value straddles
+// the cut: the largest c <= p such that no occurrence of a value starts
+// before c and ends after it. b must hold at least Lookahead bytes past p,
+// or all there is. When no such c > 0 exists (overlapping occurrences cover
+// b[:p], or a value is longer than p), it cuts after p instead, past the
+// end of every occurrence straddling the cut, so each is masked whole in the
+// piece before it; that piece is then longer than p, by at most what b holds.
 func (m *Masker) SafeCut(b []byte, p int) int {
 	c, ok := m.safeCut(b, p)
 	if !ok {
-		return p
+		return m.cutAfter(b, p)
 	}
 	return c
+}
+
+// cutAfter returns the smallest c >= p, up to len(b), that no occurrence of
+// a value straddles.
+func (m *Masker) cutAfter(b []byte, p int) int {
+	c := p
+	for moved := true; moved && c < len(b); {
+		moved = false
+		for _, v := range m.values {
+			if start := m.straddling(b, v, c); start >= 0 {
+				c = start + len(v)
+				moved = true
+			}
+		}
+	}
+	return min(c, len(b))
+}
+
+// straddling returns the start of an occurrence of v in b that starts
+// before c and ends after it, or -1.
+func (m *Masker) straddling(b, v []byte, c int) int {
+	lo := max(0, c-len(v)+1)
+	hi := min(len(b), c+len(v)-1)
+	win := b[lo:hi]
+	for off := 0; off+len(v) <= len(win); {
+		i := bytes.Index(win[off:], v)
+		if i < 0 {
+			break
+		}
+		if start := lo + off + i; start < c && start+len(v) > c {
+			return start
+		}
+		off += i + 1
+	}
+	return -1
 }
 
 // safeCut is SafeCut that reports false instead of giving up.
@@ -150,21 +187,9 @@ func (m *Masker) safeCut(b []byte, p int) (int, bool) {
 	for moved := true; moved; {
 		moved = false
 		for _, v := range m.values {
-			// An occurrence straddling c starts in (c-len(v), c).
-			lo := max(0, c-len(v)+1)
-			hi := min(len(b), c+len(v)-1)
-			win := b[lo:hi]
-			for off := 0; off+len(v) <= len(win); {
-				i := bytes.Index(win[off:], v)
-				if i < 0 {
-					break
-				}
-				if start := lo + off + i; start < c && start+len(v) > c {
-					c = start
-					moved = true
-					break
-				}
-				off += i + 1
+			if start := m.straddling(b, v, c); start >= 0 {
+				c = start
+				moved = true
 			}
 		}
 	}

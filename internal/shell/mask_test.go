@@ -48,6 +48,10 @@ func TestMaskerNilForShortValues(t *testing.T) {
 
 func TestSafeCut(t *testing.T) {
 	m := NewMasker([]string{"SECRET"})
+	overlapping := NewMasker([]string{"0000\n001"})
+	if got := overlapping.SafeCut([]byte("00001"), 3); got != 5 {
+		t.Errorf("SafeCut over overlapping values = %d, want 5 (past every value straddling 3)", got)
+	}
 	tests := []struct {
 		in   string
 		p    int
@@ -56,7 +60,8 @@ func TestSafeCut(t *testing.T) {
 		{"xxSECRETyy", 4, 2},   // inside: cut before it
 		{"xxSECRETyy", 2, 2},   // at its start: fine
 		{"xxSECRETyy", 8, 8},   // at its end: fine
-		{"SECRETyy", 3, 3},     // would need a cut at 0: give up
+		{"SECRETyy", 3, 6},     // would need a cut at 0: cut after it
+		{"SECRET", 3, 6},       // the whole of b, when it ends there
 		{"abcdefgh", 5, 5},     // nothing to avoid
 		{"SECRETSECRET", 8, 6}, // second occurrence
 	}
