@@ -188,7 +188,12 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	leaseSrv := lease.NewServer(leases, lease.Options{Keepalive: lc.KeepaliveOrDefault(), Registry: reg, Logger: log.With("component", "lease")})
+	leaseSrv := lease.NewServer(leases, lease.Options{
+		Keepalive:  lc.KeepaliveOrDefault(),
+		Registry:   reg,
+		Logger:     log.With("component", "lease"),
+		WriteError: httpapi.WriteError,
+	})
 
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {

@@ -269,6 +269,12 @@ func writeError(w http.ResponseWriter, err error) {
 	writeJSON(w, StatusCode(err), errorBody{Code: code, Message: msg})
 }
 
+// WriteError answers r with err as every API endpoint does: the status
+// mapped from err's code and a {code, message} body. Handlers served beside
+// the API (the lease server's REST endpoints) are given it so that one
+// mapping holds for all of /api/v1.
+func WriteError(w http.ResponseWriter, r *http.Request, err error) { writeError(w, err) }
+
 // fail logs internal errors with the request and answers with err.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if StatusCode(err) >= 500 {

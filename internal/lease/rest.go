@@ -60,9 +60,20 @@ type apiError struct {
 	Message string `json:"message"`
 }
 
-func writeError(w http.ResponseWriter, err error) {
+// writeError answers a REST request with err: through Options.WriteError
+// when the embedding server gives one, so that inside forge server every
+// endpoint maps error codes the same way, else with httpStatus.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if s.opts.WriteError != nil {
+		s.opts.WriteError(w, r, err)
+		return
+	}
 	code := forge.ErrorCode(err)
-	writeJSON(w, httpStatus(code), apiError{Code: code, Message: forge.ErrorMessage(err)})
+	msg := forge.ErrorMessage(err)
+	if code == forge.EINTERNAL {
+		msg = "internal error" // the detail is for logs, not for clients
+	}
+	writeJSON(w, httpStatus(code), apiError{Code: code, Message: msg})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -82,7 +93,7 @@ type poolsResponse struct {
 func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {
 	pools, err := s.m.Pools(r.Context())
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, poolsResponse{Pools: pools})
@@ -91,7 +102,7 @@ func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getPool(w http.ResponseWriter, r *http.Request) {
 	p, err := s.m.Pool(r.Context(), r.PathValue("name"))
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, p)
@@ -106,25 +117,25 @@ func (s *Server) putPool(w http.ResponseWriter, r *http.Request) {
 	if err := dec.Decode(&pc); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, forge.Errorf(forge.ETOOLARGE, "pool body over %d bytes", maxPoolBody))
+			s.writeError(w, r, forge.Errorf(forge.ETOOLARGE, "pool body over %d bytes", maxPoolBody))
 			return
 		}
-		writeError(w, forge.Errorf(forge.EINVALID, "pool %q: body is not a pool object like {\"order\":\"fifo\",\"resources\":[{\"id\":\"dut1\"}]}: %s", name, jsonProblem(err)))
+		s.writeError(w, r, forge.Errorf(forge.EINVALID, "pool %q: body is not a pool object like {\"order\":\"fifo\",\"resources\":[{\"id\":\"dut1\"}]}: %s", name, jsonProblem(err)))
 		return
 	}
 	p, err := pc.Pool(name)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	created, err := s.m.PutPool(r.Context(), p)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	st, err := s.m.Pool(r.Context(), name)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	status := http.StatusOK
@@ -136,7 +147,7 @@ func (s *Server) putPool(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deletePool(w http.ResponseWriter, r *http.Request) {
 	if err := s.m.DeletePool(r.Context(), r.PathValue("name")); err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -146,12 +157,12 @@ func (s *Server) setDisabled(disabled bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name, id := r.PathValue("name"), r.PathValue("id")
 		if err := s.m.SetDisabled(r.Context(), name, id, disabled); err != nil {
-			writeError(w, err)
+			s.writeError(w, r, err)
 			return
 		}
 		p, err := s.m.Pool(r.Context(), name)
 		if err != nil {
-			writeError(w, err)
+			s.writeError(w, r, err)
 			return
 		}
 		for _, res := range p.Resources {
@@ -160,7 +171,7 @@ func (s *Server) setDisabled(disabled bool) http.HandlerFunc {
 				return
 			}
 		}
-		writeError(w, forge.Errorf(forge.ENOTFOUND, "pool %q has no resource %q", name, id))
+		s.writeError(w, r, forge.Errorf(forge.ENOTFOUND, "pool %q has no resource %q", name, id))
 	}
 }
 
@@ -172,7 +183,7 @@ type leasesResponse struct {
 func (s *Server) listLeases(w http.ResponseWriter, r *http.Request) {
 	ls, err := s.m.Leases(r.Context())
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, leasesResponse{Leases: ls})
@@ -188,14 +199,14 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			writeError(w, forge.Errorf(forge.EINVALID, "limit %q: want a positive integer", v))
+			s.writeError(w, r, forge.Errorf(forge.EINVALID, "limit %q: want a positive integer", v))
 			return
 		}
 		limit = n
 	}
 	h, err := s.m.History(r.Context(), limit)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, historyResponse{History: h})
@@ -212,7 +223,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		var body revokeRequest
 		err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body)
 		if err != nil && !errors.Is(err, io.EOF) {
-			writeError(w, forge.Errorf(forge.EINVALID, "body must be {\"reason\":\"...\"}: %s", jsonProblem(err)))
+			s.writeError(w, r, forge.Errorf(forge.EINVALID, "body must be {\"reason\":\"...\"}: %s", jsonProblem(err)))
 			return
 		}
 		if strings.TrimSpace(body.Reason) != "" {
@@ -220,7 +231,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err := s.m.Revoke(r.Context(), r.PathValue("id"), reason); err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

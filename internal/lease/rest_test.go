@@ -2,9 +2,12 @@ package lease
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/forgeci/forge"
 )
 
 func metricValue(t *testing.T, e *testEnv, name string, labels map[string]string) *dto.Metric {
@@ -136,5 +139,25 @@ func TestUnknownRoutesAnswerJSON(t *testing.T) {
 		if got := e.rest(tc.method, tc.path, "", &apiErr); got != tc.status || apiErr.Code != tc.code || apiErr.Message == "" {
 			t.Errorf("%s %s: got %d %+v, want %d with code %s", tc.method, tc.path, got, apiErr, tc.status, tc.code)
 		}
+	}
+}
+
+// TestWriteErrorOption: a server embedding the handler answers its REST
+// errors with its own writer, so /api/v1 maps codes in one place.
+func TestWriteErrorOption(t *testing.T) {
+	m, err := NewMemory(nil, MemoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var got error
+	s := NewServer(m, Options{WriteError: func(w http.ResponseWriter, _ *http.Request, err error) {
+		got = err
+		w.WriteHeader(http.StatusTeapot)
+	}})
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/pools/nope", nil))
+	if rec.Code != http.StatusTeapot || forge.ErrorCode(got) != forge.ENOTFOUND {
+		t.Fatalf("got status %d and error %v, want the injected writer called with a not_found error", rec.Code, got)
 	}
 }

@@ -48,6 +48,10 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Logger logs connection problems; default slog.Default().
 	Logger *slog.Logger
+	// WriteError, when not nil, answers failed REST requests, so that the
+	// server embedding this handler maps error codes to HTTP statuses in
+	// one place; without it the lease server uses its own mapping.
+	WriteError func(w http.ResponseWriter, r *http.Request, err error)
 }
 
 // Server speaks the lease protocol (docs/leases.md) over WebSockets and
@@ -197,7 +201,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		writeError(w, forge.Errorf(forge.EUNAVAILABLE, "the server is shutting down"))
+		s.writeError(w, r, forge.Errorf(forge.EUNAVAILABLE, "the server is shutting down"))
 		return
 	}
 	s.wg.Add(1)
