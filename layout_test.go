@@ -20,6 +20,11 @@ var adapters = []string{
 // orchestration packages import the domain and each other, never adapters.
 var orchestration = []string{"internal/spec", "internal/engine", "internal/runner", "internal/trigger"}
 
+// views show a run to a person (forge exec's terminal output): they read
+// the domain's events and the engine's results, never an adapter, and only
+// a command imports them.
+var views = []string{"internal/console"}
+
 // shared libraries adapters may use: the step runner every backend (and
 // forgexec inside containers) runs steps with, and the public lease client
 // whose wire types the lease server speaks.
@@ -67,8 +72,12 @@ func forbidden(pkg, dep string) string {
 		return "adapters do not import each other; wire them in cmd/forge"
 	case in(pkg, orchestration) && in(dep, adapters):
 		return "orchestration declares the interfaces it needs; cmd/forge passes the adapter in"
-	case in(pkg, shared) && (in(dep, adapters) || in(dep, orchestration)):
+	case in(pkg, shared) && (in(dep, adapters) || in(dep, orchestration) || in(dep, views)):
 		return "shared libraries depend only on the domain"
+	case in(pkg, views) && in(dep, adapters):
+		return "a view shows events; cmd/forge gives it what adapters know"
+	case in(dep, views) && !strings.HasPrefix(pkg, "cmd/") && !in(pkg, views):
+		return "only commands choose how a run is shown"
 	}
 	return ""
 }
@@ -113,6 +122,13 @@ func TestForbidden(t *testing.T) {
 		{"cmd/forge", "internal/sqldb", false},
 		{"internal/http/api", "internal/http", false},
 		{"client/lease", "internal/lease", true},
+		{"internal/console", "internal/engine", false},
+		{"internal/console", "internal/git", true},
+		{"internal/console", "internal/backend/local", true},
+		{"cmd/forge", "internal/console", false},
+		{"internal/runner", "internal/console", true},
+		{"internal/http", "internal/console", true},
+		{"internal/shell", "internal/console", true},
 	}
 	for _, tt := range tests {
 		if got := forbidden(tt.pkg, tt.dep) != ""; got != tt.bad {

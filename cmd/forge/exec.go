@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,7 +20,9 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/backend/local"
+	"github.com/forgeci/forge/internal/console"
 	"github.com/forgeci/forge/internal/engine"
+	"github.com/forgeci/forge/internal/git"
 	"github.com/forgeci/forge/internal/spec"
 )
 
@@ -131,12 +134,12 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		return err
 	}
 	// git runs while the spec is read.
-	gitc := make(chan *gitInfo, 1)
+	gitc := make(chan *git.Local, 1)
 	cwd, err := os.Getwd()
 	if err != nil {
 		return err
 	}
-	go func() { gitc <- readGit(ctx, cwd, o.event == "tag" && o.tag == "") }()
+	go func() { gitc <- git.ReadLocal(ctx, cwd, o.event == "tag" && o.tag == "") }()
 
 	f, err := spec.Load(o.file)
 	if err != nil {
@@ -150,10 +153,10 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	g := <-gitc
 	branch, tag := o.branch, o.tag
 	if branch == "" {
-		branch = g.branch
+		branch = g.Branch
 	}
 	if tag == "" {
-		tag = g.tag
+		tag = g.Tag
 	}
 	if actions := f.Actions(); !slices.Contains(actions, o.action) && (o.actionSet || !f.HasOn()) {
 		return exitWith(exitUsage, "%s has no action %q; its actions are: %s", o.file, o.action, strings.Join(actions, ", "))
@@ -168,17 +171,17 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 		fmt.Fprint(stderr, spec.Report(err))
 		return exitWith(exitUsage, "%s is not a valid spec: nothing was run", o.file)
 	}
-	if o.clean && g.sha == "" {
-		return exitWith(exitUsage, "--clean needs a git checkout with at least one commit: %s", g.describeErr())
+	if o.clean && g.SHA == "" {
+		return exitWith(exitUsage, "--clean needs a git checkout with at least one commit: %s", g.Problem())
 	}
 
-	dir := g.top
+	dir := g.Top
 	if dir == "" {
 		dir = cwd
 	}
 	info := engine.RunInfo{
 		BuildID:   "local-" + time.Now().UTC().Format("20060102-150405"),
-		Env:       g.env(action),
+		Env:       localEnv(g, action),
 		Secrets:   secrets,
 		Workspace: forge.Workspace{Dir: dir, Clean: o.clean, Keep: o.keep},
 	}
@@ -197,15 +200,15 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	defer stopRun(nil)
 	onWriteError := func(err error) { stopRun(fmt.Errorf("%w: %v", errOutputClosed, err)) }
 
-	rep := execTee{}
+	rep := console.Tee{}
 	if o.logDir != "" {
-		if rep.logs, err = newLogDir(o.logDir); err != nil {
-			return exitWith(exitUsage, "%v", err)
+		if rep.Logs, err = console.NewLogDir(o.logDir); err != nil {
+			return exitWith(exitUsage, "--log-dir: %v", err)
 		}
 	}
-	var v execView
+	var v console.View
 	if o.json {
-		v = newJSONView(stdout, stderr, onWriteError)
+		v = console.NewJSON(stdout, stderr, onWriteError)
 	} else {
 		live, size := false, func() (int, int) { return 0, 0 }
 		if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -219,9 +222,9 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 			}
 		}
 		_, noColourEnv := os.LookupEnv("NO_COLOR")
-		v = newTextView(stdout, plan, live, !o.noColor && !noColourEnv, size, onWriteError)
+		v = console.NewText(stdout, plan, live, !o.noColor && !noColourEnv, size, onWriteError)
 	}
-	rep.view = v
+	rep.View = v
 	defer v.Halt()
 
 	eng := engine.New(engine.Options{
@@ -250,13 +253,13 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	}
 	werr := v.Finish(res)
 	if cause := context.Cause(runCtx); ctx.Err() == nil && errors.Is(cause, errOutputClosed) {
-		if rep.logs != nil {
-			rep.logs.Close()
+		if rep.Logs != nil {
+			rep.Logs.Close()
 		}
 		return exitWith(exitFailed, "%v: the run was stopped", cause)
 	}
-	if rep.logs != nil {
-		if err := rep.logs.Close(); err != nil {
+	if rep.Logs != nil {
+		if err := rep.Logs.Close(); err != nil {
 			werr = errors.Join(werr, err)
 		}
 	}
@@ -388,4 +391,18 @@ func readSecretFile(path string, secrets map[string]string) error {
 		return exitWith(exitUsage, "--secret-file %s: %v", path, err)
 	}
 	return nil
+}
+
+// localEnv is the FORGE_* base environment of a local run.
+func localEnv(g *git.Local, action string) map[string]string {
+	return map[string]string{
+		"FORGE_ACTION":       action,
+		"FORGE_OWNER":        g.Owner,
+		"FORGE_REPO":         g.Repo,
+		"FORGE_SHA":          g.SHA,
+		"FORGE_REF":          g.Ref,
+		"FORGE_PULL_REQUEST": "",
+		"FORGE_COMMIT_COUNT": strconv.Itoa(g.CommitCount),
+		"FORGE_STATUS_URL":   "",
+	}
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/console"
+	"github.com/forgeci/forge/internal/git"
 )
 
 // forgeRun runs forge in-process with args and returns its exit status,
@@ -198,7 +200,7 @@ func TestExecJSON(t *testing.T) {
 	if finished["publish"] != forge.StatusSkipped || finished["test"] != forge.StatusFailure {
 		t.Errorf("job results: got %v", finished)
 	}
-	var sum jsonSummary
+	var sum console.Summary
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil || sum.Type != "summary" {
 		t.Fatalf("last line is not the summary (%v): %s", err, lines[len(lines)-1])
 	}
@@ -327,20 +329,20 @@ func TestExecFORGEVariables(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	cwd, _ := os.Getwd()
-	g := readGit(context.Background(), cwd, false)
+	g := git.ReadLocal(context.Background(), cwd, false)
 	want := []string{
 		"[vars] action=execute job=vars ci=true",
-		"[vars] sha=" + g.sha,
-		fmt.Sprintf("[vars] ref=%s count=%d repo=%s", g.ref, g.count, g.repo),
-		"[vars] ws=" + g.top + " id=local-",
+		"[vars] sha=" + g.SHA,
+		fmt.Sprintf("[vars] ref=%s count=%d repo=%s", g.Ref, g.CommitCount, g.Repo),
+		"[vars] ws=" + g.Top + " id=local-",
 	}
 	for _, w := range want {
 		if !strings.Contains(out, w) {
 			t.Errorf("output lacks %q:\n%s", w, out)
 		}
 	}
-	if g.sha == "" || g.count == 0 {
-		t.Errorf("the test runs in forge's own checkout, yet git gave sha %q count %d (%v)", g.sha, g.count, g.err)
+	if g.SHA == "" || g.CommitCount == 0 {
+		t.Errorf("the test runs in forge's own checkout, yet git gave sha %q count %d (%v)", g.SHA, g.CommitCount, g.Problem())
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -206,14 +205,14 @@ func (m *serverMain) Run(ctx context.Context) error {
 		publicURL = "http://" + loopbackIfAny(addr)
 	}
 
-	if n, err := removeStaleLocks(filepath.Join(data, "git")); err != nil {
-		return err
-	} else if n > 0 {
-		log.Warn("removed git lock files left by a server that died mid-fetch", "files", n)
-	}
 	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token})
 	if err != nil {
 		return err
+	}
+	if n, err := gitc.RemoveStaleLocks(); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("removed git lock files left by a server that died mid-fetch", "files", n)
 	}
 	tmp := filepath.Join(data, "tmp")
 	if err := os.MkdirAll(tmp, 0o750); err != nil {
@@ -357,34 +356,6 @@ type liveLogs struct{ hub *livelog.Hub }
 func (l liveLogs) Follow(jobID int64) (<-chan forge.LogLine, func() bool, func()) {
 	s := l.hub.Subscribe(jobID, 4096)
 	return s.C(), s.Dropped, s.Close
-}
-
-// removeStaleLocks removes the *.lock files git leaves in the mirrors
-// under dir when it dies mid-operation (a server killed -9, a power cut):
-// git refuses to touch a ref or index while its lock file exists. Only
-// this server runs git in its data directory, and not yet, so every lock
-// found at start is stale.
-func removeStaleLocks(dir string) (int, error) {
-	n := 0
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if os.IsNotExist(err) && path == dir {
-				return filepath.SkipDir
-			}
-			return err
-		}
-		if d.Type().IsRegular() && strings.HasSuffix(d.Name(), ".lock") {
-			if err := os.Remove(path); err != nil {
-				return err
-			}
-			n++
-		}
-		return nil
-	})
-	if err != nil {
-		return n, forge.Errorf(forge.EINTERNAL, "removing stale git locks: %w", err)
-	}
-	return n, nil
 }
 
 // loopbackIfAny turns a wildcard listen address into one this host can dial.

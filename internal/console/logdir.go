@@ -1,4 +1,4 @@
-package main
+package console
 
 import (
 	"bufio"
@@ -12,7 +12,7 @@ import (
 	"github.com/forgeci/forge"
 )
 
-// logDir writes each job's log to DIR/<job>.log, one line per output line
+// LogDir writes each job's log to DIR/<job>.log, one line per output line
 // with its time and stream:
 //
 //	2026-11-26T13:04:05.123456Z out building...
@@ -20,7 +20,7 @@ import (
 // forge's own lines (steps starting and ending, the job's result) use the
 // stream "sys". Files are buffered and written as the job runs; a file is
 // complete when its job finishes.
-type logDir struct {
+type LogDir struct {
 	dir   string
 	files map[string]*jobLogFile // by job name
 	names map[string]bool        // file names in use
@@ -36,11 +36,12 @@ type jobLogFile struct {
 	w    *bufio.Writer
 }
 
-func newLogDir(dir string) (*logDir, error) {
+// NewLogDir makes dir if needed and returns a LogDir writing into it.
+func NewLogDir(dir string) (*LogDir, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("--log-dir: %w", err)
+		return nil, err
 	}
-	return &logDir{dir: dir, files: map[string]*jobLogFile{}, names: map[string]bool{}}, nil
+	return &LogDir{dir: dir, files: map[string]*jobLogFile{}, names: map[string]bool{}}, nil
 }
 
 // logFileName turns a job name such as "test (go=1.22, os=linux)" into a
@@ -56,7 +57,7 @@ func logFileName(job string) string {
 	return string(b)
 }
 
-func (d *logDir) open(job string) *jobLogFile {
+func (d *LogDir) open(job string) *jobLogFile {
 	if l := d.files[job]; l != nil {
 		return l
 	}
@@ -77,14 +78,14 @@ func (d *logDir) open(job string) *jobLogFile {
 	return l
 }
 
-func (d *logDir) fail(err error) {
+func (d *LogDir) fail(err error) {
 	if d.err == nil {
 		d.err = err
 	}
 }
 
 // Report writes e to its job's file.
-func (d *logDir) Report(e forge.Event) {
+func (d *LogDir) Report(e forge.Event) {
 	if e.Job == "" || e.Type == forge.EventJobQueued {
 		return
 	}
@@ -134,7 +135,7 @@ func (d *logDir) Report(e forge.Event) {
 	}
 }
 
-func (d *logDir) line(l *jobLogFile, t time.Time, s forge.Stream, text string) {
+func (d *LogDir) line(l *jobLogFile, t time.Time, s forge.Stream, text string) {
 	w := l.w
 	w.Write(d.ts.format(t))
 	switch s {
@@ -153,7 +154,7 @@ func (d *logDir) line(l *jobLogFile, t time.Time, s forge.Stream, text string) {
 
 // Close flushes and closes every file still open (jobs that never
 // finished) and returns the first error writing any of them.
-func (d *logDir) Close() error {
+func (d *LogDir) Close() error {
 	for _, l := range d.files {
 		if l.w != nil {
 			if err := l.w.Flush(); err != nil {

@@ -1,4 +1,8 @@
-package main
+// Package console shows a run of forge exec to the person who started it:
+// each job's output prefixed with its name, a live block of job states on
+// a terminal, plain lines elsewhere, or one JSON object per event; and the
+// jobs' logs written to files (LogDir).
+package console
 
 import (
 	"bufio"
@@ -15,10 +19,10 @@ import (
 	"github.com/forgeci/forge/internal/engine"
 )
 
-// An execView shows a run to the user. Report is called by the engine from one
+// A View shows a run to the user. Report is called by the engine from one
 // goroutine at a time; Finish is called once, after the run, with its
 // result, and writes the summary.
-type execView interface {
+type View interface {
 	forge.Reporter
 	Finish(res *engine.Result) error
 	// Note tells the user something about the run as a whole (safe to
@@ -80,6 +84,13 @@ type jobState struct {
 
 // The colours of job prefixes, chosen in turn.
 var jobColours = []string{"36", "33", "35", "32", "34", "96", "93", "95", "92", "94"}
+
+// NewText returns the view that prints each job's output prefixed with its
+// name (see textView). live is for a terminal, whose size size returns;
+// onErr is called once, on the first error writing out.
+func NewText(out io.Writer, plan *forge.Plan, live, colour bool, size func() (int, int), onErr func(error)) View {
+	return newTextView(out, plan, live, colour, size, onErr)
+}
 
 func newTextView(out io.Writer, plan *forge.Plan, live, colour bool, size func() (int, int), onErr func(error)) *textView {
 	v := &textView{
@@ -446,6 +457,13 @@ type jsonView struct {
 	done   chan struct{}
 }
 
+// NewJSON returns the view that prints one JSON object per event on out,
+// then a summary object; notes go to stderr. onErr is called once, on the
+// first error writing out.
+func NewJSON(out, stderr io.Writer, onErr func(error)) View {
+	return newJSONView(out, stderr, onErr)
+}
+
 func newJSONView(out, stderr io.Writer, onErr func(error)) *jsonView {
 	v := &jsonView{stderr: stderr, failed: writeFailure{fn: onErr}, w: bufio.NewWriterSize(out, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
 	v.enc = json.NewEncoder(v.w)
@@ -579,15 +597,16 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// jsonSummary is the last object --json prints.
-type jsonSummary struct {
-	Type     string           `json:"type"` // "summary"
-	Status   forge.Status     `json:"status"`
-	Duration time.Duration    `json:"duration"`
-	Jobs     []jsonJobSummary `json:"jobs"`
+// Summary is the last object the JSON view prints.
+type Summary struct {
+	Type     string        `json:"type"` // "summary"
+	Status   forge.Status  `json:"status"`
+	Duration time.Duration `json:"duration"`
+	Jobs     []JobSummary  `json:"jobs"`
 }
 
-type jsonJobSummary struct {
+// JobSummary is one job of a Summary.
+type JobSummary struct {
 	Name     string        `json:"name"`
 	Status   forge.Status  `json:"status"`
 	Attempts int           `json:"attempts"`
@@ -612,9 +631,9 @@ func (v *jsonView) Halt() {
 // Finish prints the summary object.
 func (v *jsonView) Finish(res *engine.Result) error {
 	v.Halt()
-	s := jsonSummary{Type: "summary", Status: res.Status, Duration: res.Duration, Jobs: []jsonJobSummary{}}
+	s := Summary{Type: "summary", Status: res.Status, Duration: res.Duration, Jobs: []JobSummary{}}
 	for _, j := range res.Jobs {
-		s.Jobs = append(s.Jobs, jsonJobSummary{Name: j.Name, Status: j.Status, Attempts: j.Attempts, ExitCode: j.ExitCode, Duration: j.Duration, Message: j.Message})
+		s.Jobs = append(s.Jobs, JobSummary{Name: j.Name, Status: j.Status, Attempts: j.Attempts, ExitCode: j.ExitCode, Duration: j.Duration, Message: j.Message})
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -636,16 +655,17 @@ func (w *writeFailure) check(err error) {
 	}
 }
 
-// execTee reports every event to a log directory and a view.
-type execTee struct {
-	logs *logDir
-	view execView
+// Tee reports every event to a log directory (when Logs is not nil) and
+// a view.
+type Tee struct {
+	Logs *LogDir
+	View View
 }
 
 // Report passes e to both.
-func (t execTee) Report(e forge.Event) {
-	if t.logs != nil {
-		t.logs.Report(e)
+func (t Tee) Report(e forge.Event) {
+	if t.Logs != nil {
+		t.Logs.Report(e)
 	}
-	t.view.Report(e)
+	t.View.Report(e)
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -112,10 +113,14 @@ func gitEnv() []string {
 	)
 }
 
-var userinfo = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@`)
+// userinfo is compiled on first use, not at start-up: every forge command
+// links this package, few redact a URL.
+var userinfo = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@`)
+})
 
 // redact removes credentials written into URLs (https://user:pw@host).
-func redact(s string) string { return userinfo.ReplaceAllString(s, "${1}***@") }
+func redact(s string) string { return userinfo().ReplaceAllString(s, "${1}***@") }
 
 func redactArgs(args []string) []string {
 	out := make([]string, len(args))

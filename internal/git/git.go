@@ -27,7 +27,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -122,10 +121,19 @@ func (g *Git) lock(dir string) func() {
 	return l.Unlock
 }
 
-var shaPattern = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
-
-// IsSHA reports whether s is a full commit id.
-func IsSHA(s string) bool { return shaPattern.MatchString(s) }
+// IsSHA reports whether s is a full commit id: 40 (SHA-1) or 64 (SHA-256)
+// lower-case hex digits.
+func IsSHA(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // Fetch makes a commit of repo available in its mirror and returns its
 // SHA. With sha set, that commit is fetched (by id; when the server will

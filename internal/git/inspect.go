@@ -1,4 +1,4 @@
-package main
+package git
 
 import (
 	"bytes"
@@ -15,50 +15,52 @@ import (
 	"sync"
 )
 
-// gitInfo is what forge exec learns from the checkout it runs in.
-type gitInfo struct {
-	top    string // the working tree's root; "" outside git
-	sha    string // HEAD; "" before the first commit
-	ref    string // refs/heads/<branch>, or the SHA when detached
-	branch string
-	tag    string // a tag at HEAD, when asked for
-	owner  string
-	repo   string
-	count  int
+// Local is what a checkout on this machine says about itself: what
+// forge exec learns from the checkout it runs in.
+type Local struct {
+	Top         string // the working tree's root; "" outside git
+	SHA         string // HEAD; "" before the first commit
+	Ref         string // refs/heads/<branch>, or the SHA when detached
+	Branch      string
+	Tag         string // a tag at HEAD, when asked for
+	Owner       string // from the origin remote's URL
+	Repo        string // from the origin remote's URL, else the top's name
+	CommitCount int    // commits reachable from HEAD
+
 	common string // the repository's .git directory, when read from files
-	err    error  // why sha is empty
+	err    error  // why SHA is empty
 }
 
-// readGit learns about the checkout containing dir. The files under
+// ReadLocal learns about the checkout containing dir. The files under
 // .git give the top, HEAD, its ref and the origin remote in microseconds;
 // only the commit count needs git itself. Layouts the file reader does not
 // know (reftable, GIT_DIR, core.worktree, ...) are asked of git instead.
 // The git processes run at once, since they add to the start-up of every
 // forge exec.
-func readGit(ctx context.Context, dir string, wantTag bool) *gitInfo {
+func ReadLocal(ctx context.Context, dir string, wantTag bool) *Local {
 	g := readGitFiles(dir)
 	var wg sync.WaitGroup
 	var count, tag string
 	cached := false
 	if g == nil {
 		wg.Go(func() { g = readGitCommands(ctx, dir) })
-	} else if g.sha != "" {
-		g.count, cached = cachedCommitCount(g)
+	} else if g.SHA != "" {
+		g.CommitCount, cached = cachedCommitCount(g)
 	}
 	if !cached {
-		wg.Go(func() { count, _ = gitOut(ctx, dir, "rev-list", "--count", "HEAD") })
+		wg.Go(func() { count, _ = localGit(ctx, dir, "rev-list", "--count", "HEAD") })
 	}
 	if wantTag {
-		wg.Go(func() { tag, _ = gitOut(ctx, dir, "describe", "--exact-match", "--tags", "HEAD") })
+		wg.Go(func() { tag, _ = localGit(ctx, dir, "describe", "--exact-match", "--tags", "HEAD") })
 	}
 	wg.Wait()
-	if g.sha != "" && !cached {
-		g.count, _ = strconv.Atoi(count)
+	if g.SHA != "" && !cached {
+		g.CommitCount, _ = strconv.Atoi(count)
 		saveCommitCount(g)
 	}
-	g.tag = tag
-	if g.repo == "" && g.top != "" {
-		g.repo = filepath.Base(g.top)
+	g.Tag = tag
+	if g.Repo == "" && g.Top != "" {
+		g.Repo = filepath.Base(g.Top)
 	}
 	return g
 }
@@ -71,7 +73,7 @@ func readGit(ctx context.Context, dir string, wantTag bool) *gitInfo {
 // forge exec again on the same commit skips git entirely.
 
 // commitCountFile is where the count of g's repository is cached, or "".
-func commitCountFile(g *gitInfo) string {
+func commitCountFile(g *Local) string {
 	if g.common == "" {
 		return ""
 	}
@@ -88,8 +90,8 @@ func commitCountFile(g *gitInfo) string {
 	return filepath.Join(dir, "forge", "commit-count", hex.EncodeToString(sum[:8]))
 }
 
-// cachedCommitCount returns the cached count of g.sha, if there is one.
-func cachedCommitCount(g *gitInfo) (int, bool) {
+// cachedCommitCount returns the cached count of g.SHA, if there is one.
+func cachedCommitCount(g *Local) (int, bool) {
 	p := commitCountFile(g)
 	if p == "" {
 		return 0, false
@@ -100,17 +102,17 @@ func cachedCommitCount(g *gitInfo) (int, bool) {
 	}
 	sha, n, ok := strings.Cut(strings.TrimSpace(string(b)), " ")
 	count, err := strconv.Atoi(n)
-	if !ok || sha != g.sha || err != nil || count < 1 {
+	if !ok || sha != g.SHA || err != nil || count < 1 {
 		return 0, false
 	}
 	return count, true
 }
 
-// saveCommitCount caches g.count for g.sha; failures only cost the next
+// saveCommitCount caches g.CommitCount for g.SHA; failures only cost the next
 // run a git process.
-func saveCommitCount(g *gitInfo) {
+func saveCommitCount(g *Local) {
 	p := commitCountFile(g)
-	if p == "" || g.count < 1 {
+	if p == "" || g.CommitCount < 1 {
 		return
 	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -120,52 +122,52 @@ func saveCommitCount(g *gitInfo) {
 	if err != nil {
 		return
 	}
-	_, werr := fmt.Fprintf(tmp, "%s %d\n", g.sha, g.count)
+	_, werr := fmt.Fprintf(tmp, "%s %d\n", g.SHA, g.CommitCount)
 	if cerr := tmp.Close(); werr != nil || cerr != nil || os.Rename(tmp.Name(), p) != nil {
 		os.Remove(tmp.Name())
 	}
 }
 
 // readGitCommands asks git for what readGitFiles reads.
-func readGitCommands(ctx context.Context, dir string) *gitInfo {
-	g := &gitInfo{}
+func readGitCommands(ctx context.Context, dir string) *Local {
+	g := &Local{}
 	var wg sync.WaitGroup
 	var revParse, origin string
 	var revErr error
 	wg.Go(func() {
-		revParse, revErr = gitOut(ctx, dir, "rev-parse", "--show-toplevel", "HEAD", "--symbolic-full-name", "HEAD")
+		revParse, revErr = localGit(ctx, dir, "rev-parse", "--show-toplevel", "HEAD", "--symbolic-full-name", "HEAD")
 	})
-	wg.Go(func() { origin, _ = gitOut(ctx, dir, "config", "--get", "remote.origin.url") })
+	wg.Go(func() { origin, _ = localGit(ctx, dir, "config", "--get", "remote.origin.url") })
 	wg.Wait()
 	lines := strings.Split(revParse, "\n")
 	if revErr != nil || len(lines) != 3 {
 		g.err = revErr
 		// No commit yet, or not a checkout: the top may still be known.
-		if top, err := gitOut(ctx, dir, "rev-parse", "--show-toplevel"); err == nil {
-			g.top = top
+		if top, err := localGit(ctx, dir, "rev-parse", "--show-toplevel"); err == nil {
+			g.Top = top
 		}
 	} else {
-		g.top, g.sha = lines[0], lines[1]
+		g.Top, g.SHA = lines[0], lines[1]
 		g.setRef(lines[2])
 	}
-	g.owner, g.repo = ownerRepo(origin)
+	g.Owner, g.Repo = ownerRepo(origin)
 	return g
 }
 
 // setRef records HEAD's symbolic name ("HEAD" when detached).
-func (g *gitInfo) setRef(ref string) {
-	g.ref = ref
+func (g *Local) setRef(ref string) {
+	g.Ref = ref
 	if ref == "HEAD" || ref == "" {
-		g.ref = g.sha
+		g.Ref = g.SHA
 	}
-	if b, ok := strings.CutPrefix(g.ref, "refs/heads/"); ok {
-		g.branch = b
+	if b, ok := strings.CutPrefix(g.Ref, "refs/heads/"); ok {
+		g.Branch = b
 	}
 }
 
 // readGitFiles reads the checkout containing dir from its .git files. It
 // returns nil when git must be asked instead.
-func readGitFiles(dir string) *gitInfo {
+func readGitFiles(dir string) *Local {
 	if os.Getenv("GIT_DIR") != "" || os.Getenv("GIT_WORK_TREE") != "" || os.Getenv("GIT_COMMON_DIR") != "" {
 		return nil
 	}
@@ -189,7 +191,7 @@ func readGitFiles(dir string) *gitInfo {
 		}
 		parent := filepath.Dir(d)
 		if parent == d {
-			return &gitInfo{err: errors.New("not a git checkout")}
+			return &Local{err: errors.New("not a git checkout")}
 		}
 		d = parent
 	}
@@ -213,7 +215,7 @@ func readGitFiles(dir string) *gitInfo {
 	if err != nil {
 		return nil
 	}
-	g := &gitInfo{top: top, common: common}
+	g := &Local{Top: top, common: common}
 	h := strings.TrimSpace(string(head))
 	if ref, ok := strings.CutPrefix(h, "ref: "); ok {
 		sha, found := resolveRef(gitDir, common, ref)
@@ -223,15 +225,15 @@ func readGitFiles(dir string) *gitInfo {
 			}
 			g.err = fmt.Errorf("no commit yet on %s", ref)
 		}
-		g.sha = sha
+		g.SHA = sha
 		g.setRef(ref)
-	} else if isHexSHA(h) {
-		g.sha = h
+	} else if IsSHA(h) {
+		g.SHA = h
 		g.setRef("HEAD")
 	} else {
 		return nil
 	}
-	g.owner, g.repo = ownerRepo(origin)
+	g.Owner, g.Repo = ownerRepo(origin)
 	return g
 }
 
@@ -240,7 +242,7 @@ func readGitFiles(dir string) *gitInfo {
 func resolveRef(gitDir, common, ref string) (string, bool) {
 	for _, d := range []string{gitDir, common} {
 		if b, err := os.ReadFile(filepath.Join(d, filepath.FromSlash(ref))); err == nil {
-			if sha := strings.TrimSpace(string(b)); isHexSHA(sha) {
+			if sha := strings.TrimSpace(string(b)); IsSHA(sha) {
 				return sha, true
 			}
 		}
@@ -250,23 +252,11 @@ func resolveRef(gitDir, common, ref string) (string, bool) {
 		return "", false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if sha, name, ok := strings.Cut(strings.TrimSpace(line), " "); ok && name == ref && isHexSHA(sha) {
+		if sha, name, ok := strings.Cut(strings.TrimSpace(line), " "); ok && name == ref && IsSHA(sha) {
 			return sha, true
 		}
 	}
 	return "", false
-}
-
-func isHexSHA(s string) bool {
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // gitConfigOrigin finds remote.origin.url in a git config file. plain is
@@ -302,46 +292,27 @@ func gitConfigOrigin(config string) (url string, plain bool) {
 	return url, true
 }
 
-// describeErr says why there is no commit.
-func (g *gitInfo) describeErr() string {
+// Problem says why there is no commit (SHA is empty).
+func (g *Local) Problem() string {
 	if g.err == nil {
 		return "no commit"
 	}
 	return g.err.Error()
 }
 
-// env is the FORGE_* base environment of a local run.
-func (g *gitInfo) env(action string) map[string]string {
-	return map[string]string{
-		"FORGE_ACTION":       action,
-		"FORGE_OWNER":        g.owner,
-		"FORGE_REPO":         g.repo,
-		"FORGE_SHA":          g.sha,
-		"FORGE_REF":          g.ref,
-		"FORGE_PULL_REQUEST": "",
-		"FORGE_COMMIT_COUNT": strconv.Itoa(g.count),
-		"FORGE_STATUS_URL":   "",
-	}
-}
-
-// gitOut runs git and returns its trimmed output.
-func gitOut(ctx context.Context, dir string, args ...string) (string, error) {
+// localGit runs git in dir with the user's own environment and
+// configuration (unlike Git.run: this is the user's checkout) and returns
+// its trimmed output.
+func localGit(ctx context.Context, dir string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, "git", args...)
 	cmd.Dir = dir
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		if msg := strings.TrimSpace(errb.String()); msg != "" {
-			return "", &gitError{strings.Join(args, " "), msg}
-		}
-		return "", err
+		return "", &Error{Args: args, Stderr: tail(strings.TrimSpace(errb.String()), maxStderr), Err: err}
 	}
 	return strings.TrimSpace(out.String()), nil
 }
-
-type gitError struct{ cmd, msg string }
-
-func (e *gitError) Error() string { return "git " + e.cmd + ": " + e.msg }
 
 // ownerRepo takes owner and repository from a remote URL:
 // https://github.com/o/r.git, git@github.com:o/r.git, ssh://git@host/o/r,
