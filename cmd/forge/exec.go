@@ -10,7 +10,6 @@ import (
 	"os/signal"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -161,7 +160,9 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	if actions := f.Actions(); !slices.Contains(actions, o.action) && (o.actionSet || !f.HasOn()) {
 		return exitWith(exitUsage, "%s has no action %q; its actions are: %s", o.file, o.action, strings.Join(actions, ", "))
 	}
-	action := o.chooseAction(f, branch, tag, stderr)
+	b := o.localBuild(g, branch, tag)
+	action := o.chooseAction(f, &b.Hook, stderr)
+	b.Action = action
 	event := o.event
 	if event == noEvent {
 		event = ""
@@ -179,9 +180,10 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	if dir == "" {
 		dir = cwd
 	}
+	id := "local-" + time.Now().UTC().Format("20060102-150405")
 	info := engine.RunInfo{
-		BuildID:   "local-" + time.Now().UTC().Format("20060102-150405"),
-		Env:       localEnv(g, action),
+		BuildID:   id,
+		Env:       forge.RunEnv{Build: b, Repo: &b.Hook.Repo, BuildID: id}.Vars(),
 		Secrets:   secrets,
 		Workspace: forge.Workspace{Dir: dir, Clean: o.clean, Keep: o.keep},
 	}
@@ -284,17 +286,12 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 // chooseAction evaluates the file's on: section for the event: without
 // --action, the first action on: runs for it (execute when it runs none);
 // with --action, that action, with a note when on: would not run it.
-func (o *execOptions) chooseAction(f *spec.File, branch, tag string, stderr io.Writer) string {
+func (o *execOptions) chooseAction(f *spec.File, h *forge.Hook, stderr io.Writer) string {
 	if !f.HasOn() || o.event == noEvent {
 		return o.action
 	}
-	h := &forge.Hook{Event: o.event, Branch: branch, Target: branch, Tag: tag, Merged: o.event == "merged"}
-	if o.event == "tag" && tag != "" {
-		h.Ref = "refs/tags/" + tag
-	} else if branch != "" {
-		h.Ref = "refs/heads/" + branch
-	}
 	on := f.ActionsFor(h)
+	branch, tag := h.Branch, h.Tag
 	what := o.event
 	if branch != "" && o.event != "tag" && o.event != "manual" {
 		what += " to " + branch
@@ -310,6 +307,36 @@ func (o *execOptions) chooseAction(f *spec.File, branch, tag string, stderr io.W
 		fmt.Fprintf(stderr, "forge: note: on: runs nothing for a %s; running %s anyway\n", what, o.action)
 	}
 	return o.action
+}
+
+// localBuild describes the run forge exec is about to make the way the
+// server describes a build: the hook of the event --event stands for
+// (none: no event), on the commit and branch (or tag) of the checkout g or
+// of the flags. on: is evaluated on it, and it makes the jobs' FORGE_*
+// variables (forge.RunEnv), as a build does on the server.
+func (o *execOptions) localBuild(g *git.Local, branch, tag string) *forge.Build {
+	h := forge.Hook{
+		Event:       o.event,
+		Repo:        forge.Repo{Owner: g.Owner, Name: g.Repo},
+		Branch:      branch,
+		Target:      branch,
+		Tag:         tag,
+		SHA:         g.SHA,
+		Merged:      o.event == "merged",
+		CommitCount: g.CommitCount,
+	}
+	switch {
+	case o.event == noEvent:
+		h.Event = ""
+	case o.event == "tag" && tag != "":
+		h.Ref = "refs/tags/" + tag
+	}
+	if h.Ref == "" && branch != "" {
+		h.Ref = "refs/heads/" + branch
+	} else if h.Ref == "" {
+		h.Ref = g.Ref // detached: the commit
+	}
+	return &forge.Build{Hook: h}
 }
 
 // errOutputClosed is why a run stops when its output cannot be written.
@@ -391,18 +418,4 @@ func readSecretFile(path string, secrets map[string]string) error {
 		return exitWith(exitUsage, "--secret-file %s: %v", path, err)
 	}
 	return nil
-}
-
-// localEnv is the FORGE_* base environment of a local run.
-func localEnv(g *git.Local, action string) map[string]string {
-	return map[string]string{
-		"FORGE_ACTION":       action,
-		"FORGE_OWNER":        g.Owner,
-		"FORGE_REPO":         g.Repo,
-		"FORGE_SHA":          g.SHA,
-		"FORGE_REF":          g.Ref,
-		"FORGE_PULL_REQUEST": "",
-		"FORGE_COMMIT_COUNT": strconv.Itoa(g.CommitCount),
-		"FORGE_STATUS_URL":   "",
-	}
 }

@@ -73,15 +73,17 @@ func New(opts Options) *Engine {
 type RunInfo struct {
 	// BuildID identifies the run; it becomes FORGE_BUILD_ID.
 	BuildID string
-	// Env is the base environment of every job: the FORGE_* values of the
-	// commit (FORGE_OWNER, FORGE_REPO, FORGE_SHA, FORGE_REF,
-	// FORGE_PULL_REQUEST, FORGE_COMMIT_COUNT, FORGE_STATUS_URL, ...).
-	// The engine adds CI=true, FORGE_ACTION (the plan's action unless set
-	// here), FORGE_BUILD_ID, FORGE_JOB, FORGE_WORKSPACE (Workspace.Dir
-	// unless set here; a backend that runs the job elsewhere overrides it)
-	// and the lease variables. These win over a job's own environment of
-	// the same name, because they are facts about the run.
+	// Env is the base environment of every job: forge.RunEnv.Vars(), the
+	// variables of the run. The engine adds each job's own
+	// (forge.SetJobVars: FORGE_JOB, FORGE_WORKSPACE as Workspace.Dir, which
+	// a backend that runs the job elsewhere overrides, and the job's
+	// FORGE_STATUS_URL) and the lease variables. These win over a job's
+	// own environment of the same name, because they are facts about the
+	// run.
 	Env map[string]string
+	// JobStatusURL, when set, returns the page of a job, which becomes its
+	// FORGE_STATUS_URL; "" keeps the run's.
+	JobStatusURL func(job string) string
 	// Secrets are passed to every job (see forge.JobRun.Secrets).
 	Secrets map[string]string
 	// Workspace says where jobs run.
@@ -380,22 +382,18 @@ func skipMessage(n string, nr *JobResult) string {
 
 // env is the base environment of job j, before lease variables.
 func (r *runner) env(j *forge.Job) map[string]string {
-	env := make(map[string]string, len(j.Environment)+len(r.info.Env)+6)
+	env := make(map[string]string, len(j.Environment)+len(r.info.Env)+2)
 	for k, v := range j.Environment {
 		env[k] = v
 	}
 	for k, v := range r.info.Env {
 		env[k] = v
 	}
-	env["CI"] = "true"
-	if _, ok := r.info.Env["FORGE_ACTION"]; !ok {
-		env["FORGE_ACTION"] = r.plan.Action
+	url := ""
+	if r.info.JobStatusURL != nil {
+		url = r.info.JobStatusURL(j.Name)
 	}
-	if _, ok := r.info.Env["FORGE_WORKSPACE"]; !ok {
-		env["FORGE_WORKSPACE"] = r.info.Workspace.Dir
-	}
-	env["FORGE_BUILD_ID"] = r.info.BuildID
-	env["FORGE_JOB"] = j.Name
+	forge.SetJobVars(env, j.Name, r.info.Workspace.Dir, url)
 	return env
 }
 

@@ -308,13 +308,14 @@ func TestCancel(t *testing.T) {
 
 func TestEventsAndEnv(t *testing.T) {
 	b := &scripted{}
-	j := job("build (go=1.22)", nil, "env FORGE_JOB\nenv CI\nenv FORGE_ACTION\nenv FORGE_BUILD_ID\nenv FORGE_SHA\nenv FORGE_WORKSPACE\nenv APP")
+	j := job("build (go=1.22)", nil, "env FORGE_JOB\nenv CI\nenv FORGE_ACTION\nenv FORGE_BUILD_ID\nenv FORGE_SHA\nenv FORGE_WORKSPACE\nenv APP\nenv FORGE_STATUS_URL")
 	j.Environment = map[string]string{"APP": "x", "CI": "false"}
-	info := RunInfo{BuildID: "7", Env: map[string]string{"FORGE_SHA": "abc"}, Secrets: map[string]string{"TOKEN": "s3"},
-		Workspace: forge.Workspace{Dir: "/src"}}
+	vars := forge.RunEnv{Build: &forge.Build{Action: "deploy", Hook: forge.Hook{SHA: "abc"}}, BuildID: "7"}.Vars()
+	info := RunInfo{BuildID: "7", Env: vars, Secrets: map[string]string{"TOKEN": "s3"}, Workspace: forge.Workspace{Dir: "/src"},
+		JobStatusURL: func(job string) string { return "https://ci.example.com/jobs/" + job }}
 	_, rec := run(t, context.Background(), Options{Backend: b}, &forge.Plan{Action: "deploy", Jobs: []*forge.Job{j}}, info)
 	want := []forge.EventType{forge.EventJobQueued, forge.EventJobStarted, forge.EventStepStarted,
-		forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine,
+		forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine, forge.EventLine,
 		forge.EventStepFinished, forge.EventJobFinished}
 	if got := rec.of(j.Name); !slices.Equal(got, want) {
 		t.Fatalf("events: got %v, want %v", got, want)
@@ -331,7 +332,8 @@ func TestEventsAndEnv(t *testing.T) {
 			}
 		}
 	}
-	wantLines := []string{"FORGE_JOB=build (go=1.22)", "CI=true", "FORGE_ACTION=deploy", "FORGE_BUILD_ID=7", "FORGE_SHA=abc", "FORGE_WORKSPACE=/src", "APP=x"}
+	wantLines := []string{"FORGE_JOB=build (go=1.22)", "CI=true", "FORGE_ACTION=deploy", "FORGE_BUILD_ID=7", "FORGE_SHA=abc", "FORGE_WORKSPACE=/src", "APP=x",
+		"FORGE_STATUS_URL=https://ci.example.com/jobs/build (go=1.22)"}
 	if !slices.Equal(lines, wantLines) {
 		t.Errorf("environment: got %q, want %q", lines, wantLines)
 	}

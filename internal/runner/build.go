@@ -140,7 +140,7 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 		Build:     b,
 		Repo:      repo,
 		Env:       r.env(b, repo),
-		JobEnv:    func(job string) map[string]string { return r.jobEnv(b, repo, rec.jobID(job), job) },
+		JobURL:    func(job string) string { return r.jobURL(b, repo, rec.jobID(job)) },
 		Secrets:   secrets,
 		Workspace: forge.Workspace{Dir: dir, Clean: true},
 	}
@@ -210,36 +210,19 @@ func (r *Runner) finish(ctx context.Context, b *forge.Build, st forge.Status, ms
 	return b
 }
 
-// env is what every job of b sees (DESIGN.md part 4).
+// env is what every job of b sees (DESIGN.md part 4), as forge exec
+// gives it too: forge.RunEnv is the one place that says it.
 func (r *Runner) env(b *forge.Build, repo *forge.Repo) map[string]string {
-	pr := ""
-	if b.Hook.PullRequest > 0 {
-		pr = strconv.Itoa(b.Hook.PullRequest)
-	}
-	return map[string]string{
-		"CI":                 "true",
-		"FORGE_ACTION":       b.Action,
-		"FORGE_OWNER":        repo.Owner,
-		"FORGE_REPO":         repo.Name,
-		"FORGE_SHA":          b.Hook.SHA,
-		"FORGE_REF":          b.Hook.Ref,
-		"FORGE_BRANCH":       b.Hook.Branch,
-		"FORGE_EVENT":        b.Hook.Event,
-		"FORGE_PULL_REQUEST": pr,
-		"FORGE_COMMIT_COUNT": strconv.Itoa(b.Hook.CommitCount),
-		"FORGE_BUILD_ID":     strconv.FormatInt(b.ID, 10),
-		"FORGE_BUILD_NUMBER": strconv.FormatInt(b.Number, 10),
-		"FORGE_STATUS_URL":   r.buildURL(b, repo),
-	}
+	return forge.RunEnv{Build: b, Repo: repo, BuildID: strconv.FormatInt(b.ID, 10), StatusURL: r.buildURL(b, repo)}.Vars()
 }
 
-// jobEnv is what job (row jobID) of b sees beyond env.
-func (r *Runner) jobEnv(b *forge.Build, repo *forge.Repo, jobID int64, job string) map[string]string {
+// jobURL is the page of job (row jobID) of b.
+func (r *Runner) jobURL(b *forge.Build, repo *forge.Repo, jobID int64) string {
 	u := r.buildURL(b, repo)
 	if jobID > 0 {
 		u += "/jobs/" + strconv.FormatInt(jobID, 10)
 	}
-	return map[string]string{"FORGE_JOB": job, "FORGE_STATUS_URL": u}
+	return u
 }
 
 // buildURL is the build's page: PUBLIC/OWNER/REPO/builds/NUMBER.

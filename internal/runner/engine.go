@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"maps"
 	"strconv"
 
 	"github.com/forgeci/forge"
@@ -24,39 +23,20 @@ var _ Executor = Engine{}
 // Execute runs plan with a new engine.Engine reporting to rep.
 func (e Engine) Execute(ctx context.Context, plan *forge.Plan, run *Run, rep forge.Reporter) (forge.Status, error) {
 	eng := engine.New(engine.Options{
-		Backend:  jobEnvBackend{inner: e.Backend, jobEnv: run.JobEnv},
+		Backend:  e.Backend,
 		Leaser:   e.Leaser,
 		Parallel: e.Parallel,
 		Reporter: rep,
 	})
 	res, err := eng.Run(ctx, plan, engine.RunInfo{
-		BuildID:   strconv.FormatInt(run.Build.ID, 10),
-		Env:       run.Env,
-		Secrets:   run.Secrets,
-		Workspace: run.Workspace,
+		BuildID:      strconv.FormatInt(run.Build.ID, 10),
+		Env:          run.Env,
+		JobStatusURL: run.JobURL,
+		Secrets:      run.Secrets,
+		Workspace:    run.Workspace,
 	})
 	if err != nil {
 		return forge.StatusError, err
 	}
 	return res.Status, nil
-}
-
-// jobEnvBackend adds the per-job variables (FORGE_STATUS_URL of the job's
-// own page) that the engine's build-wide environment cannot carry.
-type jobEnvBackend struct {
-	inner  forge.Backend
-	jobEnv func(job string) map[string]string
-}
-
-func (b jobEnvBackend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter) (forge.Status, error) {
-	if b.jobEnv != nil && run.Job != nil {
-		c := *run
-		c.Env = maps.Clone(run.Env)
-		if c.Env == nil {
-			c.Env = map[string]string{}
-		}
-		maps.Copy(c.Env, b.jobEnv(run.Job.Name))
-		run = &c
-	}
-	return b.inner.Run(ctx, run, rep)
 }

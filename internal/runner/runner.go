@@ -71,11 +71,10 @@ type Executor interface {
 type Run struct {
 	Build *forge.Build
 	Repo  *forge.Repo
-	// Env is what every job of the build sees: CI=true and the FORGE_*
-	// variables of DESIGN.md part 4, except the per-job ones.
+	// Env is what every job of the build sees: forge.RunEnv.Vars().
 	Env map[string]string
-	// JobEnv returns the per-job variables (FORGE_JOB, FORGE_STATUS_URL).
-	JobEnv func(job string) map[string]string
+	// JobURL returns a job's page, its FORGE_STATUS_URL.
+	JobURL func(job string) string
 	// Secrets for the steps; nil for builds of forks.
 	Secrets map[string]string
 	// Workspace is the checkout at the build's commit; each job gets a
