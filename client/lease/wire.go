@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -202,14 +201,24 @@ func (m *Message) Time() time.Time {
 	return t
 }
 
-var notAlnum = regexp.MustCompile(`[^A-Za-z0-9]`)
-
 // EnvName returns the variable that carries a pool's resource ids:
 // FORGE_LEASE_ and the pool name upper-cased with every character other
 // than an ASCII letter or digit replaced by "_" ("lab-dut.x" gives
 // FORGE_LEASE_LAB_DUT_X).
 func EnvName(pool string) string {
-	return "FORGE_LEASE_" + strings.ToUpper(notAlnum.ReplaceAllString(pool, "_"))
+	var b strings.Builder
+	b.WriteString("FORGE_LEASE_")
+	for _, r := range pool { // an invalid byte is a rune of its own, as for regexp
+		switch {
+		case r >= 'a' && r <= 'z':
+			b.WriteRune(r - 'a' + 'A')
+		case r >= 'A' && r <= 'Z' || r >= '0' && r <= '9':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
 }
 
 // EnvJSON is the variable that carries the whole granted message.

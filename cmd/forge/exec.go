@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -357,8 +356,6 @@ func (o *execOptions) check() error {
 	return nil
 }
 
-var reEnvName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
 // readSecrets gathers --secret-file and --secret values (the flags win
 // over the files).
 func (o *execOptions) readSecrets() (map[string]string, error) {
@@ -384,7 +381,7 @@ func parseSecret(s string) (string, string, error) {
 	switch {
 	case !ok:
 		return "", "", errors.New("want NAME=VALUE")
-	case !reEnvName.MatchString(name):
+	case !spec.IsVarName(name):
 		return "", "", fmt.Errorf("%q is not a variable name (letters, digits and _, not starting with a digit)", name)
 	case value == "":
 		return "", "", fmt.Errorf("the value of %s is empty: there is nothing to mask", name)

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,10 +94,41 @@ var (
 	reportKeys  = []string{"junit", "type", "paths"}
 )
 
+// The syntax of names: reName ^[A-Za-z0-9][A-Za-z0-9_.-]*$ and reVar
+// ^[A-Za-z_][A-Za-z0-9_]*$, checked by hand: a regexp compiled at package
+// level costs every forge command its start-up.
 var (
-	reName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
-	reVar  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	reName = charSyntax{first: isAlnum, rest: isNameChar}
+	reVar  = charSyntax{first: isVarStart, rest: isVarChar}
 )
+
+// charSyntax matches a non-empty ASCII string whose first byte satisfies
+// first and every other byte rest.
+type charSyntax struct{ first, rest func(c byte) bool }
+
+// MatchString reports whether s has the syntax.
+func (c charSyntax) MatchString(s string) bool {
+	if s == "" || !c.first(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if !c.rest(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+func isNameChar(c byte) bool { return isAlnum(c) || c == '_' || c == '.' || c == '-' }
+func isVarStart(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' }
+func isVarChar(c byte) bool  { return isVarStart(c) || c >= '0' && c <= '9' }
+
+// IsVarName reports whether s can name an environment variable: letters,
+// digits and _, not starting with a digit.
+func IsVarName(s string) bool { return reVar.MatchString(s) }
 
 // Load reads and parses the spec at path. A missing or unreadable file is
 // an error with code ENOTFOUND or EINVALID, not an *Errors; a file that is
