@@ -26,9 +26,10 @@ var orchestration = []string{"internal/spec", "internal/engine", "internal/runne
 var views = []string{"internal/console"}
 
 // shared libraries adapters may use: the step runner every backend (and
-// forgexec inside containers) runs steps with, and the public lease client
-// whose wire types the lease server speaks.
-var shared = []string{"internal/shell", "client/"}
+// forgexec inside containers) runs steps with, the public lease client
+// whose wire types the lease server speaks, and the metrics every part
+// exports.
+var shared = []string{"internal/shell", "client/", "internal/prometheus"}
 
 func TestImportBoundaries(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json", "./...").Output()
@@ -57,6 +58,34 @@ func TestImportBoundaries(t *testing.T) {
 			dep := strings.TrimPrefix(strings.TrimPrefix(imp, module), "/")
 			if reason := forbidden(rel, dep); reason != "" {
 				t.Errorf("%s imports %s: %s", p.ImportPath, imp, reason)
+			}
+		}
+	}
+}
+
+// heavyModules are libraries whose package initialisation costs every
+// forge command its start-up, forge exec included, whatever the command
+// uses (issue 8 item 11: client_golang's default registry, runtime
+// collectors and protocol buffer descriptors took about 1.4 ms of each
+// start). internal/prometheus writes the metrics instead; tests may still
+// use these modules to check it.
+var heavyModules = []string{
+	"github.com/prometheus/client_golang/",
+	"github.com/prometheus/client_model/",
+	"github.com/prometheus/procfs",
+	"google.golang.org/protobuf/",
+	"expvar",
+}
+
+func TestForgeLinksNoHeavyInit(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "./cmd/forge").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, heavy := range heavyModules {
+			if pkg == heavy || strings.HasPrefix(pkg, heavy) {
+				t.Errorf("the forge binary links %s, whose initialisation slows the start of every command", pkg)
 			}
 		}
 	}
@@ -129,6 +158,8 @@ func TestForbidden(t *testing.T) {
 		{"internal/runner", "internal/console", true},
 		{"internal/http", "internal/console", true},
 		{"internal/shell", "internal/console", true},
+		{"internal/runner", "internal/prometheus", false},
+		{"internal/prometheus", "internal/http", true},
 	}
 	for _, tt := range tests {
 		if got := forbidden(tt.pkg, tt.dep) != ""; got != tt.bad {

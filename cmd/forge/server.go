@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/term"
@@ -27,6 +25,7 @@ import (
 	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/livelog"
+	"github.com/forgeci/forge/internal/prometheus"
 	"github.com/forgeci/forge/internal/runner"
 	"github.com/forgeci/forge/internal/sqldb"
 )
@@ -175,7 +174,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector())
 
 	// Leases: pools from the configuration, served in-process.
 	lc := c.leaseConfig()

@@ -12,11 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/forgeci/forge"
 	httpapi "github.com/forgeci/forge/internal/http"
+	"github.com/forgeci/forge/internal/prometheus"
 	"github.com/forgeci/forge/internal/sqldb"
 )
 

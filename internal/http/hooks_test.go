@@ -21,11 +21,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/github"
 	forgehttp "github.com/forgeci/forge/internal/http"
+	"github.com/forgeci/forge/internal/prometheus"
 	"github.com/forgeci/forge/internal/sqldb"
 )
 

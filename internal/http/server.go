@@ -27,10 +27,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/prometheus"
 )
 
 // Builds controls builds: implemented by internal/runner.
@@ -335,7 +333,7 @@ func metrics(g prometheus.Gatherer) http.Handler {
 	if g == nil {
 		return notImplemented("metrics")
 	}
-	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+	return prometheus.Handler(g)
 }
 
 // notFound answers requests no route took: 405 with Allow when the path

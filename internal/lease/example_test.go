@@ -7,10 +7,10 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/prometheus"
 )
 
 // A server wires the lease service from its configuration file.

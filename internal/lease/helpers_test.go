@@ -13,9 +13,9 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/goccy/go-yaml"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/prometheus"
 )
 
 // testEnv is a real server on loopback with its manager.

@@ -5,12 +5,11 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/prometheus"
 )
 
-func metricValue(t *testing.T, e *testEnv, name string, labels map[string]string) *dto.Metric {
+func metricValue(t *testing.T, e *testEnv, name string, labels map[string]string) *prometheus.Sample {
 	t.Helper()
 	families, err := e.reg.Gather()
 	if err != nil {

@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/prometheus"
 )
 
 // Options configure a Server; zero values take the defaults.
@@ -96,7 +96,7 @@ func NewServer(m Manager, opts Options) *Server {
 	}
 	s := &Server{m: m, opts: opts, log: opts.Logger, conns: map[*conn]struct{}{}}
 	if opts.Registry != nil {
-		opts.Registry.MustRegister(&collector{s: s})
+		opts.Registry.MustRegister(newCollector(s))
 	}
 	return s
 }

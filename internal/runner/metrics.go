@@ -3,7 +3,7 @@ package runner
 import (
 	"fmt"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/forgeci/forge/internal/prometheus"
 )
 
 type metrics struct {

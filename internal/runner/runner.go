@@ -26,9 +26,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/prometheus"
 )
 
 // Checkouter makes a build's workspace. It is implemented by internal/git.
