@@ -18,7 +18,10 @@ import (
 // The end-to-end benchmarks of issue 2 run the forge binary (built once)
 // the way a user does, in a git checkout of their own:
 //
-//	go test -run='^$' -bench=Exec -benchtime=20x ./cmd/forge
+//	go test -run='^$' -bench='Exec|Startup' -benchtime=20x ./cmd/forge
+//
+// With FORGE_BENCH_BASELINE=/path/to/another/forge, the 50-step and
+// start-up benchmarks time that binary too, in the same iterations.
 //
 // Each reports medians over its iterations; see BENCHMARKS.md.
 
@@ -120,24 +123,44 @@ func medianDuration(ds []time.Duration) time.Duration {
 
 func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+// baselineForge is another forge binary to time side by side with this
+// one, from FORGE_BENCH_BASELINE (a build of an earlier commit, say): on a
+// machine shared with other work, only runs interleaved in one benchmark
+// compare fairly.
+func baselineForge(b *testing.B) string {
+	bin := os.Getenv("FORGE_BENCH_BASELINE")
+	if bin == "" {
+		return ""
+	}
+	if _, err := os.Stat(bin); err != nil {
+		b.Fatalf("FORGE_BENCH_BASELINE: %v", err)
+	}
+	return bin
+}
+
 // BenchmarkExecSteps50 compares forge exec of one job of 50 steps of
-// `true` with a shell loop starting `sh -c true` 50 times, alternating the
-// two in every iteration. Target: ratio at most 1.3.
+// `true` with a shell loop starting `sh -c true` 50 times, as whole
+// processes, alternating the two in every iteration (and the baseline
+// binary, when FORGE_BENCH_BASELINE names one). Target: ratio at most 1.3.
 func BenchmarkExecSteps50(b *testing.B) {
-	bin := buildForge(b)
+	bin, base := buildForge(b), baselineForge(b)
 	var spec strings.Builder
 	spec.WriteString("execute:\n")
 	for range 50 {
 		spec.WriteString("  - \"true\"\n")
 	}
 	dir := benchCheckout(b, spec.String())
-	var forgeT, loopT, forgeCPU, loopCPU []time.Duration
+	var forgeT, loopT, baseT, forgeCPU, loopCPU, baseCPU []time.Duration
 	b.ResetTimer()
 	for range b.N {
 		d, _, _, cpu := timedRun(b, dir, bin, "exec")
 		forgeT, forgeCPU = append(forgeT, d), append(forgeCPU, cpu)
 		d, _, _, cpu = timedRun(b, dir, "/bin/sh", "-c", "i=0; while [ $i -lt 50 ]; do sh -c true; i=$((i+1)); done")
 		loopT, loopCPU = append(loopT, d), append(loopCPU, cpu)
+		if base != "" {
+			d, _, _, cpu = timedRun(b, dir, base, "exec")
+			baseT, baseCPU = append(baseT, d), append(baseCPU, cpu)
+		}
 	}
 	b.StopTimer()
 	b.ReportMetric(millis(medianDuration(forgeT)), "forge-ms")
@@ -145,6 +168,66 @@ func BenchmarkExecSteps50(b *testing.B) {
 	b.ReportMetric(float64(medianDuration(forgeT))/float64(medianDuration(loopT)), "ratio")
 	b.ReportMetric(millis(medianDuration(forgeCPU)), "forge-cpu-ms")
 	b.ReportMetric(millis(medianDuration(loopCPU)), "loop-cpu-ms")
+	if base != "" {
+		b.ReportMetric(millis(medianDuration(baseT)), "base-ms")
+		b.ReportMetric(float64(medianDuration(baseT))/float64(medianDuration(loopT)), "base-ratio")
+		b.ReportMetric(millis(medianDuration(baseCPU)), "base-cpu-ms")
+	}
+}
+
+// helloWorld builds a Go program that prints one line: the floor of a Go
+// process's start-up on this machine.
+var helloWorld = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "forge-hello-")
+	if err != nil {
+		return "", err
+	}
+	src := "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello\") }\n"
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "hello")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "main.go")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GO111MODULE=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build hello: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// BenchmarkStartup times `forge version`, a command that does nothing but
+// start, against a hello-world Go program, as whole processes, alternating
+// them (and the baseline binary, when FORGE_BENCH_BASELINE names one).
+// What forge adds is what every command, forge exec first, pays before it
+// does anything.
+func BenchmarkStartup(b *testing.B) {
+	bin, base := buildForge(b), baselineForge(b)
+	hello, err := helloWorld()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	var forgeT, helloT, baseT []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		d, _, _, _ := timedRun(b, dir, bin, "version")
+		forgeT = append(forgeT, d)
+		d, _, _, _ = timedRun(b, dir, hello)
+		helloT = append(helloT, d)
+		if base != "" {
+			d, _, _, _ = timedRun(b, dir, base, "version")
+			baseT = append(baseT, d)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(millis(medianDuration(forgeT)), "forge-ms")
+	b.ReportMetric(millis(medianDuration(helloT)), "hello-ms")
+	b.ReportMetric(float64(medianDuration(forgeT))/float64(medianDuration(helloT)), "ratio")
+	if base != "" {
+		b.ReportMetric(millis(medianDuration(baseT)), "base-ms")
+		b.ReportMetric(float64(medianDuration(baseT))/float64(medianDuration(helloT)), "base-ratio")
+	}
 }
 
 // BenchmarkExecSeqMillion runs one step `seq 1 N` with the output captured
