@@ -123,6 +123,20 @@ func medianDuration(ds []time.Duration) time.Duration {
 
 func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+// pairedRatio is the median of a[i]/b[i]: each pair ran back to back, so
+// the load of a shared machine weighs on both alike.
+func pairedRatio(a, b []time.Duration) float64 {
+	r := make([]float64, len(a))
+	for i := range a {
+		r[i] = float64(a[i]) / float64(b[i])
+	}
+	slices.Sort(r)
+	if len(r) == 0 {
+		return 0
+	}
+	return r[len(r)/2]
+}
+
 // baselineForge is another forge binary to time side by side with this
 // one, from FORGE_BENCH_BASELINE (a build of an earlier commit, say): on a
 // machine shared with other work, only runs interleaved in one benchmark
@@ -166,11 +180,13 @@ func BenchmarkExecSteps50(b *testing.B) {
 	b.ReportMetric(millis(medianDuration(forgeT)), "forge-ms")
 	b.ReportMetric(millis(medianDuration(loopT)), "loop-ms")
 	b.ReportMetric(float64(medianDuration(forgeT))/float64(medianDuration(loopT)), "ratio")
+	b.ReportMetric(pairedRatio(forgeT, loopT), "paired-ratio")
 	b.ReportMetric(millis(medianDuration(forgeCPU)), "forge-cpu-ms")
 	b.ReportMetric(millis(medianDuration(loopCPU)), "loop-cpu-ms")
 	if base != "" {
 		b.ReportMetric(millis(medianDuration(baseT)), "base-ms")
 		b.ReportMetric(float64(medianDuration(baseT))/float64(medianDuration(loopT)), "base-ratio")
+		b.ReportMetric(pairedRatio(baseT, loopT), "base-paired-ratio")
 		b.ReportMetric(millis(medianDuration(baseCPU)), "base-cpu-ms")
 	}
 }
@@ -224,9 +240,11 @@ func BenchmarkStartup(b *testing.B) {
 	b.ReportMetric(millis(medianDuration(forgeT)), "forge-ms")
 	b.ReportMetric(millis(medianDuration(helloT)), "hello-ms")
 	b.ReportMetric(float64(medianDuration(forgeT))/float64(medianDuration(helloT)), "ratio")
+	b.ReportMetric(pairedRatio(forgeT, helloT), "paired-ratio")
 	if base != "" {
 		b.ReportMetric(millis(medianDuration(baseT)), "base-ms")
 		b.ReportMetric(float64(medianDuration(baseT))/float64(medianDuration(helloT)), "base-ratio")
+		b.ReportMetric(pairedRatio(baseT, helloT), "base-paired-ratio")
 	}
 }
 
