@@ -32,8 +32,10 @@
 // (a proper daemon) escapes: forge cannot tell it from any other process
 // without a cgroup or a PID namespace (inside a container, removing the
 // container ends it; PR_SET_CHILD_SUBREAPER would only make it forge's child,
-// not tell which step it came from). Should a pipe still be open after that,
-// forge stops reading DrainTimeout after the step ended and says so in a
+// not tell which step it came from). Whatever the step wrote before its
+// processes ended is read to the end, however slowly the Reporter takes it.
+// Only a pipe that a live process still holds open is cut off: once it
+// stays empty for DrainTimeout, forge stops reading it and says so in a
 // system line, instead of waiting forever. Killed children are reparented
 // to init, or to forge when it is PID 1 in a container: see ReapOrphans.
 //
@@ -74,8 +76,9 @@ const DefaultKillGrace = 5 * time.Second
 // pipes before forge looks for processes outside the group that hold them.
 const escapeDelay = 100 * time.Millisecond
 
-// DrainTimeout is how long output is still read after a step's process group
-// is gone, for pipes held open by a process that escaped the group.
+// DrainTimeout is how long, once a step's process group is gone, a pipe may
+// stay empty while a process that escaped the group still holds it open,
+// before forge stops reading it.
 const DrainTimeout = time.Second
 
 // Options tune how steps run. The zero value is ready to use.
@@ -320,9 +323,10 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 	var readersLeft atomic.Int32
 	readersLeft.Store(2)
 	var escaped [2]bool
+	var draining atomic.Bool // set once the step's process group is gone
 	for k := range pr {
 		go func() {
-			escaped[k] = r.read(pr[k], &r.out[k])
+			escaped[k] = r.read(pr[k], &r.out[k], &draining)
 			if readersLeft.Add(-1) == 0 {
 				close(readersDone)
 			}
@@ -369,6 +373,14 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 			}
 		}
 		escapeCheck.Stop()
+		// Now only a pipe that a live process holds open can keep a
+		// reader waiting: the readers stop when a pipe stays empty and
+		// open for DrainTimeout. A reader busy with what the pipe still
+		// holds (a slow consumer) is not hurried: the output of a
+		// process that exited is read to the end, however long that
+		// takes. The deadline wakes a reader already waiting on an empty
+		// pipe; the readers set their own before each read from now on.
+		draining.Store(true)
 		deadline := time.Now().Add(DrainTimeout)
 		pr[0].SetReadDeadline(deadline)
 		pr[1].SetReadDeadline(deadline)
@@ -528,19 +540,32 @@ func exitCode(state *os.ProcessState) int {
 	return state.ExitCode()
 }
 
-// read copies one stream into lines until EOF or the drain deadline. It
-// reports whether the deadline cut it short.
-func (r *runner) read(f *os.File, lb *lineBuffer) (cutShort bool) {
+// read copies one stream into lines until EOF. Once draining is set (the
+// step's process group is gone), it stops early only when the pipe stays
+// empty for DrainTimeout while some process still holds it open, and then
+// reports cutShort.
+func (r *runner) read(f *os.File, lb *lineBuffer, draining *atomic.Bool) (cutShort bool) {
 	for {
+		if draining.Load() {
+			f.SetReadDeadline(time.Now().Add(DrainTimeout))
+		}
 		n, err := f.Read(lb.space())
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			// Waited on an empty pipe: one read that does not wait tells
+			// whether bytes came meanwhile, the writers are all gone (EOF)
+			// or one is alive and silent.
+			n, err = readNow(f, lb.space())
+			if err == nil && n > 0 {
+				r.commit(lb, n)
+				continue
+			}
+			cutShort = errors.Is(err, unix.EAGAIN)
+			break
+		}
 		if n > 0 {
-			r.mu.Lock()
-			r.now = time.Now()
-			lb.commit(n)
-			r.mu.Unlock()
+			r.commit(lb, n)
 		}
 		if err != nil {
-			cutShort = errors.Is(err, os.ErrDeadlineExceeded)
 			break
 		}
 	}
@@ -549,6 +574,35 @@ func (r *runner) read(f *os.File, lb *lineBuffer) (cutShort bool) {
 	lb.flush()
 	r.mu.Unlock()
 	return cutShort
+}
+
+// commit cuts n bytes just read into lb's space into lines.
+func (r *runner) commit(lb *lineBuffer, n int) {
+	r.mu.Lock()
+	r.now = time.Now()
+	lb.commit(n)
+	r.mu.Unlock()
+}
+
+// readNow reads from the non-blocking pipe f without waiting, whatever f's
+// deadline: n > 0 with bytes, 0 and a nil error at EOF, EAGAIN when the pipe
+// is empty and a writer still holds it.
+func readNow(f *os.File, p []byte) (n int, err error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	if cerr := rc.Control(func(fd uintptr) {
+		for {
+			n, err = unix.Read(int(fd), p)
+			if err != unix.EINTR {
+				return
+			}
+		}
+	}); cerr != nil {
+		return 0, cerr
+	}
+	return max(n, 0), err
 }
 
 // line reports one line of a stream. r.mu is held.
