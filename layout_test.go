@@ -23,7 +23,7 @@ var orchestration = []string{"internal/spec", "internal/engine", "internal/runne
 // shared libraries adapters may use: the step runner every backend (and
 // forgexec inside containers) runs steps with, and the public lease client
 // whose wire types the lease server speaks.
-var shared = []string{"internal/shell", "client/"}
+var shared = []string{"internal/shell", "internal/ansi", "client/"}
 
 func TestImportBoundaries(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json", "./...").Output()
