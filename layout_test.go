@@ -21,9 +21,10 @@ var adapters = []string{
 var orchestration = []string{"internal/spec", "internal/engine", "internal/runner", "internal/trigger"}
 
 // shared libraries adapters may use: the step runner every backend (and
-// forgexec inside containers) runs steps with, and the public lease client
-// whose wire types the lease server speaks.
-var shared = []string{"internal/shell", "internal/ansi", "client/"}
+// forgexec inside containers) runs steps with, the guard that stops its
+// processes when forge dies, the sanitizer of log text shown to people, and
+// the public lease client whose wire types the lease server speaks.
+var shared = []string{"internal/shell", "internal/guard", "internal/ansi", "client/"}
 
 func TestImportBoundaries(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json", "./...").Output()

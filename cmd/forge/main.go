@@ -132,7 +132,7 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newMigrateCmd(),
 		newLintCmd(),
 		newLeaseCmd(),
-		newLeaseGuardCmd(),
+		newGuardCmd(),
 		newServerCmd(),
 		newTokenCmd(),
 	)

@@ -24,10 +24,12 @@
 // When a step's shell exits, whatever is left in its process group (a
 // background child) gets SIGKILL at once, since nothing would wait for it;
 // when a step is cancelled or times out, the group gets SIGTERM and has
-// KillGrace to exit before SIGKILL. Then the step's pipes are read to the
-// end. A process that left the group (setsid, a double fork into a new
-// session) but still holds the step's stdout or stderr is found by that
-// pipe in /proc and killed too, with a system line saying so.
+// KillGrace to exit before SIGKILL; should forge itself be killed while a
+// step runs, Options.Guard does the same from outside. Then the step's
+// pipes are read to the end. A process that left the group (setsid, a
+// double fork into a new session) but still holds the step's stdout or
+// stderr is found by that pipe in /proc and killed too, with a system line
+// saying so.
 // A process that left the group and closed or redirected its output as well
 // (a proper daemon) escapes: forge cannot tell it from any other process
 // without a cgroup or a PID namespace (inside a container, removing the
@@ -96,6 +98,23 @@ type Options struct {
 	// Notes are system lines reported at the start of the first step
 	// (the local backend says there where a kept workspace is).
 	Notes []string
+	// Guard, when set, stops a step's process group should this process
+	// die while the step runs (forge server and forge exec pass a
+	// *guard.Guard); nil leaves that to the caller.
+	Guard Guard
+}
+
+// A Guard stops process groups on behalf of a process that died before it
+// could stop them itself (see package guard). RunSteps watches each step's
+// group from just after its start, and releases it once it has killed the
+// group, before it reaps the group's leader. Both are safe for concurrent
+// use.
+type Guard interface {
+	// Watch asks for group pgid to get SIGTERM, then SIGKILL after grace,
+	// should this process die before Release(pgid). An error means the
+	// group is not guarded.
+	Watch(pgid int, grace time.Duration) error
+	Release(pgid int)
 }
 
 // RunSteps runs steps in order in dir, with exactly the environment env
@@ -210,6 +229,8 @@ type runner struct {
 	rep    forge.Reporter
 	masker *Masker
 	stdin  *os.File // /dev/null
+	// unguarded is set once a step could not be guarded (and said so).
+	unguarded bool
 
 	// mu serialises reports: the two stream readers emit lines while
 	// the step runs. The fields below are guarded by it.
@@ -318,6 +339,8 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 		return stepResult{status: forge.StatusError, err: err}
 	}
 
+	guarded := r.guard(cmd.Process.Pid)
+
 	// Two readers, one per stream; readersLeft reaching 0 closes readersDone.
 	readersDone := make(chan struct{})
 	var readersLeft atomic.Int32
@@ -355,6 +378,11 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 		}
 	}
 	k.finish()
+	if guarded {
+		// The group is killed and its leader not reaped yet: its id is
+		// still the step's.
+		r.opts.Guard.Release(cmd.Process.Pid)
+	}
 	var exitErr *exec.ExitError
 	if err := cmd.Wait(); err != nil && !errors.As(err, &exitErr) && werr == nil {
 		werr = err
@@ -418,6 +446,20 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 	}
 	finish(forge.StatusSuccess, 0, "")
 	return stepResult{status: forge.StatusSuccess}
+}
+
+// guard asks Options.Guard to watch the step's process group, and reports
+// whether it does. The first failure is told in a system line.
+func (r *runner) guard(pgid int) bool {
+	if r.opts.Guard == nil {
+		return false
+	}
+	err := r.opts.Guard.Watch(pgid, r.opts.KillGrace)
+	if err != nil && !r.unguarded {
+		r.unguarded = true
+		r.System(fmt.Sprintf("forge cannot guard this job's processes (%v): they would outlive forge were it killed", err))
+	}
+	return err == nil
 }
 
 // pipe returns a pipe whose read end forge polls and whose write end is

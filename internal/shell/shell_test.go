@@ -10,7 +10,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -702,5 +704,67 @@ func TestReadStopsOnlyForALiveWriter(t *testing.T) {
 				t.Errorf("lines = %q, want one two three", got)
 			}
 		})
+	}
+}
+
+// fakeGuard records what RunSteps asks of a Guard.
+type fakeGuard struct {
+	t       *testing.T
+	mu      sync.Mutex
+	calls   []string
+	watched map[int]bool
+	fail    error
+}
+
+func (g *fakeGuard) Watch(pgid int, grace time.Duration) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.fail != nil {
+		return g.fail
+	}
+	// The group runs: its leader is the step's shell.
+	if pg, err := syscall.Getpgid(pgid); err != nil || pg != pgid {
+		g.t.Errorf("Watch(%d): not a running process group (%d, %v)", pgid, pg, err)
+	}
+	g.watched[pgid] = true
+	g.calls = append(g.calls, fmt.Sprintf("watch %v", grace))
+	return nil
+}
+
+func (g *fakeGuard) Release(pgid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.watched[pgid] {
+		g.t.Errorf("Release(%d) of a group not watched", pgid)
+	}
+	// Released before the leader is reaped: the group id is still taken.
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pgid)); err != nil {
+		g.t.Errorf("Release(%d) after the group's leader was reaped: its id may be reused", pgid)
+	}
+	delete(g.watched, pgid)
+	g.calls = append(g.calls, "release")
+}
+
+// TestGuardWatchesEachStep: each step's group is watched while it runs and
+// released before its leader is reaped; a guard that fails is told once.
+func TestGuardWatchesEachStep(t *testing.T) {
+	g := &fakeGuard{t: t, watched: map[int]bool{}}
+	st, _ := run(t, t.Context(), Options{Guard: g, KillGrace: 3 * time.Second}, nil,
+		forge.Step{Run: "true"}, forge.Step{Run: "sleep 1000 & exit 3", ContinueOnError: true}, forge.Step{Run: "echo hi"})
+	if st != forge.StatusSuccess {
+		t.Errorf("job = %s, want success", st)
+	}
+	want := []string{"watch 3s", "release", "watch 3s", "release", "watch 3s", "release"}
+	if !slices.Equal(g.calls, want) {
+		t.Errorf("guard calls %q, want %q", g.calls, want)
+	}
+
+	g = &fakeGuard{t: t, watched: map[int]bool{}, fail: fmt.Errorf("no guard binary")}
+	st, rec := run(t, t.Context(), Options{Guard: g}, nil, forge.Step{Run: "true"}, forge.Step{Run: "true"})
+	if st != forge.StatusSuccess {
+		t.Errorf("job with a failing guard = %s, want success", st)
+	}
+	if sys := rec.texts(forge.System); len(sys) != 1 || !strings.Contains(sys[0], "cannot guard this job's processes (no guard binary)") {
+		t.Errorf("system lines %q, want one saying the job is unguarded", sys)
 	}
 }
