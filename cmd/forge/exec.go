@@ -20,6 +20,7 @@ import (
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/backend/local"
 	"github.com/forgeci/forge/internal/engine"
+	"github.com/forgeci/forge/internal/guard"
 	"github.com/forgeci/forge/internal/spec"
 )
 
@@ -226,7 +227,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 
 	// The steps die with forge exec, however it dies; clean workspaces of
 	// a forge exec that died are removed now.
-	jobGuard := newGuard()
+	jobGuard := guard.New()
 	defer jobGuard.Close()
 	backend := local.New(local.Options{Guard: jobGuard})
 	if n, err := backend.RemoveLeftovers(ctx); err != nil {

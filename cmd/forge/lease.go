@@ -415,7 +415,7 @@ func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, std
 	// with SIGKILL, the server's lease is released at once, so whatever
 	// CMD started must not go on using the resources. Without a guard,
 	// CMD still runs, with Pdeathsig only.
-	g := newGuard()
+	g := guard.New()
 	if err := g.Watch(pgid, grace); err != nil {
 		say("forge lease: no guard for CMD's processes: %v", err)
 	}

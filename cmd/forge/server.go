@@ -25,6 +25,7 @@ import (
 	"github.com/forgeci/forge/internal/backend/local"
 	"github.com/forgeci/forge/internal/git"
 	"github.com/forgeci/forge/internal/github"
+	"github.com/forgeci/forge/internal/guard"
 	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/livelog"
@@ -236,7 +237,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	}
 	// The jobs' processes die with this server, however it dies; the clean
 	// workspaces of a server that died are removed now.
-	jobGuard := newGuard()
+	jobGuard := guard.New()
 	defer jobGuard.Close()
 	backend := local.New(local.Options{TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace), Guard: jobGuard})
 	if n, err := backend.RemoveLeftovers(ctx); err != nil {

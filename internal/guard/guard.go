@@ -5,11 +5,12 @@
 // of its own. When forge ends normally it stops those groups itself; killed
 // with SIGKILL, it cannot, and the groups would run on (a build's sleep, a
 // test still using a device whose lease was freed). So forge starts a guard:
-// a small process of its own (the forge binary, re-executed with a hidden
-// command that calls Main) whose stdin is a pipe that only forge holds.
-// forge tells it which groups to watch and which to forget; when the pipe
-// reaches its end without a goodbye, forge is gone, and the guard stops every
-// group still watched: SIGTERM, then SIGKILL after that group's grace period.
+// a small shell process (Script) whose stdin is a pipe that only forge
+// holds, and which is given a table of the groups to watch (a memory file
+// forge updates with one pwrite per change, so that a step costs the guard
+// nothing: it sleeps until the pipe ends). When the pipe reaches its end,
+// forge is gone (or done), and the guard reads the table and stops every
+// group still in it: SIGTERM, then SIGKILL after that group's grace period.
 //
 // Why a guard process, and not the alternatives:
 //
@@ -18,53 +19,88 @@
 //     child exits, which Go's runtime does not pin.
 //   - A cgroup per job can kill a whole tree, but only cgroup v2 with
 //     delegation to forge offers that to an unprivileged service; the
-//     machines forge targets include hybrid v1 hosts and containers without
-//     a writable cgroup tree, and nothing would kill the cgroup at the
-//     moment forge dies, only at its next start.
-//   - The guard needs nothing but the binary itself, works as any user, in
-//     a container as on a host, and acts the moment forge dies: the kernel
-//     closes forge's end of the pipe.
+//     machines forge targets include hybrid v1 hosts (this project's CI VM
+//     among them) and containers without a writable cgroup tree, and
+//     nothing would kill the cgroup at the moment forge dies, only at its
+//     next start.
+//   - A guard needs nothing but /bin/sh, works as any user, in a container
+//     as on a host, and acts the moment forge dies: the kernel closes
+//     forge's end of the pipe. It is a shell rather than the forge binary
+//     re-executed because it starts in about a millisecond, against the
+//     several milliseconds of CPU the forge binary's start-up takes, which
+//     every forge exec would pay.
 //
 // Limits: a process that left its group (setsid) is not the guard's to
 // find; the step runner kills those while forge lives (see package shell).
 // A group is watched from just after it is started, so forge dying in that
-// instant leaves it unguarded. The guard process itself ignores the terminal
-// signals and runs in its own process group, so that what interrupts forge
-// does not kill it first; it exits once it has stopped the groups.
+// instant leaves it unguarded. The guard ignores the terminal signals and
+// runs in its own process group, so that what interrupts forge does not kill
+// it first; it exits once it has stopped the groups. A group whose processes
+// are zombies its parent never reaps counts as running for the guard, which
+// then only waits out the grace period before its SIGKILL.
 package guard
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// Guard is the forge side of a guard process, started at the first Watch.
+// Script is the guard. It waits for the end of its stdin, then reads the
+// table of groups from descriptor 3 (reopened from the start when /dev/fd
+// allows), sends SIGTERM to every group listed, polls every 50 ms, and
+// sends SIGKILL to each group still there when its grace period is over.
+// A table row is "PGID GRACE_MS", space-padded; a blank row is a free slot.
+// It is plain POSIX sh (dash, bash, busybox).
+const Script = `trap '' INT TERM HUP QUIT
+while read -r _; do :; done
+if [ -r /dev/fd/3 ]; then exec 4</dev/fd/3; else exec 4<&3; fi
+w=
+while read -r pg grace; do [ -z "$pg" ] || w="$w $pg:$grace"; done <&4
+for e in $w; do kill -TERM "-${e%%:*}" 2>/dev/null; done
+t=0
+while [ -n "$w" ]; do
+	n=
+	for e in $w; do
+		kill -0 "-${e%%:*}" 2>/dev/null || continue
+		if [ "$t" -ge "${e#*:}" ]; then kill -KILL "-${e%%:*}" 2>/dev/null; else n="$n $e"; fi
+	done
+	w=$n
+	[ -z "$w" ] || { sleep 0.05; t=$((t + 50)); }
+done
+`
+
+// shell runs Script.
+const shell = "/bin/sh"
+
+// rowSize is the size of a row of the table, newline included.
+const rowSize = 32
+
+// Guard is forge's side of a guard process, started at the first Watch.
 // It is safe for concurrent use.
 type Guard struct {
-	argv []string
-
-	mu      sync.Mutex
-	w       *os.File // the pipe to the guard's stdin; nil until started
-	exited  chan struct{}
-	closed  bool
-	watched map[int]time.Duration // group → grace, resent to a restarted guard
+	mu     sync.Mutex
+	closed bool
+	w      *os.File      // the pipe to the guard's stdin; nil until started
+	pid    int           // the guard process's
+	exited chan struct{} // closed when the guard process has exited
+	table  *os.File      // the rows the guard reads at the end
+	rows   map[int]int   // watched group → its row
+	free   []int         // rows released, to reuse
+	next   int           // rows in the table
 }
 
-// New returns a guard that runs argv (argv[0] a path, typically the
-// program's own binary with a command that calls Main) when it is first
-// needed.
-func New(argv ...string) *Guard {
-	return &Guard{argv: argv, watched: map[int]time.Duration{}}
+// New returns a guard, to be started when first needed.
+func New() *Guard {
+	return &Guard{rows: map[int]int{}}
 }
 
 // Watch asks the guard to stop process group pgid (SIGTERM, then SIGKILL
@@ -80,19 +116,25 @@ func (g *Guard) Watch(pgid int, grace time.Duration) error {
 	if g.closed {
 		return errors.New("guard: closed")
 	}
-	g.watched[pgid] = grace
-	msg := fmt.Sprintf("watch %d %d\n", pgid, grace)
-	if g.w != nil {
-		if _, err := g.w.WriteString(msg); err == nil {
-			return nil
-		}
-		// The guard died (someone killed it): start another.
-		g.stopLocked()
-	}
-	if err := g.startLocked(); err != nil {
-		delete(g.watched, pgid)
+	if err := g.runningLocked(); err != nil {
 		return err
 	}
+	row, ok := g.rows[pgid]
+	if !ok {
+		if n := len(g.free); n > 0 {
+			row, g.free = g.free[n-1], g.free[:n-1]
+		} else {
+			row = g.next
+			g.next++
+		}
+	}
+	text := fmt.Sprintf("%d %d", pgid, max(grace.Milliseconds(), 0))
+	if err := g.writeRow(row, text); err != nil {
+		g.free = append(g.free, row)
+		delete(g.rows, pgid)
+		return fmt.Errorf("guard: %w", err)
+	}
+	g.rows[pgid] = row
 	return nil
 }
 
@@ -102,15 +144,28 @@ func (g *Guard) Watch(pgid int, grace time.Duration) error {
 func (g *Guard) Release(pgid int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if _, ok := g.watched[pgid]; !ok {
+	row, ok := g.rows[pgid]
+	if !ok {
 		return
 	}
-	delete(g.watched, pgid)
-	if g.w != nil {
-		if _, err := fmt.Fprintf(g.w, "release %d\n", pgid); err != nil {
-			g.stopLocked()
-		}
+	delete(g.rows, pgid)
+	if g.writeRow(row, "") == nil {
+		g.free = append(g.free, row)
 	}
+	// A row that could not be blanked (a write to memory failed) is left
+	// out of use rather than given to another group.
+}
+
+// writeRow writes text into row of the table, padded with spaces.
+func (g *Guard) writeRow(row int, text string) error {
+	var b [rowSize]byte
+	for i := range b {
+		b[i] = ' '
+	}
+	copy(b[:rowSize-1], text)
+	b[rowSize-1] = '\n'
+	_, err := g.table.WriteAt(b[:], int64(row)*rowSize)
+	return err
 }
 
 // Close ends the guard process and waits for it: it stops the groups still
@@ -118,37 +173,55 @@ func (g *Guard) Release(pgid int) {
 // Close is idempotent.
 func (g *Guard) Close() error {
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil
+	}
 	g.closed = true
-	exited := g.exited
 	if g.w != nil {
 		g.w.Close()
-		g.w = nil
+		<-g.exited
 	}
-	g.mu.Unlock()
-	if exited != nil {
-		<-exited
+	if g.table != nil {
+		g.table.Close()
 	}
 	return nil
 }
 
-// startLocked starts the guard process and sends it every watched group.
-func (g *Guard) startLocked() error {
-	if len(g.argv) == 0 {
-		return errors.New("guard: no command to run")
+// runningLocked makes sure a guard process runs: it starts one the first
+// time, and another when the last one died (someone killed it); the table
+// goes with the new one.
+func (g *Guard) runningLocked() error {
+	if g.w != nil {
+		select {
+		case <-g.exited:
+			g.w.Close()
+			g.w = nil
+		default:
+			return nil
+		}
+	}
+	if g.table == nil {
+		t, err := newTable()
+		if err != nil {
+			return fmt.Errorf("guard: %w", err)
+		}
+		g.table = t
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("guard: %w", err)
 	}
-	cmd := exec.Command(g.argv[0], g.argv[1:]...)
+	cmd := exec.Command(shell, "-c", Script, "forge-guard")
 	cmd.Stdin = r
+	cmd.ExtraFiles = []*os.File{g.table}
 	// Its own group: a Ctrl-C for forge's group does not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
 	r.Close()
 	if err != nil {
 		w.Close()
-		return fmt.Errorf("guard: cannot start %s: %w", g.argv[0], err)
+		return fmt.Errorf("guard: cannot start %s: %w", shell, err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -157,70 +230,26 @@ func (g *Guard) startLocked() error {
 		cmd.Wait()
 		close(exited)
 	}()
-	var b strings.Builder
-	for pgid, grace := range g.watched {
-		fmt.Fprintf(&b, "watch %d %d\n", pgid, grace)
-	}
-	if _, err := w.WriteString(b.String()); err != nil {
-		w.Close()
-		<-exited
-		return fmt.Errorf("guard: %s exited at once: %w", g.argv[0], err)
-	}
-	g.w, g.exited = w, exited
+	g.w, g.exited, g.pid = w, exited, cmd.Process.Pid
 	return nil
 }
 
-// stopLocked lets go of a guard process that cannot be written to.
-func (g *Guard) stopLocked() {
-	g.w.Close()
-	g.w = nil
-	<-g.exited
+// newTable returns an empty file for the table: in memory where the kernel
+// allows (memfd), else an unlinked temporary file.
+func newTable() (*os.File, error) {
+	if fd, err := unix.MemfdCreate("forge-guard", unix.MFD_CLOEXEC); err == nil {
+		return os.NewFile(uintptr(fd), "forge-guard"), nil
+	}
+	f, err := os.CreateTemp("", "forge-guard-")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
 }
 
-// Main is the guard process: it reads "watch PGID GRACE" and "release
-// PGID" lines (GRACE in nanoseconds) from r until r ends, then stops every
-// group still watched, all at once, and returns when they are gone (or
-// KILLed and given a moment). It ignores SIGINT, SIGTERM, SIGHUP and
-// SIGQUIT.
-func Main(r io.Reader) error {
-	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
-	watched := map[int]time.Duration{}
-	sc := bufio.NewScanner(r)
-	var bad error
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		var pgid int
-		var err error
-		if len(f) >= 2 {
-			pgid, err = strconv.Atoi(f[1])
-		}
-		switch {
-		case len(f) == 3 && f[0] == "watch" && err == nil && pgid > 1:
-			var grace int64
-			if grace, err = strconv.ParseInt(f[2], 10, 64); err == nil {
-				watched[pgid] = time.Duration(grace)
-				continue
-			}
-		case len(f) == 2 && f[0] == "release" && err == nil:
-			delete(watched, pgid)
-			continue
-		}
-		// Keep watching what was asked: a bad line must not free groups.
-		bad = errors.Join(bad, fmt.Errorf("guard: bad request %q", sc.Text()))
-	}
-	var wg sync.WaitGroup
-	for pgid, grace := range watched {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			Stop(pgid, grace)
-		}()
-	}
-	wg.Wait()
-	return bad
-}
-
-// Stop ends process group pgid: SIGTERM, then SIGKILL to what is left after
+// Stop ends process group pgid from within the process that started it
+// (forge lease, at CMD's end): SIGTERM, then SIGKILL to what is left after
 // grace; it returns when no process of the group runs, or a second after
 // the SIGKILL. Zombies count as gone: their parent may never reap them.
 func Stop(pgid int, grace time.Duration) {

@@ -15,29 +15,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The test binary plays the guard ("guard-main") and a forge that starts a
-// guarded group ("owner-main") when run with those arguments.
+// The test binary plays a forge that starts a guarded group when run as
+// "owner-main SCRIPT".
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "guard-main":
-			if err := Main(os.Stdin); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-			os.Exit(0)
-		case "owner-main":
-			ownerMain(os.Args[2], os.Args[3])
-			return
-		}
+	if len(os.Args) == 3 && os.Args[1] == "owner-main" {
+		ownerMain(os.Args[2])
+		return
 	}
 	os.Exit(m.Run())
 }
 
 // ownerMain starts script in a process group of its own, has a guard watch
 // it with a grace of 200ms, prints the group's id and waits to be killed.
-func ownerMain(script, marker string) {
-	g := New(os.Args[0], "guard-main", marker)
+func ownerMain(script string) {
+	g := New()
 	cmd := exec.Command("/bin/sh", "-c", script)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -56,7 +47,7 @@ func ownerMain(script, marker string) {
 // the group it guards.
 func startOwner(t *testing.T, script string) (*exec.Cmd, int) {
 	t.Helper()
-	owner := exec.Command(os.Args[0], "owner-main", script, fmt.Sprintf("marker-%d", time.Now().UnixNano()))
+	owner := exec.Command(os.Args[0], "owner-main", script)
 	out, err := owner.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +99,7 @@ func TestGroupDiesWithItsOwner(t *testing.T) {
 // TestCloseStopsWatchedNotReleased: Close acts as the owner's death for
 // the groups still watched, and leaves released ones alone.
 func TestCloseStopsWatchedNotReleased(t *testing.T) {
-	g := New(os.Args[0], "guard-main", "close-test")
+	g := New()
 	var groups [2]int
 	for i := range groups {
 		cmd := exec.Command("sleep", "1000")
@@ -140,8 +131,7 @@ func TestCloseStopsWatchedNotReleased(t *testing.T) {
 // TestWatchRestartsADeadGuard: when someone kills the guard process, the
 // next Watch starts another, which watches every group again.
 func TestWatchRestartsADeadGuard(t *testing.T) {
-	marker := fmt.Sprintf("restart-%d", time.Now().UnixNano())
-	g := New(os.Args[0], "guard-main", marker)
+	g := New()
 	defer g.Close()
 	start := func() int {
 		cmd := exec.Command("sleep", "1000")
@@ -157,18 +147,17 @@ func TestWatchRestartsADeadGuard(t *testing.T) {
 		return cmd.Process.Pid
 	}
 	first := start()
-	guards := processesWith(marker)
-	if len(guards) != 1 {
-		t.Fatalf("guard processes: %v, want one", guards)
-	}
-	syscall.Kill(guards[0], syscall.SIGKILL)
 	g.mu.Lock()
-	exited := g.exited
+	dead, exited := g.pid, g.exited
 	g.mu.Unlock()
+	syscall.Kill(dead, syscall.SIGKILL)
 	<-exited
 	second := start()
-	if now := processesWith(marker); len(now) != 1 || now[0] == guards[0] {
-		t.Fatalf("guard processes after the restart: %v (the dead one was %d)", now, guards[0])
+	g.mu.Lock()
+	now := g.pid
+	g.mu.Unlock()
+	if now == dead {
+		t.Fatalf("no new guard process")
 	}
 	g.Close()
 	for _, pgid := range []int{first, second} {
@@ -176,20 +165,6 @@ func TestWatchRestartsADeadGuard(t *testing.T) {
 			t.Errorf("group %d still runs: the new guard did not watch it", pgid)
 		}
 	}
-}
-
-// processesWith returns the live processes whose command line contains s.
-func processesWith(s string) []int {
-	var pids []int
-	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, d := range dirs {
-		b, err := os.ReadFile(d)
-		if err == nil && strings.Contains(string(b), s) {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(d)))
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 // TestAliveIgnoresZombies: a group whose only process exited but was not
@@ -213,20 +188,36 @@ func TestAliveIgnoresZombies(t *testing.T) {
 	}
 }
 
-func TestMainRejectsBadRequestsButKeepsWatching(t *testing.T) {
-	cmd := exec.Command("sleep", "1000")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+// TestScriptReadsTheTable: at the end of its stdin, the guard stops the
+// groups of the table's rows and skips blank (released) rows.
+func TestScriptReadsTheTable(t *testing.T) {
+	var pgs []int
+	for range 3 {
+		cmd := exec.Command("sleep", "1000")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go cmd.Wait()
+		defer cmd.Process.Kill()
+		pgs = append(pgs, cmd.Process.Pid)
+	}
+	table, err := os.CreateTemp(t.TempDir(), "table")
+	if err != nil {
 		t.Fatal(err)
 	}
-	go cmd.Wait()
-	defer cmd.Process.Kill()
-	in := fmt.Sprintf("watch %d 100000000\nwatch 1 5\nrelease x\nbogus\n", cmd.Process.Pid)
-	err := Main(strings.NewReader(in))
-	if err == nil || !strings.Contains(err.Error(), `bad request "watch 1 5"`) || !strings.Contains(err.Error(), `"bogus"`) {
-		t.Errorf("Main = %v, want the bad requests named", err)
+	defer table.Close()
+	row := func(s string) string { return s + strings.Repeat(" ", rowSize-1-len(s)) + "\n" }
+	fmt.Fprint(table, row(fmt.Sprint(pgs[0], " 100")), row(""), row(fmt.Sprint(pgs[1], " 100")))
+	g := exec.Command("/bin/sh", "-c", Script, "forge-guard")
+	g.Stdin = strings.NewReader("")
+	g.ExtraFiles = []*os.File{table}
+	if out, err := g.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("guard: %v %q", err, out)
 	}
-	if Alive(cmd.Process.Pid) {
-		t.Errorf("the watched group runs after Main returned")
+	for i, pg := range pgs {
+		if gone := !Alive(pg); gone != (i < 2) {
+			t.Errorf("group %d of 3: gone = %v, want %v", i+1, gone, i < 2)
+		}
 	}
 }

@@ -13,21 +13,7 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
-	"github.com/forgeci/forge/internal/guard"
 )
-
-// TestMain lets this test binary be the guard process of the forge
-// commands the tests run in-process (newGuard re-executes /proc/self/exe).
-func TestMain(m *testing.M) {
-	if len(os.Args) == 2 && os.Args[1] == guardCommand {
-		if err := guard.Main(os.Stdin); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
 
 // waitNoProcesses waits until no live process has marker in its command
 // line.
