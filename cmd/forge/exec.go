@@ -21,6 +21,7 @@ import (
 	"github.com/forgeci/forge/internal/console"
 	"github.com/forgeci/forge/internal/engine"
 	"github.com/forgeci/forge/internal/git"
+	"github.com/forgeci/forge/internal/guard"
 	"github.com/forgeci/forge/internal/spec"
 )
 
@@ -228,8 +229,18 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	rep.View = v
 	defer v.Halt()
 
+	// The steps die with forge exec, however it dies; clean workspaces of
+	// a forge exec that died are removed now.
+	jobGuard := guard.New()
+	defer jobGuard.Close()
+	backend := local.New(local.Options{Guard: jobGuard})
+	if n, err := backend.RemoveLeftovers(ctx); err != nil {
+		v.Note(fmt.Sprintf("cannot remove the clean workspaces a killed forge left: %v", err))
+	} else if n > 0 {
+		v.Note(fmt.Sprintf("removed %d clean workspace(s) a killed forge left", n))
+	}
 	eng := engine.New(engine.Options{
-		Backend:  local.New(local.Options{}),
+		Backend:  backend,
 		Leaser:   o.leaser,
 		Parallel: o.parallel,
 		Reporter: rep,

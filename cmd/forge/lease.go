@@ -23,6 +23,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/guard"
 )
 
 // Exit statuses of forge lease besides CMD's own.
@@ -410,9 +411,15 @@ func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, std
 	}
 	pgid := cmd.Process.Pid
 	// Pdeathsig reaches CMD only, not what CMD started; the guard stops
-	// the whole group should forge lease die without cleaning up.
-	stopGuard := startLeaseGuard(pgid, grace, say)
-	defer stopGuard()
+	// the whole group should forge lease die without cleaning up: killed
+	// with SIGKILL, the server's lease is released at once, so whatever
+	// CMD started must not go on using the resources. Without a guard,
+	// CMD still runs, with Pdeathsig only.
+	g := guard.New()
+	if err := g.Watch(pgid, grace); err != nil {
+		say("forge lease: no guard for CMD's processes: %v", err)
+	}
+	defer g.Close()
 
 	var waitErr error
 	var killTimer <-chan time.Time
@@ -439,101 +446,31 @@ loop:
 	}
 	restore()
 	stopLeaseGroup(pgid, grace)
+	g.Release(pgid)
 	return leaseExitCode(cmd.ProcessState, waitErr), lost, nil
 }
 
-// startLeaseGuard starts a guard process (forge __lease-guard) that stops
-// CMD's process group when forge lease goes away without doing so itself:
-// killed with SIGKILL, the server's lease is released at once, so
-// whatever CMD started must not go on using the resources. The guard
-// waits for the end of a pipe only forge lease holds; it runs in its own
-// process group and ignores terminal signals, so that what kills forge
-// lease's job does not kill the guard. The returned function closes the
-// pipe (at a normal exit, after CMD's group was stopped). If the guard
-// cannot start, forge lease still runs CMD, with Pdeathsig only, and says
-// so.
-func startLeaseGuard(pgid int, grace time.Duration, say func(string, ...any)) (stop func()) {
-	self, err := os.Executable()
-	if err != nil {
-		say("forge lease: no guard for CMD's processes: %v", err)
-		return func() {}
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		say("forge lease: no guard for CMD's processes: %v", err)
-		return func() {}
-	}
-	guard := exec.Command(self, "__lease-guard", strconv.Itoa(pgid), grace.String())
-	guard.Stdin = r
-	guard.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = guard.Start()
-	r.Close()
-	if err != nil {
-		w.Close()
-		say("forge lease: no guard for CMD's processes: %v", err)
-		return func() {}
-	}
-	// forge lease reaps its children itself (leaseGroupGone), so the guard
-	// is not waited for here; it exits on its own once w is closed.
-	guard.Process.Release()
-	return func() { w.Close() }
-}
-
-func newLeaseGuardCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:    "__lease-guard PGID GRACE",
-		Short:  "Stop a forge lease command's process group once forge lease is gone (internal)",
-		Hidden: true,
-		Args:   cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			pgid, err := strconv.Atoi(args[0])
-			if err != nil || pgid <= 1 {
-				return usageError{fmt.Errorf("bad process group %q", args[0])}
-			}
-			grace, err := time.ParseDuration(args[1])
-			if err != nil {
-				return usageError{err}
-			}
-			signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
-			io.Copy(io.Discard, cmd.InOrStdin()) // until forge lease closes the pipe or dies
-			stopLeaseGroup(pgid, grace)
-			return nil
-		},
-	}
-}
-
 // stopLeaseGroup ends whatever CMD left running in its process group before
-// the resources go back: SIGTERM, then SIGKILL after grace.
+// the resources go back: SIGTERM, then SIGKILL after grace. The orphans
+// forge lease inherited as subreaper are reaped.
 func stopLeaseGroup(pgid int, grace time.Duration) {
-	if leaseGroupGone(pgid) {
-		return
-	}
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-		if leaseGroupGone(pgid) {
-			return
-		}
-	}
-	syscall.Kill(-pgid, syscall.SIGKILL)
-	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && !leaseGroupGone(pgid); {
-		time.Sleep(5 * time.Millisecond)
-	}
+	reapLeaseOrphans()
+	guard.Stop(pgid, grace)
+	reapLeaseOrphans()
 }
 
-// leaseGroupGone reaps the orphans forge lease inherited as subreaper, then
-// reports whether process group pgid is empty. CMD itself was already
-// waited for, so nothing else of ours is reaped here.
-func leaseGroupGone(pgid int) bool {
+// reapLeaseOrphans reaps the orphans forge lease inherited as subreaper.
+// CMD itself was already waited for, and the guard is waited for by its
+// Guard, so nothing else of ours is reaped here (were the guard reaped,
+// its Guard would simply see it gone).
+func reapLeaseOrphans() {
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
 		if pid <= 0 || err != nil {
-			break
+			return
 		}
 	}
-	return syscall.Kill(-pgid, 0) != nil
 }
 
 // leaseExitCode is CMD's status as a shell reports it.

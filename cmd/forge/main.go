@@ -132,7 +132,6 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newMigrateCmd(),
 		newLintCmd(),
 		newLeaseCmd(),
-		newLeaseGuardCmd(),
 		newServerCmd(),
 		newTokenCmd(),
 	)

@@ -22,6 +22,7 @@ import (
 	"github.com/forgeci/forge/internal/backend/local"
 	"github.com/forgeci/forge/internal/git"
 	"github.com/forgeci/forge/internal/github"
+	"github.com/forgeci/forge/internal/guard"
 	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/livelog"
@@ -232,13 +233,23 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if c.Builds.NoRecover {
 		log.Warn("builds.no_recover is set: builds left running by a server that died stay running until a server without it ends them; replicas no longer need it")
 	}
+	// The jobs' processes die with this server, however it dies; the clean
+	// workspaces of a server that died are removed now.
+	jobGuard := guard.New()
+	defer jobGuard.Close()
+	backend := local.New(local.Options{TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace), Guard: jobGuard})
+	if n, err := backend.RemoveLeftovers(ctx); err != nil {
+		log.Warn("removing workspaces left by a server that died", "err", err)
+	} else if n > 0 {
+		log.Warn("removed workspaces left by a server that died", "dirs", n)
+	}
 	live := livelog.New()
 	run, err := runner.New(runner.Options{
 		Builds: db, Repos: db, Logs: db,
 		Git:     gitc,
 		Planner: runner.SpecPlanner(),
 		Executor: runner.Engine{
-			Backend:  local.New(local.Options{TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace)}),
+			Backend:  backend,
 			Leaser:   leaser,
 			Parallel: c.Builds.Parallel,
 		},

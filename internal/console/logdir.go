@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/forgeci/forge"
@@ -204,52 +203,4 @@ func roundDuration(d time.Duration) time.Duration {
 		return d.Round(time.Second)
 	}
 	return d.Round(time.Millisecond)
-}
-
-// sanitizeControl replaces control characters other than tab in s, so that
-// a job's output cannot move the cursor of the live view.
-func sanitizeControl(s string) string {
-	clean := true
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 && c != '\t' || c == 0x7f {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
-	var b strings.Builder
-	b.Grow(len(s))
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == 0x1b && i+1 < len(s) && s[i+1] == '[' && sgrEnd(s[i:]) > 0:
-			// Colour (SGR) sequences are kept: tools colour their output.
-			n := sgrEnd(s[i:])
-			b.WriteString(s[i : i+n])
-			i += n - 1
-		case c < 0x20 && c != '\t' || c == 0x7f:
-			b.WriteByte(' ')
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
-
-// sgrEnd returns the length of the SGR sequence ESC [ digits;... m at the
-// start of s, or 0 if s does not start with one.
-func sgrEnd(s string) int {
-	for i := 2; i < len(s) && i < 64; i++ {
-		c := s[i]
-		switch {
-		case c == 'm':
-			return i + 1
-		case c >= '0' && c <= '9' || c == ';':
-		default:
-			return 0
-		}
-	}
-	return 0
 }

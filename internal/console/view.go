@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/ansi"
 	"github.com/forgeci/forge/internal/engine"
 )
 
@@ -166,11 +167,10 @@ func (v *textView) Report(e forge.Event) {
 	switch e.Type {
 	case forge.EventLine:
 		v.w.WriteString(s.prefix)
-		if v.live {
-			v.w.WriteString(sanitizeControl(e.Line.Text))
-		} else {
-			v.w.WriteString(e.Line.Text)
-		}
+		// A job's output keeps its colours but cannot move the cursor,
+		// write the clipboard or retitle the terminal (--log-dir and
+		// --json keep the exact text).
+		v.w.WriteString(ansi.Sanitize(e.Line.Text))
 		v.w.WriteByte('\n')
 		return
 	case forge.EventJobQueued:
@@ -340,7 +340,7 @@ func fitWidth(s string, n int, coloured bool) string {
 	w := 0
 	for i := 0; i < len(s); {
 		if coloured && s[i] == 0x1b {
-			if k := sgrEnd(s[i:]); k > 0 {
+			if k := ansi.SGRLen(s[i:]); k > 0 {
 				i += k
 				continue
 			}

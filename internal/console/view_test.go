@@ -41,20 +41,6 @@ func TestLogFileName(t *testing.T) {
 	}
 }
 
-func TestSanitizeControl(t *testing.T) {
-	for in, want := range map[string]string{
-		"plain\ttext":              "plain\ttext",
-		"\x1b[31mred\x1b[0m":       "\x1b[31mred\x1b[0m",
-		"progress\r50%":            "progress 50%",
-		"clear\x1b[2Jscreen":       "clear [2Jscreen",
-		"up\x1b[3Aand\x07bell\x7f": "up [3Aand bell ",
-	} {
-		if got := sanitizeControl(in); got != want {
-			t.Errorf("sanitizeControl(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestFit(t *testing.T) {
 	tests := []struct {
 		in       string
@@ -111,10 +97,10 @@ func TestLiveView(t *testing.T) {
 	}
 	s := out.String()
 	for _, want := range []string{
-		"\x1b[36m[build] \x1b[0mlinking  [2Kdone\n", // prefix coloured; no cursor movement from the job
-		"step 2/2 link", // the state block names the step
-		"1.5s",          // and the elapsed time
-		"\x1b[2F\x1b[J", // a two-line block erased in place
+		"\x1b[36m[build] \x1b[0mdone\n", // prefix coloured; no cursor movement from the job
+		"step 2/2 link",                 // the state block names the step
+		"1.5s",                          // and the elapsed time
+		"\x1b[2F\x1b[J",                 // a two-line block erased in place
 		"\x1b[33m[test]  \x1b[0m\x1b[2mskipped: needs nothing\x1b", // padded to "build"; forge's own lines dimmed
 		"1 passed, 1 skipped",
 	} {
@@ -141,10 +127,13 @@ func TestPlainViewNoColourNoBlock(t *testing.T) {
 	v.Report(forge.Event{Type: forge.EventJobQueued, Job: "a"})
 	v.Report(forge.Event{Type: forge.EventJobStarted, Job: "a", Attempt: 1})
 	v.Report(forge.Event{Type: forge.EventLine, Job: "a", Line: &forge.LogLine{Text: "raw\x1b[31m text"}})
+	// Issue 7, item 3: output piped to a file and shown later in a
+	// terminal cannot write the clipboard or retitle the window either.
+	v.Report(forge.Event{Type: forge.EventLine, Job: "a", Line: &forge.LogLine{Text: "\x1b]52;c;cm0gLXJmIH4K\x07copy\x1b]0;title\x1b\\\a\b\x1b[2J\u009b2J"}})
 	v.Finish(&engine.Result{Status: forge.StatusSuccess, Jobs: []*engine.JobResult{{Name: "a", Status: forge.StatusSuccess, Attempts: 1}}})
 	s := out.String()
-	if !strings.HasPrefix(s, "[a] raw\x1b[31m text\n") {
-		t.Errorf("plain output: got %q, want the job's text as it was, prefixed", s)
+	if !strings.HasPrefix(s, "[a] raw\x1b[31m text\n[a] copy\n") {
+		t.Errorf("plain output: got %q, want the job's text prefixed, colours kept, other controls removed", s)
 	}
 	if strings.Count(s, "\x1b") != 1 {
 		t.Errorf("plain output has escape codes of forge's own: %q", s)

@@ -4,12 +4,15 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/ansi"
 )
 
 //go:embed openapi.json
@@ -396,20 +399,28 @@ const maxLogLines = 100000
 //
 // With ?follow=true the response stays open while the job runs: stored
 // lines first, then new ones as they happen, until the job ends.
+//
+// The text is for viewing: a step's output is written by strangers, so
+// every terminal control sequence but colours is neutralised (see
+// internal/ansi), lest `curl …/log` in a terminal write the reader's
+// clipboard or retitle the window. ?download=true gives the exact bytes
+// instead, as an attachment.
 func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs forge.LogStore, live LiveLogs) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		_, j, err := lookupJob(r, repos, builds)
+		b, j, err := lookupJob(r, repos, builds)
 		if err != nil {
 			s.fail(w, r, err)
 			return
 		}
 		from, limit := 1, maxLogLines
 		q := r.URL.Query()
-		follow := false
-		if v := q.Get("follow"); v != "" {
-			if follow, err = strconv.ParseBool(v); err != nil {
-				s.fail(w, r, forge.Errorf(forge.EINVALID, "follow=%q: want true or false", v))
-				return
+		var follow, download bool
+		for key, dst := range map[string]*bool{"follow": &follow, "download": &download} {
+			if v := q.Get(key); v != "" {
+				if *dst, err = strconv.ParseBool(v); err != nil {
+					s.fail(w, r, forge.Errorf(forge.EINVALID, "%s=%q: want true or false", key, v))
+					return
+				}
 			}
 		}
 		for key, dst := range map[string]*int{"from": &from, "limit": &limit} {
@@ -424,8 +435,14 @@ func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs for
 			}
 			*dst = n
 		}
+		view := ansi.Sanitize
+		if download {
+			view = func(text string) string { return text }
+			w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{
+				"filename": logFileName(r.PathValue("owner"), r.PathValue("repo"), b.Number, j.ID)}))
+		}
 		if follow {
-			s.followLog(w, r, j, from, builds, logs, live)
+			s.followLog(w, r, j, from, builds, logs, live, view)
 			return
 		}
 		lines, err := logs.Lines(r.Context(), j.ID, from, limit)
@@ -444,7 +461,7 @@ func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs for
 		h.Set("X-Job-Status", string(j.Status))
 		var sb strings.Builder
 		for _, l := range lines {
-			sb.WriteString(l.Text)
+			sb.WriteString(view(l.Text))
 			sb.WriteByte('\n')
 			if sb.Len() > 64<<10 {
 				if _, err := io.WriteString(w, sb.String()); err != nil {
@@ -455,4 +472,16 @@ func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs for
 		}
 		_, _ = io.WriteString(w, sb.String())
 	}
+}
+
+// logFileName names a downloaded job log: acme-app-build-12-job-31.log.
+// Characters other than letters, digits, '.', '-' and '_' become '_'.
+func logFileName(owner, repo string, build int64, job int64) string {
+	name := []byte(fmt.Sprintf("%s-%s-build-%d-job-%d.log", owner, repo, build, job))
+	for i, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			name[i] = '_'
+		}
+	}
+	return string(name)
 }

@@ -26,7 +26,8 @@ const followPoll = time.Second
 // followLog streams job j's log from line from until the job ends or the
 // client goes away: stored lines, then live ones. Lines are never sent
 // twice or out of order: each is written only when its number is the next.
-func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.BuildJob, from int, builds forge.BuildStore, logs forge.LogStore, live LiveLogs) {
+// view turns a line's text into what is sent (see jobLog).
+func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.BuildJob, from int, builds forge.BuildStore, logs forge.LogStore, live LiveLogs, view func(string) string) {
 	ctx := r.Context()
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
@@ -47,7 +48,7 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.Buil
 	next := from
 	write := func(l forge.LogLine) {
 		if l.Number == next {
-			bw.WriteString(l.Text)
+			bw.WriteString(view(l.Text))
 			bw.WriteByte('\n')
 			next++
 		}

@@ -97,3 +97,52 @@ func TestFollowFinishedJobReturnsAtOnce(t *testing.T) {
 		t.Errorf("follow=maybe: %d, want 400", resp.StatusCode)
 	}
 }
+
+// TestRawLogNeutralisesTerminalEscapes: the raw log, paged or followed,
+// keeps colours and neutralises every other control sequence, so that
+// reading a stranger's log in a terminal cannot write the clipboard or
+// retitle the window; ?download=true gives the exact bytes as an attachment
+// (issue 7, item 3).
+func TestRawLogNeutralisesTerminalEscapes(t *testing.T) {
+	f := newFixture(t, func(o *httpapi.Options) { o.Live = hubLogs{livelog.New()} })
+	ctx := context.Background()
+	job := &forge.BuildJob{Name: "evil"}
+	b := &forge.Build{RepoID: f.repo.ID, Action: "execute", Hook: f.done.Hook}
+	must(t, f.db.CreateBuild(ctx, b, []*forge.BuildJob{job}))
+	job.Status = forge.StatusFailure
+	must(t, f.db.UpdateJob(ctx, job))
+	raw := []string{
+		"\x1b]52;c;cm0gLXJmIH4K\x07copied",
+		"\x1b]0;pwned\x1b\\title",
+		"\x1b[2J\x1b[Hcleared\a\b",
+		"\x1b[31mred\x1b[0m",
+		"10%\r100%",
+	}
+	var lines []forge.LogLine
+	for i, text := range raw {
+		lines = append(lines, forge.LogLine{Number: i + 1, Time: time.Now(), Stream: forge.Stdout, Text: text})
+	}
+	must(t, f.db.Append(ctx, job.ID, lines))
+	base := fmt.Sprintf("/api/v1/repos/acme/app/builds/%d/jobs/%d/log", b.Number, job.ID)
+	shown := "copied\ntitle\ncleared\n\x1b[31mred\x1b[0m\n100%\n"
+	exact := strings.Join(raw, "\n") + "\n"
+	for _, tt := range []struct{ query, want string }{
+		{"", shown},
+		{"?follow=true", shown},
+		{"?download=true", exact},
+		{"?download=1&follow=true", exact},
+	} {
+		resp, body := f.do(t, "GET", base+tt.query, "", "")
+		if resp.StatusCode != 200 || string(body) != tt.want {
+			t.Errorf("log%s = %d %q, want %q", tt.query, resp.StatusCode, body, tt.want)
+		}
+		cd := resp.Header.Get("Content-Disposition")
+		if download := strings.Contains(tt.query, "download"); download != (cd != "") ||
+			download && cd != fmt.Sprintf(`attachment; filename=acme-app-build-%d-job-%d.log`, b.Number, job.ID) {
+			t.Errorf("log%s: Content-Disposition %q", tt.query, cd)
+		}
+	}
+	if resp, _ := f.do(t, "GET", base+"?download=yes-please", "", ""); resp.StatusCode != 400 {
+		t.Errorf("download=yes-please: %d, want 400", resp.StatusCode)
+	}
+}

@@ -24,16 +24,20 @@
 // When a step's shell exits, whatever is left in its process group (a
 // background child) gets SIGKILL at once, since nothing would wait for it;
 // when a step is cancelled or times out, the group gets SIGTERM and has
-// KillGrace to exit before SIGKILL. Then the step's pipes are read to the
-// end. A process that left the group (setsid, a double fork into a new
-// session) but still holds the step's stdout or stderr is found by that
-// pipe in /proc and killed too, with a system line saying so.
+// KillGrace to exit before SIGKILL; should forge itself be killed while a
+// step runs, Options.Guard does the same from outside. Then the step's
+// pipes are read to the end. A process that left the group (setsid, a
+// double fork into a new session) but still holds the step's stdout or
+// stderr is found by that pipe in /proc and killed too, with a system line
+// saying so.
 // A process that left the group and closed or redirected its output as well
 // (a proper daemon) escapes: forge cannot tell it from any other process
 // without a cgroup or a PID namespace (inside a container, removing the
 // container ends it; PR_SET_CHILD_SUBREAPER would only make it forge's child,
-// not tell which step it came from). Should a pipe still be open after that,
-// forge stops reading DrainTimeout after the step ended and says so in a
+// not tell which step it came from). Whatever the step wrote before its
+// processes ended is read to the end, however slowly the Reporter takes it.
+// Only a pipe that a live process still holds open is cut off: once it
+// stays empty for DrainTimeout, forge stops reading it and says so in a
 // system line, instead of waiting forever. Killed children are reparented
 // to init, or to forge when it is PID 1 in a container: see ReapOrphans.
 //
@@ -74,8 +78,9 @@ const DefaultKillGrace = 5 * time.Second
 // pipes before forge looks for processes outside the group that hold them.
 const escapeDelay = 100 * time.Millisecond
 
-// DrainTimeout is how long output is still read after a step's process group
-// is gone, for pipes held open by a process that escaped the group.
+// DrainTimeout is how long, once a step's process group is gone, a pipe may
+// stay empty while a process that escaped the group still holds it open,
+// before forge stops reading it.
 const DrainTimeout = time.Second
 
 // Options tune how steps run. The zero value is ready to use.
@@ -93,6 +98,23 @@ type Options struct {
 	// Notes are system lines reported at the start of the first step
 	// (the local backend says there where a kept workspace is).
 	Notes []string
+	// Guard, when set, stops a step's process group should this process
+	// die while the step runs (forge server and forge exec pass a
+	// *guard.Guard); nil leaves that to the caller.
+	Guard Guard
+}
+
+// A Guard stops process groups on behalf of a process that died before it
+// could stop them itself (see package guard). RunSteps watches each step's
+// group from just after its start, and releases it once it has killed the
+// group, before it reaps the group's leader. Both are safe for concurrent
+// use.
+type Guard interface {
+	// Watch asks for group pgid to get SIGTERM, then SIGKILL after grace,
+	// should this process die before Release(pgid). An error means the
+	// group is not guarded.
+	Watch(pgid int, grace time.Duration) error
+	Release(pgid int)
 }
 
 // RunSteps runs steps in order in dir, with exactly the environment env
@@ -207,6 +229,8 @@ type runner struct {
 	rep    forge.Reporter
 	masker *Masker
 	stdin  *os.File // /dev/null
+	// unguarded is set once a step could not be guarded (and said so).
+	unguarded bool
 
 	// mu serialises reports: the two stream readers emit lines while
 	// the step runs. The fields below are guarded by it.
@@ -315,14 +339,17 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 		return stepResult{status: forge.StatusError, err: err}
 	}
 
+	guarded := r.guard(cmd.Process.Pid)
+
 	// Two readers, one per stream; readersLeft reaching 0 closes readersDone.
 	readersDone := make(chan struct{})
 	var readersLeft atomic.Int32
 	readersLeft.Store(2)
 	var escaped [2]bool
+	var draining atomic.Bool // set once the step's process group is gone
 	for k := range pr {
 		go func() {
-			escaped[k] = r.read(pr[k], &r.out[k])
+			escaped[k] = r.read(pr[k], &r.out[k], &draining)
 			if readersLeft.Add(-1) == 0 {
 				close(readersDone)
 			}
@@ -351,6 +378,11 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 		}
 	}
 	k.finish()
+	if guarded {
+		// The group is killed and its leader not reaped yet: its id is
+		// still the step's.
+		r.opts.Guard.Release(cmd.Process.Pid)
+	}
 	var exitErr *exec.ExitError
 	if err := cmd.Wait(); err != nil && !errors.As(err, &exitErr) && werr == nil {
 		werr = err
@@ -369,6 +401,14 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 			}
 		}
 		escapeCheck.Stop()
+		// Now only a pipe that a live process holds open can keep a
+		// reader waiting: the readers stop when a pipe stays empty and
+		// open for DrainTimeout. A reader busy with what the pipe still
+		// holds (a slow consumer) is not hurried: the output of a
+		// process that exited is read to the end, however long that
+		// takes. The deadline wakes a reader already waiting on an empty
+		// pipe; the readers set their own before each read from now on.
+		draining.Store(true)
 		deadline := time.Now().Add(DrainTimeout)
 		pr[0].SetReadDeadline(deadline)
 		pr[1].SetReadDeadline(deadline)
@@ -406,6 +446,20 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 	}
 	finish(forge.StatusSuccess, 0, "")
 	return stepResult{status: forge.StatusSuccess}
+}
+
+// guard asks Options.Guard to watch the step's process group, and reports
+// whether it does. The first failure is told in a system line.
+func (r *runner) guard(pgid int) bool {
+	if r.opts.Guard == nil {
+		return false
+	}
+	err := r.opts.Guard.Watch(pgid, r.opts.KillGrace)
+	if err != nil && !r.unguarded {
+		r.unguarded = true
+		r.System(fmt.Sprintf("forge cannot guard this job's processes (%v): they would outlive forge were it killed", err))
+	}
+	return err == nil
 }
 
 // pipe returns a pipe whose read end forge polls and whose write end is
@@ -528,19 +582,32 @@ func exitCode(state *os.ProcessState) int {
 	return state.ExitCode()
 }
 
-// read copies one stream into lines until EOF or the drain deadline. It
-// reports whether the deadline cut it short.
-func (r *runner) read(f *os.File, lb *lineBuffer) (cutShort bool) {
+// read copies one stream into lines until EOF. Once draining is set (the
+// step's process group is gone), it stops early only when the pipe stays
+// empty for DrainTimeout while some process still holds it open, and then
+// reports cutShort.
+func (r *runner) read(f *os.File, lb *lineBuffer, draining *atomic.Bool) (cutShort bool) {
 	for {
+		if draining.Load() {
+			f.SetReadDeadline(time.Now().Add(DrainTimeout))
+		}
 		n, err := f.Read(lb.space())
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			// Waited on an empty pipe: one read that does not wait tells
+			// whether bytes came meanwhile, the writers are all gone (EOF)
+			// or one is alive and silent.
+			n, err = readNow(f, lb.space())
+			if err == nil && n > 0 {
+				r.commit(lb, n)
+				continue
+			}
+			cutShort = errors.Is(err, unix.EAGAIN)
+			break
+		}
 		if n > 0 {
-			r.mu.Lock()
-			r.now = time.Now()
-			lb.commit(n)
-			r.mu.Unlock()
+			r.commit(lb, n)
 		}
 		if err != nil {
-			cutShort = errors.Is(err, os.ErrDeadlineExceeded)
 			break
 		}
 	}
@@ -549,6 +616,35 @@ func (r *runner) read(f *os.File, lb *lineBuffer) (cutShort bool) {
 	lb.flush()
 	r.mu.Unlock()
 	return cutShort
+}
+
+// commit cuts n bytes just read into lb's space into lines.
+func (r *runner) commit(lb *lineBuffer, n int) {
+	r.mu.Lock()
+	r.now = time.Now()
+	lb.commit(n)
+	r.mu.Unlock()
+}
+
+// readNow reads from the non-blocking pipe f without waiting, whatever f's
+// deadline: n > 0 with bytes, 0 and a nil error at EOF, EAGAIN when the pipe
+// is empty and a writer still holds it.
+func readNow(f *os.File, p []byte) (n int, err error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	if cerr := rc.Control(func(fd uintptr) {
+		for {
+			n, err = unix.Read(int(fd), p)
+			if err != unix.EINTR {
+				return
+			}
+		}
+	}); cerr != nil {
+		return 0, cerr
+	}
+	return max(n, 0), err
 }
 
 // line reports one line of a stream. r.mu is held.

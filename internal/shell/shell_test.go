@@ -5,10 +5,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -594,5 +598,173 @@ func TestReportsNeverOverlap(t *testing.T) {
 				t.Fatalf("%s line %d: got %q, want %q", s, i+1, text, want)
 			}
 		}
+	}
+}
+
+// slowReporter is a deliberately slow consumer: the first line's Report
+// waits until the step's shell (its PID in pidFile) has exited and been
+// reaped, then takes longer than every timeout forge applies after a step
+// ends. The engine slows its Reporter like this when the log writer lags.
+type slowReporter struct {
+	recorder
+	pidFile string
+	slow    time.Duration
+	waited  bool
+}
+
+func (r *slowReporter) Report(e forge.Event) {
+	if e.Type == forge.EventLine && !r.waited {
+		r.waited = true
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			b, err := os.ReadFile(r.pidFile)
+			if err == nil && strings.HasSuffix(string(b), "\n") {
+				if _, err := os.Stat("/proc/" + strings.TrimSpace(string(b))); os.IsNotExist(err) {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				r.t.Errorf("the step's shell did not end within 30s")
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(r.slow)
+	}
+	r.recorder.Report(e)
+}
+
+// TestSlowConsumerGetsEveryLine: a step whose processes have all exited
+// loses none of its output, however slowly it is consumed (issue 7, item 4:
+// forge used to stop reading 1.1s after the shell exited).
+func TestSlowConsumerGetsEveryLine(t *testing.T) {
+	dir := t.TempDir()
+	rec := &slowReporter{recorder: recorder{t: t}, pidFile: filepath.Join(dir, "pid"), slow: escapeDelay + 2*DrainTimeout}
+	// Both streams hold more than one read takes (the first lines are read
+	// before the consumer stalls) and less than a pipe holds, so the shell
+	// exits while most of its output waits in the pipes.
+	script := "seq 1 5000; seq 1 5000 >&2; echo $$ > pid.tmp; mv pid.tmp pid"
+	st, err := RunSteps(t.Context(), []forge.Step{{Run: script}}, dir, testEnv, nil, rec, Options{})
+	if err != nil || st != forge.StatusSuccess {
+		t.Fatalf("RunSteps = %s, %v; want success", st, err)
+	}
+	for _, s := range []forge.Stream{forge.Stdout, forge.Stderr} {
+		texts := rec.texts(s)
+		if len(texts) != 5000 {
+			t.Errorf("%s: got %d lines, want 5000", s, len(texts))
+		}
+		for i, text := range texts {
+			if want := strconv.Itoa(i + 1); text != want {
+				t.Fatalf("%s line %d: got %q, want %q", s, i+1, text, want)
+			}
+		}
+	}
+	if sys := rec.texts(forge.System); len(sys) != 0 {
+		t.Errorf("system lines %q, want none: no process held the output open", sys)
+	}
+}
+
+// TestReadStopsOnlyForALiveWriter drives a reader after the step's group is
+// gone: a pipe whose writer is alive and silent is cut off after
+// DrainTimeout, every byte written before read; a pipe whose writers are
+// gone is read to its end, however long the consumer takes.
+func TestReadStopsOnlyForALiveWriter(t *testing.T) {
+	for _, writerAlive := range []bool{true, false} {
+		t.Run(fmt.Sprintf("writer alive %v", writerAlive), func(t *testing.T) {
+			pr, pw, err := pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pr.Close()
+			rec := &recorder{t: t}
+			r := &runner{rep: rec, masker: NewMasker(nil)}
+			lb := &lineBuffer{max: DefaultMaxLine, m: r.masker}
+			lb.emit = func(line []byte, complete bool) { r.line(forge.Stdout, line, complete) }
+			if _, err := pw.WriteString("one\ntwo\nthree"); err != nil {
+				t.Fatal(err)
+			}
+			if !writerAlive {
+				pw.Close()
+			} else {
+				defer pw.Close()
+			}
+			var draining atomic.Bool
+			draining.Store(true)
+			// A deadline already passed: as when the consumer was slow.
+			pr.SetReadDeadline(time.Now().Add(-time.Second))
+			start := time.Now()
+			cut := r.read(pr, lb, &draining)
+			if cut != writerAlive {
+				t.Errorf("cut short = %v, want %v", cut, writerAlive)
+			}
+			if el := time.Since(start); writerAlive && el < DrainTimeout {
+				t.Errorf("gave up after %v, want at least %v of silence", el, DrainTimeout)
+			}
+			if got := rec.texts(""); !slices.Equal(got, []string{"one", "two", "three"}) {
+				t.Errorf("lines = %q, want one two three", got)
+			}
+		})
+	}
+}
+
+// fakeGuard records what RunSteps asks of a Guard.
+type fakeGuard struct {
+	t       *testing.T
+	mu      sync.Mutex
+	calls   []string
+	watched map[int]bool
+	fail    error
+}
+
+func (g *fakeGuard) Watch(pgid int, grace time.Duration) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.fail != nil {
+		return g.fail
+	}
+	// The group runs: its leader is the step's shell.
+	if pg, err := syscall.Getpgid(pgid); err != nil || pg != pgid {
+		g.t.Errorf("Watch(%d): not a running process group (%d, %v)", pgid, pg, err)
+	}
+	g.watched[pgid] = true
+	g.calls = append(g.calls, fmt.Sprintf("watch %v", grace))
+	return nil
+}
+
+func (g *fakeGuard) Release(pgid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.watched[pgid] {
+		g.t.Errorf("Release(%d) of a group not watched", pgid)
+	}
+	// Released before the leader is reaped: the group id is still taken.
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pgid)); err != nil {
+		g.t.Errorf("Release(%d) after the group's leader was reaped: its id may be reused", pgid)
+	}
+	delete(g.watched, pgid)
+	g.calls = append(g.calls, "release")
+}
+
+// TestGuardWatchesEachStep: each step's group is watched while it runs and
+// released before its leader is reaped; a guard that fails is told once.
+func TestGuardWatchesEachStep(t *testing.T) {
+	g := &fakeGuard{t: t, watched: map[int]bool{}}
+	st, _ := run(t, t.Context(), Options{Guard: g, KillGrace: 3 * time.Second}, nil,
+		forge.Step{Run: "true"}, forge.Step{Run: "sleep 1000 & exit 3", ContinueOnError: true}, forge.Step{Run: "echo hi"})
+	if st != forge.StatusSuccess {
+		t.Errorf("job = %s, want success", st)
+	}
+	want := []string{"watch 3s", "release", "watch 3s", "release", "watch 3s", "release"}
+	if !slices.Equal(g.calls, want) {
+		t.Errorf("guard calls %q, want %q", g.calls, want)
+	}
+
+	g = &fakeGuard{t: t, watched: map[int]bool{}, fail: fmt.Errorf("no guard binary")}
+	st, rec := run(t, t.Context(), Options{Guard: g}, nil, forge.Step{Run: "true"}, forge.Step{Run: "true"})
+	if st != forge.StatusSuccess {
+		t.Errorf("job with a failing guard = %s, want success", st)
+	}
+	if sys := rec.texts(forge.System); len(sys) != 1 || !strings.Contains(sys[0], "cannot guard this job's processes (no guard binary)") {
+		t.Errorf("system lines %q, want one saying the job is unguarded", sys)
 	}
 }

@@ -18,6 +18,15 @@
 // the worktree. Uncommitted changes and
 // submodules are not copied, and the checkout's git hooks do not run: a
 // clean workspace is the commit, as a server's fresh clone would have it.
+//
+// Nothing left behind. With Options.Guard, a job's processes die with the
+// process running them, even when it is killed with SIGKILL (see package
+// guard). Each clean workspace DIR has a lock file DIR.forge-lock beside it,
+// locked (flock) while its forge process lives; RemoveLeftovers, called at
+// start by forge server and forge exec, removes the workspaces whose lock is
+// free: those of a forge that died. The lock, not a process ID, tells the
+// living from the dead, so forges sharing a TempDir never remove each
+// other's workspaces.
 package local
 
 import (
@@ -45,6 +54,9 @@ type Options struct {
 	KillGrace time.Duration
 	// Shell is the shell used; "" means /bin/sh (run as: sh -e -c SCRIPT).
 	Shell string
+	// Guard, when set, stops the steps' processes should this process die
+	// (see shell.Options.Guard).
+	Guard shell.Guard
 }
 
 // Backend runs jobs as processes on this machine. It is safe for
@@ -81,7 +93,7 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 	if err != nil {
 		return forge.StatusError, err
 	}
-	opts := shell.Options{Shell: b.opts.Shell, KillGrace: b.opts.KillGrace}
+	opts := shell.Options{Shell: b.opts.Shell, KillGrace: b.opts.KillGrace, Guard: b.opts.Guard}
 	if run.Workspace.Clean {
 		wt, err := b.addWorktree(ctx, dir)
 		if err != nil {
@@ -94,6 +106,7 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 		}
 		if run.Workspace.Keep {
 			opts.Notes = append(opts.Notes, "clean workspace "+wt.run+" (kept after the job)")
+			defer wt.disown()
 		} else {
 			defer wt.remove()
 		}
@@ -152,10 +165,11 @@ func stepEnv(env map[string]string) ([]string, error) {
 
 // worktree is a clean workspace: a git worktree of a checkout's HEAD.
 type worktree struct {
-	repo string      // the checkout it came from
-	dir  string      // the worktree: a new temporary directory
-	run  string      // where steps run: dir, or its subdirectory matching repo's
-	lock *sync.Mutex // the repository's worktree lock
+	repo  string      // the checkout it came from
+	dir   string      // the worktree: a new temporary directory
+	run   string      // where steps run: dir, or its subdirectory matching repo's
+	lock  *sync.Mutex // the repository's worktree lock
+	owner *ownerLock  // dir's lock file, held while the job runs
 }
 
 // addWorktree makes a detached worktree of the HEAD of the repository
@@ -211,6 +225,11 @@ func addWorktreeOnce(tempDir, repo, sha string) (*worktree, error) {
 	if err != nil {
 		return nil, err
 	}
+	owner, err := lockOwner(dir)
+	if err != nil {
+		os.Remove(dir)
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), gitTimeout)
 	defer cancel()
 	// Hooks off: a clean workspace is the commit as a server's fresh clone
@@ -218,9 +237,10 @@ func addWorktreeOnce(tempDir, repo, sha string) (*worktree, error) {
 	if _, err := git(ctx, repo, "-c", "core.hooksPath=/dev/null", "worktree", "add", "--detach", dir, sha); err != nil {
 		os.RemoveAll(dir)
 		git(ctx, repo, "worktree", "prune")
+		unlockOwner(owner)
 		return nil, err
 	}
-	return &worktree{repo: repo, dir: dir}, nil
+	return &worktree{repo: repo, dir: dir, owner: owner}, nil
 }
 
 // gitTimeout bounds git's bookkeeping of worktrees, which is not cancelled
@@ -246,17 +266,20 @@ func (w *worktree) remove() {
 func (w *worktree) removeLocked() {
 	ctx, cancel := context.WithTimeout(context.Background(), gitTimeout)
 	defer cancel()
-	// Steps may leave read-only directories (Go's module cache does):
-	// make them writable so they can be removed.
-	filepath.WalkDir(w.dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(p, 0o755)
-		}
-		return nil
-	})
+	makeWritable(w.dir)
 	git(ctx, w.repo, "worktree", "remove", "--force", w.dir)
 	os.RemoveAll(w.dir)
 	git(ctx, w.repo, "worktree", "prune")
+	w.disown()
+}
+
+// disown removes the workspace's lock file: a kept workspace is the
+// user's, not a leftover.
+func (w *worktree) disown() {
+	if w.owner != nil {
+		unlockOwner(w.owner)
+		w.owner = nil
+	}
 }
 
 // git runs git in dir and returns its output; its error includes stderr.

@@ -456,3 +456,77 @@ func killMarked(m string) {
 		exec.Command("kill", "-9", filepath.Base(d)).Run()
 	}
 }
+
+// TestRemoveLeftovers: the clean workspace of a dead forge is removed with
+// git's record of it; that of a running job (this process's, as for another
+// live forge sharing TempDir), a kept one and files that are not forge's
+// workspaces are left alone (issue 7, item 7).
+func TestRemoveLeftovers(t *testing.T) {
+	repo := gitRepo(t)
+	tmp := t.TempDir()
+	b := New(Options{TempDir: tmp})
+
+	// A kept workspace: the user's now.
+	rec := &recorder{}
+	if st, err := b.Run(t.Context(), &forge.JobRun{Job: job("true"), Workspace: forge.Workspace{Dir: repo, Clean: true, Keep: true}}, rec); st != forge.StatusSuccess {
+		t.Fatalf("kept job: %s, %v", st, err)
+	}
+	kept := strings.TrimSuffix(strings.TrimPrefix(rec.texts(forge.System)[0], "clean workspace "), " (kept after the job)")
+	t.Cleanup(func() { mustGit(t, repo, "worktree", "remove", "--force", kept) })
+
+	// A dead forge's workspace: a worktree whose lock file nobody holds.
+	dead := filepath.Join(tmp, "forge-project-dead")
+	mustGit(t, repo, "worktree", "add", "--detach", dead, "HEAD")
+	os.WriteFile(dead+lockSuffix, []byte(lockMagic+"dir "+dead+"\npid 1\n"), 0o600)
+	// Not forge's: no magic in the lock file; no lock file at all.
+	other := filepath.Join(tmp, "forge-other-1")
+	os.Mkdir(other, 0o755)
+	os.WriteFile(other+lockSuffix, []byte("something else\n"), 0o600)
+	plain := filepath.Join(tmp, "forge-plain-2")
+	os.Mkdir(plain, 0o755)
+
+	// A running job holds its workspace's lock.
+	release := filepath.Join(t.TempDir(), "release")
+	started := filepath.Join(t.TempDir(), "started")
+	done := make(chan forge.Status, 1)
+	go func() {
+		st, _ := b.Run(t.Context(), &forge.JobRun{Job: job(`touch ` + started + `; while [ ! -e ` + release + ` ]; do sleep 0.01; done`),
+			Workspace: forge.Workspace{Dir: repo, Clean: true}}, &recorder{})
+		done <- st
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(started); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the running job did not start")
+		}
+	}
+
+	n, err := New(Options{TempDir: tmp}).RemoveLeftovers(t.Context())
+	if n != 1 || err != nil {
+		t.Errorf("RemoveLeftovers = %d, %v; want 1 removed", n, err)
+	}
+	for _, p := range []string{dead, dead + lockSuffix} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s is still there (%v)", p, err)
+		}
+	}
+	for _, p := range []string{kept, other, other + lockSuffix, plain} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s was removed: %v", p, err)
+		}
+	}
+	wts := worktrees(t, repo)
+	if slices.Contains(wts, dead) || len(wts) != 2 {
+		t.Errorf("git worktrees %q, want the kept and the running one only", wts)
+	}
+
+	os.WriteFile(release, nil, 0o644)
+	if st := <-done; st != forge.StatusSuccess {
+		t.Errorf("the running job: %s, want success: its workspace was removed under it", st)
+	}
+	if left, _ := filepath.Glob(filepath.Join(tmp, "*"+lockSuffix)); len(left) != 1 || left[0] != other+lockSuffix {
+		t.Errorf("lock files left: %q, want only the foreign one", left)
+	}
+}
