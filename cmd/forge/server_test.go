@@ -24,6 +24,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/github/githubtest"
 )
 
 const e2eSecret = "e2e-webhook-secret"
@@ -161,12 +162,8 @@ func e2eRepo(t testing.TB, spec string) (dir, sha string) {
 // pointing at repo, its head at sha and its number set.
 func e2ePrPayload(t testing.TB, action, repo, sha string, number int) []byte {
 	t.Helper()
-	data, err := os.ReadFile("../../../shared/fixtures/github-webhooks/pull_request." + action + ".payload.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var p map[string]any
-	if err := json.Unmarshal(data, &p); err != nil {
+	if err := json.Unmarshal(githubtest.Payload(t, "pull_request."+action+".payload.json"), &p); err != nil {
 		t.Fatal(err)
 	}
 	pr := p["pull_request"].(map[string]any)
