@@ -675,24 +675,6 @@ func TestServerManualRestartLeasesMetrics(t *testing.T) {
 	p.stop(t)
 }
 
-// TestServerRefusesPendingSchema: without FORGE_MIGRATE=auto the server
-// does not start on a database that needs migrations, and says what to run.
-func TestServerRefusesPendingSchema(t *testing.T) {
-	cmd := exec.Command(buildForge(t), "server", "--addr", "127.0.0.1:0", "--data", t.TempDir())
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FORGE_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitFailed {
-		t.Fatalf("forge server on a fresh database: %v, want exit %d\n%s", err, exitFailed, out)
-	}
-	if !strings.Contains(string(out), "forge migrate up") || !strings.Contains(string(out), "FORGE_MIGRATE=auto") {
-		t.Errorf("message = %s, want it to name forge migrate up and FORGE_MIGRATE=auto", out)
-	}
-}
-
 // TestServerSIGTERMGrace sends SIGTERM while a build runs a step longer
 // than the grace period: the server stops answering, cancels the build as
 // "server shutting down" once the grace (2s) is over, leaves no process of

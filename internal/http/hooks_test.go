@@ -237,7 +237,7 @@ func TestHookRefusals(t *testing.T) {
 	}{
 		{"no secret configured", func(o *forgehttp.HookOptions) { o.Secret = "" },
 			func() *http.Request { return hookRequest("push", "d1", "application/json", opened) },
-			500, "no_secret", "no webhook secret is configured (github.webhook_secret or FORGE_GITHUB_WEBHOOK_SECRET): forge refuses unsigned webhooks"},
+			503, "no_secret", "no webhook secret is configured: set github.webhook_secret in the configuration file, or FORGE_GITHUB_WEBHOOK_SECRET, to the secret of the GitHub webhook (forge refuses unsigned webhooks)"},
 		{"missing signature", nil, func() *http.Request {
 			r := hookRequest("pull_request", "d1", "application/json", opened)
 			r.Header.Del("X-Hub-Signature-256")
