@@ -85,6 +85,10 @@ type DB struct {
 	lockID int64
 
 	queries sync.Map // query text with ? -> the dialect's text
+	// trace, when set (by tests), sees every query q is given: the
+	// upgrade tests keep the queries of each schema version (testdata/
+	// queries) and run the previous versions' on the newest schema.
+	trace func(query string)
 }
 
 // busyTimeout bounds how long a SQLite writer waits for another process's
@@ -219,6 +223,9 @@ func (db *DB) Ping(ctx context.Context) error {
 
 // q returns query, written with ? placeholders, in the database's dialect.
 func (db *DB) q(query string) string {
+	if db.trace != nil {
+		db.trace(query)
+	}
 	if db.dialect != dialectPostgres {
 		return query
 	}

@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(lockHelperEnv); cfg != "" {
 		os.Exit(lockHelper(cfg))
 	}
-	os.Exit(m.Run())
+	os.Exit(checkRecordedQueries(m.Run()))
 }
 
 // lockHelper holds the migration lock until the process dies.
