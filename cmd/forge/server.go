@@ -71,13 +71,18 @@ leases, cancels what is left, stops serving HTTP and exits 0.`,
 			return m.Run(cmd.Context())
 		},
 	}
+	addServerFlags(cmd, &f)
+	return cmd
+}
+
+// addServerFlags defines forge server's flags on cmd, bound to f.
+func addServerFlags(cmd *cobra.Command, f *serverFlags) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.addr, "addr", "", `address to listen on, HOST:PORT (default ":8080")`)
 	fl.StringVar(&f.data, "data", "", "data directory: database, git mirrors, workspaces (default $FORGE_DATA or ./forge-data)")
-	fl.StringVar(&f.config, "config", "", "YAML configuration file")
+	fl.StringVar(&f.config, "config", "", "YAML configuration file (docs/configuration.md lists every setting)")
 	fl.StringVar(&f.publicURL, "public-url", "", "the server's URL as users reach it, for links in builds (default http://ADDR)")
 	fl.DurationVar(&f.grace, "grace", 0, "how long running builds may finish after SIGTERM before they are cancelled (default 30s)")
-	return cmd
 }
 
 type serverFlags struct {
