@@ -31,7 +31,11 @@ type pflagFlag = pflag.Flag
 // defaults are those of defaultServerConfig. A failure says which row to
 // add or change.
 
-const settingsDoc = "../../docs/configuration.md"
+// settingsDocName is the page with the table; tests run in cmd/forge.
+const (
+	settingsDocName = "docs/configuration.md"
+	settingsDoc     = "../../" + settingsDocName
+)
 
 // settingsHeader and jobVarsHeader open the two tables of settingsDoc.
 const (
@@ -104,7 +108,7 @@ func readSettingsDoc(t *testing.T) (rows []settingRow, jobVars map[string]int) {
 			continue
 		}
 		if len(cells) != 5 {
-			t.Fatalf("%s:%d: want 5 cells (file key, environment, flag, default, meaning), got %d: %s", settingsDoc, n, len(cells), line)
+			t.Fatalf("%s:%d: want 5 cells (file key, environment, flag, default, meaning), got %d: %s", settingsDocName, n, len(cells), line)
 		}
 		r := settingRow{line: n, def: cells[3], rawCells: cells, rawString: line}
 		if m := backticked.FindStringSubmatch(cells[0]); m != nil {
@@ -116,7 +120,7 @@ func readSettingsDoc(t *testing.T) (rows []settingRow, jobVars map[string]int) {
 		for _, m := range backticked.FindAllStringSubmatch(cells[2], -1) {
 			fm := flagToken.FindStringSubmatch(m[1])
 			if fm == nil {
-				t.Errorf("%s:%d: flag %q: write --name for forge server, or forge COMMAND --name for another command", settingsDoc, n, m[1])
+				t.Errorf("%s:%d: flag %q: write --name for forge server, or forge COMMAND --name for another command", settingsDocName, n, m[1])
 				continue
 			}
 			r.flags = append(r.flags, flagRef{cmd: fm[1], name: fm[2]})
@@ -130,7 +134,7 @@ func readSettingsDoc(t *testing.T) (rows []settingRow, jobVars map[string]int) {
 		t.Fatal(err)
 	}
 	if len(rows) == 0 {
-		t.Fatalf("%s has no settings table (a table headed %q)", settingsDoc, settingsHeader)
+		t.Fatalf("%s has no settings table (a table headed %q)", settingsDocName, settingsHeader)
 	}
 	return rows, jobVars
 }
@@ -407,13 +411,13 @@ func TestSettingsTable(t *testing.T) {
 	for _, r := range rows {
 		if r.key != "" {
 			if prev, dup := byKey[r.key]; dup {
-				t.Errorf("%s:%d: file key `%s` has a row already, on line %d", settingsDoc, r.line, r.key, prev.line)
+				t.Errorf("%s:%d: file key `%s` has a row already, on line %d", settingsDocName, r.line, r.key, prev.line)
 			}
 			byKey[r.key] = r
 		}
 		if r.env != "" {
 			if prev, dup := byEnv[r.env]; dup {
-				t.Errorf("%s:%d: `%s` has a row already, on line %d", settingsDoc, r.line, r.env, prev.line)
+				t.Errorf("%s:%d: `%s` has a row already, on line %d", settingsDocName, r.line, r.env, prev.line)
 			}
 			byEnv[r.env] = r
 		}
@@ -433,27 +437,27 @@ func TestSettingsTable(t *testing.T) {
 		r, ok := byKey[l.key]
 		if !ok {
 			t.Errorf("%s has no row for the file key `%s`. Add to its table \"Every setting\":\n%s",
-				settingsDoc, l.key, suggestRow(l.key, envOf[l.key], flagOf[l.key]))
+				settingsDocName, l.key, suggestRow(l.key, envOf[l.key], flagOf[l.key]))
 			continue
 		}
 		if env := envOf[l.key]; r.env != env {
 			t.Errorf("%s:%d: the row of `%s` names the variable %q, but the code sets it from %q:\n%s",
-				settingsDoc, r.line, l.key, r.env, env, suggestRow(l.key, env, flagOf[l.key]))
+				settingsDocName, r.line, l.key, r.env, env, suggestRow(l.key, env, flagOf[l.key]))
 		}
 		// Defaults: a literal must be the code's; words mean the value is
 		// decided elsewhere, so the configuration leaves it zero.
 		v := fieldValue(&c, l.field)
 		switch {
 		case r.literal && formatSetting(v) != r.defLit:
-			t.Errorf("%s:%d: the default of `%s` is written `%s`, but the code's is `%s`", settingsDoc, r.line, l.key, r.defLit, formatSetting(v))
+			t.Errorf("%s:%d: the default of `%s` is written `%s`, but the code's is `%s`", settingsDocName, r.line, l.key, r.defLit, formatSetting(v))
 		case !r.literal && !v.IsZero():
-			t.Errorf("%s:%d: the default of `%s` is written in words (%s), but the code sets `%s`: write that", settingsDoc, r.line, l.key, r.def, formatSetting(v))
+			t.Errorf("%s:%d: the default of `%s` is written in words (%s), but the code sets `%s`: write that", settingsDocName, r.line, l.key, r.def, formatSetting(v))
 		}
 	}
 	for _, r := range rows {
 		if r.key != "" {
 			if _, ok := keys[r.key]; !ok {
-				t.Errorf("%s:%d: the file key `%s` is not a key of the configuration (serverConfig): remove the row or fix the key", settingsDoc, r.line, r.key)
+				t.Errorf("%s:%d: the file key `%s` is not a key of the configuration (serverConfig): remove the row or fix the key", settingsDocName, r.line, r.key)
 			}
 		}
 	}
@@ -469,13 +473,16 @@ func TestSettingsTable(t *testing.T) {
 		if _, ok := byEnv[s]; ok || jobVarDocumented(jobVars, s) {
 			continue
 		}
-		if l, ok := envs[s]; ok {
+		if l, ok := envs[s]; ok && l.key != "" {
+			if _, ok := byKey[l.key]; !ok {
+				continue // reported with its file key above
+			}
 			t.Errorf("%s (%s) has no row in %s. Add to its table \"Every setting\":\n%s",
-				s, literals[s], settingsDoc, suggestRow(l.key, s, flagOf[l.key]))
+				s, literals[s], settingsDocName, suggestRow(l.key, s, flagOf[l.key]))
 		} else {
 			t.Errorf("%s (%s) is in neither table of %s. If forge reads it, add to \"Every setting\":\n%s\n"+
 				"if forge sets it for jobs or commands, add to \"Variables forge sets\":\n| `%s` | MEANING |",
-				s, literals[s], settingsDoc, suggestRow("", s, "forge COMMAND --FLAG"), s)
+				s, literals[s], settingsDocName, suggestRow("", s, "forge COMMAND --FLAG"), s)
 		}
 	}
 	for _, r := range rows {
@@ -483,10 +490,10 @@ func TestSettingsTable(t *testing.T) {
 			continue
 		}
 		if _, ok := literals[r.env]; !ok {
-			t.Errorf("%s:%d: `%s` is not in forge's code: remove the row or fix the name", settingsDoc, r.line, r.env)
+			t.Errorf("%s:%d: `%s` is not in forge's code: remove the row or fix the name", settingsDocName, r.line, r.env)
 		}
 		if l, ok := envs[r.env]; ok && l.key != r.key {
-			t.Errorf("%s:%d: `%s` sets the file key `%s` in the code, not `%s`", settingsDoc, r.line, r.env, l.key, r.key)
+			t.Errorf("%s:%d: `%s` sets the file key `%s` in the code, not `%s`", settingsDocName, r.line, r.env, l.key, r.key)
 		}
 	}
 	for v, line := range jobVars {
@@ -495,7 +502,7 @@ func TestSettingsTable(t *testing.T) {
 			s = v[:i]
 		}
 		if _, ok := literals[s]; !ok {
-			t.Errorf("%s:%d: `%s` is not in forge's code: remove the row or fix the name", settingsDoc, line, v)
+			t.Errorf("%s:%d: `%s` is not in forge's code: remove the row or fix the name", settingsDocName, line, v)
 		}
 	}
 
@@ -522,11 +529,11 @@ func TestSettingsTable(t *testing.T) {
 					env = envOf[l.key]
 				}
 				t.Errorf("the flag --%s of forge %s has no row in %s. Add to its table \"Every setting\":\n%s",
-					name, cmd, settingsDoc, suggestRow(l.key, env, ref.String()))
+					name, cmd, settingsDocName, suggestRow(l.key, env, ref.String()))
 				break
 			}
 			if l, ok := flagSets[name]; ok && l.key != r.key {
-				t.Errorf("%s:%d: forge server --%s sets the file key `%s`, not `%s`", settingsDoc, r.line, name, l.key, r.key)
+				t.Errorf("%s:%d: forge server --%s sets the file key `%s`, not `%s`", settingsDocName, r.line, name, l.key, r.key)
 			}
 		}
 	}
@@ -538,7 +545,7 @@ func TestSettingsTable(t *testing.T) {
 			}
 			cmd, _, err := root.Find([]string{cmdName})
 			if err != nil || cmd == root || cmd.Flags().Lookup(f.name) == nil && cmd.PersistentFlags().Lookup(f.name) == nil {
-				t.Errorf("%s:%d: %s is not a flag of forge", settingsDoc, r.line, f)
+				t.Errorf("%s:%d: %s is not a flag of forge", settingsDocName, r.line, f)
 			}
 		}
 	}
