@@ -24,7 +24,7 @@ build:
 	$(GOBUILD) -o forge ./cmd/forge
 
 # The whole test suite, plus a short fuzz of every parser that reads input
-# from strangers. Tests needing PostgreSQL, Docker or Chromium skip locally
+# from strangers. Tests needing PostgreSQL or Docker skip locally
 # when those are missing and fail when CI=true.
 test:
 	$(GO) vet $(PKGS)
