@@ -64,19 +64,26 @@ func TestImage(t *testing.T) {
 	}
 
 	repo, sha := e2eRepo(t, "execute:\n  - echo \"hello from $FORGE_OWNER/$FORGE_REPO in the image\"\n  - test \"$CI\" = true\n")
-	// The server runs as the image's user forge (10001): git refuses a
-	// repository another user owns.
-	if err := filepath.Walk(repo, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
+	// The server runs as the image's user forge (10001), and git refuses a
+	// repository another user owns: give it the repository, or, when this
+	// test may not, run the server as this test's user with its data in
+	// /tmp (the volume /data belongs to 10001).
+	args := []string{"run", "-d", "--name", strings.ReplaceAll(tag, ":", "-"), "-p", "127.0.0.1::8080",
+		"-e", "FORGE_GITHUB_WEBHOOK_SECRET=" + e2eSecret, "-v", repo + ":/repo:ro"}
+	if os.Geteuid() == 0 {
+		if err := filepath.Walk(repo, func(p string, _ os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, 10001, 10001)
+		}); err != nil {
+			t.Fatalf("give the repository to the image's user 10001: %v", err)
 		}
-		return os.Lchown(p, 10001, 10001)
-	}); err != nil {
-		t.Skipf("cannot give the repository to the image's user 10001: %v", err)
+	} else {
+		args = append(args, "--user", fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid()), "-e", "FORGE_DATA=/tmp/forge-data")
 	}
 	name := strings.ReplaceAll(tag, ":", "-")
-	docker(t, "run", "-d", "--name", name, "-p", "127.0.0.1::8080",
-		"-e", "FORGE_GITHUB_WEBHOOK_SECRET="+e2eSecret, "-v", repo+":/repo:ro", tag)
+	docker(t, append(args, tag)...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
