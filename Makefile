@@ -2,13 +2,29 @@
 GO ?= go
 PKGS ?= ./...
 
-.PHONY: build test fuzz-short bench lint
+# What a build says about itself (forge version). VERSION is the tag at
+# HEAD (or a describe string); DATE is the commit's date, not the build's,
+# so that building one commit twice gives the same binary.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DATE ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
+GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '$(LDFLAGS)'
+
+# The platforms of make release, GOOS/GOARCH.
+PLATFORMS ?= linux/amd64 linux/arm64 darwin/arm64
+DIST ?= dist
+
+# make image: the image's name.
+IMAGE ?= forge:$(VERSION)
+
+.PHONY: build test fuzz-short bench release image image-test clean
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o forge ./cmd/forge
+	$(GOBUILD) -o forge ./cmd/forge
 
 # The whole test suite, plus a short fuzz of every parser that reads input
-# from strangers. Tests needing PostgreSQL, Docker or Chromium skip locally
+# from strangers. Tests needing PostgreSQL or Docker skip locally
 # when those are missing and fail when CI=true.
 test:
 	$(GO) vet $(PKGS)
@@ -26,3 +42,31 @@ fuzz-short:
 # Every benchmark of BENCHMARKS.md, with one command.
 bench:
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -count=1 $(PKGS)
+
+# Static binaries for every platform of PLATFORMS, named
+# forge-VERSION-GOOS-GOARCH, and their SHA-256 sums in SHA256SUMS.
+release:
+	@rm -rf $(DIST) && mkdir -p $(DIST)
+	@set -e; for p in $(PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; out=$(DIST)/forge-$(VERSION)-$$os-$$arch; \
+	  echo "build $$out"; GOOS=$$os GOARCH=$$arch $(GOBUILD) -o $$out ./cmd/forge; \
+	done
+	cd $(DIST) && sha256sum forge-* > SHA256SUMS && cat SHA256SUMS
+
+# A container image FROM scratch (deploy/Dockerfile): forge, and the git
+# and busybox of this machine its server runs, built offline by the local
+# Docker engine (nothing is pulled), for this machine's architecture.
+image:
+	GOOS=linux GOARCH=$$($(GO) env GOHOSTARCH) $(GOBUILD) -o $(DIST)/forge-image ./cmd/forge
+	deploy/image-stage.sh $(DIST)/image $(DIST)/forge-image
+	docker build --pull=false -t $(IMAGE) -f deploy/Dockerfile \
+	  --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg DATE=$(DATE) $(DIST)/image
+	@docker image inspect $(IMAGE) --format '{{.RepoTags}} {{.Size}} bytes'
+
+# Builds the image and runs a build in it (TestImage): a webhook to the
+# server in a container is fetched with its git and run by its /bin/sh.
+image-test:
+	$(GO) test -count=1 -run '^TestImage$$' -v ./cmd/forge
+
+clean:
+	rm -rf forge $(DIST)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-
 	"fmt"
 	"os"
 	"strconv"
@@ -12,38 +11,18 @@ import (
 	"github.com/goccy/go-yaml"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/git"
+	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/shell"
 )
 
-// serverConfig is forge server's configuration: the YAML file given with
-// --config, then FORGE_* environment variables, then flags (flags win).
-//
-//	addr: ":8080"                 # FORGE_ADDR, --addr
-//	data: /var/lib/forge          # FORGE_DATA, --data
-//	database_url: postgres://...  # FORGE_DATABASE_URL (default: SQLite in data)
-//	public_url: https://ci.example.com   # FORGE_PUBLIC_URL, --public-url
-//	grace: 30s                    # FORGE_GRACE, --grace
-//	log: {level: info}            # FORGE_LOG_LEVEL: debug, info, warn, error
-//	api: {private_reads: false}   # FORGE_API_PRIVATE_READS=true
-//	github:
-//	  webhook_secret: ...         # FORGE_GITHUB_WEBHOOK_SECRET
-//	  max_body: 26214400
-//	  token: ...                  # FORGE_GITHUB_TOKEN (clone private repositories)
-//	builds:
-//	  concurrency: 4              # FORGE_BUILDS_CONCURRENCY
-//	  per_repo: 2                 # FORGE_BUILDS_PER_REPO
-//	  parallel: 2                 # jobs of one build at once
-//	  cancel_superseded: true
-//	  clone_depth: 50
-//	  build_drafts: false
-//	  production_branch: production
-//	  kill_grace: 5s
-//	  heartbeat: 10s              # how often running builds are stamped alive
-//	  stale: 30s                  # a running build unstamped this long was left by a dead server
-//	secrets:                      # per repository ("*" for all); never for forks
-//	  acme/app: {DEPLOY_KEY: ...}
-//	pools: {...}                  # lease pools (docs/leases.md)
-//	lease: {keepalive: 10s}
+// serverConfig is the configuration of forge server (and of forge migrate
+// and forge token, which find the database as it does): the YAML file given
+// with --config, then FORGE_* environment variables, then flags (flags
+// win). docs/configuration.md has the table of every setting, its
+// variable, flag, default and meaning; settings_test.go keeps the table
+// and this code in step.
 type serverConfig struct {
 	Addr        string   `yaml:"addr"`
 	Data        string   `yaml:"data"`
@@ -85,6 +64,10 @@ type serverConfig struct {
 		FillMaxPasses int      `yaml:"fill_max_passes"`
 		FillMaxWait   Duration `yaml:"fill_max_wait"`
 	} `yaml:"lease"`
+	// Migrate is FORGE_MIGRATE: "auto" migrates the database up at start.
+	// Only the environment sets it: whether to change a shared schema is
+	// decided per start, not kept in a file.
+	Migrate string `yaml:"-"`
 }
 
 // Duration is a time.Duration written as "30s" or "1m30s" in YAML.
@@ -101,14 +84,46 @@ func (d *Duration) UnmarshalYAML(b []byte) error {
 	return nil
 }
 
+// defaultDataDir is the data directory when nothing sets one: relative to
+// the working directory (.gitignore lists it, for forge run in a checkout).
+const defaultDataDir = "forge-data"
+
 // defaultServerConfig is the configuration before the file, env and flags.
+// Defaults that a package owns are taken from it; settings left zero here
+// get theirs from the package that uses them (builds.concurrency: the
+// number of CPUs), as docs/configuration.md says.
 func defaultServerConfig() serverConfig {
 	var c serverConfig
 	c.Addr = ":8080"
+	c.Data = defaultDataDir
 	c.Grace = Duration(30 * time.Second)
 	c.Log.Level = "info"
+	c.GitHub.MaxBody = httpapi.DefaultMaxHookBody
+	cancel := true
+	c.Builds.CancelSuperseded = &cancel
+	c.Builds.CloneDepth = git.DefaultDepth
 	c.Builds.ProductionBranch = "production"
+	c.Builds.KillGrace = Duration(shell.DefaultKillGrace)
+	c.Lease.Keepalive = Duration(lease.DefaultKeepalive)
+	c.Lease.FillMaxPasses = lease.DefaultFillMaxPasses
+	c.Lease.FillMaxWait = Duration(lease.DefaultFillMaxWait)
 	return c
+}
+
+// loadServerConfig returns the configuration from the defaults, the YAML
+// file at path (none when empty) and the environment; the caller applies
+// its flags, then validates.
+func loadServerConfig(path string, getenv func(string) string) (serverConfig, error) {
+	c := defaultServerConfig()
+	if path != "" {
+		if err := loadConfigFile(path, &c); err != nil {
+			return c, err
+		}
+	}
+	if err := applyEnv(&c, getenv); err != nil {
+		return c, err
+	}
+	return c, nil
 }
 
 // loadConfigFile reads the YAML file at path into c. Unknown keys are
@@ -138,6 +153,7 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		"FORGE_GITHUB_WEBHOOK_SECRET": &c.GitHub.WebhookSecret,
 		"FORGE_GITHUB_TOKEN":          &c.GitHub.Token,
 		"FORGE_PRODUCTION_BRANCH":     &c.Builds.ProductionBranch,
+		"FORGE_MIGRATE":               &c.Migrate,
 	}
 	for k, p := range str {
 		if v := getenv(k); v != "" {
@@ -185,6 +201,9 @@ func (c *serverConfig) validate() error {
 	if c.Data == "" {
 		errs = append(errs, "data (the data directory) is empty")
 	}
+	if c.Migrate != "" && c.Migrate != "auto" {
+		errs = append(errs, fmt.Sprintf("FORGE_MIGRATE=%q: the only value is auto", c.Migrate))
+	}
 	if c.Grace < 0 {
 		errs = append(errs, "grace is negative")
 	}
@@ -199,6 +218,13 @@ func (c *serverConfig) validate() error {
 	if c.GitHub.MaxBody < 0 {
 		errs = append(errs, "github.max_body must not be negative")
 	}
+	if u := strings.TrimSpace(c.DatabaseURL); u != "" {
+		scheme, _, _ := strings.Cut(u, "://")
+		if scheme != "postgres" && scheme != "postgresql" {
+			// Never echo the URL: it may hold a password.
+			errs = append(errs, fmt.Sprintf("database_url (FORGE_DATABASE_URL, --database-url): scheme %q is not supported: want postgres://USER:PASSWORD@HOST/DB, or no URL for SQLite in the data directory", scheme))
+		}
+	}
 	if c.PublicURL != "" && !strings.HasPrefix(c.PublicURL, "http://") && !strings.HasPrefix(c.PublicURL, "https://") {
 		errs = append(errs, fmt.Sprintf("public_url %q: want an http:// or https:// URL", c.PublicURL))
 	}
@@ -207,10 +233,8 @@ func (c *serverConfig) validate() error {
 			errs = append(errs, fmt.Sprintf("secrets: %q is not owner/repo or *", name))
 		}
 	}
-	if lc := c.leaseConfig(); len(lc.Pools) > 0 || lc.Keepalive != 0 {
-		if err := lc.Validate(); err != nil {
-			errs = append(errs, err.Error())
-		}
+	if err := c.leaseConfig().Validate(); err != nil {
+		errs = append(errs, err.Error())
 	}
 	if len(errs) > 0 {
 		return forge.Errorf(forge.EINVALID, "config: %s", strings.Join(errs, "; "))

@@ -8,20 +8,54 @@ import (
 	"time"
 )
 
+// TestDeployConfigLoads: the example configuration is valid, and its
+// comments tell the truth: a value whose comment says "default X" differs
+// from the default X, which is the code's, and every other value is the
+// default.
 func TestDeployConfigLoads(t *testing.T) {
 	c := defaultServerConfig()
 	if err := loadConfigFile("../../deploy/config.yml", &c); err != nil {
 		t.Fatal(err)
 	}
-	c.Data = t.TempDir()
 	if err := c.validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Builds.Concurrency != 4 || c.Builds.PerRepo != 2 || time.Duration(c.Grace) != 5*time.Minute || len(c.Pools) != 1 {
+	if c.Builds.Concurrency != 4 || c.Builds.PerRepo != 2 || time.Duration(c.Grace) != 5*time.Minute || len(c.Pools) != 1 || c.Data != "/var/lib/forge" {
 		t.Errorf("config = %+v", c)
 	}
-	if time.Duration(c.Lease.Keepalive) != 10*time.Second || time.Duration(c.Builds.KillGrace) != 10*time.Second {
-		t.Errorf("durations: keepalive %v kill_grace %v", time.Duration(c.Lease.Keepalive), time.Duration(c.Builds.KillGrace))
+	raw, err := os.ReadFile("../../deploy/config.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := defaultServerConfig()
+	changed := map[string]bool{}
+	for _, l := range changedLeaves(&base, &c) {
+		changed[l.key] = true
+	}
+	said := map[string]bool{}
+	var section string
+	for _, line := range strings.Split(string(raw), "\n") {
+		code, comment, _ := strings.Cut(line, "#")
+		key, _, ok := strings.Cut(strings.TrimSpace(code), ":")
+		if !ok || strings.TrimSpace(code) == "" {
+			continue
+		}
+		if !strings.HasPrefix(code, " ") {
+			section = key
+		} else if section != "" {
+			key = section + "." + key
+		}
+		if strings.Contains(comment, "default") {
+			said[key] = true
+			if !changed[key] && key != "pools" && key != "secrets" {
+				t.Errorf("deploy/config.yml: %s has a comment about its default, but its value is the default", key)
+			}
+		}
+	}
+	for key := range changed {
+		if !said[key] && key != "secrets" {
+			t.Errorf("deploy/config.yml sets %s to other than its default without a comment saying so", key)
+		}
 	}
 }
 

@@ -373,7 +373,7 @@ func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, std
 	// and reading the terminal work as without forge lease. If forge lease
 	// itself dies, CMD gets SIGTERM (Pdeathsig): it no longer holds the
 	// resources.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = leaseSysProcAttr()
 	restore := func() {}
 	if fd, ok := leaseForegroundTTY(stdin); ok {
 		cmd.SysProcAttr.Foreground = true
@@ -384,7 +384,7 @@ func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, std
 	// Orphans of CMD (a daemon it started) become our children, so that
 	// stopLeaseGroup can reap them instead of leaving zombies to a PID 1 that
 	// may never wait for them.
-	_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	becomeSubreaper()
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)

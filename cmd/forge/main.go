@@ -12,6 +12,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -28,8 +30,49 @@ const (
 	exitCanceled = 130 // interrupted by SIGINT/SIGTERM
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version, commit and date describe the build. make build and make
+// release set them with -ldflags "-X main.version=... -X main.commit=...
+// -X main.date=..."; a plain go build or go install leaves them empty and
+// buildInfo takes what the Go toolchain recorded instead.
+var (
+	version = "dev"
+	commit  = ""
+	date    = ""
+)
+
+// buildInfo returns the version, commit and date of this binary: the
+// -ldflags values, else the module version (go install ...@v1.2.3) and the
+// VCS revision and commit time the toolchain stamps into a build from a
+// checkout.
+func buildInfo() (v, c, d string) {
+	v, c, d = version, commit, date
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return v, c, d
+	}
+	if v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	modified := false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			if c == "" {
+				c = s.Value
+			}
+		case "vcs.time":
+			if d == "" {
+				d = s.Value
+			}
+		case "vcs.modified":
+			modified = s.Value == "true"
+		}
+	}
+	if modified && commit == "" && c != "" {
+		c += "-dirty"
+	}
+	return v, c, d
+}
 
 // exitError carries an exit status out of a subcommand. Its message, when not
 // empty, is printed to stderr.
@@ -141,10 +184,19 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print forge's version",
+		Short: "Print forge's version, commit and build date",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "forge %s\n", version)
+			v, c, d := buildInfo()
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "forge %s\n", v)
+			if c == "" {
+				c = "unknown"
+			}
+			if d == "" {
+				d = "unknown"
+			}
+			fmt.Fprintf(out, "commit: %s\ndate:   %s\ngo:     %s %s/%s\n", c, d, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return nil
 		},
 	}

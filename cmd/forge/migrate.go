@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -21,8 +20,9 @@ func newMigrateCmd() *cobra.Command {
 		Use:   "migrate up|down|status",
 		Short: "Migrate the server's database: apply pending migrations, roll back one, or list them",
 		Long: `forge migrate changes the schema of forge server's database, separately from
-starting the server (which refuses to start on a schema it does not expect,
-unless FORGE_MIGRATE=auto).
+starting the server. The server creates the schema of a new database itself,
+but refuses to start on one with pending migrations unless FORGE_MIGRATE=auto:
+upgrading a shared database is a step an operator takes.
 
   forge migrate up       apply every pending migration
   forge migrate down     roll back the latest applied migration
@@ -36,8 +36,16 @@ else ./forge-data.
 
 "up" and "down" hold a lock (a PostgreSQL advisory lock, or a file lock
 beside the SQLite database): a second forge migrate waits for the first,
-then finds nothing left to do. Migrations only add to the schema, so the
-previous forge release keeps running on the new schema.`,
+then finds nothing left to do.
+
+Rolling upgrades: migrations only add to the schema (tables, nullable or
+defaulted columns, indexes), and "up" records each one it applies in the
+table forge_migrations. The previous forge release keeps running on the new
+schema: its server starts, and its /readyz stays 200, on a newer schema
+whose migrations are all recorded as additive. A migration that cannot be
+additive is marked breaking; then older servers refuse the schema, saying
+so, and every replica must be upgraded together. Only a forge that knows a
+migration rolls it back ("down").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return usageError{fmt.Errorf("migrate needs a subcommand: up, down or status (see forge migrate --help)")}
@@ -50,13 +58,8 @@ previous forge release keeps running on the new schema.`,
 	// open resolves the database as forge server does (config file, then
 	// FORGE_* variables, then flags) and opens it.
 	open := func(ctx context.Context) (*sqldb.DB, error) {
-		c := defaultServerConfig()
-		if configPath != "" {
-			if err := loadConfigFile(configPath, &c); err != nil {
-				return nil, err
-			}
-		}
-		if err := applyEnv(&c, os.Getenv); err != nil {
+		c, err := loadServerConfig(configPath, os.Getenv)
+		if err != nil {
 			return nil, err
 		}
 		if dataDir != "" {
@@ -65,10 +68,10 @@ previous forge release keeps running on the new schema.`,
 		if dbURL != "" {
 			c.DatabaseURL = dbURL
 		}
-		if c.Data == "" {
-			c.Data = sqldb.DefaultDataDir()
+		if err := c.validate(); err != nil {
+			return nil, err
 		}
-		return sqldb.Open(ctx, sqldb.Config{DataDir: c.Data, URL: strings.TrimSpace(c.DatabaseURL)})
+		return sqldb.Open(ctx, sqldb.Config{DataDir: c.Data, URL: c.DatabaseURL})
 	}
 	migrate := func(direction string) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, _ []string) error {
@@ -93,12 +96,14 @@ previous forge release keeps running on the new schema.`,
 				fmt.Fprintf(out, "%s %s\n", verb, migrationName(v, names[v]))
 			}
 			if err != nil {
-				return err
+				return schemaAdvice(err)
 			}
 			if serr != nil {
 				return serr
 			}
 			switch {
+			case len(done) == 0 && direction == "up" && len(st.Unknown) > 0:
+				fmt.Fprintf(out, "nothing to migrate: the schema is at version %d, newer than this forge knows (%d), and its newer migrations are additive (%s)\n", st.Current, st.Latest, db)
 			case len(done) == 0 && direction == "up":
 				fmt.Fprintf(out, "nothing to migrate: the schema is at version %d, the latest (%s)\n", st.Current, db)
 			case len(done) == 0:
@@ -167,12 +172,21 @@ func printStatus(w io.Writer, where string, st sqldb.Status) {
 		case m.Applied:
 			applied = "yes"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\n", m.Version, migrationName(m.Version, m.Name), applied)
+		name := migrationName(m.Version, m.Name)
+		switch {
+		case m.Breaking:
+			name += " (breaking)"
+		case m.Name == "" && !m.Recorded:
+			name += " (not recorded as additive)"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\n", m.Version, name, applied)
 	}
 	tw.Flush()
 	switch {
+	case len(st.Unknown) > 0 && st.Compatible:
+		fmt.Fprintf(w, "the schema is at version %d, newer than this forge knows (%d); the newer migrations are additive, so this forge runs on it\n", st.Current, st.Latest)
 	case len(st.Unknown) > 0:
-		fmt.Fprintf(w, "the schema is at version %d, newer than this forge knows (%d): use a newer forge\n", st.Current, st.Latest)
+		fmt.Fprintf(w, "the schema is at version %d, newer than this forge knows (%d), and not compatible with it: use a newer forge\n", st.Current, st.Latest)
 	case len(st.Pending) > 0:
 		fmt.Fprintf(w, "the schema is at version %d of %d: %d pending; run forge migrate up\n", st.Current, st.Latest, len(st.Pending))
 	default:

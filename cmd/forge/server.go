@@ -45,11 +45,17 @@ Configuration comes from the YAML file given with --config, then FORGE_*
 environment variables (FORGE_ADDR, FORGE_DATA, FORGE_DATABASE_URL,
 FORGE_PUBLIC_URL, FORGE_GITHUB_WEBHOOK_SECRET, FORGE_GITHUB_TOKEN,
 FORGE_BUILDS_CONCURRENCY, FORGE_GRACE, FORGE_LOG_LEVEL, ...), then flags:
-flags win. The database is SQLite in the data directory unless
-FORGE_DATABASE_URL is a postgres:// URL.
+flags win; docs/configuration.md lists every setting. Every setting has a
+default: "forge server" alone serves on :8080 with SQLite in ./forge-data.
+The database is SQLite in the data directory unless FORGE_DATABASE_URL is a
+postgres:// URL. Webhooks need the secret shared with GitHub
+(FORGE_GITHUB_WEBHOOK_SECRET): without it they are answered 503.
 
-The server refuses to start while database migrations are pending; run
-"forge migrate up" first, or set FORGE_MIGRATE=auto to migrate at start.
+On a new database (no migration applied) the server creates the schema.
+On one with pending migrations it refuses to start: run "forge migrate up"
+first, or set FORGE_MIGRATE=auto to migrate at start. On a schema a newer
+forge migrated it runs when the newer migrations are additive (rolling
+upgrades) and refuses when one is breaking.
 
 On SIGTERM or SIGINT it stops taking new builds (/readyz answers 503), lets
 running builds finish for up to --grace while still serving the API and
@@ -64,13 +70,18 @@ leases, cancels what is left, stops serving HTTP and exits 0.`,
 			return m.Run(cmd.Context())
 		},
 	}
+	addServerFlags(cmd, &f)
+	return cmd
+}
+
+// addServerFlags defines forge server's flags on cmd, bound to f.
+func addServerFlags(cmd *cobra.Command, f *serverFlags) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.addr, "addr", "", `address to listen on, HOST:PORT (default ":8080")`)
 	fl.StringVar(&f.data, "data", "", "data directory: database, git mirrors, workspaces (default $FORGE_DATA or ./forge-data)")
-	fl.StringVar(&f.config, "config", "", "YAML configuration file")
+	fl.StringVar(&f.config, "config", "", "YAML configuration file (docs/configuration.md lists every setting)")
 	fl.StringVar(&f.publicURL, "public-url", "", "the server's URL as users reach it, for links in builds (default http://ADDR)")
 	fl.DurationVar(&f.grace, "grace", 0, "how long running builds may finish after SIGTERM before they are cancelled (default 30s)")
-	return cmd
 }
 
 type serverFlags struct {
@@ -97,13 +108,8 @@ type serverMain struct {
 // ParseFlags resolves the configuration: defaults, then the --config file,
 // then the environment, then the flags that were set.
 func (m *serverMain) ParseFlags(cmd *cobra.Command, f *serverFlags, getenv func(string) string) error {
-	c := defaultServerConfig()
-	if f.config != "" {
-		if err := loadConfigFile(f.config, &c); err != nil {
-			return err
-		}
-	}
-	if err := applyEnv(&c, getenv); err != nil {
+	c, err := loadServerConfig(f.config, getenv)
+	if err != nil {
 		return err
 	}
 	changed := cmd.Flags().Changed
@@ -118,9 +124,6 @@ func (m *serverMain) ParseFlags(cmd *cobra.Command, f *serverFlags, getenv func(
 	}
 	if changed("grace") {
 		c.Grace = Duration(f.grace)
-	}
-	if c.Data == "" {
-		c.Data = sqldb.DefaultDataDir()
 	}
 	if err := c.validate(); err != nil {
 		return err
@@ -156,22 +159,28 @@ func (m *serverMain) Run(ctx context.Context) error {
 		return forge.Errorf(forge.EINVALID, "data directory: %v", err)
 	}
 
-	// The database, refusing a schema this forge does not know.
-	auto, err := sqldb.MigrateAutoFromEnv()
-	if err != nil {
-		return err
-	}
+	// The database: a new one gets its schema; one with pending
+	// migrations is refused unless FORGE_MIGRATE=auto.
 	db, err := sqldb.Open(ctx, sqldb.Config{DataDir: data, URL: c.DatabaseURL})
 	if err != nil {
 		return err
 	}
 	m.db = db
-	applied, err := db.PrepareSchema(ctx, auto)
-	if len(applied) > 0 {
-		log.Info("migrated the database", "versions", applied)
+	prep, err := db.PrepareSchema(ctx, c.Migrate == "auto")
+	switch {
+	case prep.Created && len(prep.Applied) > 0:
+		log.Info("created the database schema: the database was new", "database", db.String(), "versions", prep.Applied)
+	case len(prep.Applied) > 0:
+		log.Info("migrated the database (FORGE_MIGRATE=auto)", "database", db.String(), "versions", prep.Applied)
 	}
 	if err != nil {
-		return err
+		return schemaAdvice(err)
+	}
+	if len(prep.Newer) > 0 {
+		log.Info("the database schema is newer than this forge; its newer migrations are additive, so this forge runs on it", "newer_versions", prep.Newer)
+	}
+	if c.GitHub.WebhookSecret == "" {
+		log.Warn("no webhook secret is set: POST /hooks/github answers 503 until github.webhook_secret or FORGE_GITHUB_WEBHOOK_SECRET is set to the secret of the GitHub webhook")
 	}
 
 	reg := prometheus.NewRegistry()
@@ -295,7 +304,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 			if err := db.Ping(ctx); err != nil {
 				return forge.WrapError(forge.EUNAVAILABLE, err, "database unreachable")
 			}
-			return db.CheckSchema(ctx)
+			return schemaAdvice(db.CheckSchema(ctx))
 		},
 		Gatherer:      reg,
 		PrivateReads:  c.API.PrivateReads,
@@ -349,6 +358,19 @@ func (m *serverMain) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// schemaAdvice adds to a schema error of sqldb what to run about it.
+func schemaAdvice(err error) error {
+	switch {
+	case errors.Is(err, sqldb.ErrSchemaPending):
+		return forge.WrapError(forge.ECONFLICT, sqldb.ErrSchemaPending, forge.ErrorMessage(err)+
+			": run `forge migrate up` first, or set FORGE_MIGRATE=auto to migrate at start")
+	case errors.Is(err, sqldb.ErrSchemaNewer):
+		return forge.WrapError(forge.ECONFLICT, sqldb.ErrSchemaNewer, forge.ErrorMessage(err)+
+			": run the newer forge, or roll the schema back with the newer forge's `forge migrate down`")
+	}
+	return err
 }
 
 // Close closes what Run opened.

@@ -24,6 +24,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/github/githubtest"
 )
 
 const e2eSecret = "e2e-webhook-secret"
@@ -161,12 +162,8 @@ func e2eRepo(t testing.TB, spec string) (dir, sha string) {
 // pointing at repo, its head at sha and its number set.
 func e2ePrPayload(t testing.TB, action, repo, sha string, number int) []byte {
 	t.Helper()
-	data, err := os.ReadFile("../../../shared/fixtures/github-webhooks/pull_request." + action + ".payload.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var p map[string]any
-	if err := json.Unmarshal(data, &p); err != nil {
+	if err := json.Unmarshal(githubtest.Payload(t, "pull_request."+action+".payload.json"), &p); err != nil {
 		t.Fatal(err)
 	}
 	pr := p["pull_request"].(map[string]any)
@@ -676,24 +673,6 @@ func TestServerManualRestartLeasesMetrics(t *testing.T) {
 		}
 	}
 	p.stop(t)
-}
-
-// TestServerRefusesPendingSchema: without FORGE_MIGRATE=auto the server
-// does not start on a database that needs migrations, and says what to run.
-func TestServerRefusesPendingSchema(t *testing.T) {
-	cmd := exec.Command(buildForge(t), "server", "--addr", "127.0.0.1:0", "--data", t.TempDir())
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FORGE_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitFailed {
-		t.Fatalf("forge server on a fresh database: %v, want exit %d\n%s", err, exitFailed, out)
-	}
-	if !strings.Contains(string(out), "forge migrate up") || !strings.Contains(string(out), "FORGE_MIGRATE=auto") {
-		t.Errorf("message = %s, want it to name forge migrate up and FORGE_MIGRATE=auto", out)
-	}
 }
 
 // TestServerSIGTERMGrace sends SIGTERM while a build runs a step longer

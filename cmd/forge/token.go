@@ -29,20 +29,15 @@ FORGE_DATABASE_URL, then --data.`,
 	cmd.PersistentFlags().StringVar(&data, "data", "", "data directory (default $FORGE_DATA or ./forge-data)")
 	cmd.PersistentFlags().StringVar(&config, "config", "", "the server's YAML configuration file")
 	open := func(cmd *cobra.Command) (*sqldb.DB, error) {
-		c := defaultServerConfig()
-		if config != "" {
-			if err := loadConfigFile(config, &c); err != nil {
-				return nil, err
-			}
-		}
-		if err := applyEnv(&c, os.Getenv); err != nil {
+		c, err := loadServerConfig(config, os.Getenv)
+		if err != nil {
 			return nil, err
 		}
 		if data != "" {
 			c.Data = data
 		}
-		if c.Data == "" {
-			c.Data = sqldb.DefaultDataDir()
+		if err := c.validate(); err != nil {
+			return nil, err
 		}
 		db, err := sqldb.Open(cmd.Context(), sqldb.Config{DataDir: c.Data, URL: c.DatabaseURL})
 		if err != nil {
@@ -50,7 +45,7 @@ FORGE_DATABASE_URL, then --data.`,
 		}
 		if err := db.CheckSchema(cmd.Context()); err != nil {
 			db.Close()
-			return nil, err
+			return nil, schemaAdvice(err)
 		}
 		return db, nil
 	}

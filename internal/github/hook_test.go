@@ -2,25 +2,18 @@ package github_test
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/github"
+	"github.com/forgeci/forge/internal/github/githubtest"
 )
-
-const fixtures = "../../../shared/fixtures/github-webhooks"
 
 func fixture(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(fixtures, name))
-	if err != nil {
-		t.Fatalf("read fixture: %v", err)
-	}
-	return b
+	return githubtest.Payload(t, name)
 }
 
 // edit decodes a fixture, lets change modify it, and encodes it again.
@@ -97,19 +90,13 @@ func TestParseFixtures(t *testing.T) {
 			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"},
 		}},
 	}
-	files, err := filepath.Glob(filepath.Join(fixtures, "*.payload.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no fixtures in %s: %v", fixtures, err)
-	}
-	for _, f := range files {
-		name := filepath.Base(f)
+	for _, name := range githubtest.Names() {
 		t.Run(name, func(t *testing.T) {
 			want, ok := tests[name]
 			if !ok {
 				t.Fatalf("fixture %s has no expected hook in this test", name)
 			}
-			event := strings.SplitN(name, ".", 2)[0]
-			hook, ignored, err := github.ParseHook(event, fixture(t, name))
+			hook, ignored, err := github.ParseHook(githubtest.Event(name), fixture(t, name))
 			if err != nil {
 				t.Fatalf("ParseHook: %v", err)
 			}
@@ -281,13 +268,8 @@ func TestIsRetest(t *testing.T) {
 // never panic, and must return exactly one of a hook, a reason or an
 // EINVALID error; a hook always has a repository and a commit or ref.
 func FuzzParseHook(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(fixtures, "*.payload.json"))
-	for _, file := range files {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(strings.SplitN(filepath.Base(file), ".", 2)[0], b)
+	for _, name := range githubtest.Names() {
+		f.Add(githubtest.Event(name), githubtest.Payload(f, name))
 	}
 	f.Add("push", []byte(`{"ref":"refs/heads/x","after":"`+headSHA+`","repository":{"full_name":"a/b"}}`))
 	f.Add("pull_request", []byte(`{"action":"opened","number":1,"pull_request":{"head":{"sha":"`+headSHA+`"},"base":{"ref":"m"}},"repository":{"name":"b","owner":{"login":"a"}}}`))

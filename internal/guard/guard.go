@@ -50,8 +50,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Script is the guard. It waits for the end of its stdin, then reads the
@@ -237,8 +235,8 @@ func (g *Guard) runningLocked() error {
 // newTable returns an empty file for the table: in memory where the kernel
 // allows (memfd), else an unlinked temporary file.
 func newTable() (*os.File, error) {
-	if fd, err := unix.MemfdCreate("forge-guard", unix.MFD_CLOEXEC); err == nil {
-		return os.NewFile(uintptr(fd), "forge-guard"), nil
+	if f := memTable(); f != nil {
+		return f, nil
 	}
 	f, err := os.CreateTemp("", "forge-guard-")
 	if err != nil {

@@ -307,6 +307,11 @@ func (s *Server) triggerBuild(repos forge.RepoStore, trigger Trigger) http.Handl
 			return
 		}
 		b, err := trigger.Manual(r.Context(), repo, req.Ref, req.Action)
+		if forge.ErrorCode(err) == forge.ENOTFOUND {
+			// The repository of the path exists (lookupRepo); what does
+			// not is the ref or commit of the body: a bad request, 400.
+			err = forge.WrapError(forge.EINVALID, err, forge.ErrorMessage(err))
+		}
 		if err != nil {
 			s.fail(w, r, err)
 			return

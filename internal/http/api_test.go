@@ -79,6 +79,9 @@ func newFixture(t *testing.T, tweak func(*httpapi.Options)) *fixture {
 			if ref == "nope" {
 				return nil, forge.Errorf(forge.EINVALID, "no ref %q in %s", ref, repo.FullName())
 			}
+			if ref == "gone" { // what the trigger says of a ref git cannot find
+				return nil, forge.Errorf(forge.ENOTFOUND, "%s of %s is not a commit", ref, repo.FullName())
+			}
 			f.manuals = append(f.manuals, ref+" "+action)
 			b := &forge.Build{RepoID: repo.ID, Action: "execute", Status: forge.StatusQueued, Hook: forge.Hook{Event: "manual", Repo: *repo, Ref: ref, SHA: strings.Repeat("b", 40)}}
 			return b, db.CreateBuild(ctx, b, []*forge.BuildJob{{Name: "test"}})
@@ -257,6 +260,7 @@ func TestResponsesMatchTheirSchemas(t *testing.T) {
 		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/restart", b1, f.user, "", 201},
 		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "main", "action": "execute"}`, 201},
 		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "nope"}`, 400},
+		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "gone"}`, 400},
 		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "main", "colour": "red"}`, 400},
 		{"POST /api/v1/repos/{owner}/{repo}/builds", "", "", `{"ref": "main"}`, 401},
 		{"GET /api/v1/repos/{owner}/{repo}/builds/{number}", "99", "", "", 404},

@@ -33,8 +33,10 @@ const hookStoreTimeout = 8 * time.Second
 // HookOptions configures GitHubHook.
 type HookOptions struct {
 	// Secret is the webhook secret shared with GitHub. When it is empty
-	// every delivery is refused with 500 and a message saying to set it:
-	// forge never accepts unsigned webhooks.
+	// every delivery is refused with 503 unavailable and a message naming
+	// the setting: forge never accepts unsigned webhooks, and the server
+	// is up but not configured for them (GitHub shows the message in the
+	// delivery's log).
 	Secret string
 	// MaxBody caps the request body in bytes; 0 means DefaultMaxHookBody.
 	MaxBody int64
@@ -75,7 +77,7 @@ var knownHookEvents = map[string]bool{
 
 // GitHubHook returns the handler of POST /hooks/github.
 //
-// In order: it refuses requests when no secret is configured (500); reads
+// In order: it refuses requests when no secret is configured (503); reads
 // at most MaxBody bytes (413 beyond); checks X-Hub-Signature-256, an
 // HMAC-SHA256 of the raw body, in constant time, before looking at the
 // body (401 when missing or wrong); requires X-GitHub-Event and
@@ -128,7 +130,7 @@ func GitHubHook(deliveries forge.DeliveryStore, opts HookOptions) http.HandlerFu
 			return
 		}
 		if len(secret) == 0 {
-			answer(http.StatusInternalServerError, hookNoSecret, "no webhook secret is configured (github.webhook_secret or FORGE_GITHUB_WEBHOOK_SECRET): forge refuses unsigned webhooks")
+			answer(http.StatusServiceUnavailable, hookNoSecret, "no webhook secret is configured: set github.webhook_secret in the configuration file, or FORGE_GITHUB_WEBHOOK_SECRET, to the secret of the GitHub webhook (forge refuses unsigned webhooks)")
 			return
 		}
 		if r.ContentLength > maxBody {

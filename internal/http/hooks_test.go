@@ -12,8 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -23,15 +21,13 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/github"
+	"github.com/forgeci/forge/internal/github/githubtest"
 	forgehttp "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/prometheus"
 	"github.com/forgeci/forge/internal/sqldb"
 )
 
-const (
-	fixtures = "../../../shared/fixtures/github-webhooks"
-	secret   = "It's a Secret to Everybody"
-)
+const secret = "It's a Secret to Everybody"
 
 // memDeliveries is an in-memory forge.DeliveryStore with the documented
 // ECONFLICT on a stored id; err, when set, fails every call.
@@ -174,22 +170,15 @@ func (e *hookEnv) metric(event, result string) float64 {
 // and as a form, and checks what was stored and how it was answered; then
 // parses the stored payload, as the processor will.
 func TestHookFixtures(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(fixtures, "*.payload.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no fixtures: %v", err)
-	}
 	wantAction := map[string]string{
 		"check_suite.rerequested": "rerequested", "installation.created": "created", "issue_comment.created": "created",
 		"pull_request.closed": "closed", "pull_request.labeled": "labeled", "pull_request.opened": "opened",
 		"pull_request.reopened": "reopened", "pull_request.synchronize": "synchronize",
 	}
-	for _, f := range files {
-		body, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		name := strings.TrimSuffix(filepath.Base(f), ".payload.json")
-		event := strings.SplitN(name, ".", 2)[0]
+	for _, file := range githubtest.Names() {
+		body := githubtest.Payload(t, file)
+		name := strings.TrimSuffix(file, ".payload.json")
+		event := githubtest.Event(file)
 		for _, form := range []bool{false, true} {
 			t.Run(name+map[bool]string{false: "/json", true: "/form"}[form], func(t *testing.T) {
 				e := newHookEnv(t, nil)
@@ -235,10 +224,7 @@ func TestHookFixtures(t *testing.T) {
 }
 
 func TestHookRefusals(t *testing.T) {
-	opened, err := os.ReadFile(filepath.Join(fixtures, "pull_request.opened.payload.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	opened := githubtest.Payload(t, "pull_request.opened.payload.json")
 	truncated := opened[:len(opened)/2]
 	tests := []struct {
 		name    string
@@ -250,7 +236,7 @@ func TestHookRefusals(t *testing.T) {
 	}{
 		{"no secret configured", func(o *forgehttp.HookOptions) { o.Secret = "" },
 			func() *http.Request { return hookRequest("push", "d1", "application/json", opened) },
-			500, "no_secret", "no webhook secret is configured (github.webhook_secret or FORGE_GITHUB_WEBHOOK_SECRET): forge refuses unsigned webhooks"},
+			503, "no_secret", "no webhook secret is configured: set github.webhook_secret in the configuration file, or FORGE_GITHUB_WEBHOOK_SECRET, to the secret of the GitHub webhook (forge refuses unsigned webhooks)"},
 		{"missing signature", nil, func() *http.Request {
 			r := hookRequest("pull_request", "d1", "application/json", opened)
 			r.Header.Del("X-Hub-Signature-256")
@@ -371,7 +357,7 @@ func TestHookRedelivery(t *testing.T) {
 func TestHookStoreDown(t *testing.T) {
 	e := newHookEnv(t, nil)
 	e.store.err = forge.Errorf(forge.EUNAVAILABLE, "database is down")
-	body, _ := os.ReadFile(filepath.Join(fixtures, "push.with-new-branch.payload.json"))
+	body := githubtest.Payload(t, "push.with-new-branch.payload.json")
 	code, answer := e.serve(t, hookRequest("push", "d1", "application/json", body))
 	if code != http.StatusServiceUnavailable || answer["code"] != forge.EUNAVAILABLE {
 		t.Errorf("answered %d %v, want 503 unavailable", code, answer)
@@ -397,10 +383,7 @@ func TestHookSharedRegistry(t *testing.T) {
 // FuzzHookBody sends signed bodies of any content type: the handler must
 // never fail with 5xx, and whatever it stores is a JSON object.
 func FuzzHookBody(f *testing.F) {
-	opened, err := os.ReadFile(filepath.Join(fixtures, "pull_request.opened.payload.json"))
-	if err != nil {
-		f.Fatal(err)
-	}
+	opened := githubtest.Payload(f, "pull_request.opened.payload.json")
 	f.Add("application/json", "pull_request", opened)
 	f.Add("application/x-www-form-urlencoded", "push", []byte(url.Values{"payload": {`{"ref":"x"}`}}.Encode()))
 	f.Add("application/x-www-form-urlencoded; charset=utf-8", "star", []byte("payload=%7B%7D&payload=%7B%7D"))
@@ -498,10 +481,7 @@ func benchHookAck(b *testing.B, db forge.DeliveryStore) {
 	})
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	body, err := os.ReadFile(filepath.Join(fixtures, "pull_request.opened.payload.json"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	body := githubtest.Payload(b, "pull_request.opened.payload.json")
 	signature := sign(secret, body)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: 30 * time.Second}
 	defer client.CloseIdleConnections()
@@ -649,10 +629,7 @@ func TestHookSQLite(t *testing.T) {
 	h := forgehttp.GitHubHook(db, forgehttp.HookOptions{Secret: secret, Validate: github.Validate, Notify: func() { notified.Add(1) }})
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	body, err := os.ReadFile(filepath.Join(fixtures, "pull_request.synchronize.payload.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	body := githubtest.Payload(t, "pull_request.synchronize.payload.json")
 	for i, want := range []string{"accepted", "duplicate delivery, ignored"} {
 		r := hookRequest("pull_request", "72d3162e-cc78-11e3-81ab-4c9367dc0958", "application/json", body)
 		req, _ := http.NewRequest(http.MethodPost, srv.URL, bytes.NewReader(body))

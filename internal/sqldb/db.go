@@ -5,7 +5,9 @@
 // the same queries, and runs the embedded schema migrations.
 //
 // Opening a database never changes its schema: run Migrate (forge migrate
-// up) first, and call CheckSchema (or PrepareSchema) before serving.
+// up) first, and call CheckSchema (or PrepareSchema) before serving. The
+// package reads no environment variables and no flags: its caller
+// (cmd/forge) resolves the settings and passes a Config.
 package sqldb
 
 import (
@@ -30,20 +32,8 @@ import (
 	"github.com/forgeci/forge"
 )
 
-// Environment variables and defaults shared by forge server and forge
-// migrate, so both find the same database.
-const (
-	// EnvDatabaseURL names the variable holding a postgres:// URL; when it
-	// is empty the database is SQLite in the data directory.
-	EnvDatabaseURL = "FORGE_DATABASE_URL"
-	// EnvDataDir names the variable holding the data directory.
-	EnvDataDir = "FORGE_DATA"
-	// DefaultDataDirName is the data directory, relative to the working
-	// directory, when neither --data nor FORGE_DATA says otherwise.
-	DefaultDataDirName = "forge-data"
-	// FileName is the SQLite database's file name in the data directory.
-	FileName = "forge.db"
-)
+// FileName is the SQLite database's file name in the data directory.
+const FileName = "forge.db"
 
 // Config says which database to open.
 type Config struct {
@@ -53,22 +43,6 @@ type Config struct {
 	// URL, when set, is a postgres:// (or postgresql://) URL and the
 	// database is PostgreSQL. Any other scheme is an error.
 	URL string
-}
-
-// DefaultDataDir returns $FORGE_DATA, or DefaultDataDirName when it is
-// unset: the default of every --data flag.
-func DefaultDataDir() string {
-	if d := os.Getenv(EnvDataDir); d != "" {
-		return d
-	}
-	return DefaultDataDirName
-}
-
-// ConfigFromEnv returns the configuration forge server and forge migrate
-// use: dataDir (already resolved from --data or DefaultDataDir) and the URL
-// from FORGE_DATABASE_URL, if set.
-func ConfigFromEnv(dataDir string) Config {
-	return Config{DataDir: dataDir, URL: strings.TrimSpace(os.Getenv(EnvDatabaseURL))}
 }
 
 // dialect is the SQL flavour of a database.
@@ -111,6 +85,10 @@ type DB struct {
 	lockID int64
 
 	queries sync.Map // query text with ? -> the dialect's text
+	// trace, when set (by tests), sees every query q is given: the
+	// upgrade tests keep the queries of each schema version (testdata/
+	// queries) and run the previous versions' on the newest schema.
+	trace func(query string)
 }
 
 // busyTimeout bounds how long a SQLite writer waits for another process's
@@ -121,19 +99,20 @@ const busyTimeout = 30 * time.Second
 // SQLite file when they do not exist, and checks that the database answers;
 // it does not migrate.
 func Open(ctx context.Context, cfg Config) (*DB, error) {
+	cfg.URL = strings.TrimSpace(cfg.URL)
 	if cfg.URL != "" {
 		u, err := url.Parse(cfg.URL)
 		if err != nil {
-			return nil, forge.Errorf(forge.EINVALID, "database URL is not a URL (set %s to a postgres:// URL or leave it empty for SQLite)", EnvDatabaseURL)
+			return nil, forge.Errorf(forge.EINVALID, "the database URL is not a URL: want postgres://USER:PASSWORD@HOST/DB, or none for SQLite in the data directory")
 		}
 		switch u.Scheme {
 		case "postgres", "postgresql":
 			return openPostgres(ctx, cfg.URL, u)
 		}
-		return nil, forge.Errorf(forge.EINVALID, "database URL scheme %q is not supported: use postgres://USER:PASSWORD@HOST/DB, or leave %s empty for SQLite in the data directory", u.Scheme, EnvDatabaseURL)
+		return nil, forge.Errorf(forge.EINVALID, "database URL scheme %q is not supported: use postgres://USER:PASSWORD@HOST/DB, or no URL for SQLite in the data directory", u.Scheme)
 	}
 	if cfg.DataDir == "" {
-		return nil, forge.Errorf(forge.EINVALID, "no data directory: give --data DIR (or set %s), or set %s", EnvDataDir, EnvDatabaseURL)
+		return nil, forge.Errorf(forge.EINVALID, "neither a data directory (for SQLite) nor a PostgreSQL URL is configured")
 	}
 	return openSQLite(ctx, cfg.DataDir)
 }
@@ -244,6 +223,9 @@ func (db *DB) Ping(ctx context.Context) error {
 
 // q returns query, written with ? placeholders, in the database's dialect.
 func (db *DB) q(query string) string {
+	if db.trace != nil {
+		db.trace(query)
+	}
 	if db.dialect != dialectPostgres {
 		return query
 	}

@@ -90,6 +90,7 @@ func openTest(t testing.TB, cfg Config) *DB {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
+	db.trace = recorded.hook(db.Dialect())
 	t.Cleanup(func() { db.Close() })
 	return db
 }

@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(lockHelperEnv); cfg != "" {
 		os.Exit(lockHelper(cfg))
 	}
-	os.Exit(m.Run())
+	os.Exit(checkRecordedQueries(m.Run()))
 }
 
 // lockHelper holds the migration lock until the process dies.
@@ -157,8 +157,8 @@ func TestMigrateUpDownStatus(t *testing.T) {
 		}
 		err = db.CheckSchema(ctx)
 		wantCode(t, err, forge.ECONFLICT)
-		if !errors.Is(err, ErrSchemaPending) || !strings.Contains(err.Error(), "forge migrate up") {
-			t.Fatalf("CheckSchema of a new database: got %v, want ErrSchemaPending saying to run forge migrate up", err)
+		if !errors.Is(err, ErrSchemaPending) || !strings.Contains(err.Error(), fmt.Sprintf("needs %d migration(s)", len(known))) {
+			t.Fatalf("CheckSchema of a new database: got %v, want ErrSchemaPending saying %d migrations are needed", err, len(known))
 		}
 		// Status changes nothing, not even goose's table.
 		if _, err := db.ListRepos(ctx); err == nil {
@@ -227,39 +227,139 @@ func TestMigrateUpDownStatus(t *testing.T) {
 	})
 }
 
-func TestSchemaNewerThanKnown(t *testing.T) {
+// newerSchema makes db look migrated by a newer forge: version 90001,
+// unknown to this one, applied on top; recorded says what that forge wrote
+// into forge_migrations: "" nothing, "additive" or "breaking".
+func newerSchema(t *testing.T, db *DB, recorded string) {
+	t.Helper()
+	if _, err := db.sqlDB().Exec(db.q("INSERT INTO "+versionTable+" (version_id, is_applied) VALUES (?, ?)"), 90001, true); err != nil {
+		t.Fatal(err)
+	}
+	if recorded == "" {
+		return
+	}
+	breaking := 0
+	if recorded == "breaking" {
+		breaking = 1
+	}
+	if _, err := db.sqlDB().Exec(db.q("INSERT INTO "+compatTable+" (version, name, breaking) VALUES (?, ?, ?)"), 90001, "90001_future.sql", breaking); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSchemaNewerRefused: a schema newer than this forge knows, whose
+// newer migration is breaking or not recorded either way, is refused by
+// every entry point, with the reason.
+func TestSchemaNewerRefused(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		for _, recorded := range []string{"", "breaking"} {
+			ctx := context.Background()
+			db := newTestDB(t, kind)
+			newerSchema(t, db, recorded)
+			st, err := db.SchemaStatus(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Current != 90001 || !reflect.DeepEqual(st.Unknown, []int64{90001}) || st.Compatible {
+				t.Fatalf("%q: status: got %+v, want current 90001 unknown, not compatible", recorded, st)
+			}
+			last := st.Migrations[len(st.Migrations)-1]
+			if last.Version != 90001 || last.Name != "" || !last.Applied || last.Recorded != (recorded != "") || last.Breaking != (recorded == "breaking") {
+				t.Fatalf("%q: unknown migration listed as %+v", recorded, last)
+			}
+			why := map[string]string{"": "did not record whether it is additive", "breaking": "marked breaking"}[recorded]
+			err = db.CheckSchema(ctx)
+			wantCode(t, err, forge.ECONFLICT)
+			if !errors.Is(err, ErrSchemaNewer) || !strings.Contains(err.Error(), "90001") || !strings.Contains(err.Error(), why) {
+				t.Fatalf("%q: CheckSchema: got %v, want ErrSchemaNewer naming version 90001 and saying %q", recorded, err, why)
+			}
+			for _, dir := range []string{"up", "down"} {
+				_, err = db.Migrate(ctx, dir)
+				if !errors.Is(err, ErrSchemaNewer) {
+					t.Fatalf("%q: Migrate %s on a newer schema: got %v, want ErrSchemaNewer", recorded, dir, err)
+				}
+			}
+			_, err = db.PrepareSchema(ctx, true)
+			if !errors.Is(err, ErrSchemaNewer) {
+				t.Fatalf("%q: PrepareSchema(auto) on a newer schema: got %v, want ErrSchemaNewer", recorded, err)
+			}
+		}
+	})
+}
+
+// TestSchemaNewerCompatible: the rolling upgrade. A newer forge applied
+// an additive migration and recorded it so; this forge runs on the
+// schema: CheckSchema passes, migrate up has nothing to do, and
+// PrepareSchema reports the newer version. Rolling back is left to the
+// forge that knows the migration.
+func TestSchemaNewerCompatible(t *testing.T) {
 	eachDialect(t, func(t *testing.T, kind string) {
 		ctx := context.Background()
 		db := newTestDB(t, kind)
-		// What a newer forge leaves behind: a version this one does not know.
-		if _, err := db.sqlDB().Exec(db.q("INSERT INTO "+versionTable+" (version_id, is_applied) VALUES (?, ?)"), 90001, true); err != nil {
-			t.Fatal(err)
-		}
+		newerSchema(t, db, "additive")
 		st, err := db.SchemaStatus(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Current != 90001 || !reflect.DeepEqual(st.Unknown, []int64{90001}) {
-			t.Fatalf("status: got %+v, want current 90001 unknown", st)
+		if !st.Compatible || !reflect.DeepEqual(st.Unknown, []int64{90001}) {
+			t.Fatalf("status: got %+v, want compatible with 90001 unknown", st)
 		}
-		last := st.Migrations[len(st.Migrations)-1]
-		if last.Version != 90001 || last.Name != "" || !last.Applied {
-			t.Fatalf("unknown migration listed as %+v", last)
+		if err := db.CheckSchema(ctx); err != nil {
+			t.Fatalf("CheckSchema on an additive newer schema: %v", err)
 		}
-		err = db.CheckSchema(ctx)
-		wantCode(t, err, forge.ECONFLICT)
-		if !errors.Is(err, ErrSchemaNewer) || !strings.Contains(err.Error(), "90001") {
-			t.Fatalf("CheckSchema: got %v, want ErrSchemaNewer naming version 90001", err)
-		}
-		for _, dir := range []string{"up", "down"} {
-			_, err = db.Migrate(ctx, dir)
-			if !errors.Is(err, ErrSchemaNewer) {
-				t.Fatalf("Migrate %s on a newer schema: got %v, want ErrSchemaNewer", dir, err)
+		for _, auto := range []bool{false, true} {
+			p, err := db.PrepareSchema(ctx, auto)
+			if err != nil || p.Created || len(p.Applied) != 0 || !reflect.DeepEqual(p.Newer, []int64{90001}) {
+				t.Fatalf("PrepareSchema(%v): got %+v, %v; want nothing done, newer [90001]", auto, p, err)
 			}
 		}
-		_, err = db.PrepareSchema(ctx, true)
-		if !errors.Is(err, ErrSchemaNewer) {
-			t.Fatalf("PrepareSchema(auto) on a newer schema: got %v, want ErrSchemaNewer", err)
+		applied, err := db.Migrate(ctx, "up")
+		if err != nil || len(applied) != 0 {
+			t.Fatalf("Migrate up: got %v, %v; want nothing to do", applied, err)
+		}
+		if _, err := db.Migrate(ctx, "down"); !errors.Is(err, ErrSchemaNewer) {
+			t.Fatalf("Migrate down: got %v, want ErrSchemaNewer", err)
+		}
+		mustRepo(t, db, "acme", "rolling")
+	})
+}
+
+// TestMigrationsRecorded: Migrate keeps forge_migrations in line with the
+// applied migrations, with each one's breaking mark, for older forges.
+func TestMigrationsRecorded(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		ctx := context.Background()
+		db := newTestDB(t, kind)
+		known, err := db.knownMigrations()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[int64]bool{}
+		for _, m := range known {
+			want[m.Version] = m.Breaking
+		}
+		got, err := db.recordedMigrations(ctx)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("recorded after up: got %v, %v; want %v", got, err, want)
+		}
+		if _, err := db.Migrate(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
+		delete(want, known[len(known)-1].Version)
+		if got, err = db.recordedMigrations(ctx); err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("recorded after down: got %v, %v; want %v", got, err, want)
+		}
+		// A database migrated by a forge from before the record gets it
+		// at the next migrate up.
+		if _, err := db.sqlDB().Exec("DROP TABLE " + compatTable); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Migrate(ctx, "up"); err != nil {
+			t.Fatal(err)
+		}
+		want[known[len(known)-1].Version] = known[len(known)-1].Breaking
+		if got, err = db.recordedMigrations(ctx); err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("recorded after the table was lost: got %v, %v; want %v", got, err, want)
 		}
 	})
 }
@@ -269,19 +369,30 @@ func TestPrepareSchema(t *testing.T) {
 		ctx := context.Background()
 		db := openTest(t, testConfig(t, kind))
 		known := knownVersions(t, db)
+		latest := known[len(known)-1]
+		// A new database: nothing to lose, the schema is created.
+		p, err := db.PrepareSchema(ctx, false)
+		if err != nil || !p.Created || !reflect.DeepEqual(p.Applied, known) {
+			t.Fatalf("PrepareSchema of a new database: got %+v, %v; want created with %v", p, err, known)
+		}
+		if p, err = db.PrepareSchema(ctx, false); err != nil || p.Created || len(p.Applied) != 0 {
+			t.Fatalf("PrepareSchema of a current schema: got %+v, %v; want nothing done", p, err)
+		}
+		// A database with a schema and a pending migration: refused
+		// without auto.
+		if _, err := db.Migrate(ctx, "down"); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := db.PrepareSchema(ctx, false); !errors.Is(err, ErrSchemaPending) {
-			t.Fatalf("PrepareSchema without auto: got %v, want ErrSchemaPending", err)
+			t.Fatalf("PrepareSchema with a pending migration, without auto: got %v, want ErrSchemaPending", err)
 		}
-		applied, err := db.PrepareSchema(ctx, true)
-		if err != nil || !reflect.DeepEqual(applied, known) {
-			t.Fatalf("PrepareSchema(auto): got %v, %v; want %v", applied, err, known)
+		p, err = db.PrepareSchema(ctx, true)
+		if err != nil || p.Created || !reflect.DeepEqual(p.Applied, []int64{latest}) {
+			t.Fatalf("PrepareSchema(auto): got %+v, %v; want %d applied", p, err, latest)
 		}
-		applied, err = db.PrepareSchema(ctx, true)
-		if err != nil || len(applied) != 0 {
-			t.Fatalf("second PrepareSchema(auto): got %v, %v; want nothing applied", applied, err)
-		}
-		if _, err := db.PrepareSchema(ctx, false); err != nil {
-			t.Fatalf("PrepareSchema on a current schema: %v", err)
+		p, err = db.PrepareSchema(ctx, true)
+		if err != nil || len(p.Applied) != 0 {
+			t.Fatalf("second PrepareSchema(auto): got %+v, %v; want nothing applied", p, err)
 		}
 	})
 }
@@ -429,7 +540,7 @@ func TestMigrateWaitsForLock(t *testing.T) {
 		}
 		wait := 300 * time.Millisecond
 		if kind == "postgres" {
-			wait = 1500 * time.Millisecond // goose polls the lock every second
+			wait = 800 * time.Millisecond // a PostgreSQL connection per try
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
@@ -470,44 +581,6 @@ func TestMigrateWaitsForLock(t *testing.T) {
 	})
 }
 
-func TestMigrateAutoFromEnv(t *testing.T) {
-	for _, tt := range []struct {
-		value string
-		auto  bool
-		code  string
-	}{
-		{"", false, ""},
-		{"auto", true, ""},
-		{"yes", false, forge.EINVALID},
-		{"AUTO", false, forge.EINVALID},
-	} {
-		t.Setenv(EnvMigrate, tt.value)
-		auto, err := MigrateAutoFromEnv()
-		if auto != tt.auto || forge.ErrorCode(err) != tt.code {
-			t.Errorf("%s=%q: got %v, %v; want %v, code %q", EnvMigrate, tt.value, auto, err, tt.auto, tt.code)
-		}
-	}
-}
-
-func TestConfigFromEnv(t *testing.T) {
-	t.Setenv(EnvDataDir, "")
-	t.Setenv(EnvDatabaseURL, "")
-	if got := DefaultDataDir(); got != DefaultDataDirName {
-		t.Fatalf("DefaultDataDir without %s: got %q, want %q", EnvDataDir, got, DefaultDataDirName)
-	}
-	t.Setenv(EnvDataDir, "/srv/forge")
-	if got := DefaultDataDir(); got != "/srv/forge" {
-		t.Fatalf("DefaultDataDir: got %q, want /srv/forge", got)
-	}
-	if got := ConfigFromEnv("/d"); got != (Config{DataDir: "/d"}) {
-		t.Fatalf("ConfigFromEnv without a URL: got %+v", got)
-	}
-	t.Setenv(EnvDatabaseURL, " postgres://u@h/db ")
-	if got := ConfigFromEnv("/d"); got != (Config{DataDir: "/d", URL: "postgres://u@h/db"}) {
-		t.Fatalf("ConfigFromEnv: got %+v", got)
-	}
-}
-
 func TestOpen(t *testing.T) {
 	ctx := context.Background()
 	file := filepath.Join(t.TempDir(), "file")
@@ -518,7 +591,7 @@ func TestOpen(t *testing.T) {
 		code string
 		says string
 	}{
-		{"nothing", Config{}, forge.EINVALID, "no data directory"},
+		{"nothing", Config{}, forge.EINVALID, "neither a data directory"},
 		{"mysql", Config{URL: "mysql://u@h/db"}, forge.EINVALID, `scheme "mysql"`},
 		{"not a url", Config{URL: "postgres://%zz"}, forge.EINVALID, "not a URL"},
 		{"data dir is a file", Config{DataDir: file}, forge.EINVALID, "data directory"},
@@ -580,12 +653,14 @@ func TestNumberPlaceholders(t *testing.T) {
 }
 
 // TestMigrationsAdditive guards the rule of migrations/README.md: both
-// dialects have the same migrations, and no up migration drops, renames,
-// retypes or tightens anything, so the previous release keeps working on
-// the new schema.
+// dialects have the same migrations, marked breaking alike, and no up
+// migration that is not marked breaking drops, renames, retypes or
+// tightens anything, so the previous release keeps working on the new
+// schema. (TestUpgrade proves it by running the previous queries.)
 func TestMigrationsAdditive(t *testing.T) {
 	forbidden := regexp.MustCompile(`(?i)\b(DROP\s|RENAME\s|ALTER\s+COLUMN\s+\S+\s+(SET\s+DATA\s+)?TYPE\b|SET\s+NOT\s+NULL|TRUNCATE\s|DELETE\s+FROM)`)
 	names := map[string][]string{}
+	breaking := map[string][]string{}
 	for _, d := range []string{"sqlite", "postgres"} {
 		files, err := fs.Glob(migrationFiles, "migrations/"+d+"/*.sql")
 		if err != nil || len(files) == 0 {
@@ -598,6 +673,10 @@ func TestMigrationsAdditive(t *testing.T) {
 				t.Fatal(err)
 			}
 			text := string(body)
+			if isBreaking(body) {
+				breaking[d] = append(breaking[d], path.Base(f))
+				continue
+			}
 			up := strings.Index(text, "-- +goose Up")
 			down := strings.Index(text, "-- +goose Down")
 			if up < 0 || down < up {
@@ -613,6 +692,9 @@ func TestMigrationsAdditive(t *testing.T) {
 	}
 	if !reflect.DeepEqual(names["sqlite"], names["postgres"]) {
 		t.Fatalf("the dialects' migrations differ: sqlite %v, postgres %v", names["sqlite"], names["postgres"])
+	}
+	if !reflect.DeepEqual(breaking["sqlite"], breaking["postgres"]) {
+		t.Fatalf("the dialects mark different migrations %q: sqlite %v, postgres %v", BreakingMarker, breaking["sqlite"], breaking["postgres"])
 	}
 }
 

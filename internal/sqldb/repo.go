@@ -72,7 +72,7 @@ func (db *DB) RepoByName(ctx context.Context, owner, name string) (*forge.Repo, 
 
 // ListRepos returns every repository, by owner and name.
 func (db *DB) ListRepos(ctx context.Context) ([]*forge.Repo, error) {
-	rows, err := db.r.QueryContext(ctx, "SELECT "+repoColumns+" FROM repos ORDER BY owner, name")
+	rows, err := db.r.QueryContext(ctx, db.q("SELECT "+repoColumns+" FROM repos ORDER BY owner, name"))
 	if err != nil {
 		return nil, db.fail(ctx, err, "list repositories")
 	}
@@ -272,7 +272,7 @@ func (db *DB) TokenByHash(ctx context.Context, hash string) (*forge.Token, error
 // ListTokens returns every token (without secrets, which are never
 // stored), oldest first.
 func (db *DB) ListTokens(ctx context.Context) ([]*forge.Token, error) {
-	rows, err := db.r.QueryContext(ctx, "SELECT id, name, hash, admin, created FROM tokens ORDER BY id")
+	rows, err := db.r.QueryContext(ctx, db.q("SELECT id, name, hash, admin, created FROM tokens ORDER BY id"))
 	if err != nil {
 		return nil, db.fail(ctx, err, "list tokens")
 	}

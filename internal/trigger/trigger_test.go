@@ -19,11 +19,10 @@ import (
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/git"
 	"github.com/forgeci/forge/internal/github"
+	"github.com/forgeci/forge/internal/github/githubtest"
 	"github.com/forgeci/forge/internal/sqldb"
 	"github.com/forgeci/forge/internal/trigger"
 )
-
-const fixtures = "../../../shared/fixtures/github-webhooks"
 
 // upstream is a local repository standing in for GitHub.
 type upstream struct {
@@ -122,12 +121,8 @@ func newEnv(t *testing.T, change func(o *trigger.Options)) *env {
 // edit it further.
 func (e *env) payload(name string, change func(p map[string]any)) []byte {
 	e.t.Helper()
-	b, err := os.ReadFile(filepath.Join(fixtures, name))
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	var p map[string]any
-	if err := json.Unmarshal(b, &p); err != nil {
+	if err := json.Unmarshal(githubtest.Payload(e.t, name), &p); err != nil {
 		e.t.Fatal(err)
 	}
 	if r, ok := p["repository"].(map[string]any); ok {
