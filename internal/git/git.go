@@ -27,7 +27,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -122,11 +121,6 @@ func (g *Git) lock(dir string) func() {
 	return l.Unlock
 }
 
-var shaPattern = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
-
-// IsSHA reports whether s is a full commit id.
-func IsSHA(s string) bool { return shaPattern.MatchString(s) }
-
 // Fetch makes a commit of repo available in its mirror and returns its
 // SHA. With sha set, that commit is fetched (by id; when the server will
 // not serve an id, ref is fetched instead and must bring it); with sha
@@ -142,13 +136,13 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 	if err != nil {
 		return "", err
 	}
-	if sha != "" && !IsSHA(sha) {
+	if sha != "" && !forge.IsSHA(sha) {
 		return "", forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
 	}
 	if sha == "" && ref == "" {
 		return "", forge.Errorf(forge.EINVALID, "git: fetch needs a ref or a commit")
 	}
-	if ref != "" && !validRef(ref) {
+	if ref != "" && !forge.ValidRefName(ref) {
 		return "", forge.Errorf(forge.EINVALID, "git: %q is not a valid ref", ref)
 	}
 	remote, err := cloneURL(repo.CloneURL)
@@ -162,7 +156,7 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 	if sha != "" && g.hasCommit(ctx, dir, sha) {
 		return sha, g.keep(ctx, dir, sha)
 	}
-	if sha == "" && IsSHA(ref) {
+	if sha == "" && forge.IsSHA(ref) {
 		if g.hasCommit(ctx, dir, ref) {
 			return ref, g.keep(ctx, dir, ref)
 		}
@@ -301,7 +295,7 @@ func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) 
 	if err != nil {
 		return nil, err
 	}
-	if !IsSHA(sha) {
+	if !forge.IsSHA(sha) {
 		return nil, forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
 	}
 	path = strings.TrimPrefix(filepath.ToSlash(filepath.Clean(path)), "/")
@@ -314,10 +308,10 @@ func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) 
 	}
 	typ, err := g.run(ctx, dir, nil, "cat-file", "-t", sha+":"+path)
 	if err != nil {
-		return nil, forge.Errorf(forge.ENOTFOUND, "%s does not exist at %s", path, short(sha))
+		return nil, forge.Errorf(forge.ENOTFOUND, "%s does not exist at %s", path, forge.ShortSHA(sha))
 	}
 	if t := strings.TrimSpace(typ); t != "blob" {
-		return nil, forge.Errorf(forge.EINVALID, "%s at %s is a %s, not a file", path, short(sha), t)
+		return nil, forge.Errorf(forge.EINVALID, "%s at %s is a %s, not a file", path, forge.ShortSHA(sha), t)
 	}
 	// The file comes from whoever pushed the commit: its size is checked
 	// before any of it is read into memory.
@@ -326,7 +320,7 @@ func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) 
 		return nil, err
 	}
 	if n, err := strconv.ParseInt(strings.TrimSpace(size), 10, 64); err != nil || n > MaxReadFile {
-		return nil, forge.Errorf(forge.ETOOLARGE, "%s at %s has %s bytes, more than the %d forge reads", path, short(sha), strings.TrimSpace(size), MaxReadFile)
+		return nil, forge.Errorf(forge.ETOOLARGE, "%s at %s has %s bytes, more than the %d forge reads", path, forge.ShortSHA(sha), strings.TrimSpace(size), MaxReadFile)
 	}
 	var out bytes.Buffer
 	if err := g.runTo(ctx, dir, nil, &out, "cat-file", "blob", sha+":"+path); err != nil {
@@ -342,7 +336,7 @@ func (g *Git) Message(ctx context.Context, repo *forge.Repo, sha string) (string
 	if err != nil {
 		return "", err
 	}
-	if !IsSHA(sha) {
+	if !forge.IsSHA(sha) {
 		return "", forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
 	}
 	defer g.lock(dir)()
@@ -368,7 +362,7 @@ func (g *Git) ChangedPaths(ctx context.Context, repo *forge.Repo, base, head str
 	if err != nil {
 		return nil, err
 	}
-	if !IsSHA(base) || !IsSHA(head) {
+	if !forge.IsSHA(base) || !forge.IsSHA(head) {
 		return nil, forge.Errorf(forge.EINVALID, "git: changed paths need two full commit ids")
 	}
 	defer g.lock(dir)()
@@ -379,7 +373,7 @@ func (g *Git) ChangedPaths(ctx context.Context, repo *forge.Repo, base, head str
 	}
 	out, err := g.run(ctx, dir, nil, "merge-base", base, head)
 	if err != nil {
-		return nil, forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("no merge base of %s and %s in the fetched history", short(base), short(head)))
+		return nil, forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("no merge base of %s and %s in the fetched history", forge.ShortSHA(base), forge.ShortSHA(head)))
 	}
 	mb := strings.TrimSpace(out)
 	out, err = g.run(ctx, dir, nil, "diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", mb, head, "--")
@@ -401,7 +395,7 @@ func (g *Git) ChangedPaths(ctx context.Context, repo *forge.Repo, base, head str
 // missing. HEAD is detached at sha and the remote origin is the clone URL
 // (without credentials). On failure nothing is left at dir.
 func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (err error) {
-	if !IsSHA(sha) {
+	if !forge.IsSHA(sha) {
 		return forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
 	}
 	if _, err := os.Lstat(dir); err == nil {
@@ -496,27 +490,4 @@ func (g *Git) credentials(remote string) []string {
 		"GIT_CONFIG_KEY_0=http.extraHeader",
 		"GIT_CONFIG_VALUE_0=Authorization: Basic " + basic,
 	}
-}
-
-// validRef accepts what git check-ref-format would, minus anything that
-// could be read as an option.
-func validRef(s string) bool {
-	if s == "" || len(s) > 1024 || strings.HasPrefix(s, "-") || strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") ||
-		strings.HasSuffix(s, ".") || strings.HasSuffix(s, ".lock") || strings.Contains(s, "..") || strings.Contains(s, "//") ||
-		strings.Contains(s, "@{") || s == "@" {
-		return false
-	}
-	for _, c := range s {
-		if c < 0x20 || c == 0x7f || strings.ContainsRune(" ~^:?*[\\", c) {
-			return false
-		}
-	}
-	return true
-}
-
-func short(sha string) string {
-	if len(sha) > 12 {
-		return sha[:12]
-	}
-	return sha
 }

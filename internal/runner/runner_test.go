@@ -683,25 +683,6 @@ func TestSecretsNeverReachForks(t *testing.T) {
 	}
 }
 
-func TestCompileOptions(t *testing.T) {
-	tests := []struct {
-		hook               forge.Hook
-		event, branch, tag string
-	}{
-		{forge.Hook{Event: "pull_request", Branch: "feature", Target: "main"}, "pull_request", "main", ""},
-		{forge.Hook{Event: "pull_request", Action: "closed", Merged: true, Branch: "main", Target: "production"}, "merged", "production", ""},
-		{forge.Hook{Event: "push", Branch: "main", Target: "main"}, "push", "main", ""},
-		{forge.Hook{Event: "tag", Tag: "v1"}, "tag", "", "v1"},
-		{forge.Hook{Branch: "main"}, "manual", "main", ""},
-	}
-	for _, tt := range tests {
-		o := runner.CompileOptions(&forge.Build{Action: "deploy", Hook: tt.hook})
-		if o.Event != tt.event || o.Branch != tt.branch || o.Tag != tt.tag || o.Action != "deploy" {
-			t.Errorf("CompileOptions(%+v) = %+v, want event %q branch %q tag %q", tt.hook, o, tt.event, tt.branch, tt.tag)
-		}
-	}
-}
-
 // TestManyLinesAreAllStoredInOrder runs a job printing more lines than the
 // recorder keeps waiting, so the job is held back while they are written.
 func TestManyLinesAreAllStoredInOrder(t *testing.T) {

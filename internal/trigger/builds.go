@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/forgeci/forge"
-	"github.com/forgeci/forge/internal/runner"
 	"github.com/forgeci/forge/internal/spec"
 )
 
@@ -60,7 +59,7 @@ func (p *Processor) loadSpec(ctx context.Context, h *forge.Hook) (f *spec.File, 
 	switch forge.ErrorCode(err) {
 	case "":
 	case forge.ENOTFOUND:
-		return nil, fmt.Sprintf("%s: no such file at commit %s: add one to build this repository", p.opts.SpecFile, short(h.SHA)), nil
+		return nil, fmt.Sprintf("%s: no such file at commit %s: add one to build this repository", p.opts.SpecFile, forge.ShortSHA(h.SHA)), nil
 	case forge.EINVALID, forge.ETOOLARGE:
 		return nil, forge.ErrorMessage(err), nil
 	default:
@@ -73,13 +72,6 @@ func (p *Processor) loadSpec(ctx context.Context, h *forge.Hook) (f *spec.File, 
 	return f, "", nil
 }
 
-func short(sha string) string {
-	if len(sha) > 12 {
-		return sha[:12]
-	}
-	return sha
-}
-
 // createPlanned compiles action and creates its queued build with one
 // pending job row per plan job. An action the spec cannot compile (an
 // action it does not have, a when: it cannot evaluate) gives a failed build.
@@ -87,7 +79,7 @@ func (p *Processor) createPlanned(ctx context.Context, h *forge.Hook, deliveryID
 	b := p.newBuild(h, deliveryID, action)
 	// The runner compiles the build again in its workspace with the same
 	// options: the job rows made here are the jobs it runs.
-	plan, err := spec.Compile(f, runner.CompileOptions(b))
+	plan, err := spec.Compile(f, spec.BuildOptions(b))
 	if err != nil {
 		return p.createFailed(ctx, h, deliveryID, action, strings.TrimRight(spec.Report(err), "\n"))
 	}
@@ -120,7 +112,7 @@ func (p *Processor) createFailed(ctx context.Context, h *forge.Hook, deliveryID,
 	b.Status = forge.StatusError
 	b.Error = msg
 	b.Started, b.Finished = now, now
-	job := &forge.BuildJob{Name: specJob, Status: forge.StatusError, Error: firstLine(msg), Started: now, Finished: now}
+	job := &forge.BuildJob{Name: specJob, Status: forge.StatusError, Error: forge.FirstLine(msg), Started: now, Finished: now}
 	created, err := p.store(ctx, b, []*forge.BuildJob{job})
 	if err != nil || !created {
 		return b, err
@@ -277,7 +269,7 @@ func (p *Processor) Manual(ctx context.Context, repo *forge.Repo, ref, action st
 		return nil, err
 	}
 	if specErr == "" && !slices.Contains(f.Actions(), action) {
-		return nil, forge.Errorf(forge.EINVALID, "%s at %s has no action %q (it has %s)", p.opts.SpecFile, short(sha), action, strings.Join(f.Actions(), ", "))
+		return nil, forge.Errorf(forge.EINVALID, "%s at %s has no action %q (it has %s)", p.opts.SpecFile, forge.ShortSHA(sha), action, strings.Join(f.Actions(), ", "))
 	}
 	builds, _, err := p.createBuilds(ctx, h, "", action)
 	if err != nil {

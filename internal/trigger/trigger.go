@@ -76,7 +76,7 @@ type ParseFunc func(event string, payload []byte) (hook *forge.Hook, ignored str
 
 // Defaults of Options.
 const (
-	DefaultSpecFile         = ".forge.yml"
+	DefaultSpecFile         = spec.FileName
 	DefaultProductionBranch = "production"
 	DefaultInterval         = 5 * time.Second
 	DefaultBatch            = 100
@@ -462,18 +462,13 @@ func result(builds []*forge.Build) string {
 	for i, b := range builds {
 		parts[i] = fmt.Sprintf("%s #%d", b.Action, b.Number)
 		if b.Status == forge.StatusError {
-			parts[i] += " (failed: " + firstLine(b.Error) + ")"
+			parts[i] += " (failed: " + forge.FirstLine(b.Error) + ")"
 		}
 	}
 	if len(parts) == 0 {
 		return "no builds"
 	}
 	return "builds created: " + strings.Join(parts, ", ")
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
 }
 
 // skipCI reports whether a commit message asks not to be built, with
