@@ -64,7 +64,7 @@ func (g *Git) run(ctx context.Context, dir string, env []string, args ...string)
 func (g *Git) runTo(ctx context.Context, dir string, env []string, stdout io.Writer, args ...string) error {
 	cmd := exec.CommandContext(ctx, g.opts.Binary, args...)
 	cmd.Dir = dir
-	cmd.Env = append(gitEnv(), env...)
+	cmd.Env = append(append(gitEnv(), g.allowProtocol()), env...)
 	cmd.Stdout = stdout
 	var stderr bytes.Buffer
 	cmd.Stderr = &limited{w: &stderr, n: 64 << 10}

@@ -20,10 +20,8 @@ package git
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,9 +45,17 @@ type Options struct {
 	// Depth is how many commits of history to fetch: 0 means
 	// DefaultDepth, a negative value the whole history.
 	Depth int
-	// Token, when set, authenticates fetches over HTTP(S) (a GitHub token
-	// or an installation token), sent as user x-access-token.
+	// Token, when set, authenticates fetches over HTTPS (a GitHub token
+	// or an installation token), sent as user x-access-token, and only to
+	// Origin.
 	Token string
+	// Origin is scheme://host[:port] of the GitHub forge builds from (""
+	// means DefaultOrigin, https://github.com): the token goes only there,
+	// and clone URLs must be on its host (see CheckCloneURL).
+	Origin string
+	// AllowFile lets clone URLs be local paths or file:// URLs (local
+	// mirrors, tests); without it they are refused.
+	AllowFile bool
 	// Binary is the git executable; "" means "git" from PATH.
 	Binary string
 }
@@ -59,9 +65,10 @@ type Options struct {
 // repositories proceed in parallel, and a checkout of a commit already in
 // the mirror takes no lock, so a fetch never delays a build's start.
 type Git struct {
-	opts  Options
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
+	opts   Options
+	origin origin
+	mu     sync.Mutex
+	locks  map[string]*sync.Mutex
 }
 
 // New returns a Git keeping mirrors under opts.Dir.
@@ -83,7 +90,11 @@ func New(opts Options) (*Git, error) {
 	if opts.Depth == 0 {
 		opts.Depth = DefaultDepth
 	}
-	return &Git{opts: opts, locks: map[string]*sync.Mutex{}}, nil
+	o, err := parseOrigin(opts.Origin)
+	if err != nil {
+		return nil, err
+	}
+	return &Git{opts: opts, origin: o, locks: map[string]*sync.Mutex{}}, nil
 }
 
 // MirrorDir returns the directory of repo's mirror (it may not exist yet).
@@ -145,7 +156,7 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 	if ref != "" && !forge.ValidRefName(ref) {
 		return "", forge.Errorf(forge.EINVALID, "git: %q is not a valid ref", ref)
 	}
-	remote, err := cloneURL(repo.CloneURL)
+	remote, err := g.remote(repo.CloneURL)
 	if err != nil {
 		return "", err
 	}
@@ -196,7 +207,7 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 
 // fetchRef fetches ref, trying it as written, then as a branch, then as a
 // tag when it is a short name.
-func (g *Git) fetchRef(ctx context.Context, dir, remote, ref string) error {
+func (g *Git) fetchRef(ctx context.Context, dir string, remote remote, ref string) error {
 	candidates := []string{ref}
 	if !strings.HasPrefix(ref, "refs/") {
 		candidates = append(candidates, "refs/heads/"+ref, "refs/tags/"+ref)
@@ -226,14 +237,14 @@ func orNotFound(err error, msg string) error {
 }
 
 // fetch runs one git fetch of what (a ref or an id) into dir's mirror.
-func (g *Git) fetch(ctx context.Context, dir, remote, what string) error {
+func (g *Git) fetch(ctx context.Context, dir string, remote remote, what string) error {
 	args := []string{"fetch", "--quiet", "--no-tags"}
 	if g.opts.Depth > 0 {
 		args = append(args, "--depth", fmt.Sprint(g.opts.Depth))
 	} else if _, err := os.Stat(filepath.Join(dir, "shallow")); err == nil {
 		args = append(args, "--unshallow")
 	}
-	args = append(args, "--end-of-options", remote, what)
+	args = append(args, "--end-of-options", remote.url, what)
 	_, err := g.run(ctx, dir, g.credentials(remote), args...)
 	if err != nil && ctx.Err() != nil {
 		return forge.WrapError(forge.ECANCELED, ctx.Err(), "git fetch cancelled")
@@ -437,8 +448,8 @@ func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (
 			return forge.Errorf(forge.EINTERNAL, "git: copy shallow list: %w", err)
 		}
 	}
-	if remote, err := cloneURL(repo.CloneURL); err == nil {
-		if _, err := g.run(ctx, dir, nil, "remote", "add", "origin", remote); err != nil {
+	if remote, err := g.remote(repo.CloneURL); err == nil {
+		if _, err := g.run(ctx, dir, nil, "remote", "add", "origin", remote.url); err != nil {
 			return err
 		}
 	}
@@ -446,48 +457,4 @@ func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (
 		return err
 	}
 	return nil
-}
-
-// cloneURL checks a clone URL: an https/http/ssh/git/file URL, an scp-like
-// ssh address, or an absolute local path (tests, mirrors of mirrors).
-func cloneURL(raw string) (string, error) {
-	if raw == "" {
-		return "", forge.Errorf(forge.EINVALID, "git: the repository has no clone URL")
-	}
-	if strings.HasPrefix(raw, "-") || strings.ContainsAny(raw, "\n\r\x00") {
-		return "", forge.Errorf(forge.EINVALID, "git: clone URL %q is not valid", redact(raw))
-	}
-	if filepath.IsAbs(raw) {
-		return raw, nil
-	}
-	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
-		switch u.Scheme {
-		case "https", "http", "ssh", "git", "file":
-			return raw, nil
-		}
-		return "", forge.Errorf(forge.EINVALID, "git: clone URL scheme %q is not supported", u.Scheme)
-	}
-	if i := strings.Index(raw, ":"); i > 0 && !strings.Contains(raw[:i], "/") {
-		return raw, nil // user@host:owner/repo.git
-	}
-	return "", forge.Errorf(forge.EINVALID, "git: clone URL %q is not a URL or an absolute path", redact(raw))
-}
-
-// credentials returns the environment that authenticates a fetch from
-// remote, or nil. Passing the header through GIT_CONFIG_* keeps it off
-// the command line (visible in ps) and out of every file.
-func (g *Git) credentials(remote string) []string {
-	if g.opts.Token == "" {
-		return nil
-	}
-	u, err := url.Parse(remote)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil
-	}
-	basic := base64.StdEncoding.EncodeToString([]byte("x-access-token:" + g.opts.Token))
-	return []string{
-		"GIT_CONFIG_COUNT=1",
-		"GIT_CONFIG_KEY_0=http.extraHeader",
-		"GIT_CONFIG_VALUE_0=Authorization: Basic " + basic,
-	}
 }

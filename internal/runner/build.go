@@ -131,7 +131,7 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 	}
 
 	var secrets map[string]string
-	if r.opts.Secrets != nil && !b.Hook.Fork {
+	if r.opts.Secrets != nil && b.Hook.Trusted() {
 		if secrets, err = r.opts.Secrets(ctx, repo); err != nil {
 			return rec.abortAll(forge.StatusError, "loading secrets: "+forge.ErrorMessage(err))
 		}

@@ -76,7 +76,7 @@ type Run struct {
 	Env map[string]string
 	// JobEnv returns the per-job variables (FORGE_JOB, FORGE_STATUS_URL).
 	JobEnv func(job string) map[string]string
-	// Secrets for the steps; nil for builds of forks.
+	// Secrets for the steps; nil unless the build's hook is Trusted.
 	Secrets map[string]string
 	// Workspace is the checkout at the build's commit; each job gets a
 	// clean copy of it.
@@ -107,8 +107,8 @@ type Options struct {
 	Backend string
 	// Live, when set, receives every log line as it is recorded.
 	Live Publisher
-	// Secrets, when set, gives the secrets of a repository's builds; builds
-	// of forks never get them.
+	// Secrets, when set, gives the secrets of a repository's builds; only
+	// builds whose hook is Trusted get them (never a fork's code).
 	Secrets SecretsFunc
 	// WorkDir holds the builds' workspaces (one directory per build,
 	// removed when the build ends). It belongs to this runner alone: Run
