@@ -45,7 +45,7 @@ they trigger on this machine (local backend), serves the REST API under /api/v1
 Configuration comes from the YAML file given with --config, then FORGE_*
 environment variables (FORGE_ADDR, FORGE_DATA, FORGE_DATABASE_URL,
 FORGE_PUBLIC_URL, FORGE_GITHUB_WEBHOOK_SECRET, FORGE_GITHUB_TOKEN,
-FORGE_BUILDS_CONCURRENCY, FORGE_GRACE, FORGE_LOG_LEVEL, ...), then flags:
+FORGE_GITHUB_API_URL, FORGE_GIT_ALLOW_FILE, FORGE_BUILDS_CONCURRENCY, FORGE_GRACE, FORGE_LOG_LEVEL, ...), then flags:
 flags win. The database is SQLite in the data directory unless
 FORGE_DATABASE_URL is a postgres:// URL.
 
@@ -211,7 +211,12 @@ func (m *serverMain) Run(ctx context.Context) error {
 	} else if n > 0 {
 		log.Warn("removed git lock files left by a server that died mid-fetch", "files", n)
 	}
-	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token})
+	origin, err := c.gitOrigin()
+	if err != nil {
+		return forge.Errorf(forge.EINVALID, "config: %v", err)
+	}
+	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token,
+		Origin: origin, AllowFile: c.Git.AllowFile})
 	if err != nil {
 		return err
 	}

@@ -58,7 +58,8 @@ func e2eStart(t testing.TB, data, config string, env ...string) *e2eServerProc {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "FORGE_MIGRATE=auto", "FORGE_GITHUB_WEBHOOK_SECRET="+e2eSecret)
+	// The tests' repositories are local directories.
+	cmd.Env = append(cmd.Env, "FORGE_MIGRATE=auto", "FORGE_GITHUB_WEBHOOK_SECRET="+e2eSecret, "FORGE_GIT_ALLOW_FILE=true")
 	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
