@@ -69,6 +69,8 @@ type Git struct {
 	origin origin
 	mu     sync.Mutex
 	locks  map[string]*sync.Mutex
+	// known holds, per mirror, commits fetched and kept (see kept).
+	known map[string]map[string]bool
 }
 
 // New returns a Git keeping mirrors under opts.Dir.
@@ -159,6 +161,10 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 	remote, err := g.remote(repo.CloneURL)
 	if err != nil {
 		return "", err
+	}
+	// A commit fetched and kept before needs no git at all.
+	if sha != "" && g.kept(dir, sha) {
+		return sha, nil
 	}
 	defer g.lock(dir)()
 	if err := g.ensureMirror(ctx, dir); err != nil {
@@ -256,10 +262,16 @@ func (g *Git) fetch(ctx context.Context, dir string, remote remote, what string)
 // automatic garbage collection never drops what a workspace still uses.
 func (g *Git) keep(ctx context.Context, dir, sha string) error {
 	_, err := g.run(ctx, dir, nil, "update-ref", "refs/forge/"+sha, sha)
+	if err == nil {
+		g.remember(dir, sha)
+	}
 	return err
 }
 
 func (g *Git) hasCommit(ctx context.Context, dir, sha string) bool {
+	if g.kept(dir, sha) {
+		return true
+	}
 	_, err := g.run(ctx, dir, nil, "cat-file", "-e", sha+"^{commit}")
 	return err == nil
 }
@@ -376,19 +388,19 @@ func (g *Git) ChangedPaths(ctx context.Context, repo *forge.Repo, base, head str
 	if !forge.IsSHA(base) || !forge.IsSHA(head) {
 		return nil, forge.Errorf(forge.EINVALID, "git: changed paths need two full commit ids")
 	}
-	defer g.lock(dir)()
 	for _, c := range []string{base, head} {
 		if !g.hasCommit(ctx, dir, c) {
 			return nil, forge.Errorf(forge.ENOTFOUND, "commit %s of %s has not been fetched", c, repo.FullName())
 		}
 	}
-	out, err := g.run(ctx, dir, nil, "merge-base", base, head)
+	// base...head diffs head against the merge base, in one git. Objects
+	// are only read, which a concurrent fetch never disturbs: no lock.
+	out, err := g.run(ctx, dir, nil, "diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", base+"..."+head, "--")
 	if err != nil {
-		return nil, forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("no merge base of %s and %s in the fetched history", forge.ShortSHA(base), forge.ShortSHA(head)))
-	}
-	mb := strings.TrimSpace(out)
-	out, err = g.run(ctx, dir, nil, "diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", mb, head, "--")
-	if err != nil {
+		var ge *Error
+		if errors.As(err, &ge) && strings.Contains(ge.Stderr, "no merge base") {
+			return nil, forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("no merge base of %s and %s in the fetched history", forge.ShortSHA(base), forge.ShortSHA(head)))
+		}
 		return nil, err
 	}
 	paths := []string{}
