@@ -54,20 +54,19 @@ const maxBatchArgs = 500
 
 // Prefetch makes the commits shas of repo available in its mirror with as
 // few git commands as it can: one to find which the mirror lacks, one
-// fetch of all of those by id (per 500), one to keep them all. It is an
-// optimisation for a caller about to Fetch many commits: an error says
-// only that the batch did not complete (a commit does not exist, the
-// server refuses to serve commits by id, the remote is down), and Fetch
-// then fetches, or reports, each commit alone. Invalid ids are left to
-// Fetch to report.
-func (g *Git) Prefetch(ctx context.Context, repo *forge.Repo, shas []string) error {
+// fetch of all of those by id (per 500), one to keep them all. It returns
+// the commits it could not make available and why: the remote is down
+// (EUNAVAILABLE), or one of the batch does not exist or the server refuses
+// to serve commits by id, which fails the whole fetch; Fetch then fetches,
+// or reports, each commit alone. Invalid ids are left to Fetch to report.
+func (g *Git) Prefetch(ctx context.Context, repo *forge.Repo, shas []string) (missing []string, err error) {
 	dir, err := g.MirrorDir(repo)
 	if err != nil {
-		return err
+		return shas, err
 	}
 	remote, err := g.remote(repo.CloneURL)
 	if err != nil {
-		return err
+		return shas, err
 	}
 	var want []string
 	for _, s := range shas {
@@ -76,22 +75,22 @@ func (g *Git) Prefetch(ctx context.Context, repo *forge.Repo, shas []string) err
 		}
 	}
 	if len(want) == 0 {
-		return nil
+		return nil, nil
 	}
 	defer g.lock(dir)()
 	if err := g.ensureMirror(ctx, dir); err != nil {
-		return err
+		return want, err
 	}
 	types, err := g.objectTypes(ctx, dir, commitNames(want))
 	if err != nil {
-		return err
+		return want, err
 	}
-	var missing []string
 	for i, s := range want {
 		if types[i] != "commit" {
 			missing = append(missing, s)
 		}
 	}
+	var ferr error
 	for start := 0; start < len(missing); start += maxBatchArgs {
 		chunk := missing[start:min(start+maxBatchArgs, len(missing))]
 		args := []string{"fetch", "--quiet", "--no-tags"}
@@ -99,16 +98,20 @@ func (g *Git) Prefetch(ctx context.Context, repo *forge.Repo, shas []string) err
 			args = append(args, "--depth", strconv.Itoa(g.opts.Depth))
 		}
 		args = append(append(args, "--end-of-options", remote.url), chunk...)
-		if _, err := g.run(ctx, dir, g.credentials(remote), args...); err != nil {
-			// Keep what is there; Fetch deals with the rest one by one.
-			want = slices.DeleteFunc(want, func(s string) bool { return slices.Contains(missing, s) })
-			if kerr := g.keepAll(ctx, dir, want); kerr != nil {
-				return kerr
-			}
-			return err
+		if _, ferr = g.run(ctx, dir, g.credentials(remote), args...); ferr != nil {
+			missing = missing[start:]
+			break
 		}
 	}
-	return g.keepAll(ctx, dir, want)
+	if ferr == nil {
+		missing = nil
+	}
+	// Keep what is there; Fetch deals with the rest one by one.
+	have := slices.DeleteFunc(want, func(s string) bool { return slices.Contains(missing, s) })
+	if err := g.keepAll(ctx, dir, have); err != nil {
+		return append(missing, have...), err
+	}
+	return missing, ferr
 }
 
 // keepAll is keep for many commits, with one git.

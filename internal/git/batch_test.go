@@ -55,8 +55,8 @@ func TestBatch(t *testing.T) {
 	ctx := context.Background()
 	repo := u.repo()
 
-	if err := g.Prefetch(ctx, repo, append(slices.Clone(shas), side)); err != nil {
-		t.Fatalf("Prefetch: %v", err)
+	if missing, err := g.Prefetch(ctx, repo, append(slices.Clone(shas), side)); err != nil || missing != nil {
+		t.Fatalf("Prefetch: missing %v, %v", missing, err)
 	}
 	// init, three configs: making the mirror; then check, fetch, keep.
 	if n := runs(); n > 7 {
@@ -124,8 +124,8 @@ func TestBatch(t *testing.T) {
 	// the commits it could fetch are fetched one by one.
 	u.git("checkout", "--quiet", "-b", "more", shas[29])
 	more := u.commit("more", nil)
-	if err := g.Prefetch(ctx, repo, []string{more, unfetched}); err == nil {
-		t.Error("Prefetch of a commit that does not exist succeeded")
+	if missing, err := g.Prefetch(ctx, repo, []string{more, shas[3], unfetched}); err == nil || !slices.Equal(missing, []string{more, unfetched}) {
+		t.Errorf("Prefetch of a commit that does not exist: missing %v, %v; want both new commits, an error", missing, err)
 	}
 	if got, err := g.Fetch(ctx, repo, "", more); err != nil || got != more {
 		t.Errorf("Fetch after a failed Prefetch = %q, %v", got, err)
@@ -141,7 +141,7 @@ func TestChangedPathsWithoutMergeBase(t *testing.T) {
 	b := u.commit("b", map[string]string{"b": "1"})
 	g := newGit(t, git.Options{})
 	ctx := context.Background()
-	if err := g.Prefetch(ctx, u.repo(), []string{a, b}); err != nil {
+	if _, err := g.Prefetch(ctx, u.repo(), []string{a, b}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := g.ChangedPaths(ctx, u.repo(), a, b); forge.ErrorCode(err) != forge.ENOTFOUND {
