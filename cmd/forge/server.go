@@ -268,7 +268,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	proc, err := newProcessor(c, db, gitc, run, log)
+	proc, err := newProcessor(c, db, gitc, run, log, reg)
 	if err != nil {
 		return err
 	}

@@ -288,6 +288,11 @@ func newID(workDir string) (id, home string, err error) {
 // ID returns the runner's ID, as stored in the builds it claims.
 func (r *Runner) ID() string { return r.id }
 
+// Home returns the prefix of ID shared by every process of this runner
+// (same host and WorkDir) and by no other runner, or "" when Options.ID
+// was given: what such a process left behind, it left by dying.
+func (r *Runner) Home() string { return r.home }
+
 // Notify tells the runner that builds were queued; it never blocks.
 func (r *Runner) Notify() {
 	select {

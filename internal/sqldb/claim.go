@@ -19,13 +19,15 @@ import (
 
 // ClaimDeliveries claims for owner, until the time until, each of keys (a
 // repository's full name, "" for deliveries that name none) that no other
-// server holds at now: a key without a claim, with owner's own claim, or
-// with one that expired before now. It returns the keys owner holds
-// afterwards, in the order given. One transaction; keys are claimed in
-// sorted order, so servers claiming at once never deadlock.
-func (db *DB) ClaimDeliveries(ctx context.Context, owner string, keys []string, now, until time.Time) ([]string, error) {
-	if owner == "" || until.IsZero() {
-		return nil, forge.Errorf(forge.EINVALID, "claim deliveries: an owner and an expiry are required")
+// server holds at now: a key without a claim, with owner's own claim, with
+// one that expired before now, or with one whose owner starts with home
+// (when not empty: an earlier process of the same server, gone since).
+// It returns the keys owner holds afterwards, in the order given. One
+// transaction; keys are claimed in sorted order, so servers claiming at
+// once never deadlock.
+func (db *DB) ClaimDeliveries(ctx context.Context, owner, home string, keys []string, now, until time.Time) ([]string, error) {
+	if owner == "" || until.IsZero() || !strings.HasPrefix(owner, home) {
+		return nil, forge.Errorf(forge.EINVALID, "claim deliveries: an owner, its home (a prefix of it, or empty) and an expiry are required")
 	}
 	sorted := slices.Clone(keys)
 	slices.Sort(sorted)
@@ -35,6 +37,7 @@ func (db *DB) ClaimDeliveries(ctx context.Context, owner string, keys []string, 
 		stmt, err := tx.PrepareContext(ctx, db.q(`INSERT INTO delivery_claims (repo, owner, expires) VALUES (?, ?, ?)
 			ON CONFLICT (repo) DO UPDATE SET owner = excluded.owner, expires = excluded.expires
 			WHERE delivery_claims.owner = excluded.owner OR delivery_claims.expires < ?
+				OR (? <> '' AND substr(delivery_claims.owner, 1, length(?)) = ?)
 			RETURNING repo`))
 		if err != nil {
 			return db.fail(ctx, err, "claim deliveries")
@@ -42,7 +45,7 @@ func (db *DB) ClaimDeliveries(ctx context.Context, owner string, keys []string, 
 		defer stmt.Close()
 		for _, k := range sorted {
 			var got string
-			err := stmt.QueryRowContext(ctx, k, owner, until.UnixMicro(), now.UnixMicro()).Scan(&got)
+			err := stmt.QueryRowContext(ctx, k, owner, until.UnixMicro(), now.UnixMicro(), home, home, home).Scan(&got)
 			switch {
 			case err == nil:
 				held[k] = true

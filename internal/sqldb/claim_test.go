@@ -19,41 +19,55 @@ func TestDeliveryClaims(t *testing.T) {
 		db := newTestDB(t, kind)
 		ctx := context.Background()
 		now := at(0)
-		got, err := db.ClaimDeliveries(ctx, "a", []string{"acme/app", "acme/lib", ""}, now, now.Add(time.Minute))
+		got, err := db.ClaimDeliveries(ctx, "a", "", []string{"acme/app", "acme/lib", ""}, now, now.Add(time.Minute))
 		if err != nil || !slices.Equal(got, []string{"acme/app", "acme/lib", ""}) {
 			t.Fatalf("a claims free keys: %q, %v", got, err)
 		}
-		got, err = db.ClaimDeliveries(ctx, "b", []string{"acme/lib", "acme/web"}, now.Add(time.Second), now.Add(time.Minute))
+		got, err = db.ClaimDeliveries(ctx, "b", "", []string{"acme/lib", "acme/web"}, now.Add(time.Second), now.Add(time.Minute))
 		if err != nil || !slices.Equal(got, []string{"acme/web"}) {
 			t.Fatalf("b claims while a holds acme/lib: %q, %v; want only acme/web", got, err)
 		}
 		// a's own claim is extended.
-		got, err = db.ClaimDeliveries(ctx, "a", []string{"acme/lib"}, now.Add(2*time.Second), now.Add(2*time.Minute))
+		got, err = db.ClaimDeliveries(ctx, "a", "", []string{"acme/lib"}, now.Add(2*time.Second), now.Add(2*time.Minute))
 		if err != nil || !slices.Equal(got, []string{"acme/lib"}) {
 			t.Fatalf("a claims again: %q, %v", got, err)
 		}
 		// After a's last expiry (2 minutes), b takes acme/lib over; before, not.
-		if got, _ := db.ClaimDeliveries(ctx, "b", []string{"acme/lib"}, now.Add(90*time.Second), now.Add(3*time.Minute)); len(got) != 0 {
+		if got, _ := db.ClaimDeliveries(ctx, "b", "", []string{"acme/lib"}, now.Add(90*time.Second), now.Add(3*time.Minute)); len(got) != 0 {
 			t.Errorf("b took over a live claim: %q", got)
 		}
-		if got, _ := db.ClaimDeliveries(ctx, "b", []string{"acme/lib"}, now.Add(121*time.Second), now.Add(3*time.Minute)); !slices.Equal(got, []string{"acme/lib"}) {
+		if got, _ := db.ClaimDeliveries(ctx, "b", "", []string{"acme/lib"}, now.Add(121*time.Second), now.Add(3*time.Minute)); !slices.Equal(got, []string{"acme/lib"}) {
 			t.Errorf("b did not take over an expired claim: %q", got)
 		}
 		// a no longer holds it: touching skips it.
 		if n, err := db.TouchDeliveryClaims(ctx, "a", []string{"acme/lib", "acme/app"}, now.Add(5*time.Minute)); err != nil || n != 1 {
 			t.Errorf("Touch by a = %d, %v; want 1 (acme/app only)", n, err)
 		}
-		if got, _ := db.ClaimDeliveries(ctx, "b", []string{"acme/app"}, now.Add(4*time.Minute), now.Add(6*time.Minute)); len(got) != 0 {
+		if got, _ := db.ClaimDeliveries(ctx, "b", "", []string{"acme/app"}, now.Add(4*time.Minute), now.Add(6*time.Minute)); len(got) != 0 {
 			t.Errorf("b claimed acme/app whose claim a extended: %q", got)
 		}
 		if err := db.ReleaseDeliveryClaims(ctx, "a", []string{"acme/app", "acme/web"}); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := db.ClaimDeliveries(ctx, "b", []string{"acme/app", "acme/web"}, now.Add(4*time.Minute), now.Add(6*time.Minute)); !slices.Equal(got, []string{"acme/app", "acme/web"}) {
+		if got, _ := db.ClaimDeliveries(ctx, "b", "", []string{"acme/app", "acme/web"}, now.Add(4*time.Minute), now.Add(6*time.Minute)); !slices.Equal(got, []string{"acme/app", "acme/web"}) {
 			t.Errorf("b after a released acme/app: %q (a's release must not free b's acme/web either)", got)
 		}
-		if _, err := db.ClaimDeliveries(ctx, "", []string{"x"}, now, now.Add(time.Minute)); forge.ErrorCode(err) != forge.EINVALID {
+		if _, err := db.ClaimDeliveries(ctx, "", "", []string{"x"}, now, now.Add(time.Minute)); forge.ErrorCode(err) != forge.EINVALID {
 			t.Errorf("claim without owner: %v", err)
+		}
+		// A later process of the same server (same home) takes over the
+		// claims of an earlier one at once; another server does not.
+		if got, _ := db.ClaimDeliveries(ctx, "host:abc:1:x", "host:abc:", []string{"k"}, now, now.Add(time.Hour)); len(got) != 1 {
+			t.Fatalf("first process: %q", got)
+		}
+		if got, _ := db.ClaimDeliveries(ctx, "host:abd:2:y", "host:abd:", []string{"k"}, now, now.Add(time.Hour)); len(got) != 0 {
+			t.Errorf("another server took a live claim: %q", got)
+		}
+		if got, _ := db.ClaimDeliveries(ctx, "host:abc:3:z", "host:abc:", []string{"k"}, now, now.Add(time.Hour)); len(got) != 1 {
+			t.Errorf("a later process of the same server did not take over: %q", got)
+		}
+		if _, err := db.ClaimDeliveries(ctx, "b", "a", []string{"x"}, now, now.Add(time.Minute)); forge.ErrorCode(err) != forge.EINVALID {
+			t.Errorf("claim with a home that is not a prefix of the owner: %v", err)
 		}
 
 		// Servers racing for the same keys: each key goes to exactly one.
@@ -67,7 +81,7 @@ func TestDeliveryClaims(t *testing.T) {
 					slices.Reverse(order)
 				}
 				var err error
-				if held[i], err = db.ClaimDeliveries(ctx, fmt.Sprint("racer-", i), order, now, now.Add(time.Minute)); err != nil {
+				if held[i], err = db.ClaimDeliveries(ctx, fmt.Sprint("racer-", i), "", order, now, now.Add(time.Minute)); err != nil {
 					t.Errorf("racer %d: %v", i, err)
 				}
 			})

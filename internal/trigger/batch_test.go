@@ -199,7 +199,7 @@ func TestClaimOfDeadServerTakenOver(t *testing.T) {
 	}
 	sha := e.up.commit("x", map[string]string{".forge.yml": dagSpec})
 	t0 := time.Unix(0, now.Load())
-	if held, err := e.db.ClaimDeliveries(ctx, "dead", []string{"Codertocat/Hello-World"}, t0, t0.Add(30*time.Second)); err != nil || len(held) != 1 {
+	if held, err := e.db.ClaimDeliveries(ctx, "dead", "", []string{"Codertocat/Hello-World"}, t0, t0.Add(30*time.Second)); err != nil || len(held) != 1 {
 		t.Fatalf("the dead server's claim: %v, %v", held, err)
 	}
 	if err := e.db.CreateDelivery(ctx, &forge.Delivery{ID: "left", Event: "push", Payload: e.push("master", sha, "x"), Received: time.Now()}); err != nil {
@@ -218,8 +218,28 @@ func TestClaimOfDeadServerTakenOver(t *testing.T) {
 	if d, _ := e.db.Delivery(ctx, "left"); d.Result != "builds created: execute #1" {
 		t.Errorf("result = %q", d.Result)
 	}
+	// A later process of the same server (same home) takes over what an
+	// earlier one left at once, without waiting for the expiry.
+	t1 := time.Unix(0, now.Load())
+	if held, err := e.db.ClaimDeliveries(ctx, "host:abc:1:x", "host:abc:", []string{"Codertocat/Hello-World"}, t1, t1.Add(time.Hour)); err != nil || len(held) != 1 {
+		t.Fatalf("the earlier process's claim: %v, %v", held, err)
+	}
+	if err := e.db.CreateDelivery(ctx, &forge.Delivery{ID: "left-by-me", Event: "push", Payload: e.push("master", sha, "x"), Received: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	later, err := trigger.New(trigger.Options{
+		Deliveries: e.db, Repos: e.db, Builds: e.db, Git: mustGit(t), ParseHook: github.ParseHook,
+		Claims: e.db, ID: "host:abc:2:y", Home: "host:abc:",
+		Now: func() time.Time { return time.Unix(0, now.Load()) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := later.Drain(ctx); err != nil || n != 1 {
+		t.Fatalf("Drain by a later process of the claim's server = %d, %v; want 1", n, err)
+	}
 	// Released when done: the next server need not wait.
-	if held, err := e.db.ClaimDeliveries(ctx, "other", []string{"Codertocat/Hello-World"}, time.Unix(0, now.Load()), time.Unix(0, now.Load()).Add(time.Second)); err != nil || len(held) != 1 {
+	if held, err := e.db.ClaimDeliveries(ctx, "other", "", []string{"Codertocat/Hello-World"}, time.Unix(0, now.Load()), time.Unix(0, now.Load()).Add(time.Second)); err != nil || len(held) != 1 {
 		t.Errorf("claim after the processor finished: %v, %v; want it free", held, err)
 	}
 }

@@ -12,7 +12,7 @@ func (p *Processor) claim(ctx context.Context, keys []string) ([]string, error) 
 		return keys, nil
 	}
 	now := p.opts.Now()
-	held, err := p.opts.Claims.ClaimDeliveries(ctx, p.opts.ID, keys, now, now.Add(p.opts.ClaimTTL))
+	held, err := p.opts.Claims.ClaimDeliveries(ctx, p.opts.ID, p.opts.Home, keys, now, now.Add(p.opts.ClaimTTL))
 	if err != nil {
 		return nil, err
 	}

@@ -107,9 +107,10 @@ type Git interface {
 // that name none. Every method is safe for concurrent use.
 type Claims interface {
 	// ClaimDeliveries claims for owner, until the time until, each of
-	// keys no other server holds at now (no claim, owner's own, or one
-	// that expired before now) and returns the keys owner holds.
-	ClaimDeliveries(ctx context.Context, owner string, keys []string, now, until time.Time) ([]string, error)
+	// keys no other server holds at now (no claim, owner's own, one that
+	// expired before now, or one of an owner starting with home, when
+	// home is not empty) and returns the keys owner holds.
+	ClaimDeliveries(ctx context.Context, owner, home string, keys []string, now, until time.Time) ([]string, error)
 	// TouchDeliveryClaims moves the expiry of owner's claims on keys to
 	// until, and returns how many it moved (a claim taken over by
 	// another server is not).
@@ -171,8 +172,14 @@ type Options struct {
 	// processor assumes it is alone.
 	Claims Claims
 	// ID names this server in its claims; "" means a random one. It must
-	// differ between servers sharing the database.
+	// differ between servers sharing the database, and between the
+	// processes of one server.
 	ID string
+	// Home, when set, is a prefix of ID that every process of this server
+	// shares and no other server's ID has (runner.Runner.Home): claims
+	// held under it were left by an earlier process, gone since, and are
+	// taken over at once rather than when they expire.
+	Home string
 	// ClaimTTL is how long a claim outlives its last renewal: a server
 	// that dies holds its repositories' deliveries that long (default
 	// 30s). Claims are renewed every ClaimTTL/3 while held; clocks of
