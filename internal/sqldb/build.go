@@ -100,7 +100,9 @@ func (db *DB) CreateBuilds(ctx context.Context, builds []*forge.Build, jobs [][]
 					return db.fail(ctx, err, "lock repository")
 				}
 				var one int
-				err := tx.QueryRowContext(ctx, db.q("SELECT 1 FROM builds WHERE delivery_id = ? AND action = ?"), b.DeliveryID, b.Action).Scan(&one)
+				// delivery_id <> '' lets SQLite use the partial unique
+				// index rather than scan every build.
+				err := tx.QueryRowContext(ctx, db.q("SELECT 1 FROM builds WHERE delivery_id = ? AND action = ? AND delivery_id <> ''"), b.DeliveryID, b.Action).Scan(&one)
 				if err == nil {
 					errs[i] = forge.Errorf(forge.ECONFLICT, "delivery %s already created a %s build", b.DeliveryID, b.Action)
 					continue
@@ -351,7 +353,8 @@ func (db *DB) ListBuilds(ctx context.Context, f forge.BuildFilter) ([]*forge.Bui
 		add("sha = ?", f.SHA)
 	}
 	if f.DeliveryID != "" {
-		add("delivery_id = ?", f.DeliveryID)
+		// The second condition lets SQLite use the partial index.
+		add("delivery_id = ? AND delivery_id <> ''", f.DeliveryID)
 	}
 	if f.Before != 0 {
 		add("id < ?", f.Before)

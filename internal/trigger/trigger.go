@@ -149,9 +149,9 @@ const (
 	DefaultSpecFile         = spec.FileName
 	DefaultProductionBranch = "production"
 	DefaultInterval         = 5 * time.Second
-	DefaultBatch            = 500
+	DefaultBatch            = 1000
 	DefaultAttempts         = 5
-	DefaultParallel         = 4
+	DefaultParallel         = 8
 	DefaultBackoff          = 2 * time.Second
 	DefaultClaimTTL         = 30 * time.Second
 )
@@ -210,7 +210,8 @@ type Options struct {
 	// DefaultBatch.
 	Batch int
 	// Parallel is how many repositories' deliveries are processed at
-	// once; 0 means DefaultParallel.
+	// once; 0 means DefaultParallel. Their time is mostly waiting for git
+	// and the disk, so more than the CPUs pays.
 	Parallel int
 	// Attempts is how often a delivery whose commit cannot be fetched
 	// (the remote is down) is tried before it becomes a failed build, and
