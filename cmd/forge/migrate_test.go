@@ -138,7 +138,7 @@ func TestMigrateCommandPostgres(t *testing.T) {
 		t.Fatalf("the password is shown: %s", out)
 	}
 	code, out, errOut = migrateRun(t, "status")
-	if code != 0 || !strings.Contains(out, "the schema is up to date (version 3)") {
+	if code != 0 || !strings.Contains(out, "the schema is up to date (version 4)") {
 		t.Fatalf("status: exit %d\n%s%s", code, out, errOut)
 	}
 }

@@ -451,7 +451,8 @@ func TestServerRestartRecovery(t *testing.T) {
 	}
 
 	p = e2eStartServer(t, data, "FORGE_BUILDS_CONCURRENCY=1")
-	b := e2eWaitBuild(t, p, 1, 10*time.Second, e2eBuildDone)
+	// Recovery ends the build, then its jobs.
+	b := e2eWaitBuild(t, p, 1, 10*time.Second, func(b *e2eBuildView) bool { return b.Status.Done() && b.Jobs[0].Status.Done() })
 	if b.Status != forge.StatusError || b.Error != "server restarted" {
 		t.Errorf("build 1 = %s %q, want error: server restarted", b.Status, b.Error)
 	}
