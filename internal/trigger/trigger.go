@@ -236,7 +236,14 @@ type Processor struct {
 
 	mu    sync.Mutex
 	retry map[string]*attempt // deliveries waiting to be tried again
+	// held is set when the last Drain left deliveries of repositories
+	// other servers held: Run looks again soon rather than at Interval.
+	held bool
 }
+
+// heldRetry is how soon Run looks again for deliveries another server
+// held: it releases them when its round ends.
+const heldRetry = 250 * time.Millisecond
 
 type attempt struct {
 	n    int
@@ -316,12 +323,19 @@ func (p *Processor) Notify() {
 // Notify and every Interval. It returns nil when ctx ends; a failing store
 // is logged and tried again at the next wake, never fatal.
 func (p *Processor) Run(ctx context.Context) error {
-	t := time.NewTicker(p.opts.Interval)
+	t := time.NewTimer(p.opts.Interval)
 	defer t.Stop()
 	for {
 		if _, err := p.Drain(ctx); err != nil && ctx.Err() == nil {
 			p.log.Error("trigger: process deliveries", "err", err)
 		}
+		p.mu.Lock()
+		next := p.opts.Interval
+		if p.held {
+			next = min(next, heldRetry)
+		}
+		p.mu.Unlock()
+		t.Reset(next)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -359,6 +373,9 @@ func (p *Processor) Drain(ctx context.Context) (int, error) {
 		if err != nil {
 			return done, err
 		}
+		p.mu.Lock()
+		p.held = len(held) < len(keys)
+		p.mu.Unlock()
 		if len(held) == 0 {
 			return done, firstErr
 		}
