@@ -674,6 +674,8 @@ func TestServerManualRestartLeasesMetrics(t *testing.T) {
 		`forge_webhooks_total{event="pull_request",result="accepted"} 1`,
 		`forge_job_duration_seconds_count{result="success"} 3`,
 		"forge_builds_queued 0",
+		"forge_deliveries_pending 0",
+		"forge_deliveries_oldest_pending_seconds 0",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
@@ -811,7 +813,8 @@ func TestServerSIGTERMLetsLeasedJobFinish(t *testing.T) {
 
 // TestServerReplicas runs two servers on one PostgreSQL database, each
 // with its own data directory, and sends deliveries to both: every
-// delivery builds once, and every build runs once, on one of them.
+// delivery is processed once and builds once, and every build runs once,
+// on one of them.
 func TestServerReplicas(t *testing.T) {
 	dbURL := "FORGE_DATABASE_URL=" + e2eScratchDatabase(t, e2ePostgresURL(t))
 	marks := t.TempDir()
@@ -862,6 +865,22 @@ func TestServerReplicas(t *testing.T) {
 	}
 	if len(ran) != n {
 		t.Errorf("%d builds ran, want %d", len(ran), n)
+	}
+	// Each delivery was processed (fetched, compiled, logged) by one of
+	// them: they claim a repository's deliveries (issue 7.8).
+	processed := map[string]int{}
+	for _, p := range []*e2eServerProc{a, b} {
+		for _, line := range strings.Split(p.log(), "\n") {
+			var rec struct{ Msg, Delivery string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "trigger: delivery processed" {
+				processed[rec.Delivery]++
+			}
+		}
+	}
+	for i := 0; i < n; i++ {
+		if id := fmt.Sprint("replica-", i); processed[id] != 1 {
+			t.Errorf("delivery %s processed %d times by the two servers, want once", id, processed[id])
+		}
 	}
 	for _, p := range []*e2eServerProc{a, b} {
 		if !strings.Contains(p.log(), `"msg":"build started"`) {
