@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -28,8 +29,19 @@ const maxKept = 100_000
 // kept by a ref, so that it needs no git to be used.
 func (g *Git) kept(dir, sha string) bool {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.known[dir][sha]
+	ok := g.known[dir][sha]
+	g.mu.Unlock()
+	if ok {
+		// A mirror removed behind forge's back (to reclaim space, say)
+		// takes what was remembered of it along.
+		if _, err := os.Stat(filepath.Join(dir, "HEAD")); err != nil {
+			g.mu.Lock()
+			delete(g.known, dir)
+			g.mu.Unlock()
+			return false
+		}
+	}
+	return ok
 }
 
 // remember records that sha is in dir's mirror and kept by a ref.
@@ -96,6 +108,8 @@ func (g *Git) Prefetch(ctx context.Context, repo *forge.Repo, shas []string) (mi
 		args := []string{"fetch", "--quiet", "--no-tags"}
 		if g.opts.Depth > 0 {
 			args = append(args, "--depth", strconv.Itoa(g.opts.Depth))
+		} else if _, err := os.Stat(filepath.Join(dir, "shallow")); err == nil {
+			args = append(args, "--unshallow")
 		}
 		args = append(append(args, "--end-of-options", remote.url), chunk...)
 		if _, ferr = g.run(ctx, dir, g.credentials(remote), args...); ferr != nil {

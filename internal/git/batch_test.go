@@ -148,3 +148,25 @@ func TestChangedPathsWithoutMergeBase(t *testing.T) {
 		t.Errorf("ChangedPaths of unrelated commits = %v, want not_found", err)
 	}
 }
+
+// TestRemovedMirror: a mirror removed while forge runs is made again; what
+// was remembered of it is not trusted.
+func TestRemovedMirror(t *testing.T) {
+	u := newUpstream(t)
+	sha := u.commit("c", map[string]string{"f": "x"})
+	g := newGit(t, git.Options{})
+	ctx := context.Background()
+	if got, err := g.Fetch(ctx, u.repo(), "", sha); err != nil || got != sha {
+		t.Fatalf("Fetch = %q, %v", got, err)
+	}
+	dir, _ := g.MirrorDir(u.repo())
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := g.Fetch(ctx, u.repo(), "", sha); err != nil || got != sha {
+		t.Fatalf("Fetch after the mirror was removed = %q, %v", got, err)
+	}
+	if _, errs, err := g.ReadFiles(ctx, u.repo(), "f", []string{sha}); err != nil || errs[0] != nil {
+		t.Errorf("ReadFiles after the mirror was made again: %v, %v", errs, err)
+	}
+}
