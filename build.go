@@ -2,6 +2,7 @@ package forge
 
 import (
 	"context"
+	"strings"
 	"time"
 )
 
@@ -39,8 +40,8 @@ type Hook struct {
 	PullRequest int    `json:"pull_request,omitempty"`
 	Draft       bool   `json:"draft,omitempty"`
 	Merged      bool   `json:"merged,omitempty"`
-	// Fork is true when the code comes from another repository: its jobs
-	// never see secrets.
+	// Fork is true when the code comes, or may come, from another
+	// repository: its jobs never see secrets (see Trusted).
 	Fork        bool     `json:"fork,omitempty"`
 	Tag         string   `json:"tag,omitempty"`
 	Message     string   `json:"message,omitempty"`
@@ -48,6 +49,32 @@ type Hook struct {
 	Sender      string   `json:"sender,omitempty"`
 	CommitCount int      `json:"commit_count,omitempty"`
 	Paths       []string `json:"paths,omitempty"` // files changed, when known
+}
+
+// Trusted reports whether forge can show that the hook's code comes from
+// the repository itself, the one condition under which its builds see the
+// repository's secrets, whatever started them (a webhook, a manual
+// trigger, a restart, a /retest, a re-requested check suite):
+//
+//   - a push of a branch or tag (event push or tag, ref refs/heads/… or
+//     refs/tags/…), unless marked Fork (a re-requested check suite whose
+//     commit is not on the branch it names);
+//   - a pull request whose head GitHub says is in the repository (not
+//     Fork), or a merged one (its merge commit is on the target branch);
+//   - a manual build of a branch or tag (ref refs/heads/… or refs/tags/…).
+//
+// Anything else is not: a fork's pull request, a manual build of a pull
+// request's ref or of a bare commit id (GitHub serves a fork's commits
+// from the repository it forks), an event forge does not know.
+func (h *Hook) Trusted() bool {
+	branchOrTag := strings.HasPrefix(h.Ref, "refs/heads/") || strings.HasPrefix(h.Ref, "refs/tags/")
+	switch h.Event {
+	case "push", "tag", "manual":
+		return branchOrTag && !h.Fork
+	case "pull_request":
+		return h.Merged || !h.Fork
+	}
+	return false
 }
 
 // Build is one run of one action of a repository at one commit.

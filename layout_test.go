@@ -24,6 +24,16 @@ var orchestration = []string{"internal/spec", "internal/engine", "internal/runne
 // the domain's events and the engine's results, never an adapter, and only
 // a command imports them.
 var views = []string{"internal/console"}
+// below lists, for orchestration packages, the orchestration packages
+// each may import: they import one another downward only (the trigger
+// turns deliveries into builds and the runner runs them; neither needs the
+// other, and what both need lives in internal/spec or the domain).
+var below = map[string][]string{
+	"internal/spec":    nil,
+	"internal/engine":  {"internal/spec"},
+	"internal/runner":  {"internal/spec", "internal/engine"},
+	"internal/trigger": {"internal/spec"},
+}
 
 // shared libraries adapters may use: the step runner every backend (and
 // forgexec inside containers) runs steps with, the guard that stops its
@@ -102,6 +112,8 @@ func forbidden(pkg, dep string) string {
 		return "adapters do not import each other; wire them in cmd/forge"
 	case in(pkg, orchestration) && in(dep, adapters):
 		return "orchestration declares the interfaces it needs; cmd/forge passes the adapter in"
+	case in(pkg, orchestration) && in(dep, orchestration) && group2(pkg) != group2(dep) && !in(dep, below[group2(pkg)]):
+		return "orchestration packages import each other downward only (spec, engine, runner; spec, trigger): move what both need below both"
 	case in(pkg, shared) && (in(dep, adapters) || in(dep, orchestration) || in(dep, views)):
 		return "shared libraries depend only on the domain"
 	case in(pkg, views) && in(dep, adapters):
@@ -110,6 +122,16 @@ func forbidden(pkg, dep string) string {
 		return "only commands choose how a run is shown"
 	}
 	return ""
+}
+
+// group2 is the orchestration package pkg belongs to.
+func group2(pkg string) string {
+	for _, o := range orchestration {
+		if pkg == o || strings.HasPrefix(pkg, o+"/") {
+			return o
+		}
+	}
+	return pkg
 }
 
 // group is the adapter a package belongs to (a backend is its own group).
@@ -161,6 +183,11 @@ func TestForbidden(t *testing.T) {
 		{"internal/shell", "internal/console", true},
 		{"internal/runner", "internal/prometheus", false},
 		{"internal/prometheus", "internal/http", true},
+		{"internal/trigger", "internal/runner", true},
+		{"internal/runner", "internal/trigger", true},
+		{"internal/trigger", "internal/spec", false},
+		{"internal/engine", "internal/runner", true},
+		{"internal/runner/sub", "internal/runner", false},
 	}
 	for _, tt := range tests {
 		if got := forbidden(tt.pkg, tt.dep) != ""; got != tt.bad {

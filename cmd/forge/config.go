@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -39,7 +40,15 @@ type serverConfig struct {
 		WebhookSecret string `yaml:"webhook_secret"`
 		MaxBody       int64  `yaml:"max_body"`
 		Token         string `yaml:"token"`
+		// APIURL is GitHub's API (GitHub Enterprise: https://HOST/api/v3);
+		// clone URLs must be on its host, and only it gets the token.
+		APIURL string `yaml:"api_url"`
 	} `yaml:"github"`
+	Git struct {
+		// AllowFile lets repositories be cloned from local paths and
+		// file:// URLs (local mirrors, tests).
+		AllowFile bool `yaml:"allow_file"`
+	} `yaml:"git"`
 	Builds struct {
 		Concurrency      int      `yaml:"concurrency"`
 		PerRepo          int      `yaml:"per_repo"`
@@ -152,6 +161,7 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		"FORGE_LOG_LEVEL":             &c.Log.Level,
 		"FORGE_GITHUB_WEBHOOK_SECRET": &c.GitHub.WebhookSecret,
 		"FORGE_GITHUB_TOKEN":          &c.GitHub.Token,
+		"FORGE_GITHUB_API_URL":        &c.GitHub.APIURL,
 		"FORGE_PRODUCTION_BRANCH":     &c.Builds.ProductionBranch,
 		"FORGE_MIGRATE":               &c.Migrate,
 	}
@@ -182,12 +192,18 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		}
 		c.Grace = Duration(d)
 	}
-	if v := getenv("FORGE_API_PRIVATE_READS"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return forge.Errorf(forge.EINVALID, "FORGE_API_PRIVATE_READS=%q: want true or false", v)
+	bools := map[string]*bool{
+		"FORGE_API_PRIVATE_READS": &c.API.PrivateReads,
+		"FORGE_GIT_ALLOW_FILE":    &c.Git.AllowFile,
+	}
+	for k, p := range bools {
+		if v := getenv(k); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return forge.Errorf(forge.EINVALID, "%s=%q: want true or false", k, v)
+			}
+			*p = b
 		}
-		c.API.PrivateReads = b
 	}
 	return nil
 }
@@ -228,6 +244,9 @@ func (c *serverConfig) validate() error {
 	if c.PublicURL != "" && !strings.HasPrefix(c.PublicURL, "http://") && !strings.HasPrefix(c.PublicURL, "https://") {
 		errs = append(errs, fmt.Sprintf("public_url %q: want an http:// or https:// URL", c.PublicURL))
 	}
+	if _, err := c.gitOrigin(); err != nil {
+		errs = append(errs, err.Error())
+	}
 	for name := range c.Secrets {
 		if name != "*" && strings.Count(name, "/") != 1 {
 			errs = append(errs, fmt.Sprintf("secrets: %q is not owner/repo or *", name))
@@ -240,6 +259,25 @@ func (c *serverConfig) validate() error {
 		return forge.Errorf(forge.EINVALID, "config: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// gitOrigin is where repositories are cloned from and the token may go:
+// github.com for the public API (the default), else the scheme, host and
+// port of github.api_url (GitHub Enterprise serves git and its API from
+// one host).
+func (c *serverConfig) gitOrigin() (string, error) {
+	raw := strings.TrimSpace(c.GitHub.APIURL)
+	if raw == "" {
+		return "https://github.com", nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", fmt.Errorf("github.api_url %q: want an http:// or https:// URL such as https://ghe.example.com/api/v3", raw)
+	}
+	if strings.EqualFold(u.Hostname(), "api.github.com") {
+		return "https://github.com", nil
+	}
+	return u.Scheme + "://" + u.Host, nil
 }
 
 // leaseConfig is the lease server's part of c.

@@ -127,3 +127,33 @@ func TestSecretsForRepo(t *testing.T) {
 		t.Errorf("secretsFor(other/x) = %v", got)
 	}
 }
+
+// TestGitOrigin: repositories are cloned from, and the token goes to,
+// github.com for the public API and the API's own host for GitHub
+// Enterprise; FORGE_GIT_ALLOW_FILE turns on local repositories.
+func TestGitOrigin(t *testing.T) {
+	for _, tt := range []struct{ api, want, err string }{
+		{"", "https://github.com", ""},
+		{"https://api.github.com", "https://github.com", ""},
+		{"https://ghe.example.com/api/v3", "https://ghe.example.com", ""},
+		{"http://127.0.0.1:8089/api/v3", "http://127.0.0.1:8089", ""},
+		{"ftp://x", "", "github.api_url"},
+		{"ghe.example.com", "", "github.api_url"},
+	} {
+		c := defaultServerConfig()
+		c.GitHub.APIURL = tt.api
+		got, err := c.gitOrigin()
+		if got != tt.want || (err == nil) != (tt.err == "") || err != nil && !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("gitOrigin(%q) = %q, %v; want %q, error %q", tt.api, got, err, tt.want, tt.err)
+		}
+	}
+	c := defaultServerConfig()
+	env := map[string]string{"FORGE_GIT_ALLOW_FILE": "true", "FORGE_GITHUB_API_URL": "https://ghe.example.com/api/v3"}
+	if err := applyEnv(&c, func(k string) string { return env[k] }); err != nil || !c.Git.AllowFile || c.GitHub.APIURL != env["FORGE_GITHUB_API_URL"] {
+		t.Errorf("applyEnv: %v, allow_file %v, api_url %q", err, c.Git.AllowFile, c.GitHub.APIURL)
+	}
+	env["FORGE_GIT_ALLOW_FILE"] = "sometimes"
+	if err := applyEnv(&c, func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "FORGE_GIT_ALLOW_FILE") {
+		t.Errorf("applyEnv with a bad boolean: %v, want an error naming it", err)
+	}
+}

@@ -36,16 +36,17 @@ func TestMigrateCommand(t *testing.T) {
 		stderr   string
 	}{
 		{"status of a new database", []string{"status", "--data", data}, 0,
-			[]string{"SQLite database " + db, "VERSION", "00001_init.sql", "pending", "00002_", "pending", "00003_", "pending", "version 0 of 3: 3 pending; run forge migrate up"}, ""},
+			[]string{"SQLite database " + db, "VERSION", "00001_init.sql", "pending", "00002_", "pending", "00003_", "pending", "00004_", "pending", "version 0 of 4: 4 pending; run forge migrate up"}, ""},
 		{"up applies all", []string{"up", "--data", data}, 0,
-			[]string{"applied 00001_init.sql\n", "applied 00002_build_lookup_indexes.sql\n", "applied 00003_build_runner_heartbeat.sql\n", "the schema is at version 3 of 3"}, ""},
+			[]string{"applied 00001_init.sql\n", "applied 00002_build_lookup_indexes.sql\n", "applied 00003_build_runner_heartbeat.sql\n", "applied 00004_delivery_claims.sql\n", "the schema is at version 4 of 4"}, ""},
 		{"up again does nothing", []string{"up", "--data", data}, 0,
-			[]string{"nothing to migrate: the schema is at version 3, the latest"}, ""},
+			[]string{"nothing to migrate: the schema is at version 4, the latest"}, ""},
 		{"status after up", []string{"status", "--data", data}, 0,
-			[]string{"00001_init.sql", " UTC\n", "00002_", " UTC\n", "00003_", " UTC\n", "the schema is up to date (version 3)"}, ""},
+			[]string{"00001_init.sql", " UTC\n", "00002_", " UTC\n", "00003_", " UTC\n", "00004_", " UTC\n", "the schema is up to date (version 4)"}, ""},
 		{"down rolls back one", []string{"down", "--data", data}, 0,
-			[]string{"rolled back 00003_build_runner_heartbeat.sql\n", "the schema is at version 2 of 3"}, ""},
-		{"down again", []string{"down", "--data", data}, 0, []string{"rolled back 00002_build_lookup_indexes.sql\n", "the schema is at version 1 of 3"}, ""},
+			[]string{"rolled back 00004_delivery_claims.sql\n", "the schema is at version 3 of 4"}, ""},
+		{"down again", []string{"down", "--data", data}, 0, []string{"rolled back 00003_build_runner_heartbeat.sql\n", "the schema is at version 2 of 4"}, ""},
+		{"down once more", []string{"down", "--data", data}, 0, []string{"rolled back 00002_build_lookup_indexes.sql\n", "the schema is at version 1 of 4"}, ""},
 		{"down to nothing", []string{"down", "--data", data}, 0, []string{"rolled back 00001_init.sql\n"}, ""},
 		{"down with nothing applied", []string{"down", "--data", data}, 0, []string{"nothing to roll back"}, ""},
 		{"no subcommand", nil, 2, nil, "migrate needs a subcommand"},
@@ -137,7 +138,7 @@ func TestMigrateCommandPostgres(t *testing.T) {
 		t.Fatalf("the password is shown: %s", out)
 	}
 	code, out, errOut = migrateRun(t, "status")
-	if code != 0 || !strings.Contains(out, "the schema is up to date (version 3)") {
+	if code != 0 || !strings.Contains(out, "the schema is up to date (version 4)") {
 		t.Fatalf("status: exit %d\n%s%s", code, out, errOut)
 	}
 }

@@ -214,7 +214,12 @@ func (m *serverMain) Run(ctx context.Context) error {
 		publicURL = "http://" + loopbackIfAny(addr)
 	}
 
-	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token})
+	origin, err := c.gitOrigin()
+	if err != nil {
+		return forge.Errorf(forge.EINVALID, "config: %v", err)
+	}
+	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token,
+		Origin: origin, AllowFile: c.Git.AllowFile})
 	if err != nil {
 		return err
 	}
@@ -281,7 +286,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	proc, err := newProcessor(c, db, gitc, run, log)
+	proc, err := newProcessor(c, db, gitc, run, log, reg)
 	if err != nil {
 		return err
 	}

@@ -59,7 +59,8 @@ func e2eStart(t testing.TB, data, config string, env ...string) *e2eServerProc {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "FORGE_MIGRATE=auto", "FORGE_GITHUB_WEBHOOK_SECRET="+e2eSecret)
+	// The tests' repositories are local directories.
+	cmd.Env = append(cmd.Env, "FORGE_MIGRATE=auto", "FORGE_GITHUB_WEBHOOK_SECRET="+e2eSecret, "FORGE_GIT_ALLOW_FILE=true")
 	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -447,7 +448,8 @@ func TestServerRestartRecovery(t *testing.T) {
 	}
 
 	p = e2eStartServer(t, data, "FORGE_BUILDS_CONCURRENCY=1")
-	b := e2eWaitBuild(t, p, 1, 10*time.Second, e2eBuildDone)
+	// Recovery ends the build, then its jobs.
+	b := e2eWaitBuild(t, p, 1, 10*time.Second, func(b *e2eBuildView) bool { return b.Status.Done() && b.Jobs[0].Status.Done() })
 	if b.Status != forge.StatusError || b.Error != "server restarted" {
 		t.Errorf("build 1 = %s %q, want error: server restarted", b.Status, b.Error)
 	}
@@ -548,6 +550,7 @@ func testCrashDuringBurst(t *testing.T, env ...string) {
 	t.Logf("%d of %d deliveries acknowledged before the kill", n, total)
 
 	p = e2eStartServer(t, data, env...)
+	restarted := time.Now()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		count := map[string]int{}
@@ -580,6 +583,7 @@ func testCrashDuringBurst(t *testing.T, env ...string) {
 			}
 		}
 		if missing == 0 {
+			t.Logf("every acknowledged delivery built %v after the restart", time.Since(restarted).Round(time.Millisecond))
 			break
 		}
 		if time.Now().After(deadline) {
@@ -667,6 +671,8 @@ func TestServerManualRestartLeasesMetrics(t *testing.T) {
 		`forge_webhooks_total{event="pull_request",result="accepted"} 1`,
 		`forge_job_duration_seconds_count{result="success"} 3`,
 		"forge_builds_queued 0",
+		"forge_deliveries_pending 0",
+		"forge_deliveries_oldest_pending_seconds 0",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
@@ -786,7 +792,8 @@ func TestServerSIGTERMLetsLeasedJobFinish(t *testing.T) {
 
 // TestServerReplicas runs two servers on one PostgreSQL database, each
 // with its own data directory, and sends deliveries to both: every
-// delivery builds once, and every build runs once, on one of them.
+// delivery is processed once and builds once, and every build runs once,
+// on one of them.
 func TestServerReplicas(t *testing.T) {
 	dbURL := "FORGE_DATABASE_URL=" + e2eScratchDatabase(t, e2ePostgresURL(t))
 	marks := t.TempDir()
@@ -837,6 +844,22 @@ func TestServerReplicas(t *testing.T) {
 	}
 	if len(ran) != n {
 		t.Errorf("%d builds ran, want %d", len(ran), n)
+	}
+	// Each delivery was processed (fetched, compiled, logged) by one of
+	// them: they claim a repository's deliveries (issue 7.8).
+	processed := map[string]int{}
+	for _, p := range []*e2eServerProc{a, b} {
+		for _, line := range strings.Split(p.log(), "\n") {
+			var rec struct{ Msg, Delivery string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "trigger: delivery processed" {
+				processed[rec.Delivery]++
+			}
+		}
+	}
+	for i := 0; i < n; i++ {
+		if id := fmt.Sprint("replica-", i); processed[id] != 1 {
+			t.Errorf("delivery %s processed %d times by the two servers, want once", id, processed[id])
+		}
 	}
 	for _, p := range []*e2eServerProc{a, b} {
 		if !strings.Contains(p.log(), `"msg":"build started"`) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/forgeci/forge/internal/prometheus"
+
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/git"
 	"github.com/forgeci/forge/internal/github"
@@ -14,11 +16,17 @@ import (
 
 // newProcessor wires internal/trigger: stored deliveries become builds,
 // each new build wakes the runner, and a superseded build is cancelled
-// through the runner (which kills it if it runs).
-func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner, log *slog.Logger) (*trigger.Processor, error) {
+// through the runner (which kills it if it runs). Servers sharing the
+// database claim repositories' deliveries under the runner's ID, so each
+// delivery is processed by one of them.
+func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner, log *slog.Logger, reg prometheus.Registerer) (*trigger.Processor, error) {
 	keep := c.Builds.CancelSuperseded != nil && !*c.Builds.CancelSuperseded
 	return trigger.New(trigger.Options{
 		Deliveries:       db,
+		Claims:           db,
+		ID:               run.ID(),
+		Home:             run.Home(),
+		Registerer:       reg,
 		Repos:            db,
 		Builds:           db,
 		Logs:             db,

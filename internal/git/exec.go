@@ -63,9 +63,15 @@ func (g *Git) run(ctx context.Context, dir string, env []string, args ...string)
 // *Error wrapped in a forge error: EUNAVAILABLE for a remote that could
 // not be reached or refused, ECANCELED when ctx ended, EINTERNAL else.
 func (g *Git) runTo(ctx context.Context, dir string, env []string, stdout io.Writer, args ...string) error {
+	return g.runWith(ctx, dir, env, nil, stdout, args...)
+}
+
+// runWith is runTo with stdin (nil for none) as git's standard input.
+func (g *Git) runWith(ctx context.Context, dir string, env []string, stdin io.Reader, stdout io.Writer, args ...string) error {
 	cmd := exec.CommandContext(ctx, g.opts.Binary, args...)
 	cmd.Dir = dir
-	cmd.Env = append(gitEnv(), env...)
+	cmd.Stdin = stdin
+	cmd.Env = append(append(gitEnv(), g.allowProtocol()), env...)
 	cmd.Stdout = stdout
 	var stderr bytes.Buffer
 	cmd.Stderr = &limited{w: &stderr, n: 64 << 10}

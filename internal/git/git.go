@@ -20,10 +20,8 @@ package git
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,9 +45,17 @@ type Options struct {
 	// Depth is how many commits of history to fetch: 0 means
 	// DefaultDepth, a negative value the whole history.
 	Depth int
-	// Token, when set, authenticates fetches over HTTP(S) (a GitHub token
-	// or an installation token), sent as user x-access-token.
+	// Token, when set, authenticates fetches over HTTPS (a GitHub token
+	// or an installation token), sent as user x-access-token, and only to
+	// Origin.
 	Token string
+	// Origin is scheme://host[:port] of the GitHub forge builds from (""
+	// means DefaultOrigin, https://github.com): the token goes only there,
+	// and clone URLs must be on its host (see CheckCloneURL).
+	Origin string
+	// AllowFile lets clone URLs be local paths or file:// URLs (local
+	// mirrors, tests); without it they are refused.
+	AllowFile bool
 	// Binary is the git executable; "" means "git" from PATH.
 	Binary string
 }
@@ -59,9 +65,12 @@ type Options struct {
 // repositories proceed in parallel, and a checkout of a commit already in
 // the mirror takes no lock, so a fetch never delays a build's start.
 type Git struct {
-	opts  Options
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
+	opts   Options
+	origin origin
+	mu     sync.Mutex
+	locks  map[string]*sync.Mutex
+	// known holds, per mirror, commits fetched and kept (see kept).
+	known map[string]map[string]bool
 }
 
 // New returns a Git keeping mirrors under opts.Dir.
@@ -83,7 +92,11 @@ func New(opts Options) (*Git, error) {
 	if opts.Depth == 0 {
 		opts.Depth = DefaultDepth
 	}
-	return &Git{opts: opts, locks: map[string]*sync.Mutex{}}, nil
+	o, err := parseOrigin(opts.Origin)
+	if err != nil {
+		return nil, err
+	}
+	return &Git{opts: opts, origin: o, locks: map[string]*sync.Mutex{}}, nil
 }
 
 // MirrorDir returns the directory of repo's mirror (it may not exist yet).
@@ -121,20 +134,6 @@ func (g *Git) lock(dir string) func() {
 	return l.Unlock
 }
 
-// IsSHA reports whether s is a full commit id: 40 (SHA-1) or 64 (SHA-256)
-// lower-case hex digits.
-func IsSHA(s string) bool {
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
-
 // Fetch makes a commit of repo available in its mirror and returns its
 // SHA. With sha set, that commit is fetched (by id; when the server will
 // not serve an id, ref is fetched instead and must bring it); with sha
@@ -150,18 +149,22 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 	if err != nil {
 		return "", err
 	}
-	if sha != "" && !IsSHA(sha) {
+	if sha != "" && !forge.IsSHA(sha) {
 		return "", forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
 	}
 	if sha == "" && ref == "" {
 		return "", forge.Errorf(forge.EINVALID, "git: fetch needs a ref or a commit")
 	}
-	if ref != "" && !validRef(ref) {
+	if ref != "" && !forge.ValidRefName(ref) {
 		return "", forge.Errorf(forge.EINVALID, "git: %q is not a valid ref", ref)
 	}
-	remote, err := cloneURL(repo.CloneURL)
+	remote, err := g.remote(repo.CloneURL)
 	if err != nil {
 		return "", err
+	}
+	// A commit fetched and kept before needs no git at all.
+	if sha != "" && g.kept(dir, sha) {
+		return sha, nil
 	}
 	defer g.lock(dir)()
 	if err := g.ensureMirror(ctx, dir); err != nil {
@@ -170,7 +173,7 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 	if sha != "" && g.hasCommit(ctx, dir, sha) {
 		return sha, g.keep(ctx, dir, sha)
 	}
-	if sha == "" && IsSHA(ref) {
+	if sha == "" && forge.IsSHA(ref) {
 		if g.hasCommit(ctx, dir, ref) {
 			return ref, g.keep(ctx, dir, ref)
 		}
@@ -210,7 +213,7 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 
 // fetchRef fetches ref, trying it as written, then as a branch, then as a
 // tag when it is a short name.
-func (g *Git) fetchRef(ctx context.Context, dir, remote, ref string) error {
+func (g *Git) fetchRef(ctx context.Context, dir string, remote remote, ref string) error {
 	candidates := []string{ref}
 	if !strings.HasPrefix(ref, "refs/") {
 		candidates = append(candidates, "refs/heads/"+ref, "refs/tags/"+ref)
@@ -240,14 +243,14 @@ func orNotFound(err error, msg string) error {
 }
 
 // fetch runs one git fetch of what (a ref or an id) into dir's mirror.
-func (g *Git) fetch(ctx context.Context, dir, remote, what string) error {
+func (g *Git) fetch(ctx context.Context, dir string, remote remote, what string) error {
 	args := []string{"fetch", "--quiet", "--no-tags"}
 	if g.opts.Depth > 0 {
 		args = append(args, "--depth", fmt.Sprint(g.opts.Depth))
 	} else if _, err := os.Stat(filepath.Join(dir, "shallow")); err == nil {
 		args = append(args, "--unshallow")
 	}
-	args = append(args, "--end-of-options", remote, what)
+	args = append(args, "--end-of-options", remote.url, what)
 	_, err := g.run(ctx, dir, g.credentials(remote), args...)
 	if err != nil && ctx.Err() != nil {
 		return forge.WrapError(forge.ECANCELED, ctx.Err(), "git fetch cancelled")
@@ -259,10 +262,16 @@ func (g *Git) fetch(ctx context.Context, dir, remote, what string) error {
 // automatic garbage collection never drops what a workspace still uses.
 func (g *Git) keep(ctx context.Context, dir, sha string) error {
 	_, err := g.run(ctx, dir, nil, "update-ref", "refs/forge/"+sha, sha)
+	if err == nil {
+		g.remember(dir, sha)
+	}
 	return err
 }
 
 func (g *Git) hasCommit(ctx context.Context, dir, sha string) bool {
+	if g.kept(dir, sha) {
+		return true
+	}
 	_, err := g.run(ctx, dir, nil, "cat-file", "-e", sha+"^{commit}")
 	return err == nil
 }
@@ -309,7 +318,7 @@ func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) 
 	if err != nil {
 		return nil, err
 	}
-	if !IsSHA(sha) {
+	if !forge.IsSHA(sha) {
 		return nil, forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
 	}
 	path = strings.TrimPrefix(filepath.ToSlash(filepath.Clean(path)), "/")
@@ -322,10 +331,10 @@ func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) 
 	}
 	typ, err := g.run(ctx, dir, nil, "cat-file", "-t", sha+":"+path)
 	if err != nil {
-		return nil, forge.Errorf(forge.ENOTFOUND, "%s does not exist at %s", path, short(sha))
+		return nil, forge.Errorf(forge.ENOTFOUND, "%s does not exist at %s", path, forge.ShortSHA(sha))
 	}
 	if t := strings.TrimSpace(typ); t != "blob" {
-		return nil, forge.Errorf(forge.EINVALID, "%s at %s is a %s, not a file", path, short(sha), t)
+		return nil, forge.Errorf(forge.EINVALID, "%s at %s is a %s, not a file", path, forge.ShortSHA(sha), t)
 	}
 	// The file comes from whoever pushed the commit: its size is checked
 	// before any of it is read into memory.
@@ -334,7 +343,7 @@ func (g *Git) ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) 
 		return nil, err
 	}
 	if n, err := strconv.ParseInt(strings.TrimSpace(size), 10, 64); err != nil || n > MaxReadFile {
-		return nil, forge.Errorf(forge.ETOOLARGE, "%s at %s has %s bytes, more than the %d forge reads", path, short(sha), strings.TrimSpace(size), MaxReadFile)
+		return nil, forge.Errorf(forge.ETOOLARGE, "%s at %s has %s bytes, more than the %d forge reads", path, forge.ShortSHA(sha), strings.TrimSpace(size), MaxReadFile)
 	}
 	var out bytes.Buffer
 	if err := g.runTo(ctx, dir, nil, &out, "cat-file", "blob", sha+":"+path); err != nil {
@@ -350,7 +359,7 @@ func (g *Git) Message(ctx context.Context, repo *forge.Repo, sha string) (string
 	if err != nil {
 		return "", err
 	}
-	if !IsSHA(sha) {
+	if !forge.IsSHA(sha) {
 		return "", forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
 	}
 	defer g.lock(dir)()
@@ -376,22 +385,22 @@ func (g *Git) ChangedPaths(ctx context.Context, repo *forge.Repo, base, head str
 	if err != nil {
 		return nil, err
 	}
-	if !IsSHA(base) || !IsSHA(head) {
+	if !forge.IsSHA(base) || !forge.IsSHA(head) {
 		return nil, forge.Errorf(forge.EINVALID, "git: changed paths need two full commit ids")
 	}
-	defer g.lock(dir)()
 	for _, c := range []string{base, head} {
 		if !g.hasCommit(ctx, dir, c) {
 			return nil, forge.Errorf(forge.ENOTFOUND, "commit %s of %s has not been fetched", c, repo.FullName())
 		}
 	}
-	out, err := g.run(ctx, dir, nil, "merge-base", base, head)
+	// base...head diffs head against the merge base, in one git. Objects
+	// are only read, which a concurrent fetch never disturbs: no lock.
+	out, err := g.run(ctx, dir, nil, "diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", base+"..."+head, "--")
 	if err != nil {
-		return nil, forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("no merge base of %s and %s in the fetched history", short(base), short(head)))
-	}
-	mb := strings.TrimSpace(out)
-	out, err = g.run(ctx, dir, nil, "diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", mb, head, "--")
-	if err != nil {
+		var ge *Error
+		if errors.As(err, &ge) && strings.Contains(ge.Stderr, "no merge base") {
+			return nil, forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("no merge base of %s and %s in the fetched history", forge.ShortSHA(base), forge.ShortSHA(head)))
+		}
 		return nil, err
 	}
 	paths := []string{}
@@ -409,7 +418,7 @@ func (g *Git) ChangedPaths(ctx context.Context, repo *forge.Repo, base, head str
 // missing. HEAD is detached at sha and the remote origin is the clone URL
 // (without credentials). On failure nothing is left at dir.
 func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (err error) {
-	if !IsSHA(sha) {
+	if !forge.IsSHA(sha) {
 		return forge.Errorf(forge.EINVALID, "git: %q is not a full commit id", sha)
 	}
 	if _, err := os.Lstat(dir); err == nil {
@@ -451,8 +460,8 @@ func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (
 			return forge.Errorf(forge.EINTERNAL, "git: copy shallow list: %w", err)
 		}
 	}
-	if remote, err := cloneURL(repo.CloneURL); err == nil {
-		if _, err := g.run(ctx, dir, nil, "remote", "add", "origin", remote); err != nil {
+	if remote, err := g.remote(repo.CloneURL); err == nil {
+		if _, err := g.run(ctx, dir, nil, "remote", "add", "origin", remote.url); err != nil {
 			return err
 		}
 	}
@@ -460,71 +469,4 @@ func (g *Git) Checkout(ctx context.Context, repo *forge.Repo, sha, dir string) (
 		return err
 	}
 	return nil
-}
-
-// cloneURL checks a clone URL: an https/http/ssh/git/file URL, an scp-like
-// ssh address, or an absolute local path (tests, mirrors of mirrors).
-func cloneURL(raw string) (string, error) {
-	if raw == "" {
-		return "", forge.Errorf(forge.EINVALID, "git: the repository has no clone URL")
-	}
-	if strings.HasPrefix(raw, "-") || strings.ContainsAny(raw, "\n\r\x00") {
-		return "", forge.Errorf(forge.EINVALID, "git: clone URL %q is not valid", redact(raw))
-	}
-	if filepath.IsAbs(raw) {
-		return raw, nil
-	}
-	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
-		switch u.Scheme {
-		case "https", "http", "ssh", "git", "file":
-			return raw, nil
-		}
-		return "", forge.Errorf(forge.EINVALID, "git: clone URL scheme %q is not supported", u.Scheme)
-	}
-	if i := strings.Index(raw, ":"); i > 0 && !strings.Contains(raw[:i], "/") {
-		return raw, nil // user@host:owner/repo.git
-	}
-	return "", forge.Errorf(forge.EINVALID, "git: clone URL %q is not a URL or an absolute path", redact(raw))
-}
-
-// credentials returns the environment that authenticates a fetch from
-// remote, or nil. Passing the header through GIT_CONFIG_* keeps it off
-// the command line (visible in ps) and out of every file.
-func (g *Git) credentials(remote string) []string {
-	if g.opts.Token == "" {
-		return nil
-	}
-	u, err := url.Parse(remote)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil
-	}
-	basic := base64.StdEncoding.EncodeToString([]byte("x-access-token:" + g.opts.Token))
-	return []string{
-		"GIT_CONFIG_COUNT=1",
-		"GIT_CONFIG_KEY_0=http.extraHeader",
-		"GIT_CONFIG_VALUE_0=Authorization: Basic " + basic,
-	}
-}
-
-// validRef accepts what git check-ref-format would, minus anything that
-// could be read as an option.
-func validRef(s string) bool {
-	if s == "" || len(s) > 1024 || strings.HasPrefix(s, "-") || strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") ||
-		strings.HasSuffix(s, ".") || strings.HasSuffix(s, ".lock") || strings.Contains(s, "..") || strings.Contains(s, "//") ||
-		strings.Contains(s, "@{") || s == "@" {
-		return false
-	}
-	for _, c := range s {
-		if c < 0x20 || c == 0x7f || strings.ContainsRune(" ~^:?*[\\", c) {
-			return false
-		}
-	}
-	return true
-}
-
-func short(sha string) string {
-	if len(sha) > 12 {
-		return sha[:12]
-	}
-	return sha
 }

@@ -67,11 +67,14 @@ func (u *upstream) repo() *forge.Repo {
 	return &forge.Repo{Owner: "acme", Name: "app", CloneURL: "file://" + u.dir}
 }
 
+// newGit returns a Git for tests: local repositories allowed (upstreams
+// are local), mirrors in a temporary directory.
 func newGit(t testing.TB, opts git.Options) *git.Git {
 	t.Helper()
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}
+	opts.AllowFile = true
 	g, err := git.New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +239,7 @@ func TestFetchErrors(t *testing.T) {
 		{"short sha", u.repo(), "", "abc123", forge.EINVALID, `git: "abc123" is not a full commit id`},
 		{"option as ref", u.repo(), "--upload-pack=touch /tmp/x", "", forge.EINVALID, `git: "--upload-pack=touch /tmp/x" is not a valid ref`},
 		{"traversal in name", &forge.Repo{Owner: "..", Name: "x", CloneURL: "file:///x"}, "main", "", forge.EINVALID, `git: "../x" is not a valid owner/name for a mirror`},
-		{"ext transport", &forge.Repo{Owner: "a", Name: "b", CloneURL: "ext::sh -c touch% /tmp/pwned"}, "main", "", forge.EINVALID, `git: clone URL scheme "ext" is not supported`},
+		{"ext transport", &forge.Repo{Owner: "a", Name: "b", CloneURL: "ext::sh -c touch% /tmp/pwned"}, "main", "", forge.EINVALID, `git: clone URL "ext::sh -c touch% /tmp/pwned" uses the git transport "ext", which forge refuses: use https or ssh`},
 		{"no clone url", &forge.Repo{Owner: "a", Name: "b"}, "main", "", forge.EINVALID, "git: the repository has no clone URL"},
 		{"no such repository", &forge.Repo{Owner: "a", Name: "b", CloneURL: "file:///nonexistent/repo"}, "main", "", forge.ENOTFOUND, "ref main not found"},
 	}
@@ -270,7 +273,7 @@ func TestCredentials(t *testing.T) {
 		http.Error(w, "nope", http.StatusInternalServerError)
 	}))
 	defer srv.Close()
-	g := newGit(t, git.Options{Token: token})
+	g := newGit(t, git.Options{Token: token, Origin: srv.URL})
 	repo := &forge.Repo{Owner: "acme", Name: "private", CloneURL: srv.URL + "/acme/private.git"}
 	_, err := g.Fetch(context.Background(), repo, "main", "")
 	if err == nil {
@@ -335,7 +338,7 @@ func TestCancel(t *testing.T) {
 		<-r.Context().Done()
 	}))
 	defer srv.Close()
-	g := newGit(t, git.Options{})
+	g := newGit(t, git.Options{Origin: srv.URL})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()

@@ -1,6 +1,8 @@
 package git
 
 import (
+	"github.com/forgeci/forge"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -227,7 +229,7 @@ func readGitFiles(dir string) *Local {
 		}
 		g.SHA = sha
 		g.setRef(ref)
-	} else if IsSHA(h) {
+	} else if forge.IsSHA(h) {
 		g.SHA = h
 		g.setRef("HEAD")
 	} else {
@@ -242,7 +244,7 @@ func readGitFiles(dir string) *Local {
 func resolveRef(gitDir, common, ref string) (string, bool) {
 	for _, d := range []string{gitDir, common} {
 		if b, err := os.ReadFile(filepath.Join(d, filepath.FromSlash(ref))); err == nil {
-			if sha := strings.TrimSpace(string(b)); IsSHA(sha) {
+			if sha := strings.TrimSpace(string(b)); forge.IsSHA(sha) {
 				return sha, true
 			}
 		}
@@ -252,7 +254,7 @@ func resolveRef(gitDir, common, ref string) (string, bool) {
 		return "", false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if sha, name, ok := strings.Cut(strings.TrimSpace(line), " "); ok && name == ref && IsSHA(sha) {
+		if sha, name, ok := strings.Cut(strings.TrimSpace(line), " "); ok && name == ref && forge.IsSHA(sha) {
 			return sha, true
 		}
 	}

@@ -65,9 +65,9 @@ func parsePullRequest(payload []byte) (*forge.Hook, string, error) {
 		return nil, "", forge.Errorf(forge.EINVALID, "pull_request payload has no pull_request")
 	case pr.Head == nil || pr.Base == nil:
 		return nil, "", forge.Errorf(forge.EINVALID, "pull_request payload: pull request has no head or base")
-	case !isSHA(pr.Head.SHA):
+	case !forge.IsSHA(pr.Head.SHA):
 		return nil, "", forge.Errorf(forge.EINVALID, "pull_request payload: head sha %q is not a commit id", pr.Head.SHA)
-	case !validRef(pr.Base.Ref):
+	case !forge.ValidRefName(pr.Base.Ref):
 		return nil, "", forge.Errorf(forge.EINVALID, "pull_request payload: base ref %q is not a branch name", pr.Base.Ref)
 	}
 	number := firstNonZero(pr.Number, p.Number)
@@ -94,10 +94,10 @@ func parsePullRequest(payload []byte) (*forge.Hook, string, error) {
 	if pr.User != nil {
 		h.Author = pr.User.Login
 	}
-	if isSHA(pr.Base.SHA) {
+	if forge.IsSHA(pr.Base.SHA) {
 		h.Base = pr.Base.SHA
 	}
-	if p.Action == "synchronize" && isSHA(p.Before) && p.Before != zeroSHA {
+	if p.Action == "synchronize" && forge.IsSHA(p.Before) && p.Before != zeroSHA {
 		h.Before = p.Before
 	}
 	if p.Action == "closed" {
@@ -105,14 +105,14 @@ func parsePullRequest(payload []byte) (*forge.Hook, string, error) {
 			return nil, fmt.Sprintf("pull request #%d closed without merging", number), nil
 		}
 		// A merge builds what landed on the target branch: the merge commit.
-		if !isSHA(pr.MergeCommitSHA) {
+		if !forge.IsSHA(pr.MergeCommitSHA) {
 			return nil, "", forge.Errorf(forge.EINVALID, "pull_request payload: merged pull request #%d has no merge_commit_sha", number)
 		}
 		h.Merged = true
 		h.SHA = pr.MergeCommitSHA
 		h.Ref = "refs/heads/" + pr.Base.Ref
 		h.Before = pr.Base.SHA
-		if !isSHA(h.Before) {
+		if !forge.IsSHA(h.Before) {
 			h.Before = ""
 		}
 	}
@@ -147,7 +147,7 @@ func parsePush(payload []byte) (*forge.Hook, string, error) {
 	if p.Deleted || p.After == zeroSHA {
 		return nil, fmt.Sprintf("%s deleted", p.Ref), nil
 	}
-	if !isSHA(p.After) {
+	if !forge.IsSHA(p.After) {
 		return nil, "", forge.Errorf(forge.EINVALID, "push payload: after %q is not a commit id", p.After)
 	}
 	h := &forge.Hook{
@@ -159,7 +159,7 @@ func parsePush(payload []byte) (*forge.Hook, string, error) {
 		CommitCount: len(p.Commits),
 		Paths:       pathsOf(p.Commits),
 	}
-	if isSHA(p.Before) && p.Before != zeroSHA {
+	if forge.IsSHA(p.Before) && p.Before != zeroSHA {
 		h.Before = p.Before
 	}
 	if hc := p.HeadCommit; hc != nil {
@@ -173,13 +173,13 @@ func parsePush(payload []byte) (*forge.Hook, string, error) {
 	case strings.HasPrefix(p.Ref, "refs/heads/"):
 		h.Branch = strings.TrimPrefix(p.Ref, "refs/heads/")
 		h.Target = h.Branch
-		if !validRef(h.Branch) {
+		if !forge.ValidRefName(h.Branch) {
 			return nil, "", forge.Errorf(forge.EINVALID, "push payload: ref %q is not a valid branch name", p.Ref)
 		}
 	case strings.HasPrefix(p.Ref, "refs/tags/"):
 		h.Event = "tag"
 		h.Tag = strings.TrimPrefix(p.Ref, "refs/tags/")
-		if !validRef(h.Tag) {
+		if !forge.ValidRefName(h.Tag) {
 			return nil, "", forge.Errorf(forge.EINVALID, "push payload: ref %q is not a valid tag name", p.Ref)
 		}
 		if p.BaseRef != nil && strings.HasPrefix(*p.BaseRef, "refs/heads/") {
@@ -242,7 +242,7 @@ func parseCheckSuite(payload []byte) (*forge.Hook, string, error) {
 	if cs == nil {
 		return nil, "", forge.Errorf(forge.EINVALID, "check_suite payload has no check_suite")
 	}
-	if !isSHA(cs.HeadSHA) {
+	if !forge.IsSHA(cs.HeadSHA) {
 		return nil, "", forge.Errorf(forge.EINVALID, "check_suite payload: head_sha %q is not a commit id", cs.HeadSHA)
 	}
 	if p.Action != "rerequested" {
@@ -270,12 +270,12 @@ func parseCheckSuite(payload []byte) (*forge.Hook, string, error) {
 		h.Branch = pr.Head.Ref
 		h.Target = pr.Base.Ref
 		h.Fork = pr.Head.Repo == nil || pr.Base.Repo == nil || pr.Head.Repo.ID != pr.Base.Repo.ID
-		if isSHA(pr.Base.SHA) {
+		if forge.IsSHA(pr.Base.SHA) {
 			h.Base = pr.Base.SHA
 		}
 		return h, "", nil
 	}
-	if cs.HeadBranch == nil || !validRef(*cs.HeadBranch) {
+	if cs.HeadBranch == nil || !forge.ValidRefName(*cs.HeadBranch) {
 		// GitHub gives no branch for a suite of a fork's pull request
 		// that it could not match; forge cannot tell what to run.
 		return nil, "check suite rerequested for a commit on no known branch or pull request", nil

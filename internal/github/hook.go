@@ -196,39 +196,6 @@ func unwrapJSON(err error) error {
 	return err
 }
 
-func isSHA(s string) bool {
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-// validRef reports whether a branch or tag name is one git could have
-// made (git check-ref-format's main rules).
-func validRef(s string) bool {
-	if s == "" || len(s) > 1024 || strings.HasPrefix(s, "-") || strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") ||
-		strings.HasSuffix(s, ".") || strings.HasSuffix(s, ".lock") || strings.Contains(s, "..") || strings.Contains(s, "//") ||
-		strings.Contains(s, "@{") || s == "@" {
-		return false
-	}
-	for _, c := range s {
-		if c < 0x20 || c == 0x7f || strings.ContainsRune(" ~^:?*[\\", c) {
-			return false
-		}
-	}
-	for _, part := range strings.Split(s, "/") {
-		if strings.HasPrefix(part, ".") {
-			return false
-		}
-	}
-	return true
-}
-
 // pathsOf lists the files a push changed, sorted and without duplicates;
 // nil when the payload cannot tell (no commits, or a list GitHub cut).
 func pathsOf(commits []commit) []string {

@@ -657,3 +657,17 @@ func (v *HistogramVec) WithLabelValues(values ...string) Observer { return v.wit
 
 // With returns the histogram of these labels.
 func (v *HistogramVec) With(l Labels) Observer { return v.with(v.values(l)) }
+
+// invalidMetric is a series that could not be collected: writing it fails
+// the gathering with err, as client_golang's NewInvalidMetric does.
+type invalidMetric struct {
+	desc *Desc
+	err  error
+}
+
+// NewInvalidMetric returns a metric of desc whose collection fails with err.
+func NewInvalidMetric(desc *Desc, err error) Metric { return &invalidMetric{desc: desc, err: err} }
+
+func (m *invalidMetric) Desc() *Desc { return m.desc }
+
+func (m *invalidMetric) write(*Sample) error { return m.err }

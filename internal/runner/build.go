@@ -114,7 +114,7 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 		if st, msg, ok := r.canceled(ctx); ok {
 			return rec.abortAll(st, msg)
 		}
-		return rec.abortAll(forge.StatusError, fmt.Sprintf("checking out %s at %s: %s", repo.FullName(), short(b.Hook.SHA), errText(err)))
+		return rec.abortAll(forge.StatusError, fmt.Sprintf("checking out %s at %s: %s", repo.FullName(), forge.ShortSHA(b.Hook.SHA), errText(err)))
 	}
 	plan, err := r.opts.Planner.Plan(ctx, dir, b)
 	if err != nil {
@@ -131,7 +131,7 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 	}
 
 	var secrets map[string]string
-	if r.opts.Secrets != nil && !b.Hook.Fork {
+	if r.opts.Secrets != nil && b.Hook.Trusted() {
 		if secrets, err = r.opts.Secrets(ctx, repo); err != nil {
 			return rec.abortAll(forge.StatusError, "loading secrets: "+forge.ErrorMessage(err))
 		}
@@ -228,13 +228,6 @@ func (r *Runner) jobURL(b *forge.Build, repo *forge.Repo, jobID int64) string {
 // buildURL is the build's page: PUBLIC/OWNER/REPO/builds/NUMBER.
 func (r *Runner) buildURL(b *forge.Build, repo *forge.Repo) string {
 	return fmt.Sprintf("%s/%s/%s/builds/%d", strings.TrimRight(r.opts.PublicURL, "/"), repo.Owner, repo.Name, b.Number)
-}
-
-func short(sha string) string {
-	if len(sha) > 12 {
-		return sha[:12]
-	}
-	return sha
 }
 
 // errText is the whole text of err: spec errors list every problem.

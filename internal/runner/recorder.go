@@ -107,7 +107,7 @@ func (rec *recorder) match(plan *forge.Plan) string {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Sprintf("the spec at %s has jobs this build was not created with: %s", short(rec.build.Hook.SHA), strings.Join(missing, ", "))
+		return fmt.Sprintf("the spec at %s has jobs this build was not created with: %s", forge.ShortSHA(rec.build.Hook.SHA), strings.Join(missing, ", "))
 	}
 	for _, js := range rec.order {
 		if !inPlan[js.row.Name] && !js.row.Status.Done() {
@@ -377,7 +377,7 @@ func (rec *recorder) abortAll(st forge.Status, msg string) (forge.Status, string
 			continue
 		}
 		rec.system(js, now, msg)
-		js.row.Status, js.row.Error, js.row.Finished = st, firstLine(msg), now
+		js.row.Status, js.row.Error, js.row.Finished = st, forge.FirstLine(msg), now
 		rec.queueJob(js)
 	}
 	rec.mu.Unlock()
@@ -413,11 +413,4 @@ func (rec *recorder) firstError() string {
 		}
 	}
 	return ""
-}
-
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
 }

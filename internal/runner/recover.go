@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -56,8 +57,9 @@ func (r *Runner) recoverEvery(ctx context.Context) {
 // included, are never touched, so it is safe while other servers share the
 // database. The local backend cannot reattach to a job whose server died
 // (its processes died with it), so every unfinished job of such a build is
-// marked error "server restarted", and so is the build: no build stays
-// running forever. Queued builds are left alone: they simply run.
+// ended, and so is the build: no build stays running forever. What had
+// finished is kept (see recoverBuild). Queued builds are left alone: they
+// simply run.
 //
 // Each build is ended with its row's optimistic lock, so of several
 // runners recovering at once one ends it and the others leave it. Recover
@@ -112,27 +114,33 @@ func (r *Runner) abandoned(b *forge.Build, cutoff time.Time) bool {
 	return b.Heartbeat.IsZero() || b.Heartbeat.Before(cutoff)
 }
 
-// recoverBuild ends the abandoned build b, then its jobs and steps. It
+// recoverBuild ends the abandoned build b, then its unfinished jobs and
+// steps. What had finished stays as it was recorded: a build whose jobs
+// had all finished when its server died ends with the status they give
+// (its server died before writing it); otherwise it ends as error "server
+// restarted", its jobs that may have been running (queued, waiting,
+// running) as error, those that never started (pending) as cancelled. It
 // reports false when the build changed since it was read (another runner
 // recovered it, its server finished it, someone cancelled it): then it
 // leaves it alone.
 func (r *Runner) recoverBuild(ctx context.Context, b *forge.Build) (bool, error) {
 	reason := ErrServerRestart.Error()
 	now := time.Now().UTC()
+	jobs, err := r.opts.Builds.Jobs(ctx, b.ID)
+	if err != nil {
+		return false, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
+	}
 	// The build first, with its lock: only the runner that wins it goes
 	// on to the jobs, so two recovering runners never both act.
-	b.Status, b.Error, b.Finished = forge.StatusError, reason, now
+	b.Status, b.Error = recoveredStatus(jobs, reason)
+	b.Finished = now
 	if err := r.opts.Builds.UpdateBuild(ctx, b); err != nil {
 		if forge.ErrorCode(err) == forge.ECONFLICT {
 			return false, nil
 		}
 		return false, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
 	}
-	r.metrics.finished.WithLabelValues(string(forge.StatusError)).Inc()
-	jobs, err := r.opts.Builds.Jobs(ctx, b.ID)
-	if err != nil {
-		return true, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
-	}
+	r.metrics.finished.WithLabelValues(string(b.Status)).Inc()
 	for _, j := range jobs {
 		for _, s := range j.Steps {
 			if !s.Status.Done() {
@@ -145,12 +153,57 @@ func (r *Runner) recoverBuild(ctx context.Context, b *forge.Build) (bool, error)
 		if j.Status.Done() {
 			continue
 		}
-		// Even a job recorded as queued may have started: its status is
-		// written a moment after it changes.
-		j.Status, j.Error, j.Finished = forge.StatusError, reason, now
+		if j.Status == forge.StatusPending && j.Started.IsZero() {
+			j.Status, j.Error = forge.StatusCanceled, reason+" before the job started"
+		} else {
+			// Even a job recorded as queued may have started: its status
+			// is written a moment after it changes.
+			j.Status, j.Error = forge.StatusError, reason
+		}
+		j.Finished = now
 		if err := r.opts.Builds.UpdateJob(ctx, j); err != nil {
 			return true, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
 		}
 	}
 	return true, nil
+}
+
+// recoveredStatus is the status and error of a build whose server died,
+// from its jobs as recorded: when every job had finished, what they give
+// (as the engine would have: failure, else error, else cancelled, else
+// success) with the first failed job's error; otherwise error, reason.
+func recoveredStatus(jobs []*forge.BuildJob, reason string) (forge.Status, string) {
+	if len(jobs) == 0 {
+		return forge.StatusError, reason
+	}
+	var failed, errored, canceled bool
+	var errMsg, cancelMsg string
+	for _, j := range jobs {
+		switch j.Status {
+		case forge.StatusSuccess, forge.StatusSkipped:
+		case forge.StatusFailure:
+			failed = true
+		case forge.StatusError:
+			errored = true
+			if errMsg == "" && j.Error != "" {
+				errMsg = "job " + j.Name + ": " + j.Error
+			}
+		case forge.StatusCanceled:
+			canceled = true
+			if cancelMsg == "" {
+				cancelMsg = j.Error
+			}
+		default:
+			return forge.StatusError, reason
+		}
+	}
+	switch {
+	case failed:
+		return forge.StatusFailure, ""
+	case errored:
+		return forge.StatusError, errMsg
+	case canceled:
+		return forge.StatusCanceled, cmp.Or(cancelMsg, "canceled")
+	}
+	return forge.StatusSuccess, ""
 }

@@ -2,7 +2,9 @@ package runner_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -241,4 +243,86 @@ func TestStaleMustExceedTwoHeartbeats(t *testing.T) {
 	if err == nil {
 		t.Fatal("New accepted a Stale shorter than two heartbeats")
 	}
+}
+
+// TestRecoverKeepsWhatFinished (issue 7.5): a build whose jobs had all
+// finished when its server died ends with the status they give, not
+// "server restarted"; in a build that was still running, finished jobs
+// keep their status, the running one fails and the one that never
+// started is cancelled.
+func TestRecoverKeepsWhatFinished(t *testing.T) {
+	eachDB(t, func(t *testing.T, db *sqldb.DB) {
+		ctx := context.Background()
+		repo := makeRepo(t, db, "app")
+		setJob := func(j *forge.BuildJob, st forge.Status, started bool) {
+			t.Helper()
+			j.Status = st
+			if started {
+				j.Started = time.Now()
+			}
+			if st.Done() {
+				j.Finished = time.Now()
+			}
+			if err := db.UpdateJob(ctx, j); err != nil {
+				t.Fatal(err)
+			}
+		}
+		jobsOf := func(b *forge.Build) []*forge.BuildJob {
+			t.Helper()
+			js, err := db.Jobs(ctx, b.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return js
+		}
+
+		// The only job succeeded; the server died before the build's row
+		// said so.
+		done := queue(t, db, repo, "test")
+		markRunning(t, db, done, "gone-host:0:1:x", time.Now().Add(-time.Hour))
+		setJob(jobsOf(done)[0], forge.StatusSuccess, true)
+		// One job failed, the other succeeded.
+		failed := queue(t, db, repo, "test", "lint")
+		markRunning(t, db, failed, "gone-host:0:1:x", time.Now().Add(-time.Hour))
+		setJob(jobsOf(failed)[0], forge.StatusFailure, true)
+		setJob(jobsOf(failed)[1], forge.StatusSuccess, true)
+		// Still running: build finished, deploy running, notify waiting for it.
+		running := queue(t, db, repo, "build", "deploy", "notify")
+		markRunning(t, db, running, "gone-host:0:1:x", time.Now().Add(-time.Hour))
+		js := jobsOf(running)
+		setJob(js[0], forge.StatusSuccess, true)
+		setJob(js[1], forge.StatusRunning, true)
+		setJob(js[2], forge.StatusPending, false)
+
+		s := newRunner(t, db, planOf(), fast)
+		if n, err := s.runner.Recover(ctx); err != nil || n != 3 {
+			t.Fatalf("Recover = %d, %v; want 3", n, err)
+		}
+		for _, tt := range []struct {
+			b      *forge.Build
+			status forge.Status
+			err    string
+			jobs   []string
+		}{
+			{done, forge.StatusSuccess, "", []string{"test success "}},
+			{failed, forge.StatusFailure, "", []string{"test failure ", "lint success "}},
+			{running, forge.StatusError, "server restarted", []string{"build success ", "deploy error server restarted",
+				"notify canceled server restarted before the job started"}},
+		} {
+			got, err := db.Build(ctx, tt.b.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Status != tt.status || got.Error != tt.err || got.Finished.IsZero() {
+				t.Errorf("build %d = %s %q (finished %v), want %s %q", got.ID, got.Status, got.Error, got.Finished, tt.status, tt.err)
+			}
+			var jobs []string
+			for _, j := range jobsOf(got) {
+				jobs = append(jobs, fmt.Sprintf("%s %s %s", j.Name, j.Status, j.Error))
+			}
+			if !slices.Equal(jobs, tt.jobs) {
+				t.Errorf("build %d jobs = %q, want %q", got.ID, jobs, tt.jobs)
+			}
+		}
+	})
 }

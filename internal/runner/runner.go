@@ -105,8 +105,8 @@ type Options struct {
 	Backend string
 	// Live, when set, receives every log line as it is recorded.
 	Live Publisher
-	// Secrets, when set, gives the secrets of a repository's builds; builds
-	// of forks never get them.
+	// Secrets, when set, gives the secrets of a repository's builds; only
+	// builds whose hook is Trusted get them (never a fork's code).
 	Secrets SecretsFunc
 	// WorkDir holds the builds' workspaces (one directory per build,
 	// removed when the build ends). It belongs to this runner alone: Run
@@ -285,6 +285,11 @@ func newID(workDir string) (id, home string, err error) {
 
 // ID returns the runner's ID, as stored in the builds it claims.
 func (r *Runner) ID() string { return r.id }
+
+// Home returns the prefix of ID shared by every process of this runner
+// (same host and WorkDir) and by no other runner, or "" when Options.ID
+// was given: what such a process left behind, it left by dying.
+func (r *Runner) Home() string { return r.home }
 
 // Notify tells the runner that builds were queued; it never blocks.
 func (r *Runner) Notify() {

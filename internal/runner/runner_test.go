@@ -683,21 +683,77 @@ func TestSecretsNeverReachForks(t *testing.T) {
 	}
 }
 
-func TestCompileOptions(t *testing.T) {
-	tests := []struct {
-		hook               forge.Hook
-		event, branch, tag string
+// TestSecretsOnlyForTrustedCode (issue 7.1): whatever started a build,
+// only code forge can show to come from the repository gets secrets. A
+// manual build of a pull request's ref, stored without Fork as the manual
+// trigger used to make it, gets none, and neither does its restart.
+func TestSecretsOnlyForTrustedCode(t *testing.T) {
+	db := openDB(t)
+	ctx := context.Background()
+	repo := makeRepo(t, db, "app")
+	s := newRunner(t, db, planOf("echo hi"), func(o *runner.Options) {
+		o.Secrets = func(ctx context.Context, r *forge.Repo) (map[string]string, error) {
+			return map[string]string{"DEPLOY_KEY": "k-" + r.Name}, nil
+		}
+	})
+	sha := "0123456789abcdef0123456789abcdef01234567"
+	hooks := []struct {
+		name    string
+		hook    forge.Hook
+		secrets bool
 	}{
-		{forge.Hook{Event: "pull_request", Branch: "feature", Target: "main"}, "pull_request", "main", ""},
-		{forge.Hook{Event: "pull_request", Action: "closed", Merged: true, Branch: "main", Target: "production"}, "merged", "production", ""},
-		{forge.Hook{Event: "push", Branch: "main", Target: "main"}, "push", "main", ""},
-		{forge.Hook{Event: "tag", Tag: "v1"}, "tag", "", "v1"},
-		{forge.Hook{Branch: "main"}, "manual", "main", ""},
+		{"push to a branch", forge.Hook{Event: "push", Ref: "refs/heads/main", Branch: "main"}, true},
+		{"tag", forge.Hook{Event: "tag", Ref: "refs/tags/v1", Tag: "v1"}, true},
+		{"manual build of a branch", forge.Hook{Event: "manual", Ref: "refs/heads/main", Branch: "main"}, true},
+		{"pull request from the repository", forge.Hook{Event: "pull_request", Ref: "refs/pull/7/head", PullRequest: 7}, true},
+		{"fork's pull request", forge.Hook{Event: "pull_request", Ref: "refs/pull/7/head", PullRequest: 7, Fork: true}, false},
+		{"fork's pull request merged", forge.Hook{Event: "pull_request", Action: "closed", Ref: "refs/heads/main", Merged: true, Fork: true}, true},
+		{"manual build of a pull request ref", forge.Hook{Event: "manual", Ref: "refs/pull/10/head", PullRequest: 10}, false},
+		{"manual build of a commit id", forge.Hook{Event: "manual"}, false},
+		{"check suite of a commit not on its branch", forge.Hook{Event: "push", Action: "rerequested", Ref: "refs/heads/patch-1", Fork: true}, false},
+		{"unknown event", forge.Hook{Event: "deployment", Ref: "refs/heads/main"}, false},
 	}
-	for _, tt := range tests {
-		o := runner.CompileOptions(&forge.Build{Action: "deploy", Hook: tt.hook})
-		if o.Event != tt.event || o.Branch != tt.branch || o.Tag != tt.tag || o.Action != "deploy" {
-			t.Errorf("CompileOptions(%+v) = %+v, want event %q branch %q tag %q", tt.hook, o, tt.event, tt.branch, tt.tag)
+	ids := map[int64]string{}
+	want := map[string]bool{}
+	var manualPR *forge.Build
+	for _, h := range hooks {
+		h.hook.Repo, h.hook.SHA = *repo, sha
+		b := &forge.Build{RepoID: repo.ID, Action: "execute", Status: forge.StatusQueued, Hook: h.hook}
+		if err := db.CreateBuild(ctx, b, []*forge.BuildJob{{Name: "test", Status: forge.StatusQueued}}); err != nil {
+			t.Fatal(err)
+		}
+		ids[b.ID], want[h.name] = h.name, h.secrets
+		if h.name == "manual build of a pull request ref" {
+			manualPR = b
+		}
+	}
+	s.start(t)
+	for id := range ids {
+		waitBuild(t, db, id)
+	}
+	restarted, err := s.runner.Restart(ctx, manualPR.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids[restarted.ID], want["restart of the manual pull request build"] = "restart of the manual pull request build", false
+	waitBuild(t, db, restarted.ID)
+	s.be.mu.Lock()
+	defer s.be.mu.Unlock()
+	got := map[string]string{}
+	for _, run := range s.be.runs {
+		var id int64
+		fmt.Sscan(run.BuildID, &id)
+		got[ids[id]] = run.Secrets["DEPLOY_KEY"]
+	}
+	for name, secrets := range want {
+		v, ran := got[name]
+		switch {
+		case !ran:
+			t.Errorf("%s: did not run", name)
+		case secrets && v != "k-app":
+			t.Errorf("%s: secret = %q, want k-app", name, v)
+		case !secrets && v != "":
+			t.Errorf("%s: secret = %q, want none", name, v)
 		}
 	}
 }

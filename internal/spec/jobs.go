@@ -379,7 +379,7 @@ func (r *reader) matrix(n ast.Node, what string) []matrixAxis {
 				continue
 			}
 			if strings.ContainsAny(v.s, "\n(),=") {
-				r.ps.at(v.p, "bad value `%s` for %s: it names a job, so it cannot hold a newline or any of ( ) , =", firstLine(v.s), in)
+				r.ps.at(v.p, "bad value `%s` for %s: it names a job, so it cannot hold a newline or any of ( ) , =", forge.FirstLine(v.s), in)
 				continue
 			}
 			seen[v.s] = true

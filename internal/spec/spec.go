@@ -379,7 +379,7 @@ func find(entries []entry, key string) (entry, bool) {
 
 // stepName names an unnamed step after its command's first line.
 func stepName(cmd string) string {
-	s := firstLine(cmd)
+	s := forge.FirstLine(cmd)
 	if r := []rune(s); len(r) > 60 {
 		s = string(r[:59]) + "…"
 	}

@@ -8,6 +8,8 @@ import (
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
+
+	"github.com/forgeci/forge"
 )
 
 // maxNodes bounds how many nodes reading a file may visit, counting every
@@ -43,7 +45,7 @@ func parseYAML(ps *problems, data []byte) (body ast.Node) {
 	}
 	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
 	if err != nil {
-		line, col, msg := 1, 1, firstLine(err.Error())
+		line, col, msg := 1, 1, forge.FirstLine(err.Error())
 		var ye yaml.Error
 		if errors.As(err, &ye) && ye.GetToken() != nil && ye.GetToken().Position != nil {
 			tk := ye.GetToken()
@@ -193,11 +195,6 @@ func tabProblems(ps *problems) {
 			ps.add(i+1, col, "tab character in indentation: YAML indents with spaces only")
 		}
 	}
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
-	return s
 }
 
 // collectAnchors records every anchor by name; a later anchor of the same

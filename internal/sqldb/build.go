@@ -42,63 +42,15 @@ func scanBuild(row interface{ Scan(...any) error }) (*forge.Build, error) {
 // concurrent CreateBuild calls never share a number; a failed CreateBuild
 // leaves no gap.
 func (db *DB) CreateBuild(ctx context.Context, b *forge.Build, jobs []*forge.BuildJob) error {
-	if b.Action == "" {
-		return forge.Errorf(forge.EINVALID, "build needs an action")
-	}
-	names := make(map[string]bool, len(jobs))
-	for _, j := range jobs {
-		if j.Name == "" {
-			return forge.Errorf(forge.EINVALID, "build job needs a name")
-		}
-		if names[j.Name] {
-			return forge.Errorf(forge.EINVALID, "build has two jobs named %q", j.Name)
-		}
-		names[j.Name] = true
-		steps := make(map[int]bool, len(j.Steps))
-		for _, s := range j.Steps {
-			if s.Index < 0 || steps[s.Index] {
-				return forge.Errorf(forge.EINVALID, "job %q: step index %d is negative or given twice", j.Name, s.Index)
-			}
-			steps[s.Index] = true
-		}
-	}
-	hook, err := json.Marshal(&b.Hook)
+	hook, err := prepareBuild(b, jobs)
 	if err != nil {
-		return forge.WrapError(forge.EINVALID, err, "build hook")
+		return err
 	}
-	if b.Status == "" {
-		b.Status = forge.StatusQueued
-	}
-	if b.Created.IsZero() {
-		b.Created = now()
-	}
-	b.Created, b.Started, b.Finished, b.Heartbeat = stamp(b.Created), stamp(b.Started), stamp(b.Finished), stamp(b.Heartbeat)
-	b.Error = cleanText(b.Error)
 	var id, number int64
 	err = db.write(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, db.q("UPDATE repos SET last_number = last_number + 1 WHERE id = ? RETURNING last_number"), b.RepoID).Scan(&number)
-		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("repository %d not found", b.RepoID)
-		}
-		if err != nil {
-			return db.fail(ctx, err, "number build")
-		}
-		h := &b.Hook
-		err = tx.QueryRowContext(ctx, db.q(`INSERT INTO builds (repo_id, number, action, status, event, branch, pull_request, sha,
-				hook, delivery_id, error, created, started, finished, version, runner, heartbeat)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id`),
-			b.RepoID, number, b.Action, string(b.Status), h.Event, h.Branch, h.PullRequest, h.SHA,
-			string(hook), b.DeliveryID, b.Error, b.Created.UnixMicro(), micros(b.Started), micros(b.Finished),
-			b.Runner, micros(b.Heartbeat),
-		).Scan(&id)
-		if isUnique(err) && b.DeliveryID != "" {
-			return forge.WrapError(forge.ECONFLICT, err,
-				fmt.Sprintf("delivery %s already created a %s build", b.DeliveryID, b.Action))
-		}
-		if err != nil {
-			return db.fail(ctx, err, "save build")
-		}
-		return db.insertJobs(ctx, tx, id, jobs)
+		var err error
+		id, number, err = db.insertBuild(ctx, tx, b, hook, jobs)
+		return err
 	})
 	if err != nil {
 		for _, j := range jobs {
@@ -108,6 +60,148 @@ func (db *DB) CreateBuild(ctx context.Context, b *forge.Build, jobs []*forge.Bui
 	}
 	b.ID, b.Number, b.Version = id, number, 1
 	return nil
+}
+
+// CreateBuilds is CreateBuild for many builds in one transaction, so a
+// burst of deliveries costs one durable commit rather than one per build.
+// It returns one error per build: nil when it was created (its IDs and
+// number set as CreateBuild sets them), ECONFLICT when its delivery had
+// already created a build for its action, ENOTFOUND for an unknown
+// repository, EINVALID for a build CreateBuild would refuse; those builds
+// are not stored, the others are. When the transaction itself fails every
+// build gets that error and none is stored. Builds of one repository are
+// numbered in the order given.
+func (db *DB) CreateBuilds(ctx context.Context, builds []*forge.Build, jobs [][]*forge.BuildJob) []error {
+	errs := make([]error, len(builds))
+	if len(jobs) != len(builds) {
+		for i := range errs {
+			errs[i] = forge.Errorf(forge.EINVALID, "create builds: %d builds but %d job lists", len(builds), len(jobs))
+		}
+		return errs
+	}
+	hooks := make([]string, len(builds))
+	for i, b := range builds {
+		hooks[i], errs[i] = prepareBuild(b, jobs[i])
+	}
+	type made struct{ id, number int64 }
+	done := make([]made, len(builds))
+	err := db.write(ctx, func(tx *sql.Tx) error {
+		for i, b := range builds {
+			if errs[i] != nil {
+				continue
+			}
+			if b.DeliveryID != "" {
+				// Checked rather than left to the unique index, whose
+				// violation would end the whole transaction on
+				// PostgreSQL. Every build of a delivery is of one
+				// repository, whose row the numbering locks: a
+				// concurrent transaction creating one waits here.
+				if _, err := tx.ExecContext(ctx, db.q("UPDATE repos SET last_number = last_number WHERE id = ?"), b.RepoID); err != nil {
+					return db.fail(ctx, err, "lock repository")
+				}
+				var one int
+				// delivery_id <> '' lets SQLite use the partial unique
+				// index rather than scan every build.
+				err := tx.QueryRowContext(ctx, db.q("SELECT 1 FROM builds WHERE delivery_id = ? AND action = ? AND delivery_id <> ''"), b.DeliveryID, b.Action).Scan(&one)
+				if err == nil {
+					errs[i] = forge.Errorf(forge.ECONFLICT, "delivery %s already created a %s build", b.DeliveryID, b.Action)
+					continue
+				}
+				if !errors.Is(err, sql.ErrNoRows) {
+					return db.fail(ctx, err, "look up the build of delivery "+b.DeliveryID)
+				}
+			}
+			id, number, err := db.insertBuild(ctx, tx, b, hooks[i], jobs[i])
+			if forge.ErrorCode(err) == forge.ENOTFOUND {
+				errs[i] = err
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			done[i] = made{id, number}
+		}
+		return nil
+	})
+	for i, b := range builds {
+		switch {
+		case err != nil && errs[i] == nil:
+			errs[i] = err
+		case errs[i] == nil:
+			b.ID, b.Number, b.Version = done[i].id, done[i].number, 1
+			continue
+		}
+		for _, j := range jobs[i] {
+			j.ID, j.BuildID = 0, 0
+		}
+	}
+	return errs
+}
+
+// prepareBuild checks a new build and its jobs, fills the defaults
+// CreateBuild documents, and returns the build's hook as stored.
+func prepareBuild(b *forge.Build, jobs []*forge.BuildJob) (string, error) {
+	if b.Action == "" {
+		return "", forge.Errorf(forge.EINVALID, "build needs an action")
+	}
+	names := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		if j.Name == "" {
+			return "", forge.Errorf(forge.EINVALID, "build job needs a name")
+		}
+		if names[j.Name] {
+			return "", forge.Errorf(forge.EINVALID, "build has two jobs named %q", j.Name)
+		}
+		names[j.Name] = true
+		steps := make(map[int]bool, len(j.Steps))
+		for _, s := range j.Steps {
+			if s.Index < 0 || steps[s.Index] {
+				return "", forge.Errorf(forge.EINVALID, "job %q: step index %d is negative or given twice", j.Name, s.Index)
+			}
+			steps[s.Index] = true
+		}
+	}
+	hook, err := json.Marshal(&b.Hook)
+	if err != nil {
+		return "", forge.WrapError(forge.EINVALID, err, "build hook")
+	}
+	if b.Status == "" {
+		b.Status = forge.StatusQueued
+	}
+	if b.Created.IsZero() {
+		b.Created = now()
+	}
+	b.Created, b.Started, b.Finished, b.Heartbeat = stamp(b.Created), stamp(b.Started), stamp(b.Finished), stamp(b.Heartbeat)
+	b.Error = cleanText(b.Error)
+	return string(hook), nil
+}
+
+// insertBuild numbers and inserts build b with its jobs in tx and returns
+// its ID and number.
+func (db *DB) insertBuild(ctx context.Context, tx *sql.Tx, b *forge.Build, hook string, jobs []*forge.BuildJob) (id, number int64, err error) {
+	err = tx.QueryRowContext(ctx, db.q("UPDATE repos SET last_number = last_number + 1 WHERE id = ? RETURNING last_number"), b.RepoID).Scan(&number)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, notFound("repository %d not found", b.RepoID)
+	}
+	if err != nil {
+		return 0, 0, db.fail(ctx, err, "number build")
+	}
+	h := &b.Hook
+	err = tx.QueryRowContext(ctx, db.q(`INSERT INTO builds (repo_id, number, action, status, event, branch, pull_request, sha,
+			hook, delivery_id, error, created, started, finished, version, runner, heartbeat)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id`),
+		b.RepoID, number, b.Action, string(b.Status), h.Event, h.Branch, h.PullRequest, h.SHA,
+		hook, b.DeliveryID, b.Error, b.Created.UnixMicro(), micros(b.Started), micros(b.Finished),
+		b.Runner, micros(b.Heartbeat),
+	).Scan(&id)
+	if isUnique(err) && b.DeliveryID != "" {
+		return 0, 0, forge.WrapError(forge.ECONFLICT, err,
+			fmt.Sprintf("delivery %s already created a %s build", b.DeliveryID, b.Action))
+	}
+	if err != nil {
+		return 0, 0, db.fail(ctx, err, "save build")
+	}
+	return id, number, db.insertJobs(ctx, tx, id, jobs)
 }
 
 // insertJobs stores a new build's jobs and their steps with one multi-row
@@ -259,7 +353,8 @@ func (db *DB) ListBuilds(ctx context.Context, f forge.BuildFilter) ([]*forge.Bui
 		add("sha = ?", f.SHA)
 	}
 	if f.DeliveryID != "" {
-		add("delivery_id = ?", f.DeliveryID)
+		// The second condition lets SQLite use the partial index.
+		add("delivery_id = ? AND delivery_id <> ''", f.DeliveryID)
 	}
 	if f.Before != 0 {
 		add("id < ?", f.Before)

@@ -10,9 +10,22 @@
 // that crashes between creating a build and finishing the delivery just
 // finds the build there when it tries again.
 //
+// Deliveries are drained in rounds. A round lists the oldest pending
+// deliveries and groups them by repository; repositories proceed in
+// parallel (Options.Parallel), and one repository's deliveries are handled
+// together, oldest first: one fetch of every commit they name, one read
+// of every spec, one transaction creating their builds and one finishing
+// them, so a burst costs a few git commands and commits per repository
+// rather than per delivery. With Options.Claims, servers sharing a
+// database claim a repository before processing its deliveries, so each
+// delivery is processed by one server; a claim is kept alive while the
+// server works and expires when it dies, and another server takes it over.
+//
 // A spec that is missing or invalid does not make a delivery disappear: it
 // creates a build that fails at once (StatusError) with the lint messages
-// as its error and as the log of its one job, "spec".
+// as its error and as the log of its one job, "spec". So does a clone URL
+// forge refuses (see Git.CheckCloneURL), which never replaces the stored
+// one.
 //
 // What runs, without an on: section in the spec:
 //
@@ -27,22 +40,27 @@
 // current head (fetched through refs/pull/N/head) with what its latest
 // build knew (target branch, fork); without an earlier build the target is
 // the default branch and the pull request is treated as a fork (no
-// secrets). A new build of a pull request cancels the older unfinished
-// builds of the same pull request and action unless
-// Options.KeepSuperseded. A pull request's changed files, for when:
-// paths, come from git: the files between the merge base of the target's
-// tip and the head.
+// secrets). A re-requested check suite of a branch counts as the
+// repository's code only when its commit is on that branch (GitHub sends
+// suites of forks' commits under the fork's branch name). A new build of a
+// pull request cancels the older unfinished builds of the same pull
+// request and action unless Options.KeepSuperseded. A pull request's
+// changed files, for when: paths, come from git: the files between the
+// merge base of the target's tip and the head.
 package trigger
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/forgeci/forge/internal/prometheus"
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/spec"
@@ -52,22 +70,74 @@ import (
 // (internal/git implements it). Every method is safe for concurrent use
 // and honours ctx.
 type Git interface {
+	// CheckCloneURL returns nil when commits may be fetched from the
+	// clone URL raw, else an EINVALID error saying why (another host than
+	// the configured GitHub, a refused transport).
+	CheckCloneURL(raw string) error
 	// Fetch makes a commit available and returns its SHA: sha when set
 	// (fetched by id, or through ref), else the commit ref names.
 	// ENOTFOUND when it does not exist, EINVALID for a bad ref or clone
 	// URL; other codes (EUNAVAILABLE: the remote is down) may pass.
 	Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (string, error)
-	// ReadFile returns path at commit sha (fetched before); ENOTFOUND
-	// when there is no such file, EINVALID when it is not a file,
-	// ETOOLARGE when it is too large to read.
-	ReadFile(ctx context.Context, repo *forge.Repo, sha, path string) ([]byte, error)
-	// Message returns the commit message of sha (fetched before).
-	Message(ctx context.Context, repo *forge.Repo, sha string) (string, error)
+	// Prefetch makes many commits available with as few fetches as it
+	// can, and returns those it could not and why (EUNAVAILABLE: the
+	// remote is down; otherwise the batch failed as a whole, and Fetch
+	// fetches, or reports, each commit alone).
+	Prefetch(ctx context.Context, repo *forge.Repo, shas []string) (missing []string, err error)
+	// ReadFiles returns path at each of shas (fetched before), or for
+	// each the reason it cannot: ENOTFOUND when there is no such file,
+	// EINVALID when it is not a file, ETOOLARGE when it is too large to
+	// read. err is a failure of the whole batch.
+	ReadFiles(ctx context.Context, repo *forge.Repo, path string, shas []string) (files [][]byte, errs []error, err error)
+	// Messages returns the commit messages of shas (fetched before).
+	Messages(ctx context.Context, repo *forge.Repo, shas []string) ([]string, error)
 	// ChangedPaths lists the files head changes since its merge base with
 	// base (both fetched before); ENOTFOUND when the history fetched is
 	// too shallow to tell.
 	ChangedPaths(ctx context.Context, repo *forge.Repo, base, head string) ([]string, error)
+	// IsAncestor reports whether commit a is b or one of its ancestors
+	// (both fetched before); false when the history fetched is too
+	// shallow to tell.
+	IsAncestor(ctx context.Context, repo *forge.Repo, a, b string) (bool, error)
 }
+
+// Claims keeps the claims by which one server at a time processes a
+// repository's deliveries, when several share a database (internal/sqldb
+// implements it). A key is a repository's full name, "" for deliveries
+// that name none. Every method is safe for concurrent use.
+type Claims interface {
+	// ClaimDeliveries claims for owner, until the time until, each of
+	// keys no other server holds at now (no claim, owner's own, one that
+	// expired before now, or one of an owner starting with home, when
+	// home is not empty) and returns the keys owner holds.
+	ClaimDeliveries(ctx context.Context, owner, home string, keys []string, now, until time.Time) ([]string, error)
+	// TouchDeliveryClaims moves the expiry of owner's claims on keys to
+	// until, and returns how many it moved (a claim taken over by
+	// another server is not).
+	TouchDeliveryClaims(ctx context.Context, owner string, keys []string, until time.Time) (int, error)
+	// ReleaseDeliveryClaims gives up owner's claims on keys.
+	ReleaseDeliveryClaims(ctx context.Context, owner string, keys []string) error
+}
+
+// Optional abilities of the stores, found by type assertion: batches that
+// make a burst of deliveries cost one commit per repository and round.
+type (
+	// buildBatcher creates many builds in one transaction; per build
+	// errors as CreateBuild's (internal/sqldb).
+	buildBatcher interface {
+		CreateBuilds(ctx context.Context, builds []*forge.Build, jobs [][]*forge.BuildJob) []error
+	}
+	// deliveryBatcher finishes many deliveries (ID and Result of each)
+	// in one transaction (internal/sqldb).
+	deliveryBatcher interface {
+		FinishDeliveries(ctx context.Context, ds []*forge.Delivery) error
+	}
+	// backlogger counts the pending deliveries and says when the oldest
+	// was received, for the metrics (internal/sqldb).
+	backlogger interface {
+		DeliveryBacklog(ctx context.Context) (int, time.Time, error)
+	}
+)
 
 // ParseFunc interprets a delivery's payload: a hook to build, or a reason
 // it is ignored, or an EINVALID error (github.ParseHook). A hook with an
@@ -76,13 +146,14 @@ type ParseFunc func(event string, payload []byte) (hook *forge.Hook, ignored str
 
 // Defaults of Options.
 const (
-	DefaultSpecFile         = ".forge.yml"
+	DefaultSpecFile         = spec.FileName
 	DefaultProductionBranch = "production"
 	DefaultInterval         = 5 * time.Second
-	DefaultBatch            = 100
+	DefaultBatch            = 1000
 	DefaultAttempts         = 5
-	DefaultParallel         = 4
+	DefaultParallel         = 8
 	DefaultBackoff          = 2 * time.Second
+	DefaultClaimTTL         = 30 * time.Second
 )
 
 // Options configures a Processor. Deliveries, Repos, Builds, Git and
@@ -96,6 +167,24 @@ type Options struct {
 	Logs      forge.LogStore
 	Git       Git
 	ParseHook ParseFunc
+	// Claims, when set, makes servers sharing the database process each
+	// repository's deliveries one at a time (see Claims); without it the
+	// processor assumes it is alone.
+	Claims Claims
+	// ID names this server in its claims; "" means a random one. It must
+	// differ between servers sharing the database, and between the
+	// processes of one server.
+	ID string
+	// Home, when set, is a prefix of ID that every process of this server
+	// shares and no other server's ID has (runner.Runner.Home): claims
+	// held under it were left by an earlier process, gone since, and are
+	// taken over at once rather than when they expire.
+	Home string
+	// ClaimTTL is how long a claim outlives its last renewal: a server
+	// that dies holds its repositories' deliveries that long (default
+	// 30s). Claims are renewed every ClaimTTL/3 while held; clocks of
+	// servers sharing a database must agree to well within ClaimTTL/3.
+	ClaimTTL time.Duration
 	// SpecFile is the spec's path in the repository; "" means .forge.yml.
 	SpecFile string
 	// ProductionBranch is where a merged pull request runs deploy by
@@ -117,10 +206,12 @@ type Options struct {
 	// Interval is how often pending deliveries are looked for without a
 	// Notify; 0 means DefaultInterval.
 	Interval time.Duration
-	// Batch is how many deliveries are read at once; 0 means DefaultBatch.
+	// Batch is how many deliveries a round reads at once; 0 means
+	// DefaultBatch.
 	Batch int
 	// Parallel is how many repositories' deliveries are processed at
-	// once; 0 means DefaultParallel.
+	// once; 0 means DefaultParallel. Their time is mostly waiting for git
+	// and the disk, so more than the CPUs pays.
 	Parallel int
 	// Attempts is how often a delivery whose commit cannot be fetched
 	// (the remote is down) is tried before it becomes a failed build, and
@@ -129,6 +220,10 @@ type Options struct {
 	Backoff  time.Duration
 	// Logger gets one line per delivery; nil discards.
 	Logger *slog.Logger
+	// Registerer, when set, gets the metrics forge_deliveries_pending and
+	// forge_deliveries_oldest_pending_seconds (when the delivery store
+	// can count its backlog).
+	Registerer prometheus.Registerer
 	// Now returns the time; nil means time.Now.
 	Now func() time.Time
 }
@@ -141,7 +236,14 @@ type Processor struct {
 
 	mu    sync.Mutex
 	retry map[string]*attempt // deliveries waiting to be tried again
+	// held is set when the last Drain left deliveries of repositories
+	// other servers held: Run looks again soon rather than at Interval.
+	held bool
 }
+
+// heldRetry is how soon Run looks again for deliveries another server
+// held: it releases them when its round ends.
+const heldRetry = 250 * time.Millisecond
 
 type attempt struct {
 	n    int
@@ -184,6 +286,16 @@ func New(opts Options) (*Processor, error) {
 	if opts.Backoff <= 0 {
 		opts.Backoff = DefaultBackoff
 	}
+	if opts.ClaimTTL <= 0 {
+		opts.ClaimTTL = DefaultClaimTTL
+	}
+	if opts.ID == "" {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("trigger: id: %w", err)
+		}
+		opts.ID = "trigger:" + hex.EncodeToString(b[:])
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -191,7 +303,11 @@ func New(opts Options) (*Processor, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Processor{opts: opts, log: log, wake: make(chan struct{}, 1), retry: map[string]*attempt{}}, nil
+	p := &Processor{opts: opts, log: log, wake: make(chan struct{}, 1), retry: map[string]*attempt{}}
+	if err := p.registerMetrics(opts.Registerer); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // Notify wakes Run to look for deliveries now. It never blocks; wakes
@@ -207,12 +323,19 @@ func (p *Processor) Notify() {
 // Notify and every Interval. It returns nil when ctx ends; a failing store
 // is logged and tried again at the next wake, never fatal.
 func (p *Processor) Run(ctx context.Context) error {
-	t := time.NewTicker(p.opts.Interval)
+	t := time.NewTimer(p.opts.Interval)
 	defer t.Stop()
 	for {
 		if _, err := p.Drain(ctx); err != nil && ctx.Err() == nil {
 			p.log.Error("trigger: process deliveries", "err", err)
 		}
+		p.mu.Lock()
+		next := p.opts.Interval
+		if p.held {
+			next = min(next, heldRetry)
+		}
+		p.mu.Unlock()
+		t.Reset(next)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -223,92 +346,170 @@ func (p *Processor) Run(ctx context.Context) error {
 }
 
 // Drain processes the pending deliveries until none is left that is due
-// (deliveries waiting for a retry are skipped), and returns how many it
-// finished. Deliveries of one repository are processed one after the
-// other, oldest first (a newer push supersedes an older one); different
-// repositories proceed in parallel, up to Options.Parallel, so one slow
-// clone does not hold up every other repository.
+// (deliveries waiting for a retry are skipped, and so are those of
+// repositories another server holds), and returns how many it finished.
+// Deliveries of one repository are processed together, oldest first (a
+// newer push supersedes an older one); different repositories proceed in
+// parallel, up to Options.Parallel, so one slow clone does not hold up
+// every other repository.
 func (p *Processor) Drain(ctx context.Context) (int, error) {
-	var (
-		mu       sync.Mutex
-		done     int
-		firstErr error
-	)
-	// run processes one repository's deliveries in order.
-	run := func(ds []*forge.Delivery) (progressed bool) {
-		for _, d := range ds {
-			if ctx.Err() != nil {
-				return progressed
-			}
-			finished, err := p.Process(ctx, d)
-			if err != nil {
-				if ctx.Err() != nil {
-					return progressed
-				}
-				// One delivery the store chokes on must not hold up the
-				// others: it waits for its next try like a failed fetch.
-				p.postpone(d.ID)
-				p.log.Error("trigger: process delivery", "delivery", d.ID, "err", err)
-				mu.Lock()
-				if firstErr == nil {
-					firstErr = err
-				}
-				mu.Unlock()
-				continue
-			}
-			if finished {
-				mu.Lock()
-				done++
-				mu.Unlock()
-				progressed = true
-			}
-		}
-		return progressed
-	}
+	done := 0
+	var firstErr error
 	for ctx.Err() == nil {
-		p.mu.Lock()
-		waiting := len(p.retry)
-		p.mu.Unlock()
-		limit := p.opts.Batch + waiting
+		limit := p.opts.Batch + p.waiting()
 		pending, err := p.opts.Deliveries.PendingDeliveries(ctx, limit)
 		if err != nil {
 			return done, err
 		}
-		if len(pending) < limit {
+		whole := len(pending) < limit
+		if whole {
 			p.forget(pending)
 		}
-		groups := map[string][]*forge.Delivery{}
-		var order []string
-		for _, d := range pending {
-			if !p.due(d.ID) {
-				continue
-			}
-			key := p.repoKey(d)
-			if _, ok := groups[key]; !ok {
-				order = append(order, key)
-			}
-			groups[key] = append(groups[key], d)
+		groups, keys := p.group(pending)
+		if len(keys) == 0 {
+			return done, firstErr
 		}
-		var (
-			wg         sync.WaitGroup
-			progressed atomic.Bool
-			slots      = make(chan struct{}, p.opts.Parallel)
-		)
-		for _, key := range order {
-			slots <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-slots }()
-				if run(groups[key]) {
-					progressed.Store(true)
-				}
-			})
+		held, err := p.claim(ctx, keys)
+		if err != nil {
+			return done, err
 		}
-		wg.Wait()
-		if !progressed.Load() || len(pending) < limit {
+		p.mu.Lock()
+		p.held = len(held) < len(keys)
+		p.mu.Unlock()
+		if len(held) == 0 {
+			return done, firstErr
+		}
+		if p.opts.Claims != nil {
+			// Listed before the claims: the server that held a
+			// repository then may have finished some since. Only what
+			// is still pending now, when no one else can take it, runs.
+			if groups, err = p.stillPending(ctx, groups, limit); err != nil {
+				p.release(ctx, held)
+				return done, err
+			}
+		}
+		n, progressed, err := p.runGroups(ctx, held, groups)
+		p.release(ctx, held)
+		done += n
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		if !progressed || whole {
 			return done, firstErr
 		}
 	}
 	return done, firstErr
+}
+
+// item is one delivery in a round: parsed, then decided.
+type item struct {
+	d       *forge.Delivery
+	hook    *forge.Hook
+	ignored string
+	invalid error
+
+	result string     // set when the delivery is finished
+	retry  *retryable // set when a fetch failed in a way that may pass
+	fail   string     // set when it builds only failed builds saying this
+	builds []*newBuild
+}
+
+// group parses pending and groups what is due by repository, in the
+// order of each repository's oldest delivery.
+func (p *Processor) group(pending []*forge.Delivery) (map[string][]*item, []string) {
+	groups := map[string][]*item{}
+	var keys []string
+	for _, d := range pending {
+		if !p.due(d.ID) {
+			continue
+		}
+		it := &item{d: d}
+		it.hook, it.ignored, it.invalid = p.opts.ParseHook(d.Event, d.Payload)
+		key := ""
+		if it.invalid == nil && it.hook != nil {
+			key = it.hook.Repo.FullName()
+		}
+		if _, ok := groups[key]; !ok {
+			keys = append(keys, key)
+		}
+		groups[key] = append(groups[key], it)
+	}
+	return groups, keys
+}
+
+// stillPending keeps of groups the deliveries that are still pending.
+func (p *Processor) stillPending(ctx context.Context, groups map[string][]*item, limit int) (map[string][]*item, error) {
+	now, err := p.opts.Deliveries.PendingDeliveries(ctx, limit)
+	if err != nil {
+		return nil, err
+	}
+	ids := make(map[string]bool, len(now))
+	for _, d := range now {
+		ids[d.ID] = true
+	}
+	for k, items := range groups {
+		groups[k] = slices.DeleteFunc(items, func(it *item) bool { return !ids[it.d.ID] })
+	}
+	return groups, nil
+}
+
+// runGroups processes the groups of keys, Parallel at a time, keeping
+// their claims alive meanwhile. progressed says whether any delivery was
+// finished; err is the first store error.
+func (p *Processor) runGroups(ctx context.Context, keys []string, groups map[string][]*item) (done int, progressed bool, err error) {
+	stop := p.keepClaims(ctx, keys)
+	defer stop()
+	var (
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+		slots = make(chan struct{}, p.opts.Parallel)
+	)
+	for _, key := range keys {
+		items := groups[key]
+		if len(items) == 0 {
+			continue
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			n, gerr := p.processGroup(ctx, items)
+			if gerr != nil && ctx.Err() == nil {
+				// One repository the store chokes on must not hold up the
+				// others: its deliveries wait for their next try like a
+				// failed fetch.
+				for _, it := range items {
+					if it.result == "" {
+						p.postpone(it.d.ID)
+					}
+				}
+				p.log.Error("trigger: process deliveries of a repository", "repo", key, "deliveries", len(items), "err", gerr)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			done += n
+			if n > 0 {
+				progressed = true
+			}
+			if gerr != nil && err == nil && ctx.Err() == nil {
+				err = gerr
+			}
+		})
+	}
+	wg.Wait()
+	return done, progressed, err
+}
+
+// waiting is how many deliveries wait for a retry.
+func (p *Processor) waiting() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.retry)
 }
 
 // forget drops the retry state of deliveries no longer pending (another
@@ -325,16 +526,6 @@ func (p *Processor) forget(pending []*forge.Delivery) {
 			delete(p.retry, id)
 		}
 	}
-}
-
-// repoKey names the repository a delivery is about, "" when it names none
-// (those are only recorded, so their order does not matter).
-func (p *Processor) repoKey(d *forge.Delivery) string {
-	hook, _, err := p.opts.ParseHook(d.Event, d.Payload)
-	if err != nil || hook == nil {
-		return ""
-	}
-	return hook.Repo.FullName()
 }
 
 // postpone counts a failed try of delivery id and returns the attempts
@@ -366,32 +557,13 @@ func (p *Processor) due(id string) bool {
 // finished=false, leaving the delivery pending, when the commit could not
 // be fetched for a reason that may pass (it is tried again after a
 // backoff, Attempts times, then fails as a build); an error only when the
-// store fails.
+// store fails. It takes no claim: the caller knows no other server
+// processes d.
 func (p *Processor) Process(ctx context.Context, d *forge.Delivery) (finished bool, err error) {
-	start := p.opts.Now()
-	result, retry, err := p.process(ctx, d)
-	if err != nil {
-		return false, err
-	}
-	if retry != nil {
-		if n := p.postpone(d.ID); n < p.opts.Attempts {
-			p.log.Warn("trigger: delivery will be tried again", "delivery", d.ID, "attempt", n, "err", retry)
-			return false, nil
-		}
-		// Out of attempts: a failed build says what happened.
-		result, err = p.fetchFailed(ctx, d, retry)
-		if err != nil {
-			return false, err
-		}
-	}
-	if err := p.opts.Deliveries.FinishDelivery(ctx, d.ID, result); err != nil {
-		return false, err
-	}
-	p.mu.Lock()
-	delete(p.retry, d.ID)
-	p.mu.Unlock()
-	p.log.Info("trigger: delivery processed", "delivery", d.ID, "event", d.Event, "action", d.Action, "result", result, "took", p.opts.Now().Sub(start))
-	return true, nil
+	it := &item{d: d}
+	it.hook, it.ignored, it.invalid = p.opts.ParseHook(d.Event, d.Payload)
+	n, err := p.processGroup(ctx, []*item{it})
+	return n == 1, err
 }
 
 // retryable is a failure of fetching that may pass.
@@ -402,78 +574,18 @@ type retryable struct {
 
 func (r *retryable) Error() string { return r.err.Error() }
 
-// process returns the delivery's result, or a retryable failure, or a
-// store error.
-func (p *Processor) process(ctx context.Context, d *forge.Delivery) (string, *retryable, error) {
-	hook, ignored, err := p.opts.ParseHook(d.Event, d.Payload)
-	switch {
-	case err != nil:
-		return "invalid: " + forge.ErrorMessage(err), nil, nil
-	case hook == nil:
-		return "ignored: " + ignored, nil, nil
-	}
-	if err := p.recordRepo(ctx, &hook.Repo); err != nil {
-		return "", nil, err
-	}
-	rebuild := hook.Action == "retest" || hook.Action == "rerequested"
-	// Decided before fetching anything: a draft costs no clone.
-	if hook.Event == "pull_request" && hook.Draft && !hook.Merged && !p.opts.BuildDrafts {
-		return fmt.Sprintf("ignored: pull request #%d is a draft (built when ready for review)", hook.PullRequest), nil, nil
-	}
-	sha, err := p.opts.Git.Fetch(ctx, &hook.Repo, hook.Ref, hook.SHA)
-	if err != nil {
-		if ctx.Err() != nil {
-			return "", nil, ctx.Err()
-		}
-		switch forge.ErrorCode(err) {
-		case forge.ENOTFOUND, forge.EINVALID:
-			builds, cerr := p.failAll(ctx, hook, d.ID, "could not fetch the commit: "+forge.ErrorMessage(err))
-			return result(builds), nil, cerr
-		}
-		return "", &retryable{hook: hook, err: err}, nil
-	}
-	hook.SHA = sha
-	if hook.Message == "" {
-		if msg, err := p.opts.Git.Message(ctx, &hook.Repo, sha); err == nil {
-			hook.Message = msg
-		}
-	}
-	if hook.Action == "retest" {
-		if err := p.completeRetest(ctx, hook); err != nil {
-			return "", nil, err
-		}
-	}
-	p.changedPaths(ctx, hook)
-	if !rebuild && skipCI(hook.Message) {
-		return "ignored: [skip ci] in the commit message", nil, nil
-	}
-	builds, why, err := p.createBuilds(ctx, hook, d.ID, "")
-	if err != nil {
-		return "", nil, err
-	}
-	if len(builds) == 0 {
-		return "ignored: " + why, nil, nil
-	}
-	return result(builds), nil, nil
-}
-
 func result(builds []*forge.Build) string {
 	parts := make([]string, len(builds))
 	for i, b := range builds {
 		parts[i] = fmt.Sprintf("%s #%d", b.Action, b.Number)
 		if b.Status == forge.StatusError {
-			parts[i] += " (failed: " + firstLine(b.Error) + ")"
+			parts[i] += " (failed: " + forge.FirstLine(b.Error) + ")"
 		}
 	}
 	if len(parts) == 0 {
 		return "no builds"
 	}
 	return "builds created: " + strings.Join(parts, ", ")
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
 }
 
 // skipCI reports whether a commit message asks not to be built, with
@@ -484,97 +596,10 @@ func skipCI(message string) bool {
 	return strings.Contains(m, "[skip ci]") || strings.Contains(m, "[ci skip]")
 }
 
-// recordRepo creates or updates the repository and sets its ID, keeping
-// what the payload does not say from the stored row.
-func (p *Processor) recordRepo(ctx context.Context, r *forge.Repo) error {
-	old, err := p.opts.Repos.RepoByName(ctx, r.Owner, r.Name)
-	switch {
-	case err == nil:
-		if r.CloneURL == "" {
-			r.CloneURL = old.CloneURL
-		}
-		if r.DefaultBranch == "" {
-			r.DefaultBranch = old.DefaultBranch
-		}
-		if r.CloneURL == old.CloneURL && r.DefaultBranch == old.DefaultBranch && r.Private == old.Private {
-			*r = *old
-			return nil
-		}
-	case forge.ErrorCode(err) != forge.ENOTFOUND:
-		return err
-	}
-	return p.opts.Repos.UpsertRepo(ctx, r)
-}
-
-// changedPaths fills in the files a pull request changes, for when:
-// paths conditions, from its head and the target branch's tip. When that
-// cannot be told (the target's tip is gone, the history fetched is too
-// shallow to hold the merge base) Paths stays nil, which when: treats as
-// unknown: path-filtered jobs run rather than being skipped wrongly.
-func (p *Processor) changedPaths(ctx context.Context, h *forge.Hook) {
-	if h.Event != "pull_request" || h.Merged || h.Paths != nil || h.Base == "" || h.Target == "" {
-		return
-	}
-	if _, err := p.opts.Git.Fetch(ctx, &h.Repo, "refs/heads/"+h.Target, h.Base); err != nil {
-		p.log.Debug("trigger: fetch pull request base", "base", h.Base, "err", err)
-		return
-	}
-	paths, err := p.opts.Git.ChangedPaths(ctx, &h.Repo, h.Base, h.SHA)
-	if err != nil {
-		p.log.Debug("trigger: changed paths", "base", h.Base, "head", h.SHA, "err", err)
-		return
-	}
-	h.Paths = paths
-}
-
-// completeRetest fills what a /retest comment does not say from the pull
-// request's latest build: the branches and whether it comes from a fork.
-// Without an earlier build the target is the default branch and the pull
-// request counts as a fork, so its jobs get no secrets.
-func (p *Processor) completeRetest(ctx context.Context, h *forge.Hook) error {
-	prev, err := p.opts.Builds.ListBuilds(ctx, forge.BuildFilter{RepoID: h.Repo.ID, PullRequest: h.PullRequest, Limit: 1})
-	if err != nil {
-		return err
-	}
-	if len(prev) == 0 || prev[0].Hook.Event != "pull_request" {
-		h.Target = h.Repo.DefaultBranch
-		h.Fork = true
-		return nil
-	}
-	last := prev[0].Hook
-	h.Branch, h.Target, h.Fork, h.Draft = last.Branch, last.Target, last.Fork, last.Draft
-	h.CommitCount = last.CommitCount
-	if h.Author == "" {
-		h.Author = last.Author
-	}
-	return nil
-}
-
-// fetchFailed creates the failed builds of a delivery whose commit could
-// not be fetched after every attempt.
-func (p *Processor) fetchFailed(ctx context.Context, d *forge.Delivery, r *retryable) (string, error) {
-	builds, err := p.failAll(ctx, r.hook, d.ID, fmt.Sprintf("could not fetch the commit after %d attempts: %s", p.opts.Attempts, forge.ErrorMessage(r.err)))
-	return result(builds), err
-}
-
-// failAll creates failed builds for the default actions of hook (the spec
-// cannot be read without the commit).
-func (p *Processor) failAll(ctx context.Context, h *forge.Hook, deliveryID, msg string) ([]*forge.Build, error) {
-	var out []*forge.Build
-	for _, action := range p.defaultActions(decisionHook(h)) {
-		b, err := p.createFailed(ctx, h, deliveryID, action, msg)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, b)
-	}
-	return out, nil
-}
-
 // decisionHook is the hook actions are decided on: a rebuild (a /retest
 // comment, a re-requested check suite) runs what a new commit would.
 func decisionHook(h *forge.Hook) *forge.Hook {
-	if h.Action != "retest" && h.Action != "rerequested" {
+	if !rebuild(h) {
 		return h
 	}
 	c := *h
@@ -584,6 +609,10 @@ func decisionHook(h *forge.Hook) *forge.Hook {
 	}
 	return &c
 }
+
+// rebuild reports whether h asks to build again what was built (a
+// /retest comment, a re-requested check suite).
+func rebuild(h *forge.Hook) bool { return h.Action == "retest" || h.Action == "rerequested" }
 
 // defaultActions are the actions without an on: section: a pull request
 // opened, reopened, synchronized or ready for review → execute; a push to

@@ -84,6 +84,13 @@ type env struct {
 
 func newEnv(t *testing.T, change func(o *trigger.Options)) *env {
 	t.Helper()
+	return newEnvWith(t, git.Options{}, change)
+}
+
+// newEnvWith is newEnv with git options (mirrors in a temporary directory
+// and local repositories allowed, whatever they say).
+func newEnvWith(t *testing.T, gopts git.Options, change func(o *trigger.Options)) *env {
+	t.Helper()
 	ctx := context.Background()
 	db, err := sqldb.Open(ctx, sqldb.Config{DataDir: t.TempDir()})
 	if err != nil {
@@ -93,7 +100,8 @@ func newEnv(t *testing.T, change func(o *trigger.Options)) *env {
 	if _, err := db.Migrate(ctx, "up"); err != nil {
 		t.Fatal(err)
 	}
-	g, err := git.New(git.Options{Dir: t.TempDir()})
+	gopts.Dir, gopts.AllowFile = t.TempDir(), true
+	g, err := git.New(gopts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,7 +456,7 @@ func TestDeliveryBuildsOnce(t *testing.T) {
 }
 
 func mustGit(t *testing.T) *git.Git {
-	g, err := git.New(git.Options{Dir: t.TempDir()})
+	g, err := git.New(git.Options{Dir: t.TempDir(), AllowFile: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,7 +568,7 @@ func TestFetchFailures(t *testing.T) {
 		http.Error(w, "down", http.StatusBadGateway)
 	}))
 	defer srv.Close()
-	e = newEnv(t, func(o *trigger.Options) { o.Attempts, o.Backoff = 3, time.Millisecond })
+	e = newEnvWith(t, git.Options{Origin: srv.URL}, func(o *trigger.Options) { o.Attempts, o.Backoff = 3, time.Millisecond })
 	sha := e.up.commit("x", map[string]string{".forge.yml": dagSpec})
 	payload := e.pr("opened", sha, "master", func(p map[string]any) { obj(p, "repository")["clone_url"] = srv.URL + "/a/b.git" })
 	ctx := context.Background()
@@ -609,7 +617,7 @@ func TestManual(t *testing.T) {
 	}
 	for _, tt := range []struct{ ref, action, code, msg string }{
 		{"master", "release", forge.EINVALID, `.forge.yml at ` + sha[:12] + ` has no action "release" (it has deploy, execute)`},
-		{"nope", "", forge.ENOTFOUND, "ref nope not found"},
+		{"nope", "", forge.ENOTFOUND, `no branch or tag named "nope" in acme/app`},
 		{"", "", forge.EINVALID, "manual build: a ref (branch, tag or commit) is required"},
 	} {
 		_, err := e.proc.Manual(ctx, repo, tt.ref, tt.action)
@@ -673,7 +681,7 @@ func TestSlowRepositoryDoesNotBlockOthers(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 	var fastBuilt atomic.Int64
-	e := newEnv(t, func(o *trigger.Options) {
+	e := newEnvWith(t, git.Options{Origin: srv.URL}, func(o *trigger.Options) {
 		o.Attempts = 1
 		o.Created = func(b *forge.Build) {
 			if b.Status == forge.StatusQueued {
