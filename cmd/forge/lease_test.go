@@ -22,6 +22,7 @@ import (
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/client/lease"
 	ilease "github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/lease/leasehttp"
 )
 
 // leaseBinaryOnce builds the forge binary once for every test that drives
@@ -50,11 +51,11 @@ func leaseForgeBinary(t testing.TB) string {
 	return leaseBinaryOnce.path
 }
 
-// leaseServer is the real lease server (internal/lease) on loopback.
+// leaseServer is the real lease server (internal/lease/leasehttp) on loopback.
 type leaseServer struct {
 	URL string
 	m   *ilease.Memory
-	s   *ilease.Server
+	s   *leasehttp.Server
 }
 
 func newLeaseServer(t testing.TB, pools ...*forge.Pool) *leaseServer {
@@ -63,7 +64,7 @@ func newLeaseServer(t testing.TB, pools ...*forge.Pool) *leaseServer {
 	if err != nil {
 		t.Fatalf("NewMemory: %v", err)
 	}
-	s := ilease.NewServer(m, ilease.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s := leasehttp.NewServer(m, leasehttp.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

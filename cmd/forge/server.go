@@ -27,6 +27,7 @@ import (
 	"github.com/forgeci/forge/internal/github"
 	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/lease/leasehttp"
 	"github.com/forgeci/forge/internal/livelog"
 	"github.com/forgeci/forge/internal/runner"
 	"github.com/forgeci/forge/internal/sqldb"
@@ -188,7 +189,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	leaseSrv := lease.NewServer(leases, lease.Options{
+	leaseSrv := leasehttp.NewServer(leases, leasehttp.Options{
 		Keepalive:  lc.KeepaliveOrDefault(),
 		Registry:   reg,
 		Logger:     log.With("component", "lease"),

@@ -1,10 +1,12 @@
-package lease
+package leasehttp
 
 import (
 	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/forgeci/forge/internal/lease"
 )
 
 // collector reads the Manager's stats at scrape time, so grants cost no
@@ -28,19 +30,25 @@ var (
 		"Time from acquire to grant.", []string{"pool"}, nil)
 	descConns = prometheus.NewDesc("forge_lease_connections",
 		"Open lease WebSocket connections.", nil, nil)
-	descDropped = prometheus.NewDesc("forge_lease_slow_connections_dropped_total",
-		"Connections dropped because they did not read their messages.", nil, nil)
+	descSlow = prometheus.NewDesc("forge_lease_slow_connections_dropped_total",
+		"Connections dropped because the client did not keep up: it did not read its messages (send queue full) or answered nothing within the keepalive.", nil, nil)
+	descDropped = prometheus.NewDesc("forge_lease_connections_dropped_total",
+		"Connections the server dropped, releasing their leases, by reason (keepalive, send_queue_full, message_too_large, shutdown_deadline).", []string{"reason"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSize, descInUse, descDisabled, descWaiters, descGrants, descReleases, descWait, descConns, descDropped} {
+	for _, d := range []*prometheus.Desc{descSize, descInUse, descDisabled, descWaiters, descGrants, descReleases, descWait, descConns, descSlow, descDropped} {
 		ch <- d
 	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(c.s.connCount.Load()))
-	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(c.s.dropped.Load()))
+	slow := c.s.dropped[DropKeepalive].Load() + c.s.dropped[DropSendQueue].Load()
+	ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(slow))
+	for _, reason := range dropReasons {
+		ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(c.s.dropped[reason].Load()), reason)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	stats, err := c.s.m.Stats(ctx)
@@ -54,16 +62,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDisabled, prometheus.GaugeValue, float64(st.Disabled), st.Pool)
 		ch <- prometheus.MustNewConstMetric(descWaiters, prometheus.GaugeValue, float64(st.Waiters), st.Pool)
 		ch <- prometheus.MustNewConstMetric(descGrants, prometheus.CounterValue, float64(st.Grants), st.Pool)
-		for _, reason := range []string{ReasonReleased, ReasonDisconnected, ReasonRevoked} {
+		for _, reason := range []string{lease.ReasonReleased, lease.ReasonDisconnected, lease.ReasonRevoked} {
 			ch <- prometheus.MustNewConstMetric(descReleases, prometheus.CounterValue, float64(st.Releases[reason]), st.Pool, reason)
 		}
-		buckets := make(map[float64]uint64, len(WaitBuckets))
+		buckets := make(map[float64]uint64, len(lease.WaitBuckets))
 		var cum uint64
-		for i, ub := range WaitBuckets {
+		for i, ub := range lease.WaitBuckets {
 			cum += st.WaitCounts[i]
 			buckets[ub] = cum
 		}
-		count := cum + st.WaitCounts[len(WaitBuckets)]
+		count := cum + st.WaitCounts[len(lease.WaitBuckets)]
 		ch <- prometheus.MustNewConstHistogram(descWait, count, st.WaitSum, buckets, st.Pool)
 	}
 }
