@@ -697,3 +697,35 @@ func TestLeaser(t *testing.T) {
 		t.Errorf("NewLeaser(bad URL) = %v, want EINVALID", err)
 	}
 }
+
+// A server that wants a token (forge server with api.private_reads) gets
+// it from Options.Header; without it Dial fails with EUNAUTHORIZED and
+// the server's reason.
+func TestDialWithToken(t *testing.T) {
+	f := newTestServer(t, dutPool())
+	guarded := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			w.Write([]byte(`{"code":"unauthorized","message":"unknown API token"}`))
+			return
+		}
+		f.hs.Config.Handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(guarded.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := Dial(ctx, guarded.URL, nil)
+	if forge.ErrorCode(err) != forge.EUNAUTHORIZED || !strings.Contains(forge.ErrorMessage(err), "unknown API token") {
+		t.Fatalf("Dial without a token: %v, want unauthorized with the server's reason", err)
+	}
+	c, err := Dial(ctx, guarded.URL, &Options{Header: http.Header{"Authorization": {"Bearer s3cret"}}})
+	if err != nil {
+		t.Fatalf("Dial with the token: %v", err)
+	}
+	defer c.Close()
+	l := acquire(t, c, Request{Pool: "dut"})
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
