@@ -27,6 +27,9 @@ type smallBuffers struct {
 // gathers a whole batch into one write anyway.
 const connBufferSize = 64
 
+// socketSendBuffer is the kernel's send buffer of a lease connection.
+const socketSendBuffer = 128 << 10
+
 // readBufferSize is smaller: the reader bypasses its buffer for big
 // payloads, and it holds little more than frame headers.
 const readBufferSize = 256
@@ -43,6 +46,12 @@ func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err := brw.Writer.Flush(); err != nil {
 		nc.Close()
 		return nil, nil, err
+	}
+	// A bounded kernel send buffer: a client that does not read must stop
+	// being read soon (its answers cannot be written), not after the
+	// megabytes an auto-tuned buffer would take. Lease messages are small.
+	if b, ok := nc.(interface{ SetWriteBuffer(int) error }); ok {
+		_ = b.SetWriteBuffer(socketSendBuffer) // best effort: the default works, only later
 	}
 	w.bw = &batchWriter{nc: nc}
 	// Keep what the client sent after its handshake: load it into the new
