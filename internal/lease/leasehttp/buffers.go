@@ -47,9 +47,10 @@ func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		nc.Close()
 		return nil, nil, err
 	}
-	// A bounded kernel send buffer: a client that does not read must stop
-	// being read soon (its answers cannot be written), not after the
-	// megabytes an auto-tuned buffer would take. Lease messages are small.
+	// A bounded kernel send buffer: the answers to a client that does not
+	// read must soon stay in its send queue (and fill it, or be seen by
+	// the keepalive), not first fill the megabytes an auto-tuned buffer
+	// would take. Lease messages are small.
 	if b, ok := nc.(interface{ SetWriteBuffer(int) error }); ok {
 		_ = b.SetWriteBuffer(socketSendBuffer) // best effort: the default works, only later
 	}

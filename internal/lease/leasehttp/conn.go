@@ -36,10 +36,11 @@ type conn struct {
 	stopOnce sync.Once
 	wg       sync.WaitGroup // writer and keepalive goroutines
 
-	// lastSeen is when the server last read anything from the client, in
-	// nanoseconds since the server's epoch: every frame, a message as
-	// much as a pong, proves the client alive. So a client whose pong
-	// waits behind the messages it pipelined is not taken for dead.
+	// lastSeen is when the server last read anything from the client, or
+	// finished writing to it, in nanoseconds since the server's epoch:
+	// every frame, a message as much as a pong, proves the client alive,
+	// and so does its taking what it is sent. So a client whose pong waits
+	// behind the messages it pipelined is not taken for dead.
 	lastSeen atomic.Int64
 	// working is set while the reader does the server's own work (pacing
 	// the client, handling a message) rather than waiting for the client
@@ -47,6 +48,9 @@ type conn struct {
 	// server's slowness is not the client's silence.
 	working     atomic.Bool
 	workedUntil atomic.Int64
+	// writeSince is when the write in progress began (0: none), to tell a
+	// client that does not read from one that sends nothing.
+	writeSince atomic.Int64
 
 	mu        sync.Mutex
 	out       []*wire.Message
@@ -272,6 +276,7 @@ func (c *conn) writeOut() {
 			return
 		}
 		c.mu.Unlock()
+		c.writeSince.Store(int64(time.Since(c.s.epoch)))
 		c.bw.begin()
 		var err error
 		for _, msg := range batch {
@@ -287,6 +292,13 @@ func (c *conn) writeOut() {
 		if endErr := c.bw.end(); err == nil {
 			err = endErr
 		}
+		c.writeSince.Store(0)
+		if err == nil {
+			// The client took what it was sent (the kernel's buffers
+			// have room only as far as it reads): a sign of life, for a
+			// client that reads slowly while the server answers it.
+			c.seen()
+		}
 		if err != nil {
 			c.mu.Lock()
 			c.writing = false
@@ -299,8 +311,9 @@ func (c *conn) writeOut() {
 
 // keepalive runs from the ping timer, one at a time: it pings, waits up
 // to Keepalive/2 for the pong, and arms the next round. A client is
-// dropped when nothing at all came from it since the ping, so a silent
-// client keeps its leases at most Keepalive after its last sign of life.
+// dropped when nothing at all came from it since the ping and it took
+// nothing it was sent, so a silent client keeps its leases at most
+// Keepalive after its last sign of life.
 // One that sent messages meanwhile is alive, even if its pong waits
 // behind them; so is one whose messages the server has not got round to
 // reading (the reader was busy with the server's own work since the
@@ -325,7 +338,11 @@ func (c *conn) keepalive() {
 	next := bound
 	if err != nil {
 		if c.silentSince(sent) {
-			c.drop(DropKeepalive, fmt.Sprintf("nothing from the client, not even a pong, within %s of a ping (keepalive %s)", bound, c.s.opts.Keepalive))
+			why := "it sent nothing"
+			if w := c.writeSince.Load(); w != 0 {
+				why = fmt.Sprintf("it does not read what it is sent: a write to it has waited %s", time.Duration(int64(time.Since(c.s.epoch))-w).Round(time.Millisecond))
+			}
+			c.drop(DropKeepalive, fmt.Sprintf("nothing from the client, not even a pong, within %s of a ping (keepalive %s): %s", bound, c.s.opts.Keepalive, why))
 			return
 		}
 		// Alive, but the pong is late: ask again at once.
@@ -400,8 +417,12 @@ func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, m
 	// back; they leave in one write when the handler is done and no
 	// further whole message is already waiting (a client's pipelined
 	// release and acquire get one write back), or enough are held back.
-	// The handler goroutine writes them itself: no writer goroutine to
-	// start and wake.
+	// The handler goroutine then writes them itself (no writer goroutine
+	// to start and wake), after letting the reader go on: reading never
+	// waits for writing, or a client whose own reading waits for its
+	// writes (a library that answers pings only between them) and the
+	// server would wait for each other. A client that does not read at
+	// all fills its send queue instead, and is dropped.
 	more := frameBuffered(c.br)
 	c.cork(true)
 	handled := make(chan struct{}) // per message: an idle connection keeps none
@@ -409,10 +430,10 @@ func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, m
 		c.work(true)
 		c.handle(*bp)
 		c.work(false)
+		close(handled)
 		if !more || c.backlog() >= maxCorked {
 			c.uncorkAndWrite()
 		}
-		close(handled)
 	}()
 	<-handled
 	return true

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -137,3 +140,99 @@ const (
 	defaultRate  = 5000
 	defaultBurst = 1000
 )
+
+// Many busy connections: 30 clients, each holding a lease, send pings
+// without waiting, twice as fast as the server reads each connection (a
+// rate limit of 300 messages/s here, so the machine is not what limits
+// it), for three keepalive periods. Every pong waits behind more and more
+// messages, seconds' worth by the end; none of these healthy clients may
+// be dropped, and every drop would be logged.
+func TestBusyConnectionsKeepTheirLeases(t *testing.T) {
+	const (
+		clients   = 30
+		keepalive = 2 * time.Second
+		rate      = 300
+	)
+	logs := &logRecorder{}
+	e := newEnv(t, "pools: {p: {range: 1-30}}", Options{Keepalive: keepalive, MessageRate: rate, MessageBurst: rate / 10, Logger: slog.New(logs)}, lease.MemoryOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	ended := make(chan error, clients)
+	granted := make(chan struct{}, clients)
+	flood := make(chan struct{})
+	for i := range clients {
+		ws, _, err := websocket.Dial(ctx, e.wsURL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.CloseNow()
+		wg.Add(2)
+		go func() { // the reader: answers pings, notes the grant
+			defer wg.Done()
+			for {
+				_, data, err := ws.Read(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						ended <- fmt.Errorf("client %d: %v", i, err)
+					}
+					return
+				}
+				if strings.Contains(string(data), `"granted"`) {
+					granted <- struct{}{}
+				}
+			}
+		}()
+		go func() { // the writer: acquires, then pings at twice the rate read
+			defer wg.Done()
+			acquire := fmt.Sprintf(`{"type":"acquire","id":"a","holder":"busy %d","requests":[{"pool":"p"}]}`, i)
+			if ws.Write(ctx, websocket.MessageText, []byte(acquire)) != nil {
+				return
+			}
+			select {
+			case <-flood:
+			case <-ctx.Done():
+				return
+			}
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for n := 0; ; n++ {
+				if err := ws.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"type":"ping","id":"%d"}`, n)); err != nil {
+					return
+				}
+				if n%(2*rate/20) == 2*rate/20-1 { // 2×rate a second, in 20 batches
+					select {
+					case <-tick.C:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+		}()
+	}
+	for range clients {
+		select {
+		case <-granted:
+		case err := <-ended:
+			t.Fatalf("before every grant: %v; drops logged: %v", err, logs.drops())
+		case <-time.After(30 * time.Second):
+			t.Fatal("not every client was granted")
+		}
+	}
+	close(flood)
+	select {
+	case err := <-ended:
+		t.Fatalf("a busy client lost its connection: %v; drops logged: %v", err, logs.drops())
+	case <-time.After(3 * keepalive):
+	}
+	var ls leasesResponse
+	e.rest("GET", "/api/v1/leases", "", &ls)
+	if len(ls.Leases) != clients {
+		t.Errorf("%d leases after %s of pipelining, want %d", len(ls.Leases), 3*keepalive, clients)
+	}
+	if d := logs.drops(); len(d) != 0 {
+		t.Errorf("busy healthy connections dropped: %v", d)
+	}
+	cancel()
+	wg.Wait()
+}

@@ -59,9 +59,9 @@ type Options struct {
 // of forge_lease_connections_dropped_total). A client that closes or
 // loses its connection is not dropped: it left.
 const (
-	// DropKeepalive: nothing came from the client, not even a pong,
-	// within Keepalive/2 of a ping (a silent network, or a client that
-	// stopped reading and so stopped being read).
+	// DropKeepalive: nothing came from the client, not even a pong, and
+	// it took nothing it was sent, within Keepalive/2 of a ping (a silent
+	// network, a frozen client).
 	DropKeepalive = "keepalive"
 	// DropSendQueue: SendQueue messages waited to be written: the client
 	// does not read what it is sent.

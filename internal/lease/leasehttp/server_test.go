@@ -824,9 +824,9 @@ func TestPipelinedMessagesAndControlFrames(t *testing.T) {
 	}
 }
 
-// A client that floods but never reads stops being read (its answers
-// cannot be written), so it costs the server nothing, and the keepalive
-// drops it: its lease goes back to the pool.
+// A client that floods but never reads is dropped, its lease going back
+// to the pool, once its unwritten answers fill its send queue (or, had it
+// stopped sending, by the keepalive).
 func TestFloodingClientThatDoesNotReadIsDropped(t *testing.T) {
 	e := newEnv(t, dutConfig, Options{MessageRate: 1e6, MessageBurst: 1e6, Keepalive: 2 * time.Second}, lease.MemoryOptions{})
 	nc := rawWS(t, e.wsURL, `{"type":"acquire","id":"a","holder":"deaf","requests":[{"pool":"one"}]}`)
