@@ -88,3 +88,30 @@ func ErrorMessage(err error) string {
 	}
 	return "internal error"
 }
+
+// httpStatus is the HTTP status of each error code (docs/api.md). Numbers,
+// not net/http's names: the domain stays light for every command.
+var httpStatus = map[string]int{
+	EINVALID:      400,
+	EUNAUTHORIZED: 401,
+	EFORBIDDEN:    403,
+	ENOTFOUND:     404,
+	ECONFLICT:     409,
+	ETOOLARGE:     413,
+	EINTERNAL:     500,
+	ENOTIMPL:      501,
+	EUNAVAILABLE:  503,
+	ECANCELED:     503,
+	ETIMEOUT:      504,
+}
+
+// HTTPStatus returns the HTTP status for err's code, 500 for an error
+// without a known code. It is the one mapping every HTTP transport uses
+// (the API and the lease server's REST endpoints), so a code answers
+// alike everywhere.
+func HTTPStatus(err error) int {
+	if st, ok := httpStatus[ErrorCode(err)]; ok {
+		return st
+	}
+	return 500
+}

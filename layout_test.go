@@ -24,6 +24,7 @@ var orchestration = []string{"internal/spec", "internal/engine", "internal/runne
 // the domain's events and the engine's results, never an adapter, and only
 // a command imports them.
 var views = []string{"internal/console"}
+
 // below lists, for orchestration packages, the orchestration packages
 // each may import: they import one another downward only (the trigger
 // turns deliveries into builds and the runner runs them; neither needs the
@@ -33,6 +34,19 @@ var below = map[string][]string{
 	"internal/engine":  {"internal/spec"},
 	"internal/runner":  {"internal/spec", "internal/engine"},
 	"internal/trigger": {"internal/spec"},
+}
+
+// leaseState is the lease state (the Manager and its implementations): it
+// knows nothing of how it is served, so that a store can hold it and any
+// transport serve it. Its HTTP/WebSocket transport, internal/lease/leasehttp,
+// imports it, never the reverse.
+const leaseState = "internal/lease"
+
+// transportImports are what the lease state must not import (prefixes of
+// import paths): HTTP, WebSockets, the wire types, metrics, its transport.
+var transportImports = []string{
+	"net/http", "net/http/", "github.com/coder/websocket", "github.com/prometheus/",
+	module + "/client/", module + "/" + leaseState + "/",
 }
 
 // shared libraries adapters may use: the step runner every backend (and
@@ -60,6 +74,9 @@ func TestImportBoundaries(t *testing.T) {
 		}
 		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
 		for _, imp := range p.Imports {
+			if reason := stateImport(rel, imp); reason != "" {
+				t.Errorf("%s imports %s: %s", p.ImportPath, imp, reason)
+			}
 			if !strings.HasPrefix(imp, module) {
 				if rel == "" && strings.Contains(strings.SplitN(imp, "/", 2)[0], ".") {
 					t.Errorf("the domain package imports %s: it may import only the standard library", imp)
@@ -134,6 +151,19 @@ func group2(pkg string) string {
 	return pkg
 }
 
+// stateImport says why pkg may not import imp (a full import path), or "".
+func stateImport(pkg, imp string) string {
+	if pkg != leaseState {
+		return ""
+	}
+	for _, t := range transportImports {
+		if imp == strings.TrimSuffix(t, "/") || strings.HasSuffix(t, "/") && strings.HasPrefix(imp, t) {
+			return "the lease state knows nothing of its transport (HTTP, WebSocket, wire types, metrics): internal/lease/leasehttp serves it"
+		}
+	}
+	return ""
+}
+
 // group is the adapter a package belongs to (a backend is its own group).
 func group(pkg string) string {
 	for _, a := range adapters {
@@ -166,7 +196,8 @@ func TestForbidden(t *testing.T) {
 		{"internal/http", "internal/sqldb", true},
 		{"internal/backend/docker", "internal/backend/local", true},
 		{"internal/backend/local", "internal/shell", false},
-		{"internal/lease", "client/lease", false},
+		{"internal/lease/leasehttp", "client/lease", false},
+		{"internal/lease/leasehttp", "internal/lease", false},
 		{"internal/runner", "internal/engine", false},
 		{"internal/runner", "internal/backend/local", true},
 		{"internal/engine", "internal/spec", false},
@@ -192,6 +223,27 @@ func TestForbidden(t *testing.T) {
 	for _, tt := range tests {
 		if got := forbidden(tt.pkg, tt.dep) != ""; got != tt.bad {
 			t.Errorf("forbidden(%q, %q) = %v, want %v", tt.pkg, tt.dep, got, tt.bad)
+		}
+	}
+	state := []struct {
+		pkg, imp string
+		bad      bool
+	}{
+		{"internal/lease", "net/http", true},
+		{"internal/lease", "github.com/coder/websocket", true},
+		{"internal/lease", "github.com/prometheus/client_golang/prometheus", true},
+		{"internal/lease", module + "/client/lease", true},
+		{"internal/lease", module + "/internal/lease/leasehttp", true},
+		{"internal/lease", "net/http/httputil", true},
+		{"internal/lease", "net/url", false},
+		{"internal/lease", "sync", false},
+		{"internal/lease", module, false},
+		{"internal/lease/leasehttp", "net/http", false},
+		{"internal/lease/leasehttp", "github.com/coder/websocket", false},
+	}
+	for _, tt := range state {
+		if got := stateImport(tt.pkg, tt.imp) != ""; got != tt.bad {
+			t.Errorf("stateImport(%q, %q) = %v, want %v", tt.pkg, tt.imp, got, tt.bad)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package lease
+package lease_test
 
 import (
 	"context"
@@ -6,7 +6,8 @@ import (
 	"testing"
 	"time"
 
-	ilease "github.com/forgeci/forge/internal/lease"
+	. "github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/lease/leasehttp"
 )
 
 // BenchmarkAcquireRelease measures one client's grant latency when the
@@ -20,7 +21,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	// One connection looping as fast as it can is a flood to the server's
 	// per-connection rate limit (5000 messages/s by default); lift it so
 	// the figure is the grant's latency, not the limiter's pacing.
-	f := newTestServerOptions(b, ilease.Options{MessageRate: 1e7, MessageBurst: 1e6}, onePool("dut", "dut1"))
+	f := newTestServerOptions(b, leasehttp.Options{MessageRate: 1e7, MessageBurst: 1e6}, onePool("dut", "dut1"))
 	ctx := context.Background()
 	c, err := Dial(ctx, f.hs.URL, nil) // straight to the server, not through the test proxy
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -180,7 +181,7 @@ func Dial(ctx context.Context, serverURL string, opts *Options) (*Client, error)
 			return nil, ctxErr
 		}
 		if resp != nil {
-			return nil, handshakeError(wsURL, resp.StatusCode, err)
+			return nil, handshakeError(wsURL, resp, err)
 		}
 		// The network error says what went wrong; the layers the
 		// WebSocket library wraps around it do not.
@@ -240,14 +241,25 @@ func Dial(ctx context.Context, serverURL string, opts *Options) (*Client, error)
 	return c, nil
 }
 
-func handshakeError(wsURL string, status int, err error) error {
-	switch status {
-	case http.StatusUnauthorized:
-		return forge.WrapError(forge.EUNAUTHORIZED, err, fmt.Sprintf("lease server at %s wants credentials (HTTP 401)", wsURL))
-	case http.StatusForbidden:
-		return forge.WrapError(forge.EFORBIDDEN, err, fmt.Sprintf("lease server at %s refused the connection (HTTP 403)", wsURL))
+func handshakeError(wsURL string, resp *http.Response, err error) error {
+	// A forge server says why in a JSON body {"code", "message"}.
+	var why string
+	if resp.Body != nil {
+		var body struct {
+			Message string `json:"message"`
+		}
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		if json.Unmarshal(data, &body) == nil && body.Message != "" {
+			why = ": " + body.Message
+		}
 	}
-	return forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("%s answered HTTP %d instead of opening the lease WebSocket: is it a forge server?", wsURL, status))
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		return forge.WrapError(forge.EUNAUTHORIZED, err, fmt.Sprintf("lease server at %s wants an API token (HTTP 401)%s", wsURL, why))
+	case http.StatusForbidden:
+		return forge.WrapError(forge.EFORBIDDEN, err, fmt.Sprintf("lease server at %s refused the connection (HTTP 403)%s", wsURL, why))
+	}
+	return forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("%s answered HTTP %d instead of opening the lease WebSocket%s: is it a forge server?", wsURL, resp.StatusCode, why))
 }
 
 // contextError maps an ended ctx to ECANCELED or ETIMEOUT; nil while ctx

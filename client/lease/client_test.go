@@ -1,4 +1,4 @@
-package lease
+package lease_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	. "github.com/forgeci/forge/client/lease"
 )
 
 func twoDUTs() []*forge.Pool {
@@ -121,13 +122,25 @@ func TestDecode(t *testing.T) {
 		{`{"type":"granted","id":"r1","lease":"L1","resources":{"dut":[{"id":"dut1"}]}}`, ""},
 		{`{"type":"error","code":"invalid","message":"x"}`, ""},
 		{`{"type":"revoked","lease":"L1","reason":"operator"}`, ""},
-		{`[]`, "not a JSON object"},
+		{`[]`, "must be a JSON object"},
+		{`{"type":`, "invalid JSON"},
+		{"{\"type\":\"ping\",\"id\":\"\xff\"}", "not valid UTF-8"},
 		{`{}`, `without "type"`},
 		{`{"type":"bogus"}`, "unknown message type"},
 		{`{"type":"acquire","id":"r1"}`, `without "requests"`},
 		{`{"type":"acquire","requests":[{"pool":"a"}]}`, `without "id"`},
 		{`{"type":"acquire","id":"r1","requests":[{"count":1}]}`, `without "pool"`},
-		{`{"type":"acquire","id":"r1","requests":[{"pool":"a","count":-1}]}`, "negative"},
+		{`{"type":"acquire","id":"r1","requests":[{"pool":"a","count":-1}]}`, "at least 1"},
+		{`{"type":"acquire","id":"r1","requests":[{"pool":"a","count":0}]}`, "at least 1"},
+		{`{"type":"acquire","id":"r1","requests":[{"pool":"a"}]}`, ""},
+		{`{"type":"acquire","id":"r1","requests":[{"pool":"a","count":"2"}]}`, "must be int"},
+		{`{"type":"acquire","id":"r1","requests":[{"pool":"a"}],"max_wait_ms":-1}`, "negative"},
+		{`{"type":"acquire","id":"r1","requests":[{"pool":"a"}],"max_wait_ms":99999999999999}`, "more than a year"},
+		{`{"type":"acquire","id":"r1","holder":"` + strings.Repeat("h", 1025) + `","requests":[{"pool":"a"}]}`, "longer than 1024"},
+		{`{"type":"ping"}`, ""},
+		{`{"type":"pong"}`, ""},
+		{`{"type":"cancel"}`, `without "id"`},
+		{`{"type":"release","lease":"` + strings.Repeat("L", 129) + `"}`, "longer than 128"},
 		{`{"type":"acquire","id":"` + strings.Repeat("x", 129) + `","requests":[{"pool":"a"}]}`, "longer than 128"},
 		{`{"type":"release"}`, `without "lease"`},
 		{`{"type":"granted","id":"r1","lease":"L1","resources":{"dut":[{}]}}`, "without an id"},
@@ -145,26 +158,76 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// FuzzDecode: Decode never panics and never returns a nil message; an
+// error is EINVALID with a message and echoes no over-long identifier; an
+// accepted message re-encodes to something that decodes alike.
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"type":"acquire","id":"r1","holder":"a","requests":[{"pool":"dut","count":2}]}`))
 	f.Add([]byte(`{"type":"granted","id":"r1","lease":"L1","granted_at":"2026-01-01T00:00:00Z","resources":{"dut":[{"id":"d"}]}}`))
 	f.Add([]byte(`{"type":"queued","id":"r1","position":3}`))
+	f.Add([]byte(`{"type":"release","lease":"L1"}`))
+	f.Add([]byte(`{"type":"ping"}`))
+	f.Add([]byte(`{"type":1,"id":"r"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Decode(data)
+		if m == nil {
+			t.Fatal("nil message")
+		}
 		if err != nil {
+			if forge.ErrorCode(err) != forge.EINVALID || forge.ErrorMessage(err) == "" {
+				t.Fatalf("error %v: want invalid with a message", err)
+			}
+			if len(m.ID) > MaxIDLength || len(m.Lease) > MaxLeaseIDLength {
+				t.Fatalf("echoes an over-long identifier: %+v", m)
+			}
 			return
+		}
+		if m.Type == TypeAcquire {
+			for _, r := range m.Requests {
+				if rr := r.ResourceRequest(); rr.Pool == "" || rr.Count < 1 {
+					t.Fatalf("accepted bad request %+v", r)
+				}
+			}
 		}
 		// A decoded message re-encodes to something that decodes alike.
 		again, err := json.Marshal(m)
 		if err != nil {
 			t.Fatalf("re-encoding %#v: %v", m, err)
 		}
-		if _, err := Decode(again); err != nil {
+		m2, err := Decode(again)
+		if err != nil {
 			t.Fatalf("Decode(%s) accepted, but its re-encoding %s fails: %v", data, again, err)
+		}
+		if m2.Type != m.Type || m2.ID != m.ID || m2.Lease != m.Lease || len(m2.Requests) != len(m.Requests) {
+			t.Fatalf("round trip changed %+v into %+v", m, m2)
 		}
 		m.Time()
 		GrantEnv(m.Resources, data)
 	})
+}
+
+// A server names the request in its error answer: Decode gives back the
+// identifiers it could read even when the message is refused.
+func TestDecodeSalvagesIdentifiers(t *testing.T) {
+	tests := []struct{ in, id, lease string }{
+		{`{"type":1,"id":"r"}`, "r", ""},
+		{`{"type":"acquire","id":"r","requests":[{"pool":"a","count":"2"}]}`, "r", ""},
+		{`{"type":"acquire","id":"r","requests":[]}`, "r", ""},
+		{`{"type":"release","lease":"L1","max_wait_ms":"soon"}`, "", "L1"},
+		{`{"type":"release","lease":"L1",`, "", ""}, // not JSON: nothing to salvage
+		{`{"type":"acquire","id":"` + strings.Repeat("x", 129) + `","requests":[{"pool":"a"}]}`, "", ""},
+		{`[1]`, "", ""},
+	}
+	for _, tt := range tests {
+		m, err := Decode([]byte(tt.in))
+		if err == nil {
+			t.Errorf("Decode(%s) accepted it", tt.in)
+			continue
+		}
+		if m.ID != tt.id || m.Lease != tt.lease {
+			t.Errorf("Decode(%s) kept id %q lease %q, want %q and %q", tt.in, m.ID, m.Lease, tt.id, tt.lease)
+		}
+	}
 }
 
 func TestAcquireGrantsResourcesAndEnv(t *testing.T) {
@@ -632,5 +695,37 @@ func TestLeaser(t *testing.T) {
 	}
 	if _, err := NewLeaser("gopher://x", nil); forge.ErrorCode(err) != forge.EINVALID {
 		t.Errorf("NewLeaser(bad URL) = %v, want EINVALID", err)
+	}
+}
+
+// A server that wants a token (forge server with api.private_reads) gets
+// it from Options.Header; without it Dial fails with EUNAUTHORIZED and
+// the server's reason.
+func TestDialWithToken(t *testing.T) {
+	f := newTestServer(t, dutPool())
+	guarded := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			w.Write([]byte(`{"code":"unauthorized","message":"unknown API token"}`))
+			return
+		}
+		f.hs.Config.Handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(guarded.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := Dial(ctx, guarded.URL, nil)
+	if forge.ErrorCode(err) != forge.EUNAUTHORIZED || !strings.Contains(forge.ErrorMessage(err), "unknown API token") {
+		t.Fatalf("Dial without a token: %v, want unauthorized with the server's reason", err)
+	}
+	c, err := Dial(ctx, guarded.URL, &Options{Header: http.Header{"Authorization": {"Bearer s3cret"}}})
+	if err != nil {
+		t.Fatalf("Dial with the token: %v", err)
+	}
+	defer c.Close()
+	l := acquire(t, c, Request{Pool: "dut"})
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

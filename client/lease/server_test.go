@@ -1,4 +1,4 @@
-package lease
+package lease_test
 
 import (
 	"context"
@@ -15,14 +15,16 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/forgeci/forge"
-	ilease "github.com/forgeci/forge/internal/lease"
+	. "github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/lease/leasehttp"
 )
 
 // testServer is the real lease server (internal/lease) on loopback,
 // reached through a TCP proxy whose connections the test can cut.
 type testServer struct {
 	URL string
-	m   *ilease.Memory
+	m   *lease.Memory
 	hs  *httptest.Server
 
 	ln    net.Listener
@@ -39,18 +41,18 @@ func newTestServer(t testing.TB, pools ...*forge.Pool) *testServer {
 // bound (0: its default).
 func newTestServerKeepalive(t testing.TB, keepalive time.Duration, pools ...*forge.Pool) *testServer {
 	t.Helper()
-	return newTestServerOptions(t, ilease.Options{Keepalive: keepalive}, pools...)
+	return newTestServerOptions(t, leasehttp.Options{Keepalive: keepalive}, pools...)
 }
 
 // newTestServerOptions is newTestServer with the server's options.
-func newTestServerOptions(t testing.TB, opts ilease.Options, pools ...*forge.Pool) *testServer {
+func newTestServerOptions(t testing.TB, opts leasehttp.Options, pools ...*forge.Pool) *testServer {
 	t.Helper()
-	m, err := ilease.NewMemory(pools, ilease.MemoryOptions{PositionInterval: 5 * time.Millisecond})
+	m, err := lease.NewMemory(pools, lease.MemoryOptions{PositionInterval: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("NewMemory: %v", err)
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	s := ilease.NewServer(m, opts)
+	s := leasehttp.NewServer(m, opts)
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

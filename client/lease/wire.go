@@ -2,12 +2,15 @@ package lease
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/forgeci/forge"
 )
 
 // Path is where a forge server serves the lease WebSocket.
@@ -17,8 +20,18 @@ const Path = "/api/v1/leases/ws"
 // server announces its own in its hello message.
 const ProtocolVersion = 1
 
-// MaxIDLength bounds a client-chosen request id.
-const MaxIDLength = 128
+// Limits of the protocol, checked by Validate.
+const (
+	// MaxIDLength bounds a client-chosen request id (acquire, cancel,
+	// ping).
+	MaxIDLength = 128
+	// MaxLeaseIDLength bounds a lease id.
+	MaxLeaseIDLength = 128
+	// MaxHolderLength bounds an acquire's holder, in bytes.
+	MaxHolderLength = 1024
+	// MaxWaitMS bounds an acquire's max_wait_ms: a year.
+	MaxWaitMS = 365 * 24 * 3600 * 1000
+)
 
 // Message types. Every frame is one JSON object with a "type" field.
 const (
@@ -92,101 +105,194 @@ type Message struct {
 }
 
 // Request asks for Count resources of Pool whose labels include every one
-// of Labels. A Count of 0 means 1 on the wire.
+// of Labels. A Count of 0 means 1 on the wire (the field is left out); a
+// "count" that is on the wire must be at least 1.
 type Request struct {
 	Pool   string            `json:"pool"`
 	Count  int               `json:"count,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
+
+	countGiven bool // "count" was on the wire (Validate rejects 0)
 }
 
-// Resource is one granted resource.
+// UnmarshalJSON decodes a request, noting whether "count" was given, so
+// that Validate can tell an explicit 0 (invalid) from an absent count
+// (1).
+func (r *Request) UnmarshalJSON(data []byte) error {
+	var w struct {
+		Pool   string            `json:"pool"`
+		Count  *int              `json:"count"`
+		Labels map[string]string `json:"labels"`
+	}
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	*r = Request{Pool: w.Pool, Labels: w.Labels}
+	if w.Count != nil {
+		r.Count, r.countGiven = *w.Count, true
+	}
+	return nil
+}
+
+// ResourceRequest is r in forge's domain terms, its count defaulted to 1.
+func (r Request) ResourceRequest() forge.ResourceRequest {
+	return forge.ResourceRequest{Pool: r.Pool, Count: max(r.Count, 1), Labels: r.Labels}
+}
+
+// Resource is one granted resource. A server always sends both maps,
+// empty ones as {}.
 type Resource struct {
 	ID         string            `json:"id"`
-	Attributes map[string]string `json:"attributes,omitempty"`
-	Labels     map[string]string `json:"labels,omitempty"`
+	Attributes map[string]string `json:"attributes"`
+	Labels     map[string]string `json:"labels"`
 }
 
-// Decode parses one frame and checks what every message of its type must
-// carry. It never panics, whatever data holds; the error names the problem
-// in words a client author can act on.
+// Decode parses one frame and checks it against the rules of its type
+// (Validate). It never panics, whatever data holds, and never returns a
+// nil message: on error the message holds what could be read of the
+// frame's "type", "id" and "lease" (when they are well-formed), so a
+// server can name the request in its error answer. The error is a
+// *forge.Error with code EINVALID whose message a client author can act
+// on.
 func Decode(data []byte) (*Message, error) {
+	if !utf8.Valid(data) {
+		return &Message{}, forge.Errorf(forge.EINVALID, "message is not valid UTF-8: a text frame must be")
+	}
 	var m Message
 	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("not a JSON object: %w", err)
+		return salvage(data), forge.Errorf(forge.EINVALID, "malformed message: %s", jsonProblem(err))
 	}
 	if err := m.Validate(); err != nil {
-		return nil, err
+		// Do not echo identifiers the protocol does not allow.
+		if len(m.ID) > MaxIDLength {
+			m.ID = ""
+		}
+		if len(m.Lease) > MaxLeaseIDLength {
+			m.Lease = ""
+		}
+		return &m, err
 	}
 	return &m, nil
 }
 
-// Validate checks that m carries what its type requires.
+// salvage reads the identifying fields of a message that did not decode.
+func salvage(data []byte) *Message {
+	var ids struct {
+		Type  any `json:"type"`
+		ID    any `json:"id"`
+		Lease any `json:"lease"`
+	}
+	_ = json.Unmarshal(data, &ids) // what is not there stays empty
+	m := &Message{}
+	m.Type, _ = ids.Type.(string)
+	if s, ok := ids.ID.(string); ok && len(s) <= MaxIDLength {
+		m.ID = s
+	}
+	if s, ok := ids.Lease.(string); ok && len(s) <= MaxLeaseIDLength {
+		m.Lease = s
+	}
+	return m
+}
+
+// jsonProblem words a JSON decoding error for the author of the message.
+func jsonProblem(err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Sprintf("invalid JSON at byte %d: %s", syn.Offset, syn.Error())
+	case errors.As(err, &typ) && typ.Field != "":
+		return fmt.Sprintf("field %q must be %s, not %s", typ.Field, typ.Type.String(), typ.Value)
+	case errors.As(err, &typ):
+		return fmt.Sprintf("a message must be a JSON object, not %s", typ.Value)
+	}
+	return err.Error()
+}
+
+// Validate checks that m carries what its type requires, within the
+// protocol's limits. The error is a *forge.Error with code EINVALID.
 func (m *Message) Validate() error {
-	need := func(field, value string) error {
-		if value == "" {
-			return fmt.Errorf("%s message without %q", m.Type, field)
-		}
-		return nil
+	invalid := func(format string, args ...any) error {
+		return forge.Errorf(forge.EINVALID, format, args...)
 	}
 	switch m.Type {
 	case "":
-		return fmt.Errorf(`message without "type"`)
+		return invalid(`message without "type"`)
 	case TypeAcquire:
-		if err := checkID(m.ID); err != nil {
+		if err := checkID(m.Type, m.ID, true); err != nil {
 			return err
 		}
+		if len(m.Holder) > MaxHolderLength {
+			return invalid("acquire %q: holder is longer than %d bytes", m.ID, MaxHolderLength)
+		}
 		if len(m.Requests) == 0 {
-			return fmt.Errorf(`acquire %q without "requests"`, m.ID)
+			return invalid(`acquire %q without "requests": ask for at least one {"pool": ...}`, m.ID)
 		}
 		for i, r := range m.Requests {
 			if r.Pool == "" {
-				return fmt.Errorf(`acquire %q: request %d without "pool"`, m.ID, i+1)
+				return invalid(`acquire %q: request %d without "pool"`, m.ID, i+1)
 			}
-			if r.Count < 0 {
-				return fmt.Errorf("acquire %q: request %d: count %d is negative", m.ID, i+1, r.Count)
+			if r.Count < 0 || r.Count == 0 && r.countGiven {
+				return invalid("acquire %q: request %d: count %d must be at least 1", m.ID, i+1, r.Count)
 			}
 		}
 		if m.MaxWaitMS < 0 {
-			return fmt.Errorf("acquire %q: max_wait_ms %d is negative", m.ID, m.MaxWaitMS)
+			return invalid("acquire %q: max_wait_ms %d is negative", m.ID, m.MaxWaitMS)
 		}
-	case TypeCancel, TypePing, TypeQueued, TypeCanceled, TypePong:
-		return checkID(m.ID)
+		if m.MaxWaitMS > MaxWaitMS {
+			return invalid("acquire %q: max_wait_ms %d is more than a year", m.ID, m.MaxWaitMS)
+		}
+	case TypeCancel, TypeQueued, TypeCanceled:
+		return checkID(m.Type, m.ID, true)
+	case TypePing, TypePong:
+		return checkID(m.Type, m.ID, false)
 	case TypeRelease, TypeReleased, TypeRevoked:
-		return need("lease", m.Lease)
+		return checkLease(m.Type, m.Lease)
 	case TypeGranted:
-		if err := checkID(m.ID); err != nil {
+		if err := checkID(m.Type, m.ID, true); err != nil {
 			return err
 		}
-		if err := need("lease", m.Lease); err != nil {
+		if err := checkLease(m.Type, m.Lease); err != nil {
 			return err
 		}
 		for pool, rs := range m.Resources {
 			for _, r := range rs {
 				if r.ID == "" {
-					return fmt.Errorf("granted %q: a resource of pool %q without an id", m.ID, pool)
+					return invalid("granted %q: a resource of pool %q without an id", m.ID, pool)
 				}
 			}
 		}
 	case TypeError:
-		return need("code", m.Code)
+		if m.Code == "" {
+			return invalid(`error message without "code"`)
+		}
 	case TypeHello:
 		if m.Version < 1 {
-			return fmt.Errorf(`hello without a "version"`)
+			return invalid(`hello without a "version"`)
 		}
 	default:
-		return fmt.Errorf("unknown message type %q", m.Type)
+		return invalid("unknown message type %q (a client sends acquire, release, cancel or ping)", m.Type)
 	}
 	return nil
 }
 
-func checkID(id string) error {
+// checkID checks a request id; an optional one may be empty.
+func checkID(typ, id string, required bool) error {
 	switch {
-	case id == "":
-		return fmt.Errorf(`message without "id"`)
+	case id == "" && required:
+		return forge.Errorf(forge.EINVALID, `%s message without "id"`, typ)
 	case len(id) > MaxIDLength:
-		return fmt.Errorf("id of %d bytes is longer than %d", len(id), MaxIDLength)
-	case !utf8.ValidString(id):
-		return fmt.Errorf("id is not valid UTF-8")
+		return forge.Errorf(forge.EINVALID, "%s: id of %d bytes is longer than %d", typ, len(id), MaxIDLength)
+	}
+	return nil
+}
+
+func checkLease(typ, lease string) error {
+	switch {
+	case lease == "":
+		return forge.Errorf(forge.EINVALID, `%s message without "lease"`, typ)
+	case len(lease) > MaxLeaseIDLength:
+		return forge.Errorf(forge.EINVALID, "%s: lease id of %d bytes is longer than %d", typ, len(lease), MaxLeaseIDLength)
 	}
 	return nil
 }

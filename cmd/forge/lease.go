@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +31,7 @@ import (
 const (
 	exitLeaseUnavailable      = 69  // the lease server cannot be reached (sysexits EX_UNAVAILABLE)
 	exitLeaseLost             = 75  // the lease was lost while CMD ran (sysexits EX_TEMPFAIL)
+	exitLeaseDenied           = 77  // the server refused our token, or wants one (sysexits EX_NOPERM)
 	exitLeaseWait             = 124 // --wait passed before the grant (like timeout(1))
 	exitLeaseCmdNotExecutable = 126 // CMD exists but cannot run (like a shell)
 	exitLeaseCmdNotFound      = 127 // CMD not found (like a shell)
@@ -43,6 +45,7 @@ type leaseOptions struct {
 	labels    []string
 	wait      time.Duration
 	server    string
+	token     string
 	holder    string
 	killGrace time.Duration
 	quiet     bool
@@ -78,15 +81,20 @@ resources are given back.
 
 --label k=v selects resources by label in every pool; --label POOL:k=v in
 one pool only. The server address comes from --server, else $FORGE_SERVER,
-else ` + defaultLeaseServer + ` (https gives wss).
+else ` + defaultLeaseServer + ` (https gives wss). A server whose reads are
+private (api.private_reads) wants an API token: --token, else $FORGE_TOKEN
+(create one with forge token create); it goes in the WebSocket handshake's
+Authorization header.
 
 Exit status:
   CMD's own status; 128+N when CMD was killed by signal N
   2    bad arguments, an unknown pool, or a request no pool can satisfy
   69   the lease server cannot be reached or is shutting down
   75   the lease was lost while CMD ran (CMD was stopped)
+  77   the server wants a token, or refused the one given
   124  --wait passed before the resources were granted
-  126  CMD cannot be executed; 127 CMD not found
+  126  CMD cannot be executed (not executable, a directory)
+  127  CMD not found (not on $PATH, or no such file)
   130  interrupted while waiting
   1    any other failure`,
 		Example: `  forge lease dut -- pytest -x tests/hw
@@ -116,7 +124,7 @@ Exit status:
 		}
 		ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
 		defer cancel()
-		names, err := leasePoolNames(ctx, leaseServerAddress(o.server))
+		names, err := leasePoolNames(ctx, leaseServerAddress(o.server), leaseToken(o.token))
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
@@ -126,6 +134,7 @@ Exit status:
 	f.StringArrayVarP(&o.labels, "label", "l", nil, "select resources with label `k=v` (every pool) or POOL:k=v (one pool); repeatable")
 	f.DurationVar(&o.wait, "wait", 0, "give up when not granted within `DURATION` (exit 124; default: wait forever)")
 	f.StringVar(&o.server, "server", "", "the forge server `URL` (default $FORGE_SERVER, else "+defaultLeaseServer+")")
+	f.StringVar(&o.token, "token", "", "the API `TOKEN` the server wants when its reads are private (default $FORGE_TOKEN)")
 	f.StringVar(&o.holder, "holder", "", "who holds the lease, as operators see it (default: user@host CMD)")
 	f.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "after a lost lease, how long CMD has between SIGTERM and SIGKILL")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing of forge lease's own but errors")
@@ -196,12 +205,9 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 		return usageError{err}
 	}
 	// Find CMD before taking anything: a typo must not cost a queue turn.
-	path, err := exec.LookPath(argv[0])
+	path, err := findLeaseCommand(argv[0])
 	if err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
-			return exitWith(exitLeaseCmdNotFound, "%s: command not found", argv[0])
-		}
-		return exitWith(exitLeaseCmdNotExecutable, "%s: %v", argv[0], err)
+		return err
 	}
 	holder := o.holder
 	if holder == "" {
@@ -213,7 +219,7 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 		}
 	}
 
-	c, err := lease.Dial(ctx, server, nil)
+	c, err := lease.Dial(ctx, server, leaseClientOptions(leaseToken(o.token)))
 	if err != nil {
 		return leaseError(err, server)
 	}
@@ -285,6 +291,45 @@ func leaseCompletingCommand(cmd *cobra.Command, args []string) bool {
 	return len(raw) > 2 && raw[1] == cobra.ShellCompRequestCmd && slices.Contains(raw[2:len(raw)-1], "--")
 }
 
+// findLeaseCommand finds CMD as a shell would, failing with the shell's
+// statuses: 127 when there is no such command or file, 126 when it
+// cannot be executed (no permission, a directory).
+func findLeaseCommand(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	switch {
+	case err == nil:
+		return path, nil
+	case errors.Is(err, exec.ErrNotFound):
+		return "", exitWith(exitLeaseCmdNotFound, "%s: command not found", name)
+	case errors.Is(err, fs.ErrNotExist):
+		return "", exitWith(exitLeaseCmdNotFound, "%s: no such file or directory", name)
+	}
+	if st, serr := os.Stat(name); serr == nil && st.IsDir() {
+		return "", exitWith(exitLeaseCmdNotExecutable, "%s: is a directory", name)
+	}
+	var ee *exec.Error
+	if errors.As(err, &ee) {
+		err = ee.Err
+	}
+	return "", exitWith(exitLeaseCmdNotExecutable, "%s: cannot execute: %v", name, err)
+}
+
+// leaseToken is --token, else $FORGE_TOKEN; "" for none.
+func leaseToken(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	return os.Getenv("FORGE_TOKEN")
+}
+
+// leaseClientOptions sends token, if any, with the WebSocket handshake.
+func leaseClientOptions(token string) *lease.Options {
+	if token == "" {
+		return nil
+	}
+	return &lease.Options{Header: http.Header{"Authorization": {"Bearer " + token}}}
+}
+
 // leaseServerAddress is --server, else $FORGE_SERVER, else the default.
 func leaseServerAddress(flag string) string {
 	if flag != "" {
@@ -298,7 +343,7 @@ func leaseServerAddress(flag string) string {
 
 // leasePoolNames lists the server's pools (GET /api/v1/pools), for shell
 // completion.
-func leasePoolNames(ctx context.Context, server string) ([]string, error) {
+func leasePoolNames(ctx context.Context, server, token string) ([]string, error) {
 	ws, err := lease.WebSocketURL(server)
 	if err != nil {
 		return nil, err
@@ -307,6 +352,9 @@ func leasePoolNames(ctx context.Context, server string) ([]string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -347,7 +395,11 @@ func leaseError(err error, server string) error {
 	switch forge.ErrorCode(err) {
 	case forge.EINVALID, forge.ENOTFOUND, forge.ETOOLARGE, forge.ECONFLICT:
 		return exitWith(exitUsage, "%s", msg)
-	case forge.EUNAVAILABLE, forge.EUNAUTHORIZED, forge.EFORBIDDEN:
+	case forge.EUNAUTHORIZED:
+		return exitWith(exitLeaseDenied, "%s; set --token or FORGE_TOKEN (forge token create)", msg)
+	case forge.EFORBIDDEN:
+		return exitWith(exitLeaseDenied, "%s", msg)
+	case forge.EUNAVAILABLE:
 		return exitWith(exitLeaseUnavailable, "%s (is forge server running at %s? set --server or FORGE_SERVER)", errorText(err), server)
 	case forge.ECANCELED:
 		return exitWith(exitCanceled, "interrupted while waiting for the lease")
@@ -407,6 +459,9 @@ func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, std
 	}()
 	if err := <-started; err != nil {
 		restore()
+		if errors.Is(err, fs.ErrNotExist) { // a script whose interpreter is missing
+			return 0, false, exitWith(exitLeaseCmdNotFound, "cannot start %s: %v", argv[0], err)
+		}
 		return 0, false, exitWith(exitLeaseCmdNotExecutable, "cannot start %s: %v", argv[0], err)
 	}
 	pgid := cmd.Process.Pid
@@ -520,7 +575,7 @@ func leaseReclaimTerminal(fd int) {
 // leaseServerValue is forge exec's --lease-server flag: setting it to a
 // server address makes *target a Leaser for that server, so that jobs with
 // a resources: key acquire their leases there (one connection per job,
-// held while the job runs).
+// held while the job runs), with $FORGE_TOKEN as the API token if set.
 type leaseServerValue struct {
 	url    string
 	target *forge.Leaser
@@ -539,7 +594,7 @@ func (v *leaseServerValue) Type() string { return "URL" }
 // Set checks the address and makes the Leaser; a bad address is a usage
 // error when the flags are parsed.
 func (v *leaseServerValue) Set(s string) error {
-	lr, err := lease.NewLeaser(s, nil)
+	lr, err := lease.NewLeaser(s, leaseClientOptions(os.Getenv("FORGE_TOKEN")))
 	if err != nil {
 		return err
 	}

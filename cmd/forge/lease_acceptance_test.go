@@ -149,3 +149,44 @@ func TestLeaseAcceptanceWithForgeServer(t *testing.T) {
 		t.Errorf("stderr %q lacks the warning", got)
 	}
 }
+
+// TestLeaseTokenWithPrivateReads: against a forge server whose reads are
+// private (api.private_reads), forge lease needs an API token, from
+// --token or FORGE_TOKEN; without one, or with a wrong one, it exits 77
+// and says what to do.
+func TestLeaseTokenWithPrivateReads(t *testing.T) {
+	data := t.TempDir()
+	token := e2eAdminToken(t, data)
+	p := e2eStartServerWith(t, data, "api:\n  private_reads: true\npools:\n  dut:\n    resources: [{id: dut1}]\n")
+	show := []string{"sh", "-c", `echo "$FORGE_LEASE_DUT"`}
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		code int
+		out  string // stdout when it works, else a part of stderr
+	}{
+		{"no token", nil, nil, exitLeaseDenied, "set --token or FORGE_TOKEN"},
+		{"wrong token", nil, []string{"--token", "not-a-token"}, exitLeaseDenied, "unknown API token"},
+		{"--token", nil, []string{"--token", token}, 0, "dut1\n"},
+		{"FORGE_TOKEN", []string{"FORGE_TOKEN=" + token}, nil, 0, "dut1\n"},
+		{"--token over FORGE_TOKEN", []string{"FORGE_TOKEN=not-a-token"}, []string{"--token", token}, 0, "dut1\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append(append([]string{"lease", "--server", p.url}, tt.args...), "dut", "--")
+			lp := startLeaseForge(t, append([]string{"FORGE_TOKEN="}, tt.env...), append(args, show...)...)
+			code := lp.wait(t, 20*time.Second)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tt.code, lp.stderr.String())
+			}
+			if code == 0 && lp.stdout.String() != tt.out {
+				t.Errorf("CMD printed %q, want %q", lp.stdout.String(), tt.out)
+			}
+			if code != 0 && !strings.Contains(lp.stderr.String(), tt.out) {
+				t.Errorf("stderr %q lacks %q", lp.stderr.String(), tt.out)
+			}
+		})
+	}
+	p.stop(t)
+}

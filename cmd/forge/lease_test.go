@@ -22,6 +22,7 @@ import (
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/client/lease"
 	ilease "github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/lease/leasehttp"
 )
 
 // leaseBinaryOnce builds the forge binary once for every test that drives
@@ -50,11 +51,11 @@ func leaseForgeBinary(t testing.TB) string {
 	return leaseBinaryOnce.path
 }
 
-// leaseServer is the real lease server (internal/lease) on loopback.
+// leaseServer is the real lease server (internal/lease/leasehttp) on loopback.
 type leaseServer struct {
 	URL string
 	m   *ilease.Memory
-	s   *ilease.Server
+	s   *leasehttp.Server
 }
 
 func newLeaseServer(t testing.TB, pools ...*forge.Pool) *leaseServer {
@@ -63,7 +64,7 @@ func newLeaseServer(t testing.TB, pools ...*forge.Pool) *leaseServer {
 	if err != nil {
 		t.Fatalf("NewMemory: %v", err)
 	}
-	s := ilease.NewServer(m, ilease.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s := leasehttp.NewServer(m, leasehttp.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -450,6 +451,9 @@ func TestLeaseErrors(t *testing.T) {
 	holder := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL}, "lease", "dut", "--", "sleep", "60")
 	leaseWaitFor(t, 5*time.Second, "the holder", func() bool { return len(srv.leases(t, "dut")) == 1 })
 	unreachable := "http://127.0.0.1:1"
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "not-executable")
+	os.WriteFile(notExec, []byte("#!/bin/sh\ntrue\n"), 0o644)
 	tests := []struct {
 		name string
 		args []string
@@ -466,6 +470,9 @@ func TestLeaseErrors(t *testing.T) {
 		{"unreachable", []string{"lease", "--server", unreachable, "dut", "--", "true"}, exitLeaseUnavailable, "cannot reach the lease server at " + unreachable},
 		{"wait passes", []string{"lease", "--server", srv.URL, "--wait", "200ms", "dut", "--", "true"}, exitLeaseWait, "no dut granted within --wait 200ms"},
 		{"command not found", []string{"lease", "--server", srv.URL, "dut", "--", "no-such-command-xyz"}, exitLeaseCmdNotFound, "no-such-command-xyz: command not found"},
+		{"no such file", []string{"lease", "--server", srv.URL, "dut", "--", "/nonexistent"}, exitLeaseCmdNotFound, "/nonexistent: no such file or directory"},
+		{"not executable", []string{"lease", "--server", srv.URL, "dut", "--", notExec}, exitLeaseCmdNotExecutable, notExec + ": cannot execute: permission denied"},
+		{"a directory", []string{"lease", "--server", srv.URL, "dut", "--", dir}, exitLeaseCmdNotExecutable, dir + ": is a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -484,6 +491,24 @@ func TestLeaseErrors(t *testing.T) {
 	if got := srv.queueLen(t, "dut"); got != 0 {
 		t.Errorf("%d requests left in the queue", got)
 	}
+}
+
+// A script whose interpreter is missing is found, but cannot start: the
+// shell's 127, and the resources go back.
+func TestLeaseMissingInterpreter(t *testing.T) {
+	srv := newLeaseServer(t, leasePool("dut", "dut1"))
+	script := filepath.Join(t.TempDir(), "bad-interpreter")
+	if err := os.WriteFile(script, []byte("#!/no/such/interpreter\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := startLeaseForge(t, nil, "lease", "--server", srv.URL, "dut", "--", script)
+	if code := p.wait(t, 10*time.Second); code != exitLeaseCmdNotFound {
+		t.Errorf("exit %d, want %d; stderr %q", code, exitLeaseCmdNotFound, p.stderr.String())
+	}
+	if got := p.stderr.String(); !strings.Contains(got, "cannot start "+script) {
+		t.Errorf("stderr %q does not say %s cannot start", got, script)
+	}
+	leaseWaitFor(t, 5*time.Second, "the lease to end", func() bool { return len(srv.leases(t, "dut")) == 0 })
 }
 
 func TestLeaseCompletesPoolNames(t *testing.T) {

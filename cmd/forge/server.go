@@ -25,6 +25,7 @@ import (
 	"github.com/forgeci/forge/internal/guard"
 	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/lease/leasehttp"
 	"github.com/forgeci/forge/internal/livelog"
 	"github.com/forgeci/forge/internal/prometheus"
 	"github.com/forgeci/forge/internal/runner"
@@ -196,7 +197,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	leaseSrv := lease.NewServer(leases, lease.Options{
+	leaseSrv := leasehttp.NewServer(leases, leasehttp.Options{
 		Keepalive:  lc.KeepaliveOrDefault(),
 		Registry:   reg,
 		Logger:     log.With("component", "lease"),

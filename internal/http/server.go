@@ -2,8 +2,9 @@
 // OpenAPI description), health and readiness probes, Prometheus metrics,
 // and the mount points of the GitHub webhook and the lease handlers.
 //
-// It is the one place where forge error codes become HTTP statuses: every
-// error response is a JSON body {"code": ..., "message": ...}.
+// Error codes become HTTP statuses through forge.HTTPStatus, the mapping
+// every HTTP transport shares: every error response is a JSON body
+// {"code": ..., "message": ...}.
 //
 // Authentication: requests carry an API token as "Authorization: Bearer
 // TOKEN" (forge token create). Every request that changes something needs a
@@ -227,28 +228,9 @@ func HashToken(secret string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// statusOf maps forge error codes to HTTP statuses.
-var statusOf = map[string]int{
-	forge.ECONFLICT:     http.StatusConflict,
-	forge.EINTERNAL:     http.StatusInternalServerError,
-	forge.EINVALID:      http.StatusBadRequest,
-	forge.ENOTFOUND:     http.StatusNotFound,
-	forge.EUNAUTHORIZED: http.StatusUnauthorized,
-	forge.EFORBIDDEN:    http.StatusForbidden,
-	forge.ECANCELED:     http.StatusServiceUnavailable,
-	forge.ETIMEOUT:      http.StatusGatewayTimeout,
-	forge.ETOOLARGE:     http.StatusRequestEntityTooLarge,
-	forge.EUNAVAILABLE:  http.StatusServiceUnavailable,
-	forge.ENOTIMPL:      http.StatusNotImplemented,
-}
-
-// StatusCode returns the HTTP status for err's forge error code.
-func StatusCode(err error) int {
-	if st, ok := statusOf[forge.ErrorCode(err)]; ok {
-		return st
-	}
-	return http.StatusInternalServerError
-}
+// StatusCode returns the HTTP status for err's forge error code: the
+// domain's one mapping (forge.HTTPStatus), which the lease server uses too.
+func StatusCode(err error) int { return forge.HTTPStatus(err) }
 
 // errorBody is the JSON of every error response.
 type errorBody struct {

@@ -3,6 +3,7 @@ package lease
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -309,6 +310,22 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// DecodePool reads the pool called name from r, in the JSON form of its
+// declaration (the REST API's PUT body): unknown fields are refused. The
+// error (EINVALID) names the problem; r's own errors are wrapped.
+func DecodePool(name string, r io.Reader) (*forge.Pool, error) {
+	var pc PoolConfig
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&pc); err != nil {
+		return nil, forge.Errorf(forge.EINVALID, "pool %q: body is not a pool object like {\"order\":\"fifo\",\"resources\":[{\"id\":\"dut1\"}]}: %w", name, err)
+	}
+	if dec.More() {
+		return nil, forge.Errorf(forge.EINVALID, "pool %q: body holds more than one JSON value", name)
+	}
+	return pc.Pool(name)
 }
 
 // Pool builds the pool called name from its declaration: the range's

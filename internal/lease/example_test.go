@@ -3,17 +3,15 @@ package lease_test
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"time"
 
 	"github.com/goccy/go-yaml"
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/lease"
-	"github.com/forgeci/forge/internal/prometheus"
 )
 
-// A server wires the lease service from its configuration file.
+// The lease state from a configuration file, used directly: a connection
+// (or a pipeline job) is an owner; its end is a Disconnect.
 func Example() {
 	var cfg lease.Config
 	if err := yaml.Unmarshal([]byte(`
@@ -30,17 +28,7 @@ pools:
 	pools, _ := cfg.BuildPools()
 	m, _ := lease.NewMemory(pools, cfg.ManagerOptions())
 	defer m.Close()
-	s := lease.NewServer(m, lease.Options{Keepalive: cfg.KeepaliveOrDefault(), Registry: prometheus.NewRegistry()})
-	mux := http.NewServeMux()
-	// The REST mutations must sit behind the server's authentication.
-	mux.Handle("/api/v1/", s.Handler())
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	}()
 
-	// The Manager can also be used directly.
 	done := make(chan lease.Event, 1)
 	m.Acquire(context.Background(), &lease.Request{
 		Owner: "job-42", ID: "r1", Holder: "pipeline job 42",

@@ -1,8 +1,11 @@
-// Package lease hands scarce test resources (lab devices, ports, accounts)
-// to exactly one holder at a time. A Manager keeps the lease state; Server
-// speaks the WebSocket protocol of docs/leases.md over it and serves the
-// operators' REST API. A lease lives exactly as long as the connection that
-// acquired it.
+// Package lease is the state of forge's test resource leases: pools, the
+// wait queue and the leases in force, which hand scarce test resources
+// (lab devices, ports, accounts) to exactly one holder at a time. Manager
+// is its contract and Memory the in-process implementation; Config is the
+// configuration file's part. It knows nothing of how it is served:
+// internal/lease/leasehttp speaks the WebSocket protocol of docs/leases.md
+// over any Manager and serves the operators' REST API (layout_test.go
+// keeps it so), so a store-backed Manager can take Memory's place.
 package lease
 
 import (
@@ -13,9 +16,10 @@ import (
 )
 
 // Manager is the lease state: pools, the wait queue and the leases in
-// force. The WebSocket and REST layers talk only to it. Memory is the
-// in-process implementation; a database-backed one shares the state
-// between server replicas.
+// force. The transport (internal/lease/leasehttp) talks only to it; an
+// owner is whatever holds leases and waits in the queue (a connection, a
+// pipeline job). Memory is the in-process implementation; a
+// database-backed one shares the state between server replicas.
 //
 // Contract, for every implementation:
 //   - Every method is safe for concurrent use and atomic: a caller never

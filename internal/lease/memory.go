@@ -540,7 +540,9 @@ func (m *Memory) allocate(r *memReq, pass uint64) []*memRes {
 	return picked
 }
 
-func newID(prefix string) string {
+// NewID returns a random id with prefix: leases are "L…", connections
+// "C…". Twenty hex digits: collisions are not a concern.
+func NewID(prefix string) string {
 	var b [10]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand documents it)
 	return prefix + hex.EncodeToString(b[:])
@@ -549,7 +551,7 @@ func newID(prefix string) string {
 func (m *Memory) grant(r *memReq, picked []*memRes, now time.Time) {
 	m.dequeue(r)
 	g := &Grant{
-		ID:        newID("L"),
+		ID:        NewID("L"),
 		Owner:     r.owner.id,
 		RequestID: r.id,
 		Holder:    r.holder,

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/forgeci/forge/internal/prometheus"
+	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/git"

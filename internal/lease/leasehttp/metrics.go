@@ -1,9 +1,10 @@
-package lease
+package leasehttp
 
 import (
 	"context"
 	"time"
 
+	"github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/prometheus"
 )
 
@@ -14,7 +15,7 @@ type collector struct {
 	s *Server
 
 	size, inUse, disabled, waiters, grants, releases, wait *prometheus.Desc
-	conns, drop                                            *prometheus.Desc
+	conns, slow, dropped                                   *prometheus.Desc
 }
 
 func newCollector(s *Server) *collector {
@@ -37,20 +38,26 @@ func newCollector(s *Server) *collector {
 			"Time from acquire to grant.", pool, nil),
 		conns: prometheus.NewDesc("forge_lease_connections",
 			"Open lease WebSocket connections.", nil, nil),
-		drop: prometheus.NewDesc("forge_lease_slow_connections_dropped_total",
-			"Connections dropped because they did not read their messages.", nil, nil),
+		slow: prometheus.NewDesc("forge_lease_slow_connections_dropped_total",
+			"Connections dropped because the client did not keep up: it did not read its messages (send queue full) or answered nothing within the keepalive.", nil, nil),
+		dropped: prometheus.NewDesc("forge_lease_connections_dropped_total",
+			"Connections the server dropped, releasing their leases, by reason (keepalive, send_queue_full, message_too_large, shutdown_deadline).", []string{"reason"}, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.size, c.inUse, c.disabled, c.waiters, c.grants, c.releases, c.wait, c.conns, c.drop} {
+	for _, d := range []*prometheus.Desc{c.size, c.inUse, c.disabled, c.waiters, c.grants, c.releases, c.wait, c.conns, c.slow, c.dropped} {
 		ch <- d
 	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(c.s.connCount.Load()))
-	ch <- prometheus.MustNewConstMetric(c.drop, prometheus.CounterValue, float64(c.s.dropped.Load()))
+	slow := c.s.dropped[DropKeepalive].Load() + c.s.dropped[DropSendQueue].Load()
+	ch <- prometheus.MustNewConstMetric(c.slow, prometheus.CounterValue, float64(slow))
+	for _, reason := range dropReasons {
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(c.s.dropped[reason].Load()), reason)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	stats, err := c.s.m.Stats(ctx)
@@ -64,16 +71,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.disabled, prometheus.GaugeValue, float64(st.Disabled), st.Pool)
 		ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(st.Waiters), st.Pool)
 		ch <- prometheus.MustNewConstMetric(c.grants, prometheus.CounterValue, float64(st.Grants), st.Pool)
-		for _, reason := range []string{ReasonReleased, ReasonDisconnected, ReasonRevoked} {
+		for _, reason := range []string{lease.ReasonReleased, lease.ReasonDisconnected, lease.ReasonRevoked} {
 			ch <- prometheus.MustNewConstMetric(c.releases, prometheus.CounterValue, float64(st.Releases[reason]), st.Pool, reason)
 		}
-		buckets := make(map[float64]uint64, len(WaitBuckets))
+		buckets := make(map[float64]uint64, len(lease.WaitBuckets))
 		var cum uint64
-		for i, ub := range WaitBuckets {
+		for i, ub := range lease.WaitBuckets {
 			cum += st.WaitCounts[i]
 			buckets[ub] = cum
 		}
-		count := cum + st.WaitCounts[len(WaitBuckets)]
+		count := cum + st.WaitCounts[len(lease.WaitBuckets)]
 		ch <- prometheus.MustNewConstHistogram(c.wait, count, st.WaitSum, buckets, st.Pool)
 	}
 }

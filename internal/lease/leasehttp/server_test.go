@@ -1,4 +1,4 @@
-package lease
+package leasehttp
 
 import (
 	"bufio"
@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	wire "github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/lease"
 )
 
 const dutConfig = `
@@ -31,20 +33,20 @@ pools:
 `
 
 func TestPingPong(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	c := e.dial()
 	c.send(map[string]any{"type": "ping", "id": "p1"})
-	if m := c.expect(TypePong); m.ID != "p1" {
+	if m := c.expect(wire.TypePong); m.ID != "p1" {
 		t.Fatalf("pong id: got %q, want p1", m.ID)
 	}
 }
 
 func TestAcquireGrantRelease(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	c := e.dial()
 	before := time.Now().Add(-time.Second)
 	c.acquire("r1", req("dut", 1, "arch=arm64"))
-	g := c.expect(TypeGranted)
+	g := c.expect(wire.TypeGranted)
 	if g.ID != "r1" || !strings.HasPrefix(g.Lease, "L") || g.Holder != "test r1" {
 		t.Fatalf("granted: got %+v, want id r1, a lease L..., holder %q", g, "test r1")
 	}
@@ -57,7 +59,7 @@ func TestAcquireGrantRelease(t *testing.T) {
 		t.Fatalf("resources: got %+v, want dut1 with host 10.0.0.5 and arch arm64", g.Resources)
 	}
 	c.acquire("r2", req("ports", 3))
-	g2 := c.expect(TypeGranted)
+	g2 := c.expect(wire.TypeGranted)
 	if got := ids(g2, "ports"); got != "20000,20001,20002" {
 		t.Fatalf("ports: got %s, want 20000,20001,20002", got)
 	}
@@ -66,23 +68,23 @@ func TestAcquireGrantRelease(t *testing.T) {
 	}
 	c.release(g.Lease)
 	c.send(map[string]any{"type": "release", "lease": g.Lease})
-	if m := c.expect(TypeError); m.Code != forge.ENOTFOUND || m.Lease != g.Lease {
+	if m := c.expect(wire.TypeError); m.Code != forge.ENOTFOUND || m.Lease != g.Lease {
 		t.Fatalf("second release: got %+v, want not_found about %s", m, g.Lease)
 	}
 	// Another connection cannot release someone else's lease.
 	other := e.dial()
 	other.send(map[string]any{"type": "release", "lease": g2.Lease})
-	if m := other.expect(TypeError); m.Code != forge.ENOTFOUND {
+	if m := other.expect(wire.TypeError); m.Code != forge.ENOTFOUND {
 		t.Fatalf("foreign release: got %+v, want not_found", m)
 	}
 	c.release(g2.Lease)
 }
 
 func TestDefaultCountAndHolder(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	c := e.dial()
 	c.sendRaw(`{"type":"acquire","id":"r1","requests":[{"pool":"ports"}]}`)
-	g := c.expect(TypeGranted)
+	g := c.expect(wire.TypeGranted)
 	if len(g.Resources["ports"]) != 1 {
 		t.Fatalf("count absent: got %d resources, want 1", len(g.Resources["ports"]))
 	}
@@ -92,51 +94,51 @@ func TestDefaultCountAndHolder(t *testing.T) {
 }
 
 func TestQueuePositionsFIFO(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{PositionInterval: 20 * time.Millisecond})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{PositionInterval: 20 * time.Millisecond})
 	a, b, c, d := e.dial(), e.dial(), e.dial(), e.dial()
 	a.acquire("a", req("one", 1))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	for i, cl := range []*testClient{b, c, d} {
 		cl.acquire("w", req("one", 1))
 		q := cl.next()
-		if q.Type != TypeQueued || q.ID != "w" || q.Position != i+1 {
+		if q.Type != wire.TypeQueued || q.ID != "w" || q.Position != i+1 {
 			t.Fatalf("client %d: got %+v, want queued at position %d", i, q, i+1)
 		}
 	}
 	a.release(ga.Lease)
-	gb := b.expect(TypeGranted)
+	gb := b.expect(wire.TypeGranted)
 	// c and d move up.
-	if q := c.next(); q.Type != TypeQueued || q.Position != 1 {
+	if q := c.next(); q.Type != wire.TypeQueued || q.Position != 1 {
 		t.Fatalf("c after a release: got %+v, want queued position 1", q)
 	}
-	if q := d.next(); q.Type != TypeQueued || q.Position != 2 {
+	if q := d.next(); q.Type != wire.TypeQueued || q.Position != 2 {
 		t.Fatalf("d after a release: got %+v, want queued position 2", q)
 	}
 	b.release(gb.Lease)
-	gc := c.expect(TypeGranted)
+	gc := c.expect(wire.TypeGranted)
 	d.quiet(100 * time.Millisecond)
 	c.release(gc.Lease)
-	d.expect(TypeGranted)
+	d.expect(wire.TypeGranted)
 }
 
 func TestFIFONobodyJumpsALargerRequest(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, b, c := e.dial(), e.dial(), e.dial()
 	a.acquire("a", req("dut", 2))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	b.acquire("b", req("dut", 3))
-	b.expect(TypeQueued)
+	b.expect(wire.TypeQueued)
 	c.acquire("c", req("dut", 1)) // one is free, but b came first
-	c.expect(TypeQueued)
+	c.expect(wire.TypeQueued)
 	c.quiet(150 * time.Millisecond)
 	a.release(ga.Lease)
-	gb := b.expect(TypeGranted)
+	gb := b.expect(wire.TypeGranted)
 	if len(gb.Resources["dut"]) != 3 {
 		t.Fatalf("b: got %v, want 3 resources", gb.Resources)
 	}
 	c.quiet(50 * time.Millisecond)
 	b.release(gb.Lease)
-	c.expect(TypeGranted)
+	c.expect(wire.TypeGranted)
 }
 
 func TestFillOrderWithStarvationBound(t *testing.T) {
@@ -146,31 +148,31 @@ pools:
     order: fill
     range: 1-3
 `
-	e := newEnv(t, cfg, Options{}, MemoryOptions{FillMaxPasses: 2})
+	e := newEnv(t, cfg, Options{}, lease.MemoryOptions{FillMaxPasses: 2})
 	a, big := e.dial(), e.dial()
 	a.acquire("a", req("f", 2))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	big.acquire("big", req("f", 3))
-	big.expect(TypeQueued)
+	big.expect(wire.TypeQueued)
 	// Two small requests may pass the big one while a resource is free.
 	for i := 0; i < 2; i++ {
 		s := e.dial()
 		s.acquire(fmt.Sprint("small", i), req("f", 1))
-		g := s.expect(TypeGranted)
+		g := s.expect(wire.TypeGranted)
 		s.release(g.Lease)
 	}
 	// The third may not: the big one has been passed over twice.
 	s := e.dial()
 	s.acquire("small2", req("f", 1))
-	s.expect(TypeQueued)
+	s.expect(wire.TypeQueued)
 	s.quiet(100 * time.Millisecond)
 	a.release(ga.Lease)
-	gb := big.expect(TypeGranted)
+	gb := big.expect(wire.TypeGranted)
 	if len(gb.Resources["f"]) != 3 {
 		t.Fatalf("big: got %v, want 3", gb.Resources)
 	}
 	big.release(gb.Lease)
-	s.expect(TypeGranted)
+	s.expect(wire.TypeGranted)
 }
 
 func TestFillOrderTimeBound(t *testing.T) {
@@ -180,28 +182,28 @@ pools:
     order: fill
     range: 1-2
 `
-	e := newEnv(t, cfg, Options{}, MemoryOptions{FillMaxPasses: 1000, FillMaxWait: 200 * time.Millisecond})
+	e := newEnv(t, cfg, Options{}, lease.MemoryOptions{FillMaxPasses: 1000, FillMaxWait: 200 * time.Millisecond})
 	a, big := e.dial(), e.dial()
 	a.acquire("a", req("f", 1))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	big.acquire("big", req("f", 2))
-	big.expect(TypeQueued)
+	big.expect(wire.TypeQueued)
 	s := e.dial()
 	s.acquire("s1", req("f", 1))
-	g := s.expect(TypeGranted) // first pass
+	g := s.expect(wire.TypeGranted) // first pass
 	s.release(g.Lease)
 	time.Sleep(250 * time.Millisecond)
 	s.acquire("s2", req("f", 1))
-	s.expect(TypeQueued) // passed over for longer than 200ms: no more
+	s.expect(wire.TypeQueued) // passed over for longer than 200ms: no more
 	a.release(ga.Lease)
-	big.expect(TypeGranted)
+	big.expect(wire.TypeGranted)
 }
 
 func TestLabels(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a := e.dial()
 	a.acquire("x", req("dut", 2, "arch=amd64"))
-	g := a.expect(TypeGranted)
+	g := a.expect(wire.TypeGranted)
 	if got := ids(g, "dut"); got != "dut2,dut3" {
 		t.Fatalf("amd64: got %s, want dut2,dut3", got)
 	}
@@ -216,7 +218,7 @@ func TestLabels(t *testing.T) {
 		{"more than the pool", req("dut", 4), forge.EINVALID},
 	} {
 		a.acquire(tc.name, tc.r)
-		m := a.expect(TypeError)
+		m := a.expect(wire.TypeError)
 		if m.Code != tc.code || m.ID != tc.name {
 			t.Errorf("%s: got %+v, want code %s about %q", tc.name, m, tc.code, tc.name)
 		}
@@ -226,37 +228,37 @@ func TestLabels(t *testing.T) {
 // A waiter claims only the resources it could use: a request for other
 // labels is not made to wait behind it, and no one takes what it needs.
 func TestFIFOIsPerMatchingResource(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, b, c, d := e.dial(), e.dial(), e.dial(), e.dial()
 	a.acquire("a", req("dut", 1, "arch=arm64"))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	b.acquire("b", req("dut", 1, "arch=arm64"))
-	b.expect(TypeQueued)
+	b.expect(wire.TypeQueued)
 	c.acquire("c", req("dut", 1, "arch=amd64"))
-	if got := ids(c.expect(TypeGranted), "dut"); got != "dut2" {
+	if got := ids(c.expect(wire.TypeGranted), "dut"); got != "dut2" {
 		t.Fatalf("c: got %s, want dut2", got)
 	}
 	d.acquire("d", req("dut", 1))
-	if got := ids(d.expect(TypeGranted), "dut"); got != "dut3" {
+	if got := ids(d.expect(wire.TypeGranted), "dut"); got != "dut3" {
 		t.Fatalf("d: got %s, want dut3", got)
 	}
 	a.release(ga.Lease)
-	if got := ids(b.expect(TypeGranted), "dut"); got != "dut1" {
+	if got := ids(b.expect(wire.TypeGranted), "dut"); got != "dut1" {
 		t.Fatalf("b: got %s, want dut1", got)
 	}
 }
 
 func TestSamePoolTwiceInOneRequest(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a := e.dial()
 	// "any one" and "an arm64": the arm64 one must not be taken by "any".
 	a.acquire("x", req("dut", 1), req("dut", 1, "arch=arm64"))
-	g := a.expect(TypeGranted)
+	g := a.expect(wire.TypeGranted)
 	if got := ids(g, "dut"); !strings.Contains(got, "dut1") || len(g.Resources["dut"]) != 2 {
 		t.Fatalf("got %s, want dut1 and one other", got)
 	}
 	a.acquire("y", req("dut", 2, "arch=arm64"))
-	if m := a.expect(TypeError); m.Code != forge.EINVALID {
+	if m := a.expect(wire.TypeError); m.Code != forge.EINVALID {
 		t.Fatalf("two arm64 of one: got %+v, want invalid", m)
 	}
 }
@@ -267,31 +269,31 @@ pools:
   a: {resources: [{id: a1}]}
   b: {resources: [{id: b1}]}
 `
-	e := newEnv(t, cfg, Options{}, MemoryOptions{})
+	e := newEnv(t, cfg, Options{}, lease.MemoryOptions{})
 	x, y, z := e.dial(), e.dial(), e.dial()
 	x.acquire("x", req("b", 1))
-	gx := x.expect(TypeGranted)
+	gx := x.expect(wire.TypeGranted)
 	y.acquire("y", req("a", 1), req("b", 1))
-	y.expect(TypeQueued)
+	y.expect(wire.TypeQueued)
 	z.acquire("z", req("a", 1)) // a is free, but y is first in a's queue
-	z.expect(TypeQueued)
+	z.expect(wire.TypeQueued)
 	// y holds nothing while it waits.
 	var pools poolsResponse
 	e.rest("GET", "/api/v1/pools", "", &pools)
-	if pools.Pools[0].Name != "a" || pools.Pools[0].Resources[0].State != StateFree {
+	if pools.Pools[0].Name != "a" || pools.Pools[0].Resources[0].State != lease.StateFree {
 		t.Fatalf("pool a while y waits: got %+v, want a1 free", pools.Pools[0].Resources[0])
 	}
 	if len(pools.Pools[0].Queue) != 2 || pools.Pools[0].Queue[0].Request != "y" || pools.Pools[0].Queue[1].Request != "z" {
 		t.Fatalf("queue of a: got %+v, want y then z", pools.Pools[0].Queue)
 	}
 	x.release(gx.Lease)
-	gy := y.expect(TypeGranted)
+	gy := y.expect(wire.TypeGranted)
 	if ids(gy, "a") != "a1" || ids(gy, "b") != "b1" {
 		t.Fatalf("y: got %v, want a1 and b1", gy.Resources)
 	}
 	z.quiet(50 * time.Millisecond)
 	y.release(gy.Lease)
-	z.expect(TypeGranted)
+	z.expect(wire.TypeGranted)
 }
 
 func TestMultiPoolNoDeadlock(t *testing.T) {
@@ -300,7 +302,7 @@ pools:
   a: {resources: [{id: a1}]}
   b: {resources: [{id: b1}]}
 `
-	e := newEnv(t, cfg, Options{}, MemoryOptions{})
+	e := newEnv(t, cfg, Options{}, lease.MemoryOptions{})
 	const n = 20
 	done := make(chan error, 2*n)
 	for i := 0; i < 2*n; i++ {
@@ -312,14 +314,14 @@ pools:
 		go func() {
 			c.send(map[string]any{"type": "acquire", "id": "r", "requests": []any{req(first, 1), req(second, 1)}})
 			for m := range c.msgs {
-				if m.Type == TypeGranted {
+				if m.Type == wire.TypeGranted {
 					c.send(map[string]any{"type": "release", "lease": m.Lease})
 				}
-				if m.Type == TypeReleased {
+				if m.Type == wire.TypeReleased {
 					done <- nil
 					return
 				}
-				if m.Type == TypeError {
+				if m.Type == wire.TypeError {
 					done <- fmt.Errorf("%+v", m)
 					return
 				}
@@ -340,21 +342,21 @@ pools:
 }
 
 func TestMaxWaitTimeout(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, b := e.dial(), e.dial()
 	a.acquire("a", req("one", 1))
-	a.expect(TypeGranted)
+	a.expect(wire.TypeGranted)
 	start := time.Now()
 	b.send(map[string]any{"type": "acquire", "id": "b", "requests": []any{req("one", 1)}, "max_wait_ms": 150})
-	b.expect(TypeQueued)
-	m := b.expect(TypeError)
+	b.expect(wire.TypeQueued)
+	m := b.expect(wire.TypeError)
 	if m.Code != forge.ETIMEOUT || m.ID != "b" {
 		t.Fatalf("got %+v, want timeout about b", m)
 	}
 	if d := time.Since(start); d < 150*time.Millisecond || d > 2*time.Second {
 		t.Fatalf("timeout after %s, want about 150ms", d)
 	}
-	var p PoolState
+	var p lease.PoolState
 	e.rest("GET", "/api/v1/pools/one", "", &p)
 	if len(p.Queue) != 0 {
 		t.Fatalf("queue after timeout: got %+v, want empty", p.Queue)
@@ -362,41 +364,41 @@ func TestMaxWaitTimeout(t *testing.T) {
 }
 
 func TestCancel(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, b := e.dial(), e.dial()
 	a.acquire("a", req("one", 1))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	b.acquire("b", req("one", 1))
-	b.expect(TypeQueued)
+	b.expect(wire.TypeQueued)
 	b.send(map[string]any{"type": "cancel", "id": "b"})
-	if m := b.expect(TypeCanceled); m.ID != "b" {
+	if m := b.expect(wire.TypeCanceled); m.ID != "b" {
 		t.Fatalf("got %+v, want canceled b", m)
 	}
 	b.send(map[string]any{"type": "cancel", "id": "b"})
-	if m := b.expect(TypeError); m.Code != forge.ENOTFOUND || m.ID != "b" {
+	if m := b.expect(wire.TypeError); m.Code != forge.ENOTFOUND || m.ID != "b" {
 		t.Fatalf("second cancel: got %+v, want not_found about b", m)
 	}
 	a.send(map[string]any{"type": "cancel", "id": "a"}) // granted: not cancelable
-	if m := a.expect(TypeError); m.Code != forge.ENOTFOUND {
+	if m := a.expect(wire.TypeError); m.Code != forge.ENOTFOUND {
 		t.Fatalf("cancel of granted: got %+v, want not_found", m)
 	}
 	a.release(ga.Lease)
 	b.quiet(100 * time.Millisecond) // the canceled request is not granted
 	// The id is free again once the request left the queue.
 	b.acquire("b", req("one", 1))
-	b.expect(TypeGranted)
+	b.expect(wire.TypeGranted)
 }
 
 func TestBadMessagesLeaveLeasesIntact(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{MaxMessageBytes: 1024}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{MaxMessageBytes: 1024}, lease.MemoryOptions{})
 	c := e.dial()
 	c.acquire("held", req("one", 1))
-	g := c.expect(TypeGranted)
+	g := c.expect(wire.TypeGranted)
 	c.acquire("q", req("dut", 1, "arch=arm64"))
-	c.expect(TypeGranted)
+	c.expect(wire.TypeGranted)
 	other := e.dial()
 	other.acquire("dup", req("one", 1))
-	other.expect(TypeQueued)
+	other.expect(wire.TypeQueued)
 	for _, tc := range []struct {
 		name, msg, code, id string
 	}{
@@ -420,76 +422,76 @@ func TestBadMessagesLeaveLeasesIntact(t *testing.T) {
 		{"oversized", `{"type":"ping","id":"` + strings.Repeat("x", 2000) + `"}`, forge.ETOOLARGE, ""},
 	} {
 		c.sendRaw(tc.msg)
-		m := c.expect(TypeError)
+		m := c.expect(wire.TypeError)
 		if m.Code != tc.code || m.ID != tc.id || m.Message == "" {
 			t.Errorf("%s: got %+v, want code %q, id %q and a message", tc.name, m, tc.code, tc.id)
 		}
 	}
 	// Duplicate id of a queued request: conflict.
 	other.acquire("dup", req("one", 1))
-	if m := other.expect(TypeError); m.Code != forge.ECONFLICT || m.ID != "dup" {
+	if m := other.expect(wire.TypeError); m.Code != forge.ECONFLICT || m.ID != "dup" {
 		t.Errorf("duplicate id: got %+v, want conflict about dup", m)
 	}
 	// Binary frame.
 	if err := c.ws.Write(context.Background(), 2, []byte(`{"type":"ping"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if m := c.expect(TypeError); m.Code != forge.EINVALID {
+	if m := c.expect(wire.TypeError); m.Code != forge.EINVALID {
 		t.Errorf("binary: got %+v, want invalid", m)
 	}
 	// Everything still held: the waiter is still waiting, release works.
 	other.quiet(50 * time.Millisecond)
 	c.release(g.Lease)
-	other.expect(TypeGranted)
+	other.expect(wire.TypeGranted)
 }
 
 func TestRevokeByOperator(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, b := e.dial(), e.dial()
 	a.acquire("a", req("one", 1))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	b.acquire("b", req("one", 1))
-	b.expect(TypeQueued)
+	b.expect(wire.TypeQueued)
 	if code := e.rest("DELETE", "/api/v1/leases/"+ga.Lease, `{"reason":"device on fire"}`, nil); code != http.StatusNoContent {
 		t.Fatalf("DELETE lease: got %d, want 204", code)
 	}
-	m := a.expect(TypeRevoked)
+	m := a.expect(wire.TypeRevoked)
 	if m.Lease != ga.Lease || m.Reason != "forced release by operator: device on fire" {
 		t.Fatalf("got %+v, want revoked %s with the reason", m, ga.Lease)
 	}
-	b.expect(TypeGranted)
+	b.expect(wire.TypeGranted)
 	var apiErr apiError
 	if code := e.rest("DELETE", "/api/v1/leases/"+ga.Lease, "", &apiErr); code != http.StatusNotFound || apiErr.Code != forge.ENOTFOUND {
 		t.Fatalf("second DELETE: got %d %+v, want 404 not_found", code, apiErr)
 	}
 	a.send(map[string]any{"type": "release", "lease": ga.Lease})
-	if m := a.expect(TypeError); m.Code != forge.ENOTFOUND {
+	if m := a.expect(wire.TypeError); m.Code != forge.ENOTFOUND {
 		t.Fatalf("release after revoke: got %+v, want not_found", m)
 	}
 }
 
 func TestDisableEnable(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, b := e.dial(), e.dial()
 	a.acquire("a", req("one", 1))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	b.acquire("b", req("one", 1))
-	b.expect(TypeQueued)
-	var rs ResourceState
-	if code := e.rest("POST", "/api/v1/pools/one/resources/only/disable", "", &rs); code != http.StatusOK || rs.State != StateLeased || !rs.Disabled {
+	b.expect(wire.TypeQueued)
+	var rs lease.ResourceState
+	if code := e.rest("POST", "/api/v1/pools/one/resources/only/disable", "", &rs); code != http.StatusOK || rs.State != lease.StateLeased || !rs.Disabled {
 		t.Fatalf("disable leased: got %d %+v, want 200, still leased and disabled", code, rs)
 	}
 	a.release(ga.Lease) // the lease was intact
 	b.quiet(100 * time.Millisecond)
-	var p PoolState
+	var p lease.PoolState
 	e.rest("GET", "/api/v1/pools/one", "", &p)
-	if p.Resources[0].State != StateDisabled || p.Free != 0 || p.Disabled != 1 {
+	if p.Resources[0].State != lease.StateDisabled || p.Free != 0 || p.Disabled != 1 {
 		t.Fatalf("after release: got %+v free %d, want disabled", p.Resources[0], p.Free)
 	}
 	if code := e.rest("POST", "/api/v1/pools/one/resources/only/enable", "", &rs); code != http.StatusOK {
 		t.Fatalf("enable: got %d", code)
 	}
-	b.expect(TypeGranted)
+	b.expect(wire.TypeGranted)
 	var apiErr apiError
 	if code := e.rest("POST", "/api/v1/pools/one/resources/nope/disable", "", &apiErr); code != http.StatusNotFound || apiErr.Code != forge.ENOTFOUND || !strings.Contains(apiErr.Message, "nope") {
 		t.Fatalf("unknown resource: got %d %+v, want 404 naming it", code, apiErr)
@@ -500,26 +502,26 @@ func TestDisableEnable(t *testing.T) {
 }
 
 func TestPoolEditsWhileLeased(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, w := e.dial(), e.dial()
 	a.acquire("a", req("dut", 1, "arch=arm64"))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	w.acquire("w", req("dut", 3))
-	w.expect(TypeQueued)
+	w.expect(wire.TypeQueued)
 	// Replace the pool without dut1: a keeps its lease; w can never get 3.
-	var p PoolState
+	var p lease.PoolState
 	code := e.rest("PUT", "/api/v1/pools/dut", `{"resources":[{"id":"dut2","host":"10.0.0.9"},{"id":"dut4","labels":{"arch":"riscv"}}]}`, &p)
 	if code != http.StatusOK {
 		t.Fatalf("PUT: got %d, want 200", code)
 	}
-	if m := w.expect(TypeError); m.Code != forge.EINVALID || m.ID != "w" {
+	if m := w.expect(wire.TypeError); m.Code != forge.EINVALID || m.ID != "w" {
 		t.Fatalf("waiter after shrink: got %+v, want invalid about w", m)
 	}
-	byID := map[string]*ResourceState{}
+	byID := map[string]*lease.ResourceState{}
 	for _, r := range p.Resources {
 		byID[r.ID] = r
 	}
-	if r := byID["dut1"]; r == nil || r.State != StateLeased || !r.Removing || r.Lease != ga.Lease {
+	if r := byID["dut1"]; r == nil || r.State != lease.StateLeased || !r.Removing || r.Lease != ga.Lease {
 		t.Fatalf("dut1 after PUT: got %+v, want leased by %s and removing", r, ga.Lease)
 	}
 	if r := byID["dut2"]; r == nil || r.Attributes["host"] != "10.0.0.9" || byID["dut3"] != nil || byID["dut4"] == nil {
@@ -538,21 +540,21 @@ func TestPoolEditsWhileLeased(t *testing.T) {
 	// Delete a pool while leased and waited for.
 	b, c := e.dial(), e.dial()
 	b.acquire("b", req("one", 1))
-	gb := b.expect(TypeGranted)
+	gb := b.expect(wire.TypeGranted)
 	c.acquire("c", req("one", 1))
-	c.expect(TypeQueued)
+	c.expect(wire.TypeQueued)
 	if code := e.rest("DELETE", "/api/v1/pools/one", "", nil); code != http.StatusNoContent {
 		t.Fatalf("DELETE pool: got %d, want 204", code)
 	}
-	if m := c.expect(TypeError); m.Code != forge.ENOTFOUND || m.ID != "c" {
+	if m := c.expect(wire.TypeError); m.Code != forge.ENOTFOUND || m.ID != "c" {
 		t.Fatalf("waiter of deleted pool: got %+v, want not_found", m)
 	}
 	c.acquire("c2", req("one", 1))
-	if m := c.expect(TypeError); m.Code != forge.ENOTFOUND {
+	if m := c.expect(wire.TypeError); m.Code != forge.ENOTFOUND {
 		t.Fatalf("acquire of deleted pool: got %+v, want not_found", m)
 	}
 	e.rest("GET", "/api/v1/pools/one", "", &p)
-	if !p.Deleted || p.Resources[0].State != StateLeased {
+	if !p.Deleted || p.Resources[0].State != lease.StateLeased {
 		t.Fatalf("deleted pool while leased: got %+v, want deleted with its leased resource", p)
 	}
 	b.release(gb.Lease)
@@ -560,11 +562,11 @@ func TestPoolEditsWhileLeased(t *testing.T) {
 		t.Fatalf("GET deleted pool after release: got %d, want 404", code)
 	}
 	// Create a pool.
-	if code := e.rest("PUT", "/api/v1/pools/new", `{"order":"fill","range":"1-2","labels":{"zone":"a"}}`, &p); code != http.StatusCreated || p.Size != 2 || p.Order != OrderFill || p.Resources[0].Labels["zone"] != "a" {
+	if code := e.rest("PUT", "/api/v1/pools/new", `{"order":"fill","range":"1-2","labels":{"zone":"a"}}`, &p); code != http.StatusCreated || p.Size != 2 || p.Order != lease.OrderFill || p.Resources[0].Labels["zone"] != "a" {
 		t.Fatalf("PUT new: got %d %+v, want 201 with 2 resources", code, p)
 	}
 	c.acquire("n", req("new", 2, "zone=a"))
-	c.expect(TypeGranted)
+	c.expect(wire.TypeGranted)
 	var apiErr apiError
 	for _, tc := range []struct{ body, want string }{
 		{`{"order":"random"}`, "unknown order"},
@@ -582,22 +584,22 @@ func TestPoolEditsWhileLeased(t *testing.T) {
 }
 
 func TestAbruptCloseReleasesAtOnce(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, b := e.dial(), e.dial()
 	a.acquire("a", req("one", 1))
-	a.expect(TypeGranted)
+	a.expect(wire.TypeGranted)
 	a.acquire("a2", req("one", 1)) // a queued request of a too
 	b.acquire("b", req("one", 1))
-	b.expect(TypeQueued)
+	b.expect(wire.TypeQueued)
 	start := time.Now()
 	a.ws.CloseNow() // no close handshake: like a killed process
-	b.expect(TypeGranted)
+	b.expect(wire.TypeGranted)
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("granted %s after the close, want milliseconds", d)
 	}
 	var h historyResponse
 	e.rest("GET", "/api/v1/leases/history", "", &h)
-	if len(h.History) < 3 || h.History[1].Event != "released" || h.History[1].Reason != ReasonDisconnected {
+	if len(h.History) < 3 || h.History[1].Event != "released" || h.History[1].Reason != lease.ReasonDisconnected {
 		t.Fatalf("history: got %+v, want a release by disconnection before b's grant", h.History)
 	}
 }
@@ -660,14 +662,14 @@ func textFrame(payload string) []byte {
 func TestKeepaliveDropsSilentClient(t *testing.T) {
 	// 2s: a silent peer loses its lease within 2s; a live one has 1s to
 	// answer each ping, which a loaded CI machine needs.
-	e := newEnv(t, dutConfig, Options{Keepalive: 2 * time.Second}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{Keepalive: 2 * time.Second}, lease.MemoryOptions{})
 	rawWS(t, e.wsURL, `{"type":"acquire","id":"r","holder":"silent","requests":[{"pool":"one"}]}`)
 	e.waitForHolder("silent")
 	silentSince := time.Now()
 	b := e.dial()
 	b.acquire("b", req("one", 1))
-	b.expect(TypeQueued)
-	b.expect(TypeGranted)
+	b.expect(wire.TypeQueued)
+	b.expect(wire.TypeGranted)
 	d := time.Since(silentSince)
 	if d > 3*time.Second {
 		t.Fatalf("silent client kept its lease %s, want at most the 2s keepalive (plus scheduling slack)", d)
@@ -683,16 +685,16 @@ func TestKeepaliveDropsSilentClient(t *testing.T) {
 }
 
 func TestShutdownClosesConnections(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a := e.dial()
 	a.acquire("a", req("one", 1))
-	a.expect(TypeGranted)
+	a.expect(wire.TypeGranted)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := e.s.Shutdown(ctx); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
-	if m := a.expect(TypeError); m.Code != forge.EUNAVAILABLE {
+	if m := a.expect(wire.TypeError); m.Code != forge.EUNAVAILABLE {
 		t.Fatalf("got %+v, want unavailable", m)
 	}
 	select {
@@ -710,7 +712,7 @@ func TestShutdownClosesConnections(t *testing.T) {
 }
 
 func TestFloodingClientDoesNotStarveOthers(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	// The flooder never reads and sends as fast as it can.
 	flood := rawWS(t, e.wsURL)
 	stop := make(chan struct{})
@@ -741,7 +743,7 @@ func TestFloodingClientDoesNotStarveOthers(t *testing.T) {
 	for i := 0; i < 200; i++ {
 		start := time.Now()
 		c.acquire(fmt.Sprint(i), req("ports", 1))
-		g := c.expect(TypeGranted)
+		g := c.expect(wire.TypeGranted)
 		c.release(g.Lease)
 		worst = max(worst, time.Since(start))
 	}
@@ -789,7 +791,7 @@ func readTextFrame(t *testing.T, nc net.Conn, br *bufio.Reader) string {
 // once: holding back writes for pipelined messages must not wait for a
 // data message that is not there.
 func TestPipelinedMessagesAndControlFrames(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	nc := rawWS(t, e.wsURL)
 	br := bufio.NewReader(nc)
 	if m := readTextFrame(t, nc, br); !strings.Contains(m, `"hello"`) {
@@ -822,16 +824,16 @@ func TestPipelinedMessagesAndControlFrames(t *testing.T) {
 	}
 }
 
-// A client that floods but never reads stops being read (its answers
-// cannot be written), so it costs the server nothing, and the keepalive
-// drops it: its lease goes back to the pool.
+// A client that floods but never reads is dropped, its lease going back
+// to the pool, once its unwritten answers fill its send queue (or, had it
+// stopped sending, by the keepalive).
 func TestFloodingClientThatDoesNotReadIsDropped(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{MessageRate: 1e6, MessageBurst: 1e6, Keepalive: 2 * time.Second}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{MessageRate: 1e6, MessageBurst: 1e6, Keepalive: 2 * time.Second}, lease.MemoryOptions{})
 	nc := rawWS(t, e.wsURL, `{"type":"acquire","id":"a","holder":"deaf","requests":[{"pool":"one"}]}`)
 	e.waitForHolder("deaf")
 	waiter := e.dial()
 	waiter.acquire("w", req("one", 1))
-	waiter.expect(TypeQueued)
+	waiter.expect(wire.TypeQueued)
 	frame := textFrame(`{"type":"ping","id":"` + strings.Repeat("p", 120) + `"}`)
 	var burst []byte
 	for i := 0; i < 100; i++ {
@@ -856,7 +858,7 @@ func TestFloodingClientThatDoesNotReadIsDropped(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	waiter.expect(TypeGranted)
+	waiter.expect(wire.TypeGranted)
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("the deaf client kept its lease %s, want about the 2s keepalive", d)
 	}
@@ -864,19 +866,14 @@ func TestFloodingClientThatDoesNotReadIsDropped(t *testing.T) {
 
 // A connection whose outgoing queue overflows is dropped at once.
 func TestSendQueueOverflowDrops(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{SendQueue: 16}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{SendQueue: 16}, lease.MemoryOptions{})
 	c := e.dial()
 	c.acquire("a", req("one", 1))
-	c.expect(TypeGranted)
-	e.s.mu.Lock()
-	var sc *conn
-	for x := range e.s.conns {
-		sc = x
-	}
-	e.s.mu.Unlock()
+	c.expect(wire.TypeGranted)
+	sc := e.conn(c.conn)
 	sc.cork(true) // nothing is written: as if the client did not read
 	for i := 0; i < 17; i++ {
-		sc.send(&ServerMessage{Type: TypePong, ID: fmt.Sprint(i)})
+		sc.send(&wire.Message{Type: wire.TypePong, ID: fmt.Sprint(i)})
 	}
 	select {
 	case <-c.done:
@@ -888,26 +885,26 @@ func TestSendQueueOverflowDrops(t *testing.T) {
 	}
 	w := e.dial()
 	w.acquire("w", req("one", 1))
-	w.expect(TypeGranted) // the dropped connection's lease was released
+	w.expect(wire.TypeGranted) // the dropped connection's lease was released
 }
 
 // A message over 16 times the size limit closes the connection (1009),
 // which releases its leases.
 func TestHugeMessageClosesConnection(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{MaxMessageBytes: 1024}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{MaxMessageBytes: 1024}, lease.MemoryOptions{})
 	c := e.dial()
 	c.acquire("a", req("one", 1))
-	c.expect(TypeGranted)
+	c.expect(wire.TypeGranted)
 	w := e.dial()
 	w.acquire("w", req("one", 1))
-	w.expect(TypeQueued)
+	w.expect(wire.TypeQueued)
 	c.sendRaw(`{"type":"ping","id":"` + strings.Repeat("x", 20000) + `"}`)
 	select {
 	case <-c.done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("connection still open after a 20 KB message with a 1 KB limit")
 	}
-	w.expect(TypeGranted)
+	w.expect(wire.TypeGranted)
 }
 
 // waitForHolder waits until holder holds a lease (a raw client cannot be

@@ -1,4 +1,4 @@
-package lease
+package leasehttp
 
 import (
 	"net/http"
@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/forgeci/forge"
+	wire "github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/prometheus"
 )
 
@@ -34,12 +36,12 @@ func metricValue(t *testing.T, e *testEnv, name string, labels map[string]string
 }
 
 func TestMetrics(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	a, b := e.dial(), e.dial()
 	a.acquire("a", req("one", 1))
-	ga := a.expect(TypeGranted)
+	ga := a.expect(wire.TypeGranted)
 	b.acquire("b", req("one", 1))
-	b.expect(TypeQueued)
+	b.expect(wire.TypeQueued)
 	one := map[string]string{"pool": "one"}
 	for _, tc := range []struct {
 		name string
@@ -63,12 +65,12 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("connections: got %v, want 2", got)
 	}
 	a.release(ga.Lease)
-	b.expect(TypeGranted)
+	b.expect(wire.TypeGranted)
 	b.ws.CloseNow()
 	<-b.done
 	// The disconnect is seen by the server shortly after.
 	for i := 0; i < 200; i++ {
-		if metricValue(t, e, "forge_lease_releases_total", map[string]string{"pool": "one", "reason": ReasonDisconnected}).GetCounter().GetValue() == 1 {
+		if metricValue(t, e, "forge_lease_releases_total", map[string]string{"pool": "one", "reason": lease.ReasonDisconnected}).GetCounter().GetValue() == 1 {
 			break
 		}
 		waitABit()
@@ -76,7 +78,7 @@ func TestMetrics(t *testing.T) {
 	for _, tc := range []struct {
 		reason string
 		want   float64
-	}{{ReasonReleased, 1}, {ReasonDisconnected, 1}, {ReasonRevoked, 0}} {
+	}{{lease.ReasonReleased, 1}, {lease.ReasonDisconnected, 1}, {lease.ReasonRevoked, 0}} {
 		got := metricValue(t, e, "forge_lease_releases_total", map[string]string{"pool": "one", "reason": tc.reason}).GetCounter().GetValue()
 		if got != tc.want {
 			t.Errorf("releases %s: got %v, want %v", tc.reason, got, tc.want)
@@ -89,12 +91,12 @@ func TestMetrics(t *testing.T) {
 }
 
 func TestLeasesAndHistory(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{HistorySize: 3})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{HistorySize: 3})
 	c := e.dial()
 	var leases []string
 	for i := 0; i < 3; i++ {
 		c.acquire(string(rune('a'+i)), req("ports", 1))
-		leases = append(leases, c.expect(TypeGranted).Lease)
+		leases = append(leases, c.expect(wire.TypeGranted).Lease)
 	}
 	var ls leasesResponse
 	if code := e.rest("GET", "/api/v1/leases", "", &ls); code != http.StatusOK || len(ls.Leases) != 3 {
@@ -109,7 +111,7 @@ func TestLeasesAndHistory(t *testing.T) {
 	var h historyResponse
 	e.rest("GET", "/api/v1/leases/history", "", &h)
 	// A ring of 3: the newest three of four events, newest first.
-	if len(h.History) != 3 || h.History[0].Event != "released" || h.History[0].Lease != leases[0] || h.History[0].Reason != ReasonReleased ||
+	if len(h.History) != 3 || h.History[0].Event != "released" || h.History[0].Lease != leases[0] || h.History[0].Reason != lease.ReasonReleased ||
 		h.History[1].Lease != leases[2] || h.History[2].Lease != leases[1] {
 		t.Fatalf("history: got %+v", h.History)
 	}
@@ -124,7 +126,7 @@ func TestLeasesAndHistory(t *testing.T) {
 }
 
 func TestUnknownRoutesAnswerJSON(t *testing.T) {
-	e := newEnv(t, dutConfig, Options{}, MemoryOptions{})
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
 	for _, tc := range []struct {
 		method, path string
 		status       int
@@ -144,7 +146,7 @@ func TestUnknownRoutesAnswerJSON(t *testing.T) {
 // TestWriteErrorOption: a server embedding the handler answers its REST
 // errors with its own writer, so /api/v1 maps codes in one place.
 func TestWriteErrorOption(t *testing.T) {
-	m, err := NewMemory(nil, MemoryOptions{})
+	m, err := lease.NewMemory(nil, lease.MemoryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package lease
+package leasehttp
 
 import (
 	"context"
@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	wire "github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/lease"
 )
 
 // checker records grants and releases as the clients see them.
@@ -54,7 +57,7 @@ func (c *checker) queued(id string) {
 	}
 }
 
-func (c *checker) granted(id string, m *ServerMessage) []*hold {
+func (c *checker) granted(id string, m *wire.Message) []*hold {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -172,7 +175,7 @@ pools:
   b: {resources: [{id: b1}, {id: b2}]}
   c: {order: fill, resources: [{id: c1}, {id: c2}]}
 `
-	e := newEnv(t, cfg, Options{}, MemoryOptions{PositionInterval: 5 * time.Millisecond})
+	e := newEnv(t, cfg, Options{}, lease.MemoryOptions{PositionInterval: 5 * time.Millisecond})
 	ck := &checker{reqs: map[string]*seenReq{}, holds: map[string][]*hold{}}
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
@@ -201,7 +204,7 @@ pools:
 		busy := ""
 		for _, p := range pools {
 			for _, r := range p.Resources {
-				if r.State != StateFree {
+				if r.State != lease.StateFree {
 					busy += fmt.Sprintf(" %s/%s:%s", p.Name, r.ID, r.State)
 				}
 			}
@@ -223,7 +226,7 @@ pools:
 func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 	var (
 		ws   *websocket.Conn
-		msgs chan *ServerMessage
+		msgs chan *wire.Message
 	)
 	dial := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -233,7 +236,7 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 		if err != nil {
 			return err
 		}
-		ch := make(chan *ServerMessage, 64)
+		ch := make(chan *wire.Message, 64)
 		msgs = ch
 		go func(ws *websocket.Conn) {
 			defer close(ch)
@@ -242,13 +245,13 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 				if err != nil {
 					return
 				}
-				var m ServerMessage
+				var m wire.Message
 				if json.Unmarshal(data, &m) == nil {
 					ch <- &m
 				}
 			}
 		}(ws)
-		if m := <-ch; m == nil || m.Type != TypeHello {
+		if m := <-ch; m == nil || m.Type != wire.TypeHello {
 			return fmt.Errorf("no hello: %+v", m)
 		}
 		return nil
@@ -257,7 +260,7 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 		data, _ := json.Marshal(v)
 		return ws.Write(context.Background(), websocket.MessageText, data)
 	}
-	next := func() (*ServerMessage, error) {
+	next := func() (*wire.Message, error) {
 		select {
 		case m, ok := <-msgs:
 			if !ok {
@@ -314,7 +317,7 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 		if err := send(msg); err != nil {
 			return err
 		}
-		var grant *ServerMessage
+		var grant *wire.Message
 		canceled := false
 	wait:
 		for {
@@ -323,7 +326,7 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 				return fmt.Errorf("%s: %w", id, err)
 			}
 			switch {
-			case m.Type == TypeQueued && m.ID == id:
+			case m.Type == wire.TypeQueued && m.ID == id:
 				ck.queued(id)
 				if wantCancel && !canceled {
 					canceled = true
@@ -332,16 +335,16 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 						return err
 					}
 				}
-			case m.Type == TypeGranted && m.ID == id:
+			case m.Type == wire.TypeGranted && m.ID == id:
 				grant = m
 				break wait
-			case m.Type == TypeCanceled && m.ID == id:
+			case m.Type == wire.TypeCanceled && m.ID == id:
 				ck.gone(id)
 				break wait
-			case m.Type == TypeError && m.ID == id && m.Code == "timeout":
+			case m.Type == wire.TypeError && m.ID == id && m.Code == "timeout":
 				ck.gone(id)
 				break wait
-			case m.Type == TypeError && m.Code == "not_found" && staleCancel[m.ID]:
+			case m.Type == wire.TypeError && m.Code == "not_found" && staleCancel[m.ID]:
 			default:
 				return fmt.Errorf("%s: unexpected %+v", id, m)
 			}
@@ -362,10 +365,10 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 				if err != nil {
 					return fmt.Errorf("%s release: %w", id, err)
 				}
-				if m.Type == TypeReleased && m.Lease == grant.Lease {
+				if m.Type == wire.TypeReleased && m.Lease == grant.Lease {
 					break
 				}
-				if m.Type != TypeQueued && !(m.Type == TypeError && m.Code == "not_found" && staleCancel[m.ID]) {
+				if m.Type != wire.TypeQueued && !(m.Type == wire.TypeError && m.Code == "not_found" && staleCancel[m.ID]) {
 					return fmt.Errorf("%s release: unexpected %+v", id, m)
 				}
 			}

@@ -1,4 +1,4 @@
-package lease
+package leasehttp
 
 import (
 	"encoding/json"
@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/lease"
 )
 
 // maxPoolBody bounds a PUT /api/v1/pools/{name} body.
@@ -27,33 +28,6 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /api/v1/leases/{id}", s.revoke)
 }
 
-// httpStatus maps a forge error code to an HTTP status.
-func httpStatus(code string) int {
-	switch code {
-	case forge.EINVALID:
-		return http.StatusBadRequest
-	case forge.ENOTFOUND:
-		return http.StatusNotFound
-	case forge.ECONFLICT:
-		return http.StatusConflict
-	case forge.EUNAUTHORIZED:
-		return http.StatusUnauthorized
-	case forge.EFORBIDDEN:
-		return http.StatusForbidden
-	case forge.ETOOLARGE:
-		return http.StatusRequestEntityTooLarge
-	case forge.EUNAVAILABLE:
-		return http.StatusServiceUnavailable
-	case forge.ETIMEOUT:
-		return http.StatusGatewayTimeout
-	case forge.ENOTIMPL:
-		return http.StatusNotImplemented
-	case forge.ECANCELED:
-		return 499 // client closed request, as nginx names it
-	}
-	return http.StatusInternalServerError
-}
-
 // apiError is the JSON body of every error answer.
 type apiError struct {
 	Code    string `json:"code"`
@@ -62,7 +36,7 @@ type apiError struct {
 
 // writeError answers a REST request with err: through Options.WriteError
 // when the embedding server gives one, so that inside forge server every
-// endpoint maps error codes the same way, else with httpStatus.
+// endpoint answers alike, else with the status of forge.HTTPStatus.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if s.opts.WriteError != nil {
 		s.opts.WriteError(w, r, err)
@@ -73,7 +47,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if code == forge.EINTERNAL {
 		msg = "internal error" // the detail is for logs, not for clients
 	}
-	writeJSON(w, httpStatus(code), apiError{Code: code, Message: msg})
+	writeJSON(w, forge.HTTPStatus(err), apiError{Code: code, Message: msg})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -87,7 +61,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // poolsResponse is the answer of GET /api/v1/pools.
 type poolsResponse struct {
-	Pools []*PoolState `json:"pools"`
+	Pools []*lease.PoolState `json:"pools"`
 }
 
 func (s *Server) listPools(w http.ResponseWriter, r *http.Request) {
@@ -110,21 +84,12 @@ func (s *Server) getPool(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) putPool(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	var pc PoolConfig
-	body := http.MaxBytesReader(w, r.Body, maxPoolBody)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&pc); err != nil {
+	p, err := lease.DecodePool(name, http.MaxBytesReader(w, r.Body, maxPoolBody))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			s.writeError(w, r, forge.Errorf(forge.ETOOLARGE, "pool body over %d bytes", maxPoolBody))
-			return
+			err = forge.Errorf(forge.ETOOLARGE, "pool body over %d bytes", maxPoolBody)
 		}
-		s.writeError(w, r, forge.Errorf(forge.EINVALID, "pool %q: body is not a pool object like {\"order\":\"fifo\",\"resources\":[{\"id\":\"dut1\"}]}: %s", name, jsonProblem(err)))
-		return
-	}
-	p, err := pc.Pool(name)
-	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -177,7 +142,7 @@ func (s *Server) setDisabled(disabled bool) http.HandlerFunc {
 
 // leasesResponse is the answer of GET /api/v1/leases.
 type leasesResponse struct {
-	Leases []*LeaseState `json:"leases"`
+	Leases []*lease.LeaseState `json:"leases"`
 }
 
 func (s *Server) listLeases(w http.ResponseWriter, r *http.Request) {
@@ -191,7 +156,7 @@ func (s *Server) listLeases(w http.ResponseWriter, r *http.Request) {
 
 // historyResponse is the answer of GET /api/v1/leases/history.
 type historyResponse struct {
-	History []*HistoryEntry `json:"history"`
+	History []*lease.HistoryEntry `json:"history"`
 }
 
 func (s *Server) history(w http.ResponseWriter, r *http.Request) {
@@ -223,7 +188,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		var body revokeRequest
 		err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body)
 		if err != nil && !errors.Is(err, io.EOF) {
-			s.writeError(w, r, forge.Errorf(forge.EINVALID, "body must be {\"reason\":\"...\"}: %s", jsonProblem(err)))
+			s.writeError(w, r, forge.Errorf(forge.EINVALID, "body must be {\"reason\":\"...\"}: %v", err))
 			return
 		}
 		if strings.TrimSpace(body.Reason) != "" {

@@ -1,0 +1,5 @@
+//go:build !race
+
+package leasehttp
+
+const raceEnabled = false
