@@ -21,9 +21,10 @@ var adapters = []string{
 var orchestration = []string{"internal/spec", "internal/engine", "internal/runner", "internal/trigger"}
 
 // shared libraries adapters may use: the step runner every backend (and
-// forgexec inside containers) runs steps with, and the public lease client
+// forgexec inside containers) runs steps with, forgexec's protocol that the
+// container backends speak, and the public lease client
 // whose wire types the lease server speaks.
-var shared = []string{"internal/shell", "client/"}
+var shared = []string{"internal/shell", "internal/forgexec", "client/"}
 
 func TestImportBoundaries(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json", "./...").Output()

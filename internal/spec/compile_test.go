@@ -411,3 +411,25 @@ func TestGlob(t *testing.T) {
 		}
 	}
 }
+
+func TestCompileStepArgs(t *testing.T) {
+	src := "environment: {WHO: world}\njobs:\n  a:\n    steps:\n      - run: [/bin/echo, 'hello ${WHO}', '', 3]\n      - name: named\n        run: [ls]\n"
+	p := mustCompile(t, src, Options{})
+	want := []forge.Step{
+		{Name: "/bin/echo hello world  3", Args: []string{"/bin/echo", "hello world", "", "3"}},
+		{Name: "named", Args: []string{"ls"}},
+	}
+	if got := p.Jobs[0].Steps; !reflect.DeepEqual(got, want) {
+		t.Errorf("steps:\ngot  %#v\nwant %#v", got, want)
+	}
+	for src, want := range map[string]string{
+		"execute:\n  - run: []\n":       "`run` of command 1 of action `execute` is an empty list",
+		"execute:\n  - run: ['', a]\n":  "the program of `run` of command 1 of action `execute` is empty",
+		"execute:\n  - run: [a, [b]]\n": "item 2 of `run` of command 1 of action `execute`",
+	} {
+		_, err := Parse("f.yml", []byte(src))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want an error containing %q", src, err, want)
+		}
+	}
+}

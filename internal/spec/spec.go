@@ -312,6 +312,22 @@ func (r *reader) step(n ast.Node, what string) (forge.Step, bool) {
 		case "name":
 			st.Name, _, _ = r.str(e.value, "`name` of "+what)
 		case "run":
+			if _, isSeq := r.resolve(e.value).(*ast.SequenceNode); isSeq {
+				// A program and its arguments, run without a shell.
+				args := r.strs(e.value, "`run` of "+what)
+				switch {
+				case len(args) == 0:
+					r.ps.at(posOf(e.value), "`run` of %s is an empty list: give the program and its arguments", what)
+				case strings.TrimSpace(args[0].s) == "":
+					r.ps.at(args[0].p, "the program of `run` of %s is empty", what)
+				default:
+					for _, a := range args {
+						st.Args = append(st.Args, a.s)
+					}
+					hasRun = true
+				}
+				continue
+			}
 			s, p, ok := r.str(e.value, "`run` of "+what)
 			if ok && strings.TrimSpace(s) == "" {
 				r.ps.at(p, "`run` of %s is empty", what)
@@ -332,7 +348,9 @@ func (r *reader) step(n ast.Node, what string) (forge.Step, bool) {
 		}
 		return forge.Step{}, false
 	}
-	if st.Name == "" {
+	if st.Name == "" && st.Args != nil {
+		st.Name = stepName(strings.Join(st.Args, " "))
+	} else if st.Name == "" {
 		st.Name = stepName(st.Run)
 	}
 	return st, true
