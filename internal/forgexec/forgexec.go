@@ -133,7 +133,7 @@ const (
 
 // DefaultJobFile is where forgexec looks for its job when $FORGE_EXEC_JOB_FILE
 // is not set.
-const DefaultJobFile = "/.forgexec-job.json"
+const DefaultJobFile = "/.forgexec/job.json"
 
 // FlushDelay is the longest a record waits in forgexec before its frame is
 // written.
