@@ -164,6 +164,9 @@ func New(opts Options) (*Backend, error) {
 		}
 		opts.Forgexec = exe
 	}
+	if err := checkStatic(opts.Forgexec); err != nil {
+		return nil, err
+	}
 	return &Backend{opts: opts, cli: cli, log: opts.Logger, execReady: map[string]bool{}}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -80,6 +81,23 @@ func (b *Backend) execVolume(ctx context.Context, image string) (string, error) 
 	}
 	b.execReady[name] = true
 	return name, nil
+}
+
+// checkStatic refuses a forgexec binary that needs a dynamic loader: the
+// job's image may have none (or another libc).
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("forgexec %s is not a Linux binary", path))
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return forge.Errorf(forge.EINVALID,
+				"forgexec %s is dynamically linked, so it cannot run in any image: build forge with CGO_ENABLED=0 (make build), or name a static forge binary as the docker backend's forgexec", path)
+		}
+	}
+	return nil
 }
 
 // binaryArchive is a tar of the binary at path as "forgexec", mode 0755.
