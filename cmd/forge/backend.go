@@ -162,3 +162,14 @@ func newBackend(name string, c backendConfig) (forge.Backend, error) {
 // usesContainers reports whether jobs of backend name run in their image.
 func usesContainers(name string) bool { return name != "" && name != backendLocal }
 
+// canReattach reports whether b's jobs outlive the server (forge.Attacher).
+func canReattach(b forge.Backend) bool {
+	_, ok := b.(forge.Attacher)
+	return ok
+}
+
+// janitorOf returns b's Janitor, or nil.
+func janitorOf(b forge.Backend) forge.Janitor {
+	j, _ := b.(forge.Janitor)
+	return j
+}

@@ -34,6 +34,7 @@ func (e Engine) Execute(ctx context.Context, plan *forge.Plan, run *Run, rep for
 		Env:       run.Env,
 		Secrets:   run.Secrets,
 		Workspace: run.Workspace,
+		Resume:    run.Resume,
 	})
 	if err != nil {
 		return forge.StatusError, err
@@ -59,4 +60,13 @@ func (b jobEnvBackend) Run(ctx context.Context, run *forge.JobRun, rep forge.Rep
 		run = &c
 	}
 	return b.inner.Run(ctx, run, rep)
+}
+
+// Attach passes a reattach on to the backend (see forge.Attacher).
+func (b jobEnvBackend) Attach(ctx context.Context, handle []byte, from int, rep forge.Reporter) (forge.Status, error) {
+	a, ok := b.inner.(forge.Attacher)
+	if !ok {
+		return forge.StatusError, forge.Errorf(forge.ENOTIMPL, "the backend cannot reattach to a running job")
+	}
+	return a.Attach(ctx, handle, from, rep)
 }
