@@ -1,16 +1,10 @@
 package docker
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
-	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -18,22 +12,19 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/dockertest"
 )
 
-// The test images, built offline at test time from Debian's static
-// busybox: one with a shell (busybox applets as symbolic links) and one
-// without any shell (the bare busybox binary).
 const (
-	imageShell   = "forge-test-busybox:1"
-	imageNoShell = "forge-test-noshell:1"
+	imageShell   = dockertest.ImageShell
+	imageNoShell = dockertest.ImageNoShell
 )
 
 var (
-	setupOnce sync.Once
-	setupErr  error
-	forgeBin  string // a static forge binary, run as forgexec
 	testScope = "test-" + randHex(4)
 	testCli   *client.Client
+	forgeBin  string
+	execSum   string
 )
 
 func randHex(n int) string {
@@ -45,114 +36,31 @@ func randHex(n int) string {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if testCli != nil {
-		// Whatever a failed test left in this run's scope.
+		// Whatever a failed test left in this run's scope, and the
+		// forgexec volume of this run's binary.
 		b := &Backend{cli: testCli, opts: Options{Scope: testScope}}
 		b.Clean(context.Background(), nil)
 		if execSum != "" {
 			testCli.VolumeRemove(context.Background(), "forge-exec-"+execSum[:16], client.VolumeRemoveOptions{Force: true})
 		}
 	}
-	if forgeBin != "" {
-		os.RemoveAll(filepath.Dir(forgeBin))
-	}
+	dockertest.Cleanup()
 	os.Exit(code)
 }
 
-var execSum string
-
-// engine skips t without a Docker engine (fails under CI=true), and makes
-// the forge binary and the test images once.
+// engine skips t without a Docker engine (fails under CI=true).
 func engine(t testing.TB) *client.Client {
 	t.Helper()
-	setupOnce.Do(func() { setupErr = setup() })
-	if setupErr != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("docker backend tests need a Docker engine: %v", setupErr)
+	env := dockertest.Setup(t)
+	if testCli == nil {
+		testCli, forgeBin = env.Client, env.Forge
+		sum, err := fileDigest(forgeBin)
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Skipf("no Docker engine: %v", setupErr)
+		execSum = sum
 	}
 	return testCli
-}
-
-func setup() error {
-	cli, err := NewClient("", "", false)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
-		return err
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		return fmt.Errorf("the test images need Debian's busybox-static (/bin/busybox): %w", err)
-	}
-	dir, err := os.MkdirTemp("", "forge-docker-test-")
-	if err != nil {
-		return err
-	}
-	bin := filepath.Join(dir, "forge")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/forgeci/forge/cmd/forge")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building a static forge: %v\n%s", err, out)
-	}
-	forgeBin = bin
-	if execSum, err = fileDigest(bin); err != nil {
-		return err
-	}
-	bctx, bcancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer bcancel()
-	applets := []string{"sh", "echo", "cat", "sleep", "nc", "true", "false", "ls", "printf", "seq", "env", "kill",
-		"ps", "wc", "yes", "head", "mkdir", "rm", "grep", "sed", "id", "pwd", "hostname", "test", "touch", "find", "wget"}
-	if err := buildImage(bctx, cli, imageShell, applets); err != nil {
-		return err
-	}
-	if err := buildImage(bctx, cli, imageNoShell, nil); err != nil {
-		return err
-	}
-	testCli = cli
-	return nil
-}
-
-// buildImage builds tag FROM scratch with /bin/busybox and links to it
-// for applets, unless the engine has it already.
-func buildImage(ctx context.Context, cli *client.Client, tag string, applets []string) error {
-	if _, err := cli.ImageInspect(ctx, tag); err == nil {
-		return nil
-	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	df := "FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\n"
-	add := func(h *tar.Header, data []byte) {
-		h.Size = int64(len(data))
-		h.ModTime = time.Unix(1, 0)
-		tw.WriteHeader(h)
-		tw.Write(data)
-	}
-	add(&tar.Header{Name: "Dockerfile", Mode: 0o644, Typeflag: tar.TypeReg}, []byte(df))
-	add(&tar.Header{Name: "rootfs/", Mode: 0o755, Typeflag: tar.TypeDir}, nil)
-	add(&tar.Header{Name: "rootfs/tmp/", Mode: 0o1777, Typeflag: tar.TypeDir}, nil)
-	add(&tar.Header{Name: "rootfs/bin/", Mode: 0o755, Typeflag: tar.TypeDir}, nil)
-	add(&tar.Header{Name: "rootfs/bin/busybox", Mode: 0o755, Typeflag: tar.TypeReg}, bb)
-	for _, a := range applets {
-		add(&tar.Header{Name: "rootfs/bin/" + a, Linkname: "busybox", Mode: 0o777, Typeflag: tar.TypeSymlink}, nil)
-	}
-	tw.Close()
-	res, err := cli.ImageBuild(ctx, &buf, client.ImageBuildOptions{Tags: []string{tag}, Remove: true, ForceRemove: true})
-	if err != nil {
-		return fmt.Errorf("building %s: %w", tag, err)
-	}
-	out, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if _, err := cli.ImageInspect(ctx, tag); err != nil {
-		return fmt.Errorf("building %s: %s", tag, out)
-	}
-	return nil
 }
 
 // newBackend returns a backend of this run's scope.
@@ -220,31 +128,7 @@ func (r *events) steps() []forge.Event {
 // leftovers lists what this run's scope still has for build.
 func leftovers(t testing.TB, build string) []string {
 	t.Helper()
-	ctx := context.Background()
-	f := client.Filters{}.Add("label", LabelScope+"="+testScope).Add("label", LabelBuild+"="+build)
-	var out []string
-	cs, err := testCli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range cs.Items {
-		out = append(out, "container "+c.Names[0])
-	}
-	ns, err := testCli.NetworkList(ctx, client.NetworkListOptions{Filters: f})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range ns.Items {
-		out = append(out, "network "+n.Name)
-	}
-	vs, err := testCli.VolumeList(ctx, client.VolumeListOptions{Filters: f})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range vs.Items {
-		out = append(out, "volume "+v.Name)
-	}
-	return out
+	return dockertest.Leftovers(t, testCli, LabelScope+"="+testScope, LabelBuild+"="+build)
 }
 
 func jobRun(build string, job *forge.Job) *forge.JobRun {
