@@ -105,6 +105,11 @@ type Options struct {
 	Registries map[string]RegistryAuth
 	// PullTimeout bounds pulling one image; 0 means 10 minutes.
 	PullTimeout time.Duration
+	// MaxLog bounds the container log of one job, which carries its
+	// events (see internal/forgexec); 0 means 8 GiB. The engine's default
+	// rotation (often 10 MB) would lose the events of a talkative job, so
+	// the backend sets its own. The log is removed with the container.
+	MaxLog int64
 	// Logger receives the backend's warnings; nil discards them.
 	Logger *slog.Logger
 }
@@ -146,6 +151,9 @@ func New(opts Options) (*Backend, error) {
 	}
 	if opts.PullTimeout <= 0 {
 		opts.PullTimeout = 10 * time.Minute
+	}
+	if opts.MaxLog <= 0 {
+		opts.MaxLog = 8 << 30
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -345,7 +353,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 	hc := &container.HostConfig{
 		NetworkMode:  netMode,
 		PortBindings: bindings,
-		LogConfig:    container.LogConfig{Type: "json-file"},
+		LogConfig:    b.logConfig(),
 		Mounts: []mount.Mount{
 			{Type: mount.TypeVolume, Source: vol.Volume.Name, Target: WorkspaceDir},
 			{Type: mount.TypeVolume, Source: execVol, Target: forgexec.BinDir, ReadOnly: true,
@@ -386,6 +394,15 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 		return forge.StatusError, engineError(err, "cannot start the job's container")
 	}
 	return forge.StatusRunning, nil
+}
+
+// logConfig is the log of a job's container: json-file, never rotated
+// below MaxLog, whatever the engine's defaults, so the follower and a
+// reattach after a restart read every event.
+func (b *Backend) logConfig() container.LogConfig {
+	return container.LogConfig{Type: "json-file", Config: map[string]string{
+		"max-size": strconv.FormatInt(b.opts.MaxLog, 10), "max-file": "2", "compress": "false",
+	}}
 }
 
 // jobEnv is the steps' environment in the container: run's, with
