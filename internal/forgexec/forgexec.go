@@ -28,6 +28,13 @@
 // container's own (the image's ENV: PATH, ...) overridden by Job.Env and
 // Job.Secrets; FORGE_EXEC_* variables are never passed on.
 //
+// A backend that can attach to the container's stdin before it starts (the
+// docker backend) sets $FORGE_EXEC_STDIN=1 and writes the job and the
+// workspace there instead (WriteStdin): one stream, nothing copied into the
+// container beforehand, and the files are the container user's. forgexec
+// reads it to its end, extracting the workspace into Job.Dir, before the
+// first step.
+//
 // # The channel back
 //
 // Everything forgexec reports is written to its stdout as frames, one frame
@@ -129,6 +136,9 @@ const (
 const (
 	JobFileEnv = "FORGE_EXEC_JOB_FILE"
 	JobEnv     = "FORGE_EXEC_JOB"
+	// StdinEnv set to 1 makes forgexec read its job and workspace from
+	// stdin (see WriteStdin).
+	StdinEnv = "FORGE_EXEC_STDIN"
 )
 
 // DefaultJobFile is where forgexec looks for its job when $FORGE_EXEC_JOB_FILE
@@ -211,7 +221,13 @@ func Main(ctx context.Context, stdout, stderr io.Writer) int {
 	// Steps run as the same user: without this they could open
 	// /proc/1/fd/1 and write frames, or read the nonce.
 	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
-	job, err := ReadJob()
+	var job *Job
+	var err error
+	if os.Getenv(StdinEnv) == "1" {
+		job, err = ReadStdin(os.Stdin)
+	} else {
+		job, err = ReadJob()
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "forgexec:", err)
 		return exitError
@@ -243,6 +259,11 @@ func ReadJob() (*Job, error) {
 	default:
 		return nil, fmt.Errorf("no job: %w (set $%s or $%s)", err, JobFileEnv, JobEnv)
 	}
+	return parseJob(data)
+}
+
+// parseJob decodes and checks a job.
+func parseJob(data []byte) (*Job, error) {
 	var j Job
 	if err := json.Unmarshal(data, &j); err != nil {
 		return nil, fmt.Errorf("the job is not valid JSON: %w", err)
@@ -252,6 +273,9 @@ func ReadJob() (*Job, error) {
 	}
 	if j.Nonce == "" || strings.ContainsAny(j.Nonce, " \n") {
 		return nil, errors.New("the job has no valid nonce")
+	}
+	if j.Dir == "" {
+		j.Dir = "/"
 	}
 	return &j, nil
 }

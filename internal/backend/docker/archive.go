@@ -4,8 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -20,72 +18,92 @@ import (
 	"github.com/forgeci/forge/internal/forgexec"
 )
 
-// copyWorkspace fills the job's workspace volume (mounted at WorkspaceDir
-// in the created container id) with the source: with ws.Clean the tree of
-// ws.Dir's HEAD (git archive), else ws.Dir as it is.
-func (b *Backend) copyWorkspace(ctx context.Context, id string, ws forge.Workspace) error {
-	if ws.Dir == "" {
-		return nil // a job without source: an empty workspace
-	}
-	dir, err := filepath.Abs(ws.Dir)
-	if err != nil {
-		return forge.WrapError(forge.EINVALID, err, "workspace "+ws.Dir)
-	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return forge.Errorf(forge.EINVALID, "workspace %s is not a directory", ws.Dir)
-	}
-	pr, pw := io.Pipe()
-	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
+// feed writes the job and its source to the attached stdin of the job's
+// container (forgexec.WriteStdin), then closes it: the source of ws.Dir as
+// it is, or with ws.Clean the tree of its HEAD (git archive); none without
+// a Dir. forgexec unpacks it as the container's user into the workspace.
+func (b *Backend) feed(ctx context.Context, att client.HijackedResponse, job *forgexec.Job, ws forge.Workspace) error {
+	defer att.CloseWrite()
+	dir := ""
+	if ws.Dir != "" {
 		var err error
-		if ws.Clean {
-			err = gitArchive(actx, dir, pw)
-		} else {
-			err = dirArchive(dir, pw)
+		if dir, err = filepath.Abs(ws.Dir); err != nil {
+			return forge.WrapError(forge.EINVALID, err, "workspace "+ws.Dir)
 		}
-		pw.CloseWithError(err)
-		done <- err
-	}()
-	_, cerr := b.cli.CopyToContainer(ctx, id, client.CopyToContainerOptions{
-		DestinationPath: WorkspaceDir, Content: pr, CopyUIDGID: true,
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			return forge.Errorf(forge.EINVALID, "workspace %s is not a directory", ws.Dir)
+		}
+	}
+	err := forgexec.WriteStdin(att.Conn, job, func(tw *tar.Writer) error {
+		switch {
+		case dir == "":
+			return nil
+		case ws.Clean:
+			return gitArchive(ctx, dir, tw, "")
+		}
+		return dirArchive(dir, tw, "")
 	})
-	pr.CloseWithError(errors.New("the copy ended"))
-	cancel()
-	aerr := <-done
-	if aerr != nil && forge.ErrorCode(aerr) == forge.EINVALID {
-		return aerr
+	if err != nil && forge.ErrorCode(err) != forge.EINVALID {
+		err = forge.WrapError(forge.EINTERNAL, err, "cannot send the job and its source")
 	}
-	if cerr != nil {
-		return engineError(cerr, "cannot copy the source into the job's workspace")
-	}
-	if aerr != nil {
-		return forge.WrapError(forge.EINTERNAL, aerr, "cannot pack the source of "+dir)
-	}
-	return nil
+	return err
 }
 
-// gitArchive writes the tree of dir's HEAD commit as a tar to w.
-func gitArchive(ctx context.Context, dir string, w io.Writer) error {
+// gitArchive adds the tree of dir's HEAD commit to tw, under prefix.
+func gitArchive(ctx context.Context, dir string, tw *tar.Writer, prefix string) error {
 	cmd := exec.CommandContext(ctx, "git", "-C", dir, "archive", "--format=tar", "HEAD")
 	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "LC_ALL=C")
 	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = w, &stderr
-	if err := cmd.Run(); err != nil {
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return forge.WrapError(forge.EINVALID, err, "a clean workspace needs git")
+	}
+	cerr := copyTar(tw, out, prefix)
+	if cerr != nil {
+		io.Copy(io.Discard, out)
+	}
+	if err := cmd.Wait(); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("a clean workspace needs a git repository with a commit: %s: %s", dir, strings.TrimSpace(stderr.String())))
 	}
-	return nil
+	return cerr
 }
 
-// dirArchive writes the tree under dir as a tar to w: directories, regular
-// files and symbolic links (sockets, devices and pipes are left out).
-func dirArchive(dir string, w io.Writer) error {
-	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+// copyTar adds the entries of the tar r to tw, under prefix.
+func copyTar(tw *tar.Writer, r io.Reader, prefix string) error {
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			continue // git's commit id
+		}
+		hdr.Name = prefix + hdr.Name
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return err
+		}
+	}
+}
+
+// dirArchive adds the tree under dir to tw, under prefix: directories,
+// regular files and symbolic links (sockets, devices and pipes are left
+// out).
+func dirArchive(dir string, tw *tar.Writer, prefix string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -111,7 +129,7 @@ func dirArchive(dir string, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		hdr.Name = filepath.ToSlash(rel)
+		hdr.Name = prefix + filepath.ToSlash(rel)
 		if fi.IsDir() {
 			hdr.Name += "/"
 		}
@@ -132,35 +150,4 @@ func dirArchive(dir string, w io.Writer) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
-}
-
-// jobArchive is a tar holding the job file at forgexec.DefaultJobFile
-// (relative to /), readable by its owner only.
-func jobArchive(j *forgexec.Job) ([]byte, error) {
-	data, err := json.Marshal(j)
-	if err != nil {
-		return nil, forge.WrapError(forge.EINTERNAL, err, "cannot encode the job")
-	}
-	name := strings.TrimPrefix(forgexec.DefaultJobFile, "/")
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if d := filepath.Dir(name); d != "." {
-		if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o700, Typeflag: tar.TypeDir}); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(data); err != nil {
-		return nil, err
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }

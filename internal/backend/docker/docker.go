@@ -26,7 +26,6 @@
 package docker
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -218,7 +217,7 @@ type handle struct {
 	Container string   `json:"container"`
 	Nonce     string   `json:"nonce"`
 	Network   string   `json:"network,omitempty"`
-	Volume    string   `json:"volume,omitempty"`
+	Volume    string   `json:"volume,omitempty"` // a named volume to remove, if any
 	Services  []string `json:"services,omitempty"`
 	KillGrace int64    `json:"kill_grace,omitempty"` // nanoseconds
 }
@@ -227,6 +226,11 @@ type handle struct {
 type attempt struct {
 	h       handle
 	created []string // containers, services first
+	// stream is the job container's attached stdin and output (Run
+	// only; Attach reads the container's log); feed gets the result of
+	// writing the job and its workspace to stdin.
+	stream *client.HijackedResponse
+	feed   chan error
 }
 
 // Run runs one attempt of run.Job in a container, as forge.Backend
@@ -303,12 +307,6 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 			LabelAttempt: strconv.Itoa(run.Attempt), LabelRole: role,
 		}
 	}
-	vol, err := b.cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: base + "-ws", Labels: labels("workspace")})
-	if err != nil {
-		return forge.StatusError, engineError(err, "cannot create the job's workspace volume")
-	}
-	a.h.Volume = vol.Volume.Name
-
 	netMode := container.NetworkMode("")
 	if len(job.Services) > 0 {
 		nw, err := b.cli.NetworkCreate(ctx, base, client.NetworkCreateOptions{Driver: "bridge", Labels: labels("network")})
@@ -344,6 +342,12 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 		Image:        job.Image,
 		Entrypoint:   []string{forgexec.Bin},
 		Cmd:          []string{},
+		Env:          []string{forgexec.StdinEnv + "=1"},
+		OpenStdin:    true,
+		StdinOnce:    true,
+		AttachStdin:  true,
+		AttachStdout: true,
+		AttachStderr: true,
 		WorkingDir:   WorkspaceDir,
 		User:         b.opts.User,
 		Labels:       labels("job"),
@@ -355,7 +359,9 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 		PortBindings: bindings,
 		LogConfig:    b.logConfig(),
 		Mounts: []mount.Mount{
-			{Type: mount.TypeVolume, Source: vol.Volume.Name, Target: WorkspaceDir},
+			// The workspace: a volume of the container's own, made with
+			// it and removed with it.
+			{Type: mount.TypeVolume, Target: WorkspaceDir, VolumeOptions: &mount.VolumeOptions{Labels: labels("workspace")}},
 			{Type: mount.TypeVolume, Source: execVol, Target: forgexec.BinDir, ReadOnly: true,
 				VolumeOptions: &mount.VolumeOptions{NoCopy: true}},
 		},
@@ -368,10 +374,6 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 	a.h.Container = created.ID
 	a.created = append(a.created, created.ID)
 
-	// The source and the job go in before the start: nothing races.
-	if err := b.copyWorkspace(ctx, created.ID, run.Workspace); err != nil {
-		return forge.StatusError, err
-	}
 	fj := &forgexec.Job{
 		Version: forgexec.Version, Nonce: nonce, Dir: WorkspaceDir,
 		Env: jobEnv(run.Env), Secrets: run.Secrets, Steps: job.Steps,
@@ -381,18 +383,20 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 		// The job ends on time even if this server is gone by then.
 		fj.Timeout = max(time.Until(dl), time.Millisecond)
 	}
-	jobTar, err := jobArchive(fj)
+	// The job and its source go in before the start, in one copy:
+	// nothing races.
+	// The job and its source go to forgexec's stdin, attached before the
+	// start: nothing races, and the attached stream carries the events.
+	att, err := b.cli.ContainerAttach(ctx, created.ID, client.ContainerAttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
-		return forge.StatusError, err
+		return forge.StatusError, engineError(err, "cannot attach to the job's container")
 	}
-	if _, err := b.cli.CopyToContainer(ctx, created.ID, client.CopyToContainerOptions{
-		DestinationPath: "/", Content: bytes.NewReader(jobTar), CopyUIDGID: true,
-	}); err != nil {
-		return forge.StatusError, engineError(err, "cannot copy the job into its container")
-	}
+	a.stream = &att.HijackedResponse
 	if _, err := b.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
 		return forge.StatusError, engineError(err, "cannot start the job's container")
 	}
+	a.feed = make(chan error, 1)
+	go func() { a.feed <- b.feed(ctx, att.HijackedResponse, fj, run.Workspace) }()
 	return forge.StatusRunning, nil
 }
 
@@ -495,18 +499,26 @@ func names(run *forge.JobRun) string {
 // removes everything.
 func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Reporter) (forge.Status, error) {
 	defer b.cleanup(a)
-	// The log is read to its end even after ctx ends: the last records
-	// say how the job ended.
-	lctx, stopLogs := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopLogs()
-	logs, err := b.cli.ContainerLogs(lctx, a.h.Container, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Follow: true})
-	if err != nil {
-		if cerrdefs.IsNotFound(err) {
-			return forge.StatusError, forge.WrapError(forge.ENOTFOUND, err, "the job's container is gone")
+	// The stream is read to its end even after ctx ends: the last
+	// records say how the job ended. A job just started is read from its
+	// attached output; one taken over, from its log from the start.
+	var logs io.Reader
+	if a.stream != nil {
+		defer a.stream.Close()
+		logs = a.stream.Reader
+	} else {
+		lctx, stopLogs := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopLogs()
+		rc, err := b.cli.ContainerLogs(lctx, a.h.Container, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Follow: true})
+		if err != nil {
+			if cerrdefs.IsNotFound(err) {
+				return forge.StatusError, forge.WrapError(forge.ENOTFOUND, err, "the job's container is gone")
+			}
+			return forge.StatusError, engineError(err, "cannot read the job's container log")
 		}
-		return forge.StatusError, engineError(err, "cannot read the job's container log")
+		defer rc.Close()
+		logs = rc
 	}
-	defer logs.Close()
 
 	// Stop the container when ctx ends: SIGTERM for a cancel, SIGUSR1
 	// for a deadline (forgexec tells them apart), SIGKILL after the
@@ -573,6 +585,13 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 	wctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	state, ierr := b.waitStopped(wctx, a.h.Container)
+	var ferr error
+	if a.feed != nil {
+		ferr = <-a.feed
+	}
+	if ferr != nil && forge.ErrorCode(ferr) == forge.EINVALID {
+		return forge.StatusError, ferr // e.g. no commit for a clean workspace
+	}
 	if fin != nil {
 		switch fin.Status {
 		case forge.StatusSuccess, forge.StatusFailure, forge.StatusCanceled:
@@ -607,6 +626,9 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 	}
 	if derr != nil {
 		why = append(why, "reading its log: "+derr.Error())
+	}
+	if ferr != nil {
+		why = append(why, "sending it the job: "+ferr.Error())
 	}
 	if dec.Foreign > 0 || dec.Corrupt > 0 {
 		why = append(why, fmt.Sprintf("%d line(s) of its output were not forgexec's, %d frame(s) were cut short", dec.Foreign, dec.Corrupt))

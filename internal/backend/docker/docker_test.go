@@ -263,6 +263,11 @@ func TestAttach(t *testing.T) {
 		b.cleanup(a)
 		t.Fatal(err)
 	}
+	// This server "dies": the job goes on without it.
+	if err := <-a.feed; err != nil {
+		t.Fatal(err)
+	}
+	a.stream.Close()
 	hb, _ := json.Marshal(a.h)
 	rec := &events{}
 	st, err := b.Attach(t.Context(), hb, 3, rec)
@@ -291,8 +296,9 @@ func TestAttach(t *testing.T) {
 // the builds still running.
 func TestJanitor(t *testing.T) {
 	b := newBackend(t, Options{})
-	var handles []*attempt
-	for _, build := range []string{"jan-dead-" + randHex(3), "jan-live-" + randHex(3)} {
+	deadBuild, liveBuild := "jan-dead-"+randHex(3), "jan-live-"+randHex(3)
+	var live *attempt
+	for _, build := range []string{deadBuild, liveBuild} {
 		a := &attempt{h: handle{V: 1}}
 		run := jobRun(build, &forge.Job{Name: "j", Image: imageShell, Steps: []forge.Step{{Run: "sleep 600"}},
 			Services: []forge.Service{{Name: "s", Image: imageShell, Command: []string{"sleep", "600"}}}})
@@ -300,15 +306,20 @@ func TestJanitor(t *testing.T) {
 			b.cleanup(a)
 			t.Fatal(err)
 		}
-		handles = append(handles, a)
+		<-a.feed
+		a.stream.Close()
+		if build == liveBuild {
+			live = a
+		}
 	}
-	defer b.cleanup(handles[1])
-	dead, live := handles[0], handles[1]
-	deadBuild := strings.TrimPrefix(strings.SplitN(dead.h.Volume, "-j-", 2)[0], "forge-")
-	liveBuild := strings.TrimPrefix(strings.SplitN(live.h.Volume, "-j-", 2)[0], "forge-")
+	defer b.cleanup(live)
+	if left := leftovers(t, deadBuild); len(left) != 4 {
+		t.Fatalf("the dead build has %v, want its job, service, network and workspace volume", left)
+	}
+	// The job's container takes its workspace volume with it.
 	n, err := b.Clean(t.Context(), func(id string) bool { return id == liveBuild })
-	if err != nil || n != 4 { // job, service, network, volume
-		t.Errorf("Clean: %d, %v; want 4 things removed", n, err)
+	if err != nil || n != 3 {
+		t.Errorf("Clean: %d, %v; want 3 things removed (2 containers, a network)", n, err)
 	}
 	if left := leftovers(t, deadBuild); len(left) > 0 {
 		t.Errorf("left of the dead build: %v", left)
