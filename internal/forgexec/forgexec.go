@@ -18,11 +18,11 @@
 // # Getting the job in
 //
 // The Job is JSON, read from the file named by $FORGE_EXEC_JOB_FILE
-// (DefaultJobFile when unset; the docker backend copies it into the created
-// container before starting it, so nothing races), or, when that file does
-// not exist and $FORGE_EXEC_JOB is set, from that variable (base64 of the
-// JSON: for engines where nothing can be copied into a container before it
-// starts, e.g. a Swarm service; a Swarm secret mounted as a file, named by
+// (DefaultJobFile when unset: a backend may copy it into a created
+// container before starting it), or, when that file does not exist and
+// $FORGE_EXEC_JOB is set, from that variable (base64 of the JSON: for
+// engines where nothing can be copied into a container before it starts,
+// e.g. a Swarm service; a Swarm secret mounted as a file, named by
 // $FORGE_EXEC_JOB_FILE, keeps secrets out of `docker service inspect`).
 // forgexec removes the file once read. The steps' environment is the
 // container's own (the image's ENV: PATH, ...) overridden by Job.Env and

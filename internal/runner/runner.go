@@ -328,24 +328,29 @@ func (r *Runner) Running() []int64 {
 // cancels the rest (recorded as cancelled, "server shutting down") and
 // returns once every build has ended.
 func (r *Runner) Run(ctx context.Context) error {
+	if !r.opts.NoRecover {
+		if _, err := r.Recover(ctx); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(r.opts.WorkDir, 0o755); err != nil {
 		return fmt.Errorf("runner: work directory: %w", err)
 	}
-	// Nothing runs yet: workspaces found now were left by a server that
+	// Nothing runs yet but the builds Recover continued (they make their
+	// workspace anew): workspaces found now were left by a server that
 	// died mid-build.
+	running := map[string]bool{}
+	for _, id := range r.Running() {
+		running[fmt.Sprintf("build-%d", id)] = true
+	}
 	if old, err := os.ReadDir(r.opts.WorkDir); err == nil {
 		for _, e := range old {
-			if !strings.HasPrefix(e.Name(), "build-") {
-				continue // not ours
+			if !strings.HasPrefix(e.Name(), "build-") || running[e.Name()] {
+				continue // not ours, or a continued build's
 			}
 			if err := os.RemoveAll(filepath.Join(r.opts.WorkDir, e.Name())); err != nil {
 				r.log.Warn("removing a workspace left behind", "dir", e.Name(), "err", err)
 			}
-		}
-	}
-	if !r.opts.NoRecover {
-		if _, err := r.Recover(ctx); err != nil {
-			return err
 		}
 	}
 	if r.opts.Janitor != nil {

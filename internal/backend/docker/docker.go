@@ -7,14 +7,14 @@
 //   - the job's image, used when the engine has it, else pulled (with the
 //     credentials configured for its registry); a pull that fails is an
 //     error naming the image;
-//   - a workspace volume, filled with the job's source before the container
-//     starts (Workspace.Clean: the tree of the checkout's HEAD; otherwise the
-//     checkout as it is), mounted at /workspace;
+//   - a workspace volume of the container's own at /workspace, filled by
+//     forgexec with the job's source (Workspace.Clean: the tree of the
+//     checkout's HEAD; otherwise the checkout as it is), which the backend
+//     sends with the job to forgexec's stdin, attached before the start;
 //   - when the job has services:, a network private to the attempt, on
 //     which each service runs as a container reachable by its name;
 //   - the job's container: forgexec as entrypoint (from a read-only volume,
-//     see "Getting the binary in" in internal/forgexec), the job in a file
-//     copied in before the start, ports: published, CPU and memory limits
+//     see "Getting the binary in" in internal/forgexec), ports: published, CPU and memory limits
 //     from the job or the backend's defaults, the image's user unless one is
 //     configured; never the Docker socket;
 //   - everything removed at the end, whatever the end.
