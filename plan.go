@@ -49,6 +49,9 @@ type Job struct {
 	// Limits and Placement are for container backends.
 	Limits    Limits   `json:"limits,omitempty"`
 	Placement []string `json:"placement,omitempty"`
+	// User runs the steps in a container ("uid", "uid:gid" or a name the
+	// image knows); "" means the backend's default.
+	User string `json:"user,omitempty"`
 }
 
 // Step is one command of a job: a shell script (Run) or a program and

@@ -158,6 +158,7 @@ func (f *File) compileJob(js *jobSpec, combo []envVar) *forge.Job {
 		image = js.image.s
 	}
 	job.Image = expand(image, lookup)
+	job.User = expand(js.user.s, lookup)
 	if js.topLevel {
 		job.Ports = slices.Clone(f.ports)
 	}

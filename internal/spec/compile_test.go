@@ -433,3 +433,13 @@ func TestCompileStepArgs(t *testing.T) {
 		}
 	}
 }
+
+func TestCompileUser(t *testing.T) {
+	p := mustCompile(t, "environment: {UID: \"1000\"}\njobs:\n  a:\n    user: ${UID}:1000\n    steps: [id]\n", Options{})
+	if got := p.Jobs[0].User; got != "1000:1000" {
+		t.Errorf("user: got %q, want 1000:1000", got)
+	}
+	if _, err := Parse("f.yml", []byte("user: [x]\n")); err == nil || !strings.Contains(err.Error(), "`user` belongs to a job") {
+		t.Errorf("top-level user: got %v", err)
+	}
+}

@@ -75,6 +75,7 @@ type jobSpec struct {
 	reports   []forge.Report
 	limits    forge.Limits
 	placement []string
+	user      strAt
 }
 
 // matrixAxis is one key of a matrix with its values.
@@ -86,7 +87,7 @@ type matrixAxis struct {
 // The keys the format knows, for "did you mean" and for reserved names.
 var (
 	topKeys     = []string{"image", "environment", "ports", "jobs", "on", "execute"}
-	jobKeys     = []string{"action", "image", "environment", "ports", "needs", "services", "resources", "timeout", "retries", "when", "matrix", "steps", "artifacts", "reports", "limits", "placement"}
+	jobKeys     = []string{"action", "image", "environment", "ports", "needs", "services", "resources", "timeout", "retries", "when", "matrix", "steps", "artifacts", "reports", "limits", "placement", "user"}
 	stepKeys    = []string{"name", "run", "timeout", "continue_on_error"}
 	serviceKeys = []string{"name", "image", "environment", "command", "ports"}
 	resKeys     = []string{"pool", "count", "labels"}

@@ -26,6 +26,9 @@
 package docker
 
 import (
+	"archive/tar"
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -287,7 +290,9 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 		return forge.StatusError, forge.WrapError(forge.EINTERNAL, err, "docker backend")
 	}
 	a.h.Nonce = nonce
-	if err := b.ensureImage(ctx, job.Image); err != nil {
+	user := cmp.Or(job.User, b.opts.User)
+	imgUser, err := b.imageUser(ctx, job.Image)
+	if err != nil {
 		return forge.StatusError, err
 	}
 	for _, s := range job.Services {
@@ -349,7 +354,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 		AttachStdout: true,
 		AttachStderr: true,
 		WorkingDir:   WorkspaceDir,
-		User:         b.opts.User,
+		User:         user,
 		Labels:       labels("job"),
 		ExposedPorts: exposed,
 		StopSignal:   "SIGTERM",
@@ -385,6 +390,13 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 	}
 	// The job and its source go in before the start, in one copy:
 	// nothing races.
+	// forgexec unpacks the source as the job's user: a user other than
+	// root needs the workspace volume's root to be its own.
+	if u := cmp.Or(user, imgUser); u != "" && u != "root" && u != "0" && !strings.HasPrefix(u, "0:") && !strings.HasPrefix(u, "root:") {
+		if err := b.ownWorkspace(ctx, created.ID, u); err != nil {
+			return forge.StatusError, err
+		}
+	}
 	// The job and its source go to forgexec's stdin, attached before the
 	// start: nothing races, and the attached stream carries the events.
 	att, err := b.cli.ContainerAttach(ctx, created.ID, client.ContainerAttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
@@ -734,4 +746,27 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.b)
+}
+
+// ownWorkspace gives the workspace volume's root to user ("uid",
+// "uid:gid" or a name the image knows) in the created container id.
+func (b *Backend) ownWorkspace(ctx context.Context, id, user string) error {
+	hdr := &tar.Header{Name: strings.TrimPrefix(WorkspaceDir, "/") + "/", Mode: 0o755, Typeflag: tar.TypeDir}
+	// A numeric user is set in the archive; the engine looks a name up in
+	// the image's /etc/passwd.
+	uid, gid, _ := strings.Cut(user, ":")
+	u, uerr := strconv.Atoi(uid)
+	g, gerr := strconv.Atoi(cmp.Or(gid, "0"))
+	byName := uerr != nil || gerr != nil
+	if !byName {
+		hdr.Uid, hdr.Gid = u, g
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(hdr)
+	tw.Close()
+	if _, err := b.cli.CopyToContainer(ctx, id, client.CopyToContainerOptions{DestinationPath: "/", Content: &buf, CopyUIDGID: byName}); err != nil {
+		return engineError(err, "cannot give the workspace to the job's user (a user name the image does not know?)")
+	}
+	return nil
 }

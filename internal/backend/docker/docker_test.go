@@ -328,3 +328,20 @@ func TestJanitor(t *testing.T) {
 		t.Errorf("of the live build: %v, want its 4 things kept", left)
 	}
 }
+
+// The spec's user runs the steps, and owns the workspace.
+func TestUser(t *testing.T) {
+	b := newBackend(t, Options{User: "4321"})
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "src.txt"), []byte("source\n"), 0o644)
+	for _, tt := range []struct{ user, want string }{{"1234:1234", "1234 1234"}, {"", "4321 0"}} {
+		rec := &events{}
+		run := jobRun("user-"+randHex(3), &forge.Job{Name: "j", Image: imageShell, User: tt.user, Steps: []forge.Step{
+			{Run: "echo $(id -u) $(id -g); touch made-here; cat src.txt"}}})
+		run.Workspace = forge.Workspace{Dir: dir}
+		st, err := b.Run(t.Context(), run, rec)
+		if got := rec.lines(); st != forge.StatusSuccess || err != nil || !slices.Equal(got, []string{tt.want, "source"}) {
+			t.Errorf("user %q: got %s %v %q, want %q", tt.user, st, err, got, tt.want)
+		}
+	}
+}

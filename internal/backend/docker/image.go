@@ -16,6 +16,25 @@ import (
 	"github.com/forgeci/forge"
 )
 
+// imageUser returns the user image runs as ("" for root), pulling it
+// first if the engine does not have it (see ensureImage).
+func (b *Backend) imageUser(ctx context.Context, image string) (string, error) {
+	res, err := b.cli.ImageInspect(ctx, image)
+	if cerrdefs.IsNotFound(err) {
+		if err := b.ensureImage(ctx, image); err != nil {
+			return "", err
+		}
+		res, err = b.cli.ImageInspect(ctx, image)
+	}
+	if err != nil {
+		return "", engineError(err, "cannot look up image "+image)
+	}
+	if res.Config == nil {
+		return "", nil
+	}
+	return res.Config.User, nil
+}
+
 // ensureImage makes sure the engine has image: used as it is when present,
 // else pulled with the credentials of its registry. A pull that fails is
 // an error naming the image.

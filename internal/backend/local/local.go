@@ -125,6 +125,9 @@ func (b *Backend) warnIgnored(job *forge.Job) {
 	if len(job.Services) > 0 {
 		warn("services", "services: are not started: the local backend has no containers for sidecars; the docker and swarm backends start them (forge exec --backend docker)")
 	}
+	if job.User != "" {
+		warn("user", "user: "+job.User+" is ignored: the local backend runs steps as the user running forge; the docker and swarm backends run them as that user (forge exec --backend docker)")
+	}
 	if len(job.Ports) > 0 {
 		warn("ports", "ports: are not published: the local backend runs steps on this machine, where they listen on its own ports; the docker and swarm backends publish them (forge exec --backend docker)")
 	}
