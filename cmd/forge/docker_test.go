@@ -230,5 +230,8 @@ func TestServerDockerReattach(t *testing.T) {
 	if len(j.Steps) != 2 || j.Steps[0].Status != forge.StatusSuccess || j.Steps[1].ExitCode != 3 {
 		t.Errorf("steps: %+v", j.Steps)
 	}
+	if left := dockertest.Leftovers(t, env.Client, docker.LabelScope+"="+scope); len(left) > 0 {
+		t.Errorf("after the reattached job: %v left", left)
+	}
 	p.stop(t)
 }
