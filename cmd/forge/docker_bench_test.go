@@ -33,6 +33,7 @@ func BenchmarkDockerTrue(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer be.Clean(context.Background(), nil)
+	defer dockertest.RemoveExecVolumes(env.Client, env.Forge)
 	job := &forge.Job{Name: "true", Image: dockertest.ImageShell, Steps: []forge.Step{{Run: "true"}}}
 	ctx := context.Background()
 	runJob := func() {
@@ -81,6 +82,7 @@ func BenchmarkMillionLinesToStore(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer be.Clean(context.Background(), nil)
+		defer dockertest.RemoveExecVolumes(env.Client, env.Forge)
 		benchLinesToStore(b, "docker", be)
 	})
 }

@@ -34,6 +34,7 @@ func dockerScope(t *testing.T) (*dockertest.Env, string) {
 		if left := dockertest.Leftovers(t, env.Client, docker.LabelScope+"="+scope); len(left) > 0 {
 			t.Errorf("left on the engine: %v", left)
 		}
+		dockertest.RemoveExecVolumes(env.Client, env.Forge)
 	})
 	return env, scope
 }

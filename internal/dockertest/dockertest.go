@@ -10,6 +10,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -180,4 +182,24 @@ func Leftovers(t testing.TB, cli *client.Client, labels ...string) []string {
 		out = append(out, "volume "+v.Name)
 	}
 	return out
+}
+
+// RemoveExecVolumes removes the volumes the docker backend filled with
+// the forgexec binary bin (label forge.exec=SHA256 of bin, as
+// internal/backend/docker names them), so that a test run leaves nothing
+// labelled by forge.
+func RemoveExecVolumes(cli *client.Client, bin string) {
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return
+	}
+	sum := sha256.Sum256(data)
+	ctx := context.Background()
+	vs, err := cli.VolumeList(ctx, client.VolumeListOptions{Filters: client.Filters{}.Add("label", "forge.exec="+hex.EncodeToString(sum[:]))})
+	if err != nil {
+		return
+	}
+	for _, v := range vs.Items {
+		cli.VolumeRemove(ctx, v.Name, client.VolumeRemoveOptions{Force: true})
+	}
 }

@@ -405,6 +405,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 	}
 	a.stream = &att.HijackedResponse
 	if _, err := b.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
+		b.forgetExec()
 		return forge.StatusError, engineError(err, "cannot start the job's container")
 	}
 	a.feed = make(chan error, 1)
@@ -615,7 +616,10 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 		}
 		return forge.StatusError, forge.Errorf(forge.EINVALID, "%s", msg)
 	}
-	// No result from forgexec: say what the engine knows.
+	// No result from forgexec: say what the engine knows. If forgexec
+	// did not even start, its volume may have been removed by hand: the
+	// next job checks it again.
+	b.forgetExec()
 	if ctx.Err() != nil && ierr == nil {
 		return ctxStatus(ctx.Err()), nil
 	}
@@ -626,7 +630,7 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 	case state.OOMKilled:
 		why = append(why, "it ran out of memory (killed by the kernel)")
 	case state.ExitCode == 127 || state.ExitCode == 126:
-		why = append(why, fmt.Sprintf("exit code %d: forgexec could not be started in image (is it a Linux image of the engine's platform?)", state.ExitCode))
+		why = append(why, fmt.Sprintf("exit code %d: forgexec could not be started in the image (is it a Linux image of the engine's platform?)", state.ExitCode))
 	default:
 		why = append(why, fmt.Sprintf("exit code %d", state.ExitCode))
 	}

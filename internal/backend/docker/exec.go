@@ -100,6 +100,13 @@ func checkStatic(path string) error {
 	return nil
 }
 
+// forgetExec makes the next job check the forgexec volume again.
+func (b *Backend) forgetExec() {
+	b.execMu.Lock()
+	clear(b.execReady)
+	b.execMu.Unlock()
+}
+
 // binaryArchive is a tar of the binary at path as "forgexec", mode 0755.
 func binaryArchive(path string) (io.Reader, error) {
 	f, err := os.Open(path)

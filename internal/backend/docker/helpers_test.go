@@ -40,9 +40,7 @@ func TestMain(m *testing.M) {
 		// forgexec volume of this run's binary.
 		b := &Backend{cli: testCli, opts: Options{Scope: testScope}}
 		b.Clean(context.Background(), nil)
-		if execSum != "" {
-			testCli.VolumeRemove(context.Background(), "forge-exec-"+execSum[:16], client.VolumeRemoveOptions{Force: true})
-		}
+		dockertest.RemoveExecVolumes(testCli, forgeBin)
 	}
 	dockertest.Cleanup()
 	os.Exit(code)
