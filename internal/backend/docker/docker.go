@@ -677,6 +677,9 @@ func (b *Backend) waitStopped(ctx context.Context, id string) (container.State, 
 
 // cleanup removes what the attempt made; it runs whatever the end.
 func (b *Backend) cleanup(a *attempt) {
+	if a.stream != nil {
+		a.stream.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, id := range a.created {
