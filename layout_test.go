@@ -50,11 +50,12 @@ var transportImports = []string{
 }
 
 // shared libraries adapters may use: the step runner every backend (and
-// forgexec inside containers) runs steps with, the guard that stops its
-// processes when forge dies, the sanitizer of log text shown to people, the
-// public lease client whose wire types the lease server speaks, and the
-// metrics every part exports.
-var shared = []string{"internal/shell", "internal/guard", "internal/ansi", "client/", "internal/prometheus"}
+// forgexec inside containers) runs steps with, forgexec's protocol that the
+// container backends speak, the guard that stops its processes when forge
+// dies, the sanitizer of log text shown to people, the public lease client
+// whose wire types the lease server speaks, and the metrics every part
+// exports.
+var shared = []string{"internal/shell", "internal/forgexec", "internal/guard", "internal/ansi", "client/", "internal/prometheus"}
 
 func TestImportBoundaries(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json", "./...").Output()

@@ -49,13 +49,20 @@ type Job struct {
 	// Limits and Placement are for container backends.
 	Limits    Limits   `json:"limits,omitempty"`
 	Placement []string `json:"placement,omitempty"`
+	// User runs the steps in a container ("uid", "uid:gid" or a name the
+	// image knows); "" means the backend's default.
+	User string `json:"user,omitempty"`
 }
 
-// Step is one shell command of a job.
+// Step is one command of a job: a shell script (Run) or a program and
+// its arguments (Args), exactly one of them.
 type Step struct {
 	Name string `json:"name"`
 	// Run is the shell script, run with /bin/sh -e -c.
 	Run string `json:"run"`
+	// Args is a program and its arguments, run without a shell (for
+	// images that have none); the program is looked up in the step's PATH.
+	Args []string `json:"args,omitempty"`
 	// Timeout bounds the step; zero means only the job's timeout applies.
 	Timeout time.Duration `json:"timeout,omitempty"`
 	// ContinueOnError: a failure of this step does not fail the job.

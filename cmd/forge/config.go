@@ -66,6 +66,9 @@ type serverConfig struct {
 		// longer need, since recovery only ends builds of dead servers.
 		NoRecover bool `yaml:"no_recover"`
 	} `yaml:"builds"`
+	// Backend runs the jobs: local (default) or docker.
+	Backend string                       `yaml:"backend"`
+	Docker  dockerConfig                 `yaml:"docker"`
 	Secrets map[string]map[string]string `yaml:"secrets"`
 	Pools   map[string]lease.PoolConfig  `yaml:"pools"`
 	Lease   struct {
@@ -113,6 +116,7 @@ func defaultServerConfig() serverConfig {
 	c.Builds.CloneDepth = git.DefaultDepth
 	c.Builds.ProductionBranch = "production"
 	c.Builds.KillGrace = Duration(shell.DefaultKillGrace)
+	c.Backend = backendLocal
 	c.Lease.Keepalive = Duration(lease.DefaultKeepalive)
 	c.Lease.FillMaxPasses = lease.DefaultFillMaxPasses
 	c.Lease.FillMaxWait = Duration(lease.DefaultFillMaxWait)
@@ -164,6 +168,7 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		"FORGE_GITHUB_API_URL":        &c.GitHub.APIURL,
 		"FORGE_PRODUCTION_BRANCH":     &c.Builds.ProductionBranch,
 		"FORGE_MIGRATE":               &c.Migrate,
+		"FORGE_BACKEND":               &c.Backend,
 	}
 	for k, p := range str {
 		if v := getenv(k); v != "" {
@@ -191,6 +196,9 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 			return forge.Errorf(forge.EINVALID, "FORGE_GRACE=%q: want a duration like 30s", v)
 		}
 		c.Grace = Duration(d)
+	}
+	if err := c.Docker.applyEnv(getenv); err != nil {
+		return err
 	}
 	bools := map[string]*bool{
 		"FORGE_API_PRIVATE_READS": &c.API.PrivateReads,
@@ -247,6 +255,10 @@ func (c *serverConfig) validate() error {
 	if _, err := c.gitOrigin(); err != nil {
 		errs = append(errs, err.Error())
 	}
+	if err := checkBackend(c.Backend); err != nil {
+		errs = append(errs, "backend: "+forge.ErrorMessage(err))
+	}
+	errs = append(errs, c.Docker.check()...)
 	for name := range c.Secrets {
 		if name != "*" && strings.Count(name, "/") != 1 {
 			errs = append(errs, fmt.Sprintf("secrets: %q is not owner/repo or *", name))

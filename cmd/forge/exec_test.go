@@ -355,6 +355,8 @@ var forgeBinary = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "forge")
+	// Static, as make build makes it: the docker backend runs this binary
+	// as forgexec in images without a C library.
 	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := cmd.CombinedOutput()

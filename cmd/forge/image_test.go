@@ -26,8 +26,8 @@ func requireDocker(t *testing.T) {
 	}
 }
 
-// docker runs the docker command and returns its trimmed output.
-func docker(t *testing.T, args ...string) string {
+// dockerCLI runs the docker command and returns its trimmed output.
+func dockerCLI(t *testing.T, args ...string) string {
 	t.Helper()
 	var stderr bytes.Buffer
 	cmd := exec.Command("docker", args...)
@@ -58,7 +58,7 @@ func TestImage(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", tag).Run() })
 
-	out := docker(t, "run", "--rm", "--network", "none", tag, "version")
+	out := dockerCLI(t, "run", "--rm", "--network", "none", tag, "version")
 	if first, _, _ := strings.Cut(out, "\n"); first != "forge "+version || !strings.Contains(out, "\ncommit: ") {
 		t.Fatalf("forge version in the image:\n%s\nwant forge %s and its commit", out, version)
 	}
@@ -83,7 +83,7 @@ func TestImage(t *testing.T) {
 		args = append(args, "--user", fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid()), "-e", "FORGE_DATA=/tmp/forge-data")
 	}
 	name := strings.ReplaceAll(tag, ":", "-")
-	docker(t, append(args, tag)...)
+	dockerCLI(t, append(args, tag)...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := exec.Command("docker", "logs", name).CombinedOutput()
@@ -91,7 +91,7 @@ func TestImage(t *testing.T) {
 		}
 		exec.Command("docker", "rm", "-f", name).Run()
 	})
-	hostPort := docker(t, "port", name, "8080/tcp")
+	hostPort := dockerCLI(t, "port", name, "8080/tcp")
 	hostPort = strings.TrimSpace(strings.Split(hostPort, "\n")[0])
 	p := &e2eServerProc{url: "http://" + hostPort}
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -116,8 +116,8 @@ func TestImage(t *testing.T) {
 	if log := e2eJobLog(t, p, 1, b.Jobs[0]); !strings.Contains(log, "hello from Codertocat/Hello-World in the image") {
 		t.Errorf("job log:\n%s", log)
 	}
-	docker(t, "stop", "-t", "30", name)
-	if code := docker(t, "inspect", "-f", "{{.State.ExitCode}}", name); code != "0" {
+	dockerCLI(t, "stop", "-t", "30", name)
+	if code := dockerCLI(t, "inspect", "-f", "{{.State.ExitCode}}", name); code != "0" {
 		t.Errorf("the server in the container exited %s after SIGTERM, want 0", code)
 	}
 }

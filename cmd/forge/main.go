@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/forgexec"
 )
 
 // Exit statuses shared by every subcommand.
@@ -89,6 +91,10 @@ func exitWith(code int, format string, args ...any) error {
 }
 
 func main() {
+	// Inside a job's container the same binary is the job driver.
+	if filepath.Base(os.Args[0]) == forgexec.Name {
+		os.Exit(forgexec.Main(context.Background(), os.Stdout, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr)
 	stop()

@@ -19,7 +19,6 @@ import (
 
 	"github.com/forgeci/forge"
 	leaseclient "github.com/forgeci/forge/client/lease"
-	"github.com/forgeci/forge/internal/backend/local"
 	"github.com/forgeci/forge/internal/git"
 	"github.com/forgeci/forge/internal/github"
 	"github.com/forgeci/forge/internal/guard"
@@ -38,7 +37,8 @@ func newServerCmd() *cobra.Command {
 		Use:   "server",
 		Short: "Serve GitHub webhooks, run builds, and serve the REST API and resource leases",
 		Long: `forge server receives GitHub webhooks at POST /hooks/github, runs the builds
-they trigger on this machine (local backend), serves the REST API under /api/v1
+they trigger (on this machine with the local backend, in containers with
+backend: docker / FORGE_BACKEND=docker), serves the REST API under /api/v1
 (OpenAPI description at /api/v1/openapi.json), resource leases over WebSockets
 (/api/v1/leases/ws), /healthz, /readyz and Prometheus /metrics.
 
@@ -252,11 +252,22 @@ func (m *serverMain) Run(ctx context.Context) error {
 	// workspaces of a server that died are removed now.
 	jobGuard := guard.New()
 	defer jobGuard.Close()
-	backend := local.New(local.Options{TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace), Guard: jobGuard})
-	if n, err := backend.RemoveLeftovers(ctx); err != nil {
+	backend, err := newBackend(c.Backend, backendConfig{
+		TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace), Docker: c.Docker, Logger: log, Guard: jobGuard,
+		Warn: func(msg string) { log.Warn("local backend: " + msg) },
+	})
+	if err != nil {
+		return err
+	}
+	if n, err := removeLeftovers(ctx, backend); err != nil {
 		log.Warn("removing workspaces left by a server that died", "err", err)
 	} else if n > 0 {
 		log.Warn("removed workspaces left by a server that died", "dirs", n)
+	}
+	if p, ok := backend.(interface{ Ping(context.Context) error }); ok {
+		if err := p.Ping(ctx); err != nil {
+			return fmt.Errorf("backend %s: %w", c.Backend, err)
+		}
 	}
 	live := livelog.New()
 	run, err := runner.New(runner.Options{
@@ -268,8 +279,10 @@ func (m *serverMain) Run(ctx context.Context) error {
 			Leaser:   leaser,
 			Parallel: c.Builds.Parallel,
 		},
-		Backend: "local",
-		Live:    live,
+		Backend:  c.Backend,
+		Reattach: canReattach(backend),
+		Janitor:  janitorOf(backend),
+		Live:     live,
 		Secrets: func(_ context.Context, repo *forge.Repo) (map[string]string, error) {
 			return c.secretsFor(repo.FullName()), nil
 		},

@@ -664,6 +664,9 @@ type Tee struct {
 
 // Report passes e to both.
 func (t Tee) Report(e forge.Event) {
+	if e.Type == forge.EventJobHandle {
+		return // the backend's bookkeeping, for a server's reattach
+	}
 	if t.Logs != nil {
 		t.Logs.Report(e)
 	}

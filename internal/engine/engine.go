@@ -88,6 +88,29 @@ type RunInfo struct {
 	Secrets map[string]string
 	// Workspace says where jobs run.
 	Workspace forge.Workspace
+	// Resume, when set, continues a run that a server which is gone had
+	// started, by job name (see Resumed); the other jobs run as usual.
+	Resume map[string]Resumed
+}
+
+// Resumed is the state, when its server died, of one job of a run that is
+// being continued.
+type Resumed struct {
+	// Status, when final, is the job's result: the job is not run again
+	// and no event is reported for it (its record already says it all).
+	// ExitCode and Message complete it.
+	Status   forge.Status
+	ExitCode int
+	Message  string
+	// Handle, when set (and Status is not final), is the backend's handle
+	// of the job's attempt number Attempt, still running or ended unseen:
+	// the engine attaches to it (forge.Attacher) in a parallel slot,
+	// without a new EventJobStarted, and reports its lines numbered above
+	// From. Retries, if the attempt fails, go on from Attempt+1. A job
+	// with resources gets no new lease for the attempt it attaches to.
+	Attempt int
+	Handle  []byte
+	From    int
 }
 
 // Result is the outcome of a run.
@@ -287,6 +310,15 @@ type runner struct {
 func (r *runner) job(ctx context.Context, j *forge.Job) {
 	jr := r.res[j.Name]
 	defer close(r.done[j.Name])
+	res, resumed := r.info.Resume[j.Name]
+	if resumed && res.Status.Done() {
+		// Finished before the restart: its record stands.
+		jr.Status, jr.ExitCode, jr.Message = res.Status, res.ExitCode, res.Message
+		return
+	}
+	if resumed && res.Handle == nil {
+		resumed = false
+	}
 	defer func() {
 		r.q.push(forge.Event{
 			Type: forge.EventJobFinished, Time: r.e.now(), Job: j.Name, Attempt: jr.Attempts,
@@ -327,7 +359,7 @@ func (r *runner) job(ctx context.Context, j *forge.Job) {
 
 	env := r.env(j)
 	var grant forge.Grant
-	if len(j.Resources) > 0 {
+	if len(j.Resources) > 0 && !resumed {
 		g, err := r.lease(ctx, j)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -360,7 +392,11 @@ func (r *runner) job(ctx context.Context, j *forge.Job) {
 		return
 	}
 
-	r.attempts(ctx, j, jr, env, grant)
+	var attach *Resumed
+	if resumed {
+		attach = &res
+	}
+	r.attempts(ctx, j, jr, env, grant, attach)
 }
 
 // canceled marks a job that was cancelled before it started.
@@ -437,24 +473,36 @@ func describeResources(reqs []forge.ResourceRequest) string {
 var errLeaseLost = errors.New("lease lost")
 
 // attempts runs the job until it passes, is cancelled or runs out of retries.
-func (r *runner) attempts(ctx context.Context, j *forge.Job, jr *JobResult, env map[string]string, grant forge.Grant) {
+// With attach, the first attempt is the one attach names, already
+// running: it is attached to, not started.
+func (r *runner) attempts(ctx context.Context, j *forge.Job, jr *JobResult, env map[string]string, grant forge.Grant, attach *Resumed) {
 	var lost <-chan struct{}
 	if grant != nil {
 		lost = grant.Lost()
 	}
-	for attempt := 1; ; attempt++ {
+	first := 1
+	if attach != nil {
+		first = max(attach.Attempt, 1)
+	}
+	for attempt := first; ; attempt++ {
 		jr.Attempts = attempt
 		start := r.e.now()
-		if attempt == 1 {
+		if attempt == first {
 			jr.Started = start
 		}
-		msg := ""
-		if attempt > 1 {
-			msg = fmt.Sprintf("retry %d of %d after %s: %s", attempt-1, j.Retries, jr.Status, jr.Message)
+		resume := attach != nil && attempt == first
+		if !resume {
+			msg := ""
+			if attempt > 1 {
+				msg = fmt.Sprintf("retry %d of %d after %s: %s", attempt-1, j.Retries, jr.Status, jr.Message)
+			}
+			r.q.push(forge.Event{Type: forge.EventJobStarted, Time: start, Job: j.Name, Attempt: attempt, Status: forge.StatusRunning, Message: msg})
 		}
-		r.q.push(forge.Event{Type: forge.EventJobStarted, Time: start, Job: j.Name, Attempt: attempt, Status: forge.StatusRunning, Message: msg})
-
-		st, exit, err, why := r.attempt(ctx, j, attempt, env, lost)
+		var handle *Resumed
+		if resume {
+			handle = attach
+		}
+		st, exit, err, why := r.attempt(ctx, j, attempt, env, lost, handle)
 		jr.Duration = r.e.now().Sub(jr.Started)
 		jr.Status, jr.ExitCode, jr.Err, jr.Message = st, exit, err, why
 		if st == forge.StatusSuccess {
@@ -469,7 +517,8 @@ func (r *runner) attempts(ctx context.Context, j *forge.Job, jr *JobResult, env 
 
 // attempt runs one attempt; it returns the status, the exit code of the
 // failing step, the error (for StatusError) and a message.
-func (r *runner) attempt(ctx context.Context, j *forge.Job, attempt int, env map[string]string, lost <-chan struct{}) (forge.Status, int, error, string) {
+// With attach, it attaches to that running attempt instead of starting one.
+func (r *runner) attempt(ctx context.Context, j *forge.Job, attempt int, env map[string]string, lost <-chan struct{}, attach *Resumed) (forge.Status, int, error, string) {
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if j.Timeout > 0 {
@@ -502,7 +551,17 @@ func (r *runner) attempt(ctx context.Context, j *forge.Job, attempt int, env map
 		Workspace: r.info.Workspace,
 	}
 	rep := &jobReporter{q: r.q, job: j.Name, attempt: attempt, now: r.e.now}
-	st, err := r.e.backend.Run(actx, jrun, rep)
+	var st forge.Status
+	var err error
+	if attach != nil {
+		if a, ok := r.e.backend.(forge.Attacher); ok {
+			st, err = a.Attach(actx, attach.Handle, attach.From, rep)
+		} else {
+			st, err = forge.StatusError, forge.Errorf(forge.ENOTIMPL, "the backend cannot reattach to a running job")
+		}
+	} else {
+		st, err = r.e.backend.Run(actx, jrun, rep)
+	}
 
 	switch {
 	case ctx.Err() != nil:

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/engine"
 )
 
 // finalWrite bounds the database writes that record how a build ended;
@@ -25,13 +26,17 @@ const (
 )
 
 // runBuild runs the claimed build b to its end and records the outcome.
-func (r *Runner) runBuild(ctx context.Context, b *forge.Build) {
+func (r *Runner) runBuild(ctx context.Context, b *forge.Build, resume bool) {
 	start := time.Now()
 	log := r.log.With("build", b.ID, "repo_id", b.RepoID, "number", b.Number, "action", b.Action)
-	log.Info("build started", "sha", b.Hook.SHA, "ref", b.Hook.Ref)
+	if resume {
+		log.Info("build continued: its server is gone", "sha", b.Hook.SHA, "ref", b.Hook.Ref)
+	} else {
+		log.Info("build started", "sha", b.Hook.SHA, "ref", b.Hook.Ref)
+	}
 
 	stopWatch := r.watch(ctx, b)
-	status, msg := r.execute(ctx, b, log)
+	status, msg := r.execute(ctx, b, log, resume)
 	stopWatch()
 
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalWrite)
@@ -79,7 +84,7 @@ func (r *Runner) watch(ctx context.Context, b *forge.Build) (stop func()) {
 
 // execute makes the workspace, compiles and runs the plan, and returns the
 // build's status and, unless it passed or failed on its own, why.
-func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) (forge.Status, string) {
+func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger, resume bool) (forge.Status, string) {
 	repo, err := r.opts.Repos.Repo(ctx, b.RepoID)
 	if err != nil {
 		return r.aborted(ctx, forge.StatusError, "loading the repository: "+forge.ErrorMessage(err))
@@ -90,6 +95,12 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 	}
 	rec := newRecorder(r, b, jobs)
 	defer rec.close()
+	var resumed map[string]engine.Resumed
+	if resume {
+		if resumed, err = rec.resume(ctx); err != nil {
+			return rec.abortAll(forge.StatusError, "continuing the build after a restart: "+forge.ErrorMessage(err))
+		}
+	}
 
 	dir := r.workspace(b)
 	_ = os.RemoveAll(dir) // a leftover of a server that died mid-build
@@ -143,6 +154,7 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 		JobURL:    func(job string) string { return r.jobURL(b, repo, rec.jobID(job)) },
 		Secrets:   secrets,
 		Workspace: forge.Workspace{Dir: dir, Clean: true},
+		Resume:    resumed,
 	}
 	status, err := r.opts.Executor.Execute(ctx, plan, run, rec)
 	if st, msg, ok := r.canceled(ctx); ok {

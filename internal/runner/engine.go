@@ -34,6 +34,7 @@ func (e Engine) Execute(ctx context.Context, plan *forge.Plan, run *Run, rep for
 		JobStatusURL: run.JobURL,
 		Secrets:      run.Secrets,
 		Workspace:    run.Workspace,
+		Resume:       run.Resume,
 	})
 	if err != nil {
 		return forge.StatusError, err

@@ -144,16 +144,24 @@ func (rec *recorder) Report(e forge.Event) {
 		if e.Attempt > 1 {
 			js.offset = js.last
 			rec.system(js, e.Time, fmt.Sprintf("attempt %d", e.Attempt))
-			js.offset = js.last
 		}
+		// The attempt's line N is stored as offset+N: a reattach after a
+		// restart knows from the stored log where the attempt's own
+		// numbering stands.
+		js.offset = js.last
 		row.Status = forge.StatusRunning
 		row.Backend = rec.r.opts.Backend
+		row.Handle = nil
 		row.Attempt = max(e.Attempt, 1)
 		row.Started, row.Finished = e.Time, time.Time{}
 		row.ExitCode, row.Error = 0, ""
 		js.started = e.Time
 		rec.queueJob(js)
 		rec.kick() // show it running at once
+	case forge.EventJobHandle:
+		row.Handle = encodeHandle(js.offset, e.Handle)
+		rec.queueJob(js)
+		rec.kick() // a restart needs it soon
 	case forge.EventStepStarted:
 		s := &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName, Status: forge.StatusRunning, Started: e.Time}
 		js.steps[e.Step] = s

@@ -50,7 +50,8 @@ func (r *Runner) recoverEvery(ctx context.Context) {
 	}
 }
 
-// Recover ends the running builds whose server is gone: those whose
+// Recover ends, or with Options.Reattach continues, the running builds
+// whose server is gone: those whose
 // heartbeat is older than Options.Stale or missing (rows from before
 // heartbeats), and those a previous process of this runner (same host and
 // WorkDir, see Options.ID) left behind. Builds of live servers, this one's
@@ -58,8 +59,11 @@ func (r *Runner) recoverEvery(ctx context.Context) {
 // database. The local backend cannot reattach to a job whose server died
 // (its processes died with it), so every unfinished job of such a build is
 // ended, and so is the build: no build stays running forever. What had
-// finished is kept (see recoverBuild). Queued builds are left alone: they
-// simply run.
+// finished is kept (see recoverBuild). With Options.Reattach the backend's
+// jobs outlive their server: such a build is claimed by this runner and
+// continued instead, the jobs still running followed again from where
+// their stored log stops (see recorder.resume). Queued builds are left
+// alone: they simply run.
 //
 // Each build is ended with its row's optimistic lock, so of several
 // runners recovering at once one ends it and the others leave it. Recover
@@ -76,6 +80,16 @@ func (r *Runner) Recover(ctx context.Context) (int, error) {
 		}
 		for _, b := range list {
 			if !r.abandoned(b, cutoff) {
+				continue
+			}
+			if r.opts.Reattach {
+				resumed, err := r.resumeBuild(ctx, b)
+				if err != nil {
+					return n, err
+				}
+				if resumed {
+					n++
+				}
 				continue
 			}
 			ended, err := r.recoverBuild(ctx, b)

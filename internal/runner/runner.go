@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/engine"
 	"github.com/forgeci/forge/internal/prometheus"
 )
 
@@ -76,6 +77,9 @@ type Run struct {
 	JobURL func(job string) string
 	// Secrets for the steps; nil for builds of forks.
 	Secrets map[string]string
+	// Resume, when set, continues the build a dead server left running
+	// (engine.RunInfo.Resume).
+	Resume map[string]engine.Resumed
 	// Workspace is the checkout at the build's commit; each job gets a
 	// clean copy of it.
 	Workspace forge.Workspace
@@ -103,6 +107,13 @@ type Options struct {
 	// Backend names the backend the Executor runs jobs on ("local"); it is
 	// recorded with each job, for reattaching after a restart.
 	Backend string
+	// Reattach says that the Executor's backend can take over jobs that
+	// outlived their server (forge.Attacher): Recover then continues the
+	// builds of dead servers (see Recover) instead of ending them.
+	Reattach bool
+	// Janitor, when set, removes at start what the backend made for builds
+	// that are no longer running (leftovers of a server that crashed).
+	Janitor forge.Janitor
 	// Live, when set, receives every log line as it is recorded.
 	Live Publisher
 	// Secrets, when set, gives the secrets of a repository's builds; only
@@ -183,6 +194,9 @@ type Runner struct {
 type active struct {
 	build  *forge.Build
 	cancel context.CancelCauseFunc
+	// resume: the build was left running by a dead server and is
+	// continued (see Recover).
+	resume bool
 }
 
 // Reasons a build is cancelled, stored as its Error.
@@ -325,17 +339,25 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err := os.MkdirAll(r.opts.WorkDir, 0o755); err != nil {
 		return fmt.Errorf("runner: work directory: %w", err)
 	}
-	// Nothing runs yet: workspaces found now were left by a server that
+	// Nothing runs yet but the builds Recover continued (they make their
+	// workspace anew): workspaces found now were left by a server that
 	// died mid-build.
+	running := map[string]bool{}
+	for _, id := range r.Running() {
+		running[fmt.Sprintf("build-%d", id)] = true
+	}
 	if old, err := os.ReadDir(r.opts.WorkDir); err == nil {
 		for _, e := range old {
-			if !strings.HasPrefix(e.Name(), "build-") {
-				continue // not ours
+			if !strings.HasPrefix(e.Name(), "build-") || running[e.Name()] {
+				continue // not ours, or a continued build's
 			}
 			if err := os.RemoveAll(filepath.Join(r.opts.WorkDir, e.Name())); err != nil {
 				r.log.Warn("removing a workspace left behind", "dir", e.Name(), "err", err)
 			}
 		}
+	}
+	if r.opts.Janitor != nil {
+		r.clean(ctx)
 	}
 	// The heartbeat outlives ctx: builds in their grace period still run.
 	hctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
@@ -451,16 +473,17 @@ func (r *Runner) claim(ctx context.Context, queued []*forge.Build, free *int) in
 		}
 		*free--
 		n++
-		r.start(b)
+		r.start(b, false)
 	}
 	return n
 }
 
-// start runs the claimed build b in a goroutine owned by r.wg.
-func (r *Runner) start(b *forge.Build) {
+// start runs the claimed build b in a goroutine owned by r.wg; resume
+// continues a build a dead server left running.
+func (r *Runner) start(b *forge.Build, resume bool) {
 	ctx, cancel := context.WithCancelCause(r.base)
 	r.mu.Lock()
-	r.running[b.ID] = &active{build: b, cancel: cancel}
+	r.running[b.ID] = &active{build: b, cancel: cancel, resume: resume}
 	r.perRepo[b.RepoID]++
 	r.mu.Unlock()
 	r.metrics.running.Inc()
@@ -478,7 +501,7 @@ func (r *Runner) start(b *forge.Build) {
 			r.metrics.running.Dec()
 			r.Notify() // a slot is free
 		}()
-		r.runBuild(ctx, b)
+		r.runBuild(ctx, b, resume)
 	}()
 }
 

@@ -316,9 +316,13 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 			return stepResult{status: forge.StatusError, err: err}
 		}
 	}
+	path, args := r.opts.Shell, []string{r.opts.Shell, "-e", "-c", s.Run}
+	if len(s.Args) > 0 {
+		path, args = r.program(s.Args[0]), s.Args
+	}
 	cmd := &exec.Cmd{
-		Path:        r.opts.Shell,
-		Args:        []string{r.opts.Shell, "-e", "-c", s.Run},
+		Path:        path,
+		Args:        args,
 		Dir:         r.dir,
 		Env:         r.env,
 		Stdin:       r.stdin,
@@ -332,7 +336,11 @@ func (r *runner) runStep(ctx context.Context, i int, s forge.Step) stepResult {
 	if err != nil {
 		pr[0].Close()
 		pr[1].Close()
-		err = startError(r.opts.Shell, r.dir, s.Run, err)
+		if len(s.Args) > 0 {
+			err = programError(s.Args[0], path, r.dir, err)
+		} else {
+			err = startError(r.opts.Shell, r.dir, s.Run, err)
+		}
 		finish(forge.StatusError, -1, forge.ErrorMessage(err))
 		return stepResult{status: forge.StatusError, err: err}
 	}
@@ -484,6 +492,46 @@ func startError(sh, dir, script string, err error) error {
 		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot run steps: shell %s not found", sh))
 	}
 	return forge.WrapError(forge.EINTERNAL, err, "cannot start the step's shell "+sh)
+}
+
+// program finds the program of a step given as arguments: a name with a
+// slash as it is, any other in the steps' PATH (the default PATH when
+// they have none), as a shell would.
+func (r *runner) program(name string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	path := defaultPath
+	for _, e := range r.env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, dir := range strings.Split(path, ":") {
+		if dir == "" {
+			dir = "."
+		}
+		p := dir + "/" + name
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return name
+}
+
+// defaultPath is where programs are looked for when the steps have no PATH.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// programError explains why the program of a step given as arguments
+// (name, found at path) could not be started.
+func programError(name, path, dir string, err error) error {
+	if fi, serr := os.Stat(dir); serr != nil || !fi.IsDir() {
+		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot run steps in %s: not a directory", dir))
+	}
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, exec.ErrNotFound) || !strings.Contains(path, "/") {
+		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("cannot run the step: program %s not found", name))
+	}
+	return forge.WrapError(forge.EINVALID, err, "cannot start the step's program "+name)
 }
 
 // maxScript is Linux's limit on one argument (MAX_ARG_STRLEN), which the

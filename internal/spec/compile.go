@@ -158,17 +158,22 @@ func (f *File) compileJob(js *jobSpec, combo []envVar) *forge.Job {
 		image = js.image.s
 	}
 	job.Image = expand(image, lookup)
+	job.User = expand(js.user.s, lookup)
 	if js.topLevel {
 		job.Ports = slices.Clone(f.ports)
 	}
 	job.Ports = append(job.Ports, js.ports...)
 	for _, n := range js.steps {
-		job.Steps = append(job.Steps, forge.Step{
+		st := forge.Step{
 			Name:            expand(n.Name, lookup),
 			Run:             expand(n.Run, lookup),
 			Timeout:         n.Timeout,
 			ContinueOnError: n.ContinueOnError,
-		})
+		}
+		for _, a := range n.Args {
+			st.Args = append(st.Args, expand(a, lookup))
+		}
+		job.Steps = append(job.Steps, st)
 	}
 	for _, s := range js.services {
 		svc := forge.Service{Name: s.Name, Image: expand(s.Image, lookup), Ports: slices.Clone(s.Ports)}

@@ -411,3 +411,35 @@ func TestGlob(t *testing.T) {
 		}
 	}
 }
+
+func TestCompileStepArgs(t *testing.T) {
+	src := "environment: {WHO: world}\njobs:\n  a:\n    steps:\n      - run: [/bin/echo, 'hello ${WHO}', '', 3]\n      - name: named\n        run: [ls]\n"
+	p := mustCompile(t, src, Options{})
+	want := []forge.Step{
+		{Name: "/bin/echo hello world  3", Args: []string{"/bin/echo", "hello world", "", "3"}},
+		{Name: "named", Args: []string{"ls"}},
+	}
+	if got := p.Jobs[0].Steps; !reflect.DeepEqual(got, want) {
+		t.Errorf("steps:\ngot  %#v\nwant %#v", got, want)
+	}
+	for src, want := range map[string]string{
+		"execute:\n  - run: []\n":       "`run` of command 1 of action `execute` is an empty list",
+		"execute:\n  - run: ['', a]\n":  "the program of `run` of command 1 of action `execute` is empty",
+		"execute:\n  - run: [a, [b]]\n": "item 2 of `run` of command 1 of action `execute`",
+	} {
+		_, err := Parse("f.yml", []byte(src))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want an error containing %q", src, err, want)
+		}
+	}
+}
+
+func TestCompileUser(t *testing.T) {
+	p := mustCompile(t, "environment: {UID: \"1000\"}\njobs:\n  a:\n    user: ${UID}:1000\n    steps: [id]\n", Options{})
+	if got := p.Jobs[0].User; got != "1000:1000" {
+		t.Errorf("user: got %q, want 1000:1000", got)
+	}
+	if _, err := Parse("f.yml", []byte("user: [x]\n")); err == nil || !strings.Contains(err.Error(), "`user` belongs to a job") {
+		t.Errorf("top-level user: got %v", err)
+	}
+}

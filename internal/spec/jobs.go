@@ -124,6 +124,10 @@ func (r *reader) job(je entry) *jobSpec {
 				}
 				j.placement = append(j.placement, s.s)
 			}
+		case "user":
+			if s, p, ok := r.str(e.value, in); ok {
+				j.user = strAt{strings.TrimSpace(s), p}
+			}
 		default:
 			r.unknownKey(e, what, jobKeys)
 		}

@@ -74,6 +74,7 @@ type jobSpec struct {
 	reports   []forge.Report
 	limits    forge.Limits
 	placement []string
+	user      strAt
 }
 
 // matrixAxis is one key of a matrix with its values.
@@ -85,7 +86,7 @@ type matrixAxis struct {
 // The keys the format knows, for "did you mean" and for reserved names.
 var (
 	topKeys     = []string{"image", "environment", "ports", "jobs", "on", "execute"}
-	jobKeys     = []string{"action", "image", "environment", "ports", "needs", "services", "resources", "timeout", "retries", "when", "matrix", "steps", "artifacts", "reports", "limits", "placement"}
+	jobKeys     = []string{"action", "image", "environment", "ports", "needs", "services", "resources", "timeout", "retries", "when", "matrix", "steps", "artifacts", "reports", "limits", "placement", "user"}
 	stepKeys    = []string{"name", "run", "timeout", "continue_on_error"}
 	serviceKeys = []string{"name", "image", "environment", "command", "ports"}
 	resKeys     = []string{"pool", "count", "labels"}
@@ -342,6 +343,22 @@ func (r *reader) step(n ast.Node, what string) (forge.Step, bool) {
 		case "name":
 			st.Name, _, _ = r.str(e.value, "`name` of "+what)
 		case "run":
+			if _, isSeq := r.resolve(e.value).(*ast.SequenceNode); isSeq {
+				// A program and its arguments, run without a shell.
+				args := r.strs(e.value, "`run` of "+what)
+				switch {
+				case len(args) == 0:
+					r.ps.at(posOf(e.value), "`run` of %s is an empty list: give the program and its arguments", what)
+				case strings.TrimSpace(args[0].s) == "":
+					r.ps.at(args[0].p, "the program of `run` of %s is empty", what)
+				default:
+					for _, a := range args {
+						st.Args = append(st.Args, a.s)
+					}
+					hasRun = true
+				}
+				continue
+			}
 			s, p, ok := r.str(e.value, "`run` of "+what)
 			if ok && strings.TrimSpace(s) == "" {
 				r.ps.at(p, "`run` of %s is empty", what)
@@ -362,7 +379,9 @@ func (r *reader) step(n ast.Node, what string) (forge.Step, bool) {
 		}
 		return forge.Step{}, false
 	}
-	if st.Name == "" {
+	if st.Name == "" && st.Args != nil {
+		st.Name = stepName(strings.Join(st.Args, " "))
+	} else if st.Name == "" {
 		st.Name = stepName(st.Run)
 	}
 	return st, true

@@ -57,13 +57,17 @@ type Options struct {
 	// Guard, when set, stops the steps' processes should this process die
 	// (see shell.Options.Guard).
 	Guard shell.Guard
+	// Warn, when set, receives one warning per spec key the local backend
+	// ignores (image:, services:, ports:), the first time a job has it.
+	Warn func(msg string)
 }
 
 // Backend runs jobs as processes on this machine. It is safe for
 // concurrent use.
 type Backend struct {
-	opts  Options
-	locks sync.Map // git common directory → *sync.Mutex of its worktree records
+	opts   Options
+	locks  sync.Map // git common directory → *sync.Mutex of its worktree records
+	warned sync.Map // spec keys already warned about
 }
 
 var _ forge.Backend = (*Backend)(nil)
@@ -85,6 +89,7 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 	if run == nil || run.Job == nil {
 		return forge.StatusError, forge.Errorf(forge.EINVALID, "no job to run")
 	}
+	b.warnIgnored(run.Job)
 	dir, err := checkDir(run.Workspace.Dir)
 	if err != nil {
 		return forge.StatusError, err
@@ -114,6 +119,31 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 	}
 	env = append(env, "FORGE_WORKSPACE="+dir)
 	return shell.RunSteps(ctx, run.Job.Steps, dir, env, run.Secrets, rep, opts)
+}
+
+// warnIgnored warns, once per key, about what job asks for that only
+// container backends do.
+func (b *Backend) warnIgnored(job *forge.Job) {
+	if b.opts.Warn == nil {
+		return
+	}
+	warn := func(key, msg string) {
+		if _, done := b.warned.LoadOrStore(key, true); !done {
+			b.opts.Warn(msg)
+		}
+	}
+	if job.Image != "" {
+		warn("image", fmt.Sprintf("image: %s is ignored: the local backend runs steps on this machine, not in an image; the docker and swarm backends run them in it (forge exec --backend docker)", job.Image))
+	}
+	if len(job.Services) > 0 {
+		warn("services", "services: are not started: the local backend has no containers for sidecars; the docker and swarm backends start them (forge exec --backend docker)")
+	}
+	if job.User != "" {
+		warn("user", "user: "+job.User+" is ignored: the local backend runs steps as the user running forge; the docker and swarm backends run them as that user (forge exec --backend docker)")
+	}
+	if len(job.Ports) > 0 {
+		warn("ports", "ports: are not published: the local backend runs steps on this machine, where they listen on its own ports; the docker and swarm backends publish them (forge exec --backend docker)")
+	}
 }
 
 // checkDir returns the absolute path of the workspace directory dir.

@@ -530,3 +530,25 @@ func TestRemoveLeftovers(t *testing.T) {
 		t.Errorf("lock files left: %q, want only the foreign one", left)
 	}
 }
+
+// The local backend says once per key what it ignores, naming the
+// backends that would honour it.
+func TestWarnsOnceAboutIgnoredKeys(t *testing.T) {
+	var warnings []string
+	b := New(Options{Warn: func(msg string) { warnings = append(warnings, msg) }})
+	job := &forge.Job{Name: "j", Image: "python:3.12-slim", Ports: []forge.Port{{Published: 8080, Target: 80}},
+		Services: []forge.Service{{Name: "db", Image: "postgres"}}, Steps: []forge.Step{{Run: "true"}}}
+	for range 3 {
+		if st, err := b.Run(t.Context(), &forge.JobRun{Job: job, Workspace: forge.Workspace{Dir: t.TempDir()}}, forge.ReporterFunc(func(forge.Event) {})); st != forge.StatusSuccess {
+			t.Fatalf("run: %s, %v", st, err)
+		}
+	}
+	if len(warnings) != 3 {
+		t.Fatalf("got %d warnings, want one per key: %q", len(warnings), warnings)
+	}
+	for i, prefix := range []string{"image: python:3.12-slim is ignored", "services: are not started", "ports: are not published"} {
+		if !strings.HasPrefix(warnings[i], prefix) || !strings.Contains(warnings[i], "--backend docker") {
+			t.Errorf("warning %d: got %q, want %q... naming the docker backend", i, warnings[i], prefix)
+		}
+	}
+}
