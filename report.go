@@ -186,30 +186,46 @@ func (o *OutboxItem) Pending() bool { return o.Version > o.Delivered }
 // for concurrent use, honours ctx and returns *Error codes (EINTERNAL on
 // a database failure).
 //
-// Items are claimed by an owner (a server process) for a lease: only the
-// owner of an unexpired claim delivers an item, so replicas sharing the
-// database never deliver one twice at once.
+// Items are claimed by an owner (a server) for a lease: only the owner of
+// an unexpired claim delivers an item, so replicas sharing the database
+// never deliver one at the same time. An owner's name stays the same when
+// its server restarts, so that it can take back at once what it had
+// claimed when it died.
 type OutboxStore interface {
 	// Enqueue stores items in one transaction: a new Key is added; an
-	// existing one is replaced (Payload, Rank, Version+1, Attempts 0,
-	// NextAt now) when the item's Rank is higher, or equal and the item
-	// is not Weak and its Payload differs; otherwise it is dropped. Each
-	// stored item is claimed by owner until leaseUntil, and returned with
-	// its Version, Ref and Progress; dropped items are not returned.
+	// existing one is replaced (Payload, Rank, Weak, Version+1, Attempts
+	// 0, NextAt zero, Error "") when the item's Rank is higher, or equal
+	// while the item is not Weak and its Payload differs; otherwise the
+	// item is dropped. Each stored item is claimed by owner until
+	// leaseUntil and returned as stored (Version, Ref, Progress, ...);
+	// dropped items are not returned.
 	Enqueue(ctx context.Context, owner string, leaseUntil time.Time, items []*OutboxItem) ([]*OutboxItem, error)
-	// Claim claims up to limit pending items due at now (NextAt passed)
-	// whose claim is free or expired, oldest first, for owner until
+	// Claim claims up to limit pending items due at now (NextAt zero or
+	// passed) whose claim is free or expired (or held by owner itself,
+	// with reclaim: a restarted server), oldest first, for owner until
 	// leaseUntil.
-	Claim(ctx context.Context, owner string, now, leaseUntil time.Time, limit int) ([]*OutboxItem, error)
-	// Delivered records that version of key was delivered (with ref and
-	// progress, which are also saved when the version was replaced
-	// meanwhile) and frees the claim.
-	Delivered(ctx context.Context, key string, version int64, ref string, progress int) error
-	// Retry records a failed delivery of version of key: Attempts+1,
-	// NextAt next, Error, and frees the claim. It does nothing when the
-	// version was replaced meanwhile (the new one is tried at once),
-	// except save ref and progress.
-	Retry(ctx context.Context, key string, version int64, ref string, progress int, next time.Time, errText string) error
-	// PurgeOutbox removes delivered items last updated before before.
+	Claim(ctx context.Context, owner string, now, leaseUntil time.Time, limit int, reclaim bool) ([]*OutboxItem, error)
+	// Settle records the outcome of deliveries in one transaction. Ref and
+	// Progress are saved whatever happened. A result for the current
+	// version of its item marks it delivered (Delivered = Version) or, when
+	// it failed, sets Attempts+1, NextAt and Error; either way the claim
+	// is freed. A result for a version replaced meanwhile changes nothing
+	// else: the new version keeps its claim and is delivered next.
+	Settle(ctx context.Context, results []OutboxResult) error
+	// PurgeOutbox removes the delivered items last updated before before
+	// and returns how many.
 	PurgeOutbox(ctx context.Context, before time.Time) (int, error)
+}
+
+// OutboxResult is the outcome of one delivery of an outbox item.
+type OutboxResult struct {
+	Key      string
+	Version  int64
+	Ref      string
+	Progress int
+	// Failed, when set, is why the delivery failed; the item is tried
+	// again at NextAt, or, with a zero NextAt, given up: marked delivered
+	// with Failed as its Error.
+	Failed string
+	NextAt time.Time
 }

@@ -190,6 +190,7 @@ func (r *Runner) finish(ctx context.Context, b *forge.Build, st forge.Status, ms
 		b.Status, b.Error, b.Finished = st, msg, time.Now().UTC()
 		err := r.opts.Builds.UpdateBuild(ctx, b)
 		if err == nil {
+			r.publishBuild(b)
 			return b
 		}
 		if forge.ErrorCode(err) != forge.ECONFLICT {
