@@ -163,8 +163,9 @@ type OutboxItem struct {
 	// Payload is what to send, in the deliverer's own format.
 	Payload []byte `json:"payload"`
 	// Ref is what the service answered that later deliveries of the same
-	// Key need (a check run's ID), and Progress how far a multi-request
-	// delivery got (annotation batches sent); both survive replacement.
+	// Key need (a check run's ID; it survives replacement), and Progress
+	// how far a multi-request delivery of this payload got (annotation
+	// batches sent).
 	Ref      string `json:"ref,omitempty"`
 	Progress int    `json:"progress,omitempty"`
 	// Version counts replacements; Delivered is the version delivered.
@@ -194,7 +195,7 @@ func (o *OutboxItem) Pending() bool { return o.Version > o.Delivered }
 type OutboxStore interface {
 	// Enqueue stores items in one transaction: a new Key is added; an
 	// existing one is replaced (Payload, Rank, Weak, Version+1, Attempts
-	// 0, NextAt zero, Error "") when the item's Rank is higher, or equal
+	// 0, Progress 0, NextAt zero, Error ""; Ref stays) when the item's Rank is higher, or equal
 	// while the item is not Weak and its Payload differs; otherwise the
 	// item is dropped. Each stored item is claimed by owner until
 	// leaseUntil and returned as stored (Version, Ref, Progress, ...);

@@ -77,9 +77,9 @@ func (db *DB) Enqueue(ctx context.Context, owner string, leaseUntil time.Time, i
 			n := *cur
 			n.Kind, n.Rank, n.Weak, n.Payload = it.Kind, it.Rank, it.Weak, it.Payload
 			n.Version++
-			n.Attempts, n.NextAt, n.Error, n.Updated = 0, time.Time{}, "", t
+			n.Attempts, n.NextAt, n.Error, n.Updated, n.Progress = 0, time.Time{}, "", t, 0
 			_, err := tx.ExecContext(ctx, db.q(`UPDATE outbox SET kind = ?, rank = ?, weak = ?, payload = ?, version = ?,
-					attempts = 0, next_at = NULL, error = '', updated = ?, owner = ?, lease_until = ? WHERE item_key = ?`),
+					attempts = 0, next_at = NULL, error = '', progress = 0, updated = ?, owner = ?, lease_until = ? WHERE item_key = ?`),
 				n.Kind, n.Rank, boolInt(n.Weak), string(n.Payload), n.Version, t.UnixMicro(), owner, micros(leaseUntil), n.Key)
 			if err != nil {
 				return db.fail(ctx, err, "replace outbox item")

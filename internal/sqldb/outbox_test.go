@@ -71,10 +71,10 @@ func TestOutbox(t *testing.T) {
 		if err != nil || len(c) != 1 || c[0].Version != 2 || c[0].Delivered != 0 || string(c[0].Payload) != "success" {
 			t.Fatalf("k2 after settling the replaced version: %+v, %v; want v2 pending", c, err)
 		}
-		// Ref survives replacement.
+		// Ref survives replacement; Progress belongs to a payload.
 		got, err = db.Enqueue(ctx, "a", lease, []*forge.OutboxItem{item("k1", 9, "done")})
-		if err != nil || len(got) != 1 || got[0].Ref != "77" || got[0].Progress != 1 {
-			t.Fatalf("replaced k1: %+v, %v; want ref 77 progress 1 kept", got, err)
+		if err != nil || len(got) != 1 || got[0].Ref != "77" || got[0].Progress != 0 {
+			t.Fatalf("replaced k1: %+v, %v; want ref 77 kept, progress 0", got, err)
 		}
 		// Giving up marks the version delivered with its error.
 		if err := db.Settle(ctx, []forge.OutboxResult{{Key: "k2", Version: 2, Failed: "422 Unprocessable"}, {Key: "k1", Version: 3}}); err != nil {
