@@ -55,7 +55,7 @@ type Outbox struct {
 
 	mu       sync.Mutex
 	incoming []*forge.OutboxItem
-	inflight map[string]bool             // keys being delivered or ready
+	inflight map[string]bool              // keys being delivered or ready
 	latest   map[string]*forge.OutboxItem // newer version of an in-flight key
 	ready    []*forge.OutboxItem
 	results  []forge.OutboxResult
