@@ -28,7 +28,14 @@ import (
 //	github:
 //	  webhook_secret: ...         # FORGE_GITHUB_WEBHOOK_SECRET
 //	  max_body: 26214400
-//	  token: ...                  # FORGE_GITHUB_TOKEN (clone private repositories)
+//	  token: ...                  # FORGE_GITHUB_TOKEN (clone private repositories, report)
+//	  app_id: 12345               # FORGE_GITHUB_APP_ID: report as a GitHub App
+//	  app_key: /etc/forge/app.pem # FORGE_GITHUB_APP_KEY: the App's private key file
+//	  api_url: https://api.github.com/  # FORGE_GITHUB_API_URL (GitHub Enterprise: https://HOST/api/v3/)
+//	  timeout: 30s                # FORGE_GITHUB_TIMEOUT: one API request
+//	  retry_backoff: 1s           # first wait before a failed report is tried again
+//	  promote: true               # open promotion pull requests main → production
+//	  main_branch: ""             # default: the repository's default branch
 //	builds:
 //	  concurrency: 4              # FORGE_BUILDS_CONCURRENCY
 //	  per_repo: 2                 # FORGE_BUILDS_PER_REPO
@@ -60,6 +67,14 @@ type serverConfig struct {
 		WebhookSecret string `yaml:"webhook_secret"`
 		MaxBody       int64  `yaml:"max_body"`
 		Token         string `yaml:"token"`
+		// GitHub reporting: see cmd/forge/github.go.
+		AppID        int64    `yaml:"app_id"`
+		AppKey       string   `yaml:"app_key"`
+		APIURL       string   `yaml:"api_url"`
+		Timeout      Duration `yaml:"timeout"`
+		RetryBackoff Duration `yaml:"retry_backoff"`
+		Promote      *bool    `yaml:"promote"`
+		MainBranch   string   `yaml:"main_branch"`
 	} `yaml:"github"`
 	Builds struct {
 		Concurrency      int      `yaml:"concurrency"`
@@ -69,6 +84,8 @@ type serverConfig struct {
 		CloneDepth       int      `yaml:"clone_depth"`
 		BuildDrafts      bool     `yaml:"build_drafts"`
 		ProductionBranch string   `yaml:"production_branch"`
+		// ForkApproval: always (default), first-time or never.
+		ForkApproval string `yaml:"fork_approval"`
 		KillGrace        Duration `yaml:"kill_grace"`
 		// Heartbeat and Stale: see runner.Options (defaults 10s, 30s).
 		Heartbeat Duration `yaml:"heartbeat"`
@@ -138,6 +155,9 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		"FORGE_GITHUB_WEBHOOK_SECRET": &c.GitHub.WebhookSecret,
 		"FORGE_GITHUB_TOKEN":          &c.GitHub.Token,
 		"FORGE_PRODUCTION_BRANCH":     &c.Builds.ProductionBranch,
+		"FORGE_GITHUB_APP_KEY":        &c.GitHub.AppKey,
+		"FORGE_GITHUB_API_URL":        &c.GitHub.APIURL,
+		"FORGE_FORK_APPROVAL":         &c.Builds.ForkApproval,
 	}
 	for k, p := range str {
 		if v := getenv(k); v != "" {
@@ -165,6 +185,9 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 			return forge.Errorf(forge.EINVALID, "FORGE_GRACE=%q: want a duration like 30s", v)
 		}
 		c.Grace = Duration(d)
+	}
+	if err := applyGitHubEnv(c, getenv); err != nil {
+		return err
 	}
 	if v := getenv("FORGE_API_PRIVATE_READS"); v != "" {
 		b, err := strconv.ParseBool(v)
@@ -212,6 +235,7 @@ func (c *serverConfig) validate() error {
 			errs = append(errs, err.Error())
 		}
 	}
+	errs = append(errs, c.validateGitHub()...)
 	if len(errs) > 0 {
 		return forge.Errorf(forge.EINVALID, "config: %s", strings.Join(errs, "; "))
 	}

@@ -235,6 +235,15 @@ func (m *serverMain) Run(ctx context.Context) error {
 		log.Warn("builds.no_recover is set: builds left running by a server that died stay running until a server without it ends them; replicas no longer need it")
 	}
 	live := livelog.New()
+	// Build and job changes: GitHub reporting follows them.
+	changes := &forge.Hub{}
+	gh, err := newReporting(c, db, data, publicURL, log)
+	if err != nil {
+		return err
+	}
+	if gh != nil {
+		changes.Subscribe(gh.reporter)
+	}
 	run, err := runner.New(runner.Options{
 		Builds: db, Repos: db, Logs: db,
 		Git:     gitc,
@@ -244,8 +253,9 @@ func (m *serverMain) Run(ctx context.Context) error {
 			Leaser:   leaser,
 			Parallel: c.Builds.Parallel,
 		},
-		Backend: "local",
-		Live:    live,
+		Backend:  "local",
+		Live:     live,
+		Observer: changes,
 		Secrets: func(_ context.Context, repo *forge.Repo) (map[string]string, error) {
 			return c.secretsFor(repo.FullName()), nil
 		},
@@ -263,7 +273,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	proc, err := newProcessor(c, db, gitc, run, log)
+	proc, err := newProcessor(c, db, gitc, run, changes, gh, log)
 	if err != nil {
 		return err
 	}
@@ -322,6 +332,12 @@ func (m *serverMain) Run(ctx context.Context) error {
 		defer close(runDone)
 		return run.Run(gctx)
 	})
+	// Reporting outlives the runner: builds ended at shutdown are reported.
+	if gh != nil {
+		rctx, stopReporting := context.WithCancel(context.WithoutCancel(ctx))
+		go func() { <-runDone; stopReporting() }()
+		g.Go(func() error { return gh.run(rctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down: no new builds; running builds get the grace period", "grace", time.Duration(c.Grace).String())

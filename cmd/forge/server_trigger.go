@@ -15,7 +15,7 @@ import (
 // newProcessor wires internal/trigger: stored deliveries become builds,
 // each new build wakes the runner, and a superseded build is cancelled
 // through the runner (which kills it if it runs).
-func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner, log *slog.Logger) (*trigger.Processor, error) {
+func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner, changes forge.Observer, gh *reporting, log *slog.Logger) (*trigger.Processor, error) {
 	keep := c.Builds.CancelSuperseded != nil && !*c.Builds.CancelSuperseded
 	return trigger.New(trigger.Options{
 		Deliveries:       db,
@@ -31,7 +31,10 @@ func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner,
 			_, err := run.Cancel(ctx, id, reason)
 			return err
 		},
-		Created: func(*forge.Build) { run.Notify() },
+		Created: func(b *forge.Build) {
+			run.Notify()
+			publishCreated(db, changes, b, log)
+		},
 		Logger:  log.With("component", "trigger"),
 	})
 }

@@ -15,16 +15,17 @@ type prRef struct {
 }
 
 type pullRequest struct {
-	Number         int    `json:"number"`
-	State          string `json:"state"`
-	Title          string `json:"title"`
-	User           *user  `json:"user"`
-	Draft          bool   `json:"draft"`
-	Merged         bool   `json:"merged"`
-	MergeCommitSHA string `json:"merge_commit_sha"`
-	Commits        int    `json:"commits"`
-	Head           *prRef `json:"head"`
-	Base           *prRef `json:"base"`
+	Number            int    `json:"number"`
+	State             string `json:"state"`
+	AuthorAssociation string `json:"author_association"`
+	Title             string `json:"title"`
+	User              *user  `json:"user"`
+	Draft             bool   `json:"draft"`
+	Merged            bool   `json:"merged"`
+	MergeCommitSHA    string `json:"merge_commit_sha"`
+	Commits           int    `json:"commits"`
+	Head              *prRef `json:"head"`
+	Base              *prRef `json:"base"`
 }
 
 // fork reports whether the pull request's code comes from another
@@ -78,18 +79,20 @@ func parsePullRequest(payload []byte) (*forge.Hook, string, error) {
 		return nil, fmt.Sprintf("pull_request action %q is not built", p.Action), nil
 	}
 	h := &forge.Hook{
-		Event:       "pull_request",
-		Action:      p.Action,
-		Repo:        repo,
-		Ref:         "refs/pull/" + strconv.Itoa(number) + "/head",
-		Branch:      pr.Head.Ref,
-		Target:      pr.Base.Ref,
-		SHA:         pr.Head.SHA,
-		PullRequest: number,
-		Draft:       pr.Draft,
-		Fork:        pr.fork(),
-		Sender:      p.sender(),
-		CommitCount: pr.Commits,
+		Event:        "pull_request",
+		Action:       p.Action,
+		Repo:         repo,
+		Ref:          "refs/pull/" + strconv.Itoa(number) + "/head",
+		Branch:       pr.Head.Ref,
+		Target:       pr.Base.Ref,
+		SHA:          pr.Head.SHA,
+		PullRequest:  number,
+		Draft:        pr.Draft,
+		Fork:         pr.fork(),
+		Sender:       p.sender(),
+		CommitCount:  pr.Commits,
+		Installation: p.installation(),
+		Association:  pr.AuthorAssociation,
 	}
 	if pr.User != nil {
 		h.Author = pr.User.Login
@@ -151,13 +154,14 @@ func parsePush(payload []byte) (*forge.Hook, string, error) {
 		return nil, "", forge.Errorf(forge.EINVALID, "push payload: after %q is not a commit id", p.After)
 	}
 	h := &forge.Hook{
-		Event:       "push",
-		Repo:        repo,
-		Ref:         p.Ref,
-		SHA:         p.After,
-		Sender:      p.sender(),
-		CommitCount: len(p.Commits),
-		Paths:       pathsOf(p.Commits),
+		Event:        "push",
+		Repo:         repo,
+		Ref:          p.Ref,
+		SHA:          p.After,
+		Sender:       p.sender(),
+		CommitCount:  len(p.Commits),
+		Paths:        pathsOf(p.Commits),
+		Installation: p.installation(),
 	}
 	if isSHA(p.Before) && p.Before != zeroSHA {
 		h.Before = p.Before
@@ -249,11 +253,12 @@ func parseCheckSuite(payload []byte) (*forge.Hook, string, error) {
 		return nil, fmt.Sprintf("check_suite action %q: forge builds from push and pull_request events and rebuilds on rerequested", p.Action), nil
 	}
 	h := &forge.Hook{
-		Event:  "push",
-		Action: "rerequested",
-		Repo:   repo,
-		SHA:    cs.HeadSHA,
-		Sender: p.sender(),
+		Event:        "push",
+		Action:       "rerequested",
+		Repo:         repo,
+		SHA:          cs.HeadSHA,
+		Sender:       p.sender(),
+		Installation: p.installation(),
 	}
 	if hc := cs.HeadCommit; hc != nil {
 		h.Message = hc.Message
@@ -328,12 +333,13 @@ func parseIssueComment(payload []byte) (*forge.Hook, string, error) {
 		return nil, fmt.Sprintf("/retest by %s, who is not a collaborator (author_association %s)", p.sender(), p.Comment.AuthorAssociation), nil
 	}
 	h := &forge.Hook{
-		Event:       "pull_request",
-		Action:      "retest",
-		Repo:        repo,
-		Ref:         "refs/pull/" + strconv.Itoa(p.Issue.Number) + "/head",
-		PullRequest: p.Issue.Number,
-		Sender:      p.sender(),
+		Event:        "pull_request",
+		Action:       "retest",
+		Repo:         repo,
+		Ref:          "refs/pull/" + strconv.Itoa(p.Issue.Number) + "/head",
+		PullRequest:  p.Issue.Number,
+		Sender:       p.sender(),
+		Installation: p.installation(),
 	}
 	return h, "", nil
 }

@@ -118,9 +118,20 @@ type commit struct {
 
 // common is what most events carry.
 type common struct {
-	Action     string      `json:"action"`
-	Repository *repository `json:"repository"`
-	Sender     *user       `json:"sender"`
+	Action       string      `json:"action"`
+	Repository   *repository `json:"repository"`
+	Sender       *user       `json:"sender"`
+	Installation *struct {
+		ID int64 `json:"id"`
+	} `json:"installation"`
+}
+
+// installation is the App installation the event came through, or 0.
+func (c *common) installation() int64 {
+	if c.Installation == nil || c.Installation.ID < 0 {
+		return 0
+	}
+	return c.Installation.ID
 }
 
 // repo converts the payload's repository, checking it names one.

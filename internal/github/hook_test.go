@@ -63,6 +63,7 @@ func prHook(action string) *forge.Hook {
 		Event: "pull_request", Action: action, Repo: helloWorld,
 		Ref: "refs/pull/2/head", Branch: "changes", Target: "master", SHA: headSHA, Base: baseSHA,
 		PullRequest: 2, Author: "Codertocat", Sender: "Codertocat", CommitCount: 1,
+		Installation: 1, Association: "OWNER",
 	}
 }
 
@@ -78,7 +79,7 @@ func TestParseFixtures(t *testing.T) {
 		"check_suite.rerequested.payload.json": {hook: &forge.Hook{
 			Event: "pull_request", Action: "rerequested", Repo: helloWorld,
 			Ref: "refs/pull/2/head", Branch: "changes", Target: "master", SHA: headSHA, Base: baseSHA, PullRequest: 2,
-			Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]",
+			Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]", Installation: 957387,
 		}},
 		"create.payload.json":                   {ignored: "tag simple-tag created: built from the push event GitHub sends with it"},
 		"delete.payload.json":                   {ignored: "tag simple-tag deleted"},
@@ -94,7 +95,7 @@ func TestParseFixtures(t *testing.T) {
 		"push.with-new-branch.payload.json": {hook: &forge.Hook{
 			Event: "push", Repo: helloWorld, Ref: "refs/heads/master", Branch: "master", Target: "master",
 			SHA: "6113728f27ae82c7b1a177c8d03f9e96e0adf246", Message: "Initial commit", Author: "Codertocat",
-			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"},
+			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"}, Installation: 1,
 		}},
 	}
 	files, err := filepath.Glob(filepath.Join(fixtures, "*.payload.json"))
@@ -161,7 +162,7 @@ func TestParseVariants(t *testing.T) {
 		}), &forge.Hook{
 			Event: "tag", Repo: helloWorld, Ref: "refs/tags/v1.0", Branch: "master", Tag: "v1.0",
 			SHA: "6113728f27ae82c7b1a177c8d03f9e96e0adf246", Message: "Initial commit", Author: "Codertocat",
-			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"},
+			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"}, Installation: 1,
 		}, ""},
 		{"push paths from every commit, sorted, once", "push", edit(t, "push.with-new-branch.payload.json", func(p map[string]any) {
 			c := p["commits"].([]any)
@@ -171,7 +172,7 @@ func TestParseVariants(t *testing.T) {
 		}), &forge.Hook{
 			Event: "push", Repo: helloWorld, Ref: "refs/heads/master", Branch: "master", Target: "master",
 			SHA: "6113728f27ae82c7b1a177c8d03f9e96e0adf246", Before: baseSHA, Message: "Initial commit", Author: "Codertocat",
-			Sender: "Codertocat", CommitCount: 2, Paths: []string{"README.md", "a/b.go", "z"},
+			Sender: "Codertocat", CommitCount: 2, Paths: []string{"README.md", "a/b.go", "z"}, Installation: 1,
 		}, ""},
 		{"push to a note ref", "push", edit(t, "push.with-new-branch.payload.json", func(p map[string]any) {
 			p["ref"] = "refs/notes/commits"
@@ -192,7 +193,7 @@ func TestParseVariants(t *testing.T) {
 			obj(p, "check_suite")["pull_requests"] = []any{}
 		}), &forge.Hook{
 			Event: "push", Action: "rerequested", Repo: helloWorld, Ref: "refs/heads/changes", Branch: "changes", Target: "changes",
-			SHA: headSHA, Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]",
+			SHA: headSHA, Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]", Installation: 957387,
 		}, ""},
 		{"check suite requested", "check_suite", edit(t, "check_suite.rerequested.payload.json", func(p map[string]any) {
 			p["action"] = "requested"
