@@ -1,0 +1,293 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/forgeci/forge/internal/github/githubtest"
+)
+
+// The webhook payloads of these tests are octokit/webhooks fixtures
+// (MIT, testdata/webhooks/LICENSE.octokit-webhooks) with their repository
+// pointed at a local git repository.
+
+// ghRepo is a git repository the tests commit to.
+type ghRepo struct {
+	t   testing.TB
+	dir string
+}
+
+func newGHRepo(t testing.TB) *ghRepo {
+	r := &ghRepo{t: t, dir: t.TempDir()}
+	r.git("init", "-q", "-b", "master")
+	return r
+}
+
+func (r *ghRepo) git(args ...string) string {
+	r.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = r.dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		r.t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// commit writes files (path → content) and commits them; it returns the
+// commit's SHA.
+func (r *ghRepo) commit(msg string, files map[string]string) string {
+	r.t.Helper()
+	for p, c := range files {
+		full := filepath.Join(r.dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			r.t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	r.git("add", "-A")
+	r.git("commit", "-q", "--allow-empty", "-m", msg)
+	return r.git("rev-parse", "HEAD")
+}
+
+// ghPayload is the fixture name with its repository at repo, its
+// installation the fake's, changed by edit.
+func ghPayload(t testing.TB, name, repo string, installation int64, edit func(p map[string]any)) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", "webhooks", name+".payload.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p map[string]any
+	if err := json.Unmarshal(data, &p); err != nil {
+		t.Fatal(err)
+	}
+	p["repository"].(map[string]any)["clone_url"] = repo
+	p["installation"] = map[string]any{"id": installation}
+	if pr, ok := p["pull_request"].(map[string]any); ok {
+		pr["draft"] = false
+		for _, side := range []string{"head", "base"} {
+			pr[side].(map[string]any)["repo"].(map[string]any)["clone_url"] = repo
+		}
+	}
+	if edit != nil {
+		edit(p)
+	}
+	out, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// prPayload is a pull_request delivery of action for pull request number
+// with head sha.
+func prPayload(t testing.TB, action, repo string, installation int64, number int, sha string, edit func(p, pr map[string]any)) []byte {
+	name := "pull_request.opened"
+	if action == "closed" {
+		name = "pull_request.closed"
+	}
+	return ghPayload(t, name, repo, installation, func(p map[string]any) {
+		p["action"] = action
+		p["number"] = number
+		pr := p["pull_request"].(map[string]any)
+		pr["number"] = number
+		pr["head"].(map[string]any)["sha"] = sha
+		if edit != nil {
+			edit(p, pr)
+		}
+	})
+}
+
+// ghStart starts forge server reporting to fake as its GitHub App.
+func ghStart(t testing.TB, fake *githubtest.Fake, data string, env ...string) *e2eServerProc {
+	t.Helper()
+	key := filepath.Join(t.TempDir(), "app.pem")
+	if err := os.WriteFile(key, fake.KeyPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{
+		fmt.Sprintf("FORGE_GITHUB_APP_ID=%d", fake.AppID),
+		"FORGE_GITHUB_APP_KEY=" + key,
+		"FORGE_GITHUB_API_URL=" + fake.URL,
+		"FORGE_GITHUB_RETRY_BACKOFF=50ms",
+		"FORGE_GITHUB_TIMEOUT=3s",
+		"FORGE_PUBLIC_URL=https://ci.example.com",
+	}
+	return e2eStartServer(t, data, append(base, env...)...)
+}
+
+func deliver(t testing.TB, p *e2eServerProc, event, id string, payload []byte) {
+	t.Helper()
+	st, err := e2eDeliver(http.DefaultClient, p.url, event, id, payload)
+	if err != nil || st != http.StatusAccepted {
+		t.Fatalf("delivery %s: %d %v, want 202", id, st, err)
+	}
+}
+
+// stateRank orders a context's statuses: queued, running, final.
+func stateRank(s githubtest.Status) int {
+	switch {
+	case s.State != "pending":
+		return 3
+	case strings.HasPrefix(s.Description, "running"):
+		return 2
+	}
+	return 1
+}
+
+// checkOrder fails unless every context of statuses went forward only
+// (queued → running → a final state), ended in a final state, and began
+// with "queued" when first.
+func checkOrder(t testing.TB, statuses []githubtest.Status) {
+	t.Helper()
+	last := map[string]githubtest.Status{}
+	for _, s := range statuses {
+		prev, seen := last[s.Context]
+		if seen && stateRank(s) < stateRank(prev) {
+			t.Errorf("status of %s went back from %s %q to %s %q", s.Context, prev.State, prev.Description, s.State, s.Description)
+		}
+		if seen && stateRank(prev) == 3 && (prev.State != s.State) {
+			t.Errorf("status of %s changed after its final state: %s then %s", s.Context, prev.State, s.State)
+		}
+		last[s.Context] = s
+	}
+	for c, s := range last {
+		if stateRank(s) != 3 {
+			t.Errorf("status of %s ended %s %q, not in a final state", c, s.State, s.Description)
+		}
+	}
+}
+
+const ghPassSpec = `jobs:
+  build:
+    steps:
+      - echo building
+  test:
+    needs: [build]
+    reports:
+      - junit: "reports/*.xml"
+    steps:
+      - mkdir -p reports && cp testdata/pass.xml reports/junit.xml
+`
+
+const ghFailSpec = `jobs:
+  build:
+    steps:
+      - echo building
+  test:
+    needs: [build]
+    reports:
+      - junit: "reports/*.xml"
+    steps:
+      - mkdir -p reports && cp testdata/fail.xml reports/junit.xml
+      - echo "2 tests failed" && exit 1
+`
+
+const ghPassXML = `<?xml version="1.0"?>
+<testsuite name="calc" tests="2"><testcase classname="calc" name="test_add" file="src/calc_test.py" line="3"/><testcase classname="calc" name="test_sub" file="src/calc_test.py" line="7"/></testsuite>
+`
+
+const ghFailXML = `<?xml version="1.0"?>
+<testsuites><testsuite name="calc" tests="3">
+<testcase classname="calc" name="test_add" file="src/calc_test.py" line="3"/>
+<testcase classname="calc" name="test_div" file="src/calc_test.py" line="12"><failure message="ZeroDivisionError: division by zero">Traceback: calc.py:40</failure></testcase>
+<testcase classname="net" name="test_fetch"><error message="timeout talking to the server"/></testcase>
+</testsuite></testsuites>
+`
+
+// TestGitHubReportsEndToEnd is issue 10's acceptance for reporting: a
+// signed pull_request delivery to the real forge server, authenticated
+// to the fake GitHub as an App, gives every job a commit status and a
+// check run that move forward only, for a passing build and for a
+// failing one whose JUnit report becomes annotations at the right file
+// and line.
+func TestGitHubReportsEndToEnd(t *testing.T) {
+	fake := githubtest.New(t)
+	repo := newGHRepo(t)
+	pass := repo.commit("passing", map[string]string{".forge.yml": ghPassSpec, "testdata/pass.xml": ghPassXML, "testdata/fail.xml": ghFailXML})
+	fail := repo.commit("failing", map[string]string{".forge.yml": ghFailSpec})
+	p := ghStart(t, fake, t.TempDir())
+	deliver(t, p, "pull_request", "pass-1", prPayload(t, "opened", repo.dir, fake.Installation, 2, pass, nil))
+	deliver(t, p, "pull_request", "fail-1", prPayload(t, "opened", repo.dir, fake.Installation, 3, fail, nil))
+
+	done := func(sha string, n int) func() bool {
+		return func() bool {
+			final := 0
+			for _, s := range fake.LatestLocked(sha) {
+				if s.State != "pending" {
+					final++
+				}
+			}
+			runs := 0
+			for _, c := range fake.CheckRunsLocked(sha) {
+				if c.Status == "completed" {
+					runs++
+				}
+			}
+			return final == n && runs == n
+		}
+	}
+	fake.Wait(t, 60*time.Second, "final statuses and check runs of the passing build", done(pass, 2))
+	fake.Wait(t, 60*time.Second, "final statuses and check runs of the failing build", done(fail, 2))
+
+	// The passing build.
+	checkOrder(t, fake.Statuses(pass))
+	latest := fake.Latest(pass)
+	if s := latest["forge/build"]; s.State != "success" || !strings.HasPrefix(s.Description, "passed in ") {
+		t.Errorf("forge/build = %s %q, want success \"passed in ...\"", s.State, s.Description)
+	}
+	if s := latest["forge/test"]; s.State != "success" || !strings.HasPrefix(s.Description, "2 tests passed in ") ||
+		!strings.HasPrefix(s.TargetURL, "https://ci.example.com/Codertocat/Hello-World/builds/1/jobs/") {
+		t.Errorf("forge/test = %+v, want success \"2 tests passed in ...\" linking to build 1's job", s)
+	}
+	if first := fake.Statuses(pass)[0]; first.State != "pending" || first.Description != "queued" {
+		t.Errorf("first status = %s %q, want pending \"queued\"", first.State, first.Description)
+	}
+	for _, c := range fake.CheckRuns(pass) {
+		if c.Conclusion != "success" || c.History[0] != "queued" || !strings.Contains(c.Summary, "| Step | Result | Duration |") {
+			t.Errorf("check run %s: history %v, conclusion %s, summary %q; want queued … completed/success with a step table", c.Name, c.History, c.Conclusion, c.Summary)
+		}
+	}
+
+	// The failing build.
+	checkOrder(t, fake.Statuses(fail))
+	latest = fake.Latest(fail)
+	if s := latest["forge/test"]; s.State != "failure" || s.Description != "2 of 3 tests failed" {
+		t.Errorf("forge/test of the failing build = %s %q, want failure \"2 of 3 tests failed\"", s.State, s.Description)
+	}
+	if s := latest["forge/build"]; s.State != "success" {
+		t.Errorf("forge/build of the failing build = %s, want success", s.State)
+	}
+	var test *githubtest.CheckRun
+	for _, c := range fake.CheckRuns(fail) {
+		if c.Name == "forge/test" {
+			test = &c
+		}
+	}
+	if test == nil {
+		t.Fatalf("no check run forge/test for the failing build\n%s", fake.Dump())
+	}
+	if test.Conclusion != "failure" || !strings.Contains(test.Summary, "Tests: 3, failed 2") || !strings.Contains(test.Text, "2 tests failed") {
+		t.Errorf("check run forge/test: conclusion %s, summary %q, text %q; want failure, the test counts and the log's tail", test.Conclusion, test.Summary, test.Text)
+	}
+	want := []githubtest.Annotation{
+		{Path: "src/calc_test.py", StartLine: 12, EndLine: 12, Level: "failure", Message: "ZeroDivisionError: division by zero", Title: "calc.test_div"},
+		{Path: "reports/junit.xml", StartLine: 1, EndLine: 1, Level: "failure", Message: "timeout talking to the server", Title: "net.test_fetch"},
+	}
+	if fmt.Sprint(test.Annotations) != fmt.Sprint(want) {
+		t.Errorf("annotations:\ngot  %+v\nwant %+v", test.Annotations, want)
+	}
+	t.Logf("what the fake GitHub recorded:\n%s", fake.Dump())
+	p.stop(t)
+}
