@@ -77,16 +77,16 @@ type serverConfig struct {
 		MainBranch   string   `yaml:"main_branch"`
 	} `yaml:"github"`
 	Builds struct {
-		Concurrency      int      `yaml:"concurrency"`
-		PerRepo          int      `yaml:"per_repo"`
-		Parallel         int      `yaml:"parallel"`
-		CancelSuperseded *bool    `yaml:"cancel_superseded"`
-		CloneDepth       int      `yaml:"clone_depth"`
-		BuildDrafts      bool     `yaml:"build_drafts"`
-		ProductionBranch string   `yaml:"production_branch"`
+		Concurrency      int    `yaml:"concurrency"`
+		PerRepo          int    `yaml:"per_repo"`
+		Parallel         int    `yaml:"parallel"`
+		CancelSuperseded *bool  `yaml:"cancel_superseded"`
+		CloneDepth       int    `yaml:"clone_depth"`
+		BuildDrafts      bool   `yaml:"build_drafts"`
+		ProductionBranch string `yaml:"production_branch"`
 		// ForkApproval: always (default), first-time or never.
-		ForkApproval string `yaml:"fork_approval"`
-		KillGrace        Duration `yaml:"kill_grace"`
+		ForkApproval string   `yaml:"fork_approval"`
+		KillGrace    Duration `yaml:"kill_grace"`
 		// Heartbeat and Stale: see runner.Options (defaults 10s, 30s).
 		Heartbeat Duration `yaml:"heartbeat"`
 		Stale     Duration `yaml:"stale"`

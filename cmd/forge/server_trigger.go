@@ -35,6 +35,6 @@ func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner,
 			run.Notify()
 			publishCreated(db, changes, b, log)
 		},
-		Logger:  log.With("component", "trigger"),
+		Logger: log.With("component", "trigger"),
 	})
 }
