@@ -77,16 +77,14 @@ type serverConfig struct {
 		MainBranch   string   `yaml:"main_branch"`
 	} `yaml:"github"`
 	Builds struct {
-		Concurrency      int    `yaml:"concurrency"`
-		PerRepo          int    `yaml:"per_repo"`
-		Parallel         int    `yaml:"parallel"`
-		CancelSuperseded *bool  `yaml:"cancel_superseded"`
-		CloneDepth       int    `yaml:"clone_depth"`
-		BuildDrafts      bool   `yaml:"build_drafts"`
-		ProductionBranch string `yaml:"production_branch"`
-		// ForkApproval: always (default), first-time or never.
-		ForkApproval string   `yaml:"fork_approval"`
-		KillGrace    Duration `yaml:"kill_grace"`
+		Concurrency      int      `yaml:"concurrency"`
+		PerRepo          int      `yaml:"per_repo"`
+		Parallel         int      `yaml:"parallel"`
+		CancelSuperseded *bool    `yaml:"cancel_superseded"`
+		CloneDepth       int      `yaml:"clone_depth"`
+		BuildDrafts      bool     `yaml:"build_drafts"`
+		ProductionBranch string   `yaml:"production_branch"`
+		KillGrace        Duration `yaml:"kill_grace"`
 		// Heartbeat and Stale: see runner.Options (defaults 10s, 30s).
 		Heartbeat Duration `yaml:"heartbeat"`
 		Stale     Duration `yaml:"stale"`
@@ -94,6 +92,8 @@ type serverConfig struct {
 		// recovery off (runner.Options.NoRecover), which replicas no
 		// longer need, since recovery only ends builds of dead servers.
 		NoRecover bool `yaml:"no_recover"`
+		// ForkApproval: always (default), first-time or never.
+		ForkApproval string `yaml:"fork_approval"`
 	} `yaml:"builds"`
 	Secrets map[string]map[string]string `yaml:"secrets"`
 	Pools   map[string]lease.PoolConfig  `yaml:"pools"`
