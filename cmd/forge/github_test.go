@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,5 +292,91 @@ func TestGitHubReportsEndToEnd(t *testing.T) {
 		t.Errorf("annotations:\ngot  %+v\nwant %+v", test.Annotations, want)
 	}
 	t.Logf("what the fake GitHub recorded:\n%s", fake.Dump())
+	p.stop(t)
+}
+
+// TestGitHubReportsSurviveFailures: while the fake GitHub fails every
+// other request (502, a secondary rate limit with Retry-After, a request
+// that hangs until forge's timeout), every status still arrives, in
+// order, and ends final.
+func TestGitHubReportsSurviveFailures(t *testing.T) {
+	fake := githubtest.New(t)
+	var n atomic.Int64
+	faults := []githubtest.Fault{githubtest.ServerError, githubtest.SecondaryRateLimit, githubtest.ServerError, githubtest.Hang, githubtest.PrimaryRateLimit}
+	fake.SetFault(func(*http.Request) githubtest.Fault {
+		i := n.Add(1)
+		if i%2 == 1 {
+			return faults[(i/2)%int64(len(faults))]
+		}
+		return githubtest.NoFault
+	})
+	repo := newGHRepo(t)
+	sha := repo.commit("passing", map[string]string{".forge.yml": ghPassSpec, "testdata/pass.xml": ghPassXML})
+	p := ghStart(t, fake, t.TempDir(), "FORGE_GITHUB_TIMEOUT=1s")
+	deliver(t, p, "pull_request", "flaky-1", prPayload(t, "opened", repo.dir, fake.Installation, 2, sha, nil))
+	fake.Wait(t, 90*time.Second, "both jobs' final statuses and check runs", func() bool {
+		final := 0
+		for _, s := range fake.LatestLocked(sha) {
+			if s.State == "success" {
+				final++
+			}
+		}
+		runs := 0
+		for _, c := range fake.CheckRunsLocked(sha) {
+			if c.Conclusion == "success" {
+				runs++
+			}
+		}
+		return final == 2 && runs == 2
+	})
+	checkOrder(t, fake.Statuses(sha))
+	if total, faulted := fake.Requests(); faulted < total/3 {
+		t.Errorf("the fake failed %d of %d requests; the test wants about half", faulted, total)
+	}
+	p.stop(t)
+}
+
+// TestGitHubReportSurvivesKill9: the server is killed with SIGKILL after a
+// job ended and while its final status is on its way to GitHub; the
+// restarted server delivers it.
+func TestGitHubReportSurvivesKill9(t *testing.T) {
+	fake := githubtest.New(t)
+	hung := make(chan struct{}, 1)
+	fake.SetFault(func(r *http.Request) githubtest.Fault {
+		if !strings.Contains(r.URL.Path, "/statuses/") {
+			return githubtest.NoFault
+		}
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		if strings.Contains(string(body), `"state":"success"`) {
+			select {
+			case hung <- struct{}{}:
+			default:
+			}
+			return githubtest.Hang
+		}
+		return githubtest.NoFault
+	})
+	repo := newGHRepo(t)
+	sha := repo.commit("one job", map[string]string{".forge.yml": "execute:\n  - echo done\n"})
+	data := t.TempDir()
+	p := ghStart(t, fake, data, "FORGE_GITHUB_TIMEOUT=30s")
+	deliver(t, p, "pull_request", "kill-1", prPayload(t, "opened", repo.dir, fake.Installation, 2, sha, nil))
+	select {
+	case <-hung:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the final status never reached the fake\n%s", fake.Dump())
+	}
+	e2eWaitBuild(t, p, 1, 30*time.Second, e2eBuildDone)
+	p.kill9(t)
+	if s := fake.Latest(sha)["forge/execute"]; s.State != "pending" {
+		t.Fatalf("before the restart forge/execute is %s, want pending (the final status was held back)", s.State)
+	}
+	fake.SetFault(nil)
+	p = ghStart(t, fake, data)
+	fake.Wait(t, 60*time.Second, "the final status after the restart", func() bool {
+		return fake.LatestLocked(sha)["forge/execute"].State == "success"
+	})
+	checkOrder(t, fake.Statuses(sha))
 	p.stop(t)
 }

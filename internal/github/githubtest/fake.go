@@ -139,6 +139,7 @@ type Fake struct {
 	perms       map[string]string   // user → permission
 	defBranch   string
 	fault       func(r *http.Request) Fault
+	done        chan struct{} // closed by Close
 	requests    int
 	faults      int
 	closed      bool
@@ -156,6 +157,7 @@ func New(t testing.TB) *Fake {
 		AppID: 4242, Installation: 777, Token: "ghp_faketoken0123456789", TokenTTL: time.Hour,
 		t: t, key: key, tokens: map[string]time.Time{}, protection: map[string][]string{},
 		contents: map[string]string{}, perms: map[string]string{}, defBranch: "master",
+		done: make(chan struct{}),
 	}
 	f.changed = sync.NewCond(&f.mu)
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
@@ -167,6 +169,9 @@ func New(t testing.TB) *Fake {
 // Close stops the server; requests hanging on purpose return.
 func (f *Fake) Close() {
 	f.mu.Lock()
+	if !f.closed {
+		close(f.done)
+	}
 	f.closed = true
 	f.changed.Broadcast()
 	f.mu.Unlock()
@@ -467,8 +472,11 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusForbidden, map[string]any{"message": "API rate limit exceeded for installation.", "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"})
 		return
 	case Hang:
+		// With the body read, the server notices the client hanging up.
+		io.Copy(io.Discard, r.Body)
 		select {
 		case <-r.Context().Done():
+		case <-f.done:
 		case <-time.After(time.Minute):
 		}
 		return
