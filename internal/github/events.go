@@ -323,37 +323,57 @@ func parseIssueComment(payload []byte) (*forge.Hook, string, error) {
 	if p.Action != "created" {
 		return nil, fmt.Sprintf("issue_comment action %q: only new comments are commands", p.Action), nil
 	}
-	if !IsRetest(p.Comment.Body) {
+	action, cmd := Command(p.Comment.Body)
+	if action == "" {
 		return nil, "comment is not a /retest command", nil
 	}
 	if p.Issue.PullRequest == nil {
-		return nil, fmt.Sprintf("/retest on issue #%d, which is not a pull request", p.Issue.Number), nil
+		return nil, fmt.Sprintf("%s on issue #%d, which is not a pull request", cmd, p.Issue.Number), nil
 	}
 	if !commandAssociations[p.Comment.AuthorAssociation] {
-		return nil, fmt.Sprintf("/retest by %s, who is not a collaborator (author_association %s)", p.sender(), p.Comment.AuthorAssociation), nil
+		// The trigger answers: the command did nothing, and why.
+		action = "denied"
 	}
 	h := &forge.Hook{
 		Event:        "pull_request",
-		Action:       "retest",
+		Action:       action,
 		Repo:         repo,
 		Ref:          "refs/pull/" + strconv.Itoa(p.Issue.Number) + "/head",
 		PullRequest:  p.Issue.Number,
 		Sender:       p.sender(),
 		Installation: p.installation(),
 	}
+	if action != "retest" {
+		// The command and who gave it, for the trigger's answer.
+		h.Message, h.Association = cmd, p.Comment.AuthorAssociation
+	}
 	return h, "", nil
 }
 
 // IsRetest reports whether a comment is a rebuild command: a line that is
-// "/retest" (or "/rebuild"), alone or followed by words.
+// "/retest", "/rebuild" or "/forge retest", alone or followed by words.
 func IsRetest(body string) bool {
+	action, _ := Command(body)
+	return action == "retest"
+}
+
+// Command finds the first command in a comment: a line starting with
+// "/retest", "/rebuild" or "/forge retest" (action "retest"), or
+// "/forge approve" (action "approve"). cmd is the command as written.
+func Command(body string) (action, cmd string) {
 	for _, line := range strings.Split(body, "\n") {
 		f := strings.Fields(line)
-		if len(f) > 0 && (f[0] == "/retest" || f[0] == "/rebuild") {
-			return true
+		switch {
+		case len(f) == 0:
+		case f[0] == "/retest" || f[0] == "/rebuild":
+			return "retest", f[0]
+		case f[0] == "/forge" && len(f) > 1 && (f[1] == "retest" || f[1] == "rebuild"):
+			return "retest", "/forge " + f[1]
+		case f[0] == "/forge" && len(f) > 1 && f[1] == "approve":
+			return "approve", "/forge approve"
 		}
 	}
-	return false
+	return "", ""
 }
 
 func parseInstallation(payload []byte) (*forge.Hook, string, error) {

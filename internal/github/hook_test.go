@@ -188,7 +188,17 @@ func TestParseVariants(t *testing.T) {
 			obj(p, "issue")["pull_request"] = map[string]any{"url": "x"}
 			obj(p, "comment")["body"] = "/retest"
 			obj(p, "comment")["author_association"] = "NONE"
-		}), nil, "/retest by Codertocat, who is not a collaborator (author_association NONE)"},
+		}), &forge.Hook{Event: "pull_request", Action: "denied", Repo: helloWorld, Ref: "refs/pull/1/head", PullRequest: 1, Sender: "Codertocat",
+			Message: "/retest", Association: "NONE"}, ""},
+		{"approve by a maintainer", "issue_comment", edit(t, "issue_comment.created.payload.json", func(p map[string]any) {
+			obj(p, "issue")["pull_request"] = map[string]any{"url": "x"}
+			obj(p, "comment")["body"] = "looks safe\n/forge approve"
+		}), &forge.Hook{Event: "pull_request", Action: "approve", Repo: helloWorld, Ref: "refs/pull/1/head", PullRequest: 1, Sender: "Codertocat",
+			Message: "/forge approve", Association: "OWNER"}, ""},
+		{"forge retest", "issue_comment", edit(t, "issue_comment.created.payload.json", func(p map[string]any) {
+			obj(p, "issue")["pull_request"] = map[string]any{"url": "x"}
+			obj(p, "comment")["body"] = "/forge retest"
+		}), &forge.Hook{Event: "pull_request", Action: "retest", Repo: helloWorld, Ref: "refs/pull/1/head", PullRequest: 1, Sender: "Codertocat"}, ""},
 		{"check suite of a branch", "check_suite", edit(t, "check_suite.rerequested.payload.json", func(p map[string]any) {
 			obj(p, "check_suite")["pull_requests"] = []any{}
 		}), &forge.Hook{

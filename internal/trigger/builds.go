@@ -37,6 +37,10 @@ func (p *Processor) createBuilds(ctx context.Context, h *forge.Hook, deliveryID,
 			return nil, fmt.Sprintf("no action runs for %s by default (add an on: section to %s)", describe(h), p.opts.SpecFile), nil
 		}
 	}
+	actions = slices.DeleteFunc(actions, func(a string) bool { return !forkAllows(h, a) })
+	if len(actions) == 0 {
+		return nil, fmt.Sprintf("pull request #%d comes from a fork, which never runs deploy-type actions", h.PullRequest), nil
+	}
 	var builds []*forge.Build
 	for _, a := range actions {
 		var b *forge.Build
@@ -98,7 +102,7 @@ func (p *Processor) createPlanned(ctx context.Context, h *forge.Hook, deliveryID
 	for i, j := range plan.Jobs {
 		jobs[i] = &forge.BuildJob{Name: j.Name, Status: forge.StatusPending, Needs: slices.Clone(j.Needs)}
 	}
-	b.Status = forge.StatusQueued
+	b.Status = p.initialStatus(h)
 	created, err := p.store(ctx, b, jobs)
 	if err != nil || !created {
 		return b, err
@@ -183,7 +187,7 @@ func (p *Processor) supersede(ctx context.Context, b *forge.Build) error {
 	}
 	older, err := p.opts.Builds.ListBuilds(ctx, forge.BuildFilter{
 		RepoID: b.RepoID, PullRequest: h.PullRequest, Action: b.Action, Before: b.ID,
-		Statuses: []forge.Status{forge.StatusPending, forge.StatusQueued, forge.StatusWaiting, forge.StatusRunning},
+		Statuses: []forge.Status{forge.StatusBlocked, forge.StatusPending, forge.StatusQueued, forge.StatusWaiting, forge.StatusRunning},
 	})
 	if err != nil {
 		return err
