@@ -158,3 +158,31 @@ func publishCreated(db *sqldb.DB, changes forge.Observer, b *forge.Build, log *s
 	}
 	changes.Observe(&forge.Change{Time: b.Created, Build: *b, Jobs: jobs})
 }
+
+// reply is trigger.Options.Reply: a comment through the outbox.
+func (r *reporting) reply() func(context.Context, *forge.Hook, string) error {
+	if r == nil {
+		return nil
+	}
+	return func(_ context.Context, h *forge.Hook, body string) error { return r.reporter.Comment(h, body) }
+}
+
+// promote is trigger.Options.Promote, unless github.promote is false.
+func (r *reporting) promote(c *serverConfig) func(context.Context, *forge.Hook, string, string) error {
+	if r == nil || (c.GitHub.Promote != nil && !*c.GitHub.Promote) {
+		return nil
+	}
+	return func(_ context.Context, h *forge.Hook, main, production string) error {
+		return r.reporter.Promote(h, main, production)
+	}
+}
+
+// canWrite is trigger.Options.CanWrite: the user's permission on GitHub.
+func (r *reporting) canWrite() func(context.Context, *forge.Repo, string) (bool, error) {
+	if r == nil {
+		return nil
+	}
+	return func(ctx context.Context, repo *forge.Repo, user string) (bool, error) {
+		return r.client.CanWrite(ctx, repo.Owner, repo.Name, 0, user)
+	}
+}

@@ -380,3 +380,143 @@ func TestGitHubReportSurvivesKill9(t *testing.T) {
 	checkOrder(t, fake.Statuses(sha))
 	p.stop(t)
 }
+
+// commentPayload is an issue_comment on pull request number by user with
+// association, saying body.
+func commentPayload(t testing.TB, repo string, installation int64, number int, user, association, body string) []byte {
+	return ghPayload(t, "issue_comment.created", repo, installation, func(p map[string]any) {
+		issue := p["issue"].(map[string]any)
+		issue["number"] = number
+		issue["pull_request"] = map[string]any{"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/" + fmt.Sprint(number)}
+		c := p["comment"].(map[string]any)
+		c["body"] = body
+		c["author_association"] = association
+		c["user"].(map[string]any)["login"] = user
+		p["sender"].(map[string]any)["login"] = user
+	})
+}
+
+// mergedPayload is pull request number merged into base as commit sha.
+func mergedPayload(t testing.TB, repo string, installation int64, number int, head, base, sha string) []byte {
+	return prPayload(t, "closed", repo, installation, number, head, func(p, pr map[string]any) {
+		pr["merged"] = true
+		pr["merge_commit_sha"] = sha
+		pr["base"].(map[string]any)["ref"] = base
+	})
+}
+
+const ghFlowSpec = `execute:
+  - echo "secret=${DEPLOY_KEY:-none}"
+deploy:
+  - test "$DEPLOY_KEY" = s3cret
+  - echo deployed
+`
+
+// TestGitHubPullRequestFlow is issue 10's pull request workflow end to
+// end: a fork's pull request waits for approval (and says so), a
+// /retest from someone without write access gets a reply, /forge
+// approve from a maintainer runs it without secrets; merging passed
+// pull requests into the main branch opens, then updates, the promotion
+// pull request; a merge into production deploys, reported as a GitHub
+// deployment with its statuses.
+func TestGitHubPullRequestFlow(t *testing.T) {
+	fake := githubtest.New(t)
+	fake.SetPermission("Codertocat", "admin")
+	repo := newGHRepo(t)
+	sha := repo.commit("spec", map[string]string{".forge.yml": ghFlowSpec})
+	config := filepath.Join(t.TempDir(), "forge.yml")
+	if err := os.WriteFile(config, []byte("secrets:\n  \"*\": {DEPLOY_KEY: s3cret}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "app.pem")
+	if err := os.WriteFile(key, fake.KeyPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := e2eStart(t, t.TempDir(), config,
+		fmt.Sprintf("FORGE_GITHUB_APP_ID=%d", fake.AppID), "FORGE_GITHUB_APP_KEY="+key, "FORGE_GITHUB_API_URL="+fake.URL,
+		"FORGE_GITHUB_RETRY_BACKOFF=50ms", "FORGE_PUBLIC_URL=https://ci.example.com")
+
+	// A first-time contributor's fork: the build waits for approval.
+	fork := prPayload(t, "opened", repo.dir, fake.Installation, 5, sha, func(p, pr map[string]any) {
+		pr["author_association"] = "FIRST_TIME_CONTRIBUTOR"
+		head := pr["head"].(map[string]any)
+		head["repo"].(map[string]any)["id"] = 999
+		head["repo"].(map[string]any)["full_name"] = "stranger/Hello-World"
+	})
+	deliver(t, p, "pull_request", "fork-1", fork)
+	fake.Wait(t, 30*time.Second, "the fork's waiting-for-approval status", func() bool {
+		s := fake.LatestLocked(sha)["forge/execute"]
+		return s.State == "pending" && strings.HasPrefix(s.Description, "waiting for approval")
+	})
+	if b := e2eWaitBuild(t, p, 1, 10*time.Second, func(*e2eBuildView) bool { return true }); b.Status != "blocked" {
+		t.Fatalf("the fork's build is %s, want blocked until approved", b.Status)
+	}
+	// Someone without write access asks for a rebuild: forge says why not.
+	deliver(t, p, "issue_comment", "retest-1", commentPayload(t, repo.dir, fake.Installation, 5, "stranger", "NONE", "/retest"))
+	fake.Wait(t, 30*time.Second, "the reply to /retest", func() bool {
+		c := fake.CommentsLocked()
+		return len(c) == 1 && c[0].Number == 5 && strings.Contains(c[0].Body, "needs write access")
+	})
+	// A maintainer approves: it runs, without the secret.
+	deliver(t, p, "issue_comment", "approve-1", commentPayload(t, repo.dir, fake.Installation, 5, "Codertocat", "OWNER", "/forge approve"))
+	b := e2eWaitBuild(t, p, 1, 60*time.Second, e2eBuildDone)
+	if b.Status != "success" {
+		t.Fatalf("the approved fork build is %s %q, want success", b.Status, b.Error)
+	}
+	if log := e2eJobLog(t, p, 1, b.Jobs[0]); !strings.Contains(log, "secret=none") {
+		t.Errorf("the fork's job log %q, want \"secret=none\": forks never get secrets", log)
+	}
+	fake.Wait(t, 30*time.Second, "the fork's final status", func() bool {
+		return fake.LatestLocked(sha)["forge/execute"].State == "success"
+	})
+	checkOrder(t, fake.Statuses(sha))
+
+	// Pull request 6 passes and is merged into master: the promotion
+	// pull request opens.
+	deliver(t, p, "pull_request", "pr6", prPayload(t, "opened", repo.dir, fake.Installation, 6, sha, nil))
+	e2eWaitBuild(t, p, 2, 60*time.Second, e2eBuildDone)
+	m6 := repo.commit("Merge pull request #6 from Codertocat/six\n\nMake six", nil)
+	deliver(t, p, "pull_request", "merge6", mergedPayload(t, repo.dir, fake.Installation, 6, sha, "master", m6))
+	fake.Wait(t, 30*time.Second, "the promotion pull request", func() bool {
+		pulls := fake.PullsLocked()
+		return len(pulls) == 1 && strings.Contains(pulls[0].Body, "- #6 Make six")
+	})
+	// Pull request 7 too: the open promotion pull request lists both.
+	deliver(t, p, "pull_request", "pr7", prPayload(t, "opened", repo.dir, fake.Installation, 7, sha, nil))
+	e2eWaitBuild(t, p, 3, 60*time.Second, e2eBuildDone)
+	m7 := repo.commit("Merge pull request #7 from Codertocat/seven\n\nMake seven", nil)
+	deliver(t, p, "pull_request", "merge7", mergedPayload(t, repo.dir, fake.Installation, 7, sha, "master", m7))
+	fake.Wait(t, 30*time.Second, "the promotion pull request updated", func() bool {
+		pulls := fake.PullsLocked()
+		return len(pulls) == 1 && strings.Contains(pulls[0].Body, "- #7 Make seven")
+	})
+	pr := fake.Pulls()[0]
+	if pr.Head != "master" || pr.Base != "production" || pr.Edits != 1 || !strings.Contains(pr.Body, "- #6 Make six\n- #7 Make seven") {
+		t.Errorf("promotion pull request %+v, want master → production listing #6 then #7, edited once", pr)
+	}
+
+	// The promotion is merged into production: deploy runs and is
+	// reported as a deployment.
+	fake.MergePull(pr.Number)
+	repo.git("branch", "production", m7)
+	deliver(t, p, "pull_request", "merge-prod", mergedPayload(t, repo.dir, fake.Installation, pr.Number, m7, "production", m7))
+	d := e2eWaitBuild(t, p, 4, 60*time.Second, e2eBuildDone)
+	if d.Action != "deploy" || d.Status != "success" {
+		t.Fatalf("build 4 is %s %s %q, want a successful deploy", d.Action, d.Status, d.Error)
+	}
+	fake.Wait(t, 30*time.Second, "the deployment's success", func() bool {
+		ds := fake.DeploymentsLocked()
+		return len(ds) == 1 && len(ds[0].States) > 0 && ds[0].States[len(ds[0].States)-1] == "success"
+	})
+	dep := fake.Deployments()[0]
+	if dep.Ref != m7 || dep.Environment != "production" {
+		t.Errorf("deployment %+v, want ref %s to production", dep, m7)
+	}
+	for i, s := range dep.States[:len(dep.States)-1] {
+		if s != "queued" && s != "in_progress" {
+			t.Errorf("deployment state %d is %s before the final success", i, s)
+		}
+	}
+	t.Logf("what the fake GitHub recorded:\n%s", fake.Dump())
+	p.stop(t)
+}

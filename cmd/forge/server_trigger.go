@@ -35,6 +35,11 @@ func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner,
 			run.Notify()
 			publishCreated(db, changes, b, log)
 		},
-		Logger: log.With("component", "trigger"),
+		Logger:       log.With("component", "trigger"),
+		ForkApproval: c.Builds.ForkApproval,
+		MainBranch:   c.GitHub.MainBranch,
+		Reply:        gh.reply(),
+		Promote:      gh.promote(c),
+		CanWrite:     gh.canWrite(),
 	})
 }

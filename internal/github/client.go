@@ -233,3 +233,21 @@ func (r *refreshing) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, _, err = send()
 	return resp, err
 }
+
+// CanWrite reports whether user may write to repository owner/name
+// (permission admin, maintain or write).
+func (c *Client) CanWrite(ctx context.Context, owner, name string, installation int64, user string) (bool, error) {
+	g, err := c.For(ctx, owner, name, installation)
+	if err != nil {
+		return false, err
+	}
+	lvl, _, err := g.Repositories.GetPermissionLevel(ctx, owner, name, user)
+	if err != nil {
+		return false, classify(err, fmt.Sprintf("permission of %s on %s/%s", user, owner, name))
+	}
+	switch lvl.GetPermission() {
+	case "admin", "maintain", "write":
+		return true, nil
+	}
+	return false, nil
+}

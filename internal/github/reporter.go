@@ -534,3 +534,51 @@ func firstLine(s string) string {
 	}
 	return s
 }
+
+// Comment queues a comment on the pull request of h.
+func (r *Reporter) Comment(h *forge.Hook, body string) error {
+	if h.PullRequest <= 0 || h.Repo.Owner == "" {
+		return forge.Errorf(forge.EINVALID, "github: a comment needs a pull request")
+	}
+	p := commentPayload{target: target{Owner: h.Repo.Owner, Repo: h.Repo.Name, Installation: h.Installation}, Number: h.PullRequest, Body: body}
+	r.opts.Outbox.Add(&forge.OutboxItem{
+		// Every reply is its own: the same words may answer two commands.
+		Key:     fmt.Sprintf("comment/%s/%s/%d/%d", h.Repo.Owner, h.Repo.Name, h.PullRequest, time.Now().UnixNano()),
+		Kind:    kindComment,
+		Rank:    1,
+		Payload: mustJSON(p),
+	})
+	return nil
+}
+
+// Promote queues the promotion of the pull request h merged into main:
+// the promotion pull request main → production is opened, or the open
+// one lists it too.
+func (r *Reporter) Promote(h *forge.Hook, main, production string) error {
+	if h.PullRequest <= 0 || h.Repo.Owner == "" || main == "" || production == "" {
+		return forge.Errorf(forge.EINVALID, "github: a promotion needs a merged pull request and two branches")
+	}
+	p := promotePayload{target: target{Owner: h.Repo.Owner, Repo: h.Repo.Name, Installation: h.Installation},
+		Head: main, Base: production, Number: h.PullRequest, Title: prTitle(h)}
+	r.opts.Outbox.Add(&forge.OutboxItem{
+		Key:     fmt.Sprintf("promote/%s/%s/%s/%s/%d", h.Repo.Owner, h.Repo.Name, main, production, h.PullRequest),
+		Kind:    kindPromote,
+		Rank:    1,
+		Payload: mustJSON(p),
+	})
+	return nil
+}
+
+// prTitle is the title of the pull request h merged, as GitHub's merge
+// commit message carries it ("Merge pull request #2 from a/b", a blank
+// line, the title), or the message's first line.
+func prTitle(h *forge.Hook) string {
+	lines := strings.Split(strings.TrimSpace(h.Message), "\n")
+	if len(lines) >= 3 && strings.HasPrefix(lines[0], "Merge pull request #") && strings.TrimSpace(lines[1]) == "" {
+		return strings.TrimSpace(lines[2])
+	}
+	if t := strings.TrimSpace(lines[0]); t != "" {
+		return t
+	}
+	return fmt.Sprintf("pull request #%d", h.PullRequest)
+}

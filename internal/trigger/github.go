@@ -70,7 +70,10 @@ func (p *Processor) command(ctx context.Context, h *forge.Hook) (result string, 
 		if p.opts.CanWrite != nil {
 			can, err := p.opts.CanWrite(ctx, &h.Repo, h.Sender)
 			if err != nil {
-				return "", &retryable{hook: h, err: err}, nil, true
+				// GitHub could not say: the comment's author association
+				// (OWNER, MEMBER or COLLABORATOR) stands.
+				p.log.Warn("trigger: checking write access; trusting the comment's author association", "user", h.Sender, "err", err)
+				can = true
 			}
 			if !can {
 				p.reply(ctx, h, fmt.Sprintf("@%s `/forge approve` needs write access to %s; nothing was approved.", h.Sender, h.Repo.FullName()))
