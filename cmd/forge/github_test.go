@@ -244,6 +244,9 @@ func TestGitHubReportsEndToEnd(t *testing.T) {
 	fake.Wait(t, 60*time.Second, "final statuses and check runs of the passing build", done(pass, 2))
 	fake.Wait(t, 60*time.Second, "final statuses and check runs of the failing build", done(fail, 2))
 
+	if n, m := len(fake.CheckRuns(pass)), len(fake.CheckRuns(fail)); n != 2 || m != 2 {
+		t.Errorf("%d and %d check runs, want one per job", n, m)
+	}
 	// The passing build.
 	checkOrder(t, fake.Statuses(pass))
 	latest := fake.Latest(pass)
@@ -508,6 +511,17 @@ func TestGitHubPullRequestFlow(t *testing.T) {
 		ds := fake.DeploymentsLocked()
 		return len(ds) == 1 && len(ds[0].States) > 0 && ds[0].States[len(ds[0].States)-1] == "success"
 	})
+	for _, sha := range []string{sha, m7} {
+		builds := map[string]int{}
+		for _, c := range fake.CheckRuns(sha) {
+			builds[c.ExternalID]++
+		}
+		for id, n := range builds {
+			if n != 1 {
+				t.Errorf("job %s has %d check runs, want one that changes state", id, n)
+			}
+		}
+	}
 	dep := fake.Deployments()[0]
 	if dep.Ref != m7 || dep.Environment != "production" {
 		t.Errorf("deployment %+v, want ref %s to production", dep, m7)

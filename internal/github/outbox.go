@@ -59,9 +59,13 @@ type Outbox struct {
 	latest   map[string]*forge.OutboxItem // newer version of an in-flight key
 	ready    []*forge.OutboxItem
 	results  []forge.OutboxResult
-	retryAt  time.Time
-	stopped  bool
-	idle     *sync.Cond // signalled when work is done
+	// refs remembers the Ref of recent deliveries: a newer version
+	// stored before the delivery's outcome was recorded comes back from
+	// the store without it (a check run would be created twice).
+	refs    map[string]knownRef
+	retryAt time.Time
+	stopped bool
+	idle    *sync.Cond // signalled when work is done
 
 	wakeWriter chan struct{}
 	wakeWork   chan struct{}
@@ -100,6 +104,7 @@ func NewOutbox(opts OutboxOptions) *Outbox {
 		log:        opts.Logger,
 		inflight:   map[string]bool{},
 		latest:     map[string]*forge.OutboxItem{},
+		refs:       map[string]knownRef{},
 		wakeWriter: make(chan struct{}, 1),
 		wakeWork:   make(chan struct{}, 1),
 		wakeSettle: make(chan struct{}, 1),
@@ -206,8 +211,19 @@ func (o *Outbox) store(ctx context.Context) bool {
 	return true
 }
 
+type knownRef struct {
+	ref string
+	at  time.Time
+}
+
+// refsKept is how long refs remembers a delivery's Ref.
+const refsKept = 10 * time.Minute
+
 // scheduleLocked makes it ready, or the next of its key to deliver.
 func (o *Outbox) scheduleLocked(it *forge.OutboxItem) {
+	if k, ok := o.refs[it.Key]; ok && it.Ref == "" {
+		it.Ref = k.ref
+	}
 	if o.inflight[it.Key] {
 		if cur := o.latest[it.Key]; cur == nil || it.Version >= cur.Version {
 			o.latest[it.Key] = it
@@ -263,6 +279,9 @@ func (o *Outbox) deliver(ctx context.Context, it *forge.OutboxItem) {
 	}
 	o.mu.Lock()
 	o.results = append(o.results, res)
+	if ref != "" {
+		o.refs[it.Key] = knownRef{ref: ref, at: time.Now()}
+	}
 	if next := o.latest[it.Key]; next != nil {
 		delete(o.latest, it.Key)
 		if next.Version > it.Version {
@@ -363,6 +382,13 @@ func (o *Outbox) poller(ctx context.Context) {
 			}
 		}
 		t.Reset(wait)
+		o.mu.Lock()
+		for k, r := range o.refs {
+			if time.Since(r.at) > refsKept {
+				delete(o.refs, k)
+			}
+		}
+		o.mu.Unlock()
 		if time.Since(purged) > time.Hour {
 			purged = time.Now()
 			if n, err := o.opts.Store.PurgeOutbox(ctx, time.Now().Add(-o.opts.Retention)); err != nil {
