@@ -534,3 +534,33 @@ func TestGitHubPullRequestFlow(t *testing.T) {
 	t.Logf("what the fake GitHub recorded:\n%s", fake.Dump())
 	p.stop(t)
 }
+
+// TestGitHubSuperseded: a new commit on a pull request cancels the
+// running build of the old one, whose status says it was superseded
+// (an error, so it is not taken for the new commit's result).
+func TestGitHubSuperseded(t *testing.T) {
+	fake := githubtest.New(t)
+	repo := newGHRepo(t)
+	slow := repo.commit("slow", map[string]string{".forge.yml": "execute:\n  - sleep 60\n"})
+	quick := repo.commit("quick", map[string]string{".forge.yml": "execute:\n  - echo quick\n"})
+	p := ghStart(t, fake, t.TempDir())
+	deliver(t, p, "pull_request", "old", prPayload(t, "opened", repo.dir, fake.Installation, 2, slow, nil))
+	fake.Wait(t, 30*time.Second, "the old commit running", func() bool {
+		return fake.LatestLocked(slow)["forge/execute"].Description == "running"
+	})
+	deliver(t, p, "pull_request", "new", prPayload(t, "synchronize", repo.dir, fake.Installation, 2, quick, nil))
+	fake.Wait(t, 60*time.Second, "both commits' final statuses", func() bool {
+		return fake.LatestLocked(slow)["forge/execute"].State == "error" && fake.LatestLocked(quick)["forge/execute"].State == "success"
+	})
+	if s := fake.Latest(slow)["forge/execute"]; s.Description != "canceled: superseded by build #2" {
+		t.Errorf("the superseded commit's status says %q, want \"canceled: superseded by build #2\"", s.Description)
+	}
+	for _, c := range fake.CheckRuns(slow) {
+		if c.Conclusion != "cancelled" {
+			t.Errorf("the superseded check run's conclusion is %q, want cancelled", c.Conclusion)
+		}
+	}
+	checkOrder(t, fake.Statuses(slow))
+	checkOrder(t, fake.Statuses(quick))
+	p.stop(t)
+}

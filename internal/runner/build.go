@@ -89,6 +89,7 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger) 
 		return r.aborted(ctx, forge.StatusError, "loading the jobs: "+forge.ErrorMessage(err))
 	}
 	rec := newRecorder(r, b, jobs)
+	rec.ctx = ctx
 	defer rec.close()
 
 	dir := r.workspace(b)

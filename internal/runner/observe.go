@@ -1,6 +1,8 @@
 package runner
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -46,6 +48,13 @@ func (rec *recorder) publishJob(js *jobState) {
 		job.Steps = append(job.Steps, &c)
 	}
 	slices.SortFunc(job.Steps, func(a, b *forge.BuildStep) int { return a.Index - b.Index })
+	if row.Status == forge.StatusCanceled && rec.ctx != nil {
+		// Say who cancelled it ("superseded by build #7"), not only that
+		// it was.
+		if cause := context.Cause(rec.ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			job.Error = cause.Error()
+		}
+	}
 	c := &forge.Change{Time: row.Finished, Build: *rec.build, Job: &job}
 	if !row.Status.Done() {
 		c.Time = time.Now().UTC()

@@ -18,6 +18,8 @@ import (
 type recorder struct {
 	r     *Runner
 	build *forge.Build
+	// ctx is the build's context: its cause says why a job was cancelled.
+	ctx context.Context
 
 	mu      sync.Mutex
 	room    *sync.Cond           // signalled when the writer takes pending writes
