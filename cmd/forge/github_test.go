@@ -564,3 +564,36 @@ func TestGitHubSuperseded(t *testing.T) {
 	checkOrder(t, fake.Statuses(quick))
 	p.stop(t)
 }
+
+// TestGitHubProtect: forge github protect prints the contexts the main
+// and production branches should require, from the spec on GitHub, and
+// with --apply sets them, keeping other required checks.
+func TestGitHubProtect(t *testing.T) {
+	fake := githubtest.New(t)
+	fake.SetFile(".forge.yml", "master", ghPassSpec+"  lint:\n    matrix:\n      go: [\"1.22\", \"1.23\"]\n    steps: [go vet ./...]\n")
+	fake.Protect("production", "ci/other", "forge/old-job")
+	env := []string{"FORGE_GITHUB_TOKEN=" + fake.Token, "FORGE_GITHUB_API_URL=" + fake.URL}
+	out := e2eForgeCmd(t, env, "github", "protect", "Codertocat/Hello-World")
+	for _, want := range []string{
+		"Codertocat/Hello-World branch master (not protected yet) would require:\n  + forge/build\n  + forge/lint (go=1.22)\n  + forge/lint (go=1.23)\n  + forge/test\n",
+		"branch production (protected) would require:\n    ci/other\n  + forge/build\n",
+		"  - forge/old-job\n",
+		"Nothing was changed",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, ok := fake.Protection("master"); ok {
+		t.Fatal("master was protected without --apply")
+	}
+	e2eForgeCmd(t, env, "github", "protect", "Codertocat/Hello-World", "--apply")
+	main, _ := fake.Protection("master")
+	prod, _ := fake.Protection("production")
+	if fmt.Sprint(main) != "[forge/build forge/lint (go=1.22) forge/lint (go=1.23) forge/test]" {
+		t.Errorf("master requires %v", main)
+	}
+	if fmt.Sprint(prod) != "[ci/other forge/build forge/lint (go=1.22) forge/lint (go=1.23) forge/test]" {
+		t.Errorf("production requires %v", prod)
+	}
+}

@@ -135,6 +135,7 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newLeaseGuardCmd(),
 		newServerCmd(),
 		newTokenCmd(),
+		newGitHubCmd(),
 	)
 	return root
 }
