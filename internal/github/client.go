@@ -68,7 +68,11 @@ func NewClient(auth Auth) (*Client, error) {
 		auth.Timeout = 30 * time.Second
 	}
 	if auth.Transport == nil {
-		auth.Transport = http.DefaultTransport
+		// The outbox's workers talk to one host at once: keep a
+		// connection for each (the default keeps two).
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 64
+		auth.Transport = t
 	}
 	c := &Client{auth: auth, base: base, installs: map[int64]*ghinstallation.Transport{}, byRepo: map[string]int64{}}
 	if auth.AppID != 0 || len(auth.AppKey) > 0 {

@@ -313,3 +313,26 @@ func TestStatusShape(t *testing.T) {
 		t.Errorf("target_url %q", l["forge/test"].TargetURL)
 	}
 }
+
+type discard struct{}
+
+func (discard) Add(...*forge.OutboxItem) {}
+
+// BenchmarkReporterObserve is what reporting costs the build: the
+// runner's call to Observe for each change (the work happens elsewhere).
+//
+//	go test -run '^$' -bench BenchmarkReporterObserve ./internal/github/
+func BenchmarkReporterObserve(b *testing.B) {
+	rep := github.NewReporter(github.ReporterOptions{Outbox: discard{}, Repos: repos{}, Jobs: jobs{}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); rep.Run(ctx) }()
+	c := &forge.Change{Build: build(1, forge.StatusRunning), Job: job(forge.StatusSuccess)}
+	b.ResetTimer()
+	for b.Loop() {
+		rep.Observe(c)
+	}
+	b.StopTimer()
+	cancel()
+	<-done
+}

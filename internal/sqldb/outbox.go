@@ -48,11 +48,29 @@ func (db *DB) Enqueue(ctx context.Context, owner string, leaseUntil time.Time, i
 	err := db.write(ctx, func(tx *sql.Tx) error {
 		out = out[:0]
 		stored := map[string]*forge.OutboxItem{} // this batch's, by key
+		// A batch can be hundreds of items: each statement is parsed once.
+		sel, err := tx.PrepareContext(ctx, db.q("SELECT "+outboxColumns+" FROM outbox WHERE item_key = ?"))
+		if err != nil {
+			return db.fail(ctx, err, "read outbox item")
+		}
+		defer sel.Close()
+		ins, err := tx.PrepareContext(ctx, db.q(`INSERT INTO outbox (item_key, kind, rank, weak, payload, version, delivered, created, updated, owner, lease_until)
+					VALUES (?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?)`))
+		if err != nil {
+			return db.fail(ctx, err, "save outbox item")
+		}
+		defer ins.Close()
+		upd, err := tx.PrepareContext(ctx, db.q(`UPDATE outbox SET kind = ?, rank = ?, weak = ?, payload = ?, version = ?,
+					attempts = 0, next_at = NULL, error = '', progress = 0, updated = ?, owner = ?, lease_until = ? WHERE item_key = ?`))
+		if err != nil {
+			return db.fail(ctx, err, "replace outbox item")
+		}
+		defer upd.Close()
 		for _, it := range items {
 			cur := stored[it.Key]
 			if cur == nil {
 				var err error
-				cur, err = scanOutbox(tx.QueryRowContext(ctx, db.q("SELECT "+outboxColumns+" FROM outbox WHERE item_key = ?"), it.Key))
+				cur, err = scanOutbox(sel.QueryRowContext(ctx, it.Key))
 				if err != nil && !errors.Is(err, sql.ErrNoRows) {
 					return db.fail(ctx, err, "read outbox item")
 				}
@@ -61,8 +79,7 @@ func (db *DB) Enqueue(ctx context.Context, owner string, leaseUntil time.Time, i
 				n := *it
 				n.Version, n.Delivered, n.Attempts, n.Ref, n.Progress, n.Error = 1, 0, 0, "", 0, ""
 				n.NextAt, n.Created, n.Updated = time.Time{}, t, t
-				_, err := tx.ExecContext(ctx, db.q(`INSERT INTO outbox (item_key, kind, rank, weak, payload, version, delivered, created, updated, owner, lease_until)
-					VALUES (?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?)`),
+				_, err := ins.ExecContext(ctx,
 					n.Key, n.Kind, n.Rank, boolInt(n.Weak), string(n.Payload), t.UnixMicro(), t.UnixMicro(), owner, micros(leaseUntil))
 				if err != nil {
 					return db.fail(ctx, err, "save outbox item")
@@ -78,8 +95,7 @@ func (db *DB) Enqueue(ctx context.Context, owner string, leaseUntil time.Time, i
 			n.Kind, n.Rank, n.Weak, n.Payload = it.Kind, it.Rank, it.Weak, it.Payload
 			n.Version++
 			n.Attempts, n.NextAt, n.Error, n.Updated, n.Progress = 0, time.Time{}, "", t, 0
-			_, err := tx.ExecContext(ctx, db.q(`UPDATE outbox SET kind = ?, rank = ?, weak = ?, payload = ?, version = ?,
-					attempts = 0, next_at = NULL, error = '', progress = 0, updated = ?, owner = ?, lease_until = ? WHERE item_key = ?`),
+			_, err := upd.ExecContext(ctx,
 				n.Kind, n.Rank, boolInt(n.Weak), string(n.Payload), n.Version, t.UnixMicro(), owner, micros(leaseUntil), n.Key)
 			if err != nil {
 				return db.fail(ctx, err, "replace outbox item")
@@ -164,17 +180,22 @@ func (db *DB) Settle(ctx context.Context, results []forge.OutboxResult) error {
 	}
 	t := now().UnixMicro()
 	return db.write(ctx, func(tx *sql.Tx) error {
+		done, err := tx.PrepareContext(ctx, db.q(`UPDATE outbox SET ref = ?, progress = ?,
+						delivered = CASE WHEN version = ? THEN version ELSE delivered END,
+						error = CASE WHEN version = ? THEN ? ELSE error END,
+						owner = CASE WHEN version = ? THEN '' ELSE owner END,
+						lease_until = CASE WHEN version = ? THEN NULL ELSE lease_until END,
+						updated = ? WHERE item_key = ?`))
+		if err != nil {
+			return db.fail(ctx, err, "settle outbox item")
+		}
+		defer done.Close()
 		for _, r := range results {
 			var err error
 			switch {
 			case r.Failed == "" || r.NextAt.IsZero():
 				// Delivered, or given up: either way this version is done.
-				_, err = tx.ExecContext(ctx, db.q(`UPDATE outbox SET ref = ?, progress = ?,
-						delivered = CASE WHEN version = ? THEN version ELSE delivered END,
-						error = CASE WHEN version = ? THEN ? ELSE error END,
-						owner = CASE WHEN version = ? THEN '' ELSE owner END,
-						lease_until = CASE WHEN version = ? THEN NULL ELSE lease_until END,
-						updated = ? WHERE item_key = ?`),
+				_, err = done.ExecContext(ctx,
 					r.Ref, r.Progress, r.Version, r.Version, cleanText(r.Failed), r.Version, r.Version, t, r.Key)
 			default:
 				_, err = tx.ExecContext(ctx, db.q(`UPDATE outbox SET ref = ?, progress = ?,

@@ -281,6 +281,10 @@ func (f *Fake) Statuses(sha string) []Status {
 // StatusesLocked is Statuses for use inside a Wait condition.
 func (f *Fake) StatusesLocked(sha string) []Status { return f.statusesLocked(sha) }
 
+// StatusCountLocked is how many statuses arrived, for use inside a Wait
+// condition (it costs nothing, unlike StatusesLocked).
+func (f *Fake) StatusCountLocked() int { return len(f.statuses) }
+
 // Latest returns the last status of each context for sha.
 func (f *Fake) Latest(sha string) map[string]Status {
 	f.mu.Lock()
