@@ -1,6 +1,7 @@
 package github
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -289,6 +290,57 @@ func parseCheckSuite(payload []byte) (*forge.Hook, string, error) {
 	h.Target = h.Branch
 	h.Ref = "refs/heads/" + h.Branch
 	return h, "", nil
+}
+
+// parseCheckRun reads check_run: a re-requested check run of forge's
+// rebuilds its commit like a re-requested check suite (forge reruns a
+// build as a whole).
+func parseCheckRun(payload []byte) (*forge.Hook, string, error) {
+	var p struct {
+		common
+		CheckRun *struct {
+			HeadSHA      string           `json:"head_sha"`
+			ExternalID   string           `json:"external_id"`
+			CheckSuite   *json.RawMessage `json:"check_suite"`
+			PullRequests []any            `json:"pull_requests"`
+		} `json:"check_run"`
+	}
+	if err := decode("check_run", payload, &p); err != nil {
+		return nil, "", err
+	}
+	if _, err := p.repo("check_run"); err != nil {
+		return nil, "", err
+	}
+	cr := p.CheckRun
+	if cr == nil || cr.CheckSuite == nil {
+		return nil, "", forge.Errorf(forge.EINVALID, "check_run payload has no check_run with a check_suite")
+	}
+	if p.Action != "rerequested" {
+		return nil, fmt.Sprintf("check_run action %q: forge reruns on rerequested", p.Action), nil
+	}
+	// The check suite inside carries what a check_suite event does; the
+	// pull requests are the check run's.
+	var suite map[string]any
+	if err := json.Unmarshal(*cr.CheckSuite, &suite); err != nil || suite == nil {
+		return nil, "", forge.Errorf(forge.EINVALID, "check_run payload: check_suite is not an object")
+	}
+	if suite["head_sha"] == nil {
+		suite["head_sha"] = cr.HeadSHA
+	}
+	if cr.PullRequests != nil {
+		suite["pull_requests"] = cr.PullRequests
+	}
+	var whole map[string]any
+	if err := json.Unmarshal(payload, &whole); err != nil {
+		return nil, "", forge.Errorf(forge.EINVALID, "check_run payload: %v", err)
+	}
+	delete(whole, "check_run")
+	whole["check_suite"] = suite
+	as, err := json.Marshal(whole)
+	if err != nil {
+		return nil, "", forge.Errorf(forge.EINVALID, "check_run payload: %v", err)
+	}
+	return parseCheckSuite(as)
 }
 
 // Who may ask for a rebuild with a comment: people with write access.

@@ -26,7 +26,7 @@ const maxPushCommits = 2048
 
 // Events lists the webhook events forge understands, in DESIGN.md order.
 // Others are recorded and ignored.
-var Events = []string{"ping", "pull_request", "push", "create", "delete", "check_suite", "issue_comment", "installation"}
+var Events = []string{"ping", "pull_request", "push", "create", "delete", "check_suite", "check_run", "issue_comment", "installation"}
 
 // ParseHook interprets the JSON payload of a webhook delivery of event
 // (the X-GitHub-Event header).
@@ -57,6 +57,8 @@ func ParseHook(event string, payload []byte) (hook *forge.Hook, ignored string, 
 		return parseRefEvent(event, payload)
 	case "check_suite":
 		return parseCheckSuite(payload)
+	case "check_run":
+		return parseCheckRun(payload)
 	case "issue_comment":
 		return parseIssueComment(payload)
 	case "installation":

@@ -331,3 +331,30 @@ func FuzzParseHook(f *testing.F) {
 		}
 	})
 }
+
+// TestParseCheckRunRerequested: re-running one of forge's check runs
+// rebuilds its commit, like a re-requested check suite.
+func TestParseCheckRunRerequested(t *testing.T) {
+	suite := fixture(t, "check_suite.rerequested.payload.json")
+	var p map[string]any
+	if err := json.Unmarshal(suite, &p); err != nil {
+		t.Fatal(err)
+	}
+	cs := p["check_suite"].(map[string]any)
+	p["check_run"] = map[string]any{"id": 4, "head_sha": cs["head_sha"], "external_id": "1/test", "check_suite": cs, "pull_requests": cs["pull_requests"]}
+	delete(p, "check_suite")
+	payload, _ := json.Marshal(p)
+	hook, ignored, err := github.ParseHook("check_run", payload)
+	if err != nil || ignored != "" {
+		t.Fatalf("ParseHook: %v %q", err, ignored)
+	}
+	want, _, _ := github.ParseHook("check_suite", suite)
+	if !reflect.DeepEqual(hook, want) {
+		t.Errorf("check_run hook:\ngot  %s\nwant %s", js(hook), js(want))
+	}
+	p["action"] = "completed"
+	payload, _ = json.Marshal(p)
+	if hook, ignored, err := github.ParseHook("check_run", payload); hook != nil || err != nil || ignored == "" {
+		t.Errorf("completed check run: %v %q %v, want ignored", hook, ignored, err)
+	}
+}
