@@ -186,3 +186,14 @@ func (r *reporting) canWrite() func(context.Context, *forge.Repo, string) (bool,
 		return r.client.CanWrite(ctx, repo.Owner, repo.Name, 0, user)
 	}
 }
+
+// tokenFor is git.Options.TokenFor: with an App, fetches use the
+// repository's installation token.
+func (r *reporting) tokenFor() func(context.Context, *forge.Repo) (string, error) {
+	if r == nil || r.client.Mode() != "app" {
+		return nil
+	}
+	return func(ctx context.Context, repo *forge.Repo) (string, error) {
+		return r.client.Token(ctx, repo.Owner, repo.Name)
+	}
+}

@@ -211,7 +211,11 @@ func (m *serverMain) Run(ctx context.Context) error {
 	} else if n > 0 {
 		log.Warn("removed git lock files left by a server that died mid-fetch", "files", n)
 	}
-	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token})
+	gh, err := newReporting(c, db, data, publicURL, log)
+	if err != nil {
+		return err
+	}
+	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token, TokenFor: gh.tokenFor()})
 	if err != nil {
 		return err
 	}
@@ -237,10 +241,6 @@ func (m *serverMain) Run(ctx context.Context) error {
 	live := livelog.New()
 	// Build and job changes: GitHub reporting follows them.
 	changes := &forge.Hub{}
-	gh, err := newReporting(c, db, data, publicURL, log)
-	if err != nil {
-		return err
-	}
 	if gh != nil {
 		changes.Subscribe(gh.reporter)
 	}

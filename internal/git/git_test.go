@@ -423,3 +423,32 @@ func TestReadFileTooLarge(t *testing.T) {
 		t.Errorf("ReadFile(ok) = %q, %v", b, err)
 	}
 }
+
+// TestCredentialsPerRepository: TokenFor's token (a GitHub App
+// installation's) is sent for its repository instead of Token.
+func TestCredentialsPerRepository(t *testing.T) {
+	var mu sync.Mutex
+	var auth []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		http.Error(w, "nope", http.StatusInternalServerError)
+	}))
+	defer srv.Close()
+	var asked []string
+	g := newGit(t, git.Options{Token: "ghp_static", TokenFor: func(_ context.Context, r *forge.Repo) (string, error) {
+		asked = append(asked, r.FullName())
+		return "ghs_installation", nil
+	}})
+	repo := &forge.Repo{Owner: "acme", Name: "private", CloneURL: srv.URL + "/acme/private.git"}
+	if _, err := g.Fetch(context.Background(), repo, "main", ""); err == nil {
+		t.Fatal("Fetch from a failing server succeeded")
+	}
+	want := "Basic " + base64.StdEncoding.EncodeToString([]byte("x-access-token:ghs_installation"))
+	mu.Lock()
+	defer mu.Unlock()
+	if len(auth) == 0 || auth[0] != want || len(asked) == 0 || asked[0] != "acme/private" {
+		t.Errorf("Authorization sent = %q (TokenFor asked for %v), want %q", auth, asked, want)
+	}
+}
