@@ -597,3 +597,32 @@ func TestGitHubProtect(t *testing.T) {
 		t.Errorf("production requires %v", prod)
 	}
 }
+
+// TestGitHubAppTokenExpiresMidBuild: the installation token forge got
+// when the build started expires while its job runs; the job's final
+// status is still reported, with a new token (every App request carries
+// a JWT the fake verifies with the App's public key).
+func TestGitHubAppTokenExpiresMidBuild(t *testing.T) {
+	fake := githubtest.New(t)
+	gate := filepath.Join(t.TempDir(), "go")
+	repo := newGHRepo(t)
+	sha := repo.commit("waits", map[string]string{".forge.yml": fmt.Sprintf("execute:\n  - while [ ! -f %s ]; do sleep 0.05; done\n", gate)})
+	p := ghStart(t, fake, t.TempDir())
+	deliver(t, p, "pull_request", "expiry-1", prPayload(t, "opened", repo.dir, fake.Installation, 2, sha, nil))
+	fake.Wait(t, 30*time.Second, "the job running", func() bool {
+		return fake.LatestLocked(sha)["forge/execute"].Description == "running"
+	})
+	issued := fake.TokensIssued()
+	fake.ExpireTokens()
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fake.Wait(t, 30*time.Second, "the final status", func() bool {
+		return fake.LatestLocked(sha)["forge/execute"].State == "success"
+	})
+	if n := fake.TokensIssued(); n <= issued {
+		t.Errorf("tokens issued: %d before the expiry, %d after; want a new one", issued, n)
+	}
+	checkOrder(t, fake.Statuses(sha))
+	p.stop(t)
+}
