@@ -573,6 +573,7 @@ func (r *Runner) Restart(ctx context.Context, id int64) (*forge.Build, error) {
 	if err := r.opts.Builds.CreateBuild(ctx, nb, jobs); err != nil {
 		return nil, err
 	}
+	r.publish(&forge.Change{Build: *nb, Jobs: jobs})
 	r.Notify()
 	return nb, nil
 }
