@@ -238,6 +238,10 @@ func TestAppTokenNearExpiry(t *testing.T) {
 	h.fake.Wait(t, 20*time.Second, "the running status", func() bool { return len(h.fake.StatusesLocked(sha)) == 1 })
 	h.rep.Observe(&forge.Change{Build: b, Job: job(forge.StatusSuccess)})
 	h.fake.Wait(t, 20*time.Second, "the final status", func() bool { return len(h.fake.StatusesLocked(sha)) == 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	h.rep.Idle(ctx)
+	h.outbox.Idle(ctx) // the check runs' requests too
 	total, _ := h.fake.Requests()
 	if n := h.fake.TokensIssued(); n < 2 || n != total-n {
 		t.Errorf("%d tokens issued for %d API requests, want one each: a token this close to its expiry is not used again", n, total-n)
