@@ -45,9 +45,16 @@ they trigger on this machine (local backend), serves the REST API under /api/v1
 Configuration comes from the YAML file given with --config, then FORGE_*
 environment variables (FORGE_ADDR, FORGE_DATA, FORGE_DATABASE_URL,
 FORGE_PUBLIC_URL, FORGE_GITHUB_WEBHOOK_SECRET, FORGE_GITHUB_TOKEN,
-FORGE_BUILDS_CONCURRENCY, FORGE_GRACE, FORGE_LOG_LEVEL, ...), then flags:
+FORGE_GITHUB_APP_ID, FORGE_GITHUB_APP_KEY, FORGE_GITHUB_API_URL,
+FORGE_FORK_APPROVAL, FORGE_BUILDS_CONCURRENCY, FORGE_GRACE,
+FORGE_LOG_LEVEL, ...), then flags:
 flags win. The database is SQLite in the data directory unless
 FORGE_DATABASE_URL is a postgres:// URL.
+
+With a GitHub App (FORGE_GITHUB_APP_ID and FORGE_GITHUB_APP_KEY) or a token
+(FORGE_GITHUB_TOKEN), every job is reported to GitHub as a commit status
+(forge/JOB) and, as an App, a check run; reports wait in the database until
+GitHub has them, across restarts and outages.
 
 The server refuses to start while database migrations are pending; run
 "forge migrate up" first, or set FORGE_MIGRATE=auto to migrate at start.
