@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/github"
 	"github.com/forgeci/forge/internal/sqldb"
@@ -88,7 +90,7 @@ type reporting struct {
 
 // newReporting wires GitHub reporting, or returns nil (and logs why)
 // when no App or token is configured.
-func newReporting(c *serverConfig, db *sqldb.DB, data, publicURL string, log *slog.Logger) (*reporting, error) {
+func newReporting(c *serverConfig, db *sqldb.DB, data, publicURL string, reg prometheus.Registerer, log *slog.Logger) (*reporting, error) {
 	client, err := c.githubClient()
 	if err != nil {
 		return nil, err
@@ -97,13 +99,17 @@ func newReporting(c *serverConfig, db *sqldb.DB, data, publicURL string, log *sl
 		log.Info("GitHub reporting is off: set FORGE_GITHUB_APP_ID and FORGE_GITHUB_APP_KEY, or FORGE_GITHUB_TOKEN, to report statuses")
 		return nil, nil
 	}
-	ob := github.NewOutbox(github.OutboxOptions{
-		Store:   db,
-		Owner:   outboxOwner(data),
-		Deliver: client.Deliver,
-		Backoff: time.Duration(c.GitHub.RetryBackoff),
-		Logger:  log.With("component", "github"),
+	ob, err := github.NewOutbox(github.OutboxOptions{
+		Store:      db,
+		Owner:      outboxOwner(data),
+		Deliver:    client.Deliver,
+		Backoff:    time.Duration(c.GitHub.RetryBackoff),
+		Logger:     log.With("component", "github"),
+		Registerer: reg,
 	})
+	if err != nil {
+		return nil, err
+	}
 	rep := github.NewReporter(github.ReporterOptions{
 		Outbox:    ob,
 		Repos:     db,

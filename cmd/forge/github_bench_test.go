@@ -38,7 +38,10 @@ func BenchmarkGitHubFinalStatus(b *testing.B) {
 	if _, err := db.Migrate(ctx, "up"); err != nil {
 		b.Fatal(err)
 	}
-	ob := github.NewOutbox(github.OutboxOptions{Store: db, Owner: "bench", Deliver: client.Deliver})
+	ob, err := github.NewOutbox(github.OutboxOptions{Store: db, Owner: "bench", Deliver: client.Deliver})
+	if err != nil {
+		b.Fatal(err)
+	}
 	rep := github.NewReporter(github.ReporterOptions{Outbox: ob, Repos: db, Jobs: db, PublicURL: "https://ci.example.com"})
 	var wg sync.WaitGroup
 	wg.Add(2)

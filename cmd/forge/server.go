@@ -218,7 +218,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	} else if n > 0 {
 		log.Warn("removed git lock files left by a server that died mid-fetch", "files", n)
 	}
-	gh, err := newReporting(c, db, data, publicURL, log)
+	gh, err := newReporting(c, db, data, publicURL, reg, log)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/github"
 	"github.com/forgeci/forge/internal/github/githubtest"
@@ -105,6 +108,7 @@ type harness struct {
 	outbox *github.Outbox
 	rep    *github.Reporter
 	store  *memStore
+	reg    *prometheus.Registry
 	stop   func()
 }
 
@@ -125,14 +129,18 @@ func newHarness(t *testing.T, app bool, configure func(*githubtest.Fake)) *harne
 		t.Fatal(err)
 	}
 	store := newMemStore()
-	ob := github.NewOutbox(github.OutboxOptions{Store: store, Owner: "test", Deliver: client.Deliver, Backoff: 20 * time.Millisecond, Poll: 50 * time.Millisecond})
+	reg := prometheus.NewRegistry()
+	ob, err := github.NewOutbox(github.OutboxOptions{Store: store, Owner: "test", Deliver: client.Deliver, Backoff: 20 * time.Millisecond, Poll: 50 * time.Millisecond, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
 	rep := github.NewReporter(github.ReporterOptions{Outbox: ob, Repos: repos{}, Jobs: jobs{}, PublicURL: "https://ci.example.com", Checks: app})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); ob.Run(ctx) }()
 	go func() { defer wg.Done(); rep.Run(ctx) }()
-	h := &harness{fake: fake, client: client, outbox: ob, rep: rep, store: store, stop: func() { cancel(); wg.Wait() }}
+	h := &harness{fake: fake, client: client, outbox: ob, rep: rep, store: store, reg: reg, stop: func() { cancel(); wg.Wait() }}
 	t.Cleanup(h.stop)
 	return h
 }
@@ -203,6 +211,18 @@ func TestCheckRunAnnotationsInBatches(t *testing.T) {
 	}
 	if !strings.Contains(run.Summary, "Tests: 300, failed 120") || run.Title != "120 of 300 tests failed" {
 		t.Errorf("title %q summary %q", run.Title, run.Summary)
+	}
+	// One check run delivery failed and was retried; it and the status
+	// were delivered.
+	want := `
+# HELP forge_github_reports_total Deliveries of reports to GitHub, by kind (github_status, github_check_run, ...) and outcome (delivered, retry, given_up).
+# TYPE forge_github_reports_total counter
+forge_github_reports_total{kind="github_check_run",outcome="delivered"} 1
+forge_github_reports_total{kind="github_check_run",outcome="retry"} 1
+forge_github_reports_total{kind="github_status",outcome="delivered"} 1
+`
+	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(want), "forge_github_reports_total"); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/forgeci/forge"
 )
 
@@ -41,6 +43,8 @@ type OutboxOptions struct {
 	// message is still recognised (default 7 days).
 	Retention time.Duration
 	Logger    *slog.Logger
+	// Registerer, when set, gets the outbox's Prometheus metrics.
+	Registerer prometheus.Registerer
 }
 
 // Outbox delivers outbox items: Add stores them (in batches: one
@@ -50,8 +54,9 @@ type OutboxOptions struct {
 // restart. Items of one Key are delivered one at a time, in order, and a
 // newer one replaces an older one not yet sent. Add never blocks.
 type Outbox struct {
-	opts OutboxOptions
-	log  *slog.Logger
+	opts    OutboxOptions
+	log     *slog.Logger
+	metrics *outboxMetrics
 
 	mu       sync.Mutex
 	incoming []*forge.OutboxItem
@@ -73,8 +78,9 @@ type Outbox struct {
 	wakePoll   chan struct{}
 }
 
-// NewOutbox returns an Outbox; Run starts it.
-func NewOutbox(opts OutboxOptions) *Outbox {
+// NewOutbox returns an Outbox; Run starts it. It fails only when its
+// metrics cannot be registered.
+func NewOutbox(opts OutboxOptions) (*Outbox, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 16
 	}
@@ -111,7 +117,16 @@ func NewOutbox(opts OutboxOptions) *Outbox {
 		wakePoll:   make(chan struct{}, 1),
 	}
 	o.idle = sync.NewCond(&o.mu)
-	return o
+	m, err := newOutboxMetrics(opts.Registerer, func() float64 {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		return float64(len(o.inflight))
+	})
+	if err != nil {
+		return nil, err
+	}
+	o.metrics = m
+	return o, nil
 }
 
 func wake(c chan struct{}) {
@@ -263,20 +278,26 @@ func (o *Outbox) worker(ctx, work context.Context) {
 
 // deliver makes one attempt at it and queues the outcome.
 func (o *Outbox) deliver(ctx context.Context, it *forge.OutboxItem) {
+	start := time.Now()
 	ref, progress, err := o.opts.Deliver(ctx, it)
+	o.metrics.seconds.WithLabelValues(it.Kind).Observe(time.Since(start).Seconds())
 	res := forge.OutboxResult{Key: it.Key, Version: it.Version, Ref: ref, Progress: progress}
+	outcome := "delivered"
 	if err != nil {
+		outcome = "given_up"
 		retry, after := retryable(err)
 		attempts := it.Attempts + 1
 		if retry && attempts < o.opts.MaxAttempts {
 			wait := max(after, o.backoff(attempts))
 			res.NextAt = time.Now().Add(wait)
+			outcome = "retry"
 			o.log.Warn("github: report failed; trying again", "key", it.Key, "attempt", attempts, "in", wait.Round(time.Millisecond).String(), "err", err)
 		} else {
 			o.log.Error("github: report failed; giving up", "key", it.Key, "attempts", attempts, "err", err)
 		}
 		res.Failed = err.Error()
 	}
+	o.metrics.deliveries.WithLabelValues(it.Kind, outcome).Inc()
 	o.mu.Lock()
 	o.results = append(o.results, res)
 	if ref != "" {
