@@ -5,12 +5,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/glob"
 )
 
 // Limits of CollectReports: a report larger than MaxReportSize is not
@@ -118,7 +118,7 @@ func matchFiles(root, pattern string) ([]string, error) {
 		}
 		return []string{pattern}, nil
 	}
-	re, err := globRegexp(pattern)
+	re, err := glob.Regexp(pattern)
 	if err != nil {
 		return nil, err
 	}
@@ -159,52 +159,4 @@ func matchFiles(root, pattern string) ([]string, error) {
 	})
 	sort.Strings(out)
 	return out, nil
-}
-
-// globRegexp compiles a path glob: `**` any number of directories, `*`
-// and `?` within one, `[...]` a class.
-func globRegexp(pattern string) (*regexp.Regexp, error) {
-	var b strings.Builder
-	b.WriteString("^")
-	rs := []rune(pattern)
-	for i := 0; i < len(rs); i++ {
-		switch c := rs[i]; c {
-		case '*':
-			if i+1 < len(rs) && rs[i+1] == '*' {
-				i++
-				if i+1 < len(rs) && rs[i+1] == '/' {
-					i++
-					b.WriteString("(?:.*/)?")
-				} else {
-					b.WriteString(".*")
-				}
-			} else {
-				b.WriteString("[^/]*")
-			}
-		case '?':
-			b.WriteString("[^/]")
-		case '[':
-			j := i + 1
-			if j < len(rs) && rs[j] == '!' {
-				j++
-			}
-			for j < len(rs) && rs[j] != ']' {
-				j++
-			}
-			if j >= len(rs) {
-				b.WriteString(regexp.QuoteMeta("["))
-				continue
-			}
-			class := string(rs[i+1 : j])
-			if strings.HasPrefix(class, "!") {
-				class = "^" + class[1:]
-			}
-			b.WriteString("[" + strings.ReplaceAll(class, `\`, `\\`) + "]")
-			i = j
-		default:
-			b.WriteString(regexp.QuoteMeta(string(c)))
-		}
-	}
-	b.WriteString("$")
-	return regexp.Compile(b.String())
 }
