@@ -360,3 +360,33 @@ func BenchmarkReporterObserve(b *testing.B) {
 	cancel()
 	<-done
 }
+
+// TestRateLimitsHonoured: after a secondary rate limit (Retry-After: 1)
+// or a used-up primary limit (X-RateLimit-Reset), the report is sent
+// again no sooner than GitHub said, not after the short backoff.
+func TestRateLimitsHonoured(t *testing.T) {
+	for _, fault := range []githubtest.Fault{githubtest.SecondaryRateLimit, githubtest.PrimaryRateLimit} {
+		var mu sync.Mutex
+		var faultedAt time.Time
+		h := newHarness(t, false, func(f *githubtest.Fake) {
+			f.SetFault(func(*http.Request) githubtest.Fault {
+				mu.Lock()
+				defer mu.Unlock()
+				if faultedAt.IsZero() {
+					faultedAt = time.Now()
+					return fault
+				}
+				return githubtest.NoFault
+			})
+		})
+		h.rep.Observe(&forge.Change{Build: build(1, forge.StatusRunning), Job: job(forge.StatusSuccess)})
+		h.fake.Wait(t, 20*time.Second, "the status after the rate limit", func() bool { return len(h.fake.StatusesLocked(sha)) == 1 })
+		mu.Lock()
+		waited := h.fake.Statuses(sha)[0].At.Sub(faultedAt)
+		mu.Unlock()
+		if waited < 900*time.Millisecond {
+			t.Errorf("fault %d: sent again %v after the rate limit, want at least the second GitHub asked for", fault, waited)
+		}
+		h.stop()
+	}
+}
