@@ -14,7 +14,9 @@ import (
 // group, bounded by the step's Timeout), reports every step and every
 // output line to rep, and removes whatever it created. A failed step
 // fails the job unless the step has ContinueOnError; the steps after a
-// failed step are not run (they are reported skipped).
+// failed step are not run (they are reported skipped). After the steps,
+// whatever their outcome, it reports the files matching the job's Reports
+// as EventReport (shell.CollectReports), before the workspace goes.
 //
 // Run returns the job's status: StatusSuccess or StatusFailure for what the
 // commands did; a non-nil error (with StatusError) when forge itself could
@@ -130,6 +132,10 @@ const (
 	EventLine         EventType = "line"
 	EventStepFinished EventType = "step_finished"
 	EventJobFinished  EventType = "job_finished"
+	// EventReport carries a test report file the job's steps wrote
+	// (Job.Reports), read by the backend after the steps and before the
+	// workspace is removed.
+	EventReport       EventType = "report"
 	EventPlanFinished EventType = "plan_finished"
 )
 
@@ -155,6 +161,8 @@ type Event struct {
 	// the attempt again. It may hold secrets of the backend's and is never
 	// shown.
 	Handle []byte `json:"-"`
+	// Report is set for EventReport.
+	Report *ReportFile `json:"report,omitempty"`
 }
 
 // Stream names where a line of output came from.

@@ -49,6 +49,14 @@ type Hook struct {
 	Sender      string   `json:"sender,omitempty"`
 	CommitCount int      `json:"commit_count,omitempty"`
 	Paths       []string `json:"paths,omitempty"` // files changed, when known
+	// Installation is the GitHub App installation the event came
+	// through, when it came through one: reports use its token.
+	Installation int64 `json:"installation,omitempty"`
+	// Association is the pull request author's relation to the
+	// repository as GitHub says it (OWNER, MEMBER, COLLABORATOR,
+	// CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, NONE), for the
+	// approval of forks' pull requests.
+	Association string `json:"association,omitempty"`
 }
 
 // Trusted reports whether forge can show that the hook's code comes from

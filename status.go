@@ -3,8 +3,10 @@ package forge
 // Status is the state of a build, a job or a step.
 type Status string
 
-// The statuses. Pending, Queued, Waiting and Running are not final; the rest are.
+// The statuses. Blocked, Pending, Queued, Waiting and Running are not
+// final; the rest are.
 const (
+	StatusBlocked  Status = "blocked"  // a build waiting for a maintainer's approval (a fork's pull request)
 	StatusPending  Status = "pending"  // known, not yet queued (e.g. needs not done)
 	StatusQueued   Status = "queued"   // waiting for a runner slot
 	StatusWaiting  Status = "waiting"  // waiting for a lease on its resources

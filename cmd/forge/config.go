@@ -43,6 +43,13 @@ type serverConfig struct {
 		// APIURL is GitHub's API (GitHub Enterprise: https://HOST/api/v3);
 		// clone URLs must be on its host, and only it gets the token.
 		APIURL string `yaml:"api_url"`
+		// GitHub reporting: see cmd/forge/github.go.
+		AppID        int64    `yaml:"app_id"`
+		AppKey       string   `yaml:"app_key"`
+		Timeout      Duration `yaml:"timeout"`
+		RetryBackoff Duration `yaml:"retry_backoff"`
+		Promote      *bool    `yaml:"promote"`
+		MainBranch   string   `yaml:"main_branch"`
 	} `yaml:"github"`
 	Git struct {
 		// AllowFile lets repositories be cloned from local paths and
@@ -65,6 +72,8 @@ type serverConfig struct {
 		// recovery off (runner.Options.NoRecover), which replicas no
 		// longer need, since recovery only ends builds of dead servers.
 		NoRecover bool `yaml:"no_recover"`
+		// ForkApproval: always (default), first-time or never.
+		ForkApproval string `yaml:"fork_approval"`
 	} `yaml:"builds"`
 	// Backend runs the jobs: local (default) or docker.
 	Backend string                       `yaml:"backend"`
@@ -169,6 +178,8 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		"FORGE_PRODUCTION_BRANCH":     &c.Builds.ProductionBranch,
 		"FORGE_MIGRATE":               &c.Migrate,
 		"FORGE_BACKEND":               &c.Backend,
+		"FORGE_GITHUB_APP_KEY":        &c.GitHub.AppKey,
+		"FORGE_FORK_APPROVAL":         &c.Builds.ForkApproval,
 	}
 	for k, p := range str {
 		if v := getenv(k); v != "" {
@@ -196,6 +207,9 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 			return forge.Errorf(forge.EINVALID, "FORGE_GRACE=%q: want a duration like 30s", v)
 		}
 		c.Grace = Duration(d)
+	}
+	if err := applyGitHubEnv(c, getenv); err != nil {
+		return err
 	}
 	if err := c.Docker.applyEnv(getenv); err != nil {
 		return err
@@ -267,6 +281,7 @@ func (c *serverConfig) validate() error {
 	if err := c.leaseConfig().Validate(); err != nil {
 		errs = append(errs, err.Error())
 	}
+	errs = append(errs, c.validateGitHub()...)
 	if len(errs) > 0 {
 		return forge.Errorf(forge.EINVALID, "config: %s", strings.Join(errs, "; "))
 	}

@@ -183,6 +183,7 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newLeaseCmd(),
 		newServerCmd(),
 		newTokenCmd(),
+		newGitHubCmd(),
 	)
 	return root
 }

@@ -58,6 +58,11 @@ first, or set FORGE_MIGRATE=auto to migrate at start. On a schema a newer
 forge migrated it runs when the newer migrations are additive (rolling
 upgrades) and refuses when one is breaking.
 
+With a GitHub App (FORGE_GITHUB_APP_ID and FORGE_GITHUB_APP_KEY) or a token
+(FORGE_GITHUB_TOKEN), every job is reported to GitHub as a commit status
+(forge/JOB) and, as an App, a check run; reports wait in the database until
+GitHub has them, across restarts and outages.
+
 On SIGTERM or SIGINT it stops taking new builds (/readyz answers 503), lets
 running builds finish for up to --grace while still serving the API and
 leases, cancels what is left, stops serving HTTP and exits 0.`,
@@ -215,12 +220,16 @@ func (m *serverMain) Run(ctx context.Context) error {
 		publicURL = "http://" + loopbackIfAny(addr)
 	}
 
+	gh, err := newReporting(c, db, data, publicURL, reg, log)
+	if err != nil {
+		return err
+	}
 	origin, err := c.gitOrigin()
 	if err != nil {
 		return forge.Errorf(forge.EINVALID, "config: %v", err)
 	}
 	gitc, err := git.New(git.Options{Dir: filepath.Join(data, "git"), Depth: c.Builds.CloneDepth, Token: c.GitHub.Token,
-		Origin: origin, AllowFile: c.Git.AllowFile})
+		TokenFor: gh.tokenFor(), Origin: origin, AllowFile: c.Git.AllowFile})
 	if err != nil {
 		return err
 	}
@@ -270,6 +279,11 @@ func (m *serverMain) Run(ctx context.Context) error {
 		}
 	}
 	live := livelog.New()
+	// Build and job changes: GitHub reporting follows them.
+	changes := &forge.Hub{}
+	if gh != nil {
+		changes.Subscribe(gh.reporter)
+	}
 	run, err := runner.New(runner.Options{
 		Builds: db, Repos: db, Logs: db,
 		Git:     gitc,
@@ -283,6 +297,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 		Reattach: canReattach(backend),
 		Janitor:  janitorOf(backend),
 		Live:     live,
+		Observer: changes,
 		Secrets: func(_ context.Context, repo *forge.Repo) (map[string]string, error) {
 			return c.secretsFor(repo.FullName()), nil
 		},
@@ -300,7 +315,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	proc, err := newProcessor(c, db, gitc, run, log, reg)
+	proc, err := newProcessor(c, db, gitc, run, changes, gh, log, reg)
 	if err != nil {
 		return err
 	}
@@ -359,6 +374,12 @@ func (m *serverMain) Run(ctx context.Context) error {
 		defer close(runDone)
 		return run.Run(gctx)
 	})
+	// Reporting outlives the runner: builds ended at shutdown are reported.
+	if gh != nil {
+		rctx, stopReporting := context.WithCancel(context.WithoutCancel(ctx))
+		go func() { <-runDone; stopReporting() }()
+		g.Go(func() error { return gh.run(rctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down: no new builds; running builds get the grace period", "grace", time.Duration(c.Grace).String())

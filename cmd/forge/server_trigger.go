@@ -19,7 +19,7 @@ import (
 // through the runner (which kills it if it runs). Servers sharing the
 // database claim repositories' deliveries under the runner's ID, so each
 // delivery is processed by one of them.
-func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner, log *slog.Logger, reg prometheus.Registerer) (*trigger.Processor, error) {
+func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner, changes forge.Observer, gh *reporting, log *slog.Logger, reg prometheus.Registerer) (*trigger.Processor, error) {
 	keep := c.Builds.CancelSuperseded != nil && !*c.Builds.CancelSuperseded
 	return trigger.New(trigger.Options{
 		Deliveries:       db,
@@ -39,7 +39,15 @@ func newProcessor(c *serverConfig, db *sqldb.DB, g *git.Git, run *runner.Runner,
 			_, err := run.Cancel(ctx, id, reason)
 			return err
 		},
-		Created: func(*forge.Build) { run.Notify() },
-		Logger:  log.With("component", "trigger"),
+		Created: func(b *forge.Build) {
+			run.Notify()
+			publishCreated(db, changes, b, log)
+		},
+		Logger:       log.With("component", "trigger"),
+		ForkApproval: c.Builds.ForkApproval,
+		MainBranch:   c.GitHub.MainBranch,
+		Reply:        gh.reply(),
+		Promote:      gh.promote(c),
+		CanWrite:     gh.canWrite(),
 	})
 }

@@ -112,7 +112,7 @@ func (g *Git) Prefetch(ctx context.Context, repo *forge.Repo, shas []string) (mi
 			args = append(args, "--unshallow")
 		}
 		args = append(append(args, "--end-of-options", remote.url), chunk...)
-		if _, ferr = g.run(ctx, dir, g.credentials(remote), args...); ferr != nil {
+		if _, ferr = g.run(ctx, dir, g.credentials(ctx, repo, remote), args...); ferr != nil {
 			missing = missing[start:]
 			break
 		}

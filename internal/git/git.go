@@ -56,6 +56,10 @@ type Options struct {
 	// AllowFile lets clone URLs be local paths or file:// URLs (local
 	// mirrors, tests); without it they are refused.
 	AllowFile bool
+	// TokenFor, when set, gives the token for a repository's fetches (a
+	// GitHub App installation's, which expires); "" or an error falls
+	// back to Token.
+	TokenFor func(ctx context.Context, repo *forge.Repo) (string, error)
 	// Binary is the git executable; "" means "git" from PATH.
 	Binary string
 }
@@ -180,7 +184,7 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 		sha, ref = ref, ""
 	}
 	if sha != "" {
-		ferr := g.fetch(ctx, dir, remote, sha)
+		ferr := g.fetch(ctx, repo, dir, remote, sha)
 		if ferr == nil && g.hasCommit(ctx, dir, sha) {
 			return sha, g.keep(ctx, dir, sha)
 		}
@@ -189,7 +193,7 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 		}
 		// The server would not serve the id: fetch the ref, which must
 		// bring the commit.
-		if err := g.fetchRef(ctx, dir, remote, ref); err != nil {
+		if err := g.fetchRef(ctx, repo, dir, remote, ref); err != nil {
 			if forge.ErrorCode(err) == forge.ENOTFOUND {
 				return "", forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("commit %s not found in %s, nor %s", sha, repo.FullName(), ref))
 			}
@@ -200,7 +204,7 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 		}
 		return sha, g.keep(ctx, dir, sha)
 	}
-	if err := g.fetchRef(ctx, dir, remote, ref); err != nil {
+	if err := g.fetchRef(ctx, repo, dir, remote, ref); err != nil {
 		return "", err
 	}
 	out, err := g.run(ctx, dir, nil, "rev-parse", "--verify", "--end-of-options", "FETCH_HEAD^{commit}")
@@ -213,14 +217,14 @@ func (g *Git) Fetch(ctx context.Context, repo *forge.Repo, ref, sha string) (str
 
 // fetchRef fetches ref, trying it as written, then as a branch, then as a
 // tag when it is a short name.
-func (g *Git) fetchRef(ctx context.Context, dir string, remote remote, ref string) error {
+func (g *Git) fetchRef(ctx context.Context, repo *forge.Repo, dir string, remote remote, ref string) error {
 	candidates := []string{ref}
 	if !strings.HasPrefix(ref, "refs/") {
 		candidates = append(candidates, "refs/heads/"+ref, "refs/tags/"+ref)
 	}
 	var err error
 	for _, c := range candidates {
-		if err = g.fetch(ctx, dir, remote, c); err == nil {
+		if err = g.fetch(ctx, repo, dir, remote, c); err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -243,7 +247,7 @@ func orNotFound(err error, msg string) error {
 }
 
 // fetch runs one git fetch of what (a ref or an id) into dir's mirror.
-func (g *Git) fetch(ctx context.Context, dir string, remote remote, what string) error {
+func (g *Git) fetch(ctx context.Context, repo *forge.Repo, dir string, remote remote, what string) error {
 	args := []string{"fetch", "--quiet", "--no-tags"}
 	if g.opts.Depth > 0 {
 		args = append(args, "--depth", fmt.Sprint(g.opts.Depth))
@@ -251,7 +255,7 @@ func (g *Git) fetch(ctx context.Context, dir string, remote remote, what string)
 		args = append(args, "--unshallow")
 	}
 	args = append(args, "--end-of-options", remote.url, what)
-	_, err := g.run(ctx, dir, g.credentials(remote), args...)
+	_, err := g.run(ctx, dir, g.credentials(ctx, repo, remote), args...)
 	if err != nil && ctx.Err() != nil {
 		return forge.WrapError(forge.ECANCELED, ctx.Err(), "git fetch cancelled")
 	}

@@ -264,15 +264,7 @@ func TestFetchErrors(t *testing.T) {
 // header and appears nowhere in errors.
 func TestCredentials(t *testing.T) {
 	const token = "ghs_supersecret123"
-	var mu sync.Mutex
-	var auth []string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		auth = append(auth, r.Header.Get("Authorization"))
-		mu.Unlock()
-		http.Error(w, "nope", http.StatusInternalServerError)
-	}))
-	defer srv.Close()
+	srv, sent := authRecorder(t)
 	g := newGit(t, git.Options{Token: token, Origin: srv.URL})
 	repo := &forge.Repo{Owner: "acme", Name: "private", CloneURL: srv.URL + "/acme/private.git"}
 	_, err := g.Fetch(context.Background(), repo, "main", "")
@@ -283,11 +275,9 @@ func TestCredentials(t *testing.T) {
 		t.Errorf("code = %q, want unavailable (%v)", code, err)
 	}
 	want := "Basic " + base64.StdEncoding.EncodeToString([]byte("x-access-token:"+token))
-	mu.Lock()
-	if len(auth) == 0 || auth[0] != want {
+	if auth := sent(); len(auth) == 0 || auth[0] != want {
 		t.Errorf("Authorization sent = %q, want %q", auth, want)
 	}
-	mu.Unlock()
 	if strings.Contains(err.Error(), token) || strings.Contains(err.Error(), want[6:]) {
 		t.Errorf("error leaks the token: %v", err)
 	}
@@ -424,5 +414,43 @@ func TestReadFileTooLarge(t *testing.T) {
 	}
 	if b, err := g.ReadFile(ctx, u.repo(), big, "ok.yml"); err != nil || string(b) != "x" {
 		t.Errorf("ReadFile(ok) = %q, %v", b, err)
+	}
+}
+
+// TestCredentialsPerRepository: TokenFor's token (a GitHub App
+// installation's) is sent for its repository instead of Token.
+func TestCredentialsPerRepository(t *testing.T) {
+	srv, sent := authRecorder(t)
+	var asked []string
+	g := newGit(t, git.Options{Token: "ghp_static", Origin: srv.URL, TokenFor: func(_ context.Context, r *forge.Repo) (string, error) {
+		asked = append(asked, r.FullName())
+		return "ghs_installation", nil
+	}})
+	repo := &forge.Repo{Owner: "acme", Name: "private", CloneURL: srv.URL + "/acme/private.git"}
+	if _, err := g.Fetch(context.Background(), repo, "main", ""); err == nil {
+		t.Fatal("Fetch from a failing server succeeded")
+	}
+	want := "Basic " + base64.StdEncoding.EncodeToString([]byte("x-access-token:ghs_installation"))
+	if auth := sent(); len(auth) == 0 || auth[0] != want || len(asked) == 0 || asked[0] != "acme/private" {
+		t.Errorf("Authorization sent = %q (TokenFor asked for %v), want %q", auth, asked, want)
+	}
+}
+
+// authRecorder is a git server that fails every request and remembers
+// the Authorization headers it got.
+func authRecorder(t *testing.T) (*httptest.Server, func() []string) {
+	var mu sync.Mutex
+	var auth []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		http.Error(w, "nope", http.StatusInternalServerError)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(auth)
 	}
 }

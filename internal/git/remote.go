@@ -1,6 +1,7 @@
 package git
 
 import (
+	"context"
 	"encoding/base64"
 	"net"
 	"net/url"
@@ -178,11 +179,20 @@ func (g *Git) allowProtocol() string {
 // or nil: only a remote on the origin gets the token. Passing the header
 // through GIT_CONFIG_* keeps it off the command line (visible in ps) and
 // out of every file.
-func (g *Git) credentials(r remote) []string {
-	if g.opts.Token == "" || !r.auth {
+func (g *Git) credentials(ctx context.Context, repo *forge.Repo, r remote) []string {
+	if !r.auth {
 		return nil
 	}
-	basic := base64.StdEncoding.EncodeToString([]byte("x-access-token:" + g.opts.Token))
+	token := g.opts.Token
+	if g.opts.TokenFor != nil && repo != nil {
+		if t, err := g.opts.TokenFor(ctx, repo); err == nil && t != "" {
+			token = t
+		}
+	}
+	if token == "" {
+		return nil
+	}
+	basic := base64.StdEncoding.EncodeToString([]byte("x-access-token:" + token))
 	return []string{
 		"GIT_CONFIG_COUNT=1",
 		"GIT_CONFIG_KEY_0=http.extraHeader",

@@ -1,6 +1,7 @@
 package github
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -15,16 +16,17 @@ type prRef struct {
 }
 
 type pullRequest struct {
-	Number         int    `json:"number"`
-	State          string `json:"state"`
-	Title          string `json:"title"`
-	User           *user  `json:"user"`
-	Draft          bool   `json:"draft"`
-	Merged         bool   `json:"merged"`
-	MergeCommitSHA string `json:"merge_commit_sha"`
-	Commits        int    `json:"commits"`
-	Head           *prRef `json:"head"`
-	Base           *prRef `json:"base"`
+	Number            int    `json:"number"`
+	State             string `json:"state"`
+	AuthorAssociation string `json:"author_association"`
+	Title             string `json:"title"`
+	User              *user  `json:"user"`
+	Draft             bool   `json:"draft"`
+	Merged            bool   `json:"merged"`
+	MergeCommitSHA    string `json:"merge_commit_sha"`
+	Commits           int    `json:"commits"`
+	Head              *prRef `json:"head"`
+	Base              *prRef `json:"base"`
 }
 
 // fork reports whether the pull request's code comes from another
@@ -78,18 +80,20 @@ func parsePullRequest(payload []byte) (*forge.Hook, string, error) {
 		return nil, fmt.Sprintf("pull_request action %q is not built", p.Action), nil
 	}
 	h := &forge.Hook{
-		Event:       "pull_request",
-		Action:      p.Action,
-		Repo:        repo,
-		Ref:         "refs/pull/" + strconv.Itoa(number) + "/head",
-		Branch:      pr.Head.Ref,
-		Target:      pr.Base.Ref,
-		SHA:         pr.Head.SHA,
-		PullRequest: number,
-		Draft:       pr.Draft,
-		Fork:        pr.fork(),
-		Sender:      p.sender(),
-		CommitCount: pr.Commits,
+		Event:        "pull_request",
+		Action:       p.Action,
+		Repo:         repo,
+		Ref:          "refs/pull/" + strconv.Itoa(number) + "/head",
+		Branch:       pr.Head.Ref,
+		Target:       pr.Base.Ref,
+		SHA:          pr.Head.SHA,
+		PullRequest:  number,
+		Draft:        pr.Draft,
+		Fork:         pr.fork(),
+		Sender:       p.sender(),
+		CommitCount:  pr.Commits,
+		Installation: p.installation(),
+		Association:  pr.AuthorAssociation,
 	}
 	if pr.User != nil {
 		h.Author = pr.User.Login
@@ -151,13 +155,14 @@ func parsePush(payload []byte) (*forge.Hook, string, error) {
 		return nil, "", forge.Errorf(forge.EINVALID, "push payload: after %q is not a commit id", p.After)
 	}
 	h := &forge.Hook{
-		Event:       "push",
-		Repo:        repo,
-		Ref:         p.Ref,
-		SHA:         p.After,
-		Sender:      p.sender(),
-		CommitCount: len(p.Commits),
-		Paths:       pathsOf(p.Commits),
+		Event:        "push",
+		Repo:         repo,
+		Ref:          p.Ref,
+		SHA:          p.After,
+		Sender:       p.sender(),
+		CommitCount:  len(p.Commits),
+		Paths:        pathsOf(p.Commits),
+		Installation: p.installation(),
 	}
 	if forge.IsSHA(p.Before) && p.Before != zeroSHA {
 		h.Before = p.Before
@@ -249,11 +254,12 @@ func parseCheckSuite(payload []byte) (*forge.Hook, string, error) {
 		return nil, fmt.Sprintf("check_suite action %q: forge builds from push and pull_request events and rebuilds on rerequested", p.Action), nil
 	}
 	h := &forge.Hook{
-		Event:  "push",
-		Action: "rerequested",
-		Repo:   repo,
-		SHA:    cs.HeadSHA,
-		Sender: p.sender(),
+		Event:        "push",
+		Action:       "rerequested",
+		Repo:         repo,
+		SHA:          cs.HeadSHA,
+		Sender:       p.sender(),
+		Installation: p.installation(),
 	}
 	if hc := cs.HeadCommit; hc != nil {
 		h.Message = hc.Message
@@ -284,6 +290,57 @@ func parseCheckSuite(payload []byte) (*forge.Hook, string, error) {
 	h.Target = h.Branch
 	h.Ref = "refs/heads/" + h.Branch
 	return h, "", nil
+}
+
+// parseCheckRun reads check_run: a re-requested check run of forge's
+// rebuilds its commit like a re-requested check suite (forge reruns a
+// build as a whole).
+func parseCheckRun(payload []byte) (*forge.Hook, string, error) {
+	var p struct {
+		common
+		CheckRun *struct {
+			HeadSHA      string           `json:"head_sha"`
+			ExternalID   string           `json:"external_id"`
+			CheckSuite   *json.RawMessage `json:"check_suite"`
+			PullRequests []any            `json:"pull_requests"`
+		} `json:"check_run"`
+	}
+	if err := decode("check_run", payload, &p); err != nil {
+		return nil, "", err
+	}
+	if _, err := p.repo("check_run"); err != nil {
+		return nil, "", err
+	}
+	cr := p.CheckRun
+	if cr == nil || cr.CheckSuite == nil {
+		return nil, "", forge.Errorf(forge.EINVALID, "check_run payload has no check_run with a check_suite")
+	}
+	if p.Action != "rerequested" {
+		return nil, fmt.Sprintf("check_run action %q: forge reruns on rerequested", p.Action), nil
+	}
+	// The check suite inside carries what a check_suite event does; the
+	// pull requests are the check run's.
+	var suite map[string]any
+	if err := json.Unmarshal(*cr.CheckSuite, &suite); err != nil || suite == nil {
+		return nil, "", forge.Errorf(forge.EINVALID, "check_run payload: check_suite is not an object")
+	}
+	if suite["head_sha"] == nil {
+		suite["head_sha"] = cr.HeadSHA
+	}
+	if cr.PullRequests != nil {
+		suite["pull_requests"] = cr.PullRequests
+	}
+	var whole map[string]any
+	if err := json.Unmarshal(payload, &whole); err != nil {
+		return nil, "", forge.Errorf(forge.EINVALID, "check_run payload: %v", err)
+	}
+	delete(whole, "check_run")
+	whole["check_suite"] = suite
+	as, err := json.Marshal(whole)
+	if err != nil {
+		return nil, "", forge.Errorf(forge.EINVALID, "check_run payload: %v", err)
+	}
+	return parseCheckSuite(as)
 }
 
 // Who may ask for a rebuild with a comment: people with write access.
@@ -318,36 +375,57 @@ func parseIssueComment(payload []byte) (*forge.Hook, string, error) {
 	if p.Action != "created" {
 		return nil, fmt.Sprintf("issue_comment action %q: only new comments are commands", p.Action), nil
 	}
-	if !IsRetest(p.Comment.Body) {
+	action, cmd := Command(p.Comment.Body)
+	if action == "" {
 		return nil, "comment is not a /retest command", nil
 	}
 	if p.Issue.PullRequest == nil {
-		return nil, fmt.Sprintf("/retest on issue #%d, which is not a pull request", p.Issue.Number), nil
+		return nil, fmt.Sprintf("%s on issue #%d, which is not a pull request", cmd, p.Issue.Number), nil
 	}
 	if !commandAssociations[p.Comment.AuthorAssociation] {
-		return nil, fmt.Sprintf("/retest by %s, who is not a collaborator (author_association %s)", p.sender(), p.Comment.AuthorAssociation), nil
+		// The trigger answers: the command did nothing, and why.
+		action = "denied"
 	}
 	h := &forge.Hook{
-		Event:       "pull_request",
-		Action:      "retest",
-		Repo:        repo,
-		Ref:         "refs/pull/" + strconv.Itoa(p.Issue.Number) + "/head",
-		PullRequest: p.Issue.Number,
-		Sender:      p.sender(),
+		Event:        "pull_request",
+		Action:       action,
+		Repo:         repo,
+		Ref:          "refs/pull/" + strconv.Itoa(p.Issue.Number) + "/head",
+		PullRequest:  p.Issue.Number,
+		Sender:       p.sender(),
+		Installation: p.installation(),
+	}
+	if action != "retest" {
+		// The command and who gave it, for the trigger's answer.
+		h.Message, h.Association = cmd, p.Comment.AuthorAssociation
 	}
 	return h, "", nil
 }
 
 // IsRetest reports whether a comment is a rebuild command: a line that is
-// "/retest" (or "/rebuild"), alone or followed by words.
+// "/retest", "/rebuild" or "/forge retest", alone or followed by words.
 func IsRetest(body string) bool {
+	action, _ := Command(body)
+	return action == "retest"
+}
+
+// Command finds the first command in a comment: a line starting with
+// "/retest", "/rebuild" or "/forge retest" (action "retest"), or
+// "/forge approve" (action "approve"). cmd is the command as written.
+func Command(body string) (action, cmd string) {
 	for _, line := range strings.Split(body, "\n") {
 		f := strings.Fields(line)
-		if len(f) > 0 && (f[0] == "/retest" || f[0] == "/rebuild") {
-			return true
+		switch {
+		case len(f) == 0:
+		case f[0] == "/retest" || f[0] == "/rebuild":
+			return "retest", f[0]
+		case f[0] == "/forge" && len(f) > 1 && (f[1] == "retest" || f[1] == "rebuild"):
+			return "retest", "/forge " + f[1]
+		case f[0] == "/forge" && len(f) > 1 && f[1] == "approve":
+			return "approve", "/forge approve"
 		}
 	}
-	return false
+	return "", ""
 }
 
 func parseInstallation(payload []byte) (*forge.Hook, string, error) {

@@ -26,7 +26,7 @@ const maxPushCommits = 2048
 
 // Events lists the webhook events forge understands, in DESIGN.md order.
 // Others are recorded and ignored.
-var Events = []string{"ping", "pull_request", "push", "create", "delete", "check_suite", "issue_comment", "installation"}
+var Events = []string{"ping", "pull_request", "push", "create", "delete", "check_suite", "check_run", "issue_comment", "installation"}
 
 // ParseHook interprets the JSON payload of a webhook delivery of event
 // (the X-GitHub-Event header).
@@ -57,6 +57,8 @@ func ParseHook(event string, payload []byte) (hook *forge.Hook, ignored string, 
 		return parseRefEvent(event, payload)
 	case "check_suite":
 		return parseCheckSuite(payload)
+	case "check_run":
+		return parseCheckRun(payload)
 	case "issue_comment":
 		return parseIssueComment(payload)
 	case "installation":
@@ -118,9 +120,20 @@ type commit struct {
 
 // common is what most events carry.
 type common struct {
-	Action     string      `json:"action"`
-	Repository *repository `json:"repository"`
-	Sender     *user       `json:"sender"`
+	Action       string      `json:"action"`
+	Repository   *repository `json:"repository"`
+	Sender       *user       `json:"sender"`
+	Installation *struct {
+		ID int64 `json:"id"`
+	} `json:"installation"`
+}
+
+// installation is the App installation the event came through, or 0.
+func (c *common) installation() int64 {
+	if c.Installation == nil || c.Installation.ID < 0 {
+		return 0
+	}
+	return c.Installation.ID
 }
 
 // repo converts the payload's repository, checking it names one.

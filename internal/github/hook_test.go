@@ -56,6 +56,7 @@ func prHook(action string) *forge.Hook {
 		Event: "pull_request", Action: action, Repo: helloWorld,
 		Ref: "refs/pull/2/head", Branch: "changes", Target: "master", SHA: headSHA, Base: baseSHA,
 		PullRequest: 2, Author: "Codertocat", Sender: "Codertocat", CommitCount: 1,
+		Installation: 1, Association: "OWNER",
 	}
 }
 
@@ -71,7 +72,7 @@ func TestParseFixtures(t *testing.T) {
 		"check_suite.rerequested.payload.json": {hook: &forge.Hook{
 			Event: "pull_request", Action: "rerequested", Repo: helloWorld,
 			Ref: "refs/pull/2/head", Branch: "changes", Target: "master", SHA: headSHA, Base: baseSHA, PullRequest: 2,
-			Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]",
+			Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]", Installation: 957387,
 		}},
 		"create.payload.json":                   {ignored: "tag simple-tag created: built from the push event GitHub sends with it"},
 		"delete.payload.json":                   {ignored: "tag simple-tag deleted"},
@@ -87,7 +88,7 @@ func TestParseFixtures(t *testing.T) {
 		"push.with-new-branch.payload.json": {hook: &forge.Hook{
 			Event: "push", Repo: helloWorld, Ref: "refs/heads/master", Branch: "master", Target: "master",
 			SHA: "6113728f27ae82c7b1a177c8d03f9e96e0adf246", Message: "Initial commit", Author: "Codertocat",
-			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"},
+			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"}, Installation: 1,
 		}},
 	}
 	for _, name := range githubtest.Names() {
@@ -148,7 +149,7 @@ func TestParseVariants(t *testing.T) {
 		}), &forge.Hook{
 			Event: "tag", Repo: helloWorld, Ref: "refs/tags/v1.0", Branch: "master", Tag: "v1.0",
 			SHA: "6113728f27ae82c7b1a177c8d03f9e96e0adf246", Message: "Initial commit", Author: "Codertocat",
-			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"},
+			Sender: "Codertocat", CommitCount: 1, Paths: []string{"README.md"}, Installation: 1,
 		}, ""},
 		{"push paths from every commit, sorted, once", "push", edit(t, "push.with-new-branch.payload.json", func(p map[string]any) {
 			c := p["commits"].([]any)
@@ -158,7 +159,7 @@ func TestParseVariants(t *testing.T) {
 		}), &forge.Hook{
 			Event: "push", Repo: helloWorld, Ref: "refs/heads/master", Branch: "master", Target: "master",
 			SHA: "6113728f27ae82c7b1a177c8d03f9e96e0adf246", Before: baseSHA, Message: "Initial commit", Author: "Codertocat",
-			Sender: "Codertocat", CommitCount: 2, Paths: []string{"README.md", "a/b.go", "z"},
+			Sender: "Codertocat", CommitCount: 2, Paths: []string{"README.md", "a/b.go", "z"}, Installation: 1,
 		}, ""},
 		{"push to a note ref", "push", edit(t, "push.with-new-branch.payload.json", func(p map[string]any) {
 			p["ref"] = "refs/notes/commits"
@@ -174,12 +175,22 @@ func TestParseVariants(t *testing.T) {
 			obj(p, "issue")["pull_request"] = map[string]any{"url": "x"}
 			obj(p, "comment")["body"] = "/retest"
 			obj(p, "comment")["author_association"] = "NONE"
-		}), nil, "/retest by Codertocat, who is not a collaborator (author_association NONE)"},
+		}), &forge.Hook{Event: "pull_request", Action: "denied", Repo: helloWorld, Ref: "refs/pull/1/head", PullRequest: 1, Sender: "Codertocat",
+			Message: "/retest", Association: "NONE"}, ""},
+		{"approve by a maintainer", "issue_comment", edit(t, "issue_comment.created.payload.json", func(p map[string]any) {
+			obj(p, "issue")["pull_request"] = map[string]any{"url": "x"}
+			obj(p, "comment")["body"] = "looks safe\n/forge approve"
+		}), &forge.Hook{Event: "pull_request", Action: "approve", Repo: helloWorld, Ref: "refs/pull/1/head", PullRequest: 1, Sender: "Codertocat",
+			Message: "/forge approve", Association: "OWNER"}, ""},
+		{"forge retest", "issue_comment", edit(t, "issue_comment.created.payload.json", func(p map[string]any) {
+			obj(p, "issue")["pull_request"] = map[string]any{"url": "x"}
+			obj(p, "comment")["body"] = "/forge retest"
+		}), &forge.Hook{Event: "pull_request", Action: "retest", Repo: helloWorld, Ref: "refs/pull/1/head", PullRequest: 1, Sender: "Codertocat"}, ""},
 		{"check suite of a branch", "check_suite", edit(t, "check_suite.rerequested.payload.json", func(p map[string]any) {
 			obj(p, "check_suite")["pull_requests"] = []any{}
 		}), &forge.Hook{
 			Event: "push", Action: "rerequested", Repo: helloWorld, Ref: "refs/heads/changes", Branch: "changes", Target: "changes",
-			SHA: headSHA, Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]",
+			SHA: headSHA, Message: "Update README.md", Author: "Codertocat", Sender: "octocoders-linter[bot]", Installation: 957387,
 		}, ""},
 		{"check suite requested", "check_suite", edit(t, "check_suite.rerequested.payload.json", func(p map[string]any) {
 			p["action"] = "requested"
@@ -301,4 +312,31 @@ func FuzzParseHook(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestParseCheckRunRerequested: re-running one of forge's check runs
+// rebuilds its commit, like a re-requested check suite.
+func TestParseCheckRunRerequested(t *testing.T) {
+	suite := fixture(t, "check_suite.rerequested.payload.json")
+	var p map[string]any
+	if err := json.Unmarshal(suite, &p); err != nil {
+		t.Fatal(err)
+	}
+	cs := p["check_suite"].(map[string]any)
+	p["check_run"] = map[string]any{"id": 4, "head_sha": cs["head_sha"], "external_id": "1/test", "check_suite": cs, "pull_requests": cs["pull_requests"]}
+	delete(p, "check_suite")
+	payload, _ := json.Marshal(p)
+	hook, ignored, err := github.ParseHook("check_run", payload)
+	if err != nil || ignored != "" {
+		t.Fatalf("ParseHook: %v %q", err, ignored)
+	}
+	want, _, _ := github.ParseHook("check_suite", suite)
+	if !reflect.DeepEqual(hook, want) {
+		t.Errorf("check_run hook:\ngot  %s\nwant %s", js(hook), js(want))
+	}
+	p["action"] = "completed"
+	payload, _ = json.Marshal(p)
+	if hook, ignored, err := github.ParseHook("check_run", payload); hook != nil || err != nil || ignored == "" {
+		t.Errorf("completed check run: %v %q %v, want ignored", hook, ignored, err)
+	}
 }

@@ -44,6 +44,7 @@ func (s *Server) routesInit() {
 	s.handle("GET", build, Read, s.showBuild(o.Repos, o.Store))
 	s.handle("POST", build+"/cancel", Write, s.cancelBuild(o.Repos, o.Store, o.Control))
 	s.handle("POST", build+"/restart", Write, s.restartBuild(o.Repos, o.Store, o.Control))
+	s.handle("POST", build+"/approve", Write, s.approveBuild(o.Repos, o.Store, o.Trigger))
 	s.handle("GET", build+"/jobs", Read, s.listJobs(o.Repos, o.Store))
 	s.handle("GET", build+"/jobs/{job}", Read, s.showJob(o.Repos, o.Store))
 	s.handle("GET", build+"/jobs/{job}/log", Read, s.jobLog(o.Repos, o.Store, o.Logs, o.Live))
@@ -165,7 +166,7 @@ func buildFilter(r *http.Request) (forge.BuildFilter, error) {
 		for _, st := range strings.Split(v, ",") {
 			st := forge.Status(strings.TrimSpace(st))
 			if !validStatus(st) {
-				return f, forge.Errorf(forge.EINVALID, "status %q is not one of pending, queued, waiting, running, success, failure, error, skipped, canceled", st)
+				return f, forge.Errorf(forge.EINVALID, "status %q is not one of blocked, pending, queued, waiting, running, success, failure, error, skipped, canceled", st)
 			}
 			f.Statuses = append(f.Statuses, st)
 		}
@@ -200,7 +201,7 @@ func buildFilter(r *http.Request) (forge.BuildFilter, error) {
 
 func validStatus(s forge.Status) bool {
 	switch s {
-	case forge.StatusPending, forge.StatusQueued, forge.StatusWaiting, forge.StatusRunning,
+	case forge.StatusBlocked, forge.StatusPending, forge.StatusQueued, forge.StatusWaiting, forge.StatusRunning,
 		forge.StatusSuccess, forge.StatusFailure, forge.StatusError, forge.StatusSkipped, forge.StatusCanceled:
 		return true
 	}

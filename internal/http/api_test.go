@@ -137,6 +137,9 @@ func (c control) Restart(ctx context.Context, id int64) (*forge.Build, error) {
 
 type triggerFunc func(ctx context.Context, repo *forge.Repo, ref, action string) (*forge.Build, error)
 
+// Approve approves nothing: the tests' builds do not wait for approval.
+func (f triggerFunc) Approve(context.Context, *forge.Repo, int, string) (int, error) { return 0, nil }
+
 func (f triggerFunc) Manual(ctx context.Context, repo *forge.Repo, ref, action string) (*forge.Build, error) {
 	return f(ctx, repo, ref, action)
 }
@@ -258,6 +261,7 @@ func TestResponsesMatchTheirSchemas(t *testing.T) {
 		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/cancel", b2, f.user, "", 200},
 		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/cancel", b1, f.user, "", 409},
 		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/restart", b1, f.user, "", 201},
+		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/approve", b1, f.user, "", 409},
 		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "main", "action": "execute"}`, 201},
 		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "nope"}`, 400},
 		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "gone"}`, 400},

@@ -94,6 +94,7 @@ func (r *Runner) execute(ctx context.Context, b *forge.Build, log *slog.Logger, 
 		return r.aborted(ctx, forge.StatusError, "loading the jobs: "+forge.ErrorMessage(err))
 	}
 	rec := newRecorder(r, b, jobs)
+	rec.ctx = ctx
 	defer rec.close()
 	var resumed map[string]engine.Resumed
 	if resume {
@@ -202,6 +203,7 @@ func (r *Runner) finish(ctx context.Context, b *forge.Build, st forge.Status, ms
 		b.Status, b.Error, b.Finished = st, msg, time.Now().UTC()
 		err := r.opts.Builds.UpdateBuild(ctx, b)
 		if err == nil {
+			r.publishBuild(b)
 			return b
 		}
 		if forge.ErrorCode(err) != forge.ECONFLICT {

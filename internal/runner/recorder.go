@@ -18,6 +18,8 @@ import (
 type recorder struct {
 	r     *Runner
 	build *forge.Build
+	// ctx is the build's context: its cause says why a job was cancelled.
+	ctx context.Context
 
 	mu      sync.Mutex
 	room    *sync.Cond           // signalled when the writer takes pending writes
@@ -39,6 +41,13 @@ type jobState struct {
 	offset, last int
 	steps        map[int]*forge.BuildStep
 	started      time.Time
+	// What was last published (see publishJob), the test reports read
+	// and the last lines of the log.
+	pubStatus  forge.Status
+	pubAttempt int
+	tests      *forge.TestSummary
+	tail       []string
+	tailAt     int
 }
 
 // write is one queued database write: a job row, a step row or log lines.
@@ -70,7 +79,7 @@ func newRecorder(r *Runner, b *forge.Build, rows []*forge.BuildJob) *recorder {
 		done:  make(chan struct{}),
 	}
 	for _, j := range rows {
-		js := &jobState{row: j, steps: make(map[int]*forge.BuildStep)}
+		js := &jobState{row: j, steps: make(map[int]*forge.BuildStep), pubStatus: j.Status, pubAttempt: j.Attempt}
 		for _, s := range j.Steps {
 			js.steps[s.Index] = s
 		}
@@ -188,6 +197,8 @@ func (rec *recorder) Report(e forge.Event) {
 		}
 		rec.queueStep(s)
 		rec.kick()
+	case forge.EventReport:
+		rec.report(js, e.Report)
 	case forge.EventJobFinished:
 		row.Status, row.ExitCode, row.Finished = e.Status, e.ExitCode, e.Time
 		if e.Status != forge.StatusSuccess {
@@ -224,6 +235,7 @@ func (rec *recorder) addLine(js *jobState, l forge.LogLine) {
 		l.Number = js.last + 1 // never store a number twice
 	}
 	js.last = l.Number
+	js.keepTail(l.Text)
 	if rec.r.opts.Live != nil {
 		rec.r.opts.Live.Publish(js.row.ID, []forge.LogLine{l})
 	}
@@ -247,6 +259,7 @@ func (rec *recorder) queueJob(js *jobState) {
 	c := *js.row
 	c.Steps = nil
 	rec.pending = append(rec.pending, write{job: &c})
+	rec.publishJob(js)
 }
 
 func (rec *recorder) queueStep(s *forge.BuildStep) {

@@ -179,6 +179,7 @@ func (r *Runner) recoverBuild(ctx context.Context, b *forge.Build) (bool, error)
 			return true, fmt.Errorf("runner: recovering build %d: %w", b.ID, err)
 		}
 	}
+	r.publishBuild(b)
 	return true, nil
 }
 

@@ -116,6 +116,9 @@ type Options struct {
 	Janitor forge.Janitor
 	// Live, when set, receives every log line as it is recorded.
 	Live Publisher
+	// Observer, when set, is told of every change of a build's or a
+	// job's state this runner makes (forge.Change).
+	Observer forge.Observer
 	// Secrets, when set, gives the secrets of a repository's builds; only
 	// builds whose hook is Trusted get them (never a fork's code).
 	Secrets SecretsFunc
@@ -473,6 +476,7 @@ func (r *Runner) claim(ctx context.Context, queued []*forge.Build, free *int) in
 		}
 		*free--
 		n++
+		r.publishBuild(b)
 		r.start(b, false)
 	}
 	return n
@@ -538,14 +542,17 @@ func (r *Runner) Cancel(ctx context.Context, id int64, reason string) (*forge.Bu
 	a := r.running[id]
 	r.mu.Unlock()
 	if a != nil {
+		r.publishBuild(b)
 		a.cancel(errors.New(reason))
 		return b, nil
 	}
 	// Not running here: close its jobs too, unless another server runs it
 	// (its runner sees the cancel and records the jobs itself).
 	if !b.Started.IsZero() {
+		r.publishBuild(b)
 		return b, nil
 	}
+	defer r.publishBuild(b) // once its jobs are closed too
 	jobs, err := r.opts.Builds.Jobs(ctx, id)
 	if err != nil {
 		return b, err
@@ -592,6 +599,7 @@ func (r *Runner) Restart(ctx context.Context, id int64) (*forge.Build, error) {
 	if err := r.opts.Builds.CreateBuild(ctx, nb, jobs); err != nil {
 		return nil, err
 	}
+	r.publish(&forge.Change{Build: *nb, Jobs: jobs})
 	r.Notify()
 	return nb, nil
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/goccy/go-yaml/ast"
+
+	pathglob "github.com/forgeci/forge/internal/glob"
 )
 
 // glob is a compiled pattern for branches, tags, events and paths:
@@ -40,55 +42,9 @@ func compileGlob(s string) (glob, error) {
 		g.literal = s
 		return g, nil
 	}
-	var b strings.Builder
-	b.WriteString("^")
-	rs := []rune(s)
-	for i := 0; i < len(rs); i++ {
-		switch c := rs[i]; c {
-		case '*':
-			if i+1 < len(rs) && rs[i+1] == '*' {
-				i++
-				if i+1 < len(rs) && rs[i+1] == '/' {
-					i++
-					b.WriteString("(?:.*/)?") // **/ also matches no directory
-				} else {
-					b.WriteString(".*")
-				}
-			} else {
-				b.WriteString("[^/]*")
-			}
-		case '?':
-			b.WriteString("[^/]")
-		case '[':
-			end := strings.IndexRune(string(rs[i+1:]), ']')
-			if end < 0 {
-				return g, fmt.Errorf("`[` without `]`")
-			}
-			class := []rune(string(rs[i+1:])[:end])
-			i += len(class) + 1
-			if len(class) == 0 {
-				return g, fmt.Errorf("empty `[]`")
-			}
-			b.WriteString("[")
-			if class[0] == '!' || class[0] == '^' {
-				b.WriteString("^")
-				class = class[1:]
-			}
-			for _, cr := range class {
-				if cr == '\\' || cr == '[' || cr == ']' || cr == '^' {
-					b.WriteByte('\\')
-				}
-				b.WriteRune(cr)
-			}
-			b.WriteString("]")
-		default:
-			b.WriteString(regexp.QuoteMeta(string(c)))
-		}
-	}
-	b.WriteString("$")
-	re, err := regexp.Compile(b.String())
+	re, err := pathglob.Regexp(s)
 	if err != nil {
-		return g, fmt.Errorf("bad character class")
+		return g, err
 	}
 	g.re = re
 	return g, nil

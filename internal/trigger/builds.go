@@ -45,6 +45,10 @@ func (p *Processor) plan(h *forge.Hook, deliveryID, action string, f *spec.File,
 			return nil, fmt.Sprintf("no action runs for %s by default (add an on: section to %s)", describe(h), p.opts.SpecFile)
 		}
 	}
+	actions = slices.DeleteFunc(actions, func(a string) bool { return !forkAllows(h, a) })
+	if len(actions) == 0 {
+		return nil, fmt.Sprintf("pull request #%d comes from a fork, which never runs deploy-type actions", h.PullRequest)
+	}
 	var builds []*newBuild
 	for _, a := range actions {
 		if specErr != "" {
@@ -74,7 +78,7 @@ func (p *Processor) planned(h *forge.Hook, deliveryID, action string, f *spec.Fi
 	for i, j := range plan.Jobs {
 		jobs[i] = &forge.BuildJob{Name: j.Name, Status: forge.StatusPending, Needs: slices.Clone(j.Needs)}
 	}
-	b.Status = forge.StatusQueued
+	b.Status = p.initialStatus(h)
 	return &newBuild{b: b, jobs: jobs}
 }
 
@@ -236,7 +240,7 @@ func (p *Processor) supersede(ctx context.Context, b *forge.Build) error {
 	for before := b.ID; ; {
 		older, err := p.opts.Builds.ListBuilds(ctx, forge.BuildFilter{
 			RepoID: b.RepoID, PullRequest: h.PullRequest, Action: b.Action, Before: before, Limit: forge.MaxBuildLimit,
-			Statuses: []forge.Status{forge.StatusPending, forge.StatusQueued, forge.StatusWaiting, forge.StatusRunning},
+			Statuses: []forge.Status{forge.StatusBlocked, forge.StatusPending, forge.StatusQueued, forge.StatusWaiting, forge.StatusRunning},
 		})
 		if err != nil {
 			return err

@@ -40,6 +40,12 @@ func (p *Processor) processGroup(ctx context.Context, items []*item) (int, error
 		switch {
 		case it.fail != "":
 			work = append(work, it)
+		case isCommand(h):
+			res, _, err, _ := p.command(ctx, h)
+			if err != nil {
+				return 0, err
+			}
+			it.result = res
 		case h.Event == "pull_request" && h.Draft && !h.Merged && !p.opts.BuildDrafts:
 			// Decided before fetching anything: a draft costs no clone.
 			it.result = fmt.Sprintf("ignored: pull request #%d is a draft (built when ready for review)", h.PullRequest)
@@ -261,6 +267,7 @@ func (p *Processor) prepare(ctx context.Context, items []*item) ([]*item, error)
 			}
 		}
 		p.changedPaths(ctx, h, paths)
+		p.promote(ctx, h)
 		if !rebuild(h) && skipCI(h.Message) {
 			it.result = "ignored: [skip ci] in the commit message"
 			continue

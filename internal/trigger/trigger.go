@@ -218,6 +218,23 @@ type Options struct {
 	// Backoff the first wait between tries, doubled each time.
 	Attempts int
 	Backoff  time.Duration
+	// ForkApproval says which builds of forks' pull requests wait for a
+	// maintainer's approval: ForkApprovalAlways ("" too),
+	// ForkApprovalFirstTime or ForkApprovalNever (see github.go).
+	ForkApproval string
+	// CanWrite, when set, tells whether user may write to repo; a
+	// "/forge approve" is checked with it (the comment's author
+	// association is checked in any case).
+	CanWrite func(ctx context.Context, repo *forge.Repo, user string) (bool, error)
+	// Reply, when set, comments on the pull request of h (a command that
+	// did nothing says why). It must not block for long.
+	Reply func(ctx context.Context, h *forge.Hook, body string) error
+	// Promote, when set, opens or updates the promotion pull request from
+	// main into production listing the pull request h merged; it is
+	// called when that pull request's build passed. MainBranch is the
+	// main branch ("" means the repository's default branch).
+	Promote    func(ctx context.Context, h *forge.Hook, main, production string) error
+	MainBranch string
 	// Logger gets one line per delivery; nil discards.
 	Logger *slog.Logger
 	// Registerer, when set, gets the metrics forge_deliveries_pending and

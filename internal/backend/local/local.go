@@ -118,7 +118,9 @@ func (b *Backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 		dir = wt.run
 	}
 	env = append(env, "FORGE_WORKSPACE="+dir)
-	return shell.RunSteps(ctx, run.Job.Steps, dir, env, run.Secrets, rep, opts)
+	st, err := shell.RunSteps(ctx, run.Job.Steps, dir, env, run.Secrets, rep, opts)
+	shell.CollectReports(dir, run.Job.Reports, rep)
+	return st, err
 }
 
 // warnIgnored warns, once per key, about what job asks for that only
