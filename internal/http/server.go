@@ -82,7 +82,20 @@ type Options struct {
 	// a database lookup: the server's own clients (the engine's lease
 	// client) use it. It lives only in the server's memory.
 	InternalToken string
-	Logger        *slog.Logger
+	// Caller, when set, names a caller that a transport in front of this
+	// handler has authenticated already (the SSH endpoint, which calls
+	// the handler in-process): it reads r's context, never a header, so
+	// no HTTP client can claim to be one. ok is false for other requests.
+	Caller func(r *http.Request) (c Caller, ok bool)
+	Logger *slog.Logger
+}
+
+// Caller is a caller authenticated by another transport: Name for logs,
+// and what it may do, as a token would allow (ReadOnly: reads only).
+type Caller struct {
+	Name     string
+	Admin    bool
+	ReadOnly bool
 }
 
 // Server is forge's HTTP handler. Create it with New.
@@ -169,12 +182,26 @@ func (s *Server) guard(access Access, h http.Handler) http.Handler {
 				need = Read
 			}
 		}
+		base := need // before PrivateReads: a caller of another transport is known
 		if need == Read && s.opts.PrivateReads {
 			need = Write
 		}
 		if need == Public {
 			h.ServeHTTP(w, r)
 			return
+		}
+		if s.opts.Caller != nil {
+			if c, ok := s.opts.Caller(r); ok {
+				switch {
+				case base != Read && c.ReadOnly:
+					writeError(w, forge.Errorf(forge.EFORBIDDEN, "%s may only read: this request changes something", c.Name))
+				case base == Admin && !c.Admin:
+					writeError(w, forge.Errorf(forge.EFORBIDDEN, "this request needs an admin role; %s has none", c.Name))
+				default:
+					h.ServeHTTP(w, r)
+				}
+				return
+			}
 		}
 		tok, err := s.authenticate(r)
 		switch {
