@@ -85,6 +85,8 @@ type serverConfig struct {
 		FillMaxPasses int      `yaml:"fill_max_passes"`
 		FillMaxWait   Duration `yaml:"fill_max_wait"`
 	} `yaml:"lease"`
+	// SSH is the admin API over SSH: see ssh.go.
+	SSH sshConfig `yaml:"ssh"`
 	// Migrate is FORGE_MIGRATE: "auto" migrates the database up at start.
 	// Only the environment sets it: whether to change a shared schema is
 	// decided per start, not kept in a file.
@@ -129,6 +131,7 @@ func defaultServerConfig() serverConfig {
 	c.Lease.Keepalive = Duration(lease.DefaultKeepalive)
 	c.Lease.FillMaxPasses = lease.DefaultFillMaxPasses
 	c.Lease.FillMaxWait = Duration(lease.DefaultFillMaxWait)
+	c.SSH = defaultSSHConfig()
 	return c
 }
 
@@ -214,6 +217,9 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 	if err := c.Docker.applyEnv(getenv); err != nil {
 		return err
 	}
+	if err := c.SSH.applyEnv(getenv); err != nil {
+		return err
+	}
 	bools := map[string]*bool{
 		"FORGE_API_PRIVATE_READS": &c.API.PrivateReads,
 		"FORGE_GIT_ALLOW_FILE":    &c.Git.AllowFile,
@@ -273,6 +279,7 @@ func (c *serverConfig) validate() error {
 		errs = append(errs, "backend: "+forge.ErrorMessage(err))
 	}
 	errs = append(errs, c.Docker.check()...)
+	errs = append(errs, c.SSH.check()...)
 	for name := range c.Secrets {
 		if name != "*" && strings.Count(name, "/") != 1 {
 			errs = append(errs, fmt.Sprintf("secrets: %q is not owner/repo or *", name))

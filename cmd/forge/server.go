@@ -88,11 +88,14 @@ func addServerFlags(cmd *cobra.Command, f *serverFlags) {
 	fl.StringVar(&f.config, "config", "", "YAML configuration file (docs/configuration.md lists every setting)")
 	fl.StringVar(&f.publicURL, "public-url", "", "the server's URL as users reach it, for links in builds (default http://ADDR)")
 	fl.DurationVar(&f.grace, "grace", 0, "how long running builds may finish after SIGTERM before they are cancelled (default 30s)")
+	fl.StringVar(&f.sshAddr, "ssh-addr", "", "serve the API over SSH on HOST:PORT (default off; docs/api.md)")
+	fl.StringVar(&f.sshKeys, "ssh-authorized-keys", "", "the authorized_keys file of the SSH endpoint (default DATA/ssh/authorized_keys)")
 }
 
 type serverFlags struct {
 	addr, data, config, publicURL string
 	grace                         time.Duration
+	sshAddr, sshKeys              string
 }
 
 // serverMain is forge server: ParseFlags builds the configuration, Run
@@ -130,6 +133,12 @@ func (m *serverMain) ParseFlags(cmd *cobra.Command, f *serverFlags, getenv func(
 	}
 	if changed("grace") {
 		c.Grace = Duration(f.grace)
+	}
+	if changed("ssh-addr") {
+		c.SSH.Addr = f.sshAddr
+	}
+	if changed("ssh-authorized-keys") {
+		c.SSH.AuthorizedKeys = f.sshKeys
 	}
 	if err := c.validate(); err != nil {
 		return err
@@ -343,8 +352,13 @@ func (m *serverMain) Run(ctx context.Context) error {
 		Gatherer:      reg,
 		PrivateReads:  c.API.PrivateReads,
 		InternalToken: internal,
+		Caller:        sshCaller,
 		Logger:        log,
 	})
+	sshServe, _, err := startSSH(&c.SSH, data, api.Handler(), log)
+	if err != nil {
+		return err
+	}
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -392,6 +406,12 @@ func (m *serverMain) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { return proc.Run(gctx) })
+	if sshServe != nil {
+		// Like HTTP, SSH serves until the running builds are done.
+		sctx, stopSSH := context.WithCancel(context.WithoutCancel(ctx))
+		go func() { <-runDone; stopSSH() }()
+		g.Go(func() error { return sshServe(sctx) })
+	}
 	err = g.Wait()
 	log.Info("stopped", "err", err)
 	if err != nil && ctx.Err() == nil {

@@ -154,3 +154,6 @@ func fromAllows(patterns []string, ip net.IP) bool {
 	}
 	return allowed
 }
+
+// Fingerprint is key's SHA256 fingerprint as ssh-keygen -l prints it.
+func Fingerprint(key gossh.PublicKey) string { return gossh.FingerprintSHA256(key) }

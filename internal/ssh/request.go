@@ -179,6 +179,32 @@ func ExitStatus(code int) int {
 	return 1
 }
 
+// ParseCommand reads an exec request's command line, VERB RESOURCE
+// [BODY]: the body is the rest of the line as it is (ssh joins the
+// client's arguments with spaces, after the client's shell removed one
+// level of quotes), or, wrapped whole in single quotes, what they enclose.
+func ParseCommand(line string) (*Request, error) {
+	line = strings.TrimSpace(line)
+	verb, rest, _ := strings.Cut(line, " ")
+	rest = strings.TrimSpace(rest)
+	resource, body, _ := strings.Cut(rest, " ")
+	body = strings.TrimSpace(body)
+	if resource == "" {
+		return nil, forge.Errorf(forge.EINVALID, "%s needs a resource, e.g. %s /repos", clip(verb), clip(verb))
+	}
+	if len(body) >= 2 && body[0] == '\'' && body[len(body)-1] == '\'' {
+		body = body[1 : len(body)-1]
+	}
+	r := &Request{Verb: verb, Resource: resource}
+	if body != "" {
+		r.Body = json.RawMessage(body)
+	}
+	if _, _, err := r.Target(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // clip shortens s for an error message.
 func clip(s string) string {
 	if len(s) > 80 {

@@ -139,19 +139,16 @@ func (s *session) command(ctx context.Context, line string, shell bool) int {
 		fmt.Fprintf(s.ch.Stderr(), "forge: unknown command %q (no shell here)\n%s", clip(args[0]), usage)
 		return 2
 	}
-	return s.exec(ctx, args)
+	return s.exec(ctx, line)
 }
 
 // exec runs "VERB RESOURCE [BODY]".
-func (s *session) exec(ctx context.Context, args []string) int {
-	if len(args) < 2 {
-		fmt.Fprintf(s.ch.Stderr(), "forge: %s needs a resource, e.g. %s /repos\n", args[0], args[0])
-		return 2
+func (s *session) exec(ctx context.Context, line string) int {
+	r, err := ParseCommand(line)
+	if err != nil {
+		return s.answer(&Response{Code: forge.HTTPStatus(err), Body: errorJSON(err)})
 	}
-	r := &Request{Verb: args[0], Resource: args[1]}
-	if len(args) > 2 {
-		r.Body = json.RawMessage(strings.Join(args[2:], " "))
-	} else if m, _ := method(r.Verb); m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch {
+	if m, _ := method(r.Verb); len(r.Body) == 0 && (m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch) {
 		body, err := io.ReadAll(io.LimitReader(s.ch, MaxRequest+1))
 		if err != nil {
 			fmt.Fprintf(s.ch.Stderr(), "forge: reading the body: %v\n", err)
