@@ -297,7 +297,7 @@ func TestRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	s.Stdout, s.Stderr = &out, &out
+	s.Stderr = &out
 	if err := s.Shell(); err != nil {
 		t.Fatal(err)
 	}
