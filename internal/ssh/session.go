@@ -21,6 +21,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/ansi"
 )
 
 // session is one SSH session channel.
@@ -258,7 +259,7 @@ func (srv *Server) do(ctx context.Context, caller Caller, remote string, act *ac
 	case json.Valid(body):
 		resp.Body = body
 	default:
-		resp.Body, _ = json.Marshal(string(body))
+		resp.Body, _ = json.Marshal(rec.buf.String())
 	}
 	return resp
 }
@@ -306,12 +307,15 @@ func (r *recorder) code() int {
 	return r.status
 }
 
-// stream passes a handler's 200 answer straight to out (a followed log);
-// any other answer is kept, to be shown as an error.
+// stream passes a handler's 200 answer (a log, sanitized by the API:
+// colours are the only escapes left) to out line by line: on a terminal
+// with CRLF line ends, elsewhere without the colours, as plain text. Any
+// other answer is kept, to be shown as an error.
 type stream struct {
 	recorder
-	out  io.Writer
-	crlf bool
+	out     io.Writer
+	pty     bool
+	pending []byte
 }
 
 func (s *stream) Write(p []byte) (int, error) {
@@ -319,18 +323,58 @@ func (s *stream) Write(p []byte) (int, error) {
 	if s.status != http.StatusOK {
 		return s.buf.Write(p)
 	}
-	if s.crlf {
-		if _, err := s.out.Write(bytes.ReplaceAll(p, []byte("\n"), []byte("\r\n"))); err != nil {
-			return 0, err
-		}
+	s.pending = append(s.pending, p...)
+	i := bytes.LastIndexByte(s.pending, '\n')
+	if i < 0 {
 		return len(p), nil
 	}
-	return s.out.Write(p)
+	err := s.emit(s.pending[:i+1])
+	s.pending = append(s.pending[:0], s.pending[i+1:]...)
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
-// Flush makes the log handler flush each batch of lines (it writes
-// through already).
+// emit writes whole lines.
+func (s *stream) emit(b []byte) error {
+	if s.pty {
+		b = bytes.ReplaceAll(b, []byte("\n"), []byte("\r\n"))
+	} else {
+		b = stripSGR(b)
+	}
+	_, err := s.out.Write(b)
+	return err
+}
+
+// finish writes what is left of an unterminated last line.
+func (s *stream) finish() {
+	if len(s.pending) > 0 && s.status == http.StatusOK {
+		_ = s.emit(s.pending)
+		s.pending = nil
+	}
+}
+
+// Flush makes the log handler flush each batch of lines (whole lines
+// go out as they come).
 func (s *stream) Flush() {}
+
+// stripSGR removes colour sequences from sanitized text.
+func stripSGR(b []byte) []byte {
+	if bytes.IndexByte(b, 0x1b) < 0 {
+		return b
+	}
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); {
+		if n := ansi.SGRLen(string(b[i:min(len(b), i+64)])); n > 0 {
+			i += n
+			continue
+		}
+		out = append(out, b[i])
+		i++
+	}
+	return out
+}
 
 // logs runs "logs [OWNER/REPO/]BUILD/JOB [--follow] [--repo OWNER/REPO]".
 func (s *session) logs(ctx context.Context, args []string) int {
@@ -382,16 +426,14 @@ func (s *session) logs(ctx context.Context, args []string) int {
 	if follow {
 		q.Set("follow", "true")
 	}
-	if s.pty {
-		q.Set("download", "true") // the raw text: colours for the terminal
-	}
 	p := fmt.Sprintf("/api/v1/repos/%s/%s/builds/%s/jobs/%s/log", url.PathEscape(owner), url.PathEscape(name), parts[0], parts[1])
 	if len(q) > 0 {
 		p += "?" + q.Encode()
 	}
 	defer s.act.begin()()
-	w := &stream{recorder: recorder{h: http.Header{}}, out: s.ch, crlf: s.pty}
+	w := &stream{recorder: recorder{h: http.Header{}}, out: s.ch, pty: s.pty}
 	s.srv.serve(ctx, s.caller, s.remote, http.MethodGet, p, nil, w)
+	w.finish()
 	if code := w.code(); code != http.StatusOK {
 		out, _ := json.MarshalIndent(Response{Code: code, Body: bytes.TrimSpace(w.buf.Bytes())}, "", "  ")
 		fmt.Fprintf(s.ch.Stderr(), "%s\n", out)
