@@ -32,7 +32,7 @@ type sshTestKey struct {
 	line   string // authorized_keys line without options
 }
 
-func newSSHTestKey(t *testing.T, dir, name string) sshTestKey {
+func newSSHTestKey(t testing.TB, dir, name string) sshTestKey {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -51,6 +51,23 @@ func newSSHTestKey(t *testing.T, dir, name string) sshTestKey {
 		t.Fatal(err)
 	}
 	return sshTestKey{signer: s, file: file, line: strings.TrimSpace(string(gossh.MarshalAuthorizedKey(s.PublicKey()))) + " " + name}
+}
+
+// sshAddrOf is the SSH address the server logged at start ("ssh
+// listening" comes before "listening", which e2eStart waited for).
+func sshAddrOf(t testing.TB, p *e2eServerProc) string {
+	t.Helper()
+	for _, line := range strings.Split(p.log(), "\n") {
+		var rec struct {
+			Msg     string
+			SSHAddr string `json:"ssh_addr"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "ssh listening" {
+			return rec.SSHAddr
+		}
+	}
+	t.Fatalf("the server did not log its SSH address:\n%s", p.log())
+	return ""
 }
 
 // sshEnv is a forge server with its SSH endpoint, and the client side.
@@ -129,8 +146,7 @@ func TestServerSSH(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := e2eStart(t, data, config, "FORGE_SSH_ADDR=127.0.0.1:0", "FORGE_SSH_AUTHORIZED_KEYS="+keys)
-	rec := logRecord(t, p, "ssh listening")
-	e := &sshEnv{p: p, addr: rec["ssh_addr"].(string), haveSSH: haveSSH}
+	e := &sshEnv{p: p, addr: sshAddrOf(t, p), haveSSH: haveSSH}
 	e.port = e.addr[strings.LastIndex(e.addr, ":")+1:]
 	hk, err := os.ReadFile(filepath.Join(data, "ssh", "host_ed25519_key"))
 	if err != nil {
