@@ -274,6 +274,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // serveConn runs one connection: handshake, then its channels.
 func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	defer nc.Close()
+	// Closing nc ends the handshake or the connection when Serve stops.
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
 	act := newActivity(nc, s.opts.IdleTimeout)
 	_ = nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	conn, chans, reqs, err := gossh.NewServerConn(act, s.config(nc.RemoteAddr()))
@@ -301,7 +304,6 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		conn.Close()
 	})
 	defer stopIdle()
-	context.AfterFunc(ctx, func() { conn.Close() })
 
 	// Global requests: tcpip-forward and the like are refused.
 	go gossh.DiscardRequests(reqs)
