@@ -63,6 +63,9 @@ With a GitHub App (FORGE_GITHUB_APP_ID and FORGE_GITHUB_APP_KEY) or a token
 (forge/JOB) and, as an App, a check run; reports wait in the database until
 GitHub has them, across restarts and outages.
 
+With --ssh-addr (FORGE_SSH_ADDR) it also serves the API over SSH to the
+keys of an authorized_keys file (docs/api.md, "Over SSH").
+
 On SIGTERM or SIGINT it stops taking new builds (/readyz answers 503), lets
 running builds finish for up to --grace while still serving the API and
 leases, cancels what is left, stops serving HTTP and exits 0.`,
