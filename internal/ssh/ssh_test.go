@@ -411,3 +411,68 @@ func TestConcurrentSessions(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// fixedAPI answers GETs from a table of paths, 404 otherwise.
+type fixedAPI map[string]string
+
+func (f fixedAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, ok := f[r.URL.RequestURI()]
+	if !ok {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprintf(w, `{"code":"not_found","message":"no %s"}`, r.URL.RequestURI())
+		return
+	}
+	if strings.HasPrefix(body, "{") {
+		w.Header().Set("Content-Type", "application/json")
+	}
+	fmt.Fprint(w, body)
+}
+
+func TestLeasesAndLogs(t *testing.T) {
+	k := newKey(t, "jo")
+	since := time.Now().Add(-90 * time.Second).UTC().Format(time.RFC3339)
+	api := fixedAPI{
+		"/api/v1/pools": `{"pools": [{"name": "dut", "order": "fifo", "size": 2, "free": 0, "in_use": 1, "disabled": 1,
+			"resources": [{"id": "d1", "state": "leased", "lease": "L1", "holder": "ann@lab pytest", "since": "` + since + `"},
+			              {"id": "d2", "state": "disabled", "disabled": true}],
+			"queue": [{"holder": "ben@ci make hil", "position": 1, "since": "` + since + `", "wants": [{"pool": "dut", "count": 1, "labels": {"arch": "arm64"}}]}]}]}`,
+		"/api/v1/repos":                         `{"repos": [{"owner": "o", "name": "r"}]}`,
+		"/api/v1/repos/o/r/builds/7/jobs/3/log": "one \x1b[32mgreen\x1b[0m\ntwo\n",
+		"/api/v1/repos/x/y/builds/7/jobs/3/log": "other\n",
+	}
+	ts := startServer(t, api, k.line+"\n", Options{})
+	c := ts.client(t, k)
+
+	out, stderr, exit := run(t, c, "leases", "")
+	for _, want := range []string{
+		"POOL", "dut   fifo   2     0     1       1         1",
+		"dut/d1", "leased", "ann@lab pytest", "L1", "1m3",
+		"dut/d2", "disabled",
+		"QUEUE", "ben@ci make hil", "1 dut arch=arm64",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("leases output lacks %q:\n%s%s", want, out, stderr)
+		}
+	}
+	if exit != 0 {
+		t.Errorf("leases: exit %d", exit)
+	}
+
+	for _, tt := range []struct {
+		cmd, out, errWant string
+		exit              int
+	}{
+		{cmd: "logs 7/3", out: "one green\ntwo\n"},          // the only repository; no terminal: no colours
+		{cmd: "logs x/y/7/3", out: "other\n"},               // named
+		{cmd: "logs 7/3 --repo x/y", out: "other\n"},        // named by flag
+		{cmd: "logs 8/3", errWant: `"code": 404`, exit: 4},  // the API's error, on stderr
+		{cmd: "logs 7", errWant: "want BUILD/JOB", exit: 2}, // usage
+		{cmd: "logs 7/x", errWant: "not a positive number", exit: 2},
+	} {
+		out, stderr, exit := run(t, c, tt.cmd, "")
+		if out != tt.out || exit != tt.exit || !strings.Contains(stderr, tt.errWant) {
+			t.Errorf("%s: out %q, stderr %q, exit %d; want out %q, stderr with %q, exit %d", tt.cmd, out, stderr, exit, tt.out, tt.errWant, tt.exit)
+		}
+	}
+}
