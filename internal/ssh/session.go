@@ -76,8 +76,11 @@ func (s *session) run(ctx context.Context) {
 		}
 		switch req.Type {
 		case "pty-req":
-			s.pty = !s.noPTY
-			_ = req.Reply(s.pty, nil)
+			// Only before the command: it reads s.pty once started.
+			if !started {
+				s.pty = !s.noPTY
+			}
+			_ = req.Reply(s.pty && !started, nil)
 		case "window-change", "env":
 			_ = req.Reply(req.Type == "window-change", nil)
 		case "exec", "shell":

@@ -257,11 +257,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("ssh: accept: %w", err)
 			}
-			return fmt.Errorf("ssh: accept: %w", err)
+			// Out of file descriptors and the like: wait and go on, as
+			// net/http does, rather than end the endpoint.
+			s.log.Warn("ssh: accept failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
 		wg.Add(1)
 		go func() {
