@@ -109,6 +109,7 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	hostKey gossh.Signer
+	cfg     *gossh.ServerConfig
 
 	mu     sync.Mutex
 	perKey map[string]int
@@ -146,7 +147,9 @@ func New(opts Options) (*Server, error) {
 	if _, err := os.Stat(opts.AuthorizedKeysFile); errors.Is(err, os.ErrNotExist) {
 		opts.Logger.Warn("ssh: the authorized keys file does not exist: every login is refused until it does", "file", opts.AuthorizedKeysFile)
 	}
-	return &Server{opts: opts, log: opts.Logger.With("component", "ssh"), hostKey: signer, perKey: map[string]int{}}, nil
+	s := &Server{opts: opts, log: opts.Logger.With("component", "ssh"), hostKey: signer, perKey: map[string]int{}}
+	s.cfg = s.config()
+	return s, nil
 }
 
 // HostKey is the server's public host key (for known_hosts).
@@ -193,9 +196,9 @@ func loadHostKey(file string) (gossh.Signer, error) {
 	return signer, nil
 }
 
-// config is the server configuration of one connection: the authorized
-// keys as the file says now.
-func (s *Server) config(remote net.Addr) *gossh.ServerConfig {
+// config is the server configuration, shared by every connection
+// (NewServerConn copies it); authorize reads the authorized keys anew.
+func (s *Server) config() *gossh.ServerConfig {
 	cfg := &gossh.ServerConfig{
 		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
 			return s.authorize(meta, key)
@@ -286,7 +289,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	defer stop()
 	act := newActivity(nc, s.opts.IdleTimeout)
 	_ = nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
-	conn, chans, reqs, err := gossh.NewServerConn(act, s.config(nc.RemoteAddr()))
+	conn, chans, reqs, err := gossh.NewServerConn(act, s.cfg)
 	if err != nil {
 		s.log.Debug("ssh: handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		return
