@@ -338,11 +338,14 @@ func TestServerSSH(t *testing.T) {
 	})
 
 	// The gate opens once every follower has the start of the log.
-	for _, c := range []chan struct{}{plainStarted, ttyStarted} {
+	for i, c := range []chan struct{}{plainStarted, ttyStarted} {
+		d := []chan result{plainDone, ttyDone}[i]
 		select {
 		case <-c:
+		case r := <-d:
+			t.Fatalf("logs --follow (terminal %v) ended before the job: %+v", i == 1, r)
 		case <-time.After(60 * time.Second):
-			t.Fatal("a followed log did not show the running job's first line")
+			t.Fatalf("logs --follow (terminal %v) did not show the running job's first line; job %s", i == 1, e2eJobLog(t, p, 1, b.Jobs[0]))
 		}
 	}
 	if err := os.WriteFile(gate, nil, 0o600); err != nil {

@@ -151,7 +151,11 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.Buil
 					stop()
 					return
 				}
-				if live == nil && !catchUp() {
+				// Lines published live before this follower subscribed
+				// reach it only through the store: without this, a job
+				// that goes quiet would show nothing until its next line.
+				if !catchUp() {
+					stop()
 					return
 				}
 			}
