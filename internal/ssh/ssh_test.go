@@ -336,7 +336,7 @@ func TestRefusals(t *testing.T) {
 
 func TestHandshakeAndIdleTimeout(t *testing.T) {
 	k := newKey(t, "hal")
-	ts := startServer(t, &echoAPI{}, k.line+"\n", Options{HandshakeTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
+	ts := startServer(t, &echoAPI{}, k.line+"\n", Options{HandshakeTimeout: 2 * time.Second, IdleTimeout: 300 * time.Millisecond})
 	nc, err := net.Dial("tcp", ts.addr)
 	if err != nil {
 		t.Fatal(err)
