@@ -322,8 +322,13 @@ func TestRefusals(t *testing.T) {
 	s.Close()
 
 	// The per-key cap: erin has one connection open (c); a second is
-	// accepted, the third closed after the handshake.
-	ts.client(t, known)
+	// served (a session opens once the server counted it), the third is
+	// closed after the handshake.
+	second, err := ts.client(t, known).NewSession()
+	if err != nil {
+		t.Fatalf("a second connection of a key capped at 2: %v", err)
+	}
+	defer second.Close()
 	extra, err := ts.dial(t, gossh.PublicKeys(known.signer))
 	if err == nil {
 		_, err = extra.NewSession()
