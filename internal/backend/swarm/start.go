@@ -1,0 +1,271 @@
+package swarm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/forgexec"
+)
+
+// jobFile is the name of the job's secret in the task (under
+// /run/secrets/).
+const jobFile = "forge-job.json"
+
+// maxSecret is Swarm's limit on the size of a secret.
+const maxSecret = 500 << 10
+
+// stopMargin is what a task gets past the kill grace between its stop
+// signal and SIGKILL: forgexec's own time to report the end.
+const stopMargin = 5 * time.Second
+
+// start makes everything of the attempt and creates the job's service.
+// On error, a holds what was made so far.
+func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) error {
+	job := run.Job
+	m := metaOf(run)
+	a.h.Repo, a.h.PR, a.h.Build = m.fullRepo(), m.pr, m.build
+	node, err := b.node(ctx)
+	if err != nil {
+		return err
+	}
+	if !b.opts.KeepSuperseded {
+		b.supersede(ctx, m)
+	}
+	if a.h.Nonce, err = forgexec.NewNonce(); err != nil {
+		return forge.WrapError(forge.EINTERNAL, err, "swarm backend")
+	}
+	image, err := b.resolveImage(ctx, job.Image)
+	if err != nil {
+		return err
+	}
+	sidecarImages := make([]string, len(job.Services))
+	for i, s := range job.Services {
+		if sidecarImages[i], err = b.resolveImage(ctx, s.Image); err != nil {
+			return err
+		}
+	}
+	execVol, err := b.execVolume(ctx, image)
+	if err != nil {
+		return err
+	}
+
+	// The job's file names the attempt: its secret is made first, since
+	// Swarm refuses a second secret of one name where a volume would be
+	// shared silently.
+	fj := &forgexec.Job{
+		Version: forgexec.Version, Nonce: a.h.Nonce, Dir: WorkspaceDir,
+		Env: jobEnv(run.Env), Secrets: run.Secrets, Steps: job.Steps,
+		KillGrace: b.opts.KillGrace,
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		// The job ends on time even if this server is gone by then.
+		fj.Timeout = max(time.Until(dl), time.Millisecond)
+	}
+	data, err := json.Marshal(fj)
+	if err != nil {
+		return forge.WrapError(forge.EINTERNAL, err, "cannot encode the job")
+	}
+	if len(data) > maxSecret {
+		return forge.Errorf(forge.ETOOLARGE,
+			"job %s is %d KB once encoded (steps, environment, secrets): Swarm carries at most %d KB to a task", job.Name, len(data)>>10, maxSecret>>10)
+	}
+	var base string
+	for i := 0; ; i++ {
+		now := b.stamp()
+		base = serviceName(m, now)
+		res, err := b.cli.SecretCreate(ctx, client.SecretCreateOptions{Spec: swarm.SecretSpec{
+			Annotations: swarm.Annotations{Name: derived(base, "-job"), Labels: m.labels(b.opts.Scope, "job-file")},
+			Data:        data,
+		}})
+		if cerrdefs.IsConflict(err) && i < 10 {
+			continue // a job of another forge, named in the same millisecond
+		}
+		if err != nil {
+			return engineError(err, "cannot create the job's secret")
+		}
+		a.h.Secret, a.h.Created = res.ID, now.UnixNano()
+		break
+	}
+
+	vol, err := b.cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: derived(base, "-ws"), Labels: m.labels(b.opts.Scope, "workspace")})
+	if err != nil {
+		return engineError(err, "cannot create the job's workspace volume")
+	}
+	a.h.Volume = vol.Volume.Name
+	if err := b.fillWorkspace(ctx, image, vol.Volume.Name, run.Workspace); err != nil {
+		return err
+	}
+
+	constraints := append(append([]string(nil), job.Placement...), "node.id=="+node)
+	var nets []swarm.NetworkAttachmentConfig
+	if len(job.Services) > 0 {
+		nw, err := b.cli.NetworkCreate(ctx, derived(base, "-net"), client.NetworkCreateOptions{
+			Driver: "overlay", Scope: "swarm", Labels: m.labels(b.opts.Scope, "network"),
+		})
+		if err != nil {
+			return engineError(err, "cannot create the build's network")
+		}
+		a.h.Network = nw.ID
+		nets = []swarm.NetworkAttachmentConfig{{Target: nw.ID}}
+		for i, s := range job.Services {
+			id, err := b.createSidecar(ctx, s, sidecarImages[i], derived(base, "-"+clean(s.Name, 20)), nw.ID, constraints, m.labels(b.opts.Scope, "service"))
+			if err != nil {
+				return err
+			}
+			a.h.Sidecars = append(a.h.Sidecars, id)
+		}
+	}
+
+	ports, err := portConfig(job.Ports)
+	if err != nil {
+		return err
+	}
+	cpus, mem := job.Limits.CPUs, job.Limits.Memory
+	if cpus == 0 {
+		cpus = b.opts.CPUs
+	}
+	if mem == 0 {
+		mem = b.opts.Memory
+	}
+	var res *swarm.ResourceRequirements
+	if cpus > 0 || mem > 0 {
+		res = &swarm.ResourceRequirements{
+			Limits:       &swarm.Limit{NanoCPUs: int64(cpus * 1e9), MemoryBytes: mem},
+			Reservations: &swarm.Resources{NanoCPUs: int64(cpus * 1e9), MemoryBytes: mem},
+		}
+	}
+	grace := b.opts.KillGrace + stopMargin
+	labels := m.labels(b.opts.Scope, "job")
+	spec := swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: base, Labels: labels},
+		TaskTemplate: swarm.TaskSpec{
+			ContainerSpec: &swarm.ContainerSpec{
+				Image:   image,
+				Labels:  labels,
+				Command: []string{forgexec.Bin},
+				Env:     []string{forgexec.JobFileEnv + "=/run/secrets/" + jobFile},
+				Dir:     WorkspaceDir,
+				User:    b.opts.User,
+				Mounts: []mount.Mount{
+					{Type: mount.TypeVolume, Source: vol.Volume.Name, Target: WorkspaceDir},
+					{Type: mount.TypeVolume, Source: execVol, Target: forgexec.BinDir, ReadOnly: true,
+						VolumeOptions: &mount.VolumeOptions{NoCopy: true}},
+				},
+				Secrets: []*swarm.SecretReference{{
+					SecretID: a.h.Secret, SecretName: derived(base, "-job"),
+					// Readable by whatever user the image runs as: the
+					// steps run as that user too, and knowing the nonce
+					// does not let them write frames (see forgexec).
+					File: &swarm.SecretReferenceFileTarget{Name: jobFile, UID: "0", GID: "0", Mode: 0o444},
+				}},
+				StopSignal:      "SIGTERM",
+				StopGracePeriod: &grace,
+			},
+			Resources:     res,
+			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
+			Placement:     &swarm.Placement{Constraints: constraints},
+			Networks:      nets,
+			// A driver the engine can read back, whatever its default:
+			// service logs are how the job's events come back.
+			LogDriver: &swarm.Driver{Name: "json-file", Options: map[string]string{"max-size": "1g"}},
+		},
+		Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: ptr(uint64(1))}},
+		EndpointSpec: &swarm.EndpointSpec{Ports: ports},
+	}
+	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec})
+	if err != nil {
+		return engineError(err, "cannot create the job's service from image "+job.Image)
+	}
+	a.h.Service = created.ID
+	return nil
+}
+
+// createSidecar creates the service of one of the job's services:, on
+// network nw where the job finds it by its name.
+func (b *Backend) createSidecar(ctx context.Context, s forge.Service, image, name, nw string, constraints []string, labels map[string]string) (string, error) {
+	ports, err := portConfig(s.Ports)
+	if err != nil {
+		return "", err
+	}
+	env := make([]string, 0, len(s.Environment))
+	for k, v := range s.Environment {
+		env = append(env, k+"="+v)
+	}
+	spec := swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: name, Labels: labels},
+		TaskTemplate: swarm.TaskSpec{
+			ContainerSpec: &swarm.ContainerSpec{Image: image, Labels: labels, Args: s.Command, Env: env, Hostname: s.Name},
+			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
+			Placement:     &swarm.Placement{Constraints: constraints},
+			Networks:      []swarm.NetworkAttachmentConfig{{Target: nw, Aliases: []string{s.Name}}},
+			LogDriver:     &swarm.Driver{Name: "json-file"},
+		},
+		Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: ptr(uint64(1))}},
+		EndpointSpec: &swarm.EndpointSpec{Ports: ports},
+	}
+	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec})
+	if err != nil {
+		return "", engineError(err, fmt.Sprintf("cannot create service %s from image %s", s.Name, s.Image))
+	}
+	return created.ID, nil
+}
+
+// stamp returns the time that names a new attempt: now, but always after
+// the last one this backend gave, so that two jobs of a build started in
+// one millisecond get different names.
+func (b *Backend) stamp() time.Time {
+	b.stampMu.Lock()
+	defer b.stampMu.Unlock()
+	t := time.Now().Truncate(time.Millisecond)
+	if !t.After(b.lastStamp) {
+		t = b.lastStamp.Add(time.Millisecond)
+	}
+	b.lastStamp = t
+	return t
+}
+
+// jobEnv is the steps' environment in the task: run's, with
+// FORGE_WORKSPACE where the job sees its workspace.
+func jobEnv(env map[string]string) map[string]string {
+	out := make(map[string]string, len(env)+1)
+	for k, v := range env {
+		out[k] = v
+	}
+	out["FORGE_WORKSPACE"] = WorkspaceDir
+	return out
+}
+
+// portConfig publishes ports through the routing mesh.
+func portConfig(ports []forge.Port) ([]swarm.PortConfig, error) {
+	var out []swarm.PortConfig
+	for _, p := range ports {
+		proto := network.IPProtocol(strings.ToLower(p.Protocol))
+		switch proto {
+		case "":
+			proto = network.TCP
+		case network.TCP, network.UDP:
+		default:
+			return nil, forge.Errorf(forge.EINVALID, "port %d: protocol %q is not tcp or udp", p.Target, p.Protocol)
+		}
+		if p.Target <= 0 || p.Target > 65535 || p.Published < 0 || p.Published > 65535 {
+			return nil, forge.Errorf(forge.EINVALID, "port %d:%d is out of range", p.Published, p.Target)
+		}
+		out = append(out, swarm.PortConfig{
+			Protocol: proto, TargetPort: uint32(p.Target), PublishedPort: uint32(p.Published),
+			PublishMode: swarm.PortConfigPublishModeIngress,
+		})
+	}
+	return out, nil
+}
+
+func ptr[T any](v T) *T { return &v }
