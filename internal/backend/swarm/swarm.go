@@ -139,9 +139,9 @@ type Backend struct {
 	nodeMu sync.Mutex
 	nodeID string // the node of the engine forge talks to
 
-	execMu   sync.Mutex
-	execSum  string // the forgexec binary's digest
-	execSize int64
+	execMu    sync.Mutex
+	execSum   string // the forgexec binary's digest
+	execSize  int64
 	execReady bool // this process filled (or found filled) the volume
 
 	pulls sync.Map // image → *sync.Mutex: one pull per image at a time
