@@ -3,6 +3,8 @@ package swarm
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -20,14 +22,19 @@ const cleanupTimeout = time.Minute
 func (b *Backend) cleanup(a *attempt) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
+	var services []string
 	for _, id := range append([]string{a.h.Service}, a.h.Sidecars...) {
 		if id == "" {
 			continue
 		}
+		services = append(services, id)
 		if _, err := b.cli.ServiceRemove(ctx, id, client.ServiceRemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
 			b.log.Warn("swarm: removing a job's service", "service", id, "err", err)
 		}
 	}
+	t0 := time.Now()
+	b.removeContainers(ctx, services)
+	b.log.Debug("swarm: containers gone", "after", time.Since(t0))
 	if a.h.Secret != "" {
 		b.retry(ctx, "the job's secret", a.h.Secret, func(ctx context.Context) error {
 			_, err := b.cli.SecretRemove(ctx, a.h.Secret, client.SecretRemoveOptions{})
@@ -35,17 +42,87 @@ func (b *Backend) cleanup(a *attempt) {
 		})
 	}
 	if a.h.Network != "" {
-		b.retry(ctx, "the build's network", a.h.Network, func(ctx context.Context) error {
-			_, err := b.cli.NetworkRemove(ctx, a.h.Network, client.NetworkRemoveOptions{})
-			return err
-		})
+		b.removeNetwork(ctx, a.h.Network)
+		b.log.Debug("swarm: network gone", "after", time.Since(t0))
 	}
+	b.log.Debug("swarm: secret and network gone", "after", time.Since(t0))
 	if a.h.Volume != "" {
 		b.retry(ctx, "the job's workspace", a.h.Volume, func(ctx context.Context) error {
 			_, err := b.cli.VolumeRemove(ctx, a.h.Volume, client.VolumeRemoveOptions{})
 			return err
 		})
 	}
+}
+
+// removeContainers removes the task containers of services, which were
+// just removed, and waits until they are gone: until then their network,
+// volumes and secret are in use (and Swarm forgets a removed network
+// before the engine does). Swarm would remove them too, one after the
+// other after each one's stop grace period; the engine removes them at
+// once. The tasks ran on the engine's own node (see the package
+// documentation), so its containers are all there are.
+func (b *Backend) removeContainers(ctx context.Context, services []string) {
+	if len(services) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	removing := map[string]bool{}
+	wait := 20 * time.Millisecond
+	for {
+		res, err := b.cli.ContainerList(ctx, client.ContainerListOptions{All: true,
+			Filters: client.Filters{}.Add("label", swarmServiceLabel)})
+		if err == nil {
+			left := false
+			for _, c := range res.Items {
+				if !slices.Contains(services, c.Labels[swarmServiceLabel]) {
+					continue
+				}
+				left = true
+				if !removing[c.ID] {
+					removing[c.ID] = true
+					wg.Go(func() {
+						// Swarm may be removing it too: a conflict is fine.
+						_, _ = b.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+					})
+				}
+			}
+			if !left {
+				return
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			b.log.Warn("swarm: the containers of removed services are still there", "services", services)
+			return
+		case <-t.C:
+		}
+		wait = min(wait*2, 250*time.Millisecond)
+	}
+}
+
+// swarmServiceLabel is the engine's label of a task's container with its
+// service's ID.
+const swarmServiceLabel = "com.docker.swarm.service.id"
+
+// removeNetwork removes an overlay network and waits until the engine
+// forgets it too: Swarm forgets it first, the engine once it has seen
+// that no task of its own uses it.
+func (b *Backend) removeNetwork(ctx context.Context, id string) bool {
+	return b.retry(ctx, "a network", id, func(ctx context.Context) error {
+		_, err := b.cli.NetworkRemove(ctx, id, client.NetworkRemoveOptions{})
+		if err != nil {
+			return err
+		}
+		if _, err := b.cli.NetworkInspect(ctx, id, client.NetworkInspectOptions{}); err == nil {
+			return errors.New("the engine still has the network")
+		} else if !cerrdefs.IsNotFound(err) {
+			return err
+		}
+		return nil
+	})
 }
 
 // retry runs remove until it succeeds or finds nothing to remove: a thing
@@ -110,6 +187,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 	if err != nil {
 		return 0, engineError(err, "cannot list services")
 	}
+	var removed []string
 	for _, s := range svcs.Items {
 		if !stale(s.Spec.Labels) {
 			continue
@@ -118,6 +196,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 			errs = append(errs, engineError(err, "cannot remove service "+s.Spec.Name))
 			continue
 		}
+		removed = append(removed, s.ID)
 		n++
 	}
 	cs, err := b.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: scope})
@@ -138,6 +217,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 	// The rest is in use until Swarm has removed the tasks.
 	wctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
 	defer cancel()
+	b.removeContainers(wctx, removed)
 	secrets, err := b.cli.SecretList(ctx, client.SecretListOptions{Filters: scope})
 	if err != nil {
 		return n, engineError(err, "cannot list secrets")
@@ -155,10 +235,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 		return n, engineError(err, "cannot list networks")
 	}
 	for _, nw := range nws.Items {
-		if stale(nw.Labels) && b.retry(wctx, "a network", nw.ID, func(ctx context.Context) error {
-			_, err := b.cli.NetworkRemove(ctx, nw.ID, client.NetworkRemoveOptions{})
-			return err
-		}) {
+		if stale(nw.Labels) && b.removeNetwork(wctx, nw.ID) {
 			n++
 		}
 	}

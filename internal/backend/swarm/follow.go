@@ -156,12 +156,34 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 			stopTimer.Stop()
 		}
 	}()
-	stopTask := func() {
-		if err := b.scaleDown(context.WithoutCancel(ctx), a.h.Service); err != nil && !cerrdefs.IsNotFound(err) {
-			b.log.Warn("swarm: stopping a job's task", "service", a.h.Service, "err", err)
-		}
+	// stopTask stops the job: SIGTERM cancels it, SIGUSR1 times it out
+	// (forgexec tells them apart). A task container on the engine's own
+	// node gets the signal at once; elsewhere, Swarm stops the task with
+	// SIGTERM when it is scaled down.
+	stopTask := func(sig string) {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
 		if giveUp == nil {
 			giveUp = time.After(time.Duration(a.h.KillGrace) + stopMargin + 15*time.Second)
+		}
+		if id := b.localContainer(sctx, a.h.Service); id != "" {
+			_, err := b.cli.ContainerKill(sctx, id, client.ContainerKillOptions{Signal: sig})
+			if err == nil || cerrdefs.IsNotFound(err) {
+				return
+			}
+			b.log.Warn("swarm: signalling a job's container", "container", id, "err", err)
+		}
+		if sig == "SIGUSR1" && st.started.Load() != 0 {
+			// forgexec times the job out itself, late by as much as it
+			// started after the job was made: give it that, so that its
+			// steps end "timed out".
+			wait := max(time.Unix(0, st.started.Load()).Sub(w.created), 0) + time.Duration(a.h.KillGrace) + stopMargin
+			stopTimer = time.NewTimer(wait)
+			stopC = stopTimer.C
+			return
+		}
+		if err := b.scaleDown(sctx, a.h.Service); err != nil && !cerrdefs.IsNotFound(err) {
+			b.log.Warn("swarm: stopping a job's task", "service", a.h.Service, "err", err)
 		}
 	}
 	for {
@@ -213,21 +235,15 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 		case <-ctxDone:
 			ctxDone = nil
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				// forgexec times the job out itself, late by as much
-				// as it started after the job was made: give it that,
-				// so that its steps end "timed out", then stop it.
-				wait := time.Duration(0)
-				if s := st.started.Load(); s != 0 {
-					wait = max(time.Unix(0, s).Sub(w.created), 0) + time.Duration(a.h.KillGrace) + stopMargin
-				}
-				stopTimer = time.NewTimer(wait)
-				stopC = stopTimer.C
-				continue
+				stopTask("SIGUSR1")
+			} else {
+				stopTask("SIGTERM")
 			}
-			stopTask()
 		case <-stopC:
 			stopC = nil
-			stopTask()
+			if err := b.scaleDown(context.WithoutCancel(ctx), a.h.Service); err != nil && !cerrdefs.IsNotFound(err) {
+				b.log.Warn("swarm: stopping a job's task", "service", a.h.Service, "err", err)
+			}
 		case <-giveUp:
 			endReader()
 			return ctxStatus(ctx.Err()), nil
@@ -246,6 +262,35 @@ func result(st *logState) (forge.Status, error) {
 		msg = "forgexec could not run the job"
 	}
 	return forge.StatusError, forge.Errorf(forge.EINVALID, "%s", msg)
+}
+
+// localContainer returns the container of the service's task when it is
+// on the node of the engine forge talks to, else "".
+func (b *Backend) localContainer(ctx context.Context, service string) string {
+	node, err := b.node(ctx)
+	if err != nil {
+		return ""
+	}
+	t, err := b.task(ctx, service)
+	if err != nil || t == nil || t.Status.ContainerStatus == nil || t.NodeID != node {
+		return ""
+	}
+	return t.Status.ContainerStatus.ContainerID
+}
+
+// task returns the service's latest task, nil when it has none.
+func (b *Backend) task(ctx context.Context, service string) (*swarm.Task, error) {
+	res, err := b.cli.TaskList(ctx, client.TaskListOptions{Filters: client.Filters{}.Add("service", service)})
+	if err != nil {
+		return nil, err
+	}
+	var t *swarm.Task
+	for i := range res.Items {
+		if t == nil || res.Items[i].CreatedAt.After(t.CreatedAt) {
+			t = &res.Items[i]
+		}
+	}
+	return t, nil
 }
 
 // scaleDown stops the service's task: Swarm sends it the stop signal
@@ -291,16 +336,10 @@ type watch struct {
 func (b *Backend) check(ctx context.Context, a *attempt, w *watch) (verdict, *swarm.Task, error) {
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	res, err := b.cli.TaskList(lctx, client.TaskListOptions{Filters: client.Filters{}.Add("service", a.h.Service)})
+	t, err := b.task(lctx, a.h.Service)
 	if err != nil {
 		b.log.Warn("swarm: listing a job's tasks", "service", a.h.Service, "err", err)
 		return verdictWait, nil, nil // the manager may be back soon
-	}
-	var t *swarm.Task
-	for i := range res.Items {
-		if t == nil || res.Items[i].CreatedAt.After(t.CreatedAt) {
-			t = &res.Items[i]
-		}
 	}
 	if t == nil {
 		if _, err := b.cli.ServiceInspect(lctx, a.h.Service, client.ServiceInspectOptions{}); cerrdefs.IsNotFound(err) {

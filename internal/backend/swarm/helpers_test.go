@@ -65,9 +65,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// engine skips t without a Docker engine in an active swarm (fails under
+// dockerEngine skips t without a Docker engine in an active swarm (fails under
 // CI=true), and makes the forge binary and the test images once.
-func engine(t testing.TB) *client.Client {
+func dockerEngine(t testing.TB) *client.Client {
 	t.Helper()
 	setupOnce.Do(func() { setupErr = setup() })
 	if setupErr != nil {
@@ -162,10 +162,13 @@ func buildImage(ctx context.Context, cli *client.Client, tag string, applets []s
 // newBackend returns a backend of this run's scope.
 func newBackend(t testing.TB, opts Options) *Backend {
 	t.Helper()
-	engine(t)
+	dockerEngine(t)
 	opts.Client = testCli
 	opts.Scope = testScope
 	opts.Forgexec = forgeBin
+	if os.Getenv("FORGE_TEST_DEBUG") != "" && opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	if opts.KillGrace == 0 {
 		opts.KillGrace = 2 * time.Second
 	}

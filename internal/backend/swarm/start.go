@@ -126,7 +126,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 		}
 	}
 
-	ports, err := portConfig(job.Ports)
+	ports, err := portConfig(job.Ports, b.portMode())
 	if err != nil {
 		return err
 	}
@@ -193,7 +193,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 // createSidecar creates the service of one of the job's services:, on
 // network nw where the job finds it by its name.
 func (b *Backend) createSidecar(ctx context.Context, s forge.Service, image, name, nw string, constraints []string, labels map[string]string) (string, error) {
-	ports, err := portConfig(s.Ports)
+	ports, err := portConfig(s.Ports, b.portMode())
 	if err != nil {
 		return "", err
 	}
@@ -201,10 +201,14 @@ func (b *Backend) createSidecar(ctx context.Context, s forge.Service, image, nam
 	for k, v := range s.Environment {
 		env = append(env, k+"="+v)
 	}
+	// A service is thrown away with the job: no need to wait long for
+	// it to stop (a sleep as PID 1 ignores SIGTERM).
+	grace := b.opts.KillGrace
 	spec := swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: name, Labels: labels},
 		TaskTemplate: swarm.TaskSpec{
-			ContainerSpec: &swarm.ContainerSpec{Image: image, Labels: labels, Args: s.Command, Env: env, Hostname: s.Name},
+			ContainerSpec: &swarm.ContainerSpec{Image: image, Labels: labels, Args: s.Command, Env: env, Hostname: s.Name,
+				StopGracePeriod: &grace},
 			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
 			Placement:     &swarm.Placement{Constraints: constraints},
 			Networks:      []swarm.NetworkAttachmentConfig{{Target: nw, Aliases: []string{s.Name}}},
@@ -245,8 +249,8 @@ func jobEnv(env map[string]string) map[string]string {
 	return out
 }
 
-// portConfig publishes ports through the routing mesh.
-func portConfig(ports []forge.Port) ([]swarm.PortConfig, error) {
+// portConfig publishes ports in mode.
+func portConfig(ports []forge.Port, mode swarm.PortConfigPublishMode) ([]swarm.PortConfig, error) {
 	var out []swarm.PortConfig
 	for _, p := range ports {
 		proto := network.IPProtocol(strings.ToLower(p.Protocol))
@@ -262,10 +266,19 @@ func portConfig(ports []forge.Port) ([]swarm.PortConfig, error) {
 		}
 		out = append(out, swarm.PortConfig{
 			Protocol: proto, TargetPort: uint32(p.Target), PublishedPort: uint32(p.Published),
-			PublishMode: swarm.PortConfigPublishModeIngress,
+			PublishMode: mode,
 		})
 	}
 	return out, nil
+}
+
+// portMode is how ports: are published: on the node that runs the job
+// (host), unless Options.RoutingMesh.
+func (b *Backend) portMode() swarm.PortConfigPublishMode {
+	if b.opts.RoutingMesh {
+		return swarm.PortConfigPublishModeIngress
+	}
+	return swarm.PortConfigPublishModeHost
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -21,7 +21,8 @@
 //   - when the job has services:, an overlay network private to the
 //     attempt, on which each service runs as a service of its own,
 //     reachable by its name;
-//   - ports: published through Swarm's routing mesh;
+//   - ports: published on the node that runs the job (or through Swarm's
+//     routing mesh, on every node, with Options.RoutingMesh);
 //   - everything removed at the end, whatever the end; a newer build of the
 //     same pull request removes the services of the builds it supersedes.
 //
@@ -117,6 +118,11 @@ type Options struct {
 	// run it (constraints, free CPU and memory) before the job fails with
 	// Swarm's reason; 0 means DefaultScheduleTimeout.
 	ScheduleTimeout time.Duration
+	// RoutingMesh publishes ports: through Swarm's routing mesh (every
+	// node forwards them to the job) instead of on the node that runs the
+	// job only. Two jobs publishing one port then cannot exist at once:
+	// the second fails at once rather than waiting for the node.
+	RoutingMesh bool
 	// KeepSuperseded leaves the services of older builds of the same
 	// pull request running; by default a job's start removes them.
 	KeepSuperseded bool
@@ -322,6 +328,9 @@ func (b *Backend) Attach(ctx context.Context, hb []byte, from int, rep forge.Rep
 		return forge.StatusError, forge.Errorf(forge.EINVALID, "not a swarm backend handle")
 	}
 	a := &attempt{h: h}
+	if _, err := b.node(ctx); err != nil {
+		return forge.StatusError, err
+	}
 	if _, err := b.cli.ServiceInspect(ctx, h.Service, client.ServiceInspectOptions{}); err != nil {
 		if cerrdefs.IsNotFound(err) {
 			b.cleanup(a)
