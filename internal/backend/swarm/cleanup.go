@@ -22,6 +22,7 @@ const cleanupTimeout = time.Minute
 func (b *Backend) cleanup(a *attempt) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
+	b.superseded.Delete(a.h.Service)
 	var services []string
 	for _, id := range append([]string{a.h.Service}, a.h.Sidecars...) {
 		if id == "" {
@@ -165,6 +166,8 @@ func (b *Backend) supersede(ctx context.Context, m meta) {
 		if !older(s.Spec.Labels[LabelBuild], m.build) {
 			continue
 		}
+		// For the older job's own end, when it runs in this process.
+		b.superseded.Store(s.ID, m.build)
 		if _, err := b.cli.ServiceRemove(ctx, s.ID, client.ServiceRemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
 			b.log.Warn("swarm: removing a superseded build's service", "service", s.Spec.Name, "err", err)
 		}

@@ -192,7 +192,7 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 			reading = false
 			stopReader()
 			if st.fin != nil {
-				return result(st)
+				return b.result(ctx, a, st)
 			}
 			// The stream ended without the job's end (the manager
 			// closed it, or the network failed): the task says what
@@ -216,7 +216,7 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 				rerr := b.readLogs(rctx, a.h.Service, false, st, rep)
 				cancel()
 				if st.fin != nil {
-					return result(st)
+					return b.result(ctx, a, st)
 				}
 				if ctx.Err() != nil {
 					if st.steps == 0 {
@@ -252,7 +252,15 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 }
 
 // result is the job's status from forgexec's last record.
-func result(st *logState) (forge.Status, error) {
+func (b *Backend) result(ctx context.Context, a *attempt, st *logState) (forge.Status, error) {
+	if st.fin.Status == forge.StatusCanceled && ctx.Err() == nil {
+		// Not cancelled by forge: was the service removed under it?
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if _, err := b.cli.ServiceInspect(lctx, a.h.Service, client.ServiceInspectOptions{}); cerrdefs.IsNotFound(err) {
+			return forge.StatusError, b.goneError(lctx, a)
+		}
+	}
 	switch st.fin.Status {
 	case forge.StatusSuccess, forge.StatusFailure, forge.StatusCanceled:
 		return st.fin.Status, nil
@@ -456,6 +464,9 @@ func (b *Backend) endedError(t *swarm.Task, st *logState, rerr error) error {
 // goneError is the error of a job whose service was removed under it:
 // by a newer build of the same pull request, or by hand.
 func (b *Backend) goneError(ctx context.Context, a *attempt) error {
+	if by, ok := b.superseded.LoadAndDelete(a.h.Service); ok {
+		return forge.Errorf(forge.ECANCELED, "superseded: build %s of pull request #%s removed this job's service", by, a.h.PR)
+	}
 	if a.h.Repo != "" && a.h.PR != "" {
 		f := client.Filters{}.Add("label", LabelScope+"="+b.opts.Scope, LabelRepo+"="+a.h.Repo, LabelPullRequest+"="+a.h.PR)
 		if res, err := b.cli.ServiceList(ctx, client.ServiceListOptions{Filters: f}); err == nil {
@@ -470,7 +481,7 @@ func (b *Backend) goneError(ctx context.Context, a *attempt) error {
 			}
 		}
 	}
-	return forge.Errorf(forge.ECANCELED, "the job's service was removed while the job ran")
+	return forge.Errorf(forge.ECANCELED, "the job's service was removed while the job ran (by a newer build of its pull request, or by hand)")
 }
 
 // older reports whether build a came before build b: both are numbers.

@@ -47,6 +47,9 @@ func randHex(n int) string {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(crashHelperEnv) != "" {
+		os.Exit(crashHelper())
+	}
 	code := m.Run()
 	if testCli != nil {
 		// Whatever a failed test left in this run's scope, and the

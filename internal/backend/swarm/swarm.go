@@ -152,6 +152,8 @@ type Backend struct {
 
 	pulls sync.Map // image → *sync.Mutex: one pull per image at a time
 
+	superseded sync.Map // service ID → the build that removed it
+
 	stampMu   sync.Mutex
 	lastStamp time.Time // the last time that named an attempt
 }

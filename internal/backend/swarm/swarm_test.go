@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/client"
+
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/engine"
 	"github.com/forgeci/forge/internal/spec"
@@ -376,5 +378,146 @@ func TestNoShell(t *testing.T) {
 	}})
 	if st != forge.StatusError || !strings.Contains(forge.ErrorMessage(err), "/bin/sh") {
 		t.Fatalf("a shell step without a shell: Run = %s, %v; want an error naming /bin/sh\n%s", st, err, rep.text())
+	}
+}
+
+// A new build of a pull request removes the services of the one it
+// supersedes: the older job ends saying so.
+func TestSupersede(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, Options{KillGrace: time.Second})
+	old, newer := newBuild(), newBuild()
+	oldRun := jobRun(old, &forge.Job{Name: "test", Image: imageShell, Steps: []forge.Step{{Name: "long", Run: "echo old is running; sleep 600"}}})
+	newRun := jobRun(newer, &forge.Job{Name: "test", Image: imageShell, Steps: []forge.Step{{Name: "quick", Run: "echo new"}}})
+	newRun.Env["FORGE_PULL_REQUEST"] = oldRun.Env["FORGE_PULL_REQUEST"]
+	var oldRep events
+	running := oldRep.waitFor("old is running")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	type result struct {
+		st  forge.Status
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := b.Run(ctx, oldRun, &oldRep)
+		done <- result{st, err}
+	}()
+	select {
+	case <-running:
+	case r := <-done:
+		t.Fatalf("the old job ended: %s, %v\n%s", r.st, r.err, oldRep.text())
+	}
+	var newRep events
+	st, err := b.Run(ctx, newRun, &newRep)
+	if err != nil || st != forge.StatusSuccess {
+		t.Fatalf("new build: Run = %s, %v\n%s", st, err, newRep.text())
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the superseded job still runs a minute after the new one ended")
+	}
+	if r.st != forge.StatusError || !strings.Contains(forge.ErrorMessage(r.err), "superseded: build "+newer) {
+		t.Errorf("old build: Run = %s, %v; want an error saying build %s superseded it", r.st, r.err, newer)
+	}
+	if left := leftovers(t, old); len(left) > 0 {
+		t.Errorf("left of the old build: %s", strings.Join(left, ", "))
+	}
+}
+
+func TestUnschedulable(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, Options{ScheduleTimeout: 3 * time.Second})
+	started := time.Now()
+	build, st, err, rep := run(t, b, &forge.Job{Name: "nowhere", Image: imageShell,
+		Placement: []string{"node.labels.forge-test-nowhere == yes"},
+		Steps:     []forge.Step{{Name: "x", Run: "echo ran"}}})
+	took := time.Since(started)
+	if st != forge.StatusError || err == nil {
+		t.Fatalf("Run = %s, %v; want an error\n%s", st, err, rep.text())
+	}
+	if msg := forge.ErrorMessage(err); !strings.Contains(msg, "no suitable node") || !strings.Contains(msg, "3s") {
+		t.Errorf("error %q does not give Swarm's reason and the timeout", msg)
+	}
+	if took > 20*time.Second {
+		t.Errorf("the error took %s with a 3s timeout", took)
+	}
+	if len(rep.lines()) > 0 {
+		t.Errorf("lines = %q, want none", rep.lines())
+	}
+	if left := leftovers(t, build); len(left) > 0 {
+		t.Errorf("left after the job: %s", strings.Join(left, ", "))
+	}
+}
+
+// Resources no node has are Swarm's reason too.
+func TestUnschedulableResources(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, Options{ScheduleTimeout: 3 * time.Second})
+	_, st, err, rep := run(t, b, &forge.Job{Name: "huge", Image: imageShell,
+		Limits: forge.Limits{CPUs: 512, Memory: 1 << 40},
+		Steps:  []forge.Step{{Name: "x", Run: "echo ran"}}})
+	if st != forge.StatusError || !strings.Contains(forge.ErrorMessage(err), "insufficient resources") {
+		t.Fatalf("Run = %s, %v; want an error with Swarm's reason\n%s", st, err, rep.text())
+	}
+}
+
+// The janitor removes what a server that died left, and leaves what
+// running builds use.
+func TestClean(t *testing.T) {
+	t.Parallel()
+	// A scope of its own: other tests' jobs are running.
+	b := newBackend(t, Options{})
+	b.opts.Scope = testScope + "-janitor"
+	defer b.Clean(context.Background(), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dead, alive := newBuild(), newBuild()
+	for _, build := range []string{dead, alive} {
+		a := &attempt{h: handle{V: 1}}
+		job := &forge.Job{Name: "left", Image: imageShell,
+			Services: []forge.Service{{Name: "db", Image: imageShell, Command: []string{"sleep", "600"}}},
+			Steps:    []forge.Step{{Name: "long", Run: "sleep 600"}}}
+		if err := b.start(ctx, jobRun(build, job), a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := b.Clean(ctx, func(id string) bool { return id == alive })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The job's and the sidecar's services, the secret, the network, the
+	// workspace.
+	if n != 5 {
+		t.Errorf("Clean removed %d things, want 5", n)
+	}
+	scoped := func(build string) []string {
+		f := client.Filters{}.Add("label", LabelScope+"="+b.opts.Scope, LabelBuild+"="+build)
+		var out []string
+		ss, _ := testCli.ServiceList(ctx, client.ServiceListOptions{Filters: f})
+		for _, s := range ss.Items {
+			out = append(out, "service "+s.Spec.Name)
+		}
+		ns, _ := testCli.NetworkList(ctx, client.NetworkListOptions{Filters: f})
+		for _, n := range ns.Items {
+			out = append(out, "network "+n.Name)
+		}
+		vs, _ := testCli.VolumeList(ctx, client.VolumeListOptions{Filters: f})
+		for _, v := range vs.Items {
+			out = append(out, "volume "+v.Name)
+		}
+		sec, _ := testCli.SecretList(ctx, client.SecretListOptions{Filters: f})
+		for _, s := range sec.Items {
+			out = append(out, "secret "+s.Spec.Name)
+		}
+		return out
+	}
+	if left := scoped(dead); len(left) > 0 {
+		t.Errorf("left of the dead build: %s", strings.Join(left, ", "))
+	}
+	if kept := scoped(alive); len(kept) != 5 {
+		t.Errorf("kept of the running build: %q, want its 5 things", kept)
 	}
 }
