@@ -40,6 +40,9 @@ import (
 //	  kill_grace: 5s
 //	  heartbeat: 10s              # how often running builds are stamped alive
 //	  stale: 30s                  # a running build unstamped this long was left by a dead server
+//	backend: local                # FORGE_BACKEND: local, docker or swarm
+//	docker: {...}                 # the docker backend (see dockerConfig), FORGE_DOCKER_*
+//	swarm: {...}                  # the swarm backend (see swarmConfig), FORGE_SWARM_*
 //	secrets:                      # per repository ("*" for all); never for forks
 //	  acme/app: {DEPLOY_KEY: ...}
 //	pools: {...}                  # lease pools (docs/leases.md)
@@ -78,6 +81,10 @@ type serverConfig struct {
 		// longer need, since recovery only ends builds of dead servers.
 		NoRecover bool `yaml:"no_recover"`
 	} `yaml:"builds"`
+	// Backend runs the jobs: local (default), docker or swarm.
+	Backend string                       `yaml:"backend"`
+	Docker  dockerConfig                 `yaml:"docker"`
+	Swarm   swarmConfig                  `yaml:"swarm"`
 	Secrets map[string]map[string]string `yaml:"secrets"`
 	Pools   map[string]lease.PoolConfig  `yaml:"pools"`
 	Lease   struct {
@@ -138,6 +145,7 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		"FORGE_GITHUB_WEBHOOK_SECRET": &c.GitHub.WebhookSecret,
 		"FORGE_GITHUB_TOKEN":          &c.GitHub.Token,
 		"FORGE_PRODUCTION_BRANCH":     &c.Builds.ProductionBranch,
+		"FORGE_BACKEND":               &c.Backend,
 	}
 	for k, p := range str {
 		if v := getenv(k); v != "" {
@@ -165,6 +173,12 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 			return forge.Errorf(forge.EINVALID, "FORGE_GRACE=%q: want a duration like 30s", v)
 		}
 		c.Grace = Duration(d)
+	}
+	if err := c.Docker.applyEnv(getenv); err != nil {
+		return err
+	}
+	if err := c.Swarm.applyEnv(getenv); err != nil {
+		return err
 	}
 	if v := getenv("FORGE_API_PRIVATE_READS"); v != "" {
 		b, err := strconv.ParseBool(v)
@@ -202,6 +216,14 @@ func (c *serverConfig) validate() error {
 	if c.PublicURL != "" && !strings.HasPrefix(c.PublicURL, "http://") && !strings.HasPrefix(c.PublicURL, "https://") {
 		errs = append(errs, fmt.Sprintf("public_url %q: want an http:// or https:// URL", c.PublicURL))
 	}
+	if c.Backend == "" {
+		c.Backend = backendLocal
+	}
+	if err := checkBackend(c.Backend); err != nil {
+		errs = append(errs, "backend: "+forge.ErrorMessage(err))
+	}
+	errs = append(errs, c.Docker.check()...)
+	errs = append(errs, c.Swarm.check()...)
 	for name := range c.Secrets {
 		if name != "*" && strings.Count(name, "/") != 1 {
 			errs = append(errs, fmt.Sprintf("secrets: %q is not owner/repo or *", name))

@@ -18,7 +18,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/forgeci/forge"
-	"github.com/forgeci/forge/internal/backend/local"
 	"github.com/forgeci/forge/internal/engine"
 	"github.com/forgeci/forge/internal/spec"
 )
@@ -39,6 +38,7 @@ type execOptions struct {
 	logDir      string
 	noColor     bool
 	actionSet   bool // --action was given
+	backend     string
 
 	// leaser acquires the resources of jobs with a resources: key. The
 	// lease client sets it from --lease-server; nil makes such jobs fail
@@ -69,6 +69,11 @@ git.
 
 Jobs run in the checkout itself; --clean gives each job a fresh git worktree
 of HEAD in a temporary directory instead (removed afterwards unless --keep).
+With --backend docker each job runs in a container of its image instead,
+with a copy of the checkout (of HEAD with --clean) at /workspace; the
+image:, services: and ports: keys, which the local backend ignores with a
+warning, are honoured there. With --backend swarm each job runs the same way
+as a service of the Swarm whose manager FORGE_DOCKER_HOST names.
 The on: section and when: conditions are evaluated for --event (default
 push) on --branch (default: the current branch); without --action, a file
 with an on: section runs the first action on: gives for that event.
@@ -84,7 +89,9 @@ runs), 130 when interrupted.`,
   forge exec --action deploy         # another action of the file
   forge exec -f examples/dag.yml --parallel 2
   forge exec --clean --secret TOKEN=abc --log-dir logs/
-  forge exec --json | jq -c 'select(.type=="job_finished")'`,
+  forge exec --json | jq -c 'select(.type=="job_finished")'
+  forge exec --backend docker        # each job in a container of its image
+  forge exec --backend swarm         # each job as a service of the Swarm`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.actionSet = cmd.Flags().Changed("action")
@@ -105,6 +112,7 @@ runs), 130 when interrupted.`,
 	f.BoolVar(&o.json, "json", false, "print one JSON object per event on stdout, and a summary object")
 	f.StringVar(&o.logDir, "log-dir", "", "write each job's log, with timestamps, to `DIR`/<job>.log")
 	f.BoolVar(&o.noColor, "no-color", false, "no colours on a terminal (NO_COLOR set to anything does the same)")
+	f.StringVar(&o.backend, "backend", "", "run the jobs with `BACKEND`: local (host processes), docker (a container of each job's image)\nor swarm (a Swarm service of each job's image) (default $FORGE_BACKEND, else local; docker and swarm\nread FORGE_DOCKER_HOST and the other FORGE_DOCKER_* variables, swarm also FORGE_SWARM_*)")
 	f.Var(newLeaseServerValue(&o.leaser), "lease-server", "acquire the resources: of jobs from the forge server at `URL` (its lease WebSocket)")
 	_ = cmd.MarkFlagFilename("file", "yml", "yaml")
 	_ = cmd.MarkFlagFilename("secret-file")
@@ -163,7 +171,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	if event == noEvent {
 		event = ""
 	}
-	plan, err := spec.Compile(f, spec.Options{Action: action, Event: event, Branch: branch, Tag: tag})
+	plan, err := spec.Compile(f, spec.Options{Action: action, Event: event, Branch: branch, Tag: tag, RequireImage: usesContainers(o.backend)})
 	if err != nil {
 		fmt.Fprint(stderr, spec.Report(err))
 		return exitWith(exitUsage, "%s is not a valid spec: nothing was run", o.file)
@@ -224,8 +232,22 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	rep.view = v
 	defer v.Halt()
 
+	bc := backendConfig{Warn: func(msg string) { fmt.Fprintln(stderr, "forge: warning:", msg) }}
+	if err := bc.Docker.applyEnv(os.Getenv); err != nil {
+		return exitWith(exitUsage, "%v", err)
+	}
+	if err := bc.Swarm.applyEnv(os.Getenv); err != nil {
+		return exitWith(exitUsage, "%v", err)
+	}
+	if bc.Docker.Scope == "" {
+		bc.Docker.Scope = "exec"
+	}
+	backend, err := newBackend(o.backend, bc)
+	if err != nil {
+		return exitWith(exitUsage, "%v", err)
+	}
 	eng := engine.New(engine.Options{
-		Backend:  local.New(local.Options{}),
+		Backend:  backend,
 		Leaser:   o.leaser,
 		Parallel: o.parallel,
 		Reporter: rep,
@@ -323,6 +345,15 @@ func (o *execOptions) check() error {
 		return exitWith(exitUsage, "unknown --event %q: want one of %s", o.event, strings.Join(knownEvents, ", "))
 	case o.tag != "" && o.event != "tag":
 		return exitWith(exitUsage, "--tag goes with --event tag")
+	}
+	if o.backend == "" {
+		o.backend = os.Getenv("FORGE_BACKEND")
+	}
+	if o.backend == "" {
+		o.backend = backendLocal
+	}
+	if err := checkBackend(o.backend); err != nil {
+		return exitWith(exitUsage, "--backend: %v", forge.ErrorMessage(err))
 	}
 	return nil
 }

@@ -352,7 +352,11 @@ var forgeBinary = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "forge")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	// Static, as make build makes it: the docker backend runs this binary
+	// as forgexec in images without a C library.
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build: %v\n%s", err, out)
 	}

@@ -644,6 +644,9 @@ type execTee struct {
 
 // Report passes e to both.
 func (t execTee) Report(e forge.Event) {
+	if e.Type == forge.EventJobHandle {
+		return // the backend's bookkeeping, for a server's reattach
+	}
 	if t.logs != nil {
 		t.logs.Report(e)
 	}

@@ -22,7 +22,6 @@ import (
 
 	"github.com/forgeci/forge"
 	leaseclient "github.com/forgeci/forge/client/lease"
-	"github.com/forgeci/forge/internal/backend/local"
 	"github.com/forgeci/forge/internal/git"
 	"github.com/forgeci/forge/internal/github"
 	httpapi "github.com/forgeci/forge/internal/http"
@@ -38,7 +37,9 @@ func newServerCmd() *cobra.Command {
 		Use:   "server",
 		Short: "Serve GitHub webhooks, run builds, and serve the REST API and resource leases",
 		Long: `forge server receives GitHub webhooks at POST /hooks/github, runs the builds
-they trigger on this machine (local backend), serves the REST API under /api/v1
+they trigger (on this machine with the local backend, in containers with
+backend: docker / FORGE_BACKEND=docker, as Swarm services with backend: swarm),
+serves the REST API under /api/v1
 (OpenAPI description at /api/v1/openapi.json), resource leases over WebSockets
 (/api/v1/leases/ws), /healthz, /readyz and Prometheus /metrics.
 
@@ -234,17 +235,30 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if c.Builds.NoRecover {
 		log.Warn("builds.no_recover is set: builds left running by a server that died stay running until a server without it ends them; replicas no longer need it")
 	}
+	backend, err := newBackend(c.Backend, backendConfig{
+		TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace), Docker: c.Docker, Logger: log,
+		Swarm: c.Swarm,
+		Warn:  func(msg string) { log.Warn("local backend: " + msg) },
+	})
+	if err != nil {
+		return err
+	}
+	if p, ok := backend.(interface{ Ping(context.Context) error }); ok {
+		if err := p.Ping(ctx); err != nil {
+			return fmt.Errorf("backend %s: %w", c.Backend, err)
+		}
+	}
 	live := livelog.New()
 	run, err := runner.New(runner.Options{
 		Builds: db, Repos: db, Logs: db,
 		Git:     gitc,
 		Planner: runner.SpecPlanner(),
 		Executor: runner.Engine{
-			Backend:  local.New(local.Options{TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace)}),
+			Backend:  backend,
 			Leaser:   leaser,
 			Parallel: c.Builds.Parallel,
 		},
-		Backend: "local",
+		Backend: c.Backend,
 		Live:    live,
 		Secrets: func(_ context.Context, repo *forge.Repo) (map[string]string, error) {
 			return c.secretsFor(repo.FullName()), nil
