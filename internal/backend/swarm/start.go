@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -175,9 +176,12 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
 			Placement:     &swarm.Placement{Constraints: constraints},
 			Networks:      nets,
-			// A driver the engine can read back, whatever its default:
-			// service logs are how the job's events come back.
-			LogDriver: &swarm.Driver{Name: "json-file", Options: map[string]string{"max-size": "1g"}},
+			// A driver the engine can read back, whatever its default,
+			// never rotated below MaxLog: service logs are how the job's
+			// events come back, after a restart from the start.
+			LogDriver: &swarm.Driver{Name: "json-file", Options: map[string]string{
+				"max-size": strconv.FormatInt(b.opts.MaxLog, 10), "max-file": "2", "compress": "false",
+			}},
 		},
 		Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: ptr(uint64(1))}},
 		EndpointSpec: &swarm.EndpointSpec{Ports: ports},

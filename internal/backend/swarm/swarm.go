@@ -123,6 +123,10 @@ type Options struct {
 	// job only. Two jobs publishing one port then cannot exist at once:
 	// the second fails at once rather than waiting for the node.
 	RoutingMesh bool
+	// MaxLog is the size up to which a job's log is kept whole on its
+	// node (json-file, whatever the engine's defaults): the events come
+	// back through it, after a restart from its start. 0 means 8 GiB.
+	MaxLog int64
 	// KeepSuperseded leaves the services of older builds of the same
 	// pull request running; by default a job's start removes them.
 	KeepSuperseded bool
@@ -175,6 +179,9 @@ func New(opts Options) (*Backend, error) {
 	}
 	if opts.PullTimeout <= 0 {
 		opts.PullTimeout = 10 * time.Minute
+	}
+	if opts.MaxLog <= 0 {
+		opts.MaxLog = 8 << 30
 	}
 	if opts.ScheduleTimeout <= 0 {
 		opts.ScheduleTimeout = DefaultScheduleTimeout

@@ -521,3 +521,29 @@ func TestClean(t *testing.T) {
 		t.Errorf("kept of the running build: %q, want its 5 things", kept)
 	}
 }
+
+// Lines longer than the 16 KB at which the engine's log driver cuts
+// messages, and many lines at once, come back whole and in order through
+// the service log.
+func TestLongAndManyLines(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, Options{})
+	_, st, err, rep := run(t, b, &forge.Job{Name: "long", Image: imageShell, Steps: []forge.Step{
+		{Name: "long", Run: "yes abcdefghij | head -n 10000 | tr -d '\\n'; echo; seq 1 20000"},
+	}})
+	if err != nil || st != forge.StatusSuccess {
+		t.Fatalf("Run = %s, %v; want success", st, err)
+	}
+	lines := rep.lines()
+	if len(lines) != 20001 {
+		t.Fatalf("%d lines, want 20001", len(lines))
+	}
+	if want := strings.Repeat("abcdefghij", 10000); lines[0] != want {
+		t.Errorf("the long line came back as %d bytes, want %d", len(lines[0]), len(want))
+	}
+	for i, l := range lines[1:] {
+		if l != fmt.Sprint(i+1) {
+			t.Fatalf("line %d = %q, want %d", i+2, l, i+1)
+		}
+	}
+}
