@@ -23,6 +23,9 @@ func (b *Backend) cleanup(a *attempt) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	b.superseded.Delete(a.h.Service)
+	if a.source != "" {
+		b.source.remove(a.source)
+	}
 	var services []string
 	for _, id := range append([]string{a.h.Service}, a.h.Sidecars...) {
 		if id == "" {

@@ -179,7 +179,30 @@ func newBackend(t testing.TB, opts Options) *Backend {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { b.Close() })
 	return b
+}
+
+// spreadOptions are options that let jobs run on any node: forgexec
+// bound from the node (this one's test binary), workspaces served on the
+// address of the engine's gateway bridge, which tasks reach.
+func spreadOptions(t testing.TB) Options {
+	t.Helper()
+	dockerEngine(t)
+	res, err := testCli.NetworkInspect(context.Background(), "docker_gwbridge", client.NetworkInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gw string
+	for _, c := range res.Network.IPAM.Config {
+		if c.Gateway.IsValid() && c.Gateway.Is4() {
+			gw = c.Gateway.String()
+		}
+	}
+	if gw == "" {
+		t.Fatalf("the engine's bridge network has no IPv4 gateway: %+v", res.Network.IPAM)
+	}
+	return Options{NodeForgexec: forgeBin, SourceAddr: gw + ":0"}
 }
 
 // events records what a backend reports.

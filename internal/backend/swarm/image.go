@@ -49,12 +49,7 @@ func (b *Backend) resolveImage(ctx context.Context, image string) (string, error
 	if err != nil {
 		return "", forge.WrapError(forge.EINVALID, err, fmt.Sprintf("image %q is not a valid image reference", image))
 	}
-	opts := client.ImagePullOptions{}
-	host := reference.Domain(named)
-	if auth, ok := b.registryAuth(host); ok {
-		buf, _ := json.Marshal(registry.AuthConfig{Username: auth.Username, Password: auth.Password, ServerAddress: host})
-		opts.RegistryAuth = base64.URLEncoding.EncodeToString(buf)
-	}
+	opts := client.ImagePullOptions{RegistryAuth: b.encodedAuth(image)}
 	pctx, cancel := context.WithTimeout(ctx, b.opts.PullTimeout)
 	defer cancel()
 	resp, err := b.cli.ImagePull(pctx, reference.TagNameOnly(named).String(), opts)
@@ -77,6 +72,48 @@ func (b *Backend) resolveImage(ctx context.Context, image string) (string, error
 		return "", engineError(err, "image "+image+" was pulled but cannot be found")
 	}
 	return res.ID, nil
+}
+
+// jobImage is how a service names image. On forge's node only (not
+// spread), by the ID of the image the engine has or pulls (resolveImage).
+// Spread over the nodes, by its registry digest when the engine has the
+// image from a registry (every node runs the same image, pulling it when
+// it lacks it), else as written (each node uses its own or pulls it; one
+// that cannot is Swarm's reason to reject the task).
+func (b *Backend) jobImage(ctx context.Context, image string, spread bool) (string, error) {
+	if !spread {
+		return b.resolveImage(ctx, image)
+	}
+	named, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return "", forge.WrapError(forge.EINVALID, err, fmt.Sprintf("image %q is not a valid image reference", image))
+	}
+	res, err := b.cli.ImageInspect(ctx, image)
+	if err != nil {
+		return image, nil
+	}
+	for _, d := range res.RepoDigests {
+		if dn, err := reference.ParseNormalizedNamed(d); err == nil && dn.Name() == named.Name() {
+			return d, nil
+		}
+	}
+	return image, nil
+}
+
+// encodedAuth is the registry credentials of image for Swarm to pass to
+// the nodes that pull it, "" when none are configured.
+func (b *Backend) encodedAuth(image string) string {
+	named, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return ""
+	}
+	host := reference.Domain(named)
+	auth, ok := b.registryAuth(host)
+	if !ok {
+		return ""
+	}
+	buf, _ := json.Marshal(registry.AuthConfig{Username: auth.Username, Password: auth.Password, ServerAddress: host})
+	return base64.URLEncoding.EncodeToString(buf)
 }
 
 // registryAuth returns the credentials configured for registry host.

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,19 +48,26 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 	if a.h.Nonce, err = forgexec.NewNonce(); err != nil {
 		return forge.WrapError(forge.EINTERNAL, err, "swarm backend")
 	}
-	image, err := b.resolveImage(ctx, job.Image)
+	spread := b.spread()
+	image, err := b.jobImage(ctx, job.Image, spread)
 	if err != nil {
 		return err
 	}
 	sidecarImages := make([]string, len(job.Services))
 	for i, s := range job.Services {
-		if sidecarImages[i], err = b.resolveImage(ctx, s.Image); err != nil {
+		if sidecarImages[i], err = b.jobImage(ctx, s.Image, spread); err != nil {
 			return err
 		}
 	}
-	execVol, err := b.execVolume(ctx, image)
-	if err != nil {
-		return err
+	// forgexec: bound from the node, or from the volume on forge's node.
+	exec := mount.Mount{Type: mount.TypeBind, Source: b.opts.NodeForgexec, Target: forgexec.Bin, ReadOnly: true}
+	if !spread {
+		vol, err := b.execVolume(ctx, image)
+		if err != nil {
+			return err
+		}
+		exec = mount.Mount{Type: mount.TypeVolume, Source: vol, Target: forgexec.BinDir, ReadOnly: true,
+			VolumeOptions: &mount.VolumeOptions{NoCopy: true}}
 	}
 
 	// The job's file names the attempt: its secret is made first, since
@@ -67,6 +77,20 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 		Version: forgexec.Version, Nonce: a.h.Nonce, Dir: WorkspaceDir,
 		Env: jobEnv(run.Env), Secrets: run.Secrets, Steps: job.Steps,
 		KillGrace: b.opts.KillGrace,
+	}
+	if spread && run.Workspace.Dir != "" {
+		if err := checkDir(run.Workspace.Dir); err != nil {
+			return err
+		}
+		ws := run.Workspace
+		if ws.Dir, err = filepath.Abs(ws.Dir); err != nil {
+			return forge.WrapError(forge.EINVALID, err, "workspace "+run.Workspace.Dir)
+		}
+		src, token, err := b.source.add(ws)
+		if err != nil {
+			return forge.WrapError(forge.EINTERNAL, err, "swarm backend")
+		}
+		fj.Source, a.source = src, token
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		// The job ends on time even if this server is gone by then.
@@ -98,16 +122,24 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 		break
 	}
 
-	vol, err := b.cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: derived(base, "-ws"), Labels: m.labels(b.opts.Scope, "workspace")})
-	if err != nil {
-		return engineError(err, "cannot create the job's workspace volume")
-	}
-	a.h.Volume = vol.Volume.Name
-	if err := b.fillWorkspace(ctx, image, vol.Volume.Name, run.Workspace); err != nil {
-		return err
+	// The workspace: a volume filled on forge's node, or one of the
+	// task's own (removed with its container) that forgexec fills.
+	ws := mount.Mount{Type: mount.TypeVolume, Target: WorkspaceDir}
+	if !spread {
+		vol, err := b.cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: derived(base, "-ws"), Labels: m.labels(b.opts.Scope, "workspace")})
+		if err != nil {
+			return engineError(err, "cannot create the job's workspace volume")
+		}
+		a.h.Volume, ws.Source = vol.Volume.Name, vol.Volume.Name
+		if err := b.fillWorkspace(ctx, image, vol.Volume.Name, run.Workspace); err != nil {
+			return err
+		}
 	}
 
-	constraints := append(append([]string(nil), job.Placement...), "node.id=="+node)
+	constraints := slices.Clone(job.Placement)
+	if !spread {
+		constraints = append(constraints, "node.id=="+node)
+	}
 	var nets []swarm.NetworkAttachmentConfig
 	if len(job.Services) > 0 {
 		nw, err := b.cli.NetworkCreate(ctx, derived(base, "-net"), client.NetworkCreateOptions{
@@ -117,7 +149,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 			return engineError(err, "cannot create the build's network")
 		}
 		a.h.Network = nw.ID
-		nets = []swarm.NetworkAttachmentConfig{{Target: nw.ID}}
+		nets = append(nets, swarm.NetworkAttachmentConfig{Target: nw.ID})
 		for i, s := range job.Services {
 			id, err := b.createSidecar(ctx, s, sidecarImages[i], derived(base, "-"+clean(s.Name, 20)), nw.ID, constraints, m.labels(b.opts.Scope, "service"))
 			if err != nil {
@@ -127,6 +159,9 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 		}
 	}
 
+	for _, n := range b.opts.Networks {
+		nets = append(nets, swarm.NetworkAttachmentConfig{Target: n})
+	}
 	ports, err := portConfig(job.Ports, b.portMode())
 	if err != nil {
 		return err
@@ -157,11 +192,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 				Env:     []string{forgexec.JobFileEnv + "=/run/secrets/" + jobFile},
 				Dir:     WorkspaceDir,
 				User:    b.opts.User,
-				Mounts: []mount.Mount{
-					{Type: mount.TypeVolume, Source: vol.Volume.Name, Target: WorkspaceDir},
-					{Type: mount.TypeVolume, Source: execVol, Target: forgexec.BinDir, ReadOnly: true,
-						VolumeOptions: &mount.VolumeOptions{NoCopy: true}},
-				},
+				Mounts:  []mount.Mount{ws, exec},
 				Secrets: []*swarm.SecretReference{{
 					SecretID: a.h.Secret, SecretName: derived(base, "-job"),
 					// Readable by whatever user the image runs as: the
@@ -186,7 +217,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 		Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: ptr(uint64(1))}},
 		EndpointSpec: &swarm.EndpointSpec{Ports: ports},
 	}
-	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec})
+	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: b.encodedAuth(job.Image)})
 	if err != nil {
 		return engineError(err, "cannot create the job's service from image "+job.Image)
 	}
@@ -221,11 +252,19 @@ func (b *Backend) createSidecar(ctx context.Context, s forge.Service, image, nam
 		Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: ptr(uint64(1))}},
 		EndpointSpec: &swarm.EndpointSpec{Ports: ports},
 	}
-	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec})
+	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: b.encodedAuth(s.Image)})
 	if err != nil {
 		return "", engineError(err, fmt.Sprintf("cannot create service %s from image %s", s.Name, s.Image))
 	}
 	return created.ID, nil
+}
+
+// checkDir checks that the workspace dir is a directory.
+func checkDir(dir string) error {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return forge.Errorf(forge.EINVALID, "workspace %s is not a directory", dir)
+	}
+	return nil
 }
 
 // stamp returns the time that names a new attempt: now, but always after

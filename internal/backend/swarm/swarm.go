@@ -14,10 +14,12 @@
 //     as forgexec's job file: the task finds it in place when it starts,
 //     nothing is copied into a running container, and the job's secrets are
 //     not in `docker service inspect`;
-//   - forgexec, read-only from a volume (forge-exec-DIGEST, as the docker
-//     backend makes it) that holds a static forge binary;
-//   - the workspace, a volume filled with the job's source before the
-//     service is created;
+//   - forgexec, read-only: from a volume (forge-exec-DIGEST, as the docker
+//     backend makes it) that holds a static forge binary, or bound from
+//     Options.NodeForgexec on the node;
+//   - the workspace: a volume filled with the job's source before the
+//     service is created, or a volume of the task's own into which
+//     forgexec fetches the source from the backend (Options.SourceAddr);
 //   - when the job has services:, an overlay network private to the
 //     attempt, on which each service runs as a service of its own,
 //     reachable by its name;
@@ -33,13 +35,15 @@
 //
 // # One node, many nodes
 //
-// The forgexec and workspace volumes are made through the engine forge
-// talks to, so they exist on that engine's node only, and every job is
-// placed there (a node.id constraint added to the job's own). On a swarm
-// of several nodes this runs every job on forge's node; running jobs on
-// other nodes needs the forge binary at the same path on every node (a
-// read-only bind instead of the volume) and the source sent to the task
-// over the network instead of a local volume. See the README.
+// By default the forgexec and workspace volumes are made through the
+// engine forge talks to, so they exist on that engine's node only, and
+// every job is placed there (a node.id constraint added to the job's
+// own): nothing needs configuring, and a swarm of several nodes runs
+// every job on forge's node. With Options.NodeForgexec (the forge binary
+// at one path on every node) and Options.SourceAddr (a server of
+// workspaces the tasks reach), nothing of a job is on forge's node: jobs
+// run wherever Swarm places them, and images are named by their registry
+// digest when the engine has one, so every node runs the same image.
 package swarm
 
 import (
@@ -97,8 +101,24 @@ type Options struct {
 	// Clean only looks at its own scope. "" means DefaultScope.
 	Scope string
 	// Forgexec is the path of the static forge binary that runs as
-	// forgexec in the tasks; "" means this process's own executable.
+	// forgexec in the tasks, copied into a volume on the engine's node;
+	// "" means this process's own executable.
 	Forgexec string
+	// NodeForgexec is the path of a static forge binary on every node
+	// that may run jobs: tasks bind it read-only as forgexec, and no
+	// volume is made. With SourceAddr, it lets jobs run on any node (see
+	// "One node, many nodes").
+	NodeForgexec string
+	// SourceAddr is where the backend serves jobs' workspaces to their
+	// tasks (HTTPS, a certificate of its own pinned in each job, a secret
+	// URL per job): ":7901". SourceURL is how tasks reach it
+	// (https://forge:7901 when forge runs as a service on a network the
+	// tasks join, see Networks); "" means the address it listens on. The
+	// server runs from New to Close.
+	SourceAddr, SourceURL string
+	// Networks are more networks every job's task joins (by name or ID):
+	// the network on which it reaches SourceURL.
+	Networks []string
 	// KillGrace is how long a step gets between SIGTERM and SIGKILL when
 	// a job is cancelled or times out; 0 means 5s.
 	KillGrace time.Duration
@@ -158,6 +178,10 @@ type Backend struct {
 
 	superseded sync.Map // service ID → the build that removed it
 
+	source    *sourceServer // with Options.SourceAddr
+	closeOnce sync.Once
+	closeErr  error
+
 	stampMu   sync.Mutex
 	lastStamp time.Time // the last time that named an attempt
 }
@@ -206,7 +230,39 @@ func New(opts Options) (*Backend, error) {
 	if err := checkStatic(opts.Forgexec); err != nil {
 		return nil, err
 	}
-	return &Backend{opts: opts, cli: cli, log: opts.Logger}, nil
+	if opts.NodeForgexec != "" && !strings.HasPrefix(opts.NodeForgexec, "/") {
+		return nil, forge.Errorf(forge.EINVALID, "the forgexec path on the nodes, %q, is not absolute", opts.NodeForgexec)
+	}
+	if opts.SourceURL != "" && !strings.HasPrefix(opts.SourceURL, "https://") {
+		return nil, forge.Errorf(forge.EINVALID, "the workspace server's URL %q is not https://HOST:PORT: tasks fetch workspaces over TLS", opts.SourceURL)
+	}
+	b := &Backend{opts: opts, cli: cli, log: opts.Logger}
+	if opts.SourceAddr != "" {
+		src, err := newSourceServer(opts.SourceAddr, opts.SourceURL, opts.Logger)
+		if err != nil {
+			return nil, err
+		}
+		b.source = src
+	}
+	return b, nil
+}
+
+// Close stops the workspace server (Options.SourceAddr); jobs still
+// running can no longer fetch their workspace. It is idempotent.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() {
+		if b.source != nil {
+			b.closeErr = b.source.Close()
+		}
+	})
+	return b.closeErr
+}
+
+// spread reports whether jobs may run on any node: forgexec is on every
+// node and workspaces are fetched over the network. Otherwise both are in
+// volumes on the node of the engine forge talks to, where jobs run.
+func (b *Backend) spread() bool {
+	return b.opts.NodeForgexec != "" && b.source != nil
 }
 
 // NewClient returns a client of the Docker engine at host (see
@@ -299,8 +355,9 @@ type handle struct {
 
 // attempt is what one attempt made, for the cleanup.
 type attempt struct {
-	h     handle
-	steps []forge.Step // nil when attached: the steps are forgexec's
+	h      handle
+	steps  []forge.Step // nil when attached: the steps are forgexec's
+	source string       // the workspace's token on the source server
 }
 
 // Run runs one attempt of run.Job as a Swarm service, as forge.Backend

@@ -32,8 +32,8 @@ func (b *Backend) fillWorkspace(ctx context.Context, image, vol string, ws forge
 	if err != nil {
 		return forge.WrapError(forge.EINVALID, err, "workspace "+ws.Dir)
 	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return forge.Errorf(forge.EINVALID, "workspace %s is not a directory", ws.Dir)
+	if err := checkDir(dir); err != nil {
+		return err
 	}
 	created, err := b.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Config: &container.Config{Image: image, Entrypoint: []string{forgexec.Bin}, Cmd: []string{}, User: b.opts.User,
