@@ -246,6 +246,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	if err != nil {
 		return exitWith(exitUsage, "%v", err)
 	}
+	defer closeBackend(backend)
 	eng := engine.New(engine.Options{
 		Backend:  backend,
 		Leaser:   o.leaser,

@@ -243,6 +243,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer closeBackend(backend)
 	if p, ok := backend.(interface{ Ping(context.Context) error }); ok {
 		if err := p.Ping(ctx); err != nil {
 			return fmt.Errorf("backend %s: %w", c.Backend, err)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/forgeci/forge"
@@ -19,10 +21,19 @@ import (
 //	  schedule_timeout: 5m     # FORGE_SWARM_SCHEDULE_TIMEOUT: a job no node can take fails after it
 //	  routing_mesh: false      # FORGE_SWARM_ROUTING_MESH: ports: on every node, not only the job's
 //	  keep_superseded: false   # FORGE_SWARM_KEEP_SUPERSEDED: leave older builds of a pull request running
+//	  # Jobs on any node (else all on the node of the engine forge talks to):
+//	  node_forgexec: /usr/local/bin/forge  # FORGE_SWARM_NODE_FORGEXEC: static forge, same path on every node
+//	  source_addr: ":7901"                 # FORGE_SWARM_SOURCE_ADDR: serve workspaces to the tasks here
+//	  source_url: https://forge:7901       # FORGE_SWARM_SOURCE_URL: how tasks reach it (default: source_addr)
+//	  networks: [forge_jobs]               # FORGE_SWARM_NETWORKS (comma-separated): networks every job joins
 type swarmConfig struct {
 	ScheduleTimeout Duration `yaml:"schedule_timeout"`
 	RoutingMesh     bool     `yaml:"routing_mesh"`
 	KeepSuperseded  bool     `yaml:"keep_superseded"`
+	NodeForgexec    string   `yaml:"node_forgexec"`
+	SourceAddr      string   `yaml:"source_addr"`
+	SourceURL       string   `yaml:"source_url"`
+	Networks        []string `yaml:"networks"`
 }
 
 // applyEnv overrides s with the FORGE_SWARM_* variables that are set.
@@ -33,6 +44,21 @@ func (s *swarmConfig) applyEnv(getenv func(string) string) error {
 			return forge.Errorf(forge.EINVALID, "FORGE_SWARM_SCHEDULE_TIMEOUT=%q: want a duration like 5m", v)
 		}
 		s.ScheduleTimeout = Duration(d)
+	}
+	for name, p := range map[string]*string{
+		"FORGE_SWARM_NODE_FORGEXEC": &s.NodeForgexec, "FORGE_SWARM_SOURCE_ADDR": &s.SourceAddr, "FORGE_SWARM_SOURCE_URL": &s.SourceURL,
+	} {
+		if v := getenv(name); v != "" {
+			*p = v
+		}
+	}
+	if v := getenv("FORGE_SWARM_NETWORKS"); v != "" {
+		s.Networks = nil
+		for _, n := range strings.Split(v, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				s.Networks = append(s.Networks, n)
+			}
+		}
 	}
 	for name, p := range map[string]*bool{
 		"FORGE_SWARM_ROUTING_MESH": &s.RoutingMesh, "FORGE_SWARM_KEEP_SUPERSEDED": &s.KeepSuperseded,
@@ -50,10 +76,20 @@ func (s *swarmConfig) applyEnv(getenv func(string) string) error {
 
 // check reports what is wrong with s.
 func (s *swarmConfig) check() []string {
+	var errs []string
 	if s.ScheduleTimeout < 0 {
-		return []string{"swarm.schedule_timeout must not be negative"}
+		errs = append(errs, "swarm.schedule_timeout must not be negative")
 	}
-	return nil
+	if s.NodeForgexec != "" && !strings.HasPrefix(s.NodeForgexec, "/") {
+		errs = append(errs, "swarm.node_forgexec must be an absolute path")
+	}
+	if s.SourceURL != "" && !strings.HasPrefix(s.SourceURL, "https://") {
+		errs = append(errs, "swarm.source_url must be an https:// URL: tasks fetch workspaces over TLS")
+	}
+	if s.SourceURL != "" && s.SourceAddr == "" {
+		errs = append(errs, "swarm.source_url needs swarm.source_addr, where forge serves the workspaces")
+	}
+	return errs
 }
 
 // newSwarmBackend makes the swarm backend of c.
@@ -72,5 +108,15 @@ func newSwarmBackend(c backendConfig) (forge.Backend, error) {
 		CPUs: c.Docker.CPUs, Memory: mem, User: c.Docker.User, Registries: regs,
 		PullTimeout: time.Duration(c.Docker.PullTimeout), ScheduleTimeout: time.Duration(c.Swarm.ScheduleTimeout),
 		RoutingMesh: c.Swarm.RoutingMesh, KeepSuperseded: c.Swarm.KeepSuperseded, Logger: c.Logger,
+		NodeForgexec: c.Swarm.NodeForgexec, SourceAddr: c.Swarm.SourceAddr, SourceURL: c.Swarm.SourceURL,
+		Networks: c.Swarm.Networks,
 	})
+}
+
+// closeBackend releases what a backend holds (the swarm backend's
+// workspace server), once no job runs any more.
+func closeBackend(b forge.Backend) {
+	if c, ok := b.(io.Closer); ok {
+		_ = c.Close()
+	}
 }

@@ -278,3 +278,33 @@ func TestServerSwarmReattach(t *testing.T) {
 	}
 	p.stop(t)
 }
+
+func TestSwarmConfigEnv(t *testing.T) {
+	env := map[string]string{
+		"FORGE_SWARM_SCHEDULE_TIMEOUT": "90s", "FORGE_SWARM_ROUTING_MESH": "true",
+		"FORGE_SWARM_NODE_FORGEXEC": "/usr/local/bin/forge", "FORGE_SWARM_SOURCE_ADDR": ":7901",
+		"FORGE_SWARM_SOURCE_URL": "https://forge:7901", "FORGE_SWARM_NETWORKS": "forge_jobs, other",
+	}
+	var s swarmConfig
+	if err := s.applyEnv(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	want := swarmConfig{ScheduleTimeout: Duration(90 * time.Second), RoutingMesh: true, NodeForgexec: "/usr/local/bin/forge",
+		SourceAddr: ":7901", SourceURL: "https://forge:7901", Networks: []string{"forge_jobs", "other"}}
+	if !reflect.DeepEqual(s, want) {
+		t.Errorf("swarmConfig = %+v, want %+v", s, want)
+	}
+	if errs := s.check(); len(errs) > 0 {
+		t.Errorf("check: %q", errs)
+	}
+	for k, v := range map[string]string{"FORGE_SWARM_SCHEDULE_TIMEOUT": "soon", "FORGE_SWARM_KEEP_SUPERSEDED": "maybe"} {
+		var s swarmConfig
+		if err := s.applyEnv(func(name string) string { return map[string]string{k: v}[name] }); forge.ErrorCode(err) != forge.EINVALID || !strings.Contains(err.Error(), k) {
+			t.Errorf("%s=%s: err = %v, want EINVALID naming the variable", k, v, err)
+		}
+	}
+	bad := swarmConfig{NodeForgexec: "forge", SourceURL: "http://forge:7901"}
+	if errs := strings.Join(bad.check(), "; "); !strings.Contains(errs, "absolute") || !strings.Contains(errs, "https://") || !strings.Contains(errs, "source_addr") {
+		t.Errorf("check = %q, want the three problems", errs)
+	}
+}
