@@ -215,7 +215,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 			}},
 		},
 		Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: ptr(uint64(1))}},
-		EndpointSpec: &swarm.EndpointSpec{Ports: ports},
+		EndpointSpec: &swarm.EndpointSpec{Mode: b.endpointMode(ports), Ports: ports},
 	}
 	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: b.encodedAuth(job.Image)})
 	if err != nil {
@@ -250,7 +250,7 @@ func (b *Backend) createSidecar(ctx context.Context, s forge.Service, image, nam
 			LogDriver:     &swarm.Driver{Name: "json-file"},
 		},
 		Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: ptr(uint64(1))}},
-		EndpointSpec: &swarm.EndpointSpec{Ports: ports},
+		EndpointSpec: &swarm.EndpointSpec{Mode: b.endpointMode(ports), Ports: ports},
 	}
 	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: b.encodedAuth(s.Image)})
 	if err != nil {
@@ -313,6 +313,17 @@ func portConfig(ports []forge.Port, mode swarm.PortConfigPublishMode) ([]swarm.P
 		})
 	}
 	return out, nil
+}
+
+// endpointMode is how a service's name resolves on its networks: to its
+// task's own address (DNS round robin), with no virtual IP and load
+// balancer in between, unless the routing mesh publishes ports, which
+// needs one.
+func (b *Backend) endpointMode(ports []swarm.PortConfig) swarm.ResolutionMode {
+	if b.opts.RoutingMesh && len(ports) > 0 {
+		return swarm.ResolutionModeVIP
+	}
+	return swarm.ResolutionModeDNSRR
 }
 
 // portMode is how ports: are published: on the node that runs the job
