@@ -36,9 +36,7 @@ func (b *Backend) cleanup(a *attempt) {
 			b.log.Warn("swarm: removing a job's service", "service", id, "err", err)
 		}
 	}
-	t0 := time.Now()
 	b.removeContainers(ctx, services)
-	b.log.Debug("swarm: containers gone", "after", time.Since(t0))
 	if a.h.Secret != "" {
 		b.retry(ctx, "the job's secret", a.h.Secret, func(ctx context.Context) error {
 			_, err := b.cli.SecretRemove(ctx, a.h.Secret, client.SecretRemoveOptions{})
@@ -47,9 +45,7 @@ func (b *Backend) cleanup(a *attempt) {
 	}
 	if a.h.Network != "" {
 		b.removeNetwork(ctx, a.h.Network)
-		b.log.Debug("swarm: network gone", "after", time.Since(t0))
 	}
-	b.log.Debug("swarm: secret and network gone", "after", time.Since(t0))
 	if a.h.Volume != "" {
 		b.retry(ctx, "the job's workspace", a.h.Volume, func(ctx context.Context) error {
 			_, err := b.cli.VolumeRemove(ctx, a.h.Volume, client.VolumeRemoveOptions{})
@@ -59,12 +55,12 @@ func (b *Backend) cleanup(a *attempt) {
 }
 
 // removeContainers removes the task containers of services, which were
-// just removed, and waits until they are gone: until then their network,
-// volumes and secret are in use (and Swarm forgets a removed network
-// before the engine does). Swarm would remove them too, one after the
-// other after each one's stop grace period; the engine removes them at
-// once. The tasks ran on the engine's own node (see the package
-// documentation), so its containers are all there are.
+// just removed, from the engine's own node, and waits until they are
+// gone: until then their network, volumes and secret are in use (and
+// Swarm forgets a removed network before the engine does). Swarm would
+// remove them too, one after the other after each one's stop grace
+// period; the engine removes them at once. Tasks on other nodes (jobs
+// spread over the swarm) are Swarm's to remove.
 func (b *Backend) removeContainers(ctx context.Context, services []string) {
 	if len(services) == 0 {
 		return
