@@ -71,11 +71,11 @@ execute:
 		t.Fatal(err)
 	}
 	nodeID := node.Info.Swarm.NodeID
-	docker(t, "node", "update", "--label-add", "forge.data=true", nodeID)
+	dockerCLI(t, "node", "update", "--label-add", "forge.data=true", nodeID)
 	_, hadExec := os.Stat("/var/lib/forge-exec")
 	port := freeTCPPort(t)
 	t.Cleanup(func() {
-		docker(t, "stack", "rm", stack)
+		dockerCLI(t, "stack", "rm", stack)
 		// The stack's services go first, then its network and volume.
 		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 			res, err := cli.ServiceList(ctx, client.ServiceListOptions{Filters: client.Filters{}.Add("label", "com.docker.stack.namespace="+stack)})
@@ -90,7 +90,7 @@ execute:
 				break
 			}
 		}
-		docker(t, "node", "update", "--label-rm", "forge.data", nodeID)
+		dockerCLI(t, "node", "update", "--label-rm", "forge.data", nodeID)
 		if os.IsNotExist(hadExec) {
 			os.RemoveAll("/var/lib/forge-exec")
 		}
@@ -226,8 +226,8 @@ func freeTCPPort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// docker runs the docker command, failing t when it fails.
-func docker(t *testing.T, args ...string) {
+// dockerCLI runs the docker command, failing t when it fails.
+func dockerCLI(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
 		t.Errorf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
