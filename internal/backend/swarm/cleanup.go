@@ -46,6 +46,7 @@ func (b *Backend) cleanup(a *attempt) {
 	if a.h.Network != "" {
 		b.removeNetwork(ctx, a.h.Network)
 	}
+	a.helpers.Wait() // the volume is in use until they are gone
 	if a.h.Volume != "" {
 		b.retry(ctx, "the job's workspace", a.h.Volume, func(ctx context.Context) error {
 			_, err := b.cli.VolumeRemove(ctx, a.h.Volume, client.VolumeRemoveOptions{})

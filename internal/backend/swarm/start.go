@@ -131,7 +131,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 			return engineError(err, "cannot create the job's workspace volume")
 		}
 		a.h.Volume, ws.Source = vol.Volume.Name, vol.Volume.Name
-		if err := b.fillWorkspace(ctx, image, vol.Volume.Name, run.Workspace); err != nil {
+		if err := b.fillWorkspace(ctx, a, image, vol.Volume.Name, run.Workspace); err != nil {
 			return err
 		}
 	}

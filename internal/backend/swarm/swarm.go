@@ -358,6 +358,8 @@ type attempt struct {
 	h      handle
 	steps  []forge.Step // nil when attached: the steps are forgexec's
 	source string       // the workspace's token on the source server
+	// helpers are the removals of helper containers still going on.
+	helpers sync.WaitGroup
 }
 
 // Run runs one attempt of run.Job as a Swarm service, as forge.Backend

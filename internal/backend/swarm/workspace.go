@@ -23,8 +23,10 @@ import (
 
 // fillWorkspace copies the source of ws into volume vol through a
 // container of image that is created, never started, and removed; the
-// files belong to the user the job runs as.
-func (b *Backend) fillWorkspace(ctx context.Context, image, vol string, ws forge.Workspace) error {
+// files belong to the user the job runs as. The removal goes on after
+// the copy (on some storage drivers it takes a second), in a goroutine
+// that a's cleanup waits for.
+func (b *Backend) fillWorkspace(ctx context.Context, a *attempt, image, vol string, ws forge.Workspace) error {
 	if ws.Dir == "" {
 		return nil // a job without source gets an empty workspace
 	}
@@ -45,7 +47,7 @@ func (b *Backend) fillWorkspace(ctx context.Context, image, vol string, ws forge
 	if err != nil {
 		return engineError(err, "cannot create a container to fill the job's workspace")
 	}
-	defer b.removeContainer(created.ID)
+	defer a.helpers.Go(func() { b.removeContainer(created.ID) })
 
 	pr, pw := io.Pipe()
 	actx, cancel := context.WithCancel(ctx)
