@@ -18,10 +18,11 @@ import (
 const (
 	backendLocal  = "local"
 	backendDocker = "docker"
+	backendSwarm  = "swarm"
 )
 
 // knownBackends are the values of --backend, FORGE_BACKEND and backend:.
-var knownBackends = []string{backendLocal, backendDocker}
+var knownBackends = []string{backendLocal, backendDocker, backendSwarm}
 
 // backendConfig configures the backends: the server's backend: and
 // docker: sections, or forge exec's flags and FORGE_DOCKER_* variables.
@@ -31,6 +32,7 @@ type backendConfig struct {
 	// TempDir holds the local backend's clean workspaces.
 	TempDir string
 	Docker  dockerConfig
+	Swarm   swarmConfig
 	// Warn receives the local backend's warnings about what it ignores.
 	Warn func(msg string)
 	// Logger receives the container backends' warnings.
@@ -159,6 +161,8 @@ func newBackend(name string, c backendConfig) (forge.Backend, error) {
 			CPUs: c.Docker.CPUs, Memory: mem, User: c.Docker.User, Registries: c.Docker.Registries,
 			PullTimeout: time.Duration(c.Docker.PullTimeout), Logger: c.Logger,
 		})
+	case backendSwarm:
+		return newSwarmBackend(c)
 	}
 	return nil, checkBackend(name)
 }

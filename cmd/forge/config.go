@@ -75,9 +75,10 @@ type serverConfig struct {
 		// ForkApproval: always (default), first-time or never.
 		ForkApproval string `yaml:"fork_approval"`
 	} `yaml:"builds"`
-	// Backend runs the jobs: local (default) or docker.
+	// Backend runs the jobs: local (default), docker or swarm.
 	Backend string                       `yaml:"backend"`
 	Docker  dockerConfig                 `yaml:"docker"`
+	Swarm   swarmConfig                  `yaml:"swarm"`
 	Secrets map[string]map[string]string `yaml:"secrets"`
 	Pools   map[string]lease.PoolConfig  `yaml:"pools"`
 	Lease   struct {
@@ -220,6 +221,9 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 	if err := c.SSH.applyEnv(getenv); err != nil {
 		return err
 	}
+	if err := c.Swarm.applyEnv(getenv); err != nil {
+		return err
+	}
 	bools := map[string]*bool{
 		"FORGE_API_PRIVATE_READS": &c.API.PrivateReads,
 		"FORGE_GIT_ALLOW_FILE":    &c.Git.AllowFile,
@@ -280,6 +284,7 @@ func (c *serverConfig) validate() error {
 	}
 	errs = append(errs, c.Docker.check()...)
 	errs = append(errs, c.SSH.check()...)
+	errs = append(errs, c.Swarm.check()...)
 	for name := range c.Secrets {
 		if name != "*" && strings.Count(name, "/") != 1 {
 			errs = append(errs, fmt.Sprintf("secrets: %q is not owner/repo or *", name))

@@ -74,7 +74,8 @@ of HEAD in a temporary directory instead (removed afterwards unless --keep).
 With --backend docker each job runs in a container of its image instead,
 with a copy of the checkout (of HEAD with --clean) at /workspace; the
 image:, services: and ports: keys, which the local backend ignores with a
-warning, are honoured there.
+warning, are honoured there. With --backend swarm each job runs the same way
+as a service of the Swarm whose manager FORGE_DOCKER_HOST names.
 The on: section and when: conditions are evaluated for --event (default
 push) on --branch (default: the current branch); without --action, a file
 with an on: section runs the first action on: gives for that event.
@@ -91,7 +92,8 @@ runs), 130 when interrupted.`,
   forge exec -f examples/dag.yml --parallel 2
   forge exec --clean --secret TOKEN=abc --log-dir logs/
   forge exec --json | jq -c 'select(.type=="job_finished")'
-  forge exec --backend docker        # each job in a container of its image`,
+  forge exec --backend docker        # each job in a container of its image
+  forge exec --backend swarm         # each job as a service of the Swarm`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.actionSet = cmd.Flags().Changed("action")
@@ -112,7 +114,7 @@ runs), 130 when interrupted.`,
 	f.BoolVar(&o.json, "json", false, "print one JSON object per event on stdout, and a summary object")
 	f.StringVar(&o.logDir, "log-dir", "", "write each job's log, with timestamps, to `DIR`/<job>.log")
 	f.BoolVar(&o.noColor, "no-color", false, "no colours on a terminal (NO_COLOR set to anything does the same)")
-	f.StringVar(&o.backend, "backend", "", "run the jobs with `BACKEND`: local (host processes) or docker (a container of each job's image)\n(default $FORGE_BACKEND, else local; docker reads FORGE_DOCKER_HOST and the other FORGE_DOCKER_* variables)")
+	f.StringVar(&o.backend, "backend", "", "run the jobs with `BACKEND`: local (host processes), docker (a container of each job's image)\nor swarm (a Swarm service of each job's image) (default $FORGE_BACKEND, else local; docker and swarm\nread FORGE_DOCKER_HOST and the other FORGE_DOCKER_* variables, swarm also FORGE_SWARM_*)")
 	f.Var(newLeaseServerValue(&o.leaser), "lease-server", "acquire the resources: of jobs from the forge server at `URL` (its lease WebSocket)")
 	_ = cmd.MarkFlagFilename("file", "yml", "yaml")
 	_ = cmd.MarkFlagFilename("secret-file")
@@ -243,6 +245,9 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	if err := bc.Docker.applyEnv(os.Getenv); err != nil {
 		return exitWith(exitUsage, "%v", err)
 	}
+	if err := bc.Swarm.applyEnv(os.Getenv); err != nil {
+		return exitWith(exitUsage, "%v", err)
+	}
 	if bc.Docker.Scope == "" {
 		bc.Docker.Scope = "exec"
 	}
@@ -250,6 +255,7 @@ func runExec(ctx context.Context, o *execOptions, stdout, stderr io.Writer) erro
 	if err != nil {
 		return exitWith(exitUsage, "%v", err)
 	}
+	defer closeBackend(backend)
 	if n, err := removeLeftovers(ctx, backend); err != nil {
 		v.Note(fmt.Sprintf("cannot remove the clean workspaces a killed forge left: %v", err))
 	} else if n > 0 {

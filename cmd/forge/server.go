@@ -38,7 +38,8 @@ func newServerCmd() *cobra.Command {
 		Short: "Serve GitHub webhooks, run builds, and serve the REST API and resource leases",
 		Long: `forge server receives GitHub webhooks at POST /hooks/github, runs the builds
 they trigger (on this machine with the local backend, in containers with
-backend: docker / FORGE_BACKEND=docker), serves the REST API under /api/v1
+backend: docker / FORGE_BACKEND=docker, as Swarm services with backend: swarm),
+serves the REST API under /api/v1
 (OpenAPI description at /api/v1/openapi.json), resource leases over WebSockets
 (/api/v1/leases/ws), /healthz, /readyz and Prometheus /metrics.
 
@@ -275,11 +276,13 @@ func (m *serverMain) Run(ctx context.Context) error {
 	defer jobGuard.Close()
 	backend, err := newBackend(c.Backend, backendConfig{
 		TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace), Docker: c.Docker, Logger: log, Guard: jobGuard,
+		Swarm: c.Swarm,
 		Warn: func(msg string) { log.Warn("local backend: " + msg) },
 	})
 	if err != nil {
 		return err
 	}
+	defer closeBackend(backend)
 	if n, err := removeLeftovers(ctx, backend); err != nil {
 		log.Warn("removing workspaces left by a server that died", "err", err)
 	} else if n > 0 {

@@ -174,6 +174,9 @@ type Job struct {
 	KillGrace time.Duration `json:"kill_grace,omitempty"`
 	// Shell runs the steps with Run; "" means /bin/sh.
 	Shell string `json:"shell,omitempty"`
+	// Source, when set, is where forgexec fetches the workspace into Dir
+	// before the first step (see FetchSource).
+	Source *Source `json:"source,omitempty"`
 }
 
 // NewNonce returns a random nonce for Job.Nonce.
@@ -314,9 +317,18 @@ func Run(ctx context.Context, job *Job, w *Writer) (forge.Status, error) {
 	}
 
 	w.Report(forge.Event{Type: forge.EventJobStarted, Time: time.Now()})
-	env := stepEnv(os.Environ(), job.Env)
-	st, err := shell.RunSteps(jctx, job.Steps, job.Dir, env, job.Secrets, w,
-		shell.Options{Shell: job.Shell, KillGrace: job.KillGrace})
+	var st forge.Status
+	var err error
+	if job.Source != nil {
+		if err = FetchSource(jctx, job.Source, job.Dir); err != nil {
+			st = forge.StatusError
+		}
+	}
+	if err == nil {
+		env := stepEnv(os.Environ(), job.Env)
+		st, err = shell.RunSteps(jctx, job.Steps, job.Dir, env, job.Secrets, w,
+			shell.Options{Shell: job.Shell, KillGrace: job.KillGrace})
+	}
 	if os.Getpid() == 1 {
 		shell.ReapOrphans()
 	}
