@@ -68,8 +68,10 @@ type Sessions interface {
 
 // Resumed is the state of a session handed back on Resume.
 type Resumed struct {
-	Leases []*Grant
-	Queued []QueuedRequest
+	Session string
+	Grace   time.Duration
+	Leases  []*Grant
+	Queued  []QueuedRequest
 }
 
 // QueuedRequest is a request waiting in the queue, at Position.
@@ -209,7 +211,7 @@ func (m *Memory) Resume(ctx context.Context, id, secret string, notify func(Even
 	for _, ev := range kept {
 		notify(ev)
 	}
-	st := &Resumed{}
+	st := &Resumed{Session: id, Grace: s.grace}
 	for _, l := range o.leases {
 		st.Leases = append(st.Leases, l.grant)
 	}

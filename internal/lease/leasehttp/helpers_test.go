@@ -125,8 +125,12 @@ func dialURL(t testing.TB, url string) *testClient {
 		}
 	}()
 	hello := c.next()
-	if hello.Type != wire.TypeHello || hello.Version != 1 || hello.Connection == "" || hello.KeepaliveMS <= 0 {
-		t.Fatalf("first message: got %+v, want hello version 1 with a connection id", hello)
+	want := 1
+	if strings.Contains(url, "version=2") {
+		want = 2
+	}
+	if hello.Type != wire.TypeHello || hello.Version != want || hello.Connection == "" || hello.KeepaliveMS <= 0 {
+		t.Fatalf("first message: got %+v, want hello version %d with a connection id", hello, want)
 	}
 	c.conn = hello.Connection
 	<-c.raw
