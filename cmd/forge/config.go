@@ -84,6 +84,8 @@ type serverConfig struct {
 		Keepalive     Duration `yaml:"keepalive"`
 		FillMaxPasses int      `yaml:"fill_max_passes"`
 		FillMaxWait   Duration `yaml:"fill_max_wait"`
+		Grace         Duration `yaml:"grace"`
+		MaxGrace      Duration `yaml:"max_grace"`
 	} `yaml:"lease"`
 	// Migrate is FORGE_MIGRATE: "auto" migrates the database up at start.
 	// Only the environment sets it: whether to change a shared schema is
@@ -129,6 +131,8 @@ func defaultServerConfig() serverConfig {
 	c.Lease.Keepalive = Duration(lease.DefaultKeepalive)
 	c.Lease.FillMaxPasses = lease.DefaultFillMaxPasses
 	c.Lease.FillMaxWait = Duration(lease.DefaultFillMaxWait)
+	c.Lease.Grace = Duration(lease.DefaultGrace)
+	c.Lease.MaxGrace = Duration(lease.DefaultMaxGrace)
 	return c
 }
 
@@ -314,6 +318,8 @@ func (c *serverConfig) leaseConfig() *lease.Config {
 		Keepalive:     time.Duration(c.Lease.Keepalive),
 		FillMaxPasses: c.Lease.FillMaxPasses,
 		FillMaxWait:   time.Duration(c.Lease.FillMaxWait),
+		Grace:         time.Duration(c.Lease.Grace),
+		MaxGrace:      time.Duration(c.Lease.MaxGrace),
 	}
 }
 
