@@ -708,6 +708,14 @@ func (c *Client) dispatch(m *Message, raw []byte) {
 	case TypeError:
 		err := serverError(m)
 		c.mu.Lock()
+		if m.Session != "" && m.Session == c.session && m.Code == CodeExpired {
+			// The server ends the session (a shutdown without kept
+			// state): the connection's end loses the leases, no resume.
+			c.session = ""
+			c.mu.Unlock()
+			c.logf("lease session %s ended by the server: %s", m.Session, m.Message)
+			return
+		}
 		if p := c.pending[m.ID]; m.ID != "" && p != nil {
 			delete(c.pending, m.ID)
 			p.result <- acquireResult{err: err}

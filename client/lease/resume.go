@@ -35,7 +35,7 @@ func (c *Client) resume(cause error) (*websocket.Conn, error) {
 			c.logf("%s", forge.ErrorMessage(err))
 			return nil, err
 		}
-		conn, err := c.resumeOnce(min(remaining, resumeAttemptTimeout))
+		conn, err := c.resumeOnce(id, min(remaining, resumeAttemptTimeout))
 		if err == nil {
 			return conn, nil
 		}
@@ -57,7 +57,7 @@ func (c *Client) resume(cause error) (*websocket.Conn, error) {
 
 // resumeOnce makes one attempt: dial, resume, take what happened while
 // away, and reconcile with the server's state.
-func (c *Client) resumeOnce(timeout time.Duration) (*websocket.Conn, error) {
+func (c *Client) resumeOnce(id string, timeout time.Duration) (*websocket.Conn, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, timeout)
 	defer cancel()
 	conn, hello, err := dialOnce(ctx, c.url, c.url, &c.opts, c.lastSeen)
@@ -66,9 +66,9 @@ func (c *Client) resumeOnce(timeout time.Duration) (*websocket.Conn, error) {
 	}
 	if hello.Version < 2 {
 		conn.CloseNow()
-		return nil, forge.Errorf(forge.EINVALID, "lease session %s cannot be resumed: the server now speaks protocol version %d, without sessions; its leases are lost", c.session, hello.Version)
+		return nil, forge.Errorf(forge.EINVALID, "lease session %s cannot be resumed: the server now speaks protocol version %d, without sessions; its leases are lost", id, hello.Version)
 	}
-	data, _ := json.Marshal(&Message{Type: TypeResume, Session: c.session, Secret: c.secret})
+	data, _ := json.Marshal(&Message{Type: TypeResume, Session: id, Secret: c.secret})
 	if err := conn.Write(ctx, websocket.MessageText, data); err != nil {
 		conn.CloseNow()
 		return nil, forge.WrapError(forge.EUNAVAILABLE, err, "cannot send resume")
@@ -93,7 +93,7 @@ func (c *Client) resumeOnce(timeout time.Duration) (*websocket.Conn, error) {
 		case m.Type == TypeError && m.Session != "":
 			conn.CloseNow()
 			if m.Code == CodeExpired {
-				return nil, forge.Errorf(forge.ENOTFOUND, "lease session %s expired: the server released its leases (%s)", c.session, m.Message)
+				return nil, forge.Errorf(forge.ENOTFOUND, "lease session %s expired: the server released its leases (%s)", id, m.Message)
 			}
 			return nil, serverError(m)
 		default:

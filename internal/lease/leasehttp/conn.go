@@ -288,6 +288,12 @@ func (c *conn) goAway(durable bool) {
 			Message: "the server is restarting: resume your session on a new connection within its grace"})
 		return
 	}
+	if c.resumable {
+		// Its state ends with this process: resuming would only fail.
+		c.closeWith(websocket.StatusGoingAway, &wire.Message{Type: wire.TypeError, Code: wire.CodeExpired, Session: c.owner,
+			Message: "the server is shutting down and keeps no lease state: the session and its leases end now"})
+		return
+	}
 	c.closeWith(websocket.StatusGoingAway, &wire.Message{Type: wire.TypeError, Code: forge.EUNAVAILABLE,
 		Message: "the server is shutting down: every lease of this connection ends now"})
 }
