@@ -74,6 +74,12 @@ type conn struct {
 	// moved: the session went to another connection; this one neither
 	// releases nor detaches it when it ends (under mu).
 	moved bool
+	// detach: the server ended the connection for a reason that is not
+	// the client's choice (a silent network, a restart): a resumable
+	// session is detached, not ended (under mu). A connection the client
+	// ends itself (a close frame, or a FIN or reset: a closed socket, a
+	// killed process) ends its session at once.
+	detach bool
 }
 
 // maxCorked bounds the answers held back for pipelined messages: past it
@@ -106,18 +112,18 @@ func (c *conn) serve() {
 	c.mu.Lock()
 	c.pingTimer = time.AfterFunc(s.opts.Keepalive/2, c.keepalive)
 	c.mu.Unlock()
-	clean := c.readLoop()
+	c.readLoop()
 
 	// The connection is gone (or being dropped): release everything at
 	// once, before anything else, so the next waiter is served now; a
 	// resumable session that did not close cleanly is kept for its grace.
 	c.mu.Lock()
-	moved := c.moved
+	moved, detach := c.moved, c.detach
 	c.mu.Unlock()
 	var err error
 	switch {
 	case moved:
-	case c.resumable && !clean:
+	case c.resumable && detach:
 		err = s.m.Detach(context.Background(), c.owner, c.attachment)
 	default:
 		err = s.m.Disconnect(context.Background(), c.owner)
@@ -242,6 +248,9 @@ func (c *conn) dropLocked(reason, detail string) {
 		return
 	}
 	c.closed = true
+	// A client that went silent or fell behind may come back; one that
+	// sent too large a message will only do it again.
+	c.detach = reason != DropTooLarge
 	c.s.countDrop(c, reason, detail)
 	c.stop()
 }
@@ -284,6 +293,9 @@ func (c *conn) stopped() bool {
 // told to reconnect instead, and the connection closed with 1012.
 func (c *conn) goAway(durable bool) {
 	if durable && c.resumable {
+		c.mu.Lock()
+		c.detach = true
+		c.mu.Unlock()
 		c.closeWith(websocket.StatusServiceRestart, &wire.Message{Type: wire.TypeReconnect, Code: forge.EUNAVAILABLE,
 			Message: "the server is restarting: resume your session on a new connection within its grace"})
 		return
@@ -406,9 +418,8 @@ func (c *conn) keepalive() {
 	c.mu.Unlock()
 }
 
-// readLoop reads until the connection ends; true when the client closed
-// it cleanly (close status 1000): it meant to let go of everything.
-func (c *conn) readLoop() (clean bool) {
+// readLoop reads until the connection ends.
+func (c *conn) readLoop() {
 	max := c.s.opts.MaxMessageBytes
 	for {
 		typ, r, err := c.ws.Reader(context.Background())
@@ -416,11 +427,11 @@ func (c *conn) readLoop() (clean bool) {
 			if !c.stopped() {
 				c.s.log.Debug("lease connection ended by the client", "connection", c.id, "remote", c.remote, "err", err)
 			}
-			return websocket.CloseStatus(err) == websocket.StatusNormalClosure
+			return
 		}
 		c.seen()
 		if !c.throttle() {
-			return false
+			return
 		}
 		bp := readBuffers.Get().(*[]byte)
 		ok := c.readMessage(typ, r, bp, max)
@@ -428,7 +439,7 @@ func (c *conn) readLoop() (clean bool) {
 			readBuffers.Put(bp)
 		}
 		if !ok {
-			return false
+			return
 		}
 	}
 }

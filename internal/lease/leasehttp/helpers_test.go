@@ -96,9 +96,14 @@ func (e *testEnv) dial() *testClient {
 
 func dialURL(t testing.TB, url string) *testClient {
 	t.Helper()
+	return dialURLWith(t, url, nil)
+}
+
+func dialURLWith(t testing.TB, url string, opts *websocket.DialOptions) *testClient {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, url, nil)
+	ws, _, err := websocket.Dial(ctx, url, opts)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}

@@ -2,6 +2,9 @@ package leasehttp
 
 import (
 	"context"
+	"net"
+	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,24 +14,59 @@ import (
 	"github.com/forgeci/forge/internal/lease"
 )
 
-// openSession dials with protocol version 2 and opens a session.
-func (e *testEnv) openSession(graceMS int64) (*testClient, *wire.Message) {
+// frozenConn is a client's socket whose reading can be stopped: the
+// client then answers no ping, as behind a network gone silent.
+type frozenConn struct {
+	net.Conn
+	once, closeOnce sync.Once
+	frozen, closed  chan struct{}
+}
+
+func (f *frozenConn) freeze() { f.once.Do(func() { close(f.frozen) }) }
+
+func (f *frozenConn) Read(p []byte) (int, error) {
+	select {
+	case <-f.frozen:
+		<-f.closed // as a silent network: nothing arrives until closed
+		return 0, net.ErrClosed
+	default:
+	}
+	return f.Conn.Read(p)
+}
+
+func (f *frozenConn) Close() error {
+	f.closeOnce.Do(func() { close(f.closed) })
+	return f.Conn.Close()
+}
+
+// openSession dials with protocol version 2 and opens a session; freeze
+// makes the client go silent.
+func (e *testEnv) openSession(graceMS int64) (c *testClient, s *wire.Message, freeze func()) {
 	e.t.Helper()
-	c := dialURL(e.t, e.wsURL+"?version=2")
+	var fc *frozenConn
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		fc = &frozenConn{Conn: nc, frozen: make(chan struct{}), closed: make(chan struct{})}
+		return fc, nil
+	}}}
+	c = dialURLWith(e.t, e.wsURL+"?version=2", &websocket.DialOptions{HTTPClient: hc})
 	c.send(map[string]any{"type": "session", "grace_ms": graceMS})
-	s := c.expect(wire.TypeSession)
+	s = c.expect(wire.TypeSession)
 	if s.Session == "" || s.Secret == "" || s.GraceMS != graceMS {
 		e.t.Fatalf("session: got %+v, want an id, a secret and grace %d", s, graceMS)
 	}
-	return c, s
+	return c, s, fc.freeze
 }
 
 // TestResumeKeepsLeasesAndPlace: a session whose connection breaks keeps
 // its lease and its place in the queue, nobody else gets them meanwhile,
 // and a resume on a new connection gets both back.
 func TestResumeKeepsLeasesAndPlace(t *testing.T) {
-	e := newEnv(t, "pools: {dut: {resources: [{id: d1}]}}", Options{}, lease.MemoryOptions{})
-	a, s := e.openSession(60000)
+	e := newEnv(t, "pools: {dut: {resources: [{id: d1}]}}", Options{Keepalive: time.Second}, lease.MemoryOptions{})
+	a, s, freeze := e.openSession(60000)
 	a.acquire("r1", req("dut", 1))
 	g := a.expect(wire.TypeGranted)
 	a.acquire("r2", req("dut", 1))
@@ -37,15 +75,20 @@ func TestResumeKeepsLeasesAndPlace(t *testing.T) {
 	b.acquire("b", req("dut", 1))
 	b.expect(wire.TypeQueued)
 
-	a.ws.CloseNow() // a broken connection, no close handshake
-	<-a.done
-	b.quiet(300 * time.Millisecond) // neither held by b nor free
-
+	freeze() // the network goes silent: the server drops it by keepalive
 	var ls struct{ Leases []lease.LeaseState }
-	e.rest("GET", "/api/v1/leases", "", &ls)
-	if len(ls.Leases) != 1 || ls.Leases[0].DetachedUntil == nil {
-		t.Fatalf("leases while disconnected: got %+v, want one, detached", ls.Leases)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		e.rest("GET", "/api/v1/leases", "", &ls)
+		if len(ls.Leases) == 1 && ls.Leases[0].DetachedUntil != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leases after the keepalive: got %+v, want one, detached", ls.Leases)
+		}
+		waitABit()
 	}
+	b.quiet(300 * time.Millisecond) // neither held by b nor free
 
 	bad := dialURL(t, e.wsURL+"?version=2")
 	bad.send(map[string]any{"type": "resume", "session": s.Session, "secret": "nope"})
@@ -75,15 +118,15 @@ func TestResumeKeepsLeasesAndPlace(t *testing.T) {
 // TestResumeAfterGraceExpired: after the grace the leases are gone and a
 // resume is answered "expired".
 func TestResumeAfterGraceExpired(t *testing.T) {
-	e := newEnv(t, "pools: {dut: {resources: [{id: d1}]}}", Options{}, lease.MemoryOptions{})
-	a, s := e.openSession(200)
+	e := newEnv(t, "pools: {dut: {resources: [{id: d1}]}}", Options{Keepalive: time.Second}, lease.MemoryOptions{})
+	a, s, freeze := e.openSession(200)
 	a.acquire("r1", req("dut", 1))
 	a.expect(wire.TypeGranted)
 	b := e.dial()
 	b.acquire("b", req("dut", 1))
 	b.expect(wire.TypeQueued)
-	a.ws.CloseNow()
-	b.expect(wire.TypeGranted) // the grace ended
+	freeze()
+	b.expect(wire.TypeGranted) // dropped by keepalive, then the grace ended
 	a2 := dialURL(t, e.wsURL+"?version=2")
 	a2.send(map[string]any{"type": "resume", "session": s.Session, "secret": s.Secret})
 	if m := a2.expect(wire.TypeError); m.Code != wire.CodeExpired || m.Session != s.Session {
@@ -123,7 +166,7 @@ func TestSessionNeedsVersion2(t *testing.T) {
 // (a half-open connection) takes it over; the old connection is closed.
 func TestMovedSessionClosesOldConnection(t *testing.T) {
 	e := newEnv(t, "pools: {dut: {resources: [{id: d1}]}}", Options{}, lease.MemoryOptions{})
-	a, s := e.openSession(60000)
+	a, s, _ := e.openSession(60000)
 	a.acquire("r1", req("dut", 1))
 	g := a.expect(wire.TypeGranted)
 	a2 := dialURL(t, e.wsURL+"?version=2")
@@ -143,7 +186,7 @@ func TestMovedSessionClosesOldConnection(t *testing.T) {
 // their leases; version 1 clients hear the old shutdown notice.
 func TestDurableShutdownSaysReconnect(t *testing.T) {
 	e := newEnv(t, "pools: {dut: {resources: [{id: d1}, {id: d2}]}}", Options{Durable: true}, lease.MemoryOptions{})
-	a, _ := e.openSession(60000)
+	a, _, _ := e.openSession(60000)
 	a.acquire("r1", req("dut", 1))
 	a.expect(wire.TypeGranted)
 	b := e.dial()
@@ -164,5 +207,26 @@ func TestDurableShutdownSaysReconnect(t *testing.T) {
 	ls, _ := e.m.Leases(ctx)
 	if len(ls) != 1 || ls[0].DetachedUntil == nil {
 		t.Fatalf("leases after shutdown: got %+v, want the session's, detached", ls)
+	}
+}
+
+// TestClientEndReleasesSession: a session whose client closes its socket
+// (a killed process: FIN or reset, no close frame) ends at once, as a
+// version 1 connection: a dead holder does not keep a device for its
+// grace.
+func TestClientEndReleasesSession(t *testing.T) {
+	e := newEnv(t, "pools: {dut: {resources: [{id: d1}]}}", Options{}, lease.MemoryOptions{})
+	a, s, _ := e.openSession(60000)
+	a.acquire("r1", req("dut", 1))
+	a.expect(wire.TypeGranted)
+	b := e.dial()
+	b.acquire("b", req("dut", 1))
+	b.expect(wire.TypeQueued)
+	a.ws.CloseNow()
+	b.expect(wire.TypeGranted)
+	a2 := dialURL(t, e.wsURL+"?version=2")
+	a2.send(map[string]any{"type": "resume", "session": s.Session, "secret": s.Secret})
+	if m := a2.expect(wire.TypeError); m.Code != wire.CodeExpired {
+		t.Fatalf("resume after the client's own close: got %+v, want expired", m)
 	}
 }
