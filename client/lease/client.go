@@ -107,6 +107,7 @@ type Client struct {
 	// Dial but for grace).
 	session, secret string
 	grace           time.Duration
+	durable         bool // the server keeps lease state across its restart
 	// wmu orders writes with a resume's reconciliation: a message is
 	// either written before the new connection is installed (and then
 	// reconciled) or after, on it.
@@ -311,7 +312,7 @@ func (c *Client) openSession(ctx context.Context) error {
 	case a.Type != TypeSession || a.Session == "" || a.Secret == "":
 		return forge.Errorf(forge.EUNAVAILABLE, "the lease server answered a session request with %q", a.Type)
 	}
-	c.session, c.secret, c.grace = a.Session, a.Secret, time.Duration(a.GraceMS)*time.Millisecond
+	c.session, c.secret, c.grace, c.durable = a.Session, a.Secret, time.Duration(a.GraceMS)*time.Millisecond, a.Durable
 	return nil
 }
 

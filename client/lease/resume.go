@@ -3,7 +3,9 @@ package lease
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -38,6 +40,13 @@ func (c *Client) resume(cause error) (*websocket.Conn, error) {
 		conn, err := c.resumeOnce(id, min(remaining, resumeAttemptTimeout))
 		if err == nil {
 			return conn, nil
+		}
+		if !c.durable && errors.Is(err, syscall.ECONNREFUSED) {
+			// Nothing listens where the server was: it is gone, and a
+			// server that keeps no lease state took the session with it.
+			err = forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("the lease server is gone (%s) and kept no lease state: session %s and its leases are lost", forge.ErrorMessage(err), id))
+			c.logf("%s", forge.ErrorMessage(err))
+			return nil, err
 		}
 		switch forge.ErrorCode(err) {
 		case forge.ENOTFOUND, forge.EUNAUTHORIZED, forge.EINVALID, forge.ECANCELED:

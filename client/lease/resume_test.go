@@ -137,5 +137,5 @@ func TestClientSessionExpires(t *testing.T) {
 	if !errors.As(l.Err(), &fe) || !strings.Contains(fe.Message, "leases are lost") {
 		t.Fatalf("lost: got %v, want the grace to have passed", l.Err())
 	}
-	log.wait(t, "could not resume")
+	log.wait(t, "is gone")
 }

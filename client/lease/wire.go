@@ -131,6 +131,10 @@ type Message struct {
 	Session string `json:"session,omitempty"`
 	Secret  string `json:"secret,omitempty"`
 	GraceMS int64  `json:"grace_ms,omitempty"`
+	// Durable says the server keeps lease state across its own restart
+	// (session): without it, a server that is gone took the session
+	// with it.
+	Durable bool `json:"durable,omitempty"`
 	// Leases are the session's leases, as granted messages, and Queued its
 	// requests still waiting (resumed).
 	Leases []*Message `json:"leases,omitempty"`

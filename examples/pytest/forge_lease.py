@@ -263,6 +263,16 @@ class Lease:
         while asyncio.get_running_loop().time() < deadline:
             try:
                 ws, hello = await self._connect(websockets)
+            except ConnectionRefusedError as e:
+                if not self.session.get("durable"):
+                    # Nothing listens where the server was, and it kept no
+                    # lease state: the session went with it.
+                    raise LeaseError("unavailable", f"the lease server is gone ({e}) and kept no lease state: "
+                                     "the lease is lost")
+                last = e
+                await asyncio.sleep(min(delay, max(0, deadline - asyncio.get_running_loop().time())))
+                delay = min(2 * delay, 1.0)
+                continue
             except Exception as e:
                 last = e
                 await asyncio.sleep(min(delay, max(0, deadline - asyncio.get_running_loop().time())))

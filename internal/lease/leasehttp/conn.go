@@ -612,7 +612,8 @@ func (c *conn) handle(data []byte) {
 			return
 		}
 		c.started, c.resumable, c.owner, c.attachment = true, true, sess.ID, sess.Attachment
-		c.send(&wire.Message{Type: wire.TypeSession, Session: sess.ID, Secret: sess.Secret, GraceMS: sess.Grace.Milliseconds()})
+		c.send(&wire.Message{Type: wire.TypeSession, Session: sess.ID, Secret: sess.Secret, GraceMS: sess.Grace.Milliseconds(),
+			Durable: c.s.opts.Durable})
 	case wire.TypeResume:
 		if c.started {
 			c.send(&wire.Message{Type: wire.TypeError, Session: msg.Session, Code: forge.EINVALID,
