@@ -81,11 +81,12 @@ type serverConfig struct {
 	Secrets map[string]map[string]string `yaml:"secrets"`
 	Pools   map[string]lease.PoolConfig  `yaml:"pools"`
 	Lease   struct {
-		Keepalive     Duration `yaml:"keepalive"`
-		FillMaxPasses int      `yaml:"fill_max_passes"`
-		FillMaxWait   Duration `yaml:"fill_max_wait"`
-		Grace         Duration `yaml:"grace"`
-		MaxGrace      Duration `yaml:"max_grace"`
+		Keepalive      Duration `yaml:"keepalive"`
+		FillMaxPasses  int      `yaml:"fill_max_passes"`
+		FillMaxWait    Duration `yaml:"fill_max_wait"`
+		Grace          Duration `yaml:"grace"`
+		MaxGrace       Duration `yaml:"max_grace"`
+		PoolPrecedence string   `yaml:"pool_precedence"`
 	} `yaml:"lease"`
 	// Migrate is FORGE_MIGRATE: "auto" migrates the database up at start.
 	// Only the environment sets it: whether to change a shared schema is
@@ -133,6 +134,7 @@ func defaultServerConfig() serverConfig {
 	c.Lease.FillMaxWait = Duration(lease.DefaultFillMaxWait)
 	c.Lease.Grace = Duration(lease.DefaultGrace)
 	c.Lease.MaxGrace = Duration(lease.DefaultMaxGrace)
+	c.Lease.PoolPrecedence = lease.PrecedenceStore
 	return c
 }
 
@@ -320,6 +322,8 @@ func (c *serverConfig) leaseConfig() *lease.Config {
 		FillMaxWait:   time.Duration(c.Lease.FillMaxWait),
 		Grace:         time.Duration(c.Lease.Grace),
 		MaxGrace:      time.Duration(c.Lease.MaxGrace),
+
+		PoolPrecedence: c.Lease.PoolPrecedence,
 	}
 }
 

@@ -192,17 +192,21 @@ func (m *serverMain) Run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector())
 
-	// Leases: pools from the configuration, served in-process.
+	// Leases: pools from the configuration and the store (pools as
+	// data), served in-process; pool edits are kept in the store.
 	lc := c.leaseConfig()
 	pools, err := lc.BuildPools()
 	if err != nil {
 		return forge.Errorf(forge.EINVALID, "config: %v", err)
 	}
+	if pools, err = lease.SeedPools(ctx, db, pools, lc.PoolPrecedence); err != nil {
+		return err
+	}
 	leases, err := lease.NewMemory(pools, lc.ManagerOptions())
 	if err != nil {
 		return err
 	}
-	leaseSrv := leasehttp.NewServer(leases, leasehttp.Options{
+	leaseSrv := leasehttp.NewServer(lease.NewStoredPools(leases, db), leasehttp.Options{
 		Keepalive:  lc.KeepaliveOrDefault(),
 		Registry:   reg,
 		Logger:     log.With("component", "lease"),

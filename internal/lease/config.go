@@ -68,6 +68,11 @@ type Config struct {
 	// 15s. MaxGrace bounds what a client may ask for; default 5m.
 	Grace    time.Duration `yaml:"grace" json:"grace"`
 	MaxGrace time.Duration `yaml:"max_grace" json:"max_grace"`
+	// PoolPrecedence says which wins when the file and the store both
+	// define a pool: "store" (the default: edits made through the API
+	// survive restarts) or "config" (the file's pools are reset to it at
+	// every start). See SeedPools.
+	PoolPrecedence string `yaml:"pool_precedence" json:"pool_precedence"`
 }
 
 // PoolConfig declares one pool: listed resources, a generated range, or
@@ -267,6 +272,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Grace < 0 || c.MaxGrace < 0 {
 		problems = append(problems, fmt.Sprintf("grace %s and max_grace %s must not be negative", c.Grace, c.MaxGrace))
+	}
+	if c.PoolPrecedence != "" && c.PoolPrecedence != PrecedenceStore && c.PoolPrecedence != PrecedenceConfig {
+		problems = append(problems, fmt.Sprintf("pool_precedence %q: want %q or %q", c.PoolPrecedence, PrecedenceStore, PrecedenceConfig))
 	}
 	maxGrace := c.MaxGrace
 	if maxGrace == 0 {
