@@ -206,7 +206,19 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The sessions a gracefully stopped server left: resumable by their
+	// clients within their grace, from now.
+	if state, err := db.TakeLeaseState(ctx); err != nil {
+		return err
+	} else if state != nil {
+		sessions, held, err := leases.Restore(ctx, state)
+		if err != nil {
+			log.Warn("lease sessions of the last run not restored", "err", err)
+		}
+		log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
+	}
 	leaseSrv := leasehttp.NewServer(lease.NewStoredPools(leases, db), leasehttp.Options{
+		Durable:    true, // sessions are kept in the store at a graceful stop
 		Keepalive:  lc.KeepaliveOrDefault(),
 		Registry:   reg,
 		Logger:     log.With("component", "lease"),
@@ -393,6 +405,13 @@ func (m *serverMain) Run(ctx context.Context) error {
 		defer cancel()
 		err := srv.Shutdown(sctx)
 		_ = leaseSrv.Shutdown(sctx)
+		// Session clients were told to reconnect: leave their sessions
+		// for the next run.
+		if state, serr := leases.Snapshot(sctx); serr != nil {
+			log.Error("lease sessions not kept for the next run", "err", serr)
+		} else if serr := db.SaveLeaseState(context.WithoutCancel(sctx), state); serr != nil {
+			log.Error("lease sessions not kept for the next run", "err", serr)
+		}
 		return err
 	})
 	g.Go(func() error { return proc.Run(gctx) })

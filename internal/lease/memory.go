@@ -284,31 +284,9 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 		notify: req.Notify,
 		since:  time.Now(),
 	}
-	for i, w := range r.wants {
-		p := m.pools[w.Pool]
-		if p == nil || p.deleted {
-			return forge.Errorf(forge.ENOTFOUND, "unknown pool %q", w.Pool)
-		}
-		if w.Count <= 0 {
-			return forge.Errorf(forge.EINVALID, "pool %q: count %d must be at least 1", w.Pool, w.Count)
-		}
-		if err := checkLabels(w.Labels); err != nil {
-			return forge.Errorf(forge.EINVALID, "pool %q: %s", w.Pool, forge.ErrorMessage(err))
-		}
-		r.allocOrder = append(r.allocOrder, i)
-		seen := false
-		for _, q := range r.pools {
-			seen = seen || q == p
-		}
-		if !seen {
-			r.pools = append(r.pools, p)
-		}
+	if err := m.prepare(r); err != nil {
+		return err
 	}
-	// The most selective requests pick first, so that a request for "any"
-	// does not take the one resource a labelled request needs.
-	sort.SliceStable(r.allocOrder, func(a, b int) bool {
-		return len(r.wants[r.allocOrder[a]].Labels) > len(r.wants[r.allocOrder[b]].Labels)
-	})
 	if err := m.checkCapacity(r); err != nil {
 		return err
 	}
@@ -339,6 +317,37 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 			r.timer = time.AfterFunc(req.MaxWait, func() { m.expire(r) })
 		}
 	}
+	return nil
+}
+
+// prepare checks r's wants against the pools and works out the order in
+// which they pick resources.
+func (m *Memory) prepare(r *memReq) error {
+	for i, w := range r.wants {
+		p := m.pools[w.Pool]
+		if p == nil || p.deleted {
+			return forge.Errorf(forge.ENOTFOUND, "unknown pool %q", w.Pool)
+		}
+		if w.Count <= 0 {
+			return forge.Errorf(forge.EINVALID, "pool %q: count %d must be at least 1", w.Pool, w.Count)
+		}
+		if err := checkLabels(w.Labels); err != nil {
+			return forge.Errorf(forge.EINVALID, "pool %q: %s", w.Pool, forge.ErrorMessage(err))
+		}
+		r.allocOrder = append(r.allocOrder, i)
+		seen := false
+		for _, q := range r.pools {
+			seen = seen || q == p
+		}
+		if !seen {
+			r.pools = append(r.pools, p)
+		}
+	}
+	// The most selective requests pick first, so that a request for "any"
+	// does not take the one resource a labelled request needs.
+	sort.SliceStable(r.allocOrder, func(a, b int) bool {
+		return len(r.wants[r.allocOrder[a]].Labels) > len(r.wants[r.allocOrder[b]].Labels)
+	})
 	return nil
 }
 

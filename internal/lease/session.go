@@ -135,12 +135,7 @@ func (m *Memory) Detach(ctx context.Context, owner string, attachment uint64) er
 	s.detached = true
 	s.notify = nil
 	s.until = time.Now().Add(s.grace)
-	keep := func(ev Event) {
-		if ev.Type != EventQueued && ev.Type != EventGranted {
-			s.kept = append(s.kept, ev)
-		}
-	}
-	m.setNotify(o, keep)
+	m.setNotify(o, m.keeper(o))
 	s.timer = time.AfterFunc(s.grace, func() { m.expireSession(o, attachment) })
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 
 	"github.com/forgeci/forge"
 )
@@ -70,4 +71,39 @@ func (db *DB) putLeasePool(ctx context.Context, name, def string, deleted bool) 
 		}
 		return nil
 	})
+}
+
+// SaveLeaseState keeps the lease sessions' state a stopping server leaves
+// for the next one (replacing any kept before).
+func (db *DB) SaveLeaseState(ctx context.Context, state []byte) error {
+	return db.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, db.q(`INSERT INTO lease_state (id, state, saved) VALUES (1, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET state = excluded.state, saved = excluded.saved`), string(state), micros(now()))
+		if err != nil {
+			return db.fail(ctx, err, "save lease state")
+		}
+		return nil
+	})
+}
+
+// TakeLeaseState returns the kept lease state and removes it, so that it
+// is resumed once (nil when there is none).
+func (db *DB) TakeLeaseState(ctx context.Context) ([]byte, error) {
+	var out []byte
+	err := db.write(ctx, func(tx *sql.Tx) error {
+		var state string
+		err := tx.QueryRowContext(ctx, db.q("SELECT state FROM lease_state WHERE id = 1")).Scan(&state)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return db.fail(ctx, err, "read lease state")
+		}
+		if _, err := tx.ExecContext(ctx, db.q("DELETE FROM lease_state WHERE id = 1")); err != nil {
+			return db.fail(ctx, err, "take lease state")
+		}
+		out = []byte(state)
+		return nil
+	})
+	return out, err
 }

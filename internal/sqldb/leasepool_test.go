@@ -52,3 +52,24 @@ func TestLeasePools(t *testing.T) {
 		wantCode(t, db.SaveLeasePool(ctx, &forge.Pool{}), forge.EINVALID)
 	})
 }
+
+// TestLeaseState: a kept state is taken once.
+func TestLeaseState(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		db := newTestDB(t, kind)
+		ctx := context.Background()
+		if got, err := db.TakeLeaseState(ctx); err != nil || got != nil {
+			t.Fatalf("empty: got %q %v, want nothing", got, err)
+		}
+		db.SaveLeaseState(ctx, []byte(`{"a":1}`))
+		if err := db.SaveLeaseState(ctx, []byte(`{"a":2}`)); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := db.TakeLeaseState(ctx); err != nil || string(got) != `{"a":2}` {
+			t.Fatalf("take: got %q %v, want the last saved", got, err)
+		}
+		if got, _ := db.TakeLeaseState(ctx); got != nil {
+			t.Fatalf("second take: got %q, want nothing", got)
+		}
+	})
+}
