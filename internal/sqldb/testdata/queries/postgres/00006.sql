@@ -2,6 +2,7 @@
 -- TestUpgrade runs them on the newest schema once a later migration lands.
 -- Added to by: go test ./internal/sqldb -update-queries (see README.md here).
 DELETE FROM delivery_claims WHERE owner = ? AND repo IN (?)
+DELETE FROM lease_state WHERE id = 1
 DELETE FROM outbox WHERE version = delivered AND updated < ?
 DELETE FROM tokens WHERE id = ?
 INSERT INTO builds (repo_id, number, action, status, event, branch, pull_request, sha, hook, delivery_id, error, created, started, finished, version, runner, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id
@@ -10,6 +11,7 @@ INSERT INTO deliveries (id, event, action, payload, received, processed, result)
 INSERT INTO delivery_claims (repo, owner, expires) VALUES (?, ?, ?) ON CONFLICT (repo) DO UPDATE SET owner = excluded.owner, expires = excluded.expires WHERE delivery_claims.owner = excluded.owner OR delivery_claims.expires < ? OR (? <> '' AND substr(delivery_claims.owner, 1, length(?)) = ?) RETURNING repo
 INSERT INTO jobs (build_id, name, status, attempt, exit_code, error, needs, started, finished, backend, handle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id, name
 INSERT INTO lease_pools (name, pool, deleted, updated) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET pool = excluded.pool, deleted = excluded.deleted, updated = excluded.updated
+INSERT INTO lease_state (id, state, saved) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state, saved = excluded.saved
 INSERT INTO logs (job_id, number, time, stream, text) VALUES (?, ?, ?, ?, ?)
 INSERT INTO outbox (item_key, kind, rank, weak, payload, version, delivered, created, updated, owner, lease_until) VALUES (?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?)
 INSERT INTO repos (owner, name, clone_url, default_branch, private, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, name) DO UPDATE SET clone_url = excluded.clone_url, default_branch = excluded.default_branch, private = excluded.private, updated = excluded.updated RETURNING id, created, updated
@@ -56,6 +58,7 @@ SELECT max(number) FROM logs WHERE job_id = ?
 SELECT name, pool, deleted FROM lease_pools ORDER BY name
 SELECT number, time, stream, text FROM logs WHERE job_id = ? AND number >= ? AND number < ? ORDER BY number
 SELECT number, time, stream, text FROM logs WHERE job_id = ? AND number >= ? ORDER BY number
+SELECT state FROM lease_state WHERE id = 1
 SELECT version FROM builds WHERE id = ?
 UPDATE builds SET heartbeat = ? WHERE runner = ? AND status = ? AND (heartbeat IS NULL OR heartbeat < ?) AND id IN (?)
 UPDATE builds SET status = ?, error = ?, started = ?, finished = ?, runner = ?, heartbeat = ?, version = version + 1 WHERE id = ? AND version = ?
