@@ -66,6 +66,19 @@ type Options struct {
 	// nothing arrives from the server for this long and a WebSocket ping
 	// gets no pong, the connection is considered lost.
 	Keepalive time.Duration
+	// Resumable asks for a resumable session (protocol version 2): when
+	// the connection breaks, or the server restarts, the Client
+	// reconnects within the session's grace and gets its leases and its
+	// place in the queue back; only when that fails are its leases lost.
+	// A server that does not know sessions gives today's semantics (see
+	// Session).
+	Resumable bool
+	// Grace is the grace asked for a resumable session; zero takes the
+	// server's default (15s). The server may cut it to its bound.
+	Grace time.Duration
+	// Logf, when not nil, is told of reconnections: a connection lost and
+	// being resumed, a session resumed, a session expired.
+	Logf func(format string, args ...any)
 }
 
 // AcquireOptions tune one Acquire. The zero value (or nil) waits forever
@@ -84,10 +97,21 @@ type AcquireOptions struct {
 // safe for concurrent use; one Client may hold several leases and wait
 // for several acquisitions at once.
 type Client struct {
-	conn      *websocket.Conn
+	conn      *websocket.Conn // the current connection (under mu once running)
 	url       string
+	opts      Options
 	hello     Message
 	keepalive time.Duration
+
+	// The resumable session, when the server gave one (immutable after
+	// Dial but for grace).
+	session, secret string
+	grace           time.Duration
+	durable         bool // the server keeps lease state across its restart
+	// wmu orders writes with a resume's reconciliation: a message is
+	// either written before the new connection is installed (and then
+	// reconciled) or after, on it.
+	wmu sync.Mutex
 
 	// ctx lives as long as the connection; background sends use it.
 	ctx    context.Context
@@ -108,6 +132,7 @@ type Client struct {
 }
 
 type pendingAcquire struct {
+	msg       *Message // the acquire, sent again after a resume if the server never got it
 	queued    func(int)
 	result    chan acquireResult // buffered 1
 	abandoned bool               // the caller gave up: release a late grant
@@ -168,58 +193,15 @@ func Dial(ctx context.Context, serverURL string, opts *Options) (*Client, error)
 	}
 	// The server's pings prove it alive; the watchdog reads lastSeen.
 	var lastSeen atomic.Int64
-	conn, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{
-		HTTPClient: opts.HTTPClient,
-		HTTPHeader: opts.Header,
-		OnPingReceived: func(context.Context, []byte) bool {
-			lastSeen.Store(time.Now().UnixNano())
-			return true
-		},
-	})
+	conn, hello, err := dialOnce(ctx, serverURL, wsURL, opts, &lastSeen)
 	if err != nil {
-		if ctxErr := contextError(ctx); ctxErr != nil {
-			return nil, ctxErr
-		}
-		if resp != nil {
-			return nil, handshakeError(wsURL, resp, err)
-		}
-		// The network error says what went wrong; the layers the
-		// WebSocket library wraps around it do not.
-		var opErr *net.OpError
-		if errors.As(err, &opErr) {
-			err = opErr
-		}
-		return nil, forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("cannot reach the lease server at %s", serverURL))
+		return nil, err
 	}
-	conn.SetReadLimit(readLimit)
-
-	hctx := ctx
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		hctx, cancel = context.WithTimeout(ctx, helloTimeout)
-		defer cancel()
-	}
-	_, data, err := conn.Read(hctx)
-	if err != nil {
-		conn.CloseNow()
-		if ctxErr := contextError(ctx); ctxErr != nil {
-			return nil, ctxErr
-		}
-		return nil, forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("lease server at %s sent no hello", serverURL))
-	}
-	hello, err := Decode(data)
-	if err != nil || hello.Type != TypeHello {
-		conn.Close(websocket.StatusProtocolError, "expected hello")
-		if err == nil {
-			err = fmt.Errorf("first message is %q", hello.Type)
-		}
-		return nil, forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("lease server at %s does not speak the lease protocol", serverURL))
-	}
-
 	c := &Client{
 		lastSeen:  &lastSeen,
 		conn:      conn,
 		url:       wsURL,
+		opts:      *opts,
 		hello:     *hello,
 		keepalive: opts.Keepalive,
 		pending:   make(map[string]*pendingAcquire),
@@ -233,12 +215,120 @@ func Dial(ctx context.Context, serverURL string, opts *Options) (*Client, error)
 	if c.keepalive <= 0 {
 		c.keepalive = DefaultKeepalive
 	}
+	if opts.Resumable && hello.Version >= 2 {
+		if err := c.openSession(ctx); err != nil {
+			conn.CloseNow()
+			return nil, err
+		}
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.lastSeen.Store(time.Now().UnixNano())
 	c.wg.Add(2)
 	go c.read()
 	go c.watch()
 	return c, nil
+}
+
+// dialOnce opens one connection speaking protocol version 2 (a server
+// that knows only version 1 ignores the ask) and reads its hello.
+func dialOnce(ctx context.Context, serverURL, wsURL string, opts *Options, lastSeen *atomic.Int64) (*websocket.Conn, *Message, error) {
+	u := wsURL + "?version=" + strconv.Itoa(ProtocolVersion)
+	conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{
+		HTTPClient: opts.HTTPClient,
+		HTTPHeader: opts.Header,
+		OnPingReceived: func(context.Context, []byte) bool {
+			lastSeen.Store(time.Now().UnixNano())
+			return true
+		},
+	})
+	if err != nil {
+		if ctxErr := contextError(ctx); ctxErr != nil {
+			return nil, nil, ctxErr
+		}
+		if resp != nil {
+			return nil, nil, handshakeError(wsURL, resp, err)
+		}
+		// The network error says what went wrong; the layers the
+		// WebSocket library wraps around it do not.
+		var opErr *net.OpError
+		if errors.As(err, &opErr) {
+			err = opErr
+		}
+		return nil, nil, forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("cannot reach the lease server at %s", serverURL))
+	}
+	conn.SetReadLimit(readLimit)
+	hctx := ctx
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithTimeout(ctx, helloTimeout)
+		defer cancel()
+	}
+	hello, err := readMessage(hctx, conn)
+	if err != nil {
+		conn.CloseNow()
+		if ctxErr := contextError(ctx); ctxErr != nil {
+			return nil, nil, ctxErr
+		}
+		return nil, nil, forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("lease server at %s sent no hello", serverURL))
+	}
+	if hello.Type != TypeHello {
+		conn.Close(websocket.StatusProtocolError, "expected hello")
+		return nil, nil, forge.Errorf(forge.EUNAVAILABLE, "lease server at %s does not speak the lease protocol: first message is %q", serverURL, hello.Type)
+	}
+	return conn, hello, nil
+}
+
+// readMessage reads and decodes one message.
+func readMessage(ctx context.Context, conn *websocket.Conn) (*Message, error) {
+	_, data, err := conn.Read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, err := Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// openSession asks for a resumable session on the new connection.
+func (c *Client) openSession(ctx context.Context) error {
+	m := &Message{Type: TypeSession}
+	if c.opts.Grace > 0 {
+		m.GraceMS = max(1, c.opts.Grace.Milliseconds())
+	}
+	data, _ := json.Marshal(m)
+	hctx, cancel := context.WithTimeout(ctx, helloTimeout)
+	defer cancel()
+	if err := c.conn.Write(hctx, websocket.MessageText, data); err != nil {
+		return forge.WrapError(forge.EUNAVAILABLE, err, "cannot ask the lease server for a session")
+	}
+	a, err := readMessage(hctx, c.conn)
+	switch {
+	case err != nil:
+		return forge.WrapError(forge.EUNAVAILABLE, err, "no answer to the session request")
+	case a.Type == TypeError:
+		return serverError(a)
+	case a.Type != TypeSession || a.Session == "" || a.Secret == "":
+		return forge.Errorf(forge.EUNAVAILABLE, "the lease server answered a session request with %q", a.Type)
+	}
+	c.session, c.secret, c.grace, c.durable = a.Session, a.Secret, time.Duration(a.GraceMS)*time.Millisecond, a.Durable
+	return nil
+}
+
+// Session is the resumable session's id and grace; "" when the Client
+// has none (not asked for, or a server that knows only protocol version
+// 1: then a broken connection loses every lease, as ever).
+func (c *Client) Session() (id string, grace time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.session, c.grace
+}
+
+func (c *Client) logf(format string, args ...any) {
+	if c.opts.Logf != nil {
+		c.opts.Logf(format, args...)
+	}
 }
 
 func handshakeError(wsURL string, resp *http.Response, err error) error {
@@ -301,7 +391,7 @@ func (c *Client) Close() error {
 	c.mu.Unlock()
 	// Close does the closing handshake (bounded by the library) so the
 	// server sees a clean close rather than a reset.
-	c.conn.Close(websocket.StatusNormalClosure, "client closed")
+	c.currentConn().Close(websocket.StatusNormalClosure, "client closed")
 	c.shutdown(forge.Errorf(forge.ECANCELED, "lease client closed"))
 	c.wg.Wait()
 	return nil
@@ -368,17 +458,22 @@ func (c *Client) Acquire(ctx context.Context, holder string, reqs []Request, opt
 		m.MaxWaitMS = max(1, opts.MaxWait.Milliseconds())
 	}
 	m.ID = "r" + strconv.FormatUint(c.nextID.Add(1), 10)
-	p := &pendingAcquire{queued: opts.Queued, result: make(chan acquireResult, 1)}
+	p := &pendingAcquire{msg: m, queued: opts.Queued, result: make(chan acquireResult, 1)}
+	// Registered and written under wmu: a resume either sees it pending
+	// and reconciles it, or it goes out on the new connection.
+	c.wmu.Lock()
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
+		c.wmu.Unlock()
 		return nil, err
 	}
 	c.pending[m.ID] = p
 	c.mu.Unlock()
-
-	if err := c.send(m); err != nil {
+	err := c.sendLocked(m)
+	c.wmu.Unlock()
+	if err != nil {
 		c.mu.Lock()
 		delete(c.pending, m.ID)
 		c.mu.Unlock()
@@ -449,18 +544,46 @@ func DefaultHolder(what string) string {
 // WebSocket library closes the connection when a write's context ends, and
 // one caller giving up must not cost every lease of the Client. A write
 // that takes longer than the keepalive bound means the connection is dead.
+//
+// With a resumable session a failed write is no error: the connection is
+// closed, the reader resumes the session, and what the write was about
+// is reconciled from the server's state (an acquire or release sent
+// again if the server never got it).
 func (c *Client) send(m *Message) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.sendLocked(m)
+}
+
+func (c *Client) sendLocked(m *Message) error {
 	data, err := json.Marshal(m)
 	if err != nil {
 		return forge.WrapError(forge.EINTERNAL, err, "cannot encode a lease message")
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, c.keepalive)
 	defer cancel()
-	if err := c.conn.Write(ctx, websocket.MessageText, data); err != nil {
+	conn := c.currentConn()
+	if err := conn.Write(ctx, websocket.MessageText, data); err != nil {
+		if c.resumable() && c.ctx.Err() == nil {
+			conn.CloseNow() // the reader notices and resumes
+			return nil
+		}
 		c.shutdown(forge.WrapError(forge.EUNAVAILABLE, err, "connection to the lease server lost"))
 		return c.Err()
 	}
 	return nil
+}
+
+func (c *Client) currentConn() *websocket.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn
+}
+
+func (c *Client) resumable() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.session != "" && !c.closing
 }
 
 // background sends m from a goroutine the Client owns, so the reader never
@@ -482,10 +605,18 @@ func (c *Client) background(m *Message) {
 // the Client when the connection ends.
 func (c *Client) read() {
 	defer c.wg.Done()
+	conn := c.currentConn()
 	for {
-		_, data, err := c.conn.Read(c.ctx)
+		_, data, err := conn.Read(c.ctx)
 		if err != nil {
-			c.shutdown(connectionError(err))
+			err = connectionError(err)
+			if c.resumable() && c.ctx.Err() == nil {
+				conn.CloseNow()
+				if conn, err = c.resume(err); err == nil {
+					continue
+				}
+			}
+			c.shutdown(err)
 			return
 		}
 		c.lastSeen.Store(time.Now().UnixNano())
@@ -530,15 +661,23 @@ func (c *Client) watch() {
 		if silent < c.keepalive/2 {
 			continue
 		}
+		conn := c.currentConn()
 		ctx, cancel := context.WithTimeout(c.ctx, c.keepalive-silent+c.keepalive/2)
-		err := c.conn.Ping(ctx)
+		err := conn.Ping(ctx)
 		cancel()
 		if c.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
+			if c.resumable() {
+				// The reader sees the end and resumes the session; the
+				// next round watches the new connection.
+				conn.CloseNow()
+				c.lastSeen.Store(time.Now().UnixNano())
+				continue
+			}
 			c.shutdown(forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("the lease server did not answer for %s", c.keepalive)))
-			c.conn.CloseNow()
+			conn.CloseNow()
 			return
 		}
 		c.lastSeen.Store(time.Now().UnixNano())
@@ -570,6 +709,14 @@ func (c *Client) dispatch(m *Message, raw []byte) {
 	case TypeError:
 		err := serverError(m)
 		c.mu.Lock()
+		if m.Session != "" && m.Session == c.session && m.Code == CodeExpired {
+			// The server ends the session (a shutdown without kept
+			// state): the connection's end loses the leases, no resume.
+			c.session = ""
+			c.mu.Unlock()
+			c.logf("lease session %s ended by the server: %s", m.Session, m.Message)
+			return
+		}
 		if p := c.pending[m.ID]; m.ID != "" && p != nil {
 			delete(c.pending, m.ID)
 			p.result <- acquireResult{err: err}
@@ -639,7 +786,9 @@ func (p *pendingAcquire) abandonedNow(c *Client) bool {
 func serverError(m *Message) error {
 	code := m.Code
 	switch code {
-	case CodeInvalid, CodeNotFound, CodeTimeout, CodeTooLarge, CodeConflict, CodeUnavailable:
+	case CodeInvalid, CodeNotFound, CodeTimeout, CodeTooLarge, CodeConflict, CodeUnavailable, CodeUnauthorized:
+	case CodeExpired:
+		code = forge.ENOTFOUND
 	default:
 		code = forge.EINTERNAL
 	}
@@ -663,9 +812,10 @@ func (c *Client) shutdown(err error) {
 		for _, p := range pending {
 			p.result <- acquireResult{err: err}
 		}
+		conn := c.conn
 		c.mu.Unlock()
 		c.cancel()
-		c.conn.CloseNow()
+		conn.CloseNow()
 		for _, l := range leases {
 			if lost {
 				l.end(err, true)

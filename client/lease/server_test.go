@@ -27,9 +27,11 @@ type testServer struct {
 	m   *lease.Memory
 	hs  *httptest.Server
 
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
+	ln     net.Listener
+	mu     sync.Mutex
+	conns  []net.Conn
+	fronts []net.Conn
+	hold   bool // cutClients: the server's side stays open
 }
 
 func newTestServer(t testing.TB, pools ...*forge.Pool) *testServer {
@@ -88,9 +90,19 @@ func newTestServerOptions(t testing.TB, opts leasehttp.Options, pools ...*forge.
 			}
 			ts.mu.Lock()
 			ts.conns = append(ts.conns, front, back)
+			ts.fronts = append(ts.fronts, front)
 			ts.mu.Unlock()
 			wg.Add(2)
-			go func() { defer wg.Done(); io.Copy(back, front); back.Close() }()
+			go func() {
+				defer wg.Done()
+				io.Copy(back, front)
+				ts.mu.Lock()
+				hold := ts.hold
+				ts.mu.Unlock()
+				if !hold {
+					back.Close()
+				}
+			}()
 			go func() { defer wg.Done(); io.Copy(front, back); front.Close() }()
 		}
 	}()
@@ -129,6 +141,18 @@ func (s *testServer) kill() {
 		c.Close()
 	}
 	s.conns = nil
+}
+
+// cutClients breaks every connection on the clients' side only: the
+// server sees nothing (a network that failed where the client is).
+func (s *testServer) cutClients() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold = true
+	for _, c := range s.fronts {
+		c.Close()
+	}
+	s.fronts = nil
 }
 
 func dutPool() *forge.Pool {

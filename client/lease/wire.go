@@ -17,8 +17,13 @@ import (
 const Path = "/api/v1/leases/ws"
 
 // ProtocolVersion is the version of the wire protocol in this file; the
-// server announces its own in its hello message.
-const ProtocolVersion = 1
+// server announces its own in its hello message. Version 2 added
+// resumable sessions (session, resume, resumed, reconnect); a client that
+// sends none of them gets version 1's semantics unchanged.
+const ProtocolVersion = 2
+
+// MaxSecretLength bounds a session id and a session secret.
+const MaxSecretLength = 128
 
 // Limits of the protocol, checked by Validate.
 const (
@@ -40,6 +45,12 @@ const (
 	TypeRelease = "release"
 	TypeCancel  = "cancel"
 	TypePing    = "ping"
+	// TypeSession asks for a resumable session (client, before any
+	// acquire) and answers with its id and secret (server).
+	TypeSession = "session"
+	// TypeResume reattaches a session on a new connection (client,
+	// first message).
+	TypeResume = "resume"
 
 	// Server to client.
 	TypeHello    = "hello"
@@ -50,6 +61,11 @@ const (
 	TypeRevoked  = "revoked"
 	TypePong     = "pong"
 	TypeError    = "error"
+	// TypeResumed answers a resume with the session's state.
+	TypeResumed = "resumed"
+	// TypeReconnect tells a session's client that the server restarts:
+	// resume on a new connection.
+	TypeReconnect = "reconnect"
 )
 
 // Error codes of error messages. They are spelled like forge's own error
@@ -61,6 +77,11 @@ const (
 	CodeTooLarge    = "too_large"
 	CodeConflict    = "conflict"
 	CodeUnavailable = "unavailable"
+	// CodeExpired answers a resume of a session whose grace ended (or that
+	// the server never had): its leases are lost.
+	CodeExpired = "expired"
+	// CodeUnauthorized answers a resume with the wrong secret.
+	CodeUnauthorized = "unauthorized"
 )
 
 // Message is one frame of the protocol in either direction. It is a flat
@@ -99,9 +120,31 @@ type Message struct {
 	// Reason says why a lease was revoked (revoked).
 	Reason string `json:"reason,omitempty"`
 
-	// Code and Message describe an error (error).
+	// Code and Message describe an error (error, and the reason of
+	// reconnect).
 	Code    string `json:"code,omitempty"`
 	Message string `json:"message,omitempty"`
+
+	// Session and Secret identify a resumable session (session, resume,
+	// resumed; an error answering resume); GraceMS is its grace (session,
+	// resumed).
+	Session string `json:"session,omitempty"`
+	Secret  string `json:"secret,omitempty"`
+	GraceMS int64  `json:"grace_ms,omitempty"`
+	// Durable says the server keeps lease state across its own restart
+	// (session): without it, a server that is gone took the session
+	// with it.
+	Durable bool `json:"durable,omitempty"`
+	// Leases are the session's leases, as granted messages, and Queued its
+	// requests still waiting (resumed).
+	Leases []*Message `json:"leases,omitempty"`
+	Queued []Queued   `json:"queued,omitempty"`
+}
+
+// Queued is a request still waiting in the queue (resumed).
+type Queued struct {
+	ID       string `json:"id"`
+	Position int    `json:"position"`
 }
 
 // Request asks for Count resources of Pool whose labels include every one
@@ -262,6 +305,30 @@ func (m *Message) Validate() error {
 				}
 			}
 		}
+	case TypeSession:
+		if m.GraceMS < 0 || m.GraceMS > MaxWaitMS {
+			return invalid("session: grace_ms %d must be between 0 and a year", m.GraceMS)
+		}
+		if len(m.Session) > MaxSecretLength || len(m.Secret) > MaxSecretLength {
+			return invalid("session: session or secret longer than %d bytes", MaxSecretLength)
+		}
+	case TypeResume:
+		if m.Session == "" || m.Secret == "" {
+			return invalid(`resume without "session" and "secret"`)
+		}
+		if len(m.Session) > MaxSecretLength || len(m.Secret) > MaxSecretLength {
+			return invalid("resume: session or secret longer than %d bytes", MaxSecretLength)
+		}
+	case TypeResumed:
+		if m.Session == "" {
+			return invalid(`resumed without "session"`)
+		}
+		for _, g := range m.Leases {
+			if g == nil || g.Lease == "" {
+				return invalid("resumed %q: a lease without an id", m.Session)
+			}
+		}
+	case TypeReconnect:
 	case TypeError:
 		if m.Code == "" {
 			return invalid(`error message without "code"`)
@@ -271,7 +338,7 @@ func (m *Message) Validate() error {
 			return invalid(`hello without a "version"`)
 		}
 	default:
-		return invalid("unknown message type %q (a client sends acquire, release, cancel or ping)", m.Type)
+		return invalid("unknown message type %q (a client sends acquire, release, cancel, ping, session or resume)", m.Type)
 	}
 	return nil
 }

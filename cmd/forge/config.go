@@ -82,9 +82,12 @@ type serverConfig struct {
 	Secrets map[string]map[string]string `yaml:"secrets"`
 	Pools   map[string]lease.PoolConfig  `yaml:"pools"`
 	Lease   struct {
-		Keepalive     Duration `yaml:"keepalive"`
-		FillMaxPasses int      `yaml:"fill_max_passes"`
-		FillMaxWait   Duration `yaml:"fill_max_wait"`
+		Keepalive      Duration `yaml:"keepalive"`
+		FillMaxPasses  int      `yaml:"fill_max_passes"`
+		FillMaxWait    Duration `yaml:"fill_max_wait"`
+		Grace          Duration `yaml:"grace"`
+		MaxGrace       Duration `yaml:"max_grace"`
+		PoolPrecedence string   `yaml:"pool_precedence"`
 	} `yaml:"lease"`
 	// SSH is the admin API over SSH: see ssh.go.
 	SSH sshConfig `yaml:"ssh"`
@@ -132,6 +135,9 @@ func defaultServerConfig() serverConfig {
 	c.Lease.Keepalive = Duration(lease.DefaultKeepalive)
 	c.Lease.FillMaxPasses = lease.DefaultFillMaxPasses
 	c.Lease.FillMaxWait = Duration(lease.DefaultFillMaxWait)
+	c.Lease.Grace = Duration(lease.DefaultGrace)
+	c.Lease.MaxGrace = Duration(lease.DefaultMaxGrace)
+	c.Lease.PoolPrecedence = lease.PrecedenceStore
 	c.SSH = defaultSSHConfig()
 	return c
 }
@@ -322,10 +328,13 @@ func (c *serverConfig) gitOrigin() (string, error) {
 // leaseConfig is the lease server's part of c.
 func (c *serverConfig) leaseConfig() *lease.Config {
 	return &lease.Config{
-		Pools:         c.Pools,
-		Keepalive:     time.Duration(c.Lease.Keepalive),
-		FillMaxPasses: c.Lease.FillMaxPasses,
-		FillMaxWait:   time.Duration(c.Lease.FillMaxWait),
+		Pools:          c.Pools,
+		Keepalive:      time.Duration(c.Lease.Keepalive),
+		FillMaxPasses:  c.Lease.FillMaxPasses,
+		FillMaxWait:    time.Duration(c.Lease.FillMaxWait),
+		Grace:          time.Duration(c.Lease.Grace),
+		MaxGrace:       time.Duration(c.Lease.MaxGrace),
+		PoolPrecedence: c.Lease.PoolPrecedence,
 	}
 }
 

@@ -49,6 +49,7 @@ type leaseOptions struct {
 	holder    string
 	killGrace time.Duration
 	quiet     bool
+	resume    time.Duration // the session grace asked for; 0: the server's
 }
 
 func newLeaseCmd() *cobra.Command {
@@ -66,12 +67,16 @@ resources in its environment, and gives them back when CMD exits:
   FORGE_LEASE_JSON    the server's whole "granted" message, with each
                       resource's attributes (host, serial, ...) and labels
 
-The lease lives as long as forge lease's connection to the server: if forge
+The lease lives as long as forge lease's session with the server: if forge
 lease dies, however it dies, the server takes the resources back at once.
-If the connection is lost while CMD runs (server restart, network silent
-for the keepalive bound, operator revoked the lease), the resources may
-already belong to someone else: CMD gets SIGTERM, SIGKILL after
---kill-grace, and forge lease exits 75.
+If the connection breaks (a network cut, a server restart), forge lease
+reconnects and resumes its session within the session's grace (the
+server's lease.grace, or --resume-grace), keeping its resources, and says so
+on stderr. If that fails, or an operator revoked the lease, the resources
+may already belong to someone else: CMD gets SIGTERM, SIGKILL after
+--kill-grace, and forge lease exits 75. A server that does not know
+sessions (protocol version 1) gives no grace: a broken connection loses
+the lease.
 
 While waiting, the queue position is shown on stderr ("waiting for dut:
 position 2"). SIGINT, SIGTERM and SIGHUP are passed on to CMD, which runs in
@@ -138,6 +143,7 @@ Exit status:
 	f.StringVar(&o.holder, "holder", "", "who holds the lease, as operators see it (default: user@host CMD)")
 	f.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "after a lost lease, how long CMD has between SIGTERM and SIGKILL")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing of forge lease's own but errors")
+	f.DurationVar(&o.resume, "resume-grace", 0, "how long the server keeps the lease for forge lease to reconnect after its connection breaks (default: the server's lease.grace; the server may cut it)")
 	return cmd
 }
 
@@ -197,8 +203,8 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 	if err != nil {
 		return err
 	}
-	if o.wait < 0 || o.killGrace < 0 {
-		return usageError{errors.New("--wait and --kill-grace must not be negative")}
+	if o.wait < 0 || o.killGrace < 0 || o.resume < 0 {
+		return usageError{errors.New("--wait, --kill-grace and --resume-grace must not be negative")}
 	}
 	server := leaseServerAddress(o.server)
 	if _, err := lease.WebSocketURL(server); err != nil {
@@ -219,7 +225,10 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 		}
 	}
 
-	c, err := lease.Dial(ctx, server, leaseClientOptions(leaseToken(o.token)))
+	copts := leaseClientOptions(leaseToken(o.token))
+	copts.Resumable, copts.Grace = true, o.resume
+	copts.Logf = func(format string, args ...any) { say(format, args...) }
+	c, err := lease.Dial(ctx, server, copts)
 	if err != nil {
 		return leaseError(err, server)
 	}
@@ -325,7 +334,7 @@ func leaseToken(flag string) string {
 // leaseClientOptions sends token, if any, with the WebSocket handshake.
 func leaseClientOptions(token string) *lease.Options {
 	if token == "" {
-		return nil
+		return &lease.Options{}
 	}
 	return &lease.Options{Header: http.Header{"Authorization": {"Bearer " + token}}}
 }

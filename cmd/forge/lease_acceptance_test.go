@@ -134,8 +134,9 @@ func TestLeaseAcceptanceWithForgeServer(t *testing.T) {
 	}
 	leaseWaitFor(t, 5*time.Second, "every lease to end", func() bool { l, _ := srv.pool(t, "dut"); return len(l) == 0 })
 
-	// The server dies under a running CMD: CMD is stopped, status 75.
-	running := startLeaseForge(t, env, "lease", "dut", "--kill-grace", "2s", "--", "sh", "-c",
+	// The server dies under a running CMD: CMD is stopped, status 75, once
+	// the session's grace (2s here) passed without the server coming back.
+	running := startLeaseForge(t, env, "lease", "dut", "--kill-grace", "2s", "--resume-grace", "2s", "--", "sh", "-c",
 		`trap 'echo stopped; exit 0' TERM; touch "$DIR/running"; while :; do sleep 0.02; done`)
 	leaseWaitFor(t, 10*time.Second, "CMD to run", exists("running"))
 	srv.proc.cmd.Process.Signal(syscall.SIGKILL)

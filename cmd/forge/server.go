@@ -205,17 +205,33 @@ func (m *serverMain) Run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector())
 
-	// Leases: pools from the configuration, served in-process.
+	// Leases: pools from the configuration and the store (pools as
+	// data), served in-process; pool edits are kept in the store.
 	lc := c.leaseConfig()
 	pools, err := lc.BuildPools()
 	if err != nil {
 		return forge.Errorf(forge.EINVALID, "config: %v", err)
 	}
+	if pools, err = lease.SeedPools(ctx, db, pools, lc.PoolPrecedence); err != nil {
+		return err
+	}
 	leases, err := lease.NewMemory(pools, lc.ManagerOptions())
 	if err != nil {
 		return err
 	}
-	leaseSrv := leasehttp.NewServer(leases, leasehttp.Options{
+	// The sessions a gracefully stopped server left: resumable by their
+	// clients within their grace, from now.
+	if state, err := db.TakeLeaseState(ctx); err != nil {
+		return err
+	} else if state != nil {
+		sessions, held, err := leases.Restore(ctx, state)
+		if err != nil {
+			log.Warn("lease sessions of the last run not restored", "err", err)
+		}
+		log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
+	}
+	leaseSrv := leasehttp.NewServer(lease.NewStoredPools(leases, db), leasehttp.Options{
+		Durable:    true, // sessions are kept in the store at a graceful stop
 		Keepalive:  lc.KeepaliveOrDefault(),
 		Registry:   reg,
 		Logger:     log.With("component", "lease"),
@@ -277,7 +293,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	backend, err := newBackend(c.Backend, backendConfig{
 		TempDir: tmp, KillGrace: time.Duration(c.Builds.KillGrace), Docker: c.Docker, Logger: log, Guard: jobGuard,
 		Swarm: c.Swarm,
-		Warn: func(msg string) { log.Warn("local backend: " + msg) },
+		Warn:  func(msg string) { log.Warn("local backend: " + msg) },
 	})
 	if err != nil {
 		return err
@@ -409,6 +425,13 @@ func (m *serverMain) Run(ctx context.Context) error {
 		defer cancel()
 		err := srv.Shutdown(sctx)
 		_ = leaseSrv.Shutdown(sctx)
+		// Session clients were told to reconnect: leave their sessions
+		// for the next run.
+		if state, serr := leases.Snapshot(sctx); serr != nil {
+			log.Error("lease sessions not kept for the next run", "err", serr)
+		} else if serr := db.SaveLeaseState(context.WithoutCancel(sctx), state); serr != nil {
+			log.Error("lease sessions not kept for the next run", "err", serr)
+		}
 		return err
 	})
 	g.Go(func() error { return proc.Run(gctx) })

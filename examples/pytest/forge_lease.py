@@ -3,11 +3,13 @@
 The plugin opens forge's lease WebSocket (docs/leases.md) when the session
 starts, waits in the queue for the resources, exposes them to the tests as
 the ``forge_resources`` fixture, and gives them back when the session ends.
-The lease lives as long as the connection: if pytest dies, however it dies,
-the server takes the resources back. If the lease is lost while the tests
-run (server restart, network silent, operator revoked it), the session is
-interrupted at once and pytest exits with status 75, because the resources
-may already belong to someone else.
+The lease lives as long as the plugin's session with the server: if pytest
+dies, however it dies, the server takes the resources back. A broken
+connection (network cut, server restart) is resumed within the session's
+grace, keeping the lease (protocol version 2; a line on stderr says so).
+If the lease is lost (the grace passed, an operator revoked it), the
+session is interrupted at once and pytest exits with status 75, because
+the resources may already belong to someone else.
 
 Configuration (command-line options win over environment variables):
 
@@ -94,13 +96,15 @@ class Lease:
     the background thread) when the lease ends other than by release().
     """
 
-    def __init__(self, server, requests, holder, wait=None, on_queued=None, on_lost=None):
+    def __init__(self, server, requests, holder, wait=None, on_queued=None, on_lost=None, on_note=None):
         self.url = websocket_url(server)
         self.requests = requests
         self.holder = holder
         self.wait = wait
         self.on_queued = on_queued
         self.on_lost = on_lost
+        self.on_note = on_note  # told of reconnections
+        self.session = None  # the session message: id, secret, grace
         self.granted = None  # the granted message
         self.lost = threading.Event()
         self.lost_reason = None
@@ -156,6 +160,16 @@ class Lease:
         finally:
             self._loop.close()
 
+    async def _connect(self, websockets):
+        """Open a connection speaking protocol version 2 and read its hello."""
+        ws = await websockets.connect(self.url + "?version=2", max_size=16 << 20, compression=None,
+                                      ping_interval=5, ping_timeout=10, open_timeout=10)
+        hello = json.loads(await ws.recv())
+        if hello.get("type") != "hello":
+            await ws.close()
+            raise LeaseError("unavailable", f"{self.url} does not speak the lease protocol")
+        return ws, hello
+
     async def _main(self):
         try:
             import websockets  # imported here so that --help works without it
@@ -164,48 +178,135 @@ class Lease:
                                   "(Debian: apt-get install python3-websockets; else pip install websockets)"))
             return
         try:
-            ws = await websockets.connect(self.url, max_size=16 << 20, compression=None,
-                                          ping_interval=5, ping_timeout=10, open_timeout=10)
+            ws, hello = await self._connect(websockets)
+        except LeaseError as e:
+            self._fail(e)
+            return
         except Exception as e:  # refused, DNS, HTTP 404, ...
             self._fail(LeaseError("unavailable", f"cannot reach the lease server at {self.url}: {e}"))
             return
         self._ws = ws
         try:
-            hello = json.loads(await ws.recv())
-            if hello.get("type") != "hello":
-                raise LeaseError("unavailable", f"{self.url} does not speak the lease protocol")
-            msg = {"type": "acquire", "id": "r1", "holder": self.holder, "requests": self.requests}
-            if self.wait:
-                msg["max_wait_ms"] = max(1, int(self.wait * 1000))
-            await ws.send(json.dumps(msg))
-            async for raw in ws:
-                m = json.loads(raw)
-                kind = m.get("type")
-                if kind == "queued" and m.get("id") == "r1":
-                    if self.on_queued:
-                        self.on_queued(m.get("position"))
-                elif kind == "granted" and m.get("id") == "r1":
-                    self.granted = m
-                    self._ready.set()
-                elif kind == "error" and m.get("id") == "r1" and self.granted is None:
-                    raise LeaseError(m.get("code", "internal"), m.get("message") or m.get("code"))
-                elif kind == "revoked" and m.get("lease") == self.lease_id:
-                    self._lose(f"revoked by the server: {m.get('reason') or 'no reason given'}")
+            if hello.get("version", 1) >= 2:
+                # A resumable session: a broken connection is resumed
+                # within its grace, keeping the lease and the queue place.
+                await ws.send(json.dumps({"type": "session"}))
+                m = json.loads(await ws.recv())
+                if m.get("type") == "session":
+                    self.session = m
+            await ws.send(json.dumps(self._acquire_msg()))
+            while True:
+                try:
+                    done = await self._serve(ws)
+                except LeaseError:
+                    raise
+                except Exception as e:  # connection closed or broken
+                    done, cause = False, e
+                else:
+                    cause = ConnectionError(f"the lease server closed the connection ({ws.close_code})")
+                if done or self._releasing:
                     return
-                elif kind == "released" and m.get("lease") == self.lease_id:
-                    if self._released:
-                        self._released.set()
-                    return
-            raise ConnectionError(f"the lease server closed the connection ({ws.close_code})")
+                if self.session is None:
+                    raise cause
+                ws = await self._resume(websockets, cause)
+                self._ws = ws
         except LeaseError as e:
-            self._fail(e)
+            if self.granted is None:
+                self._fail(e)
+            else:
+                self._lose(str(e))
         except Exception as e:  # connection closed or broken
             if self.granted is None:
                 self._fail(LeaseError("unavailable", f"connection to the lease server lost: {e}"))
             elif not self._releasing:
                 self._lose(f"connection to the lease server lost: {e}")
         finally:
-            await ws.close()
+            await self._ws.close()
+
+    def _acquire_msg(self):
+        msg = {"type": "acquire", "id": "r1", "holder": self.holder, "requests": self.requests}
+        if self.wait:
+            msg["max_wait_ms"] = max(1, int(self.wait * 1000))
+        return msg
+
+    async def _serve(self, ws):
+        """Handle messages until the lease ends (True) or the connection does (False)."""
+        async for raw in ws:
+            m = json.loads(raw)
+            kind = m.get("type")
+            if kind == "queued" and m.get("id") == "r1":
+                if self.on_queued:
+                    self.on_queued(m.get("position"))
+            elif kind == "granted" and m.get("id") == "r1":
+                self.granted = m
+                self._ready.set()
+            elif kind == "error" and m.get("id") == "r1" and self.granted is None:
+                raise LeaseError(m.get("code", "internal"), m.get("message") or m.get("code"))
+            elif kind == "error" and m.get("session") and m.get("code") == "expired":
+                self.session = None  # the server ends the session: nothing to resume
+            elif kind == "revoked" and m.get("lease") == self.lease_id:
+                self._lose(f"revoked by the server: {m.get('reason') or 'no reason given'}")
+                return True
+            elif kind == "released" and m.get("lease") == self.lease_id:
+                if self._released:
+                    self._released.set()
+                return True
+        return False
+
+    async def _resume(self, websockets, cause):
+        """Reconnect and resume the session within its grace, or raise."""
+        grace = self.session.get("grace_ms", 15000) / 1000
+        deadline = asyncio.get_running_loop().time() + grace
+        if self.on_note:
+            self.on_note(f"connection lost ({cause}): resuming session {self.session['session']} within {grace:g}s")
+        delay, last = 0.05, cause
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                ws, hello = await self._connect(websockets)
+            except ConnectionRefusedError as e:
+                if not self.session.get("durable"):
+                    # Nothing listens where the server was, and it kept no
+                    # lease state: the session went with it.
+                    raise LeaseError("unavailable", f"the lease server is gone ({e}) and kept no lease state: "
+                                     "the lease is lost")
+                last = e
+                await asyncio.sleep(min(delay, max(0, deadline - asyncio.get_running_loop().time())))
+                delay = min(2 * delay, 1.0)
+                continue
+            except Exception as e:
+                last = e
+                await asyncio.sleep(min(delay, max(0, deadline - asyncio.get_running_loop().time())))
+                delay = min(2 * delay, 1.0)
+                continue
+            await ws.send(json.dumps({"type": "resume", "session": self.session["session"],
+                                      "secret": self.session["secret"]}))
+            async for raw in ws:
+                m = json.loads(raw)
+                if m.get("type") == "error" and m.get("session"):
+                    await ws.close()
+                    raise LeaseError(m.get("code", "expired"),
+                                     f"session expired: the server released the lease ({m.get('message')})")
+                if m.get("type") == "revoked" and m.get("lease") == self.lease_id:
+                    await ws.close()
+                    raise LeaseError("conflict", f"revoked by the server: {m.get('reason') or 'no reason given'}")
+                if m.get("type") != "resumed":
+                    continue
+                leases = {g.get("id"): g for g in m.get("leases") or []}
+                queued = {q.get("id") for q in m.get("queued") or []}
+                if self.granted is not None and self.lease_id not in {g.get("lease") for g in leases.values()}:
+                    await ws.close()
+                    raise LeaseError("conflict", "the server no longer has the lease")
+                if self.granted is None and "r1" in leases:
+                    self.granted = leases["r1"]
+                    self._ready.set()
+                elif self.granted is None and "r1" not in queued:
+                    await ws.send(json.dumps(self._acquire_msg()))  # it never got there
+                if self.on_note:
+                    self.on_note(f"session {self.session['session']} resumed: lease kept")
+                return ws
+            last = ConnectionError("connection closed during resume")
+        raise LeaseError("unavailable", f"could not resume the session within its grace of {grace:g}s ({last}): "
+                         "the lease is lost")
 
     async def _release(self):
         if self._ws is None or self.granted is None or self.lost.is_set():
@@ -312,8 +413,12 @@ def pytest_sessionstart(session):
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGINT)  # interrupts the running test, even a sleeping one
 
+    def note(text):
+        sys.stderr.write(f"\nforge lease: {text}\n")
+        sys.stderr.flush()
+
     lease = Lease(server, requests, holder, wait=wait,
-                  on_queued=lambda pos: say(f"waiting for {names}: position {pos}"), on_lost=lost)
+                  on_queued=lambda pos: say(f"waiting for {names}: position {pos}"), on_lost=lost, on_note=note)
     try:
         st.granted = lease.acquire()
     except LeaseError as e:

@@ -63,6 +63,16 @@ type Config struct {
 	// FillMaxWait is for how long (since it was first passed over) a
 	// waiter in an "order: fill" pool may be passed over; default 30s.
 	FillMaxWait time.Duration `yaml:"fill_max_wait" json:"fill_max_wait"`
+	// Grace is how long a resumable session's leases wait for its client
+	// to reconnect when the client asks for no grace of its own; default
+	// 15s. MaxGrace bounds what a client may ask for; default 5m.
+	Grace    time.Duration `yaml:"grace" json:"grace"`
+	MaxGrace time.Duration `yaml:"max_grace" json:"max_grace"`
+	// PoolPrecedence says which wins when the file and the store both
+	// define a pool: "store" (the default: edits made through the API
+	// survive restarts) or "config" (the file's pools are reset to it at
+	// every start). See SeedPools.
+	PoolPrecedence string `yaml:"pool_precedence" json:"pool_precedence"`
 }
 
 // PoolConfig declares one pool: listed resources, a generated range, or
@@ -260,6 +270,19 @@ func (c *Config) Validate() error {
 	if c.FillMaxPasses < 0 {
 		problems = append(problems, fmt.Sprintf("fill_max_passes %d is negative", c.FillMaxPasses))
 	}
+	if c.Grace < 0 || c.MaxGrace < 0 {
+		problems = append(problems, fmt.Sprintf("grace %s and max_grace %s must not be negative", c.Grace, c.MaxGrace))
+	}
+	if c.PoolPrecedence != "" && c.PoolPrecedence != PrecedenceStore && c.PoolPrecedence != PrecedenceConfig {
+		problems = append(problems, fmt.Sprintf("pool_precedence %q: want %q or %q", c.PoolPrecedence, PrecedenceStore, PrecedenceConfig))
+	}
+	maxGrace := c.MaxGrace
+	if maxGrace == 0 {
+		maxGrace = DefaultMaxGrace
+	}
+	if c.Grace > maxGrace {
+		problems = append(problems, fmt.Sprintf("grace %s is more than max_grace %s", c.Grace, maxGrace))
+	}
 	if c.FillMaxWait < 0 {
 		problems = append(problems, fmt.Sprintf("fill_max_wait %s is negative", c.FillMaxWait))
 	}
@@ -292,7 +315,7 @@ func (c *Config) BuildPools() ([]*forge.Pool, error) {
 
 // ManagerOptions returns the Memory options the configuration asks for.
 func (c *Config) ManagerOptions() MemoryOptions {
-	return MemoryOptions{FillMaxPasses: c.FillMaxPasses, FillMaxWait: c.FillMaxWait}
+	return MemoryOptions{FillMaxPasses: c.FillMaxPasses, FillMaxWait: c.FillMaxWait, Grace: c.Grace, MaxGrace: c.MaxGrace}
 }
 
 // KeepaliveOrDefault returns Keepalive, or DefaultKeepalive when unset.

@@ -38,6 +38,7 @@ import (
 //     calling Request.Notify; see Event.
 type Manager interface {
 	Queue
+	Sessions
 	Admin
 }
 
@@ -134,6 +135,11 @@ const (
 	EventReleased
 	// EventCanceled: Cancel of the request succeeded.
 	EventCanceled
+	// EventResumed: the session was resumed; Resumed is its state.
+	EventResumed
+	// EventMoved: the session was resumed on another connection; this
+	// connection gets nothing more.
+	EventMoved
 )
 
 // Event is one notification to a request's owner.
@@ -146,6 +152,8 @@ type Event struct {
 	Lease  *Grant
 	Err    error
 	Reason string
+	// Resumed is set for EventResumed.
+	Resumed *Resumed
 }
 
 // Grant describes a lease: who, since when, and which resources.
@@ -236,6 +244,9 @@ type LeaseState struct {
 	Request    string              `json:"request"`
 	Granted    time.Time           `json:"granted"`
 	Resources  map[string][]string `json:"resources"`
+	// DetachedUntil is set while the holder's session is disconnected:
+	// the lease is kept for it until then.
+	DetachedUntil *time.Time `json:"detached_until,omitempty"`
 }
 
 // Release reasons, in history and metrics.
@@ -243,6 +254,7 @@ const (
 	ReasonReleased     = "released"     // the holder released it
 	ReasonDisconnected = "disconnected" // the holder's connection ended
 	ReasonRevoked      = "revoked"      // an operator force-released it
+	// ReasonExpired (session.go): the session's grace ended.
 )
 
 // HistoryEntry is one grant or release.

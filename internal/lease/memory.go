@@ -29,6 +29,10 @@ type MemoryOptions struct {
 	MaxQueuedPerOwner int
 	// MaxWants bounds the resource requests of one acquire (default 32).
 	MaxWants int
+	// Grace is a session's grace when its client asks for none (default
+	// 15s); MaxGrace bounds what a client may ask for (default 5m).
+	Grace    time.Duration
+	MaxGrace time.Duration
 }
 
 // Memory is the in-process Manager: all state in memory behind one mutex.
@@ -48,6 +52,7 @@ type Memory struct {
 	posTimer   *time.Timer
 	history    []*HistoryEntry
 	histNext   int
+	attachSeq  uint64
 }
 
 var _ Manager = (*Memory)(nil)
@@ -101,9 +106,10 @@ type memReq struct {
 }
 
 type memOwner struct {
-	id     string
-	reqs   map[string]*memReq
-	leases []*memLease // few per owner
+	id      string
+	session *memSession // nil: not resumable
+	reqs    map[string]*memReq
+	leases  []*memLease // few per owner
 }
 
 type memLease struct {
@@ -133,6 +139,13 @@ func NewMemory(pools []*forge.Pool, opts MemoryOptions) (*Memory, error) {
 	if opts.MaxWants <= 0 {
 		opts.MaxWants = 32
 	}
+	if opts.MaxGrace <= 0 {
+		opts.MaxGrace = DefaultMaxGrace
+	}
+	if opts.Grace <= 0 {
+		opts.Grace = DefaultGrace
+	}
+	opts.Grace = min(opts.Grace, opts.MaxGrace)
 	m := &Memory{
 		opts:    opts,
 		pools:   map[string]*memPool{},
@@ -205,6 +218,11 @@ func (m *Memory) Close() {
 	if m.posTimer != nil {
 		m.posTimer.Stop()
 	}
+	for _, o := range m.owners {
+		if o.session != nil && o.session.timer != nil {
+			o.session.timer.Stop()
+		}
+	}
 }
 
 func (m *Memory) lock() error {
@@ -266,31 +284,9 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 		notify: req.Notify,
 		since:  time.Now(),
 	}
-	for i, w := range r.wants {
-		p := m.pools[w.Pool]
-		if p == nil || p.deleted {
-			return forge.Errorf(forge.ENOTFOUND, "unknown pool %q", w.Pool)
-		}
-		if w.Count <= 0 {
-			return forge.Errorf(forge.EINVALID, "pool %q: count %d must be at least 1", w.Pool, w.Count)
-		}
-		if err := checkLabels(w.Labels); err != nil {
-			return forge.Errorf(forge.EINVALID, "pool %q: %s", w.Pool, forge.ErrorMessage(err))
-		}
-		r.allocOrder = append(r.allocOrder, i)
-		seen := false
-		for _, q := range r.pools {
-			seen = seen || q == p
-		}
-		if !seen {
-			r.pools = append(r.pools, p)
-		}
+	if err := m.prepare(r); err != nil {
+		return err
 	}
-	// The most selective requests pick first, so that a request for "any"
-	// does not take the one resource a labelled request needs.
-	sort.SliceStable(r.allocOrder, func(a, b int) bool {
-		return len(r.wants[r.allocOrder[a]].Labels) > len(r.wants[r.allocOrder[b]].Labels)
-	})
 	if err := m.checkCapacity(r); err != nil {
 		return err
 	}
@@ -321,6 +317,37 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 			r.timer = time.AfterFunc(req.MaxWait, func() { m.expire(r) })
 		}
 	}
+	return nil
+}
+
+// prepare checks r's wants against the pools and works out the order in
+// which they pick resources.
+func (m *Memory) prepare(r *memReq) error {
+	for i, w := range r.wants {
+		p := m.pools[w.Pool]
+		if p == nil || p.deleted {
+			return forge.Errorf(forge.ENOTFOUND, "unknown pool %q", w.Pool)
+		}
+		if w.Count <= 0 {
+			return forge.Errorf(forge.EINVALID, "pool %q: count %d must be at least 1", w.Pool, w.Count)
+		}
+		if err := checkLabels(w.Labels); err != nil {
+			return forge.Errorf(forge.EINVALID, "pool %q: %s", w.Pool, forge.ErrorMessage(err))
+		}
+		r.allocOrder = append(r.allocOrder, i)
+		seen := false
+		for _, q := range r.pools {
+			seen = seen || q == p
+		}
+		if !seen {
+			r.pools = append(r.pools, p)
+		}
+	}
+	// The most selective requests pick first, so that a request for "any"
+	// does not take the one resource a labelled request needs.
+	sort.SliceStable(r.allocOrder, func(a, b int) bool {
+		return len(r.wants[r.allocOrder[a]].Labels) > len(r.wants[r.allocOrder[b]].Labels)
+	})
 	return nil
 }
 
@@ -397,7 +424,7 @@ func (m *Memory) dequeue(r *memReq) {
 }
 
 func (m *Memory) forgetOwnerIfIdle(o *memOwner) {
-	if len(o.reqs) == 0 && len(o.leases) == 0 && m.owners[o.id] == o {
+	if len(o.reqs) == 0 && len(o.leases) == 0 && o.session == nil && m.owners[o.id] == o {
 		delete(m.owners, o.id)
 	}
 }
@@ -718,13 +745,7 @@ func (m *Memory) Disconnect(ctx context.Context, owner string) error {
 	if o == nil {
 		return nil
 	}
-	for _, r := range o.reqs {
-		m.dequeue(r)
-	}
-	for _, l := range slices.Clone(o.leases) {
-		m.release(l, ReasonDisconnected)
-	}
-	delete(m.owners, owner)
+	m.endOwner(o, ReasonDisconnected)
 	if !m.closed {
 		m.schedule()
 	}
@@ -967,8 +988,13 @@ func (m *Memory) Leases(ctx context.Context) ([]*LeaseState, error) {
 	out := make([]*LeaseState, 0, len(m.leases))
 	for _, l := range m.leases {
 		g := l.grant
-		out = append(out, &LeaseState{ID: g.ID, Holder: g.Holder, Connection: g.Owner, Request: g.RequestID,
-			Granted: g.Granted, Resources: g.ResourceIDs()})
+		ls := &LeaseState{ID: g.ID, Holder: g.Holder, Connection: g.Owner, Request: g.RequestID,
+			Granted: g.Granted, Resources: g.ResourceIDs()}
+		if s := l.owner.session; s != nil && s.detached {
+			until := s.until
+			ls.DetachedUntil = &until
+		}
+		out = append(out, ls)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].Granted.Equal(out[j].Granted) {

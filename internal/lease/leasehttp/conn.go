@@ -55,12 +55,31 @@ type conn struct {
 	mu        sync.Mutex
 	out       []*wire.Message
 	closed    bool
-	writing   bool // a writer goroutine is running
-	corked    bool // the reader has more whole messages: write after them
-	goingOff  bool // send what is queued, then close with 1001
+	writing   bool                 // a writer goroutine is running
+	corked    bool                 // the reader has more whole messages: write after them
+	goingOff  websocket.StatusCode // not 0: send what is queued, then close with it
 	pingTimer *time.Timer
 
 	limit limiter // the reader's only
+
+	// The owner of this connection's requests and leases in the Manager:
+	// the connection id, or the session's once one is opened or resumed
+	// (then the connection's end detaches rather than releases). Only the
+	// reader and the handler it waits for touch them.
+	version    int // the protocol version spoken (askedVersion)
+	owner      string
+	attachment uint64
+	resumable  bool
+	started    bool // a message that fixes the owner was handled
+	// moved: the session went to another connection; this one neither
+	// releases nor detaches it when it ends (under mu).
+	moved bool
+	// detach: the server ended the connection for a reason that is not
+	// the client's choice (a silent network, a restart): a resumable
+	// session is detached, not ended (under mu). A connection the client
+	// ends itself (a close frame, or a FIN or reset: a closed socket, a
+	// killed process) ends its session at once.
+	detach bool
 }
 
 // maxCorked bounds the answers held back for pipelined messages: past it
@@ -88,7 +107,7 @@ func (c *conn) silentSince(t int64) bool {
 func (c *conn) serve() {
 	s := c.s
 	defer s.wg.Done()
-	c.send(&wire.Message{Type: wire.TypeHello, Version: wire.ProtocolVersion,
+	c.send(&wire.Message{Type: wire.TypeHello, Version: c.version,
 		KeepaliveMS: s.opts.Keepalive.Milliseconds(), Connection: c.id})
 	c.mu.Lock()
 	c.pingTimer = time.AfterFunc(s.opts.Keepalive/2, c.keepalive)
@@ -96,9 +115,21 @@ func (c *conn) serve() {
 	c.readLoop()
 
 	// The connection is gone (or being dropped): release everything at
-	// once, before anything else, so the next waiter is served now.
-	if err := s.m.Disconnect(context.Background(), c.id); err != nil {
-		s.log.Error("lease disconnect failed", "connection", c.id, "err", err)
+	// once, before anything else, so the next waiter is served now; a
+	// resumable session that did not close cleanly is kept for its grace.
+	c.mu.Lock()
+	moved, detach := c.moved, c.detach
+	c.mu.Unlock()
+	var err error
+	switch {
+	case moved:
+	case c.resumable && detach:
+		err = s.m.Detach(context.Background(), c.owner, c.attachment)
+	default:
+		err = s.m.Disconnect(context.Background(), c.owner)
+	}
+	if err != nil {
+		s.log.Error("lease disconnect failed", "connection", c.id, "owner", c.owner, "err", err)
 	}
 	c.mu.Lock()
 	c.closed = true
@@ -192,6 +223,14 @@ func (c *conn) notify(ev lease.Event) {
 		c.send(&wire.Message{Type: wire.TypeReleased, Lease: ev.Lease.ID})
 	case lease.EventCanceled:
 		c.send(&wire.Message{Type: wire.TypeCanceled, ID: ev.RequestID})
+	case lease.EventResumed:
+		c.send(resumedMessage(ev.Resumed))
+	case lease.EventMoved:
+		c.mu.Lock()
+		c.moved = true
+		c.mu.Unlock()
+		c.closeWith(websocket.StatusPolicyViolation, &wire.Message{Type: wire.TypeError, Code: forge.ECONFLICT,
+			Message: "the session was resumed on another connection: this one is closed"})
 	}
 }
 
@@ -209,6 +248,9 @@ func (c *conn) dropLocked(reason, detail string) {
 		return
 	}
 	c.closed = true
+	// A client that went silent or fell behind may come back; one that
+	// sent too large a message will only do it again.
+	c.detach = reason != DropTooLarge
 	c.s.countDrop(c, reason, detail)
 	c.stop()
 }
@@ -246,13 +288,34 @@ func (c *conn) stopped() bool {
 	}
 }
 
-// goAway sends the shutdown notice, then closes with status 1001.
-func (c *conn) goAway() {
+// goAway sends the shutdown notice, then closes with status 1001. A
+// resumable session on a server whose Manager outlives it (Durable) is
+// told to reconnect instead, and the connection closed with 1012.
+func (c *conn) goAway(durable bool) {
+	if durable && c.resumable {
+		c.mu.Lock()
+		c.detach = true
+		c.mu.Unlock()
+		c.closeWith(websocket.StatusServiceRestart, &wire.Message{Type: wire.TypeReconnect, Code: forge.EUNAVAILABLE,
+			Message: "the server is restarting: resume your session on a new connection within its grace"})
+		return
+	}
+	if c.resumable {
+		// Its state ends with this process: resuming would only fail.
+		c.closeWith(websocket.StatusGoingAway, &wire.Message{Type: wire.TypeError, Code: wire.CodeExpired, Session: c.owner,
+			Message: "the server is shutting down and keeps no lease state: the session and its leases end now"})
+		return
+	}
+	c.closeWith(websocket.StatusGoingAway, &wire.Message{Type: wire.TypeError, Code: forge.EUNAVAILABLE,
+		Message: "the server is shutting down: every lease of this connection ends now"})
+}
+
+// closeWith sends msg after what is queued, then closes with status.
+func (c *conn) closeWith(status websocket.StatusCode, msg *wire.Message) {
 	c.mu.Lock()
-	if !c.closed {
-		c.goingOff = true
-		c.out = append(c.out, &wire.Message{Type: wire.TypeError, Code: forge.EUNAVAILABLE,
-			Message: "the server is shutting down: every lease of this connection ends now"})
+	if !c.closed && c.goingOff == 0 {
+		c.goingOff = status
+		c.out = append(c.out, msg)
 		c.startWriterLocked()
 	}
 	c.mu.Unlock()
@@ -269,9 +332,9 @@ func (c *conn) writeOut() {
 		if len(batch) == 0 {
 			c.writing = false
 			c.mu.Unlock()
-			if goingOff {
+			if goingOff != 0 {
 				// The reader sees the close handshake end and cleans up.
-				c.ws.Close(websocket.StatusGoingAway, "server shutting down")
+				c.ws.Close(goingOff, "server shutting down")
 			}
 			return
 		}
@@ -355,6 +418,7 @@ func (c *conn) keepalive() {
 	c.mu.Unlock()
 }
 
+// readLoop reads until the connection ends.
 func (c *conn) readLoop() {
 	max := c.s.opts.MaxMessageBytes
 	for {
@@ -506,6 +570,11 @@ func (c *conn) handle(data []byte) {
 		return
 	}
 	ctx := context.Background()
+	if (msg.Type == wire.TypeSession || msg.Type == wire.TypeResume) && c.version < 2 {
+		c.send(errorMessage("", "", forge.Errorf(forge.EINVALID,
+			"%s needs protocol version 2: connect with ?version=2 on the WebSocket URL", msg.Type)))
+		return
+	}
 	switch msg.Type {
 	case wire.TypePing:
 		c.send(&wire.Message{Type: wire.TypePong, ID: msg.ID})
@@ -518,21 +587,51 @@ func (c *conn) handle(data []byte) {
 			c.send(errorMessage(msg.ID, "", forge.Errorf(forge.EUNAVAILABLE, "the server is shutting down")))
 			return
 		}
-		req := &lease.Request{Owner: c.id, ID: msg.ID, Holder: holder, Wants: wants(msg),
+		c.started = true
+		req := &lease.Request{Owner: c.owner, ID: msg.ID, Holder: holder, Wants: wants(msg),
 			MaxWait: maxWait(msg), Notify: c.notify}
 		if err := c.s.m.Acquire(ctx, req); err != nil {
 			c.send(errorMessage(msg.ID, "", err))
 		}
 	case wire.TypeRelease:
-		if err := c.s.m.Release(ctx, c.id, msg.Lease); err != nil {
+		if err := c.s.m.Release(ctx, c.owner, msg.Lease); err != nil {
 			c.send(errorMessage("", msg.Lease, err))
 		}
 	case wire.TypeCancel:
-		if err := c.s.m.Cancel(ctx, c.id, msg.ID); err != nil {
+		if err := c.s.m.Cancel(ctx, c.owner, msg.ID); err != nil {
 			c.send(errorMessage(msg.ID, "", err))
 		}
+	case wire.TypeSession:
+		if c.started {
+			c.send(errorMessage("", "", forge.Errorf(forge.EINVALID, "session must be the first message of a connection, before any acquire")))
+			return
+		}
+		sess, err := c.s.m.OpenSession(ctx, time.Duration(msg.GraceMS)*time.Millisecond, c.notify)
+		if err != nil {
+			c.send(errorMessage("", "", err))
+			return
+		}
+		c.started, c.resumable, c.owner, c.attachment = true, true, sess.ID, sess.Attachment
+		c.send(&wire.Message{Type: wire.TypeSession, Session: sess.ID, Secret: sess.Secret, GraceMS: sess.Grace.Milliseconds(),
+			Durable: c.s.opts.Durable})
+	case wire.TypeResume:
+		if c.started {
+			c.send(&wire.Message{Type: wire.TypeError, Session: msg.Session, Code: forge.EINVALID,
+				Message: "resume must be the first message of a connection, before any acquire or session"})
+			return
+		}
+		sess, err := c.s.m.Resume(ctx, msg.Session, msg.Secret, c.notify)
+		if err != nil {
+			code := forge.ErrorCode(err)
+			if code == forge.ENOTFOUND {
+				code = wire.CodeExpired
+			}
+			c.send(&wire.Message{Type: wire.TypeError, Session: msg.Session, Code: code, Message: forge.ErrorMessage(err)})
+			return
+		}
+		c.started, c.resumable, c.owner, c.attachment = true, true, sess.ID, sess.Attachment
 	default:
 		c.send(errorMessage(msg.ID, msg.Lease, forge.Errorf(forge.EINVALID,
-			"%q is a message the server sends: a client sends acquire, release, cancel or ping", msg.Type)))
+			"%q is a message the server sends: a client sends acquire, release, cancel, ping, session or resume", msg.Type)))
 	}
 }

@@ -96,9 +96,14 @@ func (e *testEnv) dial() *testClient {
 
 func dialURL(t testing.TB, url string) *testClient {
 	t.Helper()
+	return dialURLWith(t, url, nil)
+}
+
+func dialURLWith(t testing.TB, url string, opts *websocket.DialOptions) *testClient {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, url, nil)
+	ws, _, err := websocket.Dial(ctx, url, opts)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
@@ -125,8 +130,12 @@ func dialURL(t testing.TB, url string) *testClient {
 		}
 	}()
 	hello := c.next()
-	if hello.Type != wire.TypeHello || hello.Version != 1 || hello.Connection == "" || hello.KeepaliveMS <= 0 {
-		t.Fatalf("first message: got %+v, want hello version 1 with a connection id", hello)
+	want := 1
+	if strings.Contains(url, "version=2") {
+		want = 2
+	}
+	if hello.Type != wire.TypeHello || hello.Version != want || hello.Connection == "" || hello.KeepaliveMS <= 0 {
+		t.Fatalf("first message: got %+v, want hello version %d with a connection id", hello, want)
 	}
 	c.conn = hello.Connection
 	<-c.raw

@@ -57,3 +57,16 @@ func wants(m *wire.Message) []forge.ResourceRequest {
 func maxWait(m *wire.Message) time.Duration {
 	return time.Duration(m.MaxWaitMS) * time.Millisecond
 }
+
+// resumedMessage is the resumed message of a session's state.
+func resumedMessage(st *lease.Resumed) *wire.Message {
+	msg := &wire.Message{Type: wire.TypeResumed, Session: st.Session, GraceMS: st.Grace.Milliseconds(),
+		Leases: make([]*wire.Message, len(st.Leases)), Queued: make([]wire.Queued, len(st.Queued))}
+	for i, g := range st.Leases {
+		msg.Leases[i] = grantedMessage(g)
+	}
+	for i, q := range st.Queued {
+		msg.Queued[i] = wire.Queued{ID: q.RequestID, Position: q.Position}
+	}
+	return msg
+}

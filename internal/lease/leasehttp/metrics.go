@@ -71,7 +71,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.disabled, prometheus.GaugeValue, float64(st.Disabled), st.Pool)
 		ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(st.Waiters), st.Pool)
 		ch <- prometheus.MustNewConstMetric(c.grants, prometheus.CounterValue, float64(st.Grants), st.Pool)
-		for _, reason := range []string{lease.ReasonReleased, lease.ReasonDisconnected, lease.ReasonRevoked} {
+		for _, reason := range []string{lease.ReasonReleased, lease.ReasonDisconnected, lease.ReasonRevoked, lease.ReasonExpired} {
 			ch <- prometheus.MustNewConstMetric(c.releases, prometheus.CounterValue, float64(st.Releases[reason]), st.Pool, reason)
 		}
 		buckets := make(map[float64]uint64, len(lease.WaitBuckets))

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/forgeci/forge/internal/prometheus"
 
 	"github.com/forgeci/forge"
+	wire "github.com/forgeci/forge/client/lease"
 	"github.com/forgeci/forge/internal/lease"
 )
 
@@ -53,6 +55,10 @@ type Options struct {
 	// without it the lease server writes the same {code, message} body
 	// with the status of forge.HTTPStatus.
 	WriteError func(w http.ResponseWriter, r *http.Request, err error)
+	// Durable says the Manager's state outlives this server (it is kept
+	// in a store): on Shutdown, resumable sessions are told to reconnect
+	// and are detached rather than ended.
+	Durable bool
 }
 
 // Why the server drops a connection (the "reason" of its log line and
@@ -198,7 +204,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.goAway()
+		c.goAway(s.opts.Durable)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -236,7 +242,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 
+	version, err := askedVersion(r)
+	if err != nil {
+		s.wg.Done()
+		s.writeError(w, r, err)
+		return
+	}
 	c := &conn{s: s, id: lease.NewID("C"), remote: r.RemoteAddr, done: make(chan struct{})}
+	c.owner, c.version = c.id, version
 	c.limit.reset(s.opts.MessageRate, s.opts.MessageBurst, time.Now())
 	sb := &smallBuffers{ResponseWriter: w}
 	ws, err := websocket.Accept(sb, r, &websocket.AcceptOptions{
@@ -276,4 +289,20 @@ func (s *Server) countDrop(c *conn, reason, detail string) {
 	s.dropped[reason].Add(1)
 	s.log.Warn("dropped lease connection: its leases are released",
 		"connection", c.id, "remote", c.remote, "reason", reason, "detail", detail)
+}
+
+// askedVersion is the protocol version a connection speaks: the
+// handshake's "version" query parameter, cut to the newest this server
+// knows; 1 without one, so clients written for version 1 get exactly its
+// hello and semantics.
+func askedVersion(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("version")
+	if v == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, forge.Errorf(forge.EINVALID, "version %q: want a protocol version, 1 or 2", v)
+	}
+	return min(n, wire.ProtocolVersion), nil
 }
