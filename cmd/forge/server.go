@@ -321,7 +321,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	}
 
 	api := httpapi.New(httpapi.Options{
-		Repos: db, Store: db, Logs: db, Tokens: db,
+		Repos: db, Store: db, Logs: db, Tokens: db, LogIndex: db,
 		Control: run,
 		Trigger: proc,
 		Hooks: httpapi.GitHubHook(db, httpapi.HookOptions{
@@ -392,6 +392,9 @@ func (m *serverMain) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { return proc.Run(gctx) })
+	g.Go(func() error {
+		return runLogUpkeep(gctx, db, sqldb.Retention{Builds: c.Logs.KeepBuilds, Days: c.Logs.KeepDays}, log)
+	})
 	err = g.Wait()
 	log.Info("stopped", "err", err)
 	if err != nil && ctx.Err() == nil {
