@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/sqldb"
 )
 
@@ -63,6 +64,52 @@ func runLogUpkeep(ctx context.Context, db logUpkeep, keep sqldb.Retention, log *
 			idle.Reset(0) // more may wait
 		} else {
 			idle.Reset(indexIdle)
+		}
+	}
+}
+
+// reportKeeper keeps what finished jobs' reports said, for the badges: it
+// observes job changes and saves their summaries from a goroutine of its
+// own, so the build never waits for the database. When the queue is full
+// a summary is dropped (and logged): a badge then shows an older one.
+type reportKeeper struct {
+	db interface {
+		SaveJobReport(ctx context.Context, r *forge.JobReport) error
+	}
+	queue chan *forge.JobReport
+	log   *slog.Logger
+}
+
+func newReportKeeper(db *sqldb.DB, log *slog.Logger) *reportKeeper {
+	return &reportKeeper{db: db, queue: make(chan *forge.JobReport, 1024), log: log.With("component", "reports")}
+}
+
+// Observe queues the report summary of a job that ended with reports.
+func (k *reportKeeper) Observe(c *forge.Change) {
+	if c.Job == nil || !c.Job.Status.Done() || c.Tests == nil && c.Coverage == nil {
+		return
+	}
+	r := &forge.JobReport{JobID: c.Job.ID, Coverage: c.Coverage}
+	if c.Tests != nil {
+		r.Tests = &forge.TestSummary{Total: c.Tests.Total, Failed: c.Tests.Failed, Skipped: c.Tests.Skipped}
+	}
+	select {
+	case k.queue <- r:
+	default:
+		k.log.Warn("report summaries queue full: dropped one", "job", c.Job.ID)
+	}
+}
+
+// run saves queued summaries until ctx ends.
+func (k *reportKeeper) run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-k.queue:
+			if err := k.db.SaveJobReport(ctx, r); err != nil && ctx.Err() == nil {
+				k.log.Warn("saving a job's report summary", "job", r.JobID, "err", err)
+			}
 		}
 	}
 }

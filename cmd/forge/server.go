@@ -281,6 +281,8 @@ func (m *serverMain) Run(ctx context.Context) error {
 	live := livelog.New()
 	// Build and job changes: GitHub reporting follows them.
 	changes := &forge.Hub{}
+	keeper := newReportKeeper(db, log)
+	changes.Subscribe(keeper)
 	if gh != nil {
 		changes.Subscribe(gh.reporter)
 	}
@@ -321,7 +323,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	}
 
 	api := httpapi.New(httpapi.Options{
-		Repos: db, Store: db, Logs: db, Tokens: db, LogIndex: db,
+		Repos: db, Store: db, Logs: db, Tokens: db, LogIndex: db, Reports: db,
 		Control: run,
 		Trigger: proc,
 		Hooks: httpapi.GitHubHook(db, httpapi.HookOptions{
@@ -392,6 +394,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { return proc.Run(gctx) })
+	g.Go(func() error { return keeper.run(gctx) })
 	g.Go(func() error {
 		return runLogUpkeep(gctx, db, sqldb.Retention{Builds: c.Logs.KeepBuilds, Days: c.Logs.KeepDays}, log)
 	})

@@ -50,6 +50,8 @@ func (s *Server) routesInit() {
 	s.handle("GET", build+"/jobs/{job}/log/search", Read, s.searchLog(o.Repos, o.Store, o.LogIndex))
 	s.handle("GET", repo+"/search", Read, s.searchLogs(o.Repos, o.LogIndex))
 
+	s.badgeRoutes(o.Repos, o.Store, o.Reports)
+
 	leases := o.Leases
 	if leases == nil {
 		leases = notImplemented("the lease server")

@@ -73,7 +73,7 @@ func newFixture(t *testing.T, tweak func(*httpapi.Options)) *fixture {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "forge_test_total", Help: "x"}))
 	opts := httpapi.Options{
-		Repos: db, Store: db, Logs: db, Tokens: db, LogIndex: db,
+		Repos: db, Store: db, Logs: db, Tokens: db, LogIndex: db, Reports: db,
 		Control: control{db: db},
 		Trigger: triggerFunc(func(ctx context.Context, repo *forge.Repo, ref, action string) (*forge.Build, error) {
 			if ref == "nope" {

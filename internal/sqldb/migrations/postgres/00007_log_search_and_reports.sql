@@ -1,6 +1,7 @@
 -- Search across the logs of a repository's builds: a full-text index of
 -- log lines, filled off the build's hot path by the log indexer once a job
--- has finished (DB.IndexLogs), and the jobs it has indexed.
+-- has finished (DB.IndexLogs), and the jobs it has indexed; and what
+-- finished jobs' test and coverage reports said, for badges.
 --
 -- log_search holds each line's words as a tsvector of the 'simple'
 -- configuration (no stemming, no stop words: logs are not prose) under a
@@ -22,6 +23,20 @@ CREATE TABLE log_indexed (
     indexed BIGINT NOT NULL
 );
 
+-- What finished jobs' reports said, for the tests and coverage badges
+-- (DB.SaveJobReport): test counts when has_tests = 1, coverage in percent
+-- when not NULL.
+CREATE TABLE job_reports (
+    job_id        BIGINT PRIMARY KEY,
+    has_tests     INTEGER NOT NULL DEFAULT 0,
+    tests_total   BIGINT NOT NULL DEFAULT 0,
+    tests_failed  BIGINT NOT NULL DEFAULT 0,
+    tests_skipped BIGINT NOT NULL DEFAULT 0,
+    coverage      DOUBLE PRECISION,
+    updated       BIGINT NOT NULL
+);
+
 -- +goose Down
+DROP TABLE job_reports;
 DROP TABLE log_indexed;
 DROP TABLE log_search;
