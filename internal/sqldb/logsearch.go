@@ -70,7 +70,8 @@ var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
 // repository repoID's builds, newest first: the latest job first and, in a
 // job, the last line first; at most limit of them (1 to 1,000). On SQLite q
 // matches any substring, ignoring case (FTS5 trigrams); on PostgreSQL its
-// words must appear in that order (a 'simple' text search phrase). EINVALID
+// words (runs of letters and digits) must appear in that order, whole,
+// ignoring case (a 'simple' text search phrase). EINVALID
 // when q is shorter than forge.MinLogQuery characters.
 func (db *DB) SearchLogs(ctx context.Context, repoID int64, q string, limit int) ([]forge.LogMatch, error) {
 	q = strings.TrimSpace(q)
@@ -86,7 +87,7 @@ FROM log_search s
 JOIN jobs j ON j.id = s.job_id
 JOIN builds b ON b.id = j.build_id
 JOIN logs l ON l.job_id = s.job_id AND l.number = s.number
-WHERE s.words @@ phraseto_tsquery('simple', ?) AND b.repo_id = ?
+WHERE s.words @@ phraseto_tsquery('simple', `+pgWords("?")+`) AND b.repo_id = ?
 ORDER BY s.job_id DESC, s.number DESC LIMIT ?`
 		arg = q
 	} else {
@@ -122,6 +123,15 @@ ORDER BY s.rowid DESC LIMIT ?`
 	return out, err
 }
 
+// pgWords is the SQL of expr's text with everything but letters and
+// digits turned to spaces, before PostgreSQL's text search parser sees it:
+// it would take "pkg/foo.go:12" or "host:5432" as one token (a path, a
+// host), which a search for "foo" could not find. The index and the query
+// go through the same.
+func pgWords(expr string) string {
+	return "regexp_replace(" + expr + ", '[^[:alnum:]]+', ' ', 'g')"
+}
+
 // indexChunk is how many lines one IndexLogs transaction indexes: small
 // enough that the write lock (on SQLite, the database's) is held briefly,
 // so the indexer never holds up the logs of running builds for long.
@@ -151,7 +161,7 @@ func (db *DB) IndexLogs(ctx context.Context, lines int) (int, error) {
 func (db *DB) indexChunk(ctx context.Context, limit int) (n int, more bool, err error) {
 	var insert string
 	if db.dialect == dialectPostgres {
-		insert = "INSERT INTO log_search (job_id, number, words) SELECT job_id, number, to_tsvector('simple', text) FROM logs WHERE job_id = ? AND number > ? AND number <= ?"
+		insert = "INSERT INTO log_search (job_id, number, words) SELECT job_id, number, to_tsvector('simple', " + pgWords("text") + ") FROM logs WHERE job_id = ? AND number > ? AND number <= ?"
 	} else {
 		insert = "INSERT INTO log_search (rowid, text) SELECT job_id * 4294967296 + number, text FROM logs WHERE job_id = ? AND number > ? AND number <= ?"
 	}
