@@ -87,7 +87,7 @@ FROM log_search s
 JOIN jobs j ON j.id = s.job_id
 JOIN builds b ON b.id = j.build_id
 JOIN logs l ON l.job_id = s.job_id AND l.number = s.number
-WHERE s.words @@ phraseto_tsquery('simple', `+pgWords("?")+`) AND b.repo_id = ?
+WHERE s.words @@ phraseto_tsquery('simple', ` + pgWords("?") + `) AND b.repo_id = ?
 ORDER BY s.job_id DESC, s.number DESC LIMIT ?`
 		arg = q
 	} else {
