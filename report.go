@@ -27,6 +27,9 @@ type Change struct {
 	// Tests summarises the job's test reports; set when a job that
 	// declared reports ends.
 	Tests *TestSummary `json:"tests,omitempty"`
+	// Coverage is the percentage a job's coverage report gives; set when
+	// a job that declared one ends.
+	Coverage *float64 `json:"coverage,omitempty"`
 	// Tail is the last lines of the log of a job that did not pass, for
 	// summaries.
 	Tail []string `json:"tail,omitempty"`

@@ -36,6 +36,11 @@ type serverConfig struct {
 	API struct {
 		PrivateReads bool `yaml:"private_reads"`
 	} `yaml:"api"`
+	// Logs: retention of job logs (0: keep forever); see logretention.go.
+	Logs struct {
+		KeepBuilds int `yaml:"keep_builds"`
+		KeepDays   int `yaml:"keep_days"`
+	} `yaml:"logs"`
 	GitHub struct {
 		WebhookSecret string `yaml:"webhook_secret"`
 		MaxBody       int64  `yaml:"max_body"`
@@ -201,6 +206,8 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		"FORGE_BUILDS_PER_REPO":    &c.Builds.PerRepo,
 		"FORGE_BUILDS_PARALLEL":    &c.Builds.Parallel,
 		"FORGE_CLONE_DEPTH":        &c.Builds.CloneDepth,
+		"FORGE_LOGS_KEEP_BUILDS":   &c.Logs.KeepBuilds,
+		"FORGE_LOGS_KEEP_DAYS":     &c.Logs.KeepDays,
 	}
 	for k, p := range ints {
 		if v := getenv(k); v != "" {
@@ -268,6 +275,9 @@ func (c *serverConfig) validate() error {
 	}
 	if c.Builds.Concurrency < 0 || c.Builds.PerRepo < 0 || c.Builds.Parallel < 0 {
 		errs = append(errs, "builds.concurrency, per_repo and parallel must not be negative")
+	}
+	if c.Logs.KeepBuilds < 0 || c.Logs.KeepDays < 0 {
+		errs = append(errs, "logs.keep_builds and logs.keep_days must not be negative")
 	}
 	if c.GitHub.MaxBody < 0 {
 		errs = append(errs, "github.max_body must not be negative")

@@ -312,6 +312,8 @@ func (m *serverMain) Run(ctx context.Context) error {
 	live := livelog.New()
 	// Build and job changes: GitHub reporting follows them.
 	changes := &forge.Hub{}
+	keeper := newReportKeeper(db, log)
+	changes.Subscribe(keeper)
 	if gh != nil {
 		changes.Subscribe(gh.reporter)
 	}
@@ -352,7 +354,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	}
 
 	api := httpapi.New(httpapi.Options{
-		Repos: db, Store: db, Logs: db, Tokens: db,
+		Repos: db, Store: db, Logs: db, Tokens: db, LogIndex: db, Reports: db,
 		Control: run,
 		Trigger: proc,
 		Hooks: httpapi.GitHubHook(db, httpapi.HookOptions{
@@ -441,6 +443,10 @@ func (m *serverMain) Run(ctx context.Context) error {
 		go func() { <-runDone; stopSSH() }()
 		g.Go(func() error { return sshServe(sctx) })
 	}
+	g.Go(func() error { return keeper.run(gctx) })
+	g.Go(func() error {
+		return runLogUpkeep(gctx, db, sqldb.Retention{Builds: c.Logs.KeepBuilds, Days: c.Logs.KeepDays}, log)
+	})
 	err = g.Wait()
 	log.Info("stopped", "err", err)
 	if err != nil && ctx.Err() == nil {

@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/forgeci/forge"
-	"github.com/forgeci/forge/internal/ansi"
 )
 
 //go:embed openapi.json
@@ -47,7 +45,12 @@ func (s *Server) routesInit() {
 	s.handle("POST", build+"/approve", Write, s.approveBuild(o.Repos, o.Store, o.Trigger))
 	s.handle("GET", build+"/jobs", Read, s.listJobs(o.Repos, o.Store))
 	s.handle("GET", build+"/jobs/{job}", Read, s.showJob(o.Repos, o.Store))
-	s.handle("GET", build+"/jobs/{job}/log", Read, s.jobLog(o.Repos, o.Store, o.Logs, o.Live))
+	s.handle("GET", build+"/jobs/{job}/log", Read, s.jobLog(o.Repos, o.Store, o.Logs, o.LogIndex, o.Live))
+	s.handle("GET", build+"/jobs/{job}/log/events", Read, s.logEvents(o.Repos, o.Store, o.Logs, o.Live))
+	s.handle("GET", build+"/jobs/{job}/log/search", Read, s.searchLog(o.Repos, o.Store, o.LogIndex))
+	s.handle("GET", repo+"/search", Read, s.searchLogs(o.Repos, o.LogIndex))
+
+	s.badgeRoutes(o.Repos, o.Store, o.Reports)
 
 	leases := o.Leases
 	if leases == nil {
@@ -392,91 +395,6 @@ func (s *Server) showJob(repos forge.RepoStore, builds forge.BuildStore) http.Ha
 			return
 		}
 		writeJSON(w, http.StatusOK, j)
-	}
-}
-
-// maxLogLines bounds one raw-log response; clients page with from=.
-const maxLogLines = 100000
-
-// jobLog serves a job's log as text/plain, one line per log line, from
-// line ?from= (default 1), at most ?limit= lines (default and maximum
-// 100,000). X-Log-Next is the from= of the next page; X-Job-Status tells
-// whether more can still come.
-//
-// With ?follow=true the response stays open while the job runs: stored
-// lines first, then new ones as they happen, until the job ends.
-//
-// The text is for viewing: a step's output is written by strangers, so
-// every terminal control sequence but colours is neutralised (see
-// internal/ansi), lest `curl …/log` in a terminal write the reader's
-// clipboard or retitle the window. ?download=true gives the exact bytes
-// instead, as an attachment.
-func (s *Server) jobLog(repos forge.RepoStore, builds forge.BuildStore, logs forge.LogStore, live LiveLogs) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		b, j, err := lookupJob(r, repos, builds)
-		if err != nil {
-			s.fail(w, r, err)
-			return
-		}
-		from, limit := 1, maxLogLines
-		q := r.URL.Query()
-		var follow, download bool
-		for key, dst := range map[string]*bool{"follow": &follow, "download": &download} {
-			if v := q.Get(key); v != "" {
-				if *dst, err = strconv.ParseBool(v); err != nil {
-					s.fail(w, r, forge.Errorf(forge.EINVALID, "%s=%q: want true or false", key, v))
-					return
-				}
-			}
-		}
-		for key, dst := range map[string]*int{"from": &from, "limit": &limit} {
-			v := q.Get(key)
-			if v == "" {
-				continue
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || key == "limit" && n > maxLogLines {
-				s.fail(w, r, forge.Errorf(forge.EINVALID, "%s=%q: want an integer from 1 to %d", key, v, maxLogLines))
-				return
-			}
-			*dst = n
-		}
-		view := ansi.Sanitize
-		if download {
-			view = func(text string) string { return text }
-			w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{
-				"filename": logFileName(r.PathValue("owner"), r.PathValue("repo"), b.Number, j.ID)}))
-		}
-		if follow {
-			s.followLog(w, r, j, from, builds, logs, live, view)
-			return
-		}
-		lines, err := logs.Lines(r.Context(), j.ID, from, limit)
-		if err != nil {
-			s.fail(w, r, err)
-			return
-		}
-		next := from
-		if len(lines) > 0 {
-			next = lines[len(lines)-1].Number + 1
-		}
-		h := w.Header()
-		h.Set("Content-Type", "text/plain; charset=utf-8")
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("X-Log-Next", strconv.Itoa(next))
-		h.Set("X-Job-Status", string(j.Status))
-		var sb strings.Builder
-		for _, l := range lines {
-			sb.WriteString(view(l.Text))
-			sb.WriteByte('\n')
-			if sb.Len() > 64<<10 {
-				if _, err := io.WriteString(w, sb.String()); err != nil {
-					return
-				}
-				sb.Reset()
-			}
-		}
-		_, _ = io.WriteString(w, sb.String())
 	}
 }
 

@@ -73,7 +73,7 @@ func newFixture(t *testing.T, tweak func(*httpapi.Options)) *fixture {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "forge_test_total", Help: "x"}))
 	opts := httpapi.Options{
-		Repos: db, Store: db, Logs: db, Tokens: db,
+		Repos: db, Store: db, Logs: db, Tokens: db, LogIndex: db, Reports: db,
 		Control: control{db: db},
 		Trigger: triggerFunc(func(ctx context.Context, repo *forge.Repo, ref, action string) (*forge.Build, error) {
 			if ref == "nope" {
@@ -255,21 +255,27 @@ func TestResponsesMatchTheirSchemas(t *testing.T) {
 	type call struct {
 		key, path, token, body string
 		want                   int
+		query                  string
 	}
 	b1, b2 := fmt.Sprint(f.done.Number), fmt.Sprint(f.queued.Number)
 	calls := []call{
-		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/cancel", b2, f.user, "", 200},
-		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/cancel", b1, f.user, "", 409},
-		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/restart", b1, f.user, "", 201},
-		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/approve", b1, f.user, "", 409},
-		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "main", "action": "execute"}`, 201},
-		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "nope"}`, 400},
-		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "gone"}`, 400},
-		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "main", "colour": "red"}`, 400},
-		{"POST /api/v1/repos/{owner}/{repo}/builds", "", "", `{"ref": "main"}`, 401},
-		{"GET /api/v1/repos/{owner}/{repo}/builds/{number}", "99", "", "", 404},
-		{"GET /api/v1/repos/{owner}/{repo}/builds/{number}", "x", "", "", 400},
-		{"GET /api/v1/repos/{owner}/{repo}", "", "wrong-token", "", 401},
+		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/cancel", b2, f.user, "", 200, ""},
+		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/cancel", b1, f.user, "", 409, ""},
+		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/restart", b1, f.user, "", 201, ""},
+		{"POST /api/v1/repos/{owner}/{repo}/builds/{number}/approve", b1, f.user, "", 409, ""},
+		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "main", "action": "execute"}`, 201, ""},
+		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "nope"}`, 400, ""},
+		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "gone"}`, 400, ""},
+		{"POST /api/v1/repos/{owner}/{repo}/builds", "", f.user, `{"ref": "main", "colour": "red"}`, 400, ""},
+		{"POST /api/v1/repos/{owner}/{repo}/builds", "", "", `{"ref": "main"}`, 401, ""},
+		{"GET /api/v1/repos/{owner}/{repo}/builds/{number}", "99", "", "", 404, ""},
+		{"GET /api/v1/repos/{owner}/{repo}/builds/{number}", "x", "", "", 400, ""},
+		{"GET /api/v1/repos/{owner}/{repo}", "", "wrong-token", "", 401, ""},
+		{key: "GET /api/v1/repos/{owner}/{repo}/builds/{number}/jobs/{job}/log/search", path: b1, want: 200, query: "?q=LINE+3"},
+		{key: "GET /api/v1/repos/{owner}/{repo}/builds/{number}/jobs/{job}/log/search", path: b1, want: 400},
+		{key: "GET /api/v1/repos/{owner}/{repo}/search", want: 200, query: "?q=line"},
+		{key: "GET /api/v1/repos/{owner}/{repo}/search", want: 400, query: "?q=li"},
+		{key: "GET /badges/{owner}/{repo}/status.json", want: 200, query: "?branch=nope"},
 	}
 	covered := map[string]bool{}
 	for _, c := range calls {
@@ -286,7 +292,7 @@ func TestResponsesMatchTheirSchemas(t *testing.T) {
 	}
 	for _, c := range calls {
 		method, pattern, _ := strings.Cut(c.key, " ")
-		path := strings.ReplaceAll(fill.Replace(pattern), "{number}", c.path)
+		path := strings.ReplaceAll(fill.Replace(pattern), "{number}", c.path) + c.query
 		resp, body := f.do(t, method, path, c.token, c.body)
 		name := fmt.Sprintf("%s %s", method, path)
 		if resp.StatusCode != c.want {

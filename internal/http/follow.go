@@ -1,8 +1,7 @@
 package http
 
 import (
-	"bufio"
-	"net/http"
+	"context"
 	"strconv"
 	"time"
 
@@ -23,73 +22,60 @@ type LiveLogs interface {
 // store: for jobs run by another server, and to see a job end.
 const followPoll = time.Second
 
-// followLog streams job j's log from line from until the job ends or the
+// keepAlive is how long a follower may stay silent before it sends
+// something (an SSE comment), so that proxies keep the connection open.
+const keepAlive = 15 * time.Second
+
+// logSink is where a follower writes: the raw text or the SSE stream.
+type logSink interface {
+	// line writes one line (buffered).
+	line(l forge.LogLine)
+	// flush sends what was written; false when the client is gone.
+	flush() bool
+	// idle is called when nothing was sent for keepAlive; false when the
+	// client is gone.
+	idle() bool
+	// end says the job ended with status and its whole log was written.
+	end(status forge.Status)
+}
+
+// follower streams job j's log from line from until the job ends or the
 // client goes away: stored lines, then live ones. Lines are never sent
 // twice or out of order: each is written only when its number is the next.
-// view turns a line's text into what is sent (see jobLog).
-func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.BuildJob, from int, builds forge.BuildStore, logs forge.LogStore, live LiveLogs, view func(string) string) {
-	ctx := r.Context()
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, 32<<10)
-	flusher, _ := w.(http.Flusher)
-	flush := func() bool {
-		if err := bw.Flush(); err != nil {
-			return false
-		}
-		if flusher != nil {
-			flusher.Flush()
-		}
-		return true
-	}
-	next := from
-	write := func(l forge.LogLine) {
-		if l.Number == next {
-			bw.WriteString(view(l.Text))
-			bw.WriteByte('\n')
-			next++
-		}
-	}
-	// catchUp writes the stored lines from next on.
-	catchUp := func() bool {
-		for {
-			lines, err := logs.Lines(ctx, j.ID, next, 10000)
-			if err != nil {
-				s.log.Warn("following a log", "job", j.ID, "err", err)
-				return false
-			}
-			for _, l := range lines {
-				if l.Number > next {
-					next = l.Number // a gap in the store: go on after it
-				}
-				write(l)
-			}
-			if len(lines) < 10000 {
-				return flush()
-			}
-		}
-	}
-	finished := func() bool {
-		cur, err := builds.Job(ctx, j.ID)
-		return err != nil || cur.Status.Done()
-	}
+type follower struct {
+	s      *Server
+	j      *forge.BuildJob
+	builds forge.BuildStore
+	logs   forge.LogStore
+	live   LiveLogs
+	sink   logSink
+	next   int
+	last   time.Time // when something was last sent
+}
+
+// run follows until the job ends (then sink.end) or ctx ends.
+func (f *follower) run(ctx context.Context) {
+	f.last = time.Now()
 	tick := time.NewTicker(followPoll)
 	defer tick.Stop()
+	live := f.live
 	for {
 		var lines <-chan forge.LogLine
 		dropped, stop := func() bool { return false }, func() {}
 		if live != nil {
 			// Subscribe before reading the store, so no line falls
 			// between the two.
-			lines, dropped, stop = live.Follow(j.ID)
+			lines, dropped, stop = live.Follow(f.j.ID)
 		}
 		// A job recorded finished has all its lines stored.
-		done := finished()
-		if !catchUp() || done {
+		status, done := f.status(ctx)
+		if !f.catchUp(ctx) {
 			stop()
+			return
+		}
+		if done {
+			stop()
+			f.sink.end(status)
 			return
 		}
 		// Live lines after a gap (lines published before the subscription
@@ -97,13 +83,13 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.Buil
 		var pending []forge.LogLine
 		var gap <-chan time.Time
 		fill := func() bool {
-			if !catchUp() {
+			if !f.catchUp(ctx) {
 				return false
 			}
 			rest := pending[:0]
 			for _, l := range pending {
-				write(l)
-				if l.Number >= next {
+				f.write(l)
+				if l.Number >= f.next {
 					rest = append(rest, l)
 				}
 			}
@@ -112,7 +98,7 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.Buil
 			if len(pending) > 0 {
 				gap = time.After(gapWait)
 			}
-			return flush()
+			return f.flush()
 		}
 	stream:
 		for {
@@ -125,10 +111,10 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.Buil
 					break stream
 				}
 				switch {
-				case l.Number < next:
-				case l.Number == next && len(pending) == 0:
-					write(l)
-					if len(lines) == 0 && !flush() {
+				case l.Number < f.next:
+				case l.Number == f.next && len(pending) == 0:
+					f.write(l)
+					if len(lines) == 0 && !f.flush() {
 						stop()
 						return
 					}
@@ -146,29 +132,91 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, j *forge.Buil
 					return
 				}
 			case <-tick.C:
-				if finished() {
-					catchUp()
+				if status, done := f.status(ctx); done {
 					stop()
+					if f.catchUp(ctx) {
+						f.sink.end(status)
+					}
 					return
 				}
 				// Lines published live before this follower subscribed
-				// reach it only through the store: without this, a job
-				// that goes quiet would show nothing until its next line.
-				if !catchUp() {
+				// reach it only through the store: without reading it
+				// each tick, a job that goes quiet would show nothing
+				// until its next line.
+				if !f.catchUp(ctx) {
 					stop()
 					return
+				}
+				if time.Since(f.last) >= keepAlive {
+					if !f.sink.idle() {
+						stop()
+						return
+					}
+					f.last = time.Now()
 				}
 			}
 		}
 		stop()
-		if !dropped() {
-			// The job's log is complete: what is left is in the store.
-			catchUp()
-			return
+		if dropped() {
+			f.s.log.Debug("log follower fell behind; continuing from the store", "job", f.j.ID, "next", strconv.Itoa(f.next))
+			continue
 		}
-		s.log.Debug("log follower fell behind; continuing from the store", "job", j.ID, "next", strconv.Itoa(next))
+		// The job's log is complete; the job's record may lag a moment
+		// behind: go on polling the store until it says the job ended.
+		live = nil
 	}
 }
+
+// status returns the job's current status and whether it ended; a job
+// that cannot be read any more counts as ended.
+func (f *follower) status(ctx context.Context) (forge.Status, bool) {
+	cur, err := f.builds.Job(ctx, f.j.ID)
+	if err != nil {
+		return f.j.Status, true
+	}
+	return cur.Status, cur.Status.Done()
+}
+
+func (f *follower) write(l forge.LogLine) {
+	if l.Number == f.next {
+		f.sink.line(l)
+		f.next++
+	}
+}
+
+func (f *follower) flush() bool {
+	f.last = time.Now()
+	return f.sink.flush()
+}
+
+// catchUp writes the stored lines from next on.
+func (f *follower) catchUp(ctx context.Context) bool {
+	for {
+		lines, err := f.logs.Lines(ctx, f.j.ID, f.next, logPage)
+		if err != nil {
+			if ctx.Err() == nil {
+				f.s.log.Warn("following a log", "job", f.j.ID, "err", err)
+			}
+			return false
+		}
+		for _, l := range lines {
+			if l.Number > f.next {
+				f.next = l.Number // a gap in the store: go on after it
+			}
+			f.write(l)
+		}
+		if len(lines) < logPage {
+			return f.flush()
+		}
+		if !f.flush() {
+			return false
+		}
+	}
+}
+
+// logPage is how many lines are read from the store at a time when a log
+// is streamed: a bounded buffer however long the log.
+const logPage = 10000
 
 // gapWait is how long live lines wait for the lines before them to reach
 // the store (the runner writes every ~100ms); maxPending bounds them (the

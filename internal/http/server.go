@@ -68,6 +68,12 @@ type Options struct {
 	Hooks http.Handler
 	// Live, when set, carries log lines live to ?follow=true readers.
 	Live LiveLogs
+	// LogIndex sizes and searches logs; without it the JSON log form and
+	// the log searches answer 501.
+	LogIndex LogIndex
+	// Reports gives jobs' test and coverage summaries to the badges;
+	// without it those badges say "unknown".
+	Reports JobReports
 	// Leases serves /api/v1/leases/... and /api/v1/pools...
 	Leases http.Handler
 	// Ready reports whether the server can do its work (the database is

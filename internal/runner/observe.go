@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/coverage"
 	"github.com/forgeci/forge/internal/junit"
 )
 
@@ -64,6 +65,10 @@ func (rec *recorder) publishJob(js *jobState) {
 			t := *js.tests
 			c.Tests = &t
 		}
+		if js.cover != nil && js.cover.Total > 0 {
+			pct := js.cover.Percent()
+			c.Coverage = &pct
+		}
 		if row.Status != forge.StatusSuccess && row.Status != forge.StatusSkipped {
 			c.Tail = js.tailLines()
 		}
@@ -74,6 +79,22 @@ func (rec *recorder) publishJob(js *jobState) {
 // report reads a test report the backend found; the caller holds rec.mu.
 func (rec *recorder) report(js *jobState, f *forge.ReportFile) {
 	if f == nil {
+		return
+	}
+	if f.Type == "coverage" {
+		// A coverage report that cannot be read leaves the badge as it
+		// was; the job's log and result say more than a badge could.
+		if f.Error != "" {
+			return
+		}
+		c, err := coverage.Parse(f.Data)
+		if err != nil {
+			return
+		}
+		if js.cover == nil {
+			js.cover = &coverage.Counts{}
+		}
+		*js.cover = js.cover.Add(c)
 		return
 	}
 	if js.tests == nil {
@@ -108,3 +129,6 @@ func (js *jobState) tailLines() []string {
 	out = append(out, js.tail[js.tailAt:]...)
 	return append(out, js.tail[:js.tailAt]...)
 }
+
+// coverageCounts are the summed coverage reports of a job.
+type coverageCounts = coverage.Counts

@@ -46,6 +46,7 @@ type jobState struct {
 	pubStatus  forge.Status
 	pubAttempt int
 	tests      *forge.TestSummary
+	cover      *coverageCounts // the coverage reports read, summed
 	tail       []string
 	tailAt     int
 }

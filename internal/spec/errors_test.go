@@ -149,7 +149,7 @@ func TestParseProblems(t *testing.T) {
 		{"bad placement", "jobs:\n  a:\n    placement: [zone-lab]\n    steps: [x]\n",
 			[]string{"f.yml:3:17: bad placement constraint `zone-lab`: write it like `node.labels.zone == lab` or `node.role != manager`"}},
 		{"bad report type", "jobs:\n  a:\n    reports:\n      - {type: tap, paths: [x]}\n    steps: [x]\n",
-			[]string{"f.yml:4:16: unknown report type `tap`: forge reads `junit`"}},
+			[]string{"f.yml:4:16: unknown report type `tap`: forge reads `junit` and `coverage`"}},
 		{"matrix without values", "jobs:\n  a:\n    matrix: {go: []}\n    steps: [x]\n",
 			[]string{"f.yml:3:14: matrix key `go` has no values"}},
 		{"matrix duplicate value", "jobs:\n  a:\n    matrix: {go: [1, 1]}\n    steps: [x]\n",

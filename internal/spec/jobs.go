@@ -399,7 +399,8 @@ func (r *reader) matrix(n ast.Node, what string) []matrixAxis {
 	return out
 }
 
-// reports reads {junit: paths} or {type: junit, paths: [...]} items.
+// reports reads {junit: paths}, {coverage: paths} or {type: junit|coverage,
+// paths: [...]} items.
 func (r *reader) reports(n ast.Node, what string) []forge.Report {
 	items, ok := r.list(n, what, false)
 	if !ok {
@@ -416,15 +417,15 @@ func (r *reader) reports(n ast.Node, what string) []forge.Report {
 		for _, e := range entries {
 			in := fmt.Sprintf("`%s` of %s", e.key, rw)
 			switch e.key {
-			case "junit":
-				rep.Type = "junit"
+			case "junit", "coverage":
+				rep.Type = e.key
 				for _, s := range r.strs(e.value, in) {
 					rep.Paths = append(rep.Paths, s.s)
 				}
 			case "type":
 				s, p, ok := r.str(e.value, in)
-				if ok && s != "junit" {
-					r.ps.at(p, "unknown report type `%s`: forge reads `junit`", s)
+				if ok && s != "junit" && s != "coverage" {
+					r.ps.at(p, "unknown report type `%s`: forge reads `junit` and `coverage`", s)
 				} else if ok {
 					rep.Type = s
 				}
@@ -437,14 +438,21 @@ func (r *reader) reports(n ast.Node, what string) []forge.Report {
 			}
 		}
 		_, hasJunit := find(entries, "junit")
+		if _, hasCov := find(entries, "coverage"); hasCov {
+			if hasJunit {
+				r.ps.at(posOf(item), "%s: write `junit: PATH` and `coverage: PATH` as two reports", rw)
+				continue
+			}
+			hasJunit = true // the same rules: a shorthand
+		}
 		_, hasType := find(entries, "type")
 		_, hasPaths := find(entries, "paths")
 		switch {
 		case hasJunit && (hasType || hasPaths):
-			r.ps.at(posOf(item), "%s: write either `junit: PATH` or `type: junit` with `paths`, not both", rw)
+			r.ps.at(posOf(item), "%s: write either `junit: PATH` (or `coverage: PATH`) or `type` with `paths`, not both", rw)
 			continue
 		case !hasJunit && !hasType:
-			r.ps.at(posOf(item), "%s has no type: write `junit: PATH`", rw)
+			r.ps.at(posOf(item), "%s has no type: write `junit: PATH` or `coverage: PATH`", rw)
 			continue
 		case hasType && !hasPaths:
 			r.ps.at(posOf(item), "%s has no `paths`", rw)

@@ -92,7 +92,7 @@ var (
 	resKeys     = []string{"pool", "count", "labels"}
 	whenKeys    = []string{"branch", "event", "tag", "paths"}
 	limitKeys   = []string{"cpus", "memory"}
-	reportKeys  = []string{"junit", "type", "paths"}
+	reportKeys  = []string{"junit", "coverage", "type", "paths"}
 )
 
 // The syntax of names: reName ^[A-Za-z0-9][A-Za-z0-9_.-]*$ and reVar
