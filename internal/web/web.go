@@ -159,7 +159,10 @@ func (u *UI) Handler() http.Handler {
 // be named, so they never shadow a repository.
 func (u *UI) routes() {
 	static, _ := fs.Sub(files, "assets")
-	u.mux.Handle("GET /-/static/", http.StripPrefix("/-/static/", cacheStatic(http.FileServerFS(static))))
+	u.mux.HandleFunc("GET /-/static/{file}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		http.ServeFileFS(w, r, static, r.PathValue("file"))
+	})
 	u.mux.HandleFunc("GET /-/login", u.loginPage)
 	u.mux.Handle("POST /-/login", u.cop.Handler(http.HandlerFunc(u.login)))
 	u.mux.Handle("POST /-/logout", u.cop.Handler(u.needSession(u.logout)))
@@ -171,15 +174,6 @@ func (u *UI) routes() {
 	u.mux.Handle("POST /{owner}/{repo}/builds/{number}/{op}", u.cop.Handler(u.needSession(u.control)))
 	u.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		u.fail(w, r, forge.Errorf(forge.ENOTFOUND, "no page at %s", r.URL.Path))
-	})
-}
-
-// cacheStatic lets browsers keep assets for a while; they change only with
-// the binary, and pages name them with the binary's start time.
-func cacheStatic(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "public, max-age=3600")
-		h.ServeHTTP(w, r)
 	})
 }
 
