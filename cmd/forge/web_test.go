@@ -287,10 +287,10 @@ func TestWebPages(t *testing.T) {
 	t.Run("opens at the failure with the failed step open", func(t *testing.T) {
 		webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+pages["job"]),
 			webPoll(`(function(){var r=document.getElementById("L300"); return !!r && r.textContent.indexOf("FAIL: TestThing300")>=0})()`, 15*time.Second))
-		folds := webEval[[]string](t, ctx, `Array.from(document.querySelectorAll(".fold")).map(function(b){return b.textContent+" "+b.getAttribute("aria-expanded")})`)
+		folds := webEval[[]string](t, ctx, `Array.from(document.querySelectorAll("#steplist .fold")).map(function(b){return b.textContent+" "+b.getAttribute("aria-expanded")})`)
 		if len(folds) != 2 || !strings.Contains(folds[0], "go build") || !strings.HasSuffix(folds[0], "false") ||
 			!strings.Contains(folds[1], "go test") || !strings.HasSuffix(folds[1], "true") {
-			t.Errorf("step sections = %q, want go build folded and go test open", folds)
+			t.Errorf("step sections = %q, want go build folded and go test open (data-steps %s)", folds, webEval[string](t, ctx, `document.getElementById("log").dataset.steps`))
 		}
 	})
 

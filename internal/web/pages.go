@@ -144,12 +144,20 @@ func (u *UI) jobPage(w http.ResponseWriter, r *http.Request, s *session) {
 		u.fail(w, r, forge.Errorf(forge.EINVALID, "job id %q is not a positive integer", r.PathValue("job")))
 		return
 	}
-	j, err := u.opts.Builds.Job(r.Context(), id)
-	if forge.ErrorCode(err) == forge.ENOTFOUND || err == nil && j.BuildID != b.ID {
-		err = forge.Errorf(forge.ENOTFOUND, "no job %d in build %d", id, b.Number)
-	}
+	// A build's jobs come with their steps (Job alone has none).
+	jobs, err := u.opts.Builds.Jobs(r.Context(), b.ID)
 	if err != nil {
 		u.fail(w, r, err)
+		return
+	}
+	var j *forge.BuildJob
+	for _, x := range jobs {
+		if x.ID == id {
+			j = x
+		}
+	}
+	if j == nil {
+		u.fail(w, r, forge.Errorf(forge.ENOTFOUND, "no job %d in build %d", id, b.Number))
 		return
 	}
 	total, err := lastLine(r.Context(), u.opts.Logs, j.ID)

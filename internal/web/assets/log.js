@@ -222,9 +222,34 @@
       if (it.line) cur = it.line;
     }
     rowsEl.replaceChildren(frag);
+    stepList();
     Object.keys(want).forEach(function (c) { fetchChunk(+c); });
     if (!total) stateEl.textContent = done ? "this job printed nothing" : "waiting for output…";
     else if (!stateEl.dataset.err) stateEl.textContent = total.toLocaleString() + " lines";
+  }
+  // The steps, listed above the log: fold or unfold, or jump to one.
+  function stepList() {
+    var ol = document.getElementById("steplist");
+    var frag = document.createDocumentFragment();
+    steps.forEach(function (s) {
+      if (s.bare) return;
+      var li = document.createElement("li");
+      li.className = "st-" + s.status;
+      var b = document.createElement("button");
+      b.type = "button";
+      b.className = "fold";
+      b.setAttribute("aria-expanded", s.open ? "true" : "false");
+      b.textContent = (s.open ? "▾ " : "▸ ") + s.name;
+      b.title = s.open ? "Fold this step" : "Unfold this step";
+      b.addEventListener("click", function () { s.open = !s.open; render(); });
+      li.appendChild(b);
+      var a = document.createElement("a");
+      a.href = "#L" + s.from;
+      a.textContent = s.status + (s.duration ? " · " + s.duration : "") + " · " + Math.max(0, s.to - s.from + 1) + " lines";
+      li.appendChild(a);
+      frag.appendChild(li);
+    });
+    ol.replaceChildren(frag);
   }
   function headerRow(s) {
     var d = document.createElement("div");
