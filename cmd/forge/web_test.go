@@ -213,6 +213,50 @@ func webSeedData(t testing.TB, lines int) *webSeed {
 
 const webRepo = "/Codertocat/Hello-World"
 
+// webPools is a configuration with two lease pools for the pools page.
+const webPools = `pools:
+  dut:
+    resources:
+      - {id: dut1, host: 10.0.0.5, labels: {arch: arm64}}
+      - {id: dut2, host: 10.0.0.6, labels: {arch: amd64}}
+      - {id: dut3, disabled: true}
+  ports:
+    range: 20000-20003
+`
+
+// webHoldLeases has two forge lease processes hold both enabled devices
+// of pool dut and a third wait in its queue, until the test ends.
+func webHoldLeases(t testing.TB, p *e2eServerProc) {
+	t.Helper()
+	for i := 0; i < 3; i++ {
+		cmd := exec.Command(buildForge(t), "lease", "--server", p.url, "--holder", fmt.Sprintf("web-test-%d", i), "dut", "--", "sleep", "600")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var body struct {
+			Pools []struct {
+				Name  string `json:"name"`
+				InUse int    `json:"in_use"`
+				Queue []any  `json:"queue"`
+			} `json:"pools"`
+		}
+		e2eApiCall(t, "GET", p.url+"/api/v1/pools", "", &body)
+		for _, pl := range body.Pools {
+			if pl.Name == "dut" && pl.InUse == 2 && len(pl.Queue) == 1 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the leases were not held within 30s: %+v", body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // webScheme emulates a colour scheme and a screen.
 func webScreen(scheme string, w, h int64, mobile bool) chromedp.Action[chromedp.Void] {
 	return chromedp.Steps(
@@ -233,10 +277,15 @@ func TestWebPages(t *testing.T) {
 		lines = 100000
 	}
 	seed := webSeedData(t, lines)
-	p := e2eStartServer(t, seed.data)
+	config := filepath.Join(t.TempDir(), "forge.yml")
+	if err := os.WriteFile(config, []byte(webPools), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := e2eStart(t, seed.data, config)
 	ctx := webBrowser(t)
 	shots := webScreenshots(t)
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	webHoldLeases(t, p)
 
 	pages := map[string]string{
 		"repos":  "/",
@@ -267,6 +316,16 @@ func TestWebPages(t *testing.T) {
 		}
 		webRun(t, ctx, 10*time.Second, webScreen("light", 1280, 900, false))
 		t.Logf("screenshots in %s", shots)
+	})
+
+	t.Run("pools page", func(t *testing.T) {
+		webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+"/-/pools"), webPoll(`document.querySelectorAll("#pools table").length === 2`, 20*time.Second))
+		text := webEval[string](t, ctx, `document.getElementById("pools").textContent`)
+		for _, want := range []string{"dut1leased", "dut2leased", "dut3disabled", "ports20000free", "Queue (1)", "3 resources: 0 free, 2 in use, 1 disabled", "web-test-"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("pools page %q lacks %q", text, want)
+			}
+		}
 	})
 
 	t.Run("build page", func(t *testing.T) {

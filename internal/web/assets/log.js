@@ -20,7 +20,8 @@
   var spacer = document.getElementById("spacer");
   var rowsEl = document.getElementById("rows");
   var stateEl = document.getElementById("lstate");
-  var chunks = new Map();      // chunk index -> {lines: [], full: bool} | "pending"
+  var chunks = new Map();      // chunk index -> {lines: [], full: bool, at: ms} | "pending"
+  var early = new Map();       // live lines that arrived while their chunk was being fetched
   var showTime = false, follow = false, hl = null, cur = 0;
   var matches = [], mi = -1;
 
@@ -146,6 +147,8 @@
   function fetchChunk(c) {
     var have = chunks.get(c);
     if (have === "pending" || have && (have.full || done && have.lines.length)) return;
+    // A running job's partial chunk is asked again at most once a second.
+    if (have && Date.now() - have.at < 1000) return;
     chunks.set(c, "pending");
     var from = c * CHUNK + 1;
     fetch(API + "/log?from=" + from + "&limit=" + CHUNK, {headers: {Accept: "application/json"}, credentials: "same-origin"})
@@ -164,16 +167,25 @@
         });
       })
       .then(function (lines) {
-        var ch = {lines: [], full: lines.length >= CHUNK};
+        var ch = {lines: [], full: lines.length >= CHUNK, at: Date.now()};
         lines.forEach(function (l) { ch.lines[l.n - from] = l; });
         var prev = chunks.get(c);
         if (prev && prev !== "pending") prev.lines.forEach(function (l, i) { if (l && !ch.lines[i]) ch.lines[i] = l; });
+        early.forEach(function (l, n) {
+          if (n >= from && n < from + CHUNK) { if (!ch.lines[n - from]) ch.lines[n - from] = l; early.delete(n); }
+        });
+        ch.full = isFull(ch);
         chunks.set(c, ch);
         if (lines.length) setTotal(lines[lines.length - 1].n);
         evict();
         render();
       })
       .catch(function (e) { chunks.delete(c); stateEl.textContent = "could not load lines: " + e.message; });
+  }
+  function isFull(ch) {
+    if (ch.lines.length < CHUNK) return false;
+    for (var i = 0; i < CHUNK; i++) if (!ch.lines[i]) return false;   // holes too
+    return true;
   }
   function evict() {
     if (chunks.size <= KEEP) return;
@@ -188,9 +200,10 @@
   function addLive(l) {
     var c = Math.floor((l.n - 1) / CHUNK);
     var ch = chunks.get(c);
-    if (!ch || ch === "pending") { ch = {lines: [], full: false}; if (chunks.get(c) !== "pending") chunks.set(c, ch); else return setTotal(l.n); }
+    if (ch === "pending") { early.set(l.n, l); return setTotal(l.n); }   // merged when the fetch lands
+    if (!ch) { ch = {lines: [], full: false, at: 0}; chunks.set(c, ch); }
     ch.lines[(l.n - 1) % CHUNK] = l;
-    ch.full = ch.lines.length >= CHUNK;
+    ch.full = isFull(ch);
     setTotal(l.n);
   }
 
