@@ -86,6 +86,24 @@ func webPoll(expr string, within time.Duration) chromedp.Action[chromedp.Void] {
 	return chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(within))
 }
 
+// webPollAcrossNavigation waits until expr is truthy in the page, starting
+// again when the page navigates (after a form post) while it waits.
+func webPollAcrossNavigation(t testing.TB, ctx context.Context, expr string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		tctx, cancel := context.WithDeadline(ctx, deadline)
+		err := chromedp.Do(tctx, chromedp.WaitReady(chromedp.CSS("body")), webPoll(expr, time.Until(deadline)))
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) || !strings.Contains(err.Error(), "navigated") && !strings.Contains(err.Error(), "context") && !strings.Contains(err.Error(), "Cannot find") {
+			t.Fatalf("browser: waiting for %s: %v", expr, err)
+		}
+	}
+}
+
 // webCDP sends one protocol command.
 func webCDP[P, R any](cmd cdp.Command[P, R], params P) chromedp.Action[chromedp.Void] {
 	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
@@ -321,7 +339,7 @@ func TestWebPages(t *testing.T) {
 	t.Run("pools page", func(t *testing.T) {
 		webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+"/-/pools"), webPoll(`document.querySelectorAll("#pools table").length === 2`, 20*time.Second))
 		text := webEval[string](t, ctx, `document.getElementById("pools").textContent`)
-		for _, want := range []string{"dut1leased", "dut2leased", "dut3disabled", "ports20000free", "Queue (1)", "3 resources: 0 free, 2 in use, 1 disabled", "web-test-"} {
+		for _, want := range []string{"dut1leased", "dut2leased", "dut3disabled", "20000free", "Queue (1)", "3 resources: 0 free, 2 in use, 1 disabled", "web-test-"} {
 			if !strings.Contains(text, want) {
 				t.Errorf("pools page %q lacks %q", text, want)
 			}
@@ -544,8 +562,8 @@ func TestWebLiveAndCancel(t *testing.T) {
 	if loc := webGet(t, ctx, 10*time.Second, chromedp.Location()); loc != build {
 		t.Errorf("after sign-in the browser is at %s, want back at %s", loc, build)
 	}
-	webRun(t, ctx, 60*time.Second, chromedp.Click(css("#cancel")),
-		webPoll(`document.getElementById("build-status").textContent === "canceled"`, 50*time.Second))
+	webRun(t, ctx, 30*time.Second, chromedp.Click(css("#cancel")))
+	webPollAcrossNavigation(t, ctx, `document.getElementById("build-status").textContent === "canceled"`, 50*time.Second)
 	deadline := time.Now().Add(20 * time.Second)
 	for len(processesWith("3000."+marker)) > 0 {
 		if time.Now().After(deadline) {

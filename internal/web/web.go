@@ -301,6 +301,10 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name str
 	data["Session"] = s
 	data["Private"] = u.opts.PrivateReads
 	data["Asset"] = u.start.Unix()
+	data["Here"] = "/"
+	if !strings.HasPrefix(r.URL.Path, "/-/") {
+		data["Here"] = r.URL.RequestURI() // where signing in comes back to
+	}
 	var b strings.Builder
 	if err := t.ExecuteTemplate(&b, "layout", data); err != nil {
 		u.log.Error("rendering a page", "page", name, "err", err)
