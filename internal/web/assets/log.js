@@ -458,7 +458,7 @@
   function problems() {
     var list = document.getElementById("problist"), box = document.getElementById("problems");
     var found = [];
-    var kinds = [["error", "error"], ["fail", "error"], ["warn", "warning"]];
+    var kinds = [["error", "error"], ["failed", "error"], ["panic", "error"], ["warning", "warning"]];
     Promise.all(kinds.map(function (k) {
       return fetch(API + "/log/search?q=" + k[0] + "&from=1&limit=200", {headers: {Accept: "application/json"}, credentials: "same-origin"})
         .then(jsonOr404).then(function (b) { (b && b.matches || []).forEach(function (n) { found.push([n, k[1]]); }); })
