@@ -448,7 +448,7 @@ func TestWebPages(t *testing.T) {
 			t.Skip("the in-log search endpoint is not on this branch yet")
 		}
 		webRun(t, ctx, 60*time.Second, chromedp.Navigate(p.url+path),
-			chromedp.WaitVisible(css("#lq")), chromedp.SendKeys(css("#lq"), "needle-near-the-start"), chromedp.Submit(css("#lq")),
+			chromedp.WaitVisible(css("#lq")), chromedp.SendKeys(css("#lq"), "needle-near-the-start"), chromedp.Click(css(`#lsearch button[type="submit"]`)),
 			chromedp.WaitVisible(css("#L42.cur")))
 		if count := webEval[string](t, ctx, `document.getElementById("lcount").textContent`); !strings.HasPrefix(count, "1 of 1") {
 			t.Errorf("match count %q, want 1 of 1", count)

@@ -24,6 +24,9 @@
   var early = new Map();       // live lines that arrived while their chunk was being fetched
   var showTime = false, follow = false, hl = null, cur = 0;
   var matches = [], mi = -1;
+  // The errors-and-warnings searches scan the whole log on the server: they
+  // wait until the lines in view have come, so they never delay them.
+  var problemsAsked = false;
 
   // ---- the rows model: step headers and the lines of open steps ----
   if (!steps.length) steps = [{index: -2, name: "", from: 1, to: total, open: true, bare: true}];
@@ -179,6 +182,7 @@
         if (lines.length) setTotal(lines[lines.length - 1].n);
         evict();
         render();
+        if (!problemsAsked) { problemsAsked = true; setTimeout(problems, 0); }
       })
       .catch(function (e) { chunks.delete(c); stateEl.textContent = "could not load lines: " + e.message; });
   }
@@ -503,6 +507,6 @@
   }
   if (!done) setFollow(true);
   live();
-  problems();
+  if (!total) { problemsAsked = true; }   // nothing to search yet
   render();
 })();
