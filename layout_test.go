@@ -14,7 +14,7 @@ const module = "github.com/forgeci/forge"
 // only cmd/forge wires them together (STYLE.md habit 3).
 var adapters = []string{
 	"internal/sqldb", "internal/github", "internal/git", "internal/http",
-	"internal/ssh", "internal/lease", "internal/livelog", "internal/backend/",
+	"internal/ssh", "internal/lease", "internal/livelog", "internal/backend/", "internal/web",
 }
 
 // orchestration packages import the domain and each other, never adapters.

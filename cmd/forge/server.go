@@ -29,6 +29,7 @@ import (
 	"github.com/forgeci/forge/internal/prometheus"
 	"github.com/forgeci/forge/internal/runner"
 	"github.com/forgeci/forge/internal/sqldb"
+	"github.com/forgeci/forge/internal/web"
 )
 
 func newServerCmd() *cobra.Command {
@@ -353,8 +354,22 @@ func (m *serverMain) Run(ctx context.Context) error {
 		return err
 	}
 
-	api := httpapi.New(httpapi.Options{
+	// The web pages check sign-ins with the API's own token check.
+	var api *httpapi.Server
+	ui, err := web.New(web.Options{
+		Repos: db, Builds: db, Logs: db, Control: run,
+		Authenticate: func(ctx context.Context, secret string) (*forge.Token, error) { return api.Authenticate(ctx, secret) },
+		Cookie:       httpapi.SessionCookie,
+		PrivateReads: c.API.PrivateReads,
+		PublicURL:    publicURL,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	api = httpapi.New(httpapi.Options{
 		Repos: db, Store: db, Logs: db, Tokens: db, LogIndex: db, Reports: db,
+		UI:      ui.Handler(),
 		Control: run,
 		Trigger: proc,
 		Hooks: httpapi.GitHubHook(db, httpapi.HookOptions{

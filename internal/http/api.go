@@ -61,8 +61,14 @@ func (s *Server) routesInit() {
 	s.handle("", "/api/v1/pools", Delegated, leases)
 	s.handle("", "/api/v1/pools/", Delegated, leases)
 
-	// Unknown paths get a JSON 404 (registered without the route list).
-	s.mux.Handle("/", s.notFound())
+	// Unknown paths get a JSON 404 (registered without the route list),
+	// or the web pages outside /api/.
+	if o.UI != nil {
+		s.mux.Handle("/api/", s.notFound())
+		s.mux.Handle("/", o.UI)
+	} else {
+		s.mux.Handle("/", s.notFound())
+	}
 }
 
 func openAPIHandler() http.HandlerFunc {

@@ -76,6 +76,9 @@ type Options struct {
 	Reports JobReports
 	// Leases serves /api/v1/leases/... and /api/v1/pools...
 	Leases http.Handler
+	// UI, when set, serves every path outside /api/ that no route takes:
+	// the web pages (internal/web).
+	UI http.Handler
 	// Ready reports whether the server can do its work (the database is
 	// reachable and its schema current); /readyz answers 503 when it
 	// fails or after SetDraining.
@@ -227,11 +230,27 @@ func (s *Server) guard(access Access, h http.Handler) http.Handler {
 	})
 }
 
+// SessionCookie is the web pages' session cookie (internal/web sets it at
+// sign-in): it holds an API token, HttpOnly and SameSite=Strict.
+const SessionCookie = "forge_session"
+
 // authenticate returns the token the request presents, nil when it
 // presents none, and EUNAUTHORIZED for a malformed or unknown one.
+//
+// The web pages' session cookie counts for reads only (GET, HEAD): the
+// pages' own fetches need it with private reads, while everything that
+// changes something is a form posted to the pages, which check a CSRF
+// token. So a cross-site request can never change anything with it.
 func (s *Server) authenticate(r *http.Request) (*forge.Token, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
+		if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			tok, err := s.Authenticate(r.Context(), c.Value)
+			if err != nil {
+				return nil, forge.Errorf(forge.EUNAUTHORIZED, "the session has expired or its token was revoked: sign in again")
+			}
+			return tok, nil
+		}
 		return nil, nil
 	}
 	scheme, secret, ok := strings.Cut(h, " ")
@@ -239,13 +258,19 @@ func (s *Server) authenticate(r *http.Request) (*forge.Token, error) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || secret == "" {
 		return nil, forge.Errorf(forge.EUNAUTHORIZED, "malformed Authorization header: want Bearer TOKEN")
 	}
+	return s.Authenticate(r.Context(), secret)
+}
+
+// Authenticate returns the token whose secret is given: EUNAUTHORIZED for
+// an unknown one. The web pages check sign-ins with it.
+func (s *Server) Authenticate(ctx context.Context, secret string) (*forge.Token, error) {
 	if s.opts.InternalToken != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(s.opts.InternalToken)) == 1 {
 		return &forge.Token{Name: "forge-internal"}, nil
 	}
 	if s.opts.Tokens == nil {
 		return nil, forge.Errorf(forge.EUNAUTHORIZED, "this server has no token store")
 	}
-	tok, err := s.opts.Tokens.TokenByHash(r.Context(), HashToken(secret))
+	tok, err := s.opts.Tokens.TokenByHash(ctx, HashToken(secret))
 	if forge.ErrorCode(err) == forge.ENOTFOUND {
 		return nil, forge.Errorf(forge.EUNAUTHORIZED, "unknown API token")
 	}

@@ -1,0 +1,176 @@
+// forge's pages: live states without reloads, the badge copy button, the
+// cross-build search and the pools page. Everything from the API goes into
+// the page through textContent.
+(function () {
+  "use strict";
+  var DONE = ["success", "failure", "error", "skipped", "canceled"];
+  function getJSON(url) {
+    return fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin"}).then(function (r) {
+      if (r.status === 404) return null;
+      if (!r.ok) throw new Error(url + " answered " + r.status);
+      return r.json();
+    });
+  }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function dur(start, end) {
+    if (!start || start.indexOf("0001-") === 0) return "";
+    var s = Math.max(0, Math.round(((end ? Date.parse(end) : Date.now()) - Date.parse(start)) / 1000));
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + ("0" + s % 60).slice(-2) + "s";
+    return Math.floor(s / 3600) + "h " + ("0" + Math.floor(s / 60) % 60).slice(-2) + "m";
+  }
+  function setStatus(badge, st) {
+    if (!badge || !st || badge.textContent === st) return;
+    badge.textContent = st;
+    badge.className = "badge st-" + st;
+  }
+  // poll calls f every 2 s while it returns true, skipping hidden tabs.
+  function poll(f) {
+    var busy = false;
+    function tick() {
+      if (document.hidden || busy) return;
+      busy = true;
+      Promise.resolve(f()).then(function (more) {
+        busy = false;
+        if (more === false) clearInterval(id);
+      }, function () { busy = false; });
+    }
+    var id = setInterval(tick, 2000);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    // Copy buttons.
+    document.querySelectorAll("[data-copy]").forEach(function (b) {
+      b.addEventListener("click", function () {
+        var input = document.getElementById(b.dataset.copy);
+        input.select();
+        (navigator.clipboard ? navigator.clipboard.writeText(input.value) : Promise.reject()).then(
+          function () { b.textContent = "Copied"; }, function () { document.execCommand("copy"); b.textContent = "Copied"; });
+      });
+    });
+
+    // A repository's builds: states and durations of the listed builds.
+    var builds = document.getElementById("builds");
+    if (builds && builds.dataset.live) poll(function () {
+      return getJSON(builds.dataset.live + "?limit=50").then(function (b) {
+        (b && b.builds || []).forEach(function (x) {
+          var tr = builds.querySelector('tr[data-build="' + x.id + '"]');
+          if (!tr) return;
+          setStatus(tr.querySelector("[data-status]"), x.status);
+          tr.querySelector("[data-duration]").textContent = dur(x.started, x.finished);
+        });
+      });
+    });
+
+    // A build: its state, its jobs' states, the buttons.
+    var actions = document.getElementById("actions");
+    if (actions && actions.dataset.live && actions.dataset.done !== "true") poll(function () {
+      return Promise.all([getJSON(actions.dataset.live), getJSON(actions.dataset.live + "/jobs")]).then(function (r) {
+        var b = r[0], jobs = r[1] && r[1].jobs || [];
+        if (!b) return false;
+        setStatus(document.getElementById("build-status"), b.status);
+        document.getElementById("build-duration").textContent = dur(b.started, b.finished);
+        jobs.forEach(function (j) {
+          var tr = document.querySelector('#jobs tr[data-job="' + j.id + '"]');
+          if (tr) {
+            setStatus(tr.querySelector("[data-status]"), j.status);
+            tr.querySelector("[data-duration]").textContent = dur(j.started, j.finished);
+            tr.querySelector("[data-attempt]").textContent = j.attempt;
+          }
+          var g = document.querySelector('svg g[data-job="' + j.id + '"]');
+          if (g) g.setAttribute("class", "node st-" + j.status);
+        });
+        var finished = DONE.indexOf(b.status) >= 0;
+        var c = document.getElementById("cancel-form"), s = document.getElementById("restart-form");
+        if (c) c.hidden = finished;
+        if (s) s.hidden = !finished;
+        return !finished;
+      });
+    });
+
+    // The job page's state (the log viewer follows the lines).
+    var js = document.getElementById("job-status"), log = document.getElementById("log");
+    if (js && log && DONE.indexOf(log.dataset.status) < 0) poll(function () {
+      return getJSON(log.dataset.api).then(function (j) {
+        if (!j) return false;
+        setStatus(js, j.status);
+        document.getElementById("job-duration").textContent = dur(j.started, j.finished);
+        return DONE.indexOf(j.status) < 0;
+      });
+    });
+
+    // Search across builds.
+    var xs = document.getElementById("xsearch");
+    if (xs) xs.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var q = xs.querySelector("input").value, out = document.getElementById("xresults");
+      if (!q) { out.replaceChildren(); return; }
+      out.replaceChildren(el("p", "muted", "searching…"));
+      getJSON(xs.dataset.api + "?q=" + encodeURIComponent(q)).then(function (res) {
+        if (res === null) { out.replaceChildren(el("p", "muted", "Search across builds is not available on this server.")); return; }
+        var hits = Array.isArray(res) ? res : res.results || [];
+        if (!hits.length) { out.replaceChildren(el("p", "muted", "No build printed that.")); return; }
+        var ul = el("ul", "hits");
+        hits.forEach(function (h) {
+          var li = el("li");
+          var a = el("a", "", "#" + h.build + " " + h.job_name + " line " + h.line);
+          a.href = xs.dataset.base + "/builds/" + h.build + "/jobs/" + h.job + "#L" + h.line;
+          li.appendChild(a);
+          li.appendChild(el("code", "hit", " " + h.text.replace(/\x1b\[[0-?]*[ -\/]*[@-~]/g, "")));
+          ul.appendChild(li);
+        });
+        out.replaceChildren(ul);
+      }).catch(function (e) { out.replaceChildren(el("p", "error-msg", "search failed: " + e.message)); });
+    });
+
+    // Lease pools.
+    var pools = document.getElementById("pools");
+    if (pools) {
+      var draw = function () {
+        return getJSON(pools.dataset.live).then(function (b) {
+          var list = b && b.pools || [];
+          var frag = document.createDocumentFragment();
+          if (!list.length) frag.appendChild(el("p", "muted", b ? "No pools are configured." : "This server has no lease pools."));
+          list.forEach(function (p) {
+            var sec = el("section", "pool");
+            sec.appendChild(el("h2", "", p.name + (p.deleted ? " (deleted)" : "")));
+            sec.appendChild(el("p", "muted", p.size + " resources: " + p.free + " free, " + p.in_use + " in use, " + p.disabled + " disabled · order " + p.order));
+            var t = el("table", "res");
+            var hr = el("tr");
+            ["Resource", "State", "Holder", "Since", "Labels"].forEach(function (h) { hr.appendChild(el("th", "", h)); });
+            t.appendChild(el("thead")).appendChild(hr);
+            var tb = t.appendChild(el("tbody"));
+            (p.resources || []).forEach(function (r) {
+              var tr = el("tr");
+              tr.appendChild(el("td", "", r.id));
+              var st = el("td");
+              st.appendChild(el("span", "badge res-" + r.state, r.state + (r.disabled && r.state === "leased" ? " (disabled)" : "") + (r.removing ? " (removing)" : "")));
+              tr.appendChild(st);
+              tr.appendChild(el("td", "", r.holder || ""));
+              tr.appendChild(el("td", "", r.since ? new Date(r.since).toLocaleString() + " (" + dur(r.since) + ")" : ""));
+              tr.appendChild(el("td", "muted", Object.keys(r.labels || {}).map(function (k) { return k + "=" + r.labels[k]; }).join(" ")));
+              tb.appendChild(tr);
+            });
+            sec.appendChild(t);
+            var q = p.queue || [];
+            sec.appendChild(el("h3", "", "Queue (" + q.length + ")"));
+            if (q.length) {
+              var ol = el("ol", "queue");
+              q.forEach(function (w) { ol.appendChild(el("li", "", w.holder + " waiting " + dur(w.since) + " for " + (w.wants || []).map(function (x) { return (x.count || 1) + " of " + (x.pool || p.name); }).join(", "))); });
+              sec.appendChild(ol);
+            }
+            frag.appendChild(sec);
+          });
+          pools.replaceChildren(frag);
+        }).catch(function (e) { pools.replaceChildren(el("p", "error-msg", "could not load the pools: " + e.message)); });
+      };
+      draw();
+      poll(draw);
+    }
+  });
+})();
