@@ -5,13 +5,11 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +23,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/github/githubtest"
+	"github.com/forgeci/forge/internal/pgtest"
 )
 
 const e2eSecret = "e2e-webhook-secret"
@@ -332,35 +331,7 @@ func TestServerEndToEnd(t *testing.T) {
 // TestServerEndToEndPostgres is the same against PostgreSQL, in a
 // database of its own.
 func TestServerEndToEndPostgres(t *testing.T) {
-	e2eTestEndToEnd(t, "FORGE_DATABASE_URL="+e2eScratchDatabase(t, e2ePostgresURL(t)))
-}
-
-// e2eScratchDatabase creates a database for one test and returns its URL.
-func e2eScratchDatabase(t testing.TB, base string) string {
-	t.Helper()
-	db, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	name := fmt.Sprintf("forge_e2e_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
-	if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		db, err := sql.Open("pgx", base)
-		if err != nil {
-			return
-		}
-		defer db.Close()
-		_, _ = db.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-	})
-	pu, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pu.Path = "/" + name
-	return pu.String()
+	e2eTestEndToEnd(t, "FORGE_DATABASE_URL="+pgtest.Database(t, "forge_e2e"))
 }
 
 // e2eAdminToken prepares data's database and returns a new admin token.
@@ -473,21 +444,8 @@ func TestServerRestartRecovery(t *testing.T) {
 func TestServerCrashDuringDeliveryBurst(t *testing.T) {
 	t.Run("sqlite", func(t *testing.T) { testCrashDuringBurst(t) })
 	t.Run("postgres", func(t *testing.T) {
-		testCrashDuringBurst(t, "FORGE_DATABASE_URL="+e2eScratchDatabase(t, e2ePostgresURL(t)))
+		testCrashDuringBurst(t, "FORGE_DATABASE_URL="+pgtest.Database(t, "forge_e2e"))
 	})
-}
-
-// e2ePostgresURL returns FORGE_TEST_POSTGRES_URL; it skips the test when
-// it is unset, or fails it with CI=true.
-func e2ePostgresURL(t *testing.T) string {
-	u := os.Getenv("FORGE_TEST_POSTGRES_URL")
-	if u == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
-		}
-		t.Skip("FORGE_TEST_POSTGRES_URL is not set")
-	}
-	return u
 }
 
 func testCrashDuringBurst(t *testing.T, env ...string) {
@@ -795,7 +753,7 @@ func TestServerSIGTERMLetsLeasedJobFinish(t *testing.T) {
 // delivery is processed once and builds once, and every build runs once,
 // on one of them.
 func TestServerReplicas(t *testing.T) {
-	dbURL := "FORGE_DATABASE_URL=" + e2eScratchDatabase(t, e2ePostgresURL(t))
+	dbURL := "FORGE_DATABASE_URL=" + pgtest.Database(t, "forge_e2e")
 	marks := t.TempDir()
 	repo, sha := e2eRepo(t, fmt.Sprintf("execute:\n  - echo $FORGE_BUILD_ID >> %s/ran\n  - sleep 0.2\n", marks))
 	// Recovery is on and runs every 300ms; the second replica starts

@@ -2,11 +2,9 @@ package trigger_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"log/slog"
 	"math"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forgeci/forge/internal/pgtest"
 	"github.com/forgeci/forge/internal/prometheus"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
@@ -59,34 +58,7 @@ func openStore(t *testing.T, kind string) *sqldb.DB {
 	ctx := context.Background()
 	cfg := sqldb.Config{DataDir: t.TempDir()}
 	if kind == "postgres" {
-		base := os.Getenv("FORGE_TEST_POSTGRES_URL")
-		if base == "" {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
-			}
-			t.Skip("FORGE_TEST_POSTGRES_URL is not set")
-		}
-		admin, err := sql.Open("pgx", base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer admin.Close()
-		name := fmt.Sprintf("forge_trigger_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
-		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-			t.Fatalf("create database: %v", err)
-		}
-		t.Cleanup(func() {
-			if admin, err := sql.Open("pgx", base); err == nil {
-				_, _ = admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-				admin.Close()
-			}
-		})
-		u, err := url.Parse(base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u.Path = "/" + name
-		cfg = sqldb.Config{URL: u.String()}
+		cfg = sqldb.Config{URL: pgtest.Database(t, "forge_trigger")}
 	}
 	db, err := sqldb.Open(ctx, cfg)
 	if err != nil {
