@@ -16,6 +16,7 @@ import (
 
 	"github.com/forgeci/forge/internal/pgtest"
 	"github.com/forgeci/forge/internal/prometheus"
+	"github.com/forgeci/forge/internal/testwait"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/forgeci/forge"
@@ -115,20 +116,17 @@ func TestReplicasProcessEachDeliveryOnce(t *testing.T) {
 			var wg sync.WaitGroup
 			for _, p := range procs {
 				wg.Go(func() {
-					for deadline := time.Now().Add(60 * time.Second); ; {
+					var n int
+					if err := testwait.Until(testwait.Scale(testwait.Patience), func() bool {
 						if _, err := p.Drain(ctx); err != nil {
 							t.Errorf("Drain: %v", err)
-							return
+							return true
 						}
-						n, _, err := db.DeliveryBacklog(ctx)
-						if err != nil || n == 0 {
-							return
-						}
-						if time.Now().After(deadline) {
-							t.Errorf("%d deliveries still pending after 60s", n)
-							return
-						}
-						time.Sleep(time.Millisecond)
+						var err error
+						n, _, err = db.DeliveryBacklog(ctx)
+						return err != nil || n == 0
+					}); err != nil {
+						t.Errorf("%d deliveries still pending: %v", n, err)
 					}
 				})
 			}
