@@ -491,7 +491,7 @@ func TestConnectionLossLosesEveryLease(t *testing.T) {
 	for _, l := range []*Lease{l1, l2} {
 		select {
 		case <-l.Lost():
-		case <-time.After(2 * time.Second):
+		case <-time.After(testwait.Scale(30 * time.Second)): // bounds a failure only
 			t.Fatalf("lease %s not lost after the connection dropped", l.ID())
 		}
 		if code := forge.ErrorCode(l.Err()); code != forge.EUNAVAILABLE {
@@ -523,7 +523,7 @@ func TestRevokedLeaseIsLostAlone(t *testing.T) {
 	}
 	select {
 	case <-l1.Lost():
-	case <-time.After(2 * time.Second):
+	case <-time.After(testwait.Scale(30 * time.Second)): // bounds a failure only
 		t.Fatal("revoked lease not lost")
 	}
 	if err := l1.Err(); forge.ErrorCode(err) != forge.ECONFLICT || !strings.Contains(err.Error(), "forced release by operator") {
@@ -548,10 +548,12 @@ func TestSilentServerIsDetected(t *testing.T) {
 	start := time.Now()
 	select {
 	case <-c.Done():
-	case <-time.After(2 * time.Second):
+	case <-time.After(testwait.Scale(30 * time.Second)): // bounds a failure only
 		t.Fatal("a server that answers no pings was not detected")
 	}
-	if d := time.Since(start); d > 600*time.Millisecond {
+	// About the 200ms bound on a quiet machine; what must never happen
+	// is waiting for the 10s default (a loaded machine delays timers).
+	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("detected after %v, want within about the 200ms bound", d)
 	}
 	if !strings.Contains(c.Err().Error(), "did not answer") {
@@ -674,7 +676,7 @@ func TestLeaser(t *testing.T) {
 	f.kill()
 	select {
 	case <-g2.Lost():
-	case <-time.After(2 * time.Second):
+	case <-time.After(testwait.Scale(30 * time.Second)): // bounds a failure only
 		t.Fatal("grant not lost when its connection dropped")
 	}
 	g2.Release(ctx)
