@@ -149,7 +149,7 @@ const (
 // be dropped, and every drop would be logged.
 func TestBusyConnectionsKeepTheirLeases(t *testing.T) {
 	const (
-		clients   = 30
+		clients = 30
 		// 4s, not 2s: on a loaded 2-core machine with the race detector
 		// this process (clients and server alike) can get no CPU for a
 		// second, which a 2s keepalive (1s for the pong) cannot tell
