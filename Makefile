@@ -18,18 +18,31 @@ DIST ?= dist
 # make image: the image's name.
 IMAGE ?= forge:$(VERSION)
 
-.PHONY: build test fuzz-short bench release image image-test clean
+.PHONY: build test test-loaded fuzz-short bench release image image-test clean
 
 build:
 	$(GOBUILD) -o forge ./cmd/forge
 
-# The whole test suite, plus a short fuzz of every parser that reads input
-# from strangers. Tests needing PostgreSQL or Docker skip locally
-# when those are missing and fail when CI=true.
+# The whole test suite under the race detector, plus a short fuzz of every
+# parser that reads input from strangers. Tests needing PostgreSQL or Docker
+# skip locally when those are missing and fail when CI=true.
+TESTFLAGS ?= -race -count=1 -timeout 30m
 test:
 	$(GO) vet $(PKGS)
-	$(GO) test -count=1 -timeout 25m $(PKGS)
+	$(GO) test $(TESTFLAGS) $(PKGS)
 	$(MAKE) fuzz-short
+
+# The suite under the race detector while a busy loop occupies every core
+# (LOADERS of them, one a core by default): what a shared CI machine does
+# to timing. The loops stop when the tests end, pass or fail or interrupt.
+LOADERS ?= $(shell nproc 2>/dev/null || echo 2)
+test-loaded:
+	@pids=""; trap 'kill $$pids 2>/dev/null; wait $$pids 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq $(LOADERS)); do sh -c 'while :; do :; done' & pids="$$pids $$!"; done; \
+	echo "test-loaded: $(LOADERS) busy loops (pids$$pids)"; \
+	start=$$(date +%s); \
+	$(GO) test $(TESTFLAGS) $(PKGS); rc=$$?; \
+	echo "test-loaded: exit $$rc after $$(( $$(date +%s) - start ))s"; exit $$rc
 
 FUZZTIME ?= 15s
 fuzz-short:

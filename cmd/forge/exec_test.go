@@ -20,6 +20,7 @@ import (
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/console"
 	"github.com/forgeci/forge/internal/git"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // forgeRun runs forge in-process with args and returns its exit status,
@@ -441,13 +442,7 @@ func TestExecInterrupt(t *testing.T) {
 				t.Fatalf("the run did not start:\n%s\n%s", out.String(), errb.String())
 			}
 			// every step is running once its processes are visible
-			deadline := time.Now().Add(5 * time.Second)
-			for len(processesWith(marker)) < 4 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
-			if n := len(processesWith(marker)); n < 4 {
-				t.Fatalf("%d step processes running, want at least 4", n)
-			}
+			testwait.For(t, "4 step processes", func() bool { return len(processesWith(marker)) >= 4 })
 			start := time.Now()
 			cmd.Process.Signal(sig)
 			for sc.Scan() {

@@ -13,33 +13,26 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // waitNoProcesses waits until no live process has marker in its command
 // line.
 func waitNoProcesses(t *testing.T, marker, after string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		left := processesWith(marker)
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("processes still running 30s after %s:\n%s", after, strings.Join(left, "\n"))
-		}
-		time.Sleep(20 * time.Millisecond)
+	var left []string
+	if err := testwait.Until(testwait.Scale(testwait.Patience), func() bool {
+		left = processesWith(marker)
+		return len(left) == 0
+	}); err != nil {
+		t.Fatalf("processes still running after %s (%v):\n%s", after, err, strings.Join(left, "\n"))
 	}
 }
 
 // waitProcesses waits until a live process has marker in its command line.
 func waitProcesses(t *testing.T, marker string) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); len(processesWith(marker)) == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the step's sleep never started")
-		}
-	}
+	e2eWaitProcess(t, marker)
 }
 
 // TestServerKilledTakesJobProcessesAlong kills forge server with SIGKILL

@@ -23,6 +23,7 @@ import (
 	"github.com/forgeci/forge/client/lease"
 	ilease "github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/lease/leasehttp"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // leaseBinaryOnce builds the forge binary once for every test that drives
@@ -167,15 +168,11 @@ func (p *leaseProc) wait(t testing.TB, timeout time.Duration) int {
 	}
 }
 
-// leaseWaitFor polls cond until it holds or timeout passes.
+// leaseWaitFor polls cond until it holds. timeout is what that takes at
+// most on a quiet machine; it fails after testwait.Patience.
 func leaseWaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	testwait.Within(t, max(timeout, testwait.Patience), what, cond)
 }
 
 // leaseProcessGone reports whether pid has ended: no such process, or a zombie
@@ -298,7 +295,7 @@ func TestLeaseSIGKILLStopsCMDTree(t *testing.T) {
 	dir := t.TempDir()
 	env := []string{"FORGE_SERVER=" + srv.URL, "DIR=" + dir}
 	p := startLeaseForge(t, env, "lease", "dut", "--kill-grace", "1s", "--", "sh", "-c",
-		`sleep 60 & echo $! > "$DIR/bg.pid"; wait`)
+		`sleep 300 & echo $! > "$DIR/bg.pid"; wait`)
 	bgFile := filepath.Join(dir, "bg.pid")
 	leaseWaitFor(t, 5*time.Second, "CMD's background child to start", func() bool {
 		data, err := os.ReadFile(bgFile)
@@ -309,9 +306,12 @@ func TestLeaseSIGKILLStopsCMDTree(t *testing.T) {
 	if pid <= 0 {
 		t.Fatalf("no pid recorded: %q", data)
 	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.wait(t, 5*time.Second)
 	defer syscall.Kill(pid, syscall.SIGKILL)
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	// forge lease's output pipes close when the guard has ended the
+	// grandchild that shares them: a minute is room for a loaded
+	// machine, and far below the sleep's 300s.
+	p.wait(t, time.Minute)
 	leaseWaitFor(t, 5*time.Second, "the killed holder's grandchild to end", func() bool { return leaseProcessGone(pid) })
 }
 
@@ -551,8 +551,8 @@ func TestLeaseServerGoesAwayWhileWaiting(t *testing.T) {
 	leaseWaitFor(t, 10*time.Second, "the waiter to queue", func() bool { return srv.queueLen(t, "dut") == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	srv.s.Shutdown(ctx)
-	if code := p.wait(t, 10*time.Second); code != exitLeaseUnavailable {
+	srv.s.Shutdown(ctx) // up to 5s: the holder keeps its connection
+	if code := p.wait(t, time.Minute); code != exitLeaseUnavailable {
 		t.Errorf("exit %d, want %d; stderr %q", code, exitLeaseUnavailable, p.stderr.String())
 	}
 	if got := p.stderr.String(); !strings.Contains(got, "lease server") {

@@ -3,14 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/forgeci/forge/internal/pgtest"
 )
 
 // migrateRun runs `forge migrate args...` and returns its exit status and
@@ -144,16 +143,9 @@ func TestMigrateFindsDatabaseLikeServer(t *testing.T) {
 // TestMigrateCommandPostgres runs up and status against PostgreSQL when a
 // server is given.
 func TestMigrateCommandPostgres(t *testing.T) {
-	base := os.Getenv("FORGE_TEST_POSTGRES_URL")
-	if base == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
-		}
-		t.Skip("FORGE_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run")
-	}
 	// The database's own schema may be shared with other tests; a
 	// schema of this test's own keeps the run isolated.
-	t.Setenv("FORGE_DATABASE_URL", migrateScratchSchema(t, base))
+	t.Setenv("FORGE_DATABASE_URL", pgtest.Schema(t, "forge_migrate"))
 	code, out, errOut := migrateRun(t, "up")
 	if code != 0 || !strings.Contains(out, "applied 00001_init.sql") || !strings.Contains(out, "PostgreSQL database") {
 		t.Fatalf("up: exit %d\n%s%s", code, out, errOut)
@@ -165,32 +157,4 @@ func TestMigrateCommandPostgres(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "the schema is up to date (version ") {
 		t.Fatalf("status: exit %d\n%s%s", code, out, errOut)
 	}
-}
-
-// migrateScratchSchema creates a schema for one test in the database at
-// base, drops it after the test, and returns a URL whose search_path is it.
-func migrateScratchSchema(t *testing.T, base string) string {
-	t.Helper()
-	db, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	schema := fmt.Sprintf("forge_migrate_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
-	if _, err := db.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		if _, err := db.Exec("DROP SCHEMA " + schema + " CASCADE"); err != nil {
-			t.Errorf("drop schema: %v", err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
 }

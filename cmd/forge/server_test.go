@@ -5,13 +5,11 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +23,8 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/github/githubtest"
+	"github.com/forgeci/forge/internal/pgtest"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 const e2eSecret = "e2e-webhook-secret"
@@ -239,21 +239,29 @@ type e2eBuildView struct {
 	Jobs []*forge.BuildJob `json:"jobs"`
 }
 
-// e2eWaitBuild polls the build with number n until cond holds.
+// e2eWaitProcess waits for a process whose command line has marker.
+func e2eWaitProcess(t testing.TB, marker string) {
+	t.Helper()
+	testwait.For(t, "a process running "+marker, func() bool { return len(processesWith(marker)) > 0 })
+}
+
+// e2eWaitBuild polls the build with number n until cond holds. within is
+// how long that takes at most on a quiet machine; the test fails only
+// after testwait.Patience (or within, when longer): a loaded machine
+// running the race detector is many times slower.
 func e2eWaitBuild(t testing.TB, p *e2eServerProc, n int64, within time.Duration, cond func(*e2eBuildView) bool) *e2eBuildView {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		var b e2eBuildView
-		st := e2eApiCall(t, "GET", fmt.Sprintf("%s%s/builds/%d", p.url, e2eRepoPath, n), "", &b)
-		if st == 200 && cond(&b) {
-			return &b
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("build %d: status %d, %+v: condition not met within %v", n, st, b.Build, within)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var b e2eBuildView
+	st := 0
+	err := testwait.Until(testwait.Scale(max(within, testwait.Patience)), func() bool {
+		b = e2eBuildView{}
+		st = e2eApiCall(t, "GET", fmt.Sprintf("%s%s/builds/%d", p.url, e2eRepoPath, n), "", &b)
+		return st == 200 && cond(&b)
+	})
+	if err != nil {
+		t.Fatalf("build %d: status %d, %+v: condition not met: %v", n, st, b.Build, err)
 	}
+	return &b
 }
 
 func e2eBuildDone(b *e2eBuildView) bool { return b.Status.Done() }
@@ -332,35 +340,7 @@ func TestServerEndToEnd(t *testing.T) {
 // TestServerEndToEndPostgres is the same against PostgreSQL, in a
 // database of its own.
 func TestServerEndToEndPostgres(t *testing.T) {
-	e2eTestEndToEnd(t, "FORGE_DATABASE_URL="+e2eScratchDatabase(t, e2ePostgresURL(t)))
-}
-
-// e2eScratchDatabase creates a database for one test and returns its URL.
-func e2eScratchDatabase(t testing.TB, base string) string {
-	t.Helper()
-	db, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	name := fmt.Sprintf("forge_e2e_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
-	if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		db, err := sql.Open("pgx", base)
-		if err != nil {
-			return
-		}
-		defer db.Close()
-		_, _ = db.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-	})
-	pu, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pu.Path = "/" + name
-	return pu.String()
+	e2eTestEndToEnd(t, "FORGE_DATABASE_URL="+pgtest.Database(t, "forge_e2e"))
 }
 
 // e2eAdminToken prepares data's database and returns a new admin token.
@@ -382,13 +362,7 @@ func TestServerCancelKillsJobProcesses(t *testing.T) {
 		t.Fatalf("delivery: %d %v", st, err)
 	}
 	e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Status == forge.StatusRunning })
-	deadline := time.Now().Add(20 * time.Second)
-	for len(processesWith("3000."+marker)) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the job's sleep never started")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e2eWaitProcess(t, "3000."+marker)
 	if st := e2eApiCall(t, "POST", fmt.Sprintf("%s%s/builds/1/cancel", p.url, e2eRepoPath), "", nil); st != 401 {
 		t.Errorf("cancel without a token: %d, want 401", st)
 	}
@@ -399,17 +373,7 @@ func TestServerCancelKillsJobProcesses(t *testing.T) {
 	if b.Status != forge.StatusCanceled {
 		t.Errorf("build = %s, want canceled", b.Status)
 	}
-	deadline = time.Now().Add(15 * time.Second)
-	for {
-		left := processesWith("3000." + marker)
-		if len(left) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("processes left after cancel: %v", left)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testwait.For(t, "the cancelled job's processes to end", func() bool { return len(processesWith("3000."+marker)) == 0 })
 	b = e2eWaitBuild(t, p, 1, 5*time.Second, func(b *e2eBuildView) bool { return b.Jobs[0].Status.Done() })
 	if b.Jobs[0].Status != forge.StatusCanceled {
 		t.Errorf("job = %s, want canceled", b.Jobs[0].Status)
@@ -433,11 +397,7 @@ func TestServerRestartRecovery(t *testing.T) {
 		e2eWaitBuild(t, p, int64(i+1), 30*time.Second, func(*e2eBuildView) bool { return true })
 	}
 	e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Status == forge.StatusRunning })
-	for deadline := time.Now().Add(20 * time.Second); len(processesWith("3000."+marker)) == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the job's sleep never started")
-		}
-	}
+	e2eWaitProcess(t, "3000."+marker)
 	p.kill9(t)
 	// The local backend's processes do not outlive a server that is
 	// killed -9 on purpose in production only by accident; end them here.
@@ -473,21 +433,8 @@ func TestServerRestartRecovery(t *testing.T) {
 func TestServerCrashDuringDeliveryBurst(t *testing.T) {
 	t.Run("sqlite", func(t *testing.T) { testCrashDuringBurst(t) })
 	t.Run("postgres", func(t *testing.T) {
-		testCrashDuringBurst(t, "FORGE_DATABASE_URL="+e2eScratchDatabase(t, e2ePostgresURL(t)))
+		testCrashDuringBurst(t, "FORGE_DATABASE_URL="+pgtest.Database(t, "forge_e2e"))
 	})
-}
-
-// e2ePostgresURL returns FORGE_TEST_POSTGRES_URL; it skips the test when
-// it is unset, or fails it with CI=true.
-func e2ePostgresURL(t *testing.T) string {
-	u := os.Getenv("FORGE_TEST_POSTGRES_URL")
-	if u == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
-		}
-		t.Skip("FORGE_TEST_POSTGRES_URL is not set")
-	}
-	return u
 }
 
 func testCrashDuringBurst(t *testing.T, env ...string) {
@@ -551,8 +498,8 @@ func testCrashDuringBurst(t *testing.T, env ...string) {
 
 	p = e2eStartServer(t, data, env...)
 	restarted := time.Now()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var missing int
+	if err := testwait.Until(testwait.Scale(testwait.Patience), func() bool {
 		count := map[string]int{}
 		before := ""
 		for {
@@ -571,7 +518,7 @@ func testCrashDuringBurst(t *testing.T, env ...string) {
 			}
 			before = fmt.Sprintf("&before=%d", page.NextBefore)
 		}
-		missing := 0
+		missing = 0
 		for id := range acked {
 			if count[id] == 0 {
 				missing++
@@ -582,15 +529,11 @@ func testCrashDuringBurst(t *testing.T, env ...string) {
 				t.Fatalf("delivery %s produced %d builds", id, c)
 			}
 		}
-		if missing == 0 {
-			t.Logf("every acknowledged delivery built %v after the restart", time.Since(restarted).Round(time.Millisecond))
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d acknowledged deliveries produced no build within 60s of the restart", missing)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return missing == 0
+	}); err != nil {
+		t.Fatalf("%d acknowledged deliveries produced no build after the restart: %v", missing, err)
 	}
+	t.Logf("every acknowledged delivery built %v after the restart", time.Since(restarted).Round(time.Millisecond))
 	p.stop(t)
 }
 
@@ -694,11 +637,7 @@ func TestServerSIGTERMGrace(t *testing.T) {
 		t.Fatalf("delivery: %d %v", st, err)
 	}
 	e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Status == forge.StatusRunning })
-	for deadline := time.Now().Add(20 * time.Second); len(processesWith("3000."+marker)) == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the job's sleep never started")
-		}
-	}
+	e2eWaitProcess(t, "3000."+marker)
 	began := time.Now()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	// While the build gets its grace, the server is not ready but still
@@ -795,12 +734,14 @@ func TestServerSIGTERMLetsLeasedJobFinish(t *testing.T) {
 // delivery is processed once and builds once, and every build runs once,
 // on one of them.
 func TestServerReplicas(t *testing.T) {
-	dbURL := "FORGE_DATABASE_URL=" + e2eScratchDatabase(t, e2ePostgresURL(t))
+	dbURL := "FORGE_DATABASE_URL=" + pgtest.Database(t, "forge_e2e")
 	marks := t.TempDir()
 	repo, sha := e2eRepo(t, fmt.Sprintf("execute:\n  - echo $FORGE_BUILD_ID >> %s/ran\n  - sleep 0.2\n", marks))
-	// Recovery is on and runs every 300ms; the second replica starts
-	// while the first runs builds, and neither ends the other's.
-	config := "builds:\n  concurrency: 2\n  heartbeat: 100ms\n  stale: 300ms\n"
+	// Recovery is on and runs every 2s; the second replica starts while
+	// the first runs builds, and neither ends the other's. (A window of a
+	// few 100ms heartbeats is missed by a loaded machine with the race
+	// detector, and the replicas then rightly end each other's builds.)
+	config := "builds:\n  concurrency: 2\n  heartbeat: 200ms\n  stale: 2s\n"
 	a := e2eStartServerWith(t, t.TempDir(), config, dbURL)
 	const n = 40
 	for i := 0; i < 4; i++ {
@@ -884,12 +825,10 @@ func TestServerPrivateReadsLeasedJob(t *testing.T) {
 		t.Errorf("anonymous read with private reads: %d, want 401", st)
 	}
 	var b e2eBuildView
-	for deadline := time.Now().Add(30 * time.Second); !b.Status.Done(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("build 1 not done within 30s: %s", b.Status)
-		}
+	testwait.For(t, "build 1 to finish", func() bool {
 		e2eApiCall(t, "GET", p.url+e2eRepoPath+"/builds/1", token, &b)
-	}
+		return b.Status.Done()
+	})
 	if b.Status != forge.StatusSuccess {
 		t.Fatalf("build = %s %q, want success", b.Status, b.Error)
 	}

@@ -46,7 +46,9 @@ func TestServerForkCodeNeverGetsSecrets(t *testing.T) {
 
 	data := t.TempDir()
 	token := e2eAdminToken(t, data)
-	p := e2eStartServerWith(t, data, "secrets:\n  Codertocat/Hello-World: {DEPLOY_KEY: "+secret+"}\n")
+	// Forks' builds run without waiting for /forge approve: this test is
+	// about what the fork's code gets once it runs.
+	p := e2eStartServerWith(t, data, "secrets:\n  Codertocat/Hello-World: {DEPLOY_KEY: "+secret+"}\nbuilds:\n  fork_approval: never\n")
 
 	var payload map[string]any
 	if err := json.Unmarshal(e2ePrPayload(t, "opened", repo, forked, 10), &payload); err != nil {

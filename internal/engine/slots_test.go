@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 func TestSlotsOrder(t *testing.T) {
@@ -22,15 +24,11 @@ func TestSlotsOrder(t *testing.T) {
 		}()
 		queued++
 		// let it queue before the next one
-		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		testwait.For(t, name+" to queue", func() bool {
 			s.mu.Lock()
-			n := len(s.waiters[0]) + len(s.waiters[1])
-			s.mu.Unlock()
-			if n == queued {
-				return
-			}
-		}
-		t.Fatalf("%s did not queue", name)
+			defer s.mu.Unlock()
+			return len(s.waiters[0])+len(s.waiters[1]) == queued
+		})
 	}
 	wait("normal1", false)
 	wait("normal2", false)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // The test binary plays a forge that starts a guarded group when run as
@@ -73,16 +75,29 @@ func waitGoneOrFail(t *testing.T, pgid int, what string) {
 	}
 }
 
+// waitFile waits for the script of a group to create path.
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	testwait.For(t, "the group's shell to write "+path, func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	})
+}
+
 // TestGroupDiesWithItsOwner kills the owner with SIGKILL: the guard gives
 // the group SIGTERM, and SIGKILL after the grace period to what ignores it.
 func TestGroupDiesWithItsOwner(t *testing.T) {
 	dir := t.TempDir()
 	t.Run("SIGTERM", func(t *testing.T) {
 		termed := filepath.Join(dir, "termed")
-		owner, pgid := startOwner(t, fmt.Sprintf(`trap 'echo > %s; exit 0' TERM; sleep 1000 & wait`, termed))
+		ready := filepath.Join(dir, "ready-term")
+		owner, pgid := startOwner(t, fmt.Sprintf(`trap 'echo > %s; exit 0' TERM; echo > %s; sleep 1000 & wait`, termed, ready))
 		if !Alive(pgid) {
 			t.Fatal("the group is not running")
 		}
+		// Killed before its trap is set, the shell would die of SIGTERM
+		// without saying so.
+		waitFile(t, ready)
 		owner.Process.Signal(syscall.SIGKILL)
 		waitGoneOrFail(t, pgid, "SIGTERM")
 		if _, err := os.Stat(termed); err != nil {
@@ -90,7 +105,9 @@ func TestGroupDiesWithItsOwner(t *testing.T) {
 		}
 	})
 	t.Run("SIGKILL after the grace period", func(t *testing.T) {
-		owner, pgid := startOwner(t, `trap '' TERM; sleep 1000 & wait`)
+		ready := filepath.Join(dir, "ready-ignore")
+		owner, pgid := startOwner(t, fmt.Sprintf(`trap '' TERM; echo > %s; sleep 1000 & wait`, ready))
+		waitFile(t, ready)
 		owner.Process.Signal(syscall.SIGKILL)
 		waitGoneOrFail(t, pgid, "SIGKILL")
 	})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // recorder keeps every event; it checks that reports never overlap.
@@ -122,17 +123,12 @@ func running(t testing.TB, m string) []string {
 // allowing a moment for the kernel to finish killing.
 func assertNoneRunning(t testing.TB, m string) {
 	t.Helper()
-	deadline := time.Now().Add(500 * time.Millisecond)
-	for {
-		left := running(t, m)
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("processes left running: %q", left)
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	var left []string
+	if err := testwait.Until(testwait.Scale(10*time.Second), func() bool {
+		left = running(t, m)
+		return len(left) == 0
+	}); err != nil {
+		t.Errorf("processes left running: %q (%v)", left, err)
 	}
 }
 

@@ -2,20 +2,17 @@ package sqldb
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
-	"net/url"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/pgtest"
 )
 
 // EnvTestPostgresURL names the variable with the PostgreSQL server the
 // tests use; each test gets its own schema in it.
-const envTestPostgresURL = "FORGE_TEST_POSTGRES_URL"
+const envTestPostgresURL = pgtest.Env
 
 // dialects lists the databases every store test runs against.
 var dialects = []string{"sqlite", "postgres"}
@@ -38,13 +35,7 @@ func eachDialect(t *testing.T, fn func(t *testing.T, kind string)) {
 
 func requirePostgres(t testing.TB) {
 	t.Helper()
-	if os.Getenv(envTestPostgresURL) != "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not set, and CI=true: the PostgreSQL store tests must run in CI", envTestPostgresURL)
-	}
-	t.Skipf("%s is not set: skipping the PostgreSQL run (start PostgreSQL and set it, see .ci/run)", envTestPostgresURL)
+	pgtest.URL(t)
 }
 
 // testConfig returns a Config for a new empty database of kind: a fresh
@@ -55,32 +46,7 @@ func testConfig(t testing.TB, kind string) Config {
 	if kind == "sqlite" {
 		return Config{DataDir: t.TempDir()}
 	}
-	base := os.Getenv(envTestPostgresURL)
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { admin.Close() })
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "forge_test_" + hex.EncodeToString(b)
-	ctx := context.Background()
-	if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		if _, err := admin.ExecContext(context.Background(), "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return Config{URL: u.String()}
+	return Config{URL: pgtest.Schema(t, "forge_test")}
 }
 
 // openTest opens cfg and closes it after the test.

@@ -2,11 +2,9 @@ package trigger_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"log/slog"
 	"math"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forgeci/forge/internal/pgtest"
 	"github.com/forgeci/forge/internal/prometheus"
+	"github.com/forgeci/forge/internal/testwait"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/forgeci/forge"
@@ -59,34 +59,7 @@ func openStore(t *testing.T, kind string) *sqldb.DB {
 	ctx := context.Background()
 	cfg := sqldb.Config{DataDir: t.TempDir()}
 	if kind == "postgres" {
-		base := os.Getenv("FORGE_TEST_POSTGRES_URL")
-		if base == "" {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("FORGE_TEST_POSTGRES_URL is not set, and CI=true")
-			}
-			t.Skip("FORGE_TEST_POSTGRES_URL is not set")
-		}
-		admin, err := sql.Open("pgx", base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer admin.Close()
-		name := fmt.Sprintf("forge_trigger_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
-		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-			t.Fatalf("create database: %v", err)
-		}
-		t.Cleanup(func() {
-			if admin, err := sql.Open("pgx", base); err == nil {
-				_, _ = admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-				admin.Close()
-			}
-		})
-		u, err := url.Parse(base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u.Path = "/" + name
-		cfg = sqldb.Config{URL: u.String()}
+		cfg = sqldb.Config{URL: pgtest.Database(t, "forge_trigger")}
 	}
 	db, err := sqldb.Open(ctx, cfg)
 	if err != nil {
@@ -143,20 +116,17 @@ func TestReplicasProcessEachDeliveryOnce(t *testing.T) {
 			var wg sync.WaitGroup
 			for _, p := range procs {
 				wg.Go(func() {
-					for deadline := time.Now().Add(60 * time.Second); ; {
+					var n int
+					if err := testwait.Until(testwait.Scale(testwait.Patience), func() bool {
 						if _, err := p.Drain(ctx); err != nil {
 							t.Errorf("Drain: %v", err)
-							return
+							return true
 						}
-						n, _, err := db.DeliveryBacklog(ctx)
-						if err != nil || n == 0 {
-							return
-						}
-						if time.Now().After(deadline) {
-							t.Errorf("%d deliveries still pending after 60s", n)
-							return
-						}
-						time.Sleep(time.Millisecond)
+						var err error
+						n, _, err = db.DeliveryBacklog(ctx)
+						return err != nil || n == 0
+					}); err != nil {
+						t.Errorf("%d deliveries still pending: %v", n, err)
 					}
 				})
 			}

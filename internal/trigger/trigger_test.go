@@ -21,6 +21,7 @@ import (
 	"github.com/forgeci/forge/internal/github"
 	"github.com/forgeci/forge/internal/github/githubtest"
 	"github.com/forgeci/forge/internal/sqldb"
+	"github.com/forgeci/forge/internal/testwait"
 	"github.com/forgeci/forge/internal/trigger"
 )
 
@@ -638,17 +639,10 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.proc.Notify()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.For(t, "the delivery to be processed after Notify", func() bool {
 		d, err := e.db.Delivery(ctx, "run")
-		if err == nil && !d.Processed.IsZero() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("delivery not processed 10 s after Notify")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err == nil && !d.Processed.IsZero()
+	})
 	cancel()
 	select {
 	case err := <-done:

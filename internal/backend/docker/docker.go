@@ -38,7 +38,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -489,16 +488,32 @@ func portConfig(ports []forge.Port) (network.PortSet, network.PortMap, error) {
 	return exposed, bindings, nil
 }
 
-var reNameChar = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
+// nameSafe replaces each run of characters Docker does not allow in a
+// name with one "-". (A function, not a package-level regexp: every forge
+// command would pay for compiling it at start, see TestStartupInitBudget.)
+func nameSafe(s string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range s {
+		if r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-') {
+			b.WriteRune(r)
+			dash = false
+		} else if !dash {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	return b.String()
+}
 
 // names is the base name of an attempt's containers, network and volume:
 // forge-BUILD-JOB-ATTEMPT-RANDOM, readable in `docker ps` and unique.
 func names(run *forge.JobRun) string {
-	job := strings.Trim(reNameChar.ReplaceAllString(run.Job.Name, "-"), "-.")
+	job := strings.Trim(nameSafe(run.Job.Name), "-.")
 	if len(job) > 40 {
 		job = job[:40]
 	}
-	build := strings.Trim(reNameChar.ReplaceAllString(run.BuildID, "-"), "-.")
+	build := strings.Trim(nameSafe(run.BuildID), "-.")
 	if len(build) > 40 {
 		build = build[:40]
 	}

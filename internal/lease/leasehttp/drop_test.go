@@ -12,6 +12,7 @@ import (
 	wire "github.com/forgeci/forge/client/lease"
 
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // logRecorder keeps the records logged to it.
@@ -55,9 +56,7 @@ func checkDropped(t *testing.T, e *testEnv, logs *logRecorder, conn, reason stri
 	t.Helper()
 	// The client may see the end before the server logs the drop.
 	drops := logs.drops()
-	for deadline := time.Now().Add(10 * time.Second); len(drops) == 0 && time.Now().Before(deadline); drops = logs.drops() {
-		time.Sleep(time.Millisecond)
-	}
+	_ = testwait.Until(testwait.Scale(time.Minute), func() bool { drops = logs.drops(); return len(drops) > 0 })
 	if len(drops) != 1 || drops[0]["reason"] != reason || drops[0]["detail"] == "" || conn != "" && drops[0]["connection"] != conn {
 		t.Errorf("drops logged: %v, want one of connection %q for %q, with a detail", drops, conn, reason)
 	}

@@ -16,6 +16,7 @@ import (
 
 	wire "github.com/forgeci/forge/client/lease"
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // checker records grants and releases as the clients see them.
@@ -195,13 +196,13 @@ pools:
 		t.Error(err)
 	}
 	// Every resource free, nobody queued, once the server saw every close.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	busy := ""
+	if err := testwait.Until(testwait.Scale(time.Minute), func() bool {
 		pools, err := e.m.Pools(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
-		busy := ""
+		busy = ""
 		for _, p := range pools {
 			for _, r := range p.Resources {
 				if r.State != lease.StateFree {
@@ -212,13 +213,9 @@ pools:
 				busy += fmt.Sprintf(" %s has %d waiting", p.Name, len(p.Queue))
 			}
 		}
-		if busy == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("at the end:%s; want every resource free and no queue", busy)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return busy == ""
+	}); err != nil {
+		t.Fatalf("at the end:%s; want every resource free and no queue (%v)", busy, err)
 	}
 	ck.check(t)
 }

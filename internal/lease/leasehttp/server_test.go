@@ -16,6 +16,7 @@ import (
 	"github.com/forgeci/forge"
 	wire "github.com/forgeci/forge/client/lease"
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 const dutConfig = `
@@ -911,18 +912,14 @@ func TestHugeMessageClosesConnection(t *testing.T) {
 // told its grant).
 func (e *testEnv) waitForHolder(holder string) {
 	e.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testwait.For(e.t, holder+" to hold its lease", func() bool {
 		var ls leasesResponse
 		e.rest("GET", "/api/v1/leases", "", &ls)
 		for _, l := range ls.Leases {
 			if l.Holder == holder {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("%s never got its lease: %+v", holder, ls)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
 }
