@@ -5,12 +5,12 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/http/cgi"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -56,15 +56,24 @@ execute:
 	if err := os.Rename(repo, filepath.Join(base, "app")); err != nil {
 		t.Fatal(err)
 	}
-	gitPort := freeTCPPort(t)
-	daemon := exec.Command("git", "daemon", "--export-all", "--base-path="+base, "--listen="+gw, "--port="+strconv.Itoa(gitPort), "--reuseaddr")
-	// Its own process group: the upload-pack processes it starts go with
-	// it.
-	daemon.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := daemon.Start(); err != nil {
+	// Over git's smart HTTP (git http-backend), with the stack's GitHub
+	// API URL on the same host: forge fetches only from the configured
+	// GitHub's host, and never over git://.
+	execPath, err := exec.Command("git", "--exec-path").Output()
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(-daemon.Process.Pid, syscall.SIGKILL); daemon.Wait() })
+	ln, err := net.Listen("tcp", net.JoinHostPort(gw, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gitSrv := &http.Server{Handler: &cgi.Handler{
+		Path: filepath.Join(strings.TrimSpace(string(execPath)), "git-http-backend"),
+		Env:  []string{"GIT_PROJECT_ROOT=" + base, "GIT_HTTP_EXPORT_ALL=1"},
+	}}
+	go gitSrv.Serve(ln)
+	t.Cleanup(func() { gitSrv.Close() })
+	gitURL := "http://" + ln.Addr().String()
 
 	node, err := cli.Info(ctx, client.InfoOptions{})
 	if err != nil {
@@ -97,7 +106,7 @@ execute:
 	})
 	cmd := exec.Command("docker", "stack", "deploy", "-c", "../../deploy/forge-stack.yml", stack)
 	cmd.Env = append(os.Environ(), "FORGE_IMAGE="+image, "FORGE_GITHUB_WEBHOOK_SECRET="+e2eSecret,
-		"FORGE_PORT="+strconv.Itoa(port), "FORGE_SCOPE="+scope)
+		"FORGE_PORT="+strconv.Itoa(port), "FORGE_SCOPE="+scope, "FORGE_GITHUB_API_URL="+gitURL)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("docker stack deploy: %v\n%s", err, out)
 	}
@@ -115,7 +124,7 @@ execute:
 		}
 	}
 
-	payload := e2ePrPayload(t, "opened", "git://"+net.JoinHostPort(gw, strconv.Itoa(gitPort))+"/app", sha, 12)
+	payload := e2ePrPayload(t, "opened", gitURL+"/app", sha, 12)
 	if st, err := e2eDeliver(http.DefaultClient, url, "pull_request", "stack-1", payload); err != nil || st != 202 {
 		t.Fatalf("delivery: %d %v", st, err)
 	}
@@ -165,9 +174,12 @@ func buildStackImage(t *testing.T, cli *client.Client, forgeBin string) string {
 	for _, c := range []string{"git-upload-pack", "git-receive-pack", "git-remote", "git-fetch"} {
 		os.Symlink("git", filepath.Join(root, "usr/lib/git-core", c))
 	}
-	out, err := exec.Command("ldd", "/usr/bin/git").Output()
+	// Its HTTP(S) helper, for fetches over http and https.
+	copyFile("/usr/lib/git-core/git-remote-http", "usr/lib/git-core/git-remote-http", 0o755)
+	os.Symlink("git-remote-http", filepath.Join(root, "usr/lib/git-core", "git-remote-https"))
+	out, err := exec.Command("ldd", "/usr/bin/git", "/usr/lib/git-core/git-remote-http").Output()
 	if err != nil {
-		t.Fatalf("ldd /usr/bin/git: %v", err)
+		t.Fatalf("ldd git: %v", err)
 	}
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
 	for sc.Scan() {
@@ -176,7 +188,7 @@ func buildStackImage(t *testing.T, cli *client.Client, forgeBin string) string {
 		switch {
 		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
 			lib = f[2]
-		case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+		case len(f) >= 1 && strings.HasPrefix(f[0], "/") && !strings.HasSuffix(f[0], ":"):
 			lib = f[0]
 		default:
 			continue
