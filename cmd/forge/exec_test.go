@@ -358,7 +358,9 @@ var forgeBinary = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(dir, "forge")
 	// Static, as make build makes it: the docker backend runs this binary
 	// as forgexec in images without a C library.
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, ".")
+	// Its version names this test process: the forgexec volume of its
+	// digest is then this process's own (see dockertest.BuildForge).
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", fmt.Sprintf("-X main.version=dev-test-%d", os.Getpid()), "-o", bin, ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := cmd.CombinedOutput()
 	if err != nil {

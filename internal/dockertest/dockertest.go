@@ -96,13 +96,17 @@ func setup() (*Env, error) {
 }
 
 // BuildForge builds forge as a static binary in a new temporary directory.
+// Its version names this test process, so that its digest, and with it
+// the forgexec volume the container backends fill from it, is this
+// process's own: test packages running at once never fill one volume
+// while another runs the binary in it.
 func BuildForge() (string, error) {
 	dir, err := os.MkdirTemp("", "forge-static-")
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "forge")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/forgeci/forge/cmd/forge")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", fmt.Sprintf("-X main.version=dev-test-%d", os.Getpid()), "-o", bin, "github.com/forgeci/forge/cmd/forge")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
