@@ -298,7 +298,7 @@ func TestLeaseSIGKILLStopsCMDTree(t *testing.T) {
 	dir := t.TempDir()
 	env := []string{"FORGE_SERVER=" + srv.URL, "DIR=" + dir}
 	p := startLeaseForge(t, env, "lease", "dut", "--kill-grace", "1s", "--", "sh", "-c",
-		`sleep 60 & echo $! > "$DIR/bg.pid"; wait`)
+		`sleep 300 & echo $! > "$DIR/bg.pid"; wait`)
 	bgFile := filepath.Join(dir, "bg.pid")
 	leaseWaitFor(t, 5*time.Second, "CMD's background child to start", func() bool {
 		data, err := os.ReadFile(bgFile)
@@ -309,9 +309,12 @@ func TestLeaseSIGKILLStopsCMDTree(t *testing.T) {
 	if pid <= 0 {
 		t.Fatalf("no pid recorded: %q", data)
 	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.wait(t, 5*time.Second)
 	defer syscall.Kill(pid, syscall.SIGKILL)
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	// forge lease's output pipes close when the guard has ended the
+	// grandchild that shares them: a minute is room for a loaded
+	// machine, and far below the sleep's 300s.
+	p.wait(t, time.Minute)
 	leaseWaitFor(t, 5*time.Second, "the killed holder's grandchild to end", func() bool { return leaseProcessGone(pid) })
 }
 

@@ -63,12 +63,13 @@ func (b *Backend) execVolume(ctx context.Context, image string) (string, error) 
 		defer cancel()
 		_, _ = b.cli.ContainerRemove(rctx, created.ID, client.ContainerRemoveOptions{Force: true})
 	}()
-	// Another server with the same binary may have filled it already.
-	if st, err := b.cli.ContainerStatPath(ctx, created.ID, client.ContainerStatPathOptions{Path: forgexec.Bin}); err == nil {
-		if fi, err := os.Stat(b.opts.Forgexec); err == nil && st.Stat.Size == fi.Size() {
-			b.execReady[name] = true
-			return name, nil
-		}
+	// Another server with the same binary may have filled it already:
+	// the marker, written after the binary, says it is complete and
+	// closed. (A binary of the full size may still be open for writing,
+	// and a job that runs it then fails with "text file busy".)
+	if _, err := b.cli.ContainerStatPath(ctx, created.ID, client.ContainerStatPathOptions{Path: execMarker}); err == nil {
+		b.execReady[name] = true
+		return name, nil
 	} else if !cerrdefs.IsNotFound(err) {
 		return "", engineError(err, "cannot look into the forgexec volume")
 	}
@@ -107,7 +108,12 @@ func (b *Backend) forgetExec() {
 	b.execMu.Unlock()
 }
 
-// binaryArchive is a tar of the binary at path as "forgexec", mode 0755.
+// execMarker is an empty file the fill writes after the binary: the engine
+// unpacks a tar in order, so once it exists the binary is whole and closed.
+const execMarker = forgexec.Bin + ".complete"
+
+// binaryArchive is a tar of the binary at path as "forgexec", mode 0755,
+// then of the empty marker (execMarker).
 func binaryArchive(path string) (io.Reader, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -125,6 +131,9 @@ func binaryArchive(path string) (io.Reader, error) {
 	}
 	if _, err := io.Copy(tw, f); err != nil {
 		return nil, forge.WrapError(forge.EINTERNAL, err, "cannot read the forgexec binary")
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: forgexec.Name + ".complete", Mode: 0o644, ModTime: fi.ModTime(), Typeflag: tar.TypeReg}); err != nil {
+		return nil, err
 	}
 	if err := tw.Close(); err != nil {
 		return nil, err
