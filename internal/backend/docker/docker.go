@@ -53,6 +53,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/forgexec"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // Labels on everything the backend makes.
@@ -174,7 +175,7 @@ func New(opts Options) (*Backend, error) {
 		}
 		opts.Forgexec = exe
 	}
-	if err := checkStatic(opts.Forgexec); err != nil {
+	if err := moby.CheckStatic(opts.Forgexec); err != nil {
 		return nil, err
 	}
 	return &Backend{opts: opts, cli: cli, log: opts.Logger, execReady: map[string]bool{}}, nil
