@@ -57,6 +57,13 @@ var transportImports = []string{
 // exports.
 var shared = []string{"internal/shell", "internal/forgexec", "internal/guard", "internal/ansi", "client/", "internal/prometheus"}
 
+// engineLib is what the container backends share of the Docker engine
+// (its errors, the forgexec volume): an adapter-level library that only
+// they and cmd/forge import, so that neither backend imports the other.
+const engineLib = "internal/moby"
+
+var engineLibUsers = []string{"internal/backend/docker", "internal/backend/swarm", "cmd/forge"}
+
 func TestImportBoundaries(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json", "./...").Output()
 	if err != nil {
@@ -126,6 +133,10 @@ func forbidden(pkg, dep string) string {
 		return "the domain imports nothing of ours"
 	case strings.HasPrefix(dep, "cmd/"):
 		return "nothing imports a command"
+	case in(dep, []string{engineLib}) && !in(pkg, []string{engineLib}) && !in(pkg, engineLibUsers):
+		return "only the container backends and cmd/forge use the engine library"
+	case in(pkg, []string{engineLib}) && (in(dep, adapters) || in(dep, orchestration) || in(dep, views)):
+		return "the engine library depends only on the domain and shared libraries"
 	case in(pkg, adapters) && in(dep, adapters) && group(pkg) != group(dep):
 		return "adapters do not import each other; wire them in cmd/forge"
 	case in(pkg, orchestration) && in(dep, adapters):
@@ -196,6 +207,14 @@ func TestForbidden(t *testing.T) {
 		{"", "internal/spec", true},
 		{"internal/http", "internal/sqldb", true},
 		{"internal/backend/docker", "internal/backend/local", true},
+		{"internal/backend/swarm", "internal/backend/docker", true},
+		{"internal/backend/docker", "internal/moby", false},
+		{"internal/backend/swarm", "internal/moby", false},
+		{"cmd/forge", "internal/moby", false},
+		{"internal/backend/local", "internal/moby", true},
+		{"internal/runner", "internal/moby", true},
+		{"internal/moby", "internal/backend/docker", true},
+		{"internal/moby", "internal/forgexec", false},
 		{"internal/backend/local", "internal/shell", false},
 		{"internal/lease/leasehttp", "client/lease", false},
 		{"internal/lease/leasehttp", "internal/lease", false},

@@ -52,6 +52,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/forgexec"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // Labels on everything the backend makes.
@@ -173,7 +174,7 @@ func New(opts Options) (*Backend, error) {
 		}
 		opts.Forgexec = exe
 	}
-	if err := checkStatic(opts.Forgexec); err != nil {
+	if err := moby.CheckStatic(opts.Forgexec); err != nil {
 		return nil, err
 	}
 	return &Backend{opts: opts, cli: cli, log: opts.Logger, execReady: map[string]bool{}}, nil
@@ -315,7 +316,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 	if len(job.Services) > 0 {
 		nw, err := b.cli.NetworkCreate(ctx, base, client.NetworkCreateOptions{Driver: "bridge", Labels: labels("network")})
 		if err != nil {
-			return forge.StatusError, engineError(err, "cannot create the build's network")
+			return forge.StatusError, moby.EngineError(err, "cannot create the build's network")
 		}
 		a.h.Network = nw.ID
 		netMode = container.NetworkMode(nw.ID)
@@ -373,7 +374,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 	}
 	created, err := b.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc, Name: base})
 	if err != nil {
-		return forge.StatusError, engineError(err, "cannot create the job's container from image "+job.Image)
+		return forge.StatusError, moby.EngineError(err, "cannot create the job's container from image "+job.Image)
 	}
 	a.h.Container = created.ID
 	a.created = append(a.created, created.ID)
@@ -400,12 +401,12 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) (for
 	// start: nothing races, and the attached stream carries the events.
 	att, err := b.cli.ContainerAttach(ctx, created.ID, client.ContainerAttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
-		return forge.StatusError, engineError(err, "cannot attach to the job's container")
+		return forge.StatusError, moby.EngineError(err, "cannot attach to the job's container")
 	}
 	a.stream = &att.HijackedResponse
 	if _, err := b.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
 		b.forgetExec()
-		return forge.StatusError, engineError(err, "cannot start the job's container")
+		return forge.StatusError, moby.EngineError(err, "cannot start the job's container")
 	}
 	a.feed = make(chan error, 1)
 	go func() { a.feed <- b.feed(ctx, att.HijackedResponse, fj, run.Workspace) }()
@@ -458,10 +459,10 @@ func (b *Backend) startService(ctx context.Context, s forge.Service, name, nw st
 		Name: name,
 	})
 	if err != nil {
-		return "", engineError(err, fmt.Sprintf("cannot create service %s from image %s", s.Name, s.Image))
+		return "", moby.EngineError(err, fmt.Sprintf("cannot create service %s from image %s", s.Name, s.Image))
 	}
 	if _, err := b.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
-		return created.ID, engineError(err, fmt.Sprintf("cannot start service %s", s.Name))
+		return created.ID, moby.EngineError(err, fmt.Sprintf("cannot start service %s", s.Name))
 	}
 	return created.ID, nil
 }
@@ -542,7 +543,7 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 			if cerrdefs.IsNotFound(err) {
 				return forge.StatusError, forge.WrapError(forge.ENOTFOUND, err, "the job's container is gone")
 			}
-			return forge.StatusError, engineError(err, "cannot read the job's container log")
+			return forge.StatusError, moby.EngineError(err, "cannot read the job's container log")
 		}
 		defer rc.Close()
 		logs = rc
@@ -735,19 +736,6 @@ func ctxStatus(err error) forge.Status {
 	return forge.StatusCanceled
 }
 
-// engineError wraps an error of the engine with a message for users.
-func engineError(err error, msg string) error {
-	switch {
-	case cerrdefs.IsNotFound(err):
-		return forge.WrapError(forge.ENOTFOUND, err, msg)
-	case cerrdefs.IsInvalidArgument(err), cerrdefs.IsConflict(err):
-		return forge.WrapError(forge.EINVALID, err, msg)
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return forge.WrapError(forge.ECANCELED, err, msg)
-	}
-	return forge.WrapError(forge.EUNAVAILABLE, err, msg)
-}
-
 // tailBuffer keeps the first max bytes written to it.
 type tailBuffer struct {
 	mu  sync.Mutex
@@ -788,7 +776,7 @@ func (b *Backend) ownWorkspace(ctx context.Context, id, user string) error {
 	tw.WriteHeader(hdr)
 	tw.Close()
 	if _, err := b.cli.CopyToContainer(ctx, id, client.CopyToContainerOptions{DestinationPath: "/", Content: &buf, CopyUIDGID: byName}); err != nil {
-		return engineError(err, "cannot give the workspace to the job's user (a user name the image does not know?)")
+		return moby.EngineError(err, "cannot give the workspace to the job's user (a user name the image does not know?)")
 	}
 	return nil
 }

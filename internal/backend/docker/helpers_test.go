@@ -13,6 +13,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/dockertest"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 const (
@@ -52,7 +53,7 @@ func engine(t testing.TB) *client.Client {
 	env := dockertest.Setup(t)
 	if testCli == nil {
 		testCli, forgeBin = env.Client, env.Forge
-		sum, err := fileDigest(forgeBin)
+		sum, err := moby.FileDigest(forgeBin)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // imageUser returns the user image runs as ("" for root), pulling it
@@ -27,7 +28,7 @@ func (b *Backend) imageUser(ctx context.Context, image string) (string, error) {
 		res, err = b.cli.ImageInspect(ctx, image)
 	}
 	if err != nil {
-		return "", engineError(err, "cannot look up image "+image)
+		return "", moby.EngineError(err, "cannot look up image "+image)
 	}
 	if res.Config == nil {
 		return "", nil
@@ -42,7 +43,7 @@ func (b *Backend) ensureImage(ctx context.Context, image string) error {
 	if _, err := b.cli.ImageInspect(ctx, image); err == nil {
 		return nil
 	} else if !cerrdefs.IsNotFound(err) {
-		return engineError(err, "cannot look up image "+image)
+		return moby.EngineError(err, "cannot look up image "+image)
 	}
 	// One pull of an image at a time: the others wait for it.
 	mu, _ := b.pulls.LoadOrStore(image, new(sync.Mutex))

@@ -7,6 +7,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // Clean removes the containers, networks and volumes of this backend's
@@ -21,7 +22,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 	}
 	cs, err := b.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: scope})
 	if err != nil {
-		return 0, engineError(err, "cannot list containers")
+		return 0, moby.EngineError(err, "cannot list containers")
 	}
 	// Services and jobs before the networks and volumes they use.
 	for _, c := range cs.Items {
@@ -29,33 +30,33 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 			continue
 		}
 		if _, err := b.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
-			return n, engineError(err, "cannot remove container "+c.ID)
+			return n, moby.EngineError(err, "cannot remove container "+c.ID)
 		}
 		n++
 	}
 	nws, err := b.cli.NetworkList(ctx, client.NetworkListOptions{Filters: scope})
 	if err != nil {
-		return n, engineError(err, "cannot list networks")
+		return n, moby.EngineError(err, "cannot list networks")
 	}
 	for _, nw := range nws.Items {
 		if !stale(nw.Labels) {
 			continue
 		}
 		if _, err := b.cli.NetworkRemove(ctx, nw.ID, client.NetworkRemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
-			return n, engineError(err, "cannot remove network "+nw.Name)
+			return n, moby.EngineError(err, "cannot remove network "+nw.Name)
 		}
 		n++
 	}
 	vols, err := b.cli.VolumeList(ctx, client.VolumeListOptions{Filters: scope})
 	if err != nil {
-		return n, engineError(err, "cannot list volumes")
+		return n, moby.EngineError(err, "cannot list volumes")
 	}
 	for _, v := range vols.Items {
 		if !stale(v.Labels) {
 			continue
 		}
 		if _, err := b.cli.VolumeRemove(ctx, v.Name, client.VolumeRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
-			return n, engineError(err, "cannot remove volume "+v.Name)
+			return n, moby.EngineError(err, "cannot remove volume "+v.Name)
 		}
 		n++
 	}

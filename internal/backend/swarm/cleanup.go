@@ -11,6 +11,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // cleanupTimeout bounds the removal of what one attempt made.
@@ -188,7 +189,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 	var errs []error
 	svcs, err := b.cli.ServiceList(ctx, client.ServiceListOptions{Filters: scope})
 	if err != nil {
-		return 0, engineError(err, "cannot list services")
+		return 0, moby.EngineError(err, "cannot list services")
 	}
 	var removed []string
 	for _, s := range svcs.Items {
@@ -196,7 +197,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 			continue
 		}
 		if _, err := b.cli.ServiceRemove(ctx, s.ID, client.ServiceRemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
-			errs = append(errs, engineError(err, "cannot remove service "+s.Spec.Name))
+			errs = append(errs, moby.EngineError(err, "cannot remove service "+s.Spec.Name))
 			continue
 		}
 		removed = append(removed, s.ID)
@@ -204,14 +205,14 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 	}
 	cs, err := b.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: scope})
 	if err != nil {
-		return n, engineError(err, "cannot list containers")
+		return n, moby.EngineError(err, "cannot list containers")
 	}
 	for _, c := range cs.Items {
 		if _, ok := c.Labels[LabelBuild]; ok {
 			continue // a task's container: Swarm removes it with its service
 		}
 		if _, err := b.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
-			errs = append(errs, engineError(err, "cannot remove container "+c.ID))
+			errs = append(errs, moby.EngineError(err, "cannot remove container "+c.ID))
 			continue
 		}
 		n++
@@ -223,7 +224,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 	b.removeContainers(wctx, removed)
 	secrets, err := b.cli.SecretList(ctx, client.SecretListOptions{Filters: scope})
 	if err != nil {
-		return n, engineError(err, "cannot list secrets")
+		return n, moby.EngineError(err, "cannot list secrets")
 	}
 	for _, s := range secrets.Items {
 		if stale(s.Spec.Labels) && b.retry(wctx, "a secret", s.ID, func(ctx context.Context) error {
@@ -235,7 +236,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 	}
 	nws, err := b.cli.NetworkList(ctx, client.NetworkListOptions{Filters: scope})
 	if err != nil {
-		return n, engineError(err, "cannot list networks")
+		return n, moby.EngineError(err, "cannot list networks")
 	}
 	for _, nw := range nws.Items {
 		if stale(nw.Labels) && b.removeNetwork(wctx, nw.ID) {
@@ -244,7 +245,7 @@ func (b *Backend) Clean(ctx context.Context, keep func(buildID string) bool) (in
 	}
 	vols, err := b.cli.VolumeList(ctx, client.VolumeListOptions{Filters: scope})
 	if err != nil {
-		return n, engineError(err, "cannot list volumes")
+		return n, moby.EngineError(err, "cannot list volumes")
 	}
 	for _, v := range vols.Items {
 		if stale(v.Labels) && b.retry(wctx, "a volume", v.Name, func(ctx context.Context) error {

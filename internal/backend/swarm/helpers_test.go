@@ -20,6 +20,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // The test images, built offline at test time from Debian's static
@@ -58,7 +59,7 @@ func TestMain(m *testing.M) {
 		if _, err := b.Clean(context.Background(), nil); err != nil {
 			fmt.Fprintln(os.Stderr, "cleaning up:", err)
 		}
-		if sum, _, err := fileDigest(forgeBin); err == nil {
+		if sum, err := moby.FileDigest(forgeBin); err == nil {
 			testCli.VolumeRemove(context.Background(), "forge-exec-"+sum[:16], client.VolumeRemoveOptions{Force: true})
 		}
 	}

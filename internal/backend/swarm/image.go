@@ -1,30 +1,21 @@
 package swarm
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"debug/elf"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/distribution/reference"
-	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/client"
 
 	"github.com/forgeci/forge"
-	"github.com/forgeci/forge/internal/forgexec"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // resolveImage makes sure the engine has image, pulling it (with the
@@ -36,7 +27,7 @@ func (b *Backend) resolveImage(ctx context.Context, image string) (string, error
 	if res, err := b.cli.ImageInspect(ctx, image); err == nil {
 		return res.ID, nil
 	} else if !cerrdefs.IsNotFound(err) {
-		return "", engineError(err, "cannot look up image "+image)
+		return "", moby.EngineError(err, "cannot look up image "+image)
 	}
 	// One pull of an image at a time: the others wait for it.
 	mu, _ := b.pulls.LoadOrStore(image, new(sync.Mutex))
@@ -69,7 +60,7 @@ func (b *Backend) resolveImage(ctx context.Context, image string) (string, error
 	}
 	res, err := b.cli.ImageInspect(ctx, image)
 	if err != nil {
-		return "", engineError(err, "image "+image+" was pulled but cannot be found")
+		return "", moby.EngineError(err, "image "+image+" was pulled but cannot be found")
 	}
 	return res.ID, nil
 }
@@ -132,21 +123,20 @@ func (b *Backend) registryAuth(host string) (RegistryAuth, bool) {
 }
 
 // execVolume returns the volume holding the forgexec binary, filling it
-// when it is new: forge-exec-DIGEST, named after the binary's content (the
-// docker backend names it the same way, so both share it), filled through
-// a container of image (which the engine has) that is created, never
-// started, and removed. Jobs mount it read-only at forgexec.BinDir.
+// when it is new (moby.FillExecVolume: named after the binary's content,
+// the same volume the docker backend uses, complete once its marker
+// exists). Jobs mount it read-only at forgexec.BinDir.
 func (b *Backend) execVolume(ctx context.Context, image string) (string, error) {
 	b.execMu.Lock()
 	defer b.execMu.Unlock()
 	if b.execSum == "" {
-		sum, size, err := fileDigest(b.opts.Forgexec)
+		sum, err := moby.FileDigest(b.opts.Forgexec)
 		if err != nil {
 			return "", forge.WrapError(forge.EINTERNAL, err, "cannot read the forgexec binary "+b.opts.Forgexec)
 		}
-		b.execSum, b.execSize = sum, size
+		b.execSum = sum
 	}
-	name := "forge-exec-" + b.execSum[:16]
+	name := moby.ExecVolumeName(b.execSum)
 	if b.execReady {
 		// Filled by this process; it may have been removed by hand since.
 		if _, err := b.cli.VolumeInspect(ctx, name, client.VolumeInspectOptions{}); err == nil {
@@ -154,31 +144,10 @@ func (b *Backend) execVolume(ctx context.Context, image string) (string, error) 
 		}
 		b.execReady = false
 	}
-	if _, err := b.cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: name, Labels: map[string]string{LabelExec: b.execSum}}); err != nil {
-		return "", engineError(err, "cannot create the forgexec volume")
-	}
-	created, err := b.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
-		Config: &container.Config{Image: image, Entrypoint: []string{forgexec.Bin}, Cmd: []string{},
-			Labels: map[string]string{LabelScope: b.opts.Scope, LabelRole: "exec-fill"}},
-		HostConfig: &container.HostConfig{Mounts: []mount.Mount{
-			{Type: mount.TypeVolume, Source: name, Target: forgexec.BinDir, VolumeOptions: &mount.VolumeOptions{NoCopy: true}},
-		}},
-	})
-	if err != nil {
-		return "", engineError(err, "cannot create a container to fill the forgexec volume")
-	}
-	defer b.removeContainer(created.ID)
-	// Another server with the same binary may have filled it already.
-	if st, err := b.cli.ContainerStatPath(ctx, created.ID, client.ContainerStatPathOptions{Path: forgexec.Bin}); err == nil && st.Stat.Size == b.execSize {
-		b.execReady = true
-		return name, nil
-	}
-	content, err := binaryArchive(b.opts.Forgexec)
+	name, err := moby.FillExecVolume(ctx, b.cli, b.opts.Forgexec, b.execSum, image,
+		map[string]string{LabelScope: b.opts.Scope, LabelRole: "exec-fill"})
 	if err != nil {
 		return "", err
-	}
-	if _, err := b.cli.CopyToContainer(ctx, created.ID, client.CopyToContainerOptions{DestinationPath: forgexec.BinDir, Content: content}); err != nil {
-		return "", engineError(err, "cannot copy forgexec into its volume")
 	}
 	b.execReady = true
 	return name, nil
@@ -191,56 +160,4 @@ func (b *Backend) removeContainer(id string) {
 	if _, err := b.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
 		b.log.Warn("swarm: removing a helper container", "container", id, "err", err)
 	}
-}
-
-// checkStatic refuses a forgexec binary that needs a dynamic loader: the
-// job's image may have none (or another libc).
-func checkStatic(path string) error {
-	f, err := elf.Open(path)
-	if err != nil {
-		return forge.WrapError(forge.EINVALID, err, fmt.Sprintf("forgexec %s is not a Linux binary", path))
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return forge.Errorf(forge.EINVALID,
-				"forgexec %s is dynamically linked, so it cannot run in any image: build forge with CGO_ENABLED=0 (make build), or name a static forge binary as forgexec", path)
-		}
-	}
-	return nil
-}
-
-// binaryArchive is a tar of the binary at path as forgexec.Name, mode 0755.
-func binaryArchive(path string) (io.Reader, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, forge.WrapError(forge.EINTERNAL, err, "cannot read the forgexec binary")
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: forgexec.Name, Mode: 0o755, Size: int64(len(data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(data); err != nil {
-		return nil, err
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return &buf, nil
-}
-
-// fileDigest is the hex SHA-256 and the size of the file at path.
-func fileDigest(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/forgexec"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // jobFile is the name of the job's secret in the task (under
@@ -117,7 +118,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 			continue // a job of another forge, named in the same millisecond
 		}
 		if err != nil {
-			return engineError(err, "cannot create the job's secret")
+			return moby.EngineError(err, "cannot create the job's secret")
 		}
 		a.h.Secret, a.h.Created = res.ID, now.UnixNano()
 		break
@@ -129,7 +130,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 	if !spread {
 		vol, err := b.cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: derived(base, "-ws"), Labels: m.labels(b.opts.Scope, "workspace")})
 		if err != nil {
-			return engineError(err, "cannot create the job's workspace volume")
+			return moby.EngineError(err, "cannot create the job's workspace volume")
 		}
 		a.h.Volume, ws.Source = vol.Volume.Name, vol.Volume.Name
 		if err := b.fillWorkspace(ctx, a, image, vol.Volume.Name, run.Workspace); err != nil {
@@ -147,7 +148,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 			Driver: "overlay", Scope: "swarm", Labels: m.labels(b.opts.Scope, "network"),
 		})
 		if err != nil {
-			return engineError(err, "cannot create the build's network")
+			return moby.EngineError(err, "cannot create the build's network")
 		}
 		a.h.Network = nw.ID
 		nets = append(nets, swarm.NetworkAttachmentConfig{Target: nw.ID})
@@ -220,7 +221,7 @@ func (b *Backend) start(ctx context.Context, run *forge.JobRun, a *attempt) erro
 	}
 	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: b.encodedAuth(job.Image)})
 	if err != nil {
-		return engineError(err, "cannot create the job's service from image "+job.Image)
+		return moby.EngineError(err, "cannot create the job's service from image "+job.Image)
 	}
 	a.h.Service = created.ID
 	return nil
@@ -255,7 +256,7 @@ func (b *Backend) createSidecar(ctx context.Context, s forge.Service, image, nam
 	}
 	created, err := b.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: b.encodedAuth(s.Image)})
 	if err != nil {
-		return "", engineError(err, fmt.Sprintf("cannot create service %s from image %s", s.Name, s.Image))
+		return "", moby.EngineError(err, fmt.Sprintf("cannot create service %s from image %s", s.Name, s.Image))
 	}
 	return created.ID, nil
 }

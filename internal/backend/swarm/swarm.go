@@ -61,6 +61,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // Labels on everything the backend makes.
@@ -71,8 +72,8 @@ const (
 	LabelBuild       = "forge.build"
 	LabelJob         = "forge.job"
 	LabelAttempt     = "forge.attempt"
-	LabelRole        = "forge.role" // job, service, network, workspace, job-file
-	LabelExec        = "forge.exec" // the forgexec volume, with its binary's digest
+	LabelRole        = "forge.role"   // job, service, network, workspace, job-file
+	LabelExec        = moby.LabelExec // the forgexec volume, with its binary's digest
 )
 
 // WorkspaceDir is where a job's workspace is mounted in its container.
@@ -171,8 +172,7 @@ type Backend struct {
 
 	execMu    sync.Mutex
 	execSum   string // the forgexec binary's digest
-	execSize  int64
-	execReady bool // this process filled (or found filled) the volume
+	execReady bool   // this process filled (or found filled) the volume
 
 	pulls sync.Map // image → *sync.Mutex: one pull per image at a time
 
@@ -227,7 +227,7 @@ func New(opts Options) (*Backend, error) {
 		}
 		opts.Forgexec = exe
 	}
-	if err := checkStatic(opts.Forgexec); err != nil {
+	if err := moby.CheckStatic(opts.Forgexec); err != nil {
 		return nil, err
 	}
 	if opts.NodeForgexec != "" && !strings.HasPrefix(opts.NodeForgexec, "/") {
@@ -318,7 +318,7 @@ func (b *Backend) node(ctx context.Context) (string, error) {
 	}
 	info, err := b.cli.Info(ctx, client.InfoOptions{})
 	if err != nil {
-		return "", engineError(err, "cannot ask the Docker engine about its swarm")
+		return "", moby.EngineError(err, "cannot ask the Docker engine about its swarm")
 	}
 	sw := info.Info.Swarm
 	switch {
@@ -404,7 +404,7 @@ func (b *Backend) Attach(ctx context.Context, hb []byte, from int, rep forge.Rep
 			b.cleanup(a)
 			return forge.StatusError, forge.WrapError(forge.ENOTFOUND, err, "the job's service is gone")
 		}
-		return forge.StatusError, engineError(err, "cannot inspect the job's service")
+		return forge.StatusError, moby.EngineError(err, "cannot inspect the job's service")
 	}
 	return b.follow(ctx, a, from, rep)
 }
@@ -428,17 +428,4 @@ func ctxStatus(err error) forge.Status {
 		return forge.StatusFailure
 	}
 	return forge.StatusCanceled
-}
-
-// engineError wraps an error of the engine with a message for users.
-func engineError(err error, msg string) error {
-	switch {
-	case cerrdefs.IsNotFound(err):
-		return forge.WrapError(forge.ENOTFOUND, err, msg)
-	case cerrdefs.IsInvalidArgument(err), cerrdefs.IsConflict(err):
-		return forge.WrapError(forge.EINVALID, err, msg)
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return forge.WrapError(forge.ECANCELED, err, msg)
-	}
-	return forge.WrapError(forge.EUNAVAILABLE, err, msg)
 }

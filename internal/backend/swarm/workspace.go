@@ -19,6 +19,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/forgexec"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // fillWorkspace copies the source of ws into volume vol through a
@@ -45,7 +46,7 @@ func (b *Backend) fillWorkspace(ctx context.Context, a *attempt, image, vol stri
 		}},
 	})
 	if err != nil {
-		return engineError(err, "cannot create a container to fill the job's workspace")
+		return moby.EngineError(err, "cannot create a container to fill the job's workspace")
 	}
 	defer a.helpers.Go(func() { b.removeContainer(created.ID) })
 
@@ -68,7 +69,7 @@ func (b *Backend) fillWorkspace(ctx context.Context, a *attempt, image, vol stri
 	case perr != nil && forge.ErrorCode(perr) == forge.EINVALID:
 		return perr
 	case cerr != nil:
-		return engineError(cerr, "cannot copy the source into the job's workspace")
+		return moby.EngineError(cerr, "cannot copy the source into the job's workspace")
 	case perr != nil && !errors.Is(perr, context.Canceled):
 		return forge.WrapError(forge.EINTERNAL, perr, "cannot pack the source of "+dir)
 	}
