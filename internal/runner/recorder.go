@@ -359,13 +359,42 @@ func (rec *recorder) flush() {
 		}
 	}
 	for _, w := range lineRuns {
-		report(rec.r.opts.Logs.Append(ctx, w.jobID, w.lines))
+		report(rec.appendLines(w.jobID, w.lines))
 	}
 	for _, s := range steps {
 		report(st.SaveStep(ctx, s))
 	}
 	for _, j := range jobs {
 		report(st.UpdateJob(ctx, j))
+	}
+}
+
+// appendPatience bounds how long the writer keeps trying to store a run of
+// log lines the store refused (a timeout on a loaded machine, a restarting
+// database) before it gives up on them.
+const appendPatience = 5 * time.Minute
+
+// appendLines stores a run of a job's lines, trying again while the store
+// fails: a slow store may delay a log, never lose its end (which holds the
+// error the user needs). A run is one transaction, so a retry never stores
+// a line twice; a conflict means an earlier try did store it.
+func (rec *recorder) appendLines(jobID int64, lines []forge.LogLine) error {
+	deadline := time.Now().Add(appendPatience)
+	wait := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), finalWrite)
+		err := rec.r.opts.Logs.Append(ctx, jobID, lines)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case forge.ErrorCode(err) == forge.ECONFLICT || forge.ErrorCode(err) == forge.EINVALID ||
+			forge.ErrorCode(err) == forge.ENOTFOUND || time.Now().After(deadline):
+			return err
+		}
+		rec.r.log.Warn("storing log lines failed; trying again", "build", rec.build.ID, "job", jobID, "lines", len(lines), "err", err)
+		time.Sleep(wait)
+		wait = min(2*wait, 5*time.Second)
 	}
 }
 
