@@ -76,3 +76,15 @@ func TestEngineErrorCodes(t *testing.T) {
 		}
 	}
 }
+
+func TestHeadBufferKeepsFirstBytes(t *testing.T) {
+	b := NewHeadBuffer(5)
+	for _, s := range []string{"abc", "defg", "hij"} {
+		if n, err := b.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v: it must take everything", s, n, err)
+		}
+	}
+	if b.String() != "abcde" {
+		t.Errorf("String() = %q, want abcde", b.String())
+	}
+}
