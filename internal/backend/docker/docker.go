@@ -581,7 +581,7 @@ func (b *Backend) follow(ctx context.Context, a *attempt, from int, rep forge.Re
 	defer func() { close(ended); <-stopped }()
 
 	pr, pw := io.Pipe()
-	stderr := &tailBuffer{max: 4096}
+	stderr := moby.NewHeadBuffer(4096)
 	copyDone := make(chan error, 1)
 	go func() {
 		_, err := stdcopy.StdCopy(pw, stderr, logs)
@@ -734,28 +734,6 @@ func ctxStatus(err error) forge.Status {
 		return forge.StatusFailure
 	}
 	return forge.StatusCanceled
-}
-
-// tailBuffer keeps the first max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if room := t.max - len(t.b); room > 0 {
-		t.b = append(t.b, p[:min(room, len(p))]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }
 
 // ownWorkspace gives the workspace volume's root to user ("uid",

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/forgexec"
+	"github.com/forgeci/forge/internal/moby"
 )
 
 // How often the job's task is looked at: often while it starts, then
@@ -43,7 +43,7 @@ type logState struct {
 	started atomic.Int64 // when forgexec started (Unix nanoseconds), 0 before
 	// What the last read found that was not a frame of this job: what
 	// forgexec printed on stderr, and counts of foreign and cut frames.
-	stderr           *tailBuffer
+	stderr           *moby.HeadBuffer
 	foreign, corrupt int
 }
 
@@ -60,7 +60,7 @@ func (b *Backend) readLogs(ctx context.Context, service string, follow bool, st 
 	}
 	defer logs.Close()
 	pr, pw := io.Pipe()
-	st.stderr = &tailBuffer{max: 4096}
+	st.stderr = moby.NewHeadBuffer(4096)
 	copied := make(chan error, 1)
 	go func() {
 		_, err := stdcopy.StdCopy(pw, st.stderr, logs)
@@ -489,26 +489,4 @@ func older(a, b string) bool {
 	x, err1 := strconv.ParseInt(a, 10, 64)
 	y, err2 := strconv.ParseInt(b, 10, 64)
 	return err1 == nil && err2 == nil && x < y
-}
-
-// tailBuffer keeps the first max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if room := t.max - len(t.b); room > 0 {
-		t.b = append(t.b, p[:min(room, len(p))]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }
