@@ -25,7 +25,6 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/backend/swarm"
-	"github.com/forgeci/forge/internal/runner"
 )
 
 // swarmImage is the busybox test image, built offline (the swarm
@@ -222,9 +221,6 @@ deploy:
 // service, restarts it, and checks that the job's whole log arrives
 // exactly once and its result is recorded.
 func TestServerSwarmReattach(t *testing.T) {
-	if _, ok := reflect.TypeOf(runner.Options{}).FieldByName("Reattach"); !ok {
-		t.Skip("the runner does not continue the builds of a dead server yet (runner.Options.Reattach)")
-	}
 	cli, bin, scope := swarmEnv(t)
 	const n = 300
 	spec := fmt.Sprintf("image: %s\nexecute:\n  - for i in $(seq 1 %d); do echo \"line $i\"; sleep 0.02; done\n  - echo second step; exit 3\n", swarmImage, n)
