@@ -8,66 +8,101 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
-
 	"github.com/forgeci/forge"
 )
 
 var _ forge.LogStore = (*DB)(nil)
 
-// logBatch is how many lines one INSERT statement carries: 5 parameters a
-// line keeps a statement far below SQLite's and PostgreSQL's parameter
-// limits, and large enough that per-statement overhead stops mattering.
-const logBatch = 200
-
-// copyMin is the batch size from which PostgreSQL appends use COPY instead
-// of INSERT.
-const copyMin = 64
-
 // Append adds lines to the end of job jobID's log, all or none, in one
-// transaction. Line numbers must be at least 1; ECONFLICT when one of them
-// is already stored, ENOTFOUND when the job does not exist. A zero Time is
-// stored as now. Text that is not valid UTF-8, and NUL bytes, are stored
-// with U+FFFD in their place (PostgreSQL text cannot hold them, and both
-// databases must give back the same).
+// transaction. Line numbers must be at least 1 and increase; ECONFLICT when
+// one of them is not above the last line already stored (or the one
+// before it in lines), ENOTFOUND when the job does not exist. A zero Time
+// is stored as now. Text that is not valid UTF-8, and NUL bytes, are
+// stored with U+FFFD in their place (PostgreSQL text cannot hold them, and
+// both databases must give back the same).
 //
-// SQLite inserts multi-row batches through one prepared statement;
-// PostgreSQL uses COPY for batches of copyMin lines or more.
+// The lines go into the job's chunks (see logchunk.go): the last chunk is
+// extended while it has room, then new ones are written, so a batch of
+// thousands of lines is a few row writes.
 func (db *DB) Append(ctx context.Context, jobID int64, lines []forge.LogLine) error {
 	if len(lines) == 0 {
 		return nil
 	}
-	for _, l := range lines {
+	for i, l := range lines {
 		if l.Number < 1 {
 			return forge.Errorf(forge.EINVALID, "log line number %d: numbers start at 1", l.Number)
+		}
+		if i > 0 && l.Number <= lines[i-1].Number {
+			return forge.Errorf(forge.ECONFLICT, "job %d: log line %d follows line %d: line numbers must increase", jobID, l.Number, lines[i-1].Number)
 		}
 	}
 	// lines is the caller's (and may be read elsewhere at the same time,
 	// by a live log): it is not modified.
 	t := now().UnixMicro()
-	row := func(l *forge.LogLine) []any {
-		at := t
-		if !l.Time.IsZero() {
-			at = l.Time.UnixMicro()
+	err := db.write(ctx, func(tx *sql.Tx) error {
+		if db.dialect == dialectPostgres {
+			// No foreign key on PostgreSQL (see the migrations); the
+			// lock also makes appends to one job take turns, as each
+			// reads and rewrites the job's last chunk.
+			err := db.exists(ctx, tx, "SELECT 1 FROM jobs WHERE id = ? FOR NO KEY UPDATE", jobID, "job %d not found")
+			if err != nil {
+				return err
+			}
 		}
-		return []any{jobID, int64(l.Number), at, string(l.Stream), cleanText(l.Text)}
-	}
-	var err error
-	if db.dialect == dialectPostgres && len(lines) >= copyMin {
-		err = db.copyLines(ctx, jobID, lines, row)
-	} else {
-		err = db.write(ctx, func(tx *sql.Tx) error {
-			if db.dialect == dialectPostgres {
-				// No foreign key on PostgreSQL (see the migration).
-				err := db.exists(ctx, tx, "SELECT 1 FROM jobs WHERE id = ? FOR KEY SHARE", jobID, "job %d not found")
-				if err != nil {
+		var (
+			first, last int64
+			count       int
+			data        []byte
+		)
+		err := tx.QueryRowContext(ctx, db.q("SELECT first_line, last_line, line_count, data FROM log_chunks WHERE job_id = ? ORDER BY first_line DESC LIMIT 1"), jobID).Scan(&first, &last, &count, &data)
+		have := err == nil
+		if err != nil && err != sql.ErrNoRows {
+			return db.fail(ctx, err, "append log")
+		}
+		if have && int64(lines[0].Number) <= last {
+			return forge.Errorf(forge.ECONFLICT, "job %d: log lines %d to %d overlap lines already stored (up to %d)", jobID, lines[0].Number, lines[len(lines)-1].Number, last)
+		}
+		enc := &chunkEncoder{}
+		update := false // enc continues the stored chunk at first
+		if have && count < chunkLines && len(data) < chunkBytes {
+			if err := enc.resume(data, first, count); err != nil {
+				return forge.WrapError(forge.EINTERNAL, err, fmt.Sprintf("job %d: the log chunk at line %d", jobID, first))
+			}
+			update = true
+		} else {
+			enc.reset()
+		}
+		save := func() error {
+			if enc.n == 0 {
+				return nil
+			}
+			var err error
+			if update {
+				_, err = tx.ExecContext(ctx, db.q("UPDATE log_chunks SET last_line = ?, line_count = ?, data = ? WHERE job_id = ? AND first_line = ?"),
+					enc.prevNum, enc.n, enc.buf, jobID, enc.first)
+				update = false
+			} else {
+				_, err = tx.ExecContext(ctx, db.q("INSERT INTO log_chunks (job_id, first_line, last_line, line_count, data) VALUES (?, ?, ?, ?, ?)"),
+					jobID, enc.first, enc.prevNum, enc.n, enc.buf)
+			}
+			enc.reset()
+			return err
+		}
+		for i := range lines {
+			if enc.full() {
+				if err := save(); err != nil {
 					return err
 				}
 			}
-			return db.insertLines(ctx, tx, lines, row)
-		})
-	}
+			l := &lines[i]
+			at := t
+			if !l.Time.IsZero() {
+				at = l.Time.UnixMicro()
+			}
+			enc.add(int64(l.Number), at, l.Stream, cleanText(l.Text))
+		}
+		return save()
+	})
 	var fe *forge.Error
 	switch {
 	case err == nil:
@@ -82,111 +117,88 @@ func (db *DB) Append(ctx context.Context, jobID int64, lines []forge.LogLine) er
 	return db.fail(ctx, err, "append log")
 }
 
-// insertLines inserts lines with batched multi-row INSERTs.
-func (db *DB) insertLines(ctx context.Context, tx *sql.Tx, lines []forge.LogLine, row func(*forge.LogLine) []any) error {
-	var full *sql.Stmt
-	args := make([]any, 0, 5*logBatch)
-	for start := 0; start < len(lines); start += logBatch {
-		batch := lines[start:min(start+logBatch, len(lines))]
-		args = args[:0]
-		for i := range batch {
-			args = append(args, row(&batch[i])...)
+// chunksFrom is the query of job ? 's chunks holding lines numbered from ?
+// on: the chunk holding line from (the last one starting at or before it:
+// an index seek) and those after it.
+const chunksFrom = `SELECT first_line, data FROM log_chunks WHERE job_id = ? AND first_line >= COALESCE(
+(SELECT max(first_line) FROM log_chunks WHERE job_id = ? AND first_line <= ?), 0)`
+
+// eachChunk calls fn with a reader of each of job jobID's chunks holding
+// lines numbered in [from, to) (to <= 0: to the end), in order, until fn
+// returns false or an error.
+func (db *DB) eachChunk(ctx context.Context, tx *sql.Tx, jobID int64, from, to int64, what string, fn func(r *chunkReader) (bool, error)) error {
+	query := chunksFrom
+	args := []any{jobID, jobID, from}
+	if to > 0 {
+		query += " AND first_line < ?"
+		args = append(args, to)
+	}
+	query += " ORDER BY first_line"
+	rows, err := tx.QueryContext(ctx, db.q(query), args...)
+	if err != nil {
+		return db.fail(ctx, err, what)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			first int64
+			data  string
+		)
+		if err := rows.Scan(&first, &data); err != nil {
+			return db.fail(ctx, err, what)
 		}
-		var err error
-		if len(batch) == logBatch {
-			if full == nil {
-				full, err = tx.PrepareContext(ctx, db.q(insertLinesQuery(logBatch)))
-				if err != nil {
-					return err
-				}
-				defer full.Close()
-			}
-			_, err = full.ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, db.q(insertLinesQuery(len(batch))), args...)
+		r := &chunkReader{data: data}
+		if err := r.start(); err != nil {
+			return forge.WrapError(forge.EINTERNAL, err, fmt.Sprintf("%s: job %d, the chunk at line %d", what, jobID, first))
 		}
-		if err != nil {
+		more, err := fn(r)
+		if r.err != nil {
+			return forge.WrapError(forge.EINTERNAL, r.err, fmt.Sprintf("%s: job %d, the chunk at line %d", what, jobID, first))
+		}
+		if err != nil || !more {
 			return err
 		}
+	}
+	if err := rows.Err(); err != nil {
+		return db.fail(ctx, err, what)
 	}
 	return nil
 }
 
-func insertLinesQuery(n int) string {
-	var b strings.Builder
-	b.WriteString("INSERT INTO logs (job_id, number, time, stream, text) VALUES ")
-	for i := range n {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString("(?, ?, ?, ?, ?)")
-	}
-	return b.String()
-}
-
-// copyLines appends lines with PostgreSQL's COPY, in a transaction that
-// first checks and key-share locks the job (logs has no foreign key on
-// PostgreSQL: see the migration).
-func (db *DB) copyLines(ctx context.Context, jobID int64, lines []forge.LogLine, row func(*forge.LogLine) []any) error {
-	conn, err := db.w.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return conn.Raw(func(driverConn any) error {
-		pc := driverConn.(*stdlib.Conn).Conn()
-		tx, err := pc.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback(context.WithoutCancel(ctx))
-		var one int
-		err = tx.QueryRow(ctx, "SELECT 1 FROM jobs WHERE id = $1 FOR KEY SHARE", jobID).Scan(&one)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return notFound("job %d not found", jobID)
-		}
-		if err != nil {
-			return err
-		}
-		_, err = tx.CopyFrom(ctx, pgx.Identifier{"logs"}, []string{"job_id", "number", "time", "stream", "text"},
-			pgx.CopyFromSlice(len(lines), func(i int) ([]any, error) { return row(&lines[i]), nil }))
-		if err != nil {
-			return err
-		}
-		return tx.Commit(ctx)
-	})
-}
-
 // Lines returns job jobID's lines numbered in [from, from+limit), in
-// order; limit <= 0 means to the end.
+// order; limit <= 0 means to the end. It reads the chunks holding them
+// only, so a range costs the same anywhere in a log of any length.
 // ENOTFOUND when the job does not exist.
 func (db *DB) Lines(ctx context.Context, jobID int64, from, limit int) ([]forge.LogLine, error) {
-	query := "SELECT number, time, stream, text FROM logs WHERE job_id = ? AND number >= ?"
-	args := []any{jobID, max(from, 1)}
+	lo := int64(max(from, 1))
+	var hi int64 // exclusive; 0: no end
 	if limit > 0 {
-		query += " AND number < ?"
-		args = append(args, int64(from)+int64(limit))
+		hi = int64(from) + int64(limit)
+		if hi <= lo {
+			hi = lo // an empty range, but still check the job
+		}
 	}
-	query += " ORDER BY number"
 	var out []forge.LogLine
 	err := db.read(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, db.q(query), args...)
-		if err != nil {
-			return db.fail(ctx, err, "read log")
-		}
-		defer rows.Close()
 		if limit > 0 {
 			out = make([]forge.LogLine, 0, min(limit, 10000))
 		}
-		for rows.Next() {
-			var l forge.LogLine
-			if err := rows.Scan(&l.Number, timeCol{&l.Time}, &l.Stream, &l.Text); err != nil {
-				return db.fail(ctx, err, "read log")
+		if hi == 0 || hi > lo {
+			err := db.eachChunk(ctx, tx, jobID, lo, hi, "read log", func(r *chunkReader) (bool, error) {
+				for r.next() {
+					if r.num < lo {
+						continue
+					}
+					if hi > 0 && r.num >= hi {
+						return false, nil
+					}
+					out = append(out, r.line())
+				}
+				return true, nil
+			})
+			if err != nil {
+				return err
 			}
-			out = append(out, l)
-		}
-		if err := rows.Err(); err != nil {
-			return db.fail(ctx, err, "read log")
 		}
 		if len(out) > 0 {
 			return nil
@@ -203,17 +215,18 @@ func (db *DB) Lines(ctx context.Context, jobID int64, from, limit int) ([]forge.
 // has none): the length of the log, to size a viewer or resume appending.
 // ENOTFOUND when the job does not exist.
 func (db *DB) LogLen(ctx context.Context, jobID int64) (int, error) {
-	var n sql.NullInt64
+	var n int64
 	err := db.read(ctx, func(tx *sql.Tx) error {
-		if err := tx.QueryRowContext(ctx, db.q("SELECT max(number) FROM logs WHERE job_id = ?"), jobID).Scan(&n); err != nil {
-			return db.fail(ctx, err, "read log length")
-		}
-		if n.Valid {
+		err := tx.QueryRowContext(ctx, db.q("SELECT last_line FROM log_chunks WHERE job_id = ? ORDER BY first_line DESC LIMIT 1"), jobID).Scan(&n)
+		if err == nil {
 			return nil
+		}
+		if err != sql.ErrNoRows {
+			return db.fail(ctx, err, "read log length")
 		}
 		return db.exists(ctx, tx, "SELECT 1 FROM jobs WHERE id = ?", jobID, "job %d not found")
 	})
-	return int(n.Int64), err
+	return int(n), err
 }
 
 // cleanText returns s with invalid UTF-8 and NUL bytes replaced by U+FFFD.

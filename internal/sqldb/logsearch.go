@@ -14,21 +14,19 @@ import (
 const doneStatuses = "('success', 'failure', 'error', 'skipped', 'canceled')"
 
 // SearchLog finds the lines of job jobID numbered from on whose text
-// contains q, ignoring case (ASCII letters on SQLite, every letter on
-// PostgreSQL). It returns the numbers of the first limit of them in order
-// (limit <= 0: all) and how many lines match in all. The search is one scan
-// of the job's part of the log table, in the database. ENOTFOUND when the
-// job does not exist; EINVALID for an empty q.
+// contains q, ignoring case (the same on SQLite and PostgreSQL: ASCII
+// letters directly, others by their lower case). It returns the numbers of
+// the first limit of them in order (limit <= 0: all) and how many lines
+// match in all. The search reads the job's chunks from the one holding
+// line from and matches in Go: one sequential read, whatever the
+// database. ENOTFOUND when the job does not exist; EINVALID for an empty
+// q.
 func (db *DB) SearchLog(ctx context.Context, jobID int64, q string, from, limit int) ([]int, int, error) {
 	if q == "" {
 		return nil, 0, forge.Errorf(forge.EINVALID, "empty search text")
 	}
-	op := "LIKE"
-	if db.dialect == dialectPostgres {
-		op = "ILIKE"
-	}
-	query := "SELECT number FROM logs WHERE job_id = ? AND number >= ? AND text " + op + " ? ESCAPE '\\' ORDER BY number"
-	pattern := "%" + likeEscaper.Replace(q) + "%"
+	m := newFoldMatcher(q)
+	lo := int64(max(from, 1))
 	var (
 		matches []int
 		total   int
@@ -37,34 +35,24 @@ func (db *DB) SearchLog(ctx context.Context, jobID int64, q string, from, limit 
 		if err := db.exists(ctx, tx, "SELECT 1 FROM jobs WHERE id = ?", jobID, "job %d not found"); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, db.q(query), jobID, max(from, 1), pattern)
-		if err != nil {
-			return db.fail(ctx, err, "search log")
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var n int
-			if err := rows.Scan(&n); err != nil {
-				return db.fail(ctx, err, "search log")
+		return db.eachChunk(ctx, tx, jobID, lo, 0, "search log", func(r *chunkReader) (bool, error) {
+			for r.next() {
+				if r.num < lo || !m.match(r.text) {
+					continue
+				}
+				total++
+				if limit <= 0 || len(matches) < limit {
+					matches = append(matches, int(r.num))
+				}
 			}
-			total++
-			if limit <= 0 || len(matches) < limit {
-				matches = append(matches, n)
-			}
-		}
-		if err := rows.Err(); err != nil {
-			return db.fail(ctx, err, "search log")
-		}
-		return nil
+			return true, nil
+		})
 	})
 	if err != nil {
 		return nil, 0, err
 	}
 	return matches, total, nil
 }
-
-// likeEscaper escapes LIKE's wildcards with the ESCAPE character '\'.
-var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
 
 // SearchLogs finds lines containing q in the indexed logs (IndexLogs) of
 // repository repoID's builds, newest first: the latest job first and, in a
@@ -82,21 +70,19 @@ func (db *DB) SearchLogs(ctx context.Context, repoID int64, q string, limit int)
 	var query string
 	var arg any
 	if db.dialect == dialectPostgres {
-		query = `SELECT b.number, j.id, j.name, l.number, l.text
+		query = `SELECT b.number, j.id, j.name, s.number
 FROM log_search s
 JOIN jobs j ON j.id = s.job_id
 JOIN builds b ON b.id = j.build_id
-JOIN logs l ON l.job_id = s.job_id AND l.number = s.number
 WHERE s.words @@ phraseto_tsquery('simple', ` + pgWords("?") + `) AND b.repo_id = ?
 ORDER BY s.job_id DESC, s.number DESC LIMIT ?`
 		arg = q
 	} else {
 		// One FTS5 string: the trigram tokenizer matches it as a substring.
-		query = `SELECT b.number, j.id, j.name, l.number, l.text
+		query = `SELECT b.number, j.id, j.name, (s.rowid & 4294967295)
 FROM log_search s
 JOIN jobs j ON j.id = (s.rowid >> 32)
 JOIN builds b ON b.id = j.build_id
-JOIN logs l ON l.job_id = j.id AND l.number = (s.rowid & 4294967295)
 WHERE log_search MATCH ? AND b.repo_id = ?
 ORDER BY s.rowid DESC LIMIT ?`
 		arg = `"` + strings.ReplaceAll(q, `"`, `""`) + `"`
@@ -110,7 +96,7 @@ ORDER BY s.rowid DESC LIMIT ?`
 		defer rows.Close()
 		for rows.Next() {
 			var m forge.LogMatch
-			if err := rows.Scan(&m.Build, &m.Job, &m.JobName, &m.Line, &m.Text); err != nil {
+			if err := rows.Scan(&m.Build, &m.Job, &m.JobName, &m.Line); err != nil {
 				return db.fail(ctx, err, "search logs")
 			}
 			out = append(out, m)
@@ -118,9 +104,72 @@ ORDER BY s.rowid DESC LIMIT ?`
 		if err := rows.Err(); err != nil {
 			return db.fail(ctx, err, "search logs")
 		}
-		return nil
+		rows.Close()
+		return db.matchTexts(ctx, tx, out)
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	// A line pruned after it was indexed has no text: it is left out.
+	kept := out[:0]
+	for _, m := range out {
+		if m.Line > 0 {
+			kept = append(kept, m)
+		}
+	}
+	return kept, nil
+}
+
+// matchTexts fills in the Text of each of ms from the log chunks, reading
+// each chunk that holds some of them once; a match whose line is not
+// stored gets Line 0.
+func (db *DB) matchTexts(ctx context.Context, tx *sql.Tx, ms []forge.LogMatch) error {
+	type key struct {
+		job  int64
+		line int
+	}
+	want := make(map[key][]int, len(ms)) // -> indexes in ms
+	for i, m := range ms {
+		k := key{m.Job, m.Line}
+		want[k] = append(want[k], i)
+	}
+	for len(want) > 0 {
+		var k key
+		for k = range want {
+			break
+		}
+		var (
+			first int64
+			data  string
+		)
+		err := tx.QueryRowContext(ctx, db.q("SELECT first_line, data FROM log_chunks WHERE job_id = ? AND first_line <= ? ORDER BY first_line DESC LIMIT 1"), k.job, k.line).Scan(&first, &data)
+		if err != nil && err != sql.ErrNoRows {
+			return db.fail(ctx, err, "search logs")
+		}
+		if err == nil {
+			r := &chunkReader{data: data}
+			if err := r.start(); err != nil {
+				return forge.WrapError(forge.EINTERNAL, err, fmt.Sprintf("search logs: job %d, the chunk at line %d", k.job, first))
+			}
+			for r.next() {
+				lk := key{k.job, int(r.num)}
+				for _, i := range want[lk] {
+					ms[i].Text = r.text
+				}
+				delete(want, lk)
+			}
+			if r.err != nil {
+				return forge.WrapError(forge.EINTERNAL, r.err, fmt.Sprintf("search logs: job %d, the chunk at line %d", k.job, first))
+			}
+		}
+		if is, ok := want[k]; ok { // not stored
+			for _, i := range is {
+				ms[i].Line = 0
+			}
+			delete(want, k)
+		}
+	}
+	return nil
 }
 
 // pgWords is the SQL of expr's text with everything but letters and
@@ -156,15 +205,10 @@ func (db *DB) IndexLogs(ctx context.Context, lines int) (int, error) {
 	return total, nil
 }
 
-// indexChunk indexes up to max lines of the newest finished job not fully
-// indexed; more is false when there was no such job.
+// indexChunk indexes up to limit lines of the newest finished job not
+// fully indexed; more is false when there was no such job. It reads the
+// lines from the job's log chunks.
 func (db *DB) indexChunk(ctx context.Context, limit int) (n int, more bool, err error) {
-	var insert string
-	if db.dialect == dialectPostgres {
-		insert = "INSERT INTO log_search (job_id, number, words) SELECT job_id, number, to_tsvector('simple', " + pgWords("text") + ") FROM logs WHERE job_id = ? AND number > ? AND number <= ?"
-	} else {
-		insert = "INSERT INTO log_search (rowid, text) SELECT job_id * 4294967296 + number, text FROM logs WHERE job_id = ? AND number > ? AND number <= ?"
-	}
 	err = db.write(ctx, func(tx *sql.Tx) error {
 		var (
 			jobID int64
@@ -181,23 +225,34 @@ ORDER BY j.id DESC LIMIT 1`)).Scan(&jobID, &done)
 			return db.fail(ctx, err, "find a log to index")
 		}
 		more = true
-		// The chunk is the lines after done up to the limit-th of them.
-		var upTo int64
-		err = tx.QueryRowContext(ctx, db.q("SELECT number FROM logs WHERE job_id = ? AND number > ? ORDER BY number LIMIT 1 OFFSET ?"), jobID, done, limit-1).Scan(&upTo)
-		last := err == sql.ErrNoRows
-		if last {
-			err = tx.QueryRowContext(ctx, db.q("SELECT COALESCE(max(number), 0) FROM logs WHERE job_id = ?"), jobID).Scan(&upTo)
-		}
+		// The lines after done, up to limit of them; last when they are
+		// the end of the log.
+		var lines []forge.LogLine
+		last := true
+		err = db.eachChunk(ctx, tx, jobID, done+1, 0, "index log", func(r *chunkReader) (bool, error) {
+			for r.next() {
+				if r.num <= done {
+					continue
+				}
+				if len(lines) == limit {
+					last = false
+					return false, nil
+				}
+				lines = append(lines, forge.LogLine{Number: int(r.num), Text: r.text})
+			}
+			return true, nil
+		})
 		if err != nil {
-			return db.fail(ctx, err, "find a log to index")
+			return err
 		}
-		upTo = max(upTo, done)
-		res, err := tx.ExecContext(ctx, db.q(insert), jobID, done, upTo)
-		if err != nil {
+		upTo := done
+		if len(lines) > 0 {
+			upTo = int64(lines[len(lines)-1].Number)
+		}
+		if err := db.insertIndex(ctx, tx, jobID, lines); err != nil {
 			return db.fail(ctx, err, "index log")
 		}
-		rows, _ := res.RowsAffected()
-		n = int(rows)
+		n = len(lines)
 		var indexed int64
 		if last {
 			indexed = now().UnixMicro()
@@ -216,6 +271,57 @@ ON CONFLICT (job_id) DO UPDATE SET lines = excluded.lines, indexed = excluded.in
 	return n, more, err
 }
 
+// indexBatch is how many lines one INSERT into the search index carries.
+const indexBatch = 200
+
+// insertIndex adds job jobID's lines to the search index, in multi-row
+// INSERTs.
+func (db *DB) insertIndex(ctx context.Context, tx *sql.Tx, jobID int64, lines []forge.LogLine) error {
+	row := "(?, ?)"
+	head := "INSERT INTO log_search (rowid, text) VALUES "
+	if db.dialect == dialectPostgres {
+		row = "(?, ?, to_tsvector('simple', " + pgWords("?") + "))"
+		head = "INSERT INTO log_search (job_id, number, words) VALUES "
+	}
+	var full *sql.Stmt
+	args := make([]any, 0, 3*indexBatch)
+	for start := 0; start < len(lines); start += indexBatch {
+		batch := lines[start:min(start+indexBatch, len(lines))]
+		args = args[:0]
+		for _, l := range batch {
+			if db.dialect == dialectPostgres {
+				args = append(args, jobID, int64(l.Number), l.Text)
+			} else {
+				args = append(args, jobID<<32+int64(l.Number), l.Text)
+			}
+		}
+		var b strings.Builder
+		b.WriteString(head)
+		for i := range batch {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(row)
+		}
+		var err error
+		if len(batch) == indexBatch {
+			if full == nil {
+				if full, err = tx.PrepareContext(ctx, db.q(b.String())); err != nil {
+					return err
+				}
+				defer full.Close()
+			}
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, db.q(b.String()), args...)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Retention says which builds' logs PruneLogs keeps: the last Builds
 // builds of each repository and those that finished in the last Days days.
 // Zero means no limit of that kind; with both set a log goes when either
@@ -225,13 +331,18 @@ type Retention struct {
 	Days   int
 }
 
-// pruneBatch is how many lines one PruneLogs transaction deletes.
-const pruneBatch = 20000
+// pruneBatch is how many rows of the old logs table (from before migration
+// 00008), and pruneChunks how many log chunks (about 20,000 lines), one
+// PruneLogs transaction deletes.
+const (
+	pruneBatch  = 20000
+	pruneChunks = 20
+)
 
-// PruneLogs deletes the log lines (and their search index) of finished
-// builds that r does not keep, in short transactions, and returns how many
-// jobs' logs it deleted. Build and job rows stay. It is idempotent and safe
-// to run while the server works.
+// PruneLogs deletes the logs (their chunks, and their search index) of
+// finished builds that r does not keep, in short transactions, and returns
+// how many jobs' logs it deleted. Build and job rows stay. It is
+// idempotent and safe to run while the server works.
 func (db *DB) PruneLogs(ctx context.Context, r Retention) (int, error) {
 	if r.Builds < 0 || r.Days < 0 {
 		return 0, forge.Errorf(forge.EINVALID, "log retention must not be negative (keep_builds %d, keep_days %d)", r.Builds, r.Days)
@@ -254,7 +365,7 @@ func (db *DB) PruneLogs(ctx context.Context, r Retention) (int, error) {
 		}
 		rows, err := tx.QueryContext(ctx, db.q(`SELECT j.id FROM builds b JOIN jobs j ON j.build_id = b.id
 WHERE b.status IN `+doneStatuses+` AND (`+strings.Join(conds, " OR ")+`)
-AND EXISTS (SELECT 1 FROM logs l WHERE l.job_id = j.id)`), args...)
+AND (EXISTS (SELECT 1 FROM log_chunks l WHERE l.job_id = j.id) OR EXISTS (SELECT 1 FROM logs l WHERE l.job_id = j.id))`), args...)
 		if err != nil {
 			return db.fail(ctx, err, "find logs to prune")
 		}
@@ -273,14 +384,15 @@ AND EXISTS (SELECT 1 FROM logs l WHERE l.job_id = j.id)`), args...)
 	}
 	for i, id := range jobs {
 		if err := db.deleteLog(ctx, id); err != nil {
-			return i, err
+			return i, fmt.Errorf("prune the log of job %d: %w", id, err)
 		}
 	}
 	return len(jobs), nil
 }
 
-// deleteLog deletes job id's log lines and their index entries, a batch a
-// transaction, and marks the job indexed so the indexer leaves it be.
+// deleteLog deletes job id's log: the rows the old logs table may still
+// hold, then its chunks and their index entries, a batch a transaction;
+// it marks the job indexed so the indexer leaves it be.
 func (db *DB) deleteLog(ctx context.Context, id int64) error {
 	for {
 		var rows int64
@@ -299,15 +411,39 @@ func (db *DB) deleteLog(ctx context.Context, id int64) error {
 				return db.fail(ctx, err, "prune log")
 			}
 			rows, _ = res.RowsAffected()
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if rows == 0 {
+			break
+		}
+	}
+	for {
+		finished := false
+		err := db.write(ctx, func(tx *sql.Tx) error {
+			var first, last int64
+			err := tx.QueryRowContext(ctx, db.q("SELECT first_line, last_line FROM log_chunks WHERE job_id = ? ORDER BY first_line LIMIT 1 OFFSET ?"), id, pruneChunks-1).Scan(&first, &last)
+			if err != nil && err != sql.ErrNoRows {
+				return db.fail(ctx, err, "prune log")
+			}
+			more := err == nil
+			if !more {
+				first, last = 1<<62, 1<<62
+			}
+			if _, err := tx.ExecContext(ctx, db.q("DELETE FROM log_chunks WHERE job_id = ? AND first_line <= ?"), id, first); err != nil {
+				return db.fail(ctx, err, "prune log")
+			}
 			if db.dialect == dialectPostgres {
-				_, err = tx.ExecContext(ctx, db.q("DELETE FROM log_search WHERE job_id = ? AND number <= ?"), id, limit)
+				_, err = tx.ExecContext(ctx, db.q("DELETE FROM log_search WHERE job_id = ? AND number <= ?"), id, last)
 			} else {
-				_, err = tx.ExecContext(ctx, db.q("DELETE FROM log_search WHERE rowid >= ? AND rowid <= ?"), id<<32, id<<32+min(limit, 1<<32-1))
+				_, err = tx.ExecContext(ctx, db.q("DELETE FROM log_search WHERE rowid >= ? AND rowid <= ?"), id<<32, id<<32+min(last, 1<<32-1))
 			}
 			if err != nil {
 				return db.fail(ctx, err, "prune log index")
 			}
-			if upTo.Valid {
+			if more {
 				return nil
 			}
 			_, err = tx.ExecContext(ctx, db.q(`INSERT INTO log_indexed (job_id, lines, indexed) VALUES (?, 0, ?)
@@ -315,13 +451,13 @@ ON CONFLICT (job_id) DO UPDATE SET lines = 0, indexed = excluded.indexed`), id, 
 			if err != nil {
 				return db.fail(ctx, err, "prune log")
 			}
-			rows = 0
+			finished = true
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("prune the log of job %d: %w", id, err)
+			return err
 		}
-		if rows == 0 {
+		if finished {
 			return nil
 		}
 	}

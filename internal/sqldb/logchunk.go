@@ -1,0 +1,321 @@
+package sqldb
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/forgeci/forge"
+)
+
+// A job's log is stored in chunks (table log_chunks): each row holds a run
+// of the job's lines, in order, encoded in its data column as
+//
+//	chunkBinary, then for each line:
+//	  uvarint  number minus the previous line's (the first: minus 0)
+//	  varint   time in µs minus the previous line's (the first: minus 0)
+//	  byte     stream: 0 "", 1 stdout, 2 stderr, 3 system, 4 another,
+//	           followed by its uvarint length and its bytes
+//	  uvarint  the text's length, then the text (valid UTF-8, no NUL)
+//
+// or, for the chunks migration 00008 made of the rows of the old logs
+// table, chunkText followed by, for each line, "NUMBER TIME SLEN TLEN:",
+// the stream (SLEN bytes) and the text (TLEN bytes), in decimal: a form
+// SQL can produce.
+
+// The chunk formats (the first byte of data).
+const (
+	chunkBinary = 1
+	chunkText   = 'T'
+)
+
+// A chunk closes (the next line starts a new one) when it holds
+// chunkLines lines or chunkBytes bytes of data: small enough that reading
+// a few lines anywhere decodes little, and that extending the last chunk
+// of a live log (a read and a rewrite of it) stays cheap; large enough
+// that a long log is few rows.
+const (
+	chunkLines = 1024
+	chunkBytes = 64 << 10
+)
+
+var streamCodes = [...]forge.Stream{"", forge.Stdout, forge.Stderr, forge.System}
+
+// chunkEncoder builds one chunk's data.
+type chunkEncoder struct {
+	buf      []byte
+	first    int64 // the number of the chunk's first line
+	prevNum  int64
+	prevTime int64
+	n        int // lines
+}
+
+func (e *chunkEncoder) reset() {
+	e.buf = append(e.buf[:0], chunkBinary)
+	e.first, e.prevNum, e.prevTime, e.n = 0, 0, 0, 0
+}
+
+// full reports whether the chunk takes no more lines.
+func (e *chunkEncoder) full() bool { return e.n >= chunkLines || len(e.buf) >= chunkBytes }
+
+// add appends one line, stored at time at (µs), with text already clean.
+func (e *chunkEncoder) add(number, at int64, stream forge.Stream, text string) {
+	if e.n == 0 {
+		e.first = number
+	}
+	e.buf = binary.AppendUvarint(e.buf, uint64(number-e.prevNum))
+	e.buf = binary.AppendVarint(e.buf, at-e.prevTime)
+	code := byte(4)
+	for i, s := range streamCodes {
+		if s == stream {
+			code = byte(i)
+			break
+		}
+	}
+	e.buf = append(e.buf, code)
+	if code == 4 {
+		e.buf = binary.AppendUvarint(e.buf, uint64(len(stream)))
+		e.buf = append(e.buf, stream...)
+	}
+	e.buf = binary.AppendUvarint(e.buf, uint64(len(text)))
+	e.buf = append(e.buf, text...)
+	e.prevNum, e.prevTime = number, at
+	e.n++
+}
+
+// resume makes e continue the chunk data, first line first, holding n
+// lines: a binary chunk is walked to its last line and kept as it is; a
+// text one is converted.
+func (e *chunkEncoder) resume(data []byte, first int64, n int) error {
+	e.reset()
+	if len(data) > 0 && data[0] == chunkBinary {
+		r := chunkReader{data: string(data)}
+		if err := r.start(); err != nil {
+			return err
+		}
+		for r.next() {
+		}
+		if r.err != nil {
+			return r.err
+		}
+		e.buf = append(e.buf[:0], data...)
+		e.first, e.prevNum, e.prevTime, e.n = first, r.num, r.at, n
+		return nil
+	}
+	r := chunkReader{data: string(data)}
+	if err := r.start(); err != nil {
+		return err
+	}
+	for r.next() {
+		e.add(r.num, r.at, r.stream(), r.text)
+	}
+	return r.err
+}
+
+// chunkReader decodes a chunk's lines one at a time. Its strings share the
+// memory of data (no copy per line).
+type chunkReader struct {
+	data   string
+	format byte
+	off    int
+	// The current line.
+	num, at int64
+	code    byte
+	custom  string // the stream when code is 4
+	text    string
+	err     error
+}
+
+func (r *chunkReader) start() error {
+	if r.data == "" {
+		return fmt.Errorf("log chunk: empty")
+	}
+	r.format = r.data[0]
+	if r.format != chunkBinary && r.format != chunkText {
+		return fmt.Errorf("log chunk: unknown format %d", r.format)
+	}
+	r.off = 1
+	return nil
+}
+
+// next decodes the next line; false at the end or on an error (r.err).
+func (r *chunkReader) next() bool {
+	if r.err != nil || r.off >= len(r.data) {
+		return false
+	}
+	if r.format == chunkText {
+		return r.nextText()
+	}
+	dn, ok := r.uvarint()
+	if !ok {
+		return false
+	}
+	dt, ok := r.varint()
+	if !ok || r.off >= len(r.data) {
+		return r.corrupt()
+	}
+	r.num += int64(dn)
+	r.at += dt
+	r.code = r.data[r.off]
+	r.off++
+	if r.code > 4 {
+		return r.corrupt()
+	}
+	if r.code == 4 {
+		if r.custom, ok = r.bytes(); !ok {
+			return false
+		}
+	}
+	r.text, ok = r.bytes()
+	return ok
+}
+
+func (r *chunkReader) nextText() bool {
+	var f [4]int64
+	for i := range f {
+		end := ' '
+		if i == 3 {
+			end = ':'
+		}
+		j := strings.IndexByte(r.data[r.off:], byte(end))
+		if j < 0 {
+			return r.corrupt()
+		}
+		v, err := strconv.ParseInt(r.data[r.off:r.off+j], 10, 64)
+		if err != nil || (i >= 2 && v < 0) {
+			return r.corrupt()
+		}
+		f[i] = v
+		r.off += j + 1
+	}
+	if int64(len(r.data)-r.off) < f[2]+f[3] {
+		return r.corrupt()
+	}
+	r.num, r.at = f[0], f[1]
+	s := r.data[r.off : r.off+int(f[2])]
+	r.off += int(f[2])
+	r.code = 4
+	for i, c := range streamCodes {
+		if string(c) == s {
+			r.code = byte(i)
+			break
+		}
+	}
+	r.custom = s
+	r.text = r.data[r.off : r.off+int(f[3])]
+	r.off += int(f[3])
+	return true
+}
+
+func (r *chunkReader) uvarint() (uint64, bool) {
+	var v uint64
+	for shift := uint(0); r.off < len(r.data) && shift < 64; shift += 7 {
+		b := r.data[r.off]
+		r.off++
+		v |= uint64(b&0x7f) << shift
+		if b < 0x80 {
+			return v, true
+		}
+	}
+	return 0, r.corrupt()
+}
+
+func (r *chunkReader) varint() (int64, bool) {
+	u, ok := r.uvarint()
+	x := int64(u >> 1)
+	if u&1 != 0 {
+		x = ^x
+	}
+	return x, ok
+}
+
+func (r *chunkReader) bytes() (string, bool) {
+	n, ok := r.uvarint()
+	if !ok {
+		return "", false
+	}
+	if n > uint64(len(r.data)-r.off) {
+		return "", r.corrupt()
+	}
+	s := r.data[r.off : r.off+int(n)]
+	r.off += int(n)
+	return s, true
+}
+
+func (r *chunkReader) corrupt() bool {
+	if r.err == nil {
+		r.err = fmt.Errorf("log chunk: corrupt at byte %d", r.off)
+	}
+	return false
+}
+
+func (r *chunkReader) stream() forge.Stream {
+	if r.code < 4 {
+		return streamCodes[r.code]
+	}
+	return forge.Stream(r.custom)
+}
+
+// line returns the current line.
+func (r *chunkReader) line() forge.LogLine {
+	return forge.LogLine{Number: int(r.num), Time: time.UnixMicro(r.at).UTC(), Stream: r.stream(), Text: r.text}
+}
+
+// foldMatcher tells whether a text contains a query, ignoring case: ASCII
+// letters without allocating, other letters by their lower case
+// (strings.ToLower), so a search finds the same on SQLite and PostgreSQL.
+type foldMatcher struct {
+	lower string // the query in lower case
+	ascii bool   // lower is ASCII
+}
+
+func newFoldMatcher(q string) foldMatcher {
+	l := strings.ToLower(q)
+	m := foldMatcher{lower: l, ascii: true}
+	for i := 0; i < len(l); i++ {
+		if l[i] >= utf8.RuneSelf {
+			m.ascii = false
+			break
+		}
+	}
+	return m
+}
+
+func (m *foldMatcher) match(text string) bool {
+	for i := 0; i < len(text); i++ {
+		if text[i] >= utf8.RuneSelf {
+			return strings.Contains(strings.ToLower(text), m.lower)
+		}
+	}
+	if !m.ascii {
+		return false // an ASCII text holds no non-ASCII letter in any case
+	}
+	q := m.lower
+	if len(q) == 0 {
+		return true
+	}
+	c0 := q[0]
+	for i := 0; i+len(q) <= len(text); i++ {
+		if lowerASCII(text[i]) != c0 {
+			continue
+		}
+		k := 1
+		for k < len(q) && lowerASCII(text[i+k]) == q[k] {
+			k++
+		}
+		if k == len(q) {
+			return true
+		}
+	}
+	return false
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
