@@ -22,7 +22,7 @@ var _ forge.LogStore = (*DB)(nil)
 // both databases must give back the same).
 //
 // The lines go into the job's chunks (see logchunk.go): the last chunk is
-// extended while it has room, then new ones are written, so a batch of
+// extended while it is small, then new ones are written, so a batch of
 // thousands of lines is a few row writes.
 func (db *DB) Append(ctx context.Context, jobID int64, lines []forge.LogLine) error {
 	if len(lines) == 0 {
@@ -64,7 +64,7 @@ func (db *DB) Append(ctx context.Context, jobID int64, lines []forge.LogLine) er
 		}
 		enc := &chunkEncoder{}
 		update := false // enc continues the stored chunk at first
-		if have && count < chunkLines && len(data) < chunkBytes {
+		if have && count < chunkLines && len(data) < chunkGrow {
 			if err := enc.resume(data, first, count); err != nil {
 				return forge.WrapError(forge.EINTERNAL, err, fmt.Sprintf("job %d: the log chunk at line %d", jobID, first))
 			}

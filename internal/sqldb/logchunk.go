@@ -42,6 +42,11 @@ const (
 	chunkBytes = 64 << 10
 )
 
+// chunkGrow bounds the job's last chunk that an append extends (rewrites
+// whole) rather than start a new one: a live log's small appends each
+// rewrite at most this much.
+const chunkGrow = 16 << 10
+
 var streamCodes = [...]forge.Stream{"", forge.Stdout, forge.Stderr, forge.System}
 
 // chunkEncoder builds one chunk's data.
@@ -264,9 +269,11 @@ func (r *chunkReader) line() forge.LogLine {
 	return forge.LogLine{Number: int(r.num), Time: time.UnixMicro(r.at).UTC(), Stream: r.stream(), Text: r.text}
 }
 
-// foldMatcher tells whether a text contains a query, ignoring case: ASCII
-// letters without allocating, other letters by their lower case
-// (strings.ToLower), so a search finds the same on SQLite and PostgreSQL.
+// foldMatcher finds a query in lines, ignoring case: an ASCII query by
+// comparing ASCII letters in either case (searching a whole chunk at once,
+// with strings.IndexByte); another one by the lower case of the lines that
+// hold non-ASCII text (strings.ToLower). So a search finds the same on
+// SQLite and PostgreSQL.
 type foldMatcher struct {
 	lower string // the query in lower case
 	ascii bool   // lower is ASCII
@@ -284,33 +291,105 @@ func newFoldMatcher(q string) foldMatcher {
 	return m
 }
 
-func (m *foldMatcher) match(text string) bool {
-	for i := 0; i < len(text); i++ {
-		if text[i] >= utf8.RuneSelf {
-			return strings.Contains(strings.ToLower(text), m.lower)
-		}
+// each calls fn with the number of each line of r from line lo on whose
+// text holds the query, in order.
+func (m *foldMatcher) each(r *chunkReader, lo int64, fn func(num int64)) {
+	if m.lower == "" {
+		return
 	}
 	if !m.ascii {
-		return false // an ASCII text holds no non-ASCII letter in any case
-	}
-	q := m.lower
-	if len(q) == 0 {
-		return true
-	}
-	c0 := q[0]
-	for i := 0; i+len(q) <= len(text); i++ {
-		if lowerASCII(text[i]) != c0 {
-			continue
+		for r.next() {
+			if r.num >= lo && nonASCII(r.text) && strings.Contains(strings.ToLower(r.text), m.lower) {
+				fn(r.num)
+			}
 		}
-		k := 1
-		for k < len(q) && lowerASCII(text[i+k]) == q[k] {
-			k++
+		return
+	}
+	// Find the query anywhere in the chunk's data, then the line whose
+	// text holds that place, if any (it may be in the encoding between
+	// texts, or straddle two lines).
+	n := len(m.lower)
+	from := r.off
+	for {
+		p := indexFoldASCII(r.data[from:], m.lower)
+		if p < 0 {
+			return
 		}
-		if k == len(q) {
+		p += from
+		for r.off < p+n {
+			if !r.next() {
+				return
+			}
+		}
+		if p >= r.off-len(r.text) {
+			if r.num >= lo {
+				fn(r.num)
+			}
+			from = r.off
+		} else {
+			from = p + 1
+		}
+	}
+}
+
+func nonASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
 			return true
 		}
 	}
 	return false
+}
+
+// indexFoldASCII returns the index of the first instance of lq in s,
+// ignoring the case of ASCII letters, or -1; lq is lower case ASCII and
+// not empty. It looks for lq's first byte in either case with
+// strings.IndexByte (vectorised), and compares the rest there.
+func indexFoldASCII(s, lq string) int {
+	n := len(lq)
+	end := len(s) - n + 1 // candidates start before end
+	if end <= 0 {
+		return -1
+	}
+	c0, c1 := lq[0], lq[0]
+	if 'a' <= c0 && c0 <= 'z' {
+		c1 = c0 - 'a' + 'A'
+	}
+	// p0 and p1 are the next places of c0 and c1 at or after i: -1 for
+	// none, -2 to be looked for.
+	p0, p1 := -2, -2
+	if c1 == c0 {
+		p1 = -1
+	}
+	next := func(p int, c byte, i int) int {
+		if p == -1 || p >= i {
+			return p
+		}
+		k := strings.IndexByte(s[i:end], c)
+		if k < 0 {
+			return -1
+		}
+		return i + k
+	}
+	for i := 0; i < end; {
+		p0, p1 = next(p0, c0, i), next(p1, c1, i)
+		j := p0
+		if j < 0 || (p1 >= 0 && p1 < j) {
+			j = p1
+		}
+		if j < 0 {
+			return -1
+		}
+		k := 1
+		for k < n && lowerASCII(s[j+k]) == lq[k] {
+			k++
+		}
+		if k == n {
+			return j
+		}
+		i = j + 1
+	}
+	return -1
 }
 
 func lowerASCII(c byte) byte {

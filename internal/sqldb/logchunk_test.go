@@ -244,3 +244,56 @@ func FuzzChunkReader(f *testing.F) {
 		}
 	})
 }
+
+// TestFoldMatcher: the search of a whole chunk finds exactly the lines a
+// line-by-line lower-case comparison finds, whatever the query matches in
+// the encoding between the texts or across two lines.
+func TestFoldMatcher(t *testing.T) {
+	lines := chunkLog(1, 300, 1)
+	lines[10].Text = "INDEX out of Range"
+	lines[11].Text = "index"
+	lines[12].Text = " out of range"
+	lines[13].Text = "aaaaaaaaaaaaab"
+	lines[14].Text = "stdout"
+	var e chunkEncoder
+	e.reset()
+	for _, l := range lines {
+		e.add(int64(l.Number), l.Time.UnixMicro(), l.Stream, l.Text)
+	}
+	data := string(e.buf)
+	for _, q := range []string{"index out of range", "INDEX", "line 1", "e 29", "aab", "A", "stdout", "\x01", "ö", "GRÖSSE ÜBER", "x", "line 300", " ", "range" + "\n"} {
+		lq := strings.ToLower(q)
+		var want []int64
+		for _, l := range lines {
+			if l.Number >= 5 && strings.Contains(strings.ToLower(l.Text), lq) {
+				want = append(want, int64(l.Number))
+			}
+		}
+		m := newFoldMatcher(q)
+		r := &chunkReader{data: data}
+		if err := r.start(); err != nil {
+			t.Fatal(err)
+		}
+		var got []int64
+		m.each(r, 5, func(n int64) { got = append(got, n) })
+		if r.err != nil || !slices.Equal(got, want) {
+			t.Errorf("search %q: got %v (%v), want %v", q, got, r.err, want)
+		}
+	}
+}
+
+// FuzzIndexFoldASCII: indexFoldASCII agrees with strings.Index on the
+// lower-cased text.
+func FuzzIndexFoldASCII(f *testing.F) {
+	f.Add("Connection RESET by peer", "reset")
+	f.Add("aAaAb", "aab")
+	f.Fuzz(func(t *testing.T, s, q string) {
+		lq := strings.ToLower(q)
+		if lq == "" || nonASCII(lq) || nonASCII(s) {
+			return
+		}
+		if got, want := indexFoldASCII(s, lq), strings.Index(strings.ToLower(s), lq); got != want {
+			t.Fatalf("indexFoldASCII(%q, %q) = %d, want %d", s, lq, got, want)
+		}
+	})
+}

@@ -36,15 +36,12 @@ func (db *DB) SearchLog(ctx context.Context, jobID int64, q string, from, limit 
 			return err
 		}
 		return db.eachChunk(ctx, tx, jobID, lo, 0, "search log", func(r *chunkReader) (bool, error) {
-			for r.next() {
-				if r.num < lo || !m.match(r.text) {
-					continue
-				}
+			m.each(r, lo, func(num int64) {
 				total++
 				if limit <= 0 || len(matches) < limit {
-					matches = append(matches, int(r.num))
+					matches = append(matches, int(num))
 				}
-			}
+			})
 			return true, nil
 		})
 	})
