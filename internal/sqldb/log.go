@@ -125,7 +125,8 @@ const chunksFrom = `SELECT first_line, data FROM log_chunks WHERE job_id = ? AND
 
 // eachChunk calls fn with a reader of each of job jobID's chunks holding
 // lines numbered in [from, to) (to <= 0: to the end), in order, until fn
-// returns false or an error.
+// returns false or an error. The reader's data is the driver's memory,
+// valid only during fn: fn copies what it keeps.
 func (db *DB) eachChunk(ctx context.Context, tx *sql.Tx, jobID int64, from, to int64, what string, fn func(r *chunkReader) (bool, error)) error {
 	query := chunksFrom
 	args := []any{jobID, jobID, from}
@@ -142,7 +143,7 @@ func (db *DB) eachChunk(ctx context.Context, tx *sql.Tx, jobID int64, from, to i
 	for rows.Next() {
 		var (
 			first int64
-			data  string
+			data  sql.RawBytes // valid until the next row: fn keeps nothing of it
 		)
 		if err := rows.Scan(&first, &data); err != nil {
 			return db.fail(ctx, err, what)

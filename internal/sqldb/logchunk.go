@@ -1,9 +1,9 @@
 package sqldb
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -97,7 +97,7 @@ func (e *chunkEncoder) add(number, at int64, stream forge.Stream, text string) {
 func (e *chunkEncoder) resume(data []byte, first int64, n int) error {
 	e.reset()
 	if len(data) > 0 && data[0] == chunkBinary {
-		r := chunkReader{data: string(data)}
+		r := chunkReader{data: data}
 		if err := r.start(); err != nil {
 			return err
 		}
@@ -110,32 +110,32 @@ func (e *chunkEncoder) resume(data []byte, first int64, n int) error {
 		e.first, e.prevNum, e.prevTime, e.n = first, r.num, r.at, n
 		return nil
 	}
-	r := chunkReader{data: string(data)}
+	r := chunkReader{data: data}
 	if err := r.start(); err != nil {
 		return err
 	}
 	for r.next() {
-		e.add(r.num, r.at, r.stream(), r.text)
+		e.add(r.num, r.at, r.stream(), string(r.text))
 	}
 	return r.err
 }
 
-// chunkReader decodes a chunk's lines one at a time. Its strings share the
-// memory of data (no copy per line).
+// chunkReader decodes a chunk's lines one at a time. Its byte slices share
+// the memory of data (no copy per line).
 type chunkReader struct {
-	data   string
+	data   []byte
 	format byte
 	off    int
 	// The current line.
 	num, at int64
 	code    byte
-	custom  string // the stream when code is 4
-	text    string
+	custom  []byte // the stream when code is 4
+	text    []byte
 	err     error
 }
 
 func (r *chunkReader) start() error {
-	if r.data == "" {
+	if len(r.data) == 0 {
 		return fmt.Errorf("log chunk: empty")
 	}
 	r.format = r.data[0]
@@ -185,12 +185,12 @@ func (r *chunkReader) nextText() bool {
 		if i == 3 {
 			end = ':'
 		}
-		j := strings.IndexByte(r.data[r.off:], byte(end))
+		j := bytes.IndexByte(r.data[r.off:], byte(end))
 		if j < 0 {
 			return r.corrupt()
 		}
-		v, err := strconv.ParseInt(r.data[r.off:r.off+j], 10, 64)
-		if err != nil || (i >= 2 && v < 0) {
+		v, ok := parseDecimal(r.data[r.off : r.off+j])
+		if !ok || (i >= 2 && v < 0) {
 			return r.corrupt()
 		}
 		f[i] = v
@@ -204,7 +204,7 @@ func (r *chunkReader) nextText() bool {
 	r.off += int(f[2])
 	r.code = 4
 	for i, c := range streamCodes {
-		if string(c) == s {
+		if string(c) == string(s) {
 			r.code = byte(i)
 			break
 		}
@@ -237,13 +237,13 @@ func (r *chunkReader) varint() (int64, bool) {
 	return x, ok
 }
 
-func (r *chunkReader) bytes() (string, bool) {
+func (r *chunkReader) bytes() ([]byte, bool) {
 	n, ok := r.uvarint()
 	if !ok {
-		return "", false
+		return nil, false
 	}
 	if n > uint64(len(r.data)-r.off) {
-		return "", r.corrupt()
+		return nil, r.corrupt()
 	}
 	s := r.data[r.off : r.off+int(n)]
 	r.off += int(n)
@@ -264,24 +264,46 @@ func (r *chunkReader) stream() forge.Stream {
 	return forge.Stream(r.custom)
 }
 
+// parseDecimal parses an optionally negative decimal integer.
+func parseDecimal(b []byte) (int64, bool) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var v int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int64(c-'0')
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
+}
+
 // line returns the current line.
 func (r *chunkReader) line() forge.LogLine {
-	return forge.LogLine{Number: int(r.num), Time: time.UnixMicro(r.at).UTC(), Stream: r.stream(), Text: r.text}
+	return forge.LogLine{Number: int(r.num), Time: time.UnixMicro(r.at).UTC(), Stream: r.stream(), Text: string(r.text)}
 }
 
 // foldMatcher finds a query in lines, ignoring case: an ASCII query by
 // comparing ASCII letters in either case (searching a whole chunk at once,
-// with strings.IndexByte); another one by the lower case of the lines that
+// with bytes.IndexByte); another one by the lower case of the lines that
 // hold non-ASCII text (strings.ToLower). So a search finds the same on
 // SQLite and PostgreSQL.
 type foldMatcher struct {
-	lower string // the query in lower case
+	lower []byte // the query in lower case
 	ascii bool   // lower is ASCII
 }
 
 func newFoldMatcher(q string) foldMatcher {
 	l := strings.ToLower(q)
-	m := foldMatcher{lower: l, ascii: true}
+	m := foldMatcher{lower: []byte(l), ascii: true}
 	for i := 0; i < len(l); i++ {
 		if l[i] >= utf8.RuneSelf {
 			m.ascii = false
@@ -294,12 +316,12 @@ func newFoldMatcher(q string) foldMatcher {
 // each calls fn with the number of each line of r from line lo on whose
 // text holds the query, in order.
 func (m *foldMatcher) each(r *chunkReader, lo int64, fn func(num int64)) {
-	if m.lower == "" {
+	if len(m.lower) == 0 {
 		return
 	}
 	if !m.ascii {
 		for r.next() {
-			if r.num >= lo && nonASCII(r.text) && strings.Contains(strings.ToLower(r.text), m.lower) {
+			if r.num >= lo && nonASCII(r.text) && bytes.Contains(bytes.ToLower(r.text), m.lower) {
 				fn(r.num)
 			}
 		}
@@ -332,7 +354,7 @@ func (m *foldMatcher) each(r *chunkReader, lo int64, fn func(num int64)) {
 	}
 }
 
-func nonASCII(s string) bool {
+func nonASCII(s []byte) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= utf8.RuneSelf {
 			return true
@@ -345,7 +367,7 @@ func nonASCII(s string) bool {
 // ignoring the case of ASCII letters, or -1; lq is lower case ASCII and
 // not empty. It looks for lq's first byte in either case with
 // strings.IndexByte (vectorised), and compares the rest there.
-func indexFoldASCII(s, lq string) int {
+func indexFoldASCII(s, lq []byte) int {
 	n := len(lq)
 	end := len(s) - n + 1 // candidates start before end
 	if end <= 0 {
@@ -365,7 +387,7 @@ func indexFoldASCII(s, lq string) int {
 		if p == -1 || p >= i {
 			return p
 		}
-		k := strings.IndexByte(s[i:end], c)
+		k := bytes.IndexByte(s[i:end], c)
 		if k < 0 {
 			return -1
 		}

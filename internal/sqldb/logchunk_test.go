@@ -233,7 +233,7 @@ func FuzzChunkReader(f *testing.F) {
 	f.Add([]byte("T1 2 6 4:stdouttext3 4 0 0:"))
 	f.Add([]byte("T1 2 99 4:x"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := chunkReader{data: string(data)}
+		r := chunkReader{data: data}
 		if r.start() != nil {
 			return
 		}
@@ -260,7 +260,7 @@ func TestFoldMatcher(t *testing.T) {
 	for _, l := range lines {
 		e.add(int64(l.Number), l.Time.UnixMicro(), l.Stream, l.Text)
 	}
-	data := string(e.buf)
+	data := e.buf
 	for _, q := range []string{"index out of range", "INDEX", "line 1", "e 29", "aab", "A", "stdout", "\x01", "ö", "GRÖSSE ÜBER", "x", "line 300", " ", "range" + "\n"} {
 		lq := strings.ToLower(q)
 		var want []int64
@@ -289,10 +289,10 @@ func FuzzIndexFoldASCII(f *testing.F) {
 	f.Add("aAaAb", "aab")
 	f.Fuzz(func(t *testing.T, s, q string) {
 		lq := strings.ToLower(q)
-		if lq == "" || nonASCII(lq) || nonASCII(s) {
+		if lq == "" || nonASCII([]byte(lq)) || nonASCII([]byte(s)) {
 			return
 		}
-		if got, want := indexFoldASCII(s, lq), strings.Index(strings.ToLower(s), lq); got != want {
+		if got, want := indexFoldASCII([]byte(s), []byte(lq)), strings.Index(strings.ToLower(s), lq); got != want {
 			t.Fatalf("indexFoldASCII(%q, %q) = %d, want %d", s, lq, got, want)
 		}
 	})

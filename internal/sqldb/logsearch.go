@@ -137,7 +137,7 @@ func (db *DB) matchTexts(ctx context.Context, tx *sql.Tx, ms []forge.LogMatch) e
 		}
 		var (
 			first int64
-			data  string
+			data  []byte
 		)
 		err := tx.QueryRowContext(ctx, db.q("SELECT first_line, data FROM log_chunks WHERE job_id = ? AND first_line <= ? ORDER BY first_line DESC LIMIT 1"), k.job, k.line).Scan(&first, &data)
 		if err != nil && err != sql.ErrNoRows {
@@ -151,7 +151,7 @@ func (db *DB) matchTexts(ctx context.Context, tx *sql.Tx, ms []forge.LogMatch) e
 			for r.next() {
 				lk := key{k.job, int(r.num)}
 				for _, i := range want[lk] {
-					ms[i].Text = r.text
+					ms[i].Text = string(r.text)
 				}
 				delete(want, lk)
 			}
@@ -235,7 +235,7 @@ ORDER BY j.id DESC LIMIT 1`)).Scan(&jobID, &done)
 					last = false
 					return false, nil
 				}
-				lines = append(lines, forge.LogLine{Number: int(r.num), Text: r.text})
+				lines = append(lines, forge.LogLine{Number: int(r.num), Text: string(r.text)})
 			}
 			return true, nil
 		})
