@@ -271,8 +271,9 @@ ON CONFLICT (job_id) DO UPDATE SET lines = excluded.lines, indexed = excluded.in
 // indexBatch is how many lines one INSERT into the search index carries.
 const indexBatch = 200
 
-// insertIndex adds job jobID's lines to the search index, in multi-row
-// INSERTs.
+// insertIndex adds job jobID's lines to the search index: multi-row
+// INSERTs of indexBatch lines, then one-row ones for the rest, so that
+// there are only two statements, each prepared once.
 func (db *DB) insertIndex(ctx context.Context, tx *sql.Tx, jobID int64, lines []forge.LogLine) error {
 	row := "(?, ?)"
 	head := "INSERT INTO log_search (rowid, text) VALUES "
@@ -280,41 +281,39 @@ func (db *DB) insertIndex(ctx context.Context, tx *sql.Tx, jobID int64, lines []
 		row = "(?, ?, to_tsvector('simple', " + pgWords("?") + "))"
 		head = "INSERT INTO log_search (job_id, number, words) VALUES "
 	}
-	var full *sql.Stmt
+	stmts := map[int]*sql.Stmt{}
+	defer func() {
+		for _, st := range stmts {
+			st.Close()
+		}
+	}()
 	args := make([]any, 0, 3*indexBatch)
-	for start := 0; start < len(lines); start += indexBatch {
-		batch := lines[start:min(start+indexBatch, len(lines))]
+	for len(lines) > 0 {
+		n := indexBatch
+		if len(lines) < indexBatch {
+			n = 1
+		}
+		st := stmts[n]
+		if st == nil {
+			query := head + strings.Repeat(row+", ", n-1) + row
+			var err error
+			if st, err = tx.PrepareContext(ctx, db.q(query)); err != nil {
+				return err
+			}
+			stmts[n] = st
+		}
 		args = args[:0]
-		for _, l := range batch {
+		for _, l := range lines[:n] {
 			if db.dialect == dialectPostgres {
 				args = append(args, jobID, int64(l.Number), l.Text)
 			} else {
 				args = append(args, jobID<<32+int64(l.Number), l.Text)
 			}
 		}
-		var b strings.Builder
-		b.WriteString(head)
-		for i := range batch {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString(row)
-		}
-		var err error
-		if len(batch) == indexBatch {
-			if full == nil {
-				if full, err = tx.PrepareContext(ctx, db.q(b.String())); err != nil {
-					return err
-				}
-				defer full.Close()
-			}
-			_, err = full.ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, db.q(b.String()), args...)
-		}
-		if err != nil {
+		if _, err := st.ExecContext(ctx, args...); err != nil {
 			return err
 		}
+		lines = lines[n:]
 	}
 	return nil
 }
