@@ -43,8 +43,10 @@ import (
 // server, on a pool of 100, each loops acquire → granted → release →
 // released. FORGE_LEASE_CPU_PIPELINE=1 has the clients send the next
 // acquire right after each release, without waiting for released (one
-// write less per grant for the server); FORGE_LEASE_CPU_PROFILE=FILE
-// writes a CPU profile of the lease phases.
+// write less per grant for the server); FORGE_LEASE_CPU_POSITIONS=1h
+// spaces the queue position updates (250ms apart by default) an hour
+// apart, to show what they cost; FORGE_LEASE_CPU_PROFILE=FILE writes a
+// CPU profile of the lease phases.
 func BenchmarkLeaseCPU(b *testing.B) {
 	const clients = 1000
 	rounds := envInt("FORGE_LEASE_CPU_ROUNDS", 3)
@@ -53,7 +55,14 @@ func BenchmarkLeaseCPU(b *testing.B) {
 
 	echoURL := serveBench(b, http.HandlerFunc(echoHandler))
 	pools, _ := poolsFromYAML(b, "pools: {bench: {range: 1-100}}")
-	m, err := lease.NewMemory(pools, lease.MemoryOptions{})
+	var err error
+	var mopts lease.MemoryOptions
+	if d := os.Getenv("FORGE_LEASE_CPU_POSITIONS"); d != "" {
+		if mopts.PositionInterval, err = time.ParseDuration(d); err != nil {
+			b.Fatalf("FORGE_LEASE_CPU_POSITIONS=%q: %v", d, err)
+		}
+	}
+	m, err := lease.NewMemory(pools, mopts)
 	if err != nil {
 		b.Fatal(err)
 	}
