@@ -338,6 +338,7 @@ func TestBenchClientProcess(t *testing.T) {
 				go func() {
 					for {
 						if _, _, err := c.Read(ctx); err != nil {
+							lostConns.Add(1)
 							return
 						}
 					}
@@ -350,7 +351,12 @@ func TestBenchClientProcess(t *testing.T) {
 	in := bufio.NewScanner(os.Stdin)
 	fmt.Println("READY")
 	if mode == "idle" {
+		// "LOST" asks how many connections ended (the server dropped
+		// them: they were to stay open).
 		for in.Scan() {
+			if in.Text() == "LOST" {
+				fmt.Printf("LOST %d\n", lostConns.Load())
+			}
 		}
 		return
 	}
@@ -386,6 +392,9 @@ func TestBenchClientProcess(t *testing.T) {
 		c.CloseNow()
 	}
 }
+
+// lostConns counts the idle clients' connections that ended.
+var lostConns atomic.Int64
 
 // queuedSeen counts the queue positions the client process got.
 var queuedSeen atomic.Int64
@@ -555,6 +564,7 @@ func BenchmarkLeaseIdle(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	var ts, rss []float64
+	logEvery, logged := window/10, time.Duration(-1)
 	for {
 		now, _ := p.rss(b)
 		t := time.Since(start)
@@ -562,9 +572,15 @@ func BenchmarkLeaseIdle(b *testing.B) {
 		if t >= window {
 			break
 		}
+		if t/logEvery != logged {
+			logged = t / logEvery
+			b.Logf("%5s idle: RSS %.1f MiB", t.Round(time.Second), now)
+		}
 		time.Sleep(time.Second)
 	}
 	b.StopTimer()
+	cp.say(b, "LOST")
+	lost, _ := strconv.Atoi(cp.await(b, "LOST"))
 	_, peak := p.rss(b)
 	b.Logf("server process after %s idle: %s", window, p.memStats(b))
 	b.ReportMetric(rss[0], "start-rss-MiB")
@@ -572,6 +588,7 @@ func BenchmarkLeaseIdle(b *testing.B) {
 	b.ReportMetric(slices.Max(rss), "max-rss-MiB")
 	b.ReportMetric(peak, "peak-rss-MiB")
 	b.ReportMetric(slope(ts, rss), "rss-MiB/min")
+	b.ReportMetric(float64(lost), "lost-connections")
 	b.ReportMetric(0, "ns/op")
 }
 
