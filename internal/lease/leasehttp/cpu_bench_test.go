@@ -228,20 +228,7 @@ type clientProc struct {
 
 func startClientProc(b *testing.B, mode, url string, clients, per int) *clientProc {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchClientProcess$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d %d", benchClientEnv, mode, url, clients, per))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	cmd, stdin, stdout := startTestProc(b, "TestBenchClientProcess", fmt.Sprintf("%s=%s %s %d %d", benchClientEnv, mode, url, clients, per))
 	p := &clientProc{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
 	go func() {
 		defer close(p.lines)

@@ -2,6 +2,7 @@ package leasehttp
 
 import (
 	"encoding/json"
+	"maps"
 	"slices"
 	"strconv"
 	"unicode/utf8"
@@ -33,7 +34,7 @@ func appendMessage(dst []byte, m *wire.Message) ([]byte, error) {
 	dst = appendStringField(dst, `,"granted_at":`, m.GrantedAt)
 	if len(m.Resources) > 0 {
 		dst = append(dst, `,"resources":{`...)
-		for i, pool := range sortedKeys(m.Resources) {
+		for i, pool := range slices.Sorted(maps.Keys(m.Resources)) {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
@@ -103,7 +104,7 @@ func appendStringMap(dst []byte, m map[string]string) []byte {
 		}
 		return append(dst, '}')
 	}
-	for i, k := range sortedKeys(m) {
+	for i, k := range slices.Sorted(maps.Keys(m)) {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
@@ -111,15 +112,6 @@ func appendStringMap(dst []byte, m map[string]string) []byte {
 		dst = appendJSONString(append(dst, ':'), m[k])
 	}
 	return append(dst, '}')
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 const hexDigits = "0123456789abcdef"
