@@ -345,7 +345,7 @@ func (c *conn) writeOut() {
 		for _, msg := range batch {
 			*ep, err = appendMessage((*ep)[:0], msg)
 			if err == nil {
-				err = c.ws.Write(context.Background(), websocket.MessageText, *ep)
+				err = c.bw.textFrame(*ep)
 			}
 			if err != nil {
 				break
