@@ -68,7 +68,7 @@ type memPool struct {
 	// resources (0: only the server's bound).
 	maxGrace time.Duration
 	waiters  int
-	free    int // not leased, not disabled (removed ones are always leased)
+	free     int // not leased, not disabled (removed ones are always leased)
 
 	// Per scheduling pass.
 	avail       int
