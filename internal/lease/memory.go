@@ -973,6 +973,9 @@ func (m *Memory) Pool(ctx context.Context, name string) (*PoolState, error) {
 func (m *Memory) poolState(p *memPool) *PoolState {
 	ps := &PoolState{Name: p.name, Order: p.order, Deleted: p.deleted, Free: p.free,
 		Resources: make([]*ResourceState, 0, len(p.res)), Queue: []*QueueEntry{}}
+	if p.maxGrace > 0 {
+		ps.MaxGrace = p.maxGrace.String()
+	}
 	for _, res := range p.res {
 		rs := &ResourceState{ID: res.r.ID, Attributes: res.r.Attributes, Labels: res.r.Labels,
 			Disabled: res.r.Disabled, Removing: res.removed, State: StateFree}
