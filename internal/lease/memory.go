@@ -99,6 +99,7 @@ type memReq struct {
 	allocOrder  []int
 	pools       []*memPool
 	since       time.Time
+	deadline    time.Time // when MaxWait ends; zero: never
 	timer       *time.Timer
 	notify      func(Event)
 	queued      bool
@@ -328,6 +329,7 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 		r.pos = pos
 		r.notify(Event{Type: EventQueued, RequestID: r.id, Position: pos})
 		if req.MaxWait > 0 {
+			r.deadline = r.since.Add(req.MaxWait)
 			r.timer = time.AfterFunc(req.MaxWait, func() { m.expire(r) })
 		}
 	}
