@@ -14,7 +14,7 @@ import (
 
 // leaseCrashSetup writes a configuration with one device and returns the
 // directory, the config file, a free address and the data directory.
-func leaseCrashSetup(t *testing.T) (dir, cfg, addr, data string) {
+func leaseCrashSetup(t testing.TB) (dir, cfg, addr, data string) {
 	t.Helper()
 	dir = t.TempDir()
 	cfg = filepath.Join(dir, "forge.yml")
