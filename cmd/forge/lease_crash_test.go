@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forgeci/forge/internal/pgtest"
 )
 
 // leaseCrashSetup writes a configuration with one device and returns the
@@ -59,16 +61,24 @@ func leasePoolState(t *testing.T, addr, name string) (free int, queue int) {
 // is killed with SIGKILL resumes on the restarted server (which had no
 // chance to save anything at the end: the journal kept the grant when it
 // happened), keeps the same device — nobody else gets it — and exits 0.
+// On SQLite, and on PostgreSQL when FORGE_TEST_POSTGRES_URL is set (CI).
 func TestLeaseSurvivesKill9(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testLeaseSurvivesKill9(t) })
+	t.Run("postgres", func(t *testing.T) {
+		testLeaseSurvivesKill9(t, "FORGE_DATABASE_URL="+pgtest.Database(t, "forge_lease"))
+	})
+}
+
+func testLeaseSurvivesKill9(t *testing.T, dbEnv ...string) {
 	dir, cfg, addr, data := leaseCrashSetup(t)
-	srv := startLeaseForgeServerAt(t, addr, data, cfg)
+	srv := startLeaseForgeServerAt(t, addr, data, cfg, dbEnv...)
 	env := []string{"FORGE_SERVER=http://" + addr, "DIR=" + dir}
 	holder := startLeaseForge(t, env, "lease", "dut", "--resume-grace", "30s", "--", "sh", "-c",
 		`touch "$DIR/running"; while [ ! -f "$DIR/finish" ]; do sleep 0.05; done; echo "held $FORGE_LEASE_DUT"`)
 	leaseWaitFor(t, 10*time.Second, "CMD to run", func() bool { _, err := os.Stat(filepath.Join(dir, "running")); return err == nil })
 
 	killServer(t, srv)
-	srv = startLeaseForgeServerAt(t, addr, data, cfg)
+	srv = startLeaseForgeServerAt(t, addr, data, cfg, dbEnv...)
 	leaseWaitFor(t, 20*time.Second, "forge lease to resume", func() bool {
 		return strings.Contains(holder.stderr.String(), "resumed: 1 leases kept")
 	})

@@ -96,9 +96,9 @@ func TestLeasePoolsSurviveServerRestart(t *testing.T) {
 
 // startLeaseForgeServerAt starts forge server on addr with data, and waits
 // for it to answer.
-func startLeaseForgeServerAt(t testing.TB, addr, data, cfg string) *leaseProc {
+func startLeaseForgeServerAt(t testing.TB, addr, data, cfg string, env ...string) *leaseProc {
 	t.Helper()
-	p := startLeaseForge(t, []string{"FORGE_MIGRATE=auto"}, "server", "--config", cfg, "--addr", addr, "--data", data)
+	p := startLeaseForge(t, append([]string{"FORGE_MIGRATE=auto"}, env...), "server", "--config", cfg, "--addr", addr, "--data", data)
 	leaseWaitFor(t, 20*time.Second, "forge server to answer", func() bool {
 		select {
 		case <-p.done:
