@@ -302,4 +302,3 @@ func benchMedian(xs []float64) float64 {
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
-
