@@ -58,18 +58,20 @@ func BenchmarkLeaseDurableGrants(b *testing.B) {
 	if os.Getenv("FORGE_TEST_POSTGRES_URL") != "" {
 		modes = append(modes, "postgres")
 	}
-	rates := map[string][]float64{}
+	rates, cpus := map[string][]float64{}, map[string][]float64{}
 	b.ResetTimer()
 	for r := range rounds {
 		for _, mode := range modes {
-			rate, batches := durableGrantRound(b, mode, clients, per)
+			rate, cpu, batches := durableGrantRound(b, mode, clients, per)
 			rates[mode] = append(rates[mode], rate)
-			b.Logf("round %d: %-8s %6.0f grants/s%s", r+1, mode, rate, batches)
+			cpus[mode] = append(cpus[mode], cpu)
+			b.Logf("round %d: %-8s %6.0f grants/s, server %5.1f µs CPU/grant%s", r+1, mode, rate, cpu, batches)
 		}
 	}
 	b.StopTimer()
 	for _, mode := range modes {
 		b.ReportMetric(benchMedian(rates[mode]), mode+"-grants/s")
+		b.ReportMetric(benchMedian(cpus[mode]), mode+"-cpu-µs/grant")
 	}
 	b.ReportMetric(benchMedian(rates["sqlite"])/benchMedian(rates["memory"]), "sqlite/memory")
 	b.ReportMetric(0, "ns/op")
@@ -93,7 +95,7 @@ func (s *countingStore) WriteLeaseSessions(ctx context.Context, changes map[stri
 
 // durableGrantRound serves a new pool of 100 in mode and runs the client
 // process against it; it returns the grants per second.
-func durableGrantRound(b *testing.B, mode string, clients, per int) (float64, string) {
+func durableGrantRound(b *testing.B, mode string, clients, per int) (rate, cpuPerGrant float64, batches string) {
 	ctx := context.Background()
 	pools := []*forge.Pool{{Name: "bench", Order: lease.OrderFIFO}}
 	for i := range 100 {
@@ -164,19 +166,29 @@ func durableGrantRound(b *testing.B, mode string, clients, per int) (float64, st
 		w0, s0 = store.writes, store.saved
 		store.mu.Unlock()
 	}
+	cpu0 := selfCPU(b)
 	io.WriteString(stdin, "go\n")
 	ns, err := strconv.ParseInt(await("done"), 10, 64)
 	if err != nil {
 		b.Fatal(err)
 	}
-	batches := ""
+	cpuPerGrant = float64((selfCPU(b) - cpu0).Microseconds()) / float64(clients*per)
 	if store != nil {
 		store.mu.Lock()
 		w, s := store.writes-w0, store.saved-s0
 		store.mu.Unlock()
 		batches = fmt.Sprintf(" (%d transactions, %.1f sessions each, %.2f grants each)", w, float64(s)/float64(max(w, 1)), float64(clients*per)/float64(max(w, 1)))
 	}
-	return float64(clients*per) / (float64(ns) / 1e9), batches
+	return float64(clients*per) / (float64(ns) / 1e9), cpuPerGrant, batches
+}
+
+// selfCPU is the CPU time this process (the server) has used.
+func selfCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // TestLeaseSessionClientProcess is BenchmarkLeaseDurableGrants's client
