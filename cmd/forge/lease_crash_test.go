@@ -63,13 +63,16 @@ func leasePoolState(t *testing.T, addr, name string) (free int, queue int) {
 // happened), keeps the same device — nobody else gets it — and exits 0.
 // On SQLite, and on PostgreSQL when FORGE_TEST_POSTGRES_URL is set (CI).
 func TestLeaseSurvivesKill9(t *testing.T) {
-	t.Run("sqlite", func(t *testing.T) { testLeaseSurvivesKill9(t) })
+	t.Run("sqlite", func(t *testing.T) { leaseHolderSurvivesRestart(t, killServer) })
 	t.Run("postgres", func(t *testing.T) {
-		testLeaseSurvivesKill9(t, "FORGE_DATABASE_URL="+pgtest.Database(t, "forge_lease"))
+		leaseHolderSurvivesRestart(t, killServer, "FORGE_DATABASE_URL="+pgtest.Database(t, "forge_lease"))
 	})
 }
 
-func testLeaseSurvivesKill9(t *testing.T, dbEnv ...string) {
+// leaseHolderSurvivesRestart: a forge lease holding the only device while
+// stop ends its server resumes on the next server, keeps the device
+// (another forge lease cannot get it), and exits 0.
+func leaseHolderSurvivesRestart(t *testing.T, stop func(*testing.T, *leaseProc), dbEnv ...string) {
 	dir, cfg, addr, data := leaseCrashSetup(t)
 	srv := startLeaseForgeServerAt(t, addr, data, cfg, dbEnv...)
 	env := []string{"FORGE_SERVER=http://" + addr, "DIR=" + dir}
@@ -77,7 +80,7 @@ func testLeaseSurvivesKill9(t *testing.T, dbEnv ...string) {
 		`touch "$DIR/running"; while [ ! -f "$DIR/finish" ]; do sleep 0.05; done; echo "held $FORGE_LEASE_DUT"`)
 	leaseWaitFor(t, 10*time.Second, "CMD to run", func() bool { _, err := os.Stat(filepath.Join(dir, "running")); return err == nil })
 
-	killServer(t, srv)
+	stop(t, srv)
 	srv = startLeaseForgeServerAt(t, addr, data, cfg, dbEnv...)
 	leaseWaitFor(t, 20*time.Second, "forge lease to resume", func() bool {
 		return strings.Contains(holder.stderr.String(), "resumed: 1 leases kept")
