@@ -219,7 +219,7 @@ func TestJournalRestart(t *testing.T) {
 // the grant waits for it, and OnError hears of each failure.
 func TestJournalRetriesFailedWrites(t *testing.T) {
 	ctx := context.Background()
-	store := &sessionStore{fail: forge.Errorf(forge.EUNAVAILABLE, "database down")}
+	store := &sessionStore{}
 	m := newTestMemory(t, "pools: {p: {range: 1-1}}")
 	var mu sync.Mutex
 	fails := 0
@@ -227,7 +227,13 @@ func TestJournalRetriesFailedWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	var a recorder
-	sa, _ := m.OpenSession(ctx, 0, a.notify)
+	sa, err := m.OpenSession(ctx, 0, a.notify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.mu.Lock()
+	store.fail = forge.Errorf(forge.EUNAVAILABLE, "database down")
+	store.mu.Unlock()
 	m.Acquire(ctx, &Request{Owner: sa.ID, ID: "r", Wants: []forge.ResourceRequest{{Pool: "p", Count: 1}}, Notify: a.notify})
 	testwait.For(t, "two failed writes", func() bool { mu.Lock(); defer mu.Unlock(); return fails >= 2 })
 	if a.count(EventGranted) != 0 {
@@ -310,5 +316,35 @@ func TestJournalRestoresMaxWait(t *testing.T) {
 	b2.waitEvent(t, EventResumed)
 	if b2.count(EventTimeout) != 1 {
 		t.Fatalf("resume did not report the timeout: %+v", b2.evs)
+	}
+}
+
+// TestJournalSessionOpenKept: OpenSession returns (and the client learns
+// the session's id) only once the store has the session.
+func TestJournalSessionOpenKept(t *testing.T) {
+	ctx := context.Background()
+	store := &sessionStore{}
+	m := journaled(t, "pools: {p: {range: 1-1}}", store)
+	gate := make(chan struct{})
+	store.mu.Lock()
+	store.gate = gate
+	store.mu.Unlock()
+	opened := make(chan *Session, 1)
+	go func() {
+		s, err := m.OpenSession(ctx, 0, func(Event) {})
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- s
+	}()
+	select {
+	case <-opened:
+		t.Fatal("OpenSession returned before the store had the session")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(gate)
+	s := <-opened
+	if store.session(t, s.ID) == nil {
+		t.Fatal("the session OpenSession returned is not in the store")
 	}
 }
