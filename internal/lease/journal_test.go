@@ -348,3 +348,47 @@ func TestJournalSessionOpenKept(t *testing.T) {
 		t.Fatal("the session OpenSession returned is not in the store")
 	}
 }
+
+// TestJournalRestartWritesOnlyChanges: taking back what the store holds
+// rewrites nothing that did not change, and a new request queues after
+// the restored ones (they keep their arrival numbers).
+func TestJournalRestartWritesOnlyChanges(t *testing.T) {
+	ctx := context.Background()
+	store := &sessionStore{}
+	const cfg = "pools: {p: {range: 1-1}}"
+	m := journaled(t, cfg, store)
+	var a, b recorder
+	one := []forge.ResourceRequest{{Pool: "p", Count: 1}}
+	sa, _ := m.OpenSession(ctx, time.Hour, a.notify)
+	sb, _ := m.OpenSession(ctx, time.Hour, b.notify)
+	m.Acquire(ctx, &Request{Owner: sa.ID, ID: "a", Wants: one, Notify: a.notify})
+	m.Acquire(ctx, &Request{Owner: sb.ID, ID: "b", Wants: one, Notify: b.notify})
+	if err := m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	store.mu.Lock()
+	writes := store.writes
+	store.mu.Unlock()
+
+	m2 := newTestMemory(t, cfg)
+	if _, _, err := m2.Journal(ctx, store, JournalOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	store.mu.Lock()
+	rewrites := store.writes - writes
+	store.mu.Unlock()
+	if rewrites != 0 {
+		t.Errorf("restoring unchanged sessions wrote %d transactions, want none", rewrites)
+	}
+	var c recorder
+	sc, _ := m2.OpenSession(ctx, 0, c.notify)
+	m2.Acquire(ctx, &Request{Owner: sc.ID, ID: "c", Wants: one, Notify: c.notify})
+	p, _ := m2.Pool(ctx, "p")
+	if len(p.Queue) != 2 || p.Queue[0].Request != "b" || p.Queue[1].Request != "c" {
+		t.Fatalf("queue after restart: %+v, want b (restored) then c (new)", p.Queue)
+	}
+}
