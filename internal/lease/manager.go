@@ -40,6 +40,7 @@ type Manager interface {
 	Queue
 	Sessions
 	Admin
+	Health
 }
 
 // Queue is what a connection does: ask, give up, give back.
@@ -193,6 +194,9 @@ const (
 	StateFree     = "free"
 	StateLeased   = "leased"
 	StateDisabled = "disabled"
+	// StateChecking: its pool's check runs (or is about to) before it is
+	// handed out again.
+	StateChecking = "checking"
 )
 
 // PoolState is an operator's view of a pool.
@@ -200,11 +204,14 @@ type PoolState struct {
 	Name  string `json:"name"`
 	Order string `json:"order"`
 	// Deleted pools linger while some of their resources are leased.
-	Deleted   bool             `json:"deleted,omitempty"`
-	Size      int              `json:"size"`
-	Free      int              `json:"free"`
-	InUse     int              `json:"in_use"`
-	Disabled  int              `json:"disabled"`
+	Deleted  bool `json:"deleted,omitempty"`
+	Size     int  `json:"size"`
+	Free     int  `json:"free"`
+	InUse    int  `json:"in_use"`
+	Disabled int  `json:"disabled"`
+	Checking int  `json:"checking,omitempty"`
+	// Check is the pool's health check, in the form it is declared.
+	Check     *CheckConfig     `json:"check,omitempty"`
 	Resources []*ResourceState `json:"resources"`
 	Queue     []*QueueEntry    `json:"queue"`
 }
@@ -214,10 +221,17 @@ type ResourceState struct {
 	ID         string            `json:"id"`
 	Attributes map[string]string `json:"attributes,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
-	// State is "free", "leased" or "disabled" (leased wins: a disabled
-	// resource still leased shows "leased" with Disabled true).
+	// State is "free", "leased", "disabled" or "checking" (leased wins: a
+	// disabled resource still leased shows "leased" with Disabled true).
 	State    string `json:"state"`
 	Disabled bool   `json:"disabled,omitempty"`
+	// DisabledBy says who took it out of service: "operator" (Disabled
+	// is true), else the source of Fault ("check" or "holder").
+	DisabledBy string `json:"disabled_by,omitempty"`
+	// Fault is why a check or a holder took it out of service.
+	Fault *forge.ResourceFault `json:"fault,omitempty"`
+	// Check is its last health check, and when the next is due.
+	Check *CheckStatus `json:"check,omitempty"`
 	// Removing: the pool no longer lists it; it leaves when released.
 	Removing bool `json:"removing,omitempty"`
 	// Lease, Holder and Since are set while it is leased.
@@ -254,6 +268,7 @@ const (
 	ReasonReleased     = "released"     // the holder released it
 	ReasonDisconnected = "disconnected" // the holder's connection ended
 	ReasonRevoked      = "revoked"      // an operator force-released it
+	ReasonBroken       = "broken"       // the holder released it as broken
 	// ReasonExpired (session.go): the session's grace ended.
 )
 
@@ -281,9 +296,16 @@ type PoolStats struct {
 	Pool     string
 	Size     int // resources, enabled or not, excluding ones being removed
 	InUse    int
-	Disabled int
-	Waiters  int
-	Grants   uint64
+	Disabled int // out of service, whoever took it out
+	// DisabledBy counts disabled resources by who took them out:
+	// DisabledOperator, forge.FaultCheck, forge.FaultHolder.
+	DisabledBy map[string]int
+	Checking   int
+	// Checks counts health checks run, by result (CheckPassed,
+	// CheckFailed).
+	Checks  map[string]uint64
+	Waiters int
+	Grants  uint64
 	// Releases counts releases by reason.
 	Releases map[string]uint64
 	// WaitCounts[i] counts grants that waited at most WaitBuckets[i]
