@@ -391,6 +391,11 @@ func EnvName(pool string) string { return forge.EnvName("FORGE_LEASE_", pool) }
 // EnvJSON is the variable that carries the whole granted message.
 const EnvJSON = "FORGE_LEASE_JSON"
 
+// EnvBroken is the variable forge lease gives CMD: a file into which CMD
+// writes why its resources are broken; forge lease then releases them
+// with ReleaseBroken.
+const EnvBroken = "FORGE_LEASE_BROKEN"
+
 // GrantEnv returns the environment of a grant: one EnvName(pool) per pool
 // with the comma-separated resource ids, in the order granted, and EnvJSON
 // with raw, the granted message as received. Pools whose names map to the
