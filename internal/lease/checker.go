@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"github.com/forgeci/forge"
 )
 
 // DefaultMaxChecks bounds the health checks a Checker runs at once.
@@ -79,6 +81,9 @@ func (c *Checker) Serve(ctx context.Context) error {
 		var timer <-chan time.Time
 		if running < limit {
 			jobs, next, err := c.Health.TakeChecks(ctx, now(), limit-running)
+			if forge.ErrorCode(err) == forge.EUNAVAILABLE {
+				return nil // the manager closed: nothing left to check
+			}
 			if err != nil {
 				return err
 			}

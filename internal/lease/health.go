@@ -391,7 +391,11 @@ func (m *Memory) TakeChecks(ctx context.Context, now time.Time, limit int) ([]*C
 			continue
 		}
 		for _, res := range p.res {
-			if len(jobs) < limit && res.chk != nil && res.chk.pending && !res.removed {
+			switch {
+			case res.chk == nil || !res.chk.pending || res.removed:
+			case res.r.Disabled: // an operator's: never checked
+				m.change(res, func() { res.chk.pending = false })
+			case len(jobs) < limit:
 				take(res)
 			}
 		}

@@ -282,8 +282,31 @@ func TestOperatorDisableWinsOverCheck(t *testing.T) {
 	if st := resourceState(t, m, "dut", "dut1"); st.State != StateDisabled || st.DisabledBy != DisabledOperator {
 		t.Fatalf("dut1: got %+v, want still disabled by the operator", st)
 	}
-	if jobs, _ := takeChecks(t, m, t0.Add(time.Hour)); jobIDs(jobs) != "dut2" {
+	jobs, _ = takeChecks(t, m, t0.Add(time.Hour))
+	if jobIDs(jobs) != "dut2" {
 		t.Fatalf("idle checks an hour later: got %q, want dut2 only", jobIDs(jobs))
+	}
+	finish(t, m, jobs[0], true, "", t0.Add(time.Hour))
+
+	// Released into a check, then disabled before it ran: not checked.
+	var a recorder
+	if err := m.Acquire(ctx, &Request{Owner: "A", ID: "r", Wants: []forge.ResourceRequest{{Pool: "dut", Count: 1}}, Notify: a.notify}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Release(ctx, "A", a.last().Lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetDisabled(ctx, "dut", "dut2", true); err != nil {
+		t.Fatal(err)
+	}
+	if jobs, _ := takeChecks(t, m, t0.Add(time.Hour)); len(jobs) != 0 {
+		t.Fatalf("checks of resources an operator disabled: got %q, want none", jobIDs(jobs))
+	}
+	if err := m.SetDisabled(ctx, "dut", "dut2", false); err != nil {
+		t.Fatal(err)
+	}
+	if jobs, _ := takeChecks(t, m, t0.Add(time.Hour)); jobIDs(jobs) != "dut2" {
+		t.Fatalf("checks once enabled: got %q, want dut2 (checked as it comes back)", jobIDs(jobs))
 	}
 }
 
