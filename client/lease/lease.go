@@ -29,7 +29,7 @@ type Lease struct {
 	mu        sync.Mutex
 	releasing bool   // Release was called
 	broken    string // the reason given to ReleaseBroken
-	sent      bool // the release message was sent
+	sent      bool   // the release message was sent
 	over      bool
 	err       error // why it was lost
 }

@@ -18,7 +18,7 @@ const (
 	MinCheckPeriod = time.Second
 	// MaxFaultReason bounds the reason a holder or a check output gives
 	// (the end of a longer output is kept).
-	MaxFaultReason = 4096
+	MaxFaultReason  = 4096
 	maxCheckCommand = 16 << 10
 
 	// DisabledOperator is ResourceState.DisabledBy for a resource an
