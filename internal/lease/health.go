@@ -292,28 +292,17 @@ func (m *Memory) ReleaseBroken(ctx context.Context, owner, leaseID, reason strin
 	if reason == "" {
 		reason = "reported broken by its holder"
 	}
-	if err := m.lock(); err != nil {
-		return err
-	}
-	defer m.mu.Unlock()
-	l := m.leases[leaseID]
-	if l == nil || l.owner.id != owner {
-		return forge.Errorf(forge.ENOTFOUND, "no lease %q held by this connection", leaseID)
-	}
 	fault := &forge.ResourceFault{Source: forge.FaultHolder, Reason: reason, Since: time.Now().UTC()}
-	for _, res := range l.res {
-		if !res.removed {
-			setFault(res, fault) // leased: the free count is not affected
-			if res.chk != nil {
-				res.chk.failures = 0
+	return m.releaseOwned(owner, leaseID, ReasonBroken, func(l *memLease) {
+		for _, res := range l.res {
+			if !res.removed {
+				setFault(res, fault) // leased: the free count is not affected
+				if res.chk != nil {
+					res.chk.failures = 0
+				}
 			}
 		}
-	}
-	m.release(l, ReasonBroken)
-	l.notify(Event{Type: EventReleased, Lease: l.grant})
-	m.forgetOwnerIfIdle(l.owner)
-	m.schedule()
-	return nil
+	})
 }
 
 // StartChecks implements Health.

@@ -64,6 +64,22 @@ func jobIDs(jobs []*CheckJob) string {
 	return strings.Join(ids, ",")
 }
 
+// checkedMemory is a Memory with checkedPools whose checks are started
+// and whose first checks passed at t0.
+func checkedMemory(t *testing.T) (*Memory, time.Time) {
+	t.Helper()
+	m := newTestMemory(t, checkedPools)
+	if _, err := m.StartChecks(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	jobs, _ := takeChecks(t, m, t0)
+	for _, j := range jobs {
+		finish(t, m, j, true, "", t0)
+	}
+	return m, t0
+}
+
 // TestFailingCheckTakesResourceOutUntilItPasses: a released resource is
 // checked before anyone gets it; a failing check disables it with its
 // output as the reason, retried after 30s, then 60s; a passing check puts
@@ -227,15 +243,7 @@ func TestReleaseBrokenDisablesUntilOperatorEnables(t *testing.T) {
 // resource out and the check decides at once when it comes back.
 func TestReleaseBrokenWithCheck(t *testing.T) {
 	ctx := context.Background()
-	m := newTestMemory(t, checkedPools)
-	if _, err := m.StartChecks(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t0 := time.Now()
-	jobs, _ := takeChecks(t, m, t0)
-	for _, j := range jobs {
-		finish(t, m, j, true, "", t0)
-	}
+	m, t0 := checkedMemory(t)
 	var a recorder
 	if err := m.Acquire(ctx, &Request{Owner: "A", ID: "r", Wants: []forge.ResourceRequest{{Pool: "dut", Count: 2}}, Notify: a.notify}); err != nil {
 		t.Fatal(err)
@@ -248,7 +256,7 @@ func TestReleaseBrokenWithCheck(t *testing.T) {
 			t.Fatalf("%s after a broken release: got %+v, want disabled by the holder", id, st)
 		}
 	}
-	jobs, _ = takeChecks(t, m, t0.Add(time.Second))
+	jobs, _ := takeChecks(t, m, t0.Add(time.Second))
 	if jobIDs(jobs) != "dut1,dut2" {
 		t.Fatalf("checks after a broken release: got %q, want both at once", jobIDs(jobs))
 	}

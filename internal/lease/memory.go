@@ -742,6 +742,13 @@ func (m *Memory) Cancel(ctx context.Context, owner, requestID string) error {
 
 // Release implements Queue.
 func (m *Memory) Release(ctx context.Context, owner, leaseID string) error {
+	return m.releaseOwned(owner, leaseID, ReasonReleased, nil)
+}
+
+// releaseOwned ends owner's lease leaseID for reason (Release and
+// ReleaseBroken); first, under the lock, it applies before (if not nil)
+// to the lease.
+func (m *Memory) releaseOwned(owner, leaseID, reason string, before func(*memLease)) error {
 	if err := m.lock(); err != nil {
 		return err
 	}
@@ -750,7 +757,10 @@ func (m *Memory) Release(ctx context.Context, owner, leaseID string) error {
 	if l == nil || l.owner.id != owner {
 		return forge.Errorf(forge.ENOTFOUND, "no lease %q held by this connection", leaseID)
 	}
-	m.release(l, ReasonReleased)
+	if before != nil {
+		before(l)
+	}
+	m.release(l, reason)
 	l.notify(Event{Type: EventReleased, Lease: l.grant})
 	m.forgetOwnerIfIdle(l.owner)
 	m.schedule()
