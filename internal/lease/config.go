@@ -490,6 +490,9 @@ func checkPool(p *forge.Pool) error {
 	if err := checkPoolCheck(p.Name, p.Check); err != nil {
 		return err
 	}
+	if p.Check != nil && len(p.Resources) > MaxCheckedResources {
+		return forge.Errorf(forge.EINVALID, "pool %q: %d resources, more than the %d a pool with a check may have", p.Name, len(p.Resources), MaxCheckedResources)
+	}
 	if p.Order == "" {
 		p.Order = OrderFIFO
 	}

@@ -20,6 +20,9 @@ const (
 	// (the end of a longer output is kept).
 	MaxFaultReason  = 4096
 	maxCheckCommand = 16 << 10
+	// MaxCheckedResources bounds the resources of a pool with a check:
+	// checks are for devices, and finding the due ones walks the pool.
+	MaxCheckedResources = 10000
 
 	// DisabledOperator is ResourceState.DisabledBy for a resource an
 	// operator (or the configuration file) disabled.
@@ -343,6 +346,9 @@ func (m *Memory) StopChecks(ctx context.Context) {
 // lack of one): with a check, every resource gets a check state, its
 // first check due at once; without, nothing waits for a check.
 func (m *Memory) checkPoolChanged(p *memPool) {
+	if p.check != nil && m.checksOn {
+		m.wakeChecks() // new resources, or a new check: due at once
+	}
 	for _, res := range p.res {
 		switch {
 		case p.check != nil && m.checksOn && res.chk == nil:

@@ -424,6 +424,7 @@ func TestCheckConfigErrors(t *testing.T) {
 		{`{command: "true", interval: soon}`, `pool "dut": check: interval "soon": want a duration like 30s or 10m`},
 		{`{command: "true", timeout: 10ms}`, `pool "dut": check: timeout 10ms is below the minimum of 1s`},
 		{`{command: "true", interval: 1m, timeout: 2m}`, `pool "dut": check: timeout 2m0s is longer than its interval 1m0s`},
+		{`{command: "true"}, range: 1-10001`, `pool "dut": 10002 resources, more than the 10000 a pool with a check may have`},
 	} {
 		var c Config
 		src := "pools: {dut: {check: " + tc.check + ", resources: [{id: a}]}}"
