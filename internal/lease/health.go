@@ -297,6 +297,7 @@ func (m *Memory) ReleaseBroken(ctx context.Context, owner, leaseID, reason strin
 	}
 	fault := &forge.ResourceFault{Source: forge.FaultHolder, Reason: reason, Since: time.Now().UTC()}
 	return m.releaseOwned(owner, leaseID, ReasonBroken, func(l *memLease) {
+		l.broken = reason
 		for _, res := range l.res {
 			if !res.removed {
 				setFault(res, fault) // leased: the free count is not affected

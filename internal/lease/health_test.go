@@ -225,8 +225,8 @@ func TestReleaseBrokenDisablesUntilOperatorEnables(t *testing.T) {
 		t.Fatalf("B: got %+v, want queued (a broken resource is not granted, but may come back)", ev)
 	}
 	h, _ := m.History(ctx, 1)
-	if h[0].Reason != ReasonBroken {
-		t.Fatalf("history: got reason %q, want %q", h[0].Reason, ReasonBroken)
+	if h[0].Reason != ReasonBroken || h[0].Broken != "screen cracked" {
+		t.Fatalf("history: got reason %q, broken %q; want %q with the holder's reason", h[0].Reason, h[0].Broken, ReasonBroken)
 	}
 	if err := m.SetDisabled(ctx, "dut", "dut1", false); err != nil {
 		t.Fatal(err)

@@ -280,8 +280,11 @@ type HistoryEntry struct {
 	Holder     string              `json:"holder"`
 	Connection string              `json:"connection"`
 	Resources  map[string][]string `json:"resources"`
-	// Reason is set on releases: released, disconnected or revoked.
+	// Reason is set on releases: released, broken, disconnected,
+	// revoked or expired.
 	Reason string `json:"reason,omitempty"`
+	// Broken is the holder's reason on a release as broken.
+	Broken string `json:"broken,omitempty"`
 	// Waited is how long the request queued (grants) or the lease was held
 	// (releases), in milliseconds.
 	WaitedMS float64 `json:"waited_ms,omitempty"`

@@ -126,6 +126,7 @@ type memLease struct {
 	owner  *memOwner
 	res    []*memRes
 	notify func(Event)
+	broken string // the holder's reason, when it released the lease as broken
 }
 
 // NewMemory returns a Memory manager holding pools.
@@ -661,7 +662,7 @@ func (m *Memory) release(l *memLease, reason string) {
 	}
 	m.record(&HistoryEntry{
 		Time: now, Event: "released", Lease: l.grant.ID, Holder: l.grant.Holder, Connection: l.grant.Owner,
-		Resources: l.grant.ResourceIDs(), Reason: reason,
+		Resources: l.grant.ResourceIDs(), Reason: reason, Broken: l.broken,
 		HeldMS: float64(now.Sub(l.grant.Granted).Microseconds()) / 1000,
 	})
 }
