@@ -53,8 +53,12 @@ type Resource struct {
 	Attributes map[string]string `json:"attributes,omitempty"`
 	// Labels select resources in a request.
 	Labels map[string]string `json:"labels,omitempty"`
-	// Disabled resources are not granted (maintenance).
-	Disabled bool `json:"disabled,omitempty"`
+	// Disabled resources are not granted (maintenance). DisabledReason
+	// and DisabledSince say why and since when, when an operator said so
+	// through the REST API.
+	Disabled       bool      `json:"disabled,omitempty"`
+	DisabledReason string    `json:"disabled_reason,omitempty"`
+	DisabledSince  time.Time `json:"disabled_since,omitzero"`
 	// Fault, when set, keeps the resource out of service until its pool's
 	// check passes or an operator enables it.
 	Fault *ResourceFault `json:"fault,omitempty"`

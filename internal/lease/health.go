@@ -535,6 +535,23 @@ func disabledBy(r *forge.Resource) string {
 	return ""
 }
 
+// disabledWhy is why and since when r is out of service: the operator's
+// reason, else its fault's.
+func disabledWhy(r *forge.Resource) (string, *time.Time) {
+	var reason string
+	var since time.Time
+	switch {
+	case r.Disabled:
+		reason, since = r.DisabledReason, r.DisabledSince
+	case r.Fault != nil:
+		reason, since = r.Fault.Reason, r.Fault.Since
+	}
+	if since.IsZero() {
+		return reason, nil
+	}
+	return reason, &since
+}
+
 func copyCheck(pc *forge.PoolCheck) *forge.PoolCheck {
 	if pc == nil {
 		return nil

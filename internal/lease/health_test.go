@@ -228,7 +228,7 @@ func TestReleaseBrokenDisablesUntilOperatorEnables(t *testing.T) {
 	if h[0].Reason != ReasonBroken || h[0].Broken != "screen cracked" {
 		t.Fatalf("history: got reason %q, broken %q; want %q with the holder's reason", h[0].Reason, h[0].Broken, ReasonBroken)
 	}
-	if err := m.SetDisabled(ctx, "dut", "dut1", false); err != nil {
+	if err := m.SetDisabled(ctx, "dut", "dut1", false, ""); err != nil {
 		t.Fatal(err)
 	}
 	if ev := b.last(); ev.Type != EventGranted {
@@ -281,7 +281,7 @@ func TestOperatorDisableWinsOverCheck(t *testing.T) {
 	}
 	t0 := time.Now()
 	jobs, _ := takeChecks(t, m, t0)
-	if err := m.SetDisabled(ctx, "dut", "dut1", true); err != nil {
+	if err := m.SetDisabled(ctx, "dut", "dut1", true, ""); err != nil {
 		t.Fatal(err)
 	}
 	for _, j := range jobs {
@@ -304,13 +304,13 @@ func TestOperatorDisableWinsOverCheck(t *testing.T) {
 	if err := m.Release(ctx, "A", a.last().Lease.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.SetDisabled(ctx, "dut", "dut2", true); err != nil {
+	if err := m.SetDisabled(ctx, "dut", "dut2", true, ""); err != nil {
 		t.Fatal(err)
 	}
 	if jobs, _ := takeChecks(t, m, t0.Add(time.Hour)); len(jobs) != 0 {
 		t.Fatalf("checks of resources an operator disabled: got %q, want none", jobIDs(jobs))
 	}
-	if err := m.SetDisabled(ctx, "dut", "dut2", false); err != nil {
+	if err := m.SetDisabled(ctx, "dut", "dut2", false, ""); err != nil {
 		t.Fatal(err)
 	}
 	if jobs, _ := takeChecks(t, m, t0.Add(time.Hour)); jobIDs(jobs) != "dut2" {

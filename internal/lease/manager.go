@@ -79,9 +79,11 @@ type Admin interface {
 	// DeletePool removes a pool. Its free resources go at once; leased
 	// ones when released. Its queued requests fail (ENOTFOUND).
 	DeletePool(ctx context.Context, name string) error
-	// SetDisabled disables or enables a resource. A leased resource stays
-	// leased and is not granted again once released until enabled.
-	SetDisabled(ctx context.Context, pool, resource string, disabled bool) error
+	// SetDisabled disables or enables a resource; reason (optional) says
+	// why it is disabled. A leased resource stays leased and is not
+	// granted again once released until enabled. Enabling ends a fault
+	// too (Health).
+	SetDisabled(ctx context.Context, pool, resource string, disabled bool, reason string) error
 	// Revoke force-releases a lease; its holder gets EventRevoked with
 	// reason.
 	Revoke(ctx context.Context, leaseID, reason string) error
@@ -226,8 +228,12 @@ type ResourceState struct {
 	State    string `json:"state"`
 	Disabled bool   `json:"disabled,omitempty"`
 	// DisabledBy says who took it out of service: "operator" (Disabled
-	// is true), else the source of Fault ("check" or "holder").
-	DisabledBy string `json:"disabled_by,omitempty"`
+	// is true), else the source of Fault ("check" or "holder");
+	// DisabledReason and DisabledSince say why and since when (the
+	// operator's, else the fault's).
+	DisabledBy     string     `json:"disabled_by,omitempty"`
+	DisabledReason string     `json:"disabled_reason,omitempty"`
+	DisabledSince  *time.Time `json:"disabled_since,omitempty"`
 	// Fault is why a check or a holder took it out of service.
 	Fault *forge.ResourceFault `json:"fault,omitempty"`
 	// Check is its last health check, and when the next is due.

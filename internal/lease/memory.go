@@ -199,7 +199,7 @@ func newMemPool(p *forge.Pool) *memPool {
 }
 
 func copyResource(r *forge.Resource) forge.Resource {
-	c := forge.Resource{ID: r.ID, Disabled: r.Disabled}
+	c := forge.Resource{ID: r.ID, Disabled: r.Disabled, DisabledReason: r.DisabledReason, DisabledSince: r.DisabledSince}
 	if r.Fault != nil {
 		f := *r.Fault
 		c.Fault = &f
@@ -836,10 +836,13 @@ func (m *Memory) PutPool(ctx context.Context, p *forge.Pool) (bool, error) {
 		if mr == nil {
 			mr = &memRes{pool: old}
 		}
-		fault := mr.r.Fault // a pool's definition does not end a fault
+		was := mr.r // a pool's definition does not end a fault, nor forget why a resource is disabled
 		mr.r = copyResource(r)
 		if mr.r.Fault == nil {
-			mr.r.Fault = fault
+			mr.r.Fault = was.Fault
+		}
+		if mr.r.Disabled && was.Disabled && mr.r.DisabledReason == "" {
+			mr.r.DisabledReason, mr.r.DisabledSince = was.DisabledReason, was.DisabledSince
 		}
 		mr.removed = false
 		keep = append(keep, mr)
@@ -927,7 +930,8 @@ func (m *Memory) DeletePool(ctx context.Context, name string) error {
 }
 
 // SetDisabled implements Admin.
-func (m *Memory) SetDisabled(ctx context.Context, pool, resource string, disabled bool) error {
+func (m *Memory) SetDisabled(ctx context.Context, pool, resource string, disabled bool, reason string) error {
+	reason = truncateReason(reason)
 	if err := m.lock(); err != nil {
 		return err
 	}
@@ -940,16 +944,20 @@ func (m *Memory) SetDisabled(ctx context.Context, pool, resource string, disable
 	if res == nil || res.removed {
 		return forge.Errorf(forge.ENOTFOUND, "pool %q has no resource %q", pool, resource)
 	}
-	if res.r.Disabled == disabled && (disabled || res.r.Fault == nil) {
+	if res.r.Disabled == disabled && (disabled && (reason == "" || reason == res.r.DisabledReason) || !disabled && res.r.Fault == nil) {
 		return nil
 	}
 	m.change(res, func() {
 		// A new value, not a mutation: grants share the old one. Enabling
 		// ends a fault too: the operator's word.
 		r := res.r
-		r.Disabled = disabled
-		if !disabled {
-			r.Fault = nil
+		switch {
+		case !disabled:
+			r.Disabled, r.DisabledReason, r.DisabledSince, r.Fault = false, "", time.Time{}, nil
+		case !r.Disabled:
+			r.Disabled, r.DisabledReason, r.DisabledSince = true, reason, time.Now().UTC()
+		default:
+			r.DisabledReason = reason // a new reason for a resource already disabled
 		}
 		res.r = r
 	})
@@ -996,6 +1004,7 @@ func (m *Memory) poolState(p *memPool) *PoolState {
 		rs := &ResourceState{ID: res.r.ID, Attributes: res.r.Attributes, Labels: res.r.Labels,
 			Disabled: res.r.Disabled, Removing: res.removed, State: StateFree,
 			DisabledBy: disabledBy(&res.r), Fault: res.r.Fault, Check: checkStatus(res)}
+		rs.DisabledReason, rs.DisabledSince = disabledWhy(&res.r)
 		if !res.removed {
 			ps.Size++
 		}

@@ -115,10 +115,10 @@ func (s *StoredPools) DeletePool(ctx context.Context, name string) error {
 }
 
 // SetDisabled implements Admin.
-func (s *StoredPools) SetDisabled(ctx context.Context, pool, resource string, disabled bool) error {
+func (s *StoredPools) SetDisabled(ctx context.Context, pool, resource string, disabled bool, reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.Manager.SetDisabled(ctx, pool, resource, disabled); err != nil {
+	if err := s.Manager.SetDisabled(ctx, pool, resource, disabled, reason); err != nil {
 		return err
 	}
 	return s.keep(ctx, pool)
@@ -179,7 +179,14 @@ func (s *StoredPools) keep(ctx context.Context, name string) error {
 		if r.Removing {
 			continue
 		}
-		p.Resources = append(p.Resources, &forge.Resource{ID: r.ID, Attributes: r.Attributes, Labels: r.Labels, Disabled: r.Disabled, Fault: r.Fault})
+		kept := &forge.Resource{ID: r.ID, Attributes: r.Attributes, Labels: r.Labels, Disabled: r.Disabled, Fault: r.Fault}
+		if r.Disabled {
+			kept.DisabledReason = r.DisabledReason
+			if r.DisabledSince != nil {
+				kept.DisabledSince = *r.DisabledSince
+			}
+		}
+		p.Resources = append(p.Resources, kept)
 	}
 	return s.kept(s.store.SaveLeasePool(ctx, p), name)
 }

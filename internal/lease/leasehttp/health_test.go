@@ -151,3 +151,27 @@ func TestCheckOverREST(t *testing.T) {
 		t.Errorf("forge_lease_checks_total{result=passed}: got %v, want 1", got)
 	}
 }
+
+// TestDisableWithReason: an operator's disable may say why; the REST JSON
+// shows who, why and since when, and enabling clears it.
+func TestDisableWithReason(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
+	var r lease.ResourceState
+	if code := e.rest("POST", "/api/v1/pools/dut/resources/dut1/disable", `{"reason": " new firmware\n"}`, &r); code != http.StatusOK {
+		t.Fatalf("disable: %d", code)
+	}
+	if r.State != lease.StateDisabled || r.DisabledBy != lease.DisabledOperator || r.DisabledReason != "new firmware" || r.DisabledSince == nil || r.Fault != nil {
+		t.Fatalf("disabled with a reason: got %+v", r)
+	}
+	var bad struct{ Code, Message string }
+	if code := e.rest("POST", "/api/v1/pools/dut/resources/dut1/disable", `{"reason": 3}`, &bad); code != http.StatusBadRequest || !strings.Contains(bad.Message, `{"reason":"..."}`) {
+		t.Fatalf("a bad body: %d %+v, want 400 saying the body's shape", code, bad)
+	}
+	r = lease.ResourceState{}
+	if code := e.rest("POST", "/api/v1/pools/dut/resources/dut1/enable", "", &r); code != http.StatusOK {
+		t.Fatalf("enable: %d", code)
+	}
+	if r.State != lease.StateFree || r.DisabledBy != "" || r.DisabledReason != "" || r.DisabledSince != nil {
+		t.Fatalf("enabled: got %+v", r)
+	}
+}
