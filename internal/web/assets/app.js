@@ -150,13 +150,14 @@
               tr.appendChild(el("td", "", r.id));
               var st = el("td");
               st.appendChild(el("span", "badge res-" + r.state, r.state + (r.disabled && r.state === "leased" ? " (disabled)" : "") + (r.removing ? " (removing)" : "") +
-                (r.state === "disabled" && r.fault ? " by " + r.fault.source : "")));
+                (r.state === "disabled" && r.disabled_by ? " by " + r.disabled_by : "")));
               tr.appendChild(st);
-              // A resource out of service for a failed check or a holder's
-              // report shows why in the holder's place, since when in Since.
-              var why = r.state === "disabled" && r.fault ? r.fault.reason : "";
+              // A resource out of service shows why in the holder's place
+              // (an operator's reason, a failed check's output, a holder's
+              // report), since when in Since.
+              var why = r.state === "disabled" ? r.disabled_reason || "" : "";
               tr.appendChild(el("td", why ? "muted" : "", r.holder || (why.length > 200 ? why.slice(0, 200) + "…" : why)));
-              var since = r.since || (why ? r.fault.since : "");
+              var since = r.since || (r.state === "disabled" ? r.disabled_since : "");
               tr.appendChild(el("td", "", since ? new Date(since).toLocaleString() + " (" + dur(since) + ")" : ""));
               tr.appendChild(el("td", "muted", Object.keys(r.labels || {}).map(function (k) { return k + "=" + r.labels[k]; }).join(" ")));
               tb.appendChild(tr);
