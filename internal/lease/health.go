@@ -552,6 +552,20 @@ func disabledWhy(r *forge.Resource) (string, *time.Time) {
 	return reason, &since
 }
 
+func sameCheck(a, b *forge.PoolCheck) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
+}
+
+// recheckPool makes every resource of p due for a check at once (its
+// check changed).
+func (m *Memory) recheckPool(p *memPool) {
+	for _, res := range p.res {
+		if res.chk != nil {
+			res.chk.due, res.chk.failures = time.Time{}, 0
+		}
+	}
+}
+
 func copyCheck(pc *forge.PoolCheck) *forge.PoolCheck {
 	if pc == nil {
 		return nil

@@ -313,8 +313,21 @@ func TestOperatorDisableWinsOverCheck(t *testing.T) {
 	if err := m.SetDisabled(ctx, "dut", "dut2", false, ""); err != nil {
 		t.Fatal(err)
 	}
-	if jobs, _ := takeChecks(t, m, t0.Add(time.Hour)); jobIDs(jobs) != "dut2" {
+	jobs, _ = takeChecks(t, m, t0.Add(time.Hour))
+	if jobIDs(jobs) != "dut2" {
 		t.Fatalf("checks once enabled: got %q, want dut2 (checked as it comes back)", jobIDs(jobs))
+	}
+	finish(t, m, jobs[0], true, "", t0.Add(time.Hour))
+
+	// A new definition with a new check command (and dut1 no longer
+	// disabled): every resource is checked with it at once.
+	pools, _ := poolsFromYAML(t, strings.Replace(checkedPools, `command: "true"`, `command: "ping"`, 1))
+	if _, err := m.PutPool(ctx, pools[0]); err != nil {
+		t.Fatal(err)
+	}
+	jobs, _ = takeChecks(t, m, t0.Add(time.Hour))
+	if jobIDs(jobs) != "dut1,dut2" || jobs[0].Check.Command != "ping" || jobs[1].Check.Command != "ping" {
+		t.Fatalf("checks after the check changed: got %q, want both with the new command", jobIDs(jobs))
 	}
 }
 

@@ -857,7 +857,10 @@ func (m *Memory) PutPool(ctx context.Context, p *forge.Pool) (bool, error) {
 	}
 	old.res, old.byID = keep, byID
 	old.order, old.deleted = p.Order, false
-	old.check = copyCheck(p.Check)
+	if !sameCheck(old.check, p.Check) {
+		old.check = copyCheck(p.Check)
+		m.recheckPool(old)
+	}
 	m.checkPoolChanged(old)
 	old.free = 0
 	for _, mr := range keep {
