@@ -173,7 +173,10 @@ func (rec *recorder) Report(e forge.Event) {
 		rec.queueJob(js)
 		rec.kick() // a restart needs it soon
 	case forge.EventStepStarted:
-		s := &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName, Status: forge.StatusRunning, Started: e.Time}
+		// Its lines are numbered from the next one: the log page folds
+		// it there, also while the job runs.
+		s := &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName, Status: forge.StatusRunning, Started: e.Time,
+			FirstLine: js.last + 1}
 		js.steps[e.Step] = s
 		rec.queueStep(s)
 	case forge.EventLine:
@@ -190,6 +193,9 @@ func (rec *recorder) Report(e forge.Event) {
 			js.steps[e.Step] = s
 		}
 		s.Status, s.ExitCode, s.Finished = e.Status, e.ExitCode, e.Time
+		if s.FirstLine > 0 {
+			s.LastLine = js.last // its lines came before this event
+		}
 		if s.Started.IsZero() && e.Status != forge.StatusSkipped {
 			s.Started = e.Time.Add(-e.Duration)
 		}
