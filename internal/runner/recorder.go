@@ -173,6 +173,12 @@ func (rec *recorder) Report(e forge.Event) {
 		rec.queueJob(js)
 		rec.kick() // a restart needs it soon
 	case forge.EventStepStarted:
+		if old := js.steps[e.Step]; old != nil && old.FirstLine > 0 && sameInstant(old.Started, e.Time) {
+			// The start again, replayed by a backend following the job
+			// after a restart: the step keeps what it has (its lines are
+			// not where this recorder's count stands).
+			return
+		}
 		// Its lines are numbered from the next one: the log page folds
 		// it there, also while the job runs.
 		s := &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName, Status: forge.StatusRunning, Started: e.Time,
@@ -191,6 +197,9 @@ func (rec *recorder) Report(e forge.Event) {
 		if s == nil {
 			s = &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName}
 			js.steps[e.Step] = s
+		}
+		if s.Status.Done() && s.FirstLine > 0 && sameInstant(s.Finished, e.Time) {
+			return // the end again, replayed after a restart
 		}
 		s.Status, s.ExitCode, s.Finished = e.Status, e.ExitCode, e.Time
 		if s.FirstLine > 0 {
@@ -224,6 +233,13 @@ func (rec *recorder) Report(e forge.Event) {
 			rec.r.metrics.jobSeconds.WithLabelValues(string(e.Status)).Observe(d.Seconds())
 		}
 	}
+}
+
+// sameInstant tells whether a recorded time (stored to the microsecond)
+// is that of event time t.
+func sameInstant(recorded, t time.Time) bool {
+	d := recorded.Sub(t)
+	return !recorded.IsZero() && d > -time.Millisecond && d < time.Millisecond
 }
 
 // system adds one of forge's own lines to js's log; the caller holds mu.
