@@ -49,6 +49,9 @@ type jobState struct {
 	cover      *coverageCounts // the coverage reports read, summed
 	tail       []string
 	tailAt     int
+	// resumed: the job is followed again after a restart, and its
+	// backend may report the starts and ends of its steps again.
+	resumed bool
 }
 
 // write is one queued database write: a job row, a step row or log lines.
@@ -173,7 +176,7 @@ func (rec *recorder) Report(e forge.Event) {
 		rec.queueJob(js)
 		rec.kick() // a restart needs it soon
 	case forge.EventStepStarted:
-		if old := js.steps[e.Step]; old != nil && old.FirstLine > 0 && sameInstant(old.Started, e.Time) {
+		if old := js.steps[e.Step]; js.resumed && old != nil && old.FirstLine > 0 && sameInstant(old.Started, e.Time) {
 			// The start again, replayed by a backend following the job
 			// after a restart: the step keeps what it has (its lines are
 			// not where this recorder's count stands).
@@ -198,7 +201,7 @@ func (rec *recorder) Report(e forge.Event) {
 			s = &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName}
 			js.steps[e.Step] = s
 		}
-		if s.Status.Done() && s.FirstLine > 0 && sameInstant(s.Finished, e.Time) {
+		if js.resumed && s.Status.Done() && s.FirstLine > 0 && sameInstant(s.Finished, e.Time) {
 			return // the end again, replayed after a restart
 		}
 		s.Status, s.ExitCode, s.Finished = e.Status, e.ExitCode, e.Time

@@ -63,7 +63,7 @@ func TestStepLinesSurviveReplay(t *testing.T) {
 	rec = newRecorder(r, b, rows())
 	js := rec.jobs["test"]
 	rec.mu.Lock()
-	js.last, js.offset = 3, 3
+	js.last, js.offset, js.resumed = 3, 3, true // as resume does
 	rec.system(js, at(4), "forge restarted: following this job again")
 	rec.mu.Unlock()
 	for _, e := range []forge.Event{started(0, 1), finished(0, 2), started(1, 3), line(2), finished(1, 5)} {
