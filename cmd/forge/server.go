@@ -231,7 +231,8 @@ func (m *serverMain) Run(ctx context.Context) error {
 		}
 		log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
 	}
-	leaseSrv := leasehttp.NewServer(lease.NewStoredPools(leases, db), leasehttp.Options{
+	leaseState := lease.NewStoredPools(leases, db)
+	leaseSrv := leasehttp.NewServer(leaseState, leasehttp.Options{
 		Durable:    true, // sessions are kept in the store at a graceful stop
 		Keepalive:  lc.KeepaliveOrDefault(),
 		Registry:   reg,
@@ -458,6 +459,16 @@ func (m *serverMain) Run(ctx context.Context) error {
 		go func() { <-runDone; stopSSH() }()
 		g.Go(func() error { return sshServe(sctx) })
 	}
+	// Health checks of the lease pools run while the lease endpoint
+	// serves (through the drain of running builds). One server owns the
+	// lease state, so it runs them; a replica that does not own it must
+	// not start a Checker.
+	cctx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
+	go func() { <-runDone; stopChecks() }()
+	g.Go(func() error {
+		checker := &lease.Checker{Health: leaseState, Logger: log.With("component", "lease")}
+		return checker.Serve(cctx)
+	})
 	g.Go(func() error { return keeper.run(gctx) })
 	g.Go(func() error {
 		return runLogUpkeep(gctx, db, sqldb.Retention{Builds: c.Logs.KeepBuilds, Days: c.Logs.KeepDays}, log)
