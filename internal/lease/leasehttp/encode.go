@@ -27,6 +27,7 @@ func appendMessage(dst []byte, m *wire.Message) ([]byte, error) {
 	dst = appendStringField(dst, `,"holder":`, m.Holder)
 	dst = appendIntField(dst, `,"max_wait_ms":`, m.MaxWaitMS)
 	dst = appendStringField(dst, `,"lease":`, m.Lease)
+	dst = appendStringField(dst, `,"broken":`, m.Broken)
 	dst = appendIntField(dst, `,"version":`, int64(m.Version))
 	dst = appendIntField(dst, `,"keepalive_ms":`, m.KeepaliveMS)
 	dst = appendStringField(dst, `,"connection":`, m.Connection)

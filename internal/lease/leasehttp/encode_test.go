@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
 
@@ -62,8 +63,25 @@ func TestAppendMessageMatchesJSON(t *testing.T) {
 		{Type: wire.TypeSession, Session: "S1", Secret: "x", GraceMS: 15000, Durable: true},
 		{Type: wire.TypeResumed, Session: "S1", Leases: []*wire.Message{grantedMessage(testGrant())}, Queued: []wire.Queued{{ID: "r", Position: 1}}},
 	}
+	// Every scalar field alone, found by reflection: a field added to
+	// wire.Message and not to appendMessage fails here.
+	for i := range reflect.TypeFor[wire.Message]().NumField() {
+		m := &wire.Message{Type: "t"}
+		f := reflect.ValueOf(m).Elem().Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString("x<")
+		case reflect.Int, reflect.Int64:
+			f.SetInt(7)
+		case reflect.Bool:
+			f.SetBool(true)
+		case reflect.Map:
+			f.Set(reflect.ValueOf(map[string][]wire.Resource{"p": {{ID: "r"}}}))
+		}
+		messages = append(messages, m)
+	}
 	for range 3000 {
-		m := &wire.Message{Type: str(), ID: str(), Holder: str(), MaxWaitMS: num(), Lease: str(),
+		m := &wire.Message{Type: str(), ID: str(), Holder: str(), MaxWaitMS: num(), Lease: str(), Broken: str(),
 			Version: int(num()), KeepaliveMS: num(), Connection: str(), Position: int(num()), GrantedAt: str(),
 			Reason: str(), Code: str(), Message: str(), Session: str(), Secret: str(), GraceMS: num(), Durable: rng.IntN(2) == 0}
 		if rng.IntN(2) == 0 {
