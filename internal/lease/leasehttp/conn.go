@@ -3,7 +3,6 @@ package leasehttp
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -342,15 +341,18 @@ func (c *conn) writeOut() {
 		c.writeSince.Store(int64(time.Since(c.s.epoch)))
 		c.bw.begin()
 		var err error
+		ep := encodeBuffers.Get().(*[]byte)
 		for _, msg := range batch {
-			var data []byte
-			data, err = json.Marshal(msg)
+			*ep, err = appendMessage((*ep)[:0], msg)
 			if err == nil {
-				err = c.ws.Write(context.Background(), websocket.MessageText, data)
+				err = c.bw.textFrame(*ep)
 			}
 			if err != nil {
 				break
 			}
+		}
+		if cap(*ep) <= 4096 {
+			encodeBuffers.Put(ep)
 		}
 		if endErr := c.bw.end(); err == nil {
 			err = endErr
@@ -443,6 +445,9 @@ func (c *conn) readLoop() {
 		}
 	}
 }
+
+// encodeBuffers hold a message while it is encoded and written.
+var encodeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // readBuffers hold messages while they are read and handled, so an idle
 // connection holds no buffer.
@@ -564,7 +569,7 @@ func (l *limiter) take(now time.Time) time.Duration {
 }
 
 func (c *conn) handle(data []byte) {
-	msg, err := wire.Decode(data)
+	msg, err := decode(data)
 	if err != nil {
 		c.send(errorMessage(msg.ID, msg.Lease, err))
 		return
@@ -594,7 +599,13 @@ func (c *conn) handle(data []byte) {
 			c.send(errorMessage(msg.ID, "", err))
 		}
 	case wire.TypeRelease:
-		if err := c.s.m.Release(ctx, c.owner, msg.Lease); err != nil {
+		release := c.s.m.Release
+		if msg.Broken != "" {
+			release = func(ctx context.Context, owner, leaseID string) error {
+				return c.s.m.ReleaseBroken(ctx, owner, leaseID, msg.Broken)
+			}
+		}
+		if err := release(ctx, c.owner, msg.Lease); err != nil {
 			c.send(errorMessage("", msg.Lease, err))
 		}
 	case wire.TypeCancel:
