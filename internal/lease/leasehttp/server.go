@@ -59,6 +59,12 @@ type Options struct {
 	// in a store): on Shutdown, resumable sessions are told to reconnect
 	// and are detached rather than ended.
 	Durable bool
+	// Forwarded, when set, tells connections another server relays to
+	// this one (lease replicas: internal/lease/replica): such a
+	// connection that ends without a close frame lost its relay (the
+	// relaying server died, or cut a silent client), which is not the
+	// client's choice, so its session is detached rather than ended.
+	Forwarded func(r *http.Request) bool
 }
 
 // Why the server drops a connection (the "reason" of its log line and
@@ -250,6 +256,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &conn{s: s, id: lease.NewID("C"), remote: r.RemoteAddr, done: make(chan struct{})}
 	c.owner, c.version = c.id, version
+	c.forwarded = s.opts.Forwarded != nil && s.opts.Forwarded(r)
 	c.limit.reset(s.opts.MessageRate, s.opts.MessageBurst, time.Now())
 	sb := &smallBuffers{ResponseWriter: w}
 	ws, err := websocket.Accept(sb, r, &websocket.AcceptOptions{
