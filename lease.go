@@ -13,6 +13,10 @@ type Pool struct {
 	// resources are free, within a bound so nobody starves).
 	Order     string      `json:"order"`
 	Resources []*Resource `json:"resources"`
+	// MaxGrace bounds the grace of a resumable session that holds or
+	// waits for the pool's resources (0: only the server's
+	// lease.max_grace).
+	MaxGrace time.Duration `json:"max_grace,omitempty"`
 }
 
 // Resource is one leasable thing: a lab device, a port, an account.

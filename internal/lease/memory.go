@@ -53,6 +53,7 @@ type Memory struct {
 	history    []*HistoryEntry
 	histNext   int
 	attachSeq  uint64
+	jr         *journal // nil: the state is kept in memory only
 }
 
 var _ Manager = (*Memory)(nil)
@@ -63,8 +64,11 @@ type memPool struct {
 	res     []*memRes
 	byID    map[string]*memRes
 	deleted bool
-	waiters int
-	free    int // not leased, not disabled (removed ones are always leased)
+	// maxGrace bounds the grace of sessions holding or waiting for its
+	// resources (0: only the server's bound).
+	maxGrace time.Duration
+	waiters  int
+	free     int // not leased, not disabled (removed ones are always leased)
 
 	// Per scheduling pass.
 	avail       int
@@ -169,6 +173,7 @@ func newMemPool(p *forge.Pool) *memPool {
 	mp := &memPool{
 		name:       p.Name,
 		order:      p.Order,
+		maxGrace:   p.MaxGrace,
 		byID:       make(map[string]*memRes, len(p.Resources)),
 		releases:   map[string]uint64{},
 		waitCounts: make([]uint64, len(WaitBuckets)+1),
@@ -208,7 +213,13 @@ func copyResource(r *forge.Resource) forge.Resource {
 // closes their connections.
 func (m *Memory) Close() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer func() {
+		j := m.jr
+		m.mu.Unlock()
+		if j != nil {
+			j.close()
+		}
+	}()
 	m.closed = true
 	for r := m.head; r != nil; r = r.next {
 		if r.timer != nil {
@@ -302,6 +313,9 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 		return forge.Errorf(forge.EINVALID, "too many queued requests on this connection (limit %d)", m.opts.MaxQueuedPerOwner)
 	}
 	r.owner = o
+	if o.session != nil {
+		r.notify = m.held(r.notify)
+	}
 	m.seq++
 	r.seq = m.seq
 	m.enqueue(r)
@@ -392,6 +406,7 @@ func (m *Memory) enqueue(r *memReq) {
 	for _, p := range r.pools {
 		p.waiters++
 	}
+	m.touch(r.owner)
 }
 
 func (m *Memory) dequeue(r *memReq) {
@@ -420,6 +435,7 @@ func (m *Memory) dequeue(r *memReq) {
 	if r.timer != nil {
 		r.timer.Stop()
 	}
+	m.touch(r.owner)
 	m.positionsChanged()
 }
 
@@ -604,6 +620,7 @@ func (m *Memory) grant(r *memReq, picked []*memRes, now time.Time) {
 	}
 	r.owner.leases = append(r.owner.leases, l)
 	m.leases[g.ID] = l
+	m.touch(r.owner)
 	m.record(&HistoryEntry{
 		Time: now, Event: "granted", Lease: g.ID, Holder: g.Holder, Connection: g.Owner,
 		Resources: g.ResourceIDs(), WaitedMS: float64(waited.Microseconds()) / 1000,
@@ -639,6 +656,7 @@ func (m *Memory) release(l *memLease, reason string) {
 	if len(l.owner.leases) == 0 {
 		l.owner.leases = nil
 	}
+	m.touch(l.owner)
 	m.record(&HistoryEntry{
 		Time: now, Event: "released", Lease: l.grant.ID, Holder: l.grant.Holder, Connection: l.grant.Owner,
 		Resources: l.grant.ResourceIDs(), Reason: reason,
@@ -683,6 +701,12 @@ func (m *Memory) flushPositions() {
 	if m.closed {
 		return
 	}
+	m.positions(true)
+}
+
+// positions works out every queued request's position and, with send,
+// tells those whose position changed.
+func (m *Memory) positions(send bool) {
 	for _, p := range m.pools {
 		p.avail = 0 // reused as the running count of waiters
 	}
@@ -694,7 +718,9 @@ func (m *Memory) flushPositions() {
 		}
 		if pos != r.pos {
 			r.pos = pos
-			r.notify(Event{Type: EventQueued, RequestID: r.id, Position: pos})
+			if send {
+				r.notify(Event{Type: EventQueued, RequestID: r.id, Position: pos})
+			}
 		}
 	}
 }
@@ -813,7 +839,7 @@ func (m *Memory) PutPool(ctx context.Context, p *forge.Pool) (bool, error) {
 		}
 	}
 	old.res, old.byID = keep, byID
-	old.order, old.deleted = p.Order, false
+	old.order, old.deleted, old.maxGrace = p.Order, false, p.MaxGrace
 	old.free = 0
 	for _, mr := range keep {
 		if mr.lease == nil && !mr.r.Disabled {

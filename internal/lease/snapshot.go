@@ -61,25 +61,31 @@ func (m *Memory) Snapshot(ctx context.Context) ([]byte, error) {
 		if o.session == nil {
 			continue
 		}
-		ss := SavedSession{ID: id, SecretHash: o.session.secretHash[:], Grace: o.session.grace}
-		for _, l := range o.leases {
-			sl := SavedLease{ID: l.grant.ID, RequestID: l.grant.RequestID, Holder: l.grant.Holder, Granted: l.grant.Granted}
-			for _, gp := range l.grant.Pools {
-				p := SavedGrantedPool{Pool: gp.Pool}
-				for _, r := range gp.Resources {
-					p.IDs = append(p.IDs, r.ID)
-				}
-				sl.Resources = append(sl.Resources, p)
-			}
-			ss.Leases = append(ss.Leases, sl)
-		}
-		for _, r := range o.reqs {
-			ss.Queued = append(ss.Queued, SavedRequest{Seq: r.seq, ID: r.id, Holder: r.holder, Wants: r.wants, Since: r.since})
-		}
-		snap.Sessions = append(snap.Sessions, ss)
+		snap.Sessions = append(snap.Sessions, m.savedSession(o))
 	}
 	m.mu.Unlock()
 	return json.Marshal(&snap)
+}
+
+// savedSession is o's state as Snapshot and the journal keep it. Called
+// with m.mu held; o has a session.
+func (m *Memory) savedSession(o *memOwner) SavedSession {
+	ss := SavedSession{ID: o.id, SecretHash: o.session.secretHash[:], Grace: o.session.grace}
+	for _, l := range o.leases {
+		sl := SavedLease{ID: l.grant.ID, RequestID: l.grant.RequestID, Holder: l.grant.Holder, Granted: l.grant.Granted}
+		for _, gp := range l.grant.Pools {
+			p := SavedGrantedPool{Pool: gp.Pool, IDs: make([]string, 0, len(gp.Resources))}
+			for _, r := range gp.Resources {
+				p.IDs = append(p.IDs, r.ID)
+			}
+			sl.Resources = append(sl.Resources, p)
+		}
+		ss.Leases = append(ss.Leases, sl)
+	}
+	for _, r := range o.reqs {
+		ss.Queued = append(ss.Queued, SavedRequest{Seq: r.seq, ID: r.id, Holder: r.holder, Wants: r.wants, Since: r.since})
+	}
+	return ss
 }
 
 // Restore takes back the sessions of a Snapshot (as JSON) into a new
@@ -98,6 +104,13 @@ func (m *Memory) Restore(ctx context.Context, data []byte) (sessions, leases int
 		return 0, 0, err
 	}
 	defer m.mu.Unlock()
+	sessions, leases = m.restore(&snap)
+	return sessions, leases, nil
+}
+
+// restore is Restore, with m.mu held. With a journal, every restored
+// session is written again (its requests have new places in the queue).
+func (m *Memory) restore(snap *Snapshot) (sessions, leases int) {
 	var reqs []*memReq
 	var seqs []uint64
 	for _, ss := range snap.Sessions {
@@ -105,6 +118,9 @@ func (m *Memory) Restore(ctx context.Context, data []byte) (sessions, leases int
 			continue
 		}
 		o := &memOwner{id: ss.ID, session: &memSession{grace: min(ss.Grace, m.opts.MaxGrace)}}
+		if o.session.grace <= 0 {
+			o.session.grace = m.opts.Grace
+		}
 		copy(o.session.secretHash[:], ss.SecretHash)
 		m.owners[ss.ID] = o
 		keep := m.keeper(o)
@@ -124,9 +140,6 @@ func (m *Memory) Restore(ctx context.Context, data []byte) (sessions, leases int
 		m.attachSeq++
 		o.session.attachment = m.attachSeq
 		o.session.detached = true
-		o.session.until = time.Now().Add(o.session.grace)
-		att := o.session.attachment
-		o.session.timer = time.AfterFunc(o.session.grace, func() { m.expireSession(o, att) })
 		sessions++
 	}
 	idx := make([]int, len(reqs))
@@ -139,8 +152,23 @@ func (m *Memory) Restore(ctx context.Context, data []byte) (sessions, leases int
 		reqs[i].seq = m.seq
 		m.enqueue(reqs[i])
 	}
+	// The grace starts once the session's pools are known (their bounds
+	// may cut it).
+	now := time.Now()
+	for _, ss := range snap.Sessions {
+		o := m.owners[ss.ID]
+		if o == nil || o.session == nil || o.session.timer != nil || !o.session.detached {
+			continue
+		}
+		grace := m.effectiveGrace(o)
+		o.session.until = now.Add(grace)
+		att := o.session.attachment
+		o.session.timer = time.AfterFunc(grace, func() { m.expireSession(o, att) })
+		m.touch(o)
+	}
 	m.schedule()
-	return sessions, leases, nil
+	m.positions(false) // for Resume; nobody is listening yet
+	return sessions, leases
 }
 
 // keeper is the event sink of a detached session: it keeps what its
