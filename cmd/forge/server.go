@@ -25,6 +25,7 @@ import (
 	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/lease/leasehttp"
+	"github.com/forgeci/forge/internal/lease/replica"
 	"github.com/forgeci/forge/internal/livelog"
 	"github.com/forgeci/forge/internal/prometheus"
 	"github.com/forgeci/forge/internal/runner"
@@ -216,28 +217,38 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if pools, err = lease.SeedPools(ctx, db, pools, lc.PoolPrecedence); err != nil {
 		return err
 	}
-	leases, err := lease.NewMemory(pools, lc.ManagerOptions())
-	if err != nil {
-		return err
-	}
-	// The sessions a gracefully stopped server left: resumable by their
-	// clients within their grace, from now.
-	if state, err := db.TakeLeaseState(ctx); err != nil {
-		return err
-	} else if state != nil {
-		sessions, held, err := leases.Restore(ctx, state)
+	// On PostgreSQL the servers sharing the database are lease replicas
+	// (replicas.go): set up once this server's address and internal token
+	// are known. On SQLite this server alone serves the leases.
+	replicated := db.Dialect() == "postgres"
+	var leases *lease.Memory
+	var leaseSrv *leasehttp.Server
+	var leaseHandler http.Handler
+	if !replicated {
+		leases, err = lease.NewMemory(pools, lc.ManagerOptions())
 		if err != nil {
-			log.Warn("lease sessions of the last run not restored", "err", err)
+			return err
 		}
-		log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
+		// The sessions a gracefully stopped server left: resumable by their
+		// clients within their grace, from now.
+		if state, err := db.TakeLeaseState(ctx); err != nil {
+			return err
+		} else if state != nil {
+			sessions, held, err := leases.Restore(ctx, state)
+			if err != nil {
+				log.Warn("lease sessions of the last run not restored", "err", err)
+			}
+			log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
+		}
+		leaseSrv = leasehttp.NewServer(lease.NewStoredPools(leases, db), leasehttp.Options{
+			Durable:    true, // sessions are kept in the store at a graceful stop
+			Keepalive:  lc.KeepaliveOrDefault(),
+			Registry:   reg,
+			Logger:     log.With("component", "lease"),
+			WriteError: httpapi.WriteError,
+		})
+		leaseHandler = leaseSrv.Handler()
 	}
-	leaseSrv := leasehttp.NewServer(lease.NewStoredPools(leases, db), leasehttp.Options{
-		Durable:    true, // sessions are kept in the store at a graceful stop
-		Keepalive:  lc.KeepaliveOrDefault(),
-		Registry:   reg,
-		Logger:     log.With("component", "lease"),
-		WriteError: httpapi.WriteError,
-	})
 
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
@@ -283,6 +294,17 @@ func (m *serverMain) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	var leaseReplica *replica.Replica
+	if replicated {
+		self, err := replicaURL(c.Lease.ReplicaURL, addr)
+		if err != nil {
+			return err
+		}
+		lr := &leaseReplicas{db: db, lc: lc, reg: reg, log: log.With("component", "lease"), token: internal, writeErr: httpapi.WriteError}
+		leaseReplica = lr.newReplica(self)
+		leaseHandler = leaseReplica.Handler()
+		log.Info("lease replica: PostgreSQL is shared, the elected lease leader serves the leases and the others forward to it", "replica_url", self)
 	}
 	if c.Builds.NoRecover {
 		log.Warn("builds.no_recover is set: builds left running by a server that died stay running until a server without it ends them; replicas no longer need it")
@@ -381,7 +403,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 			Metrics:  reg,
 		}),
 		Live:   liveLogs{live},
-		Leases: leaseSrv.Handler(),
+		Leases: leaseHandler,
 		Ready: func(ctx context.Context) error {
 			if err := db.Ping(ctx); err != nil {
 				return forge.WrapError(forge.EUNAVAILABLE, err, "database unreachable")
@@ -427,6 +449,19 @@ func (m *serverMain) Run(ctx context.Context) error {
 		defer close(runDone)
 		return run.Run(gctx)
 	})
+	// The lease replica campaigns and serves until the builds are done,
+	// like the lease endpoint of a single server.
+	replicaDone := make(chan struct{})
+	replicaCtx, stopReplica := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReplica()
+	if leaseReplica != nil {
+		g.Go(func() error {
+			defer close(replicaDone)
+			return leaseReplica.Run(replicaCtx)
+		})
+	} else {
+		close(replicaDone)
+	}
 	// Reporting outlives the runner: builds ended at shutdown are reported.
 	if gh != nil {
 		rctx, stopReporting := context.WithCancel(context.WithoutCancel(ctx))
@@ -441,6 +476,13 @@ func (m *serverMain) Run(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		err := srv.Shutdown(sctx)
+		if leaseReplica != nil {
+			// The leader tells its session clients to reconnect, keeps
+			// its state and resigns: another replica takes over.
+			stopReplica()
+			<-replicaDone
+			return err
+		}
 		_ = leaseSrv.Shutdown(sctx)
 		// Session clients were told to reconnect: leave their sessions
 		// for the next run.

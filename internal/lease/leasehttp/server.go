@@ -101,6 +101,7 @@ type Server struct {
 	conns   map[*conn]struct{}
 	wg      sync.WaitGroup // one per connection handler
 
+	coll      *collector // registered on opts.Registry, when given
 	connCount atomic.Int64
 	dropped   map[string]*atomic.Uint64 // by reason; the map is never written after NewServer
 }
@@ -134,9 +135,19 @@ func NewServer(m lease.Manager, opts Options) *Server {
 		s.dropped[r] = new(atomic.Uint64)
 	}
 	if opts.Registry != nil {
-		opts.Registry.MustRegister(newCollector(s))
+		s.coll = newCollector(s)
+		opts.Registry.MustRegister(s.coll)
 	}
 	return s
+}
+
+// Unregister takes the server's metrics off opts.Registry, so that another
+// Server may register there (a lease replica serves one per term as the
+// leader).
+func (s *Server) Unregister() {
+	if s.coll != nil {
+		s.opts.Registry.Unregister(s.coll)
+	}
 }
 
 // Handler serves, under /api/v1/:
