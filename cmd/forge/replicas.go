@@ -77,6 +77,17 @@ func (lr *leaseReplicas) lead(ctx context.Context, t replica.Term) (replica.Serv
 		mem.Close()
 		return nil, err
 	}
+	// A graceful stop of a forge from before the journal left a snapshot.
+	if state, err := lr.db.TakeLeaseState(ctx); err != nil {
+		mem.Close()
+		return nil, err
+	} else if state != nil {
+		s, h, err := mem.Restore(ctx, state)
+		if err != nil {
+			lr.log.Warn("lease sessions of a forge from before the journal not restored", "err", err)
+		}
+		sessions, held = sessions+s, held+h
+	}
 	lr.log.Info("lease leader: sessions loaded from the store, waiting for their clients", "epoch", term.Epoch(), "sessions", sessions, "leases", held)
 	var reg *prometheus.Registry
 	if !lr.registered {
