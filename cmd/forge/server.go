@@ -234,7 +234,9 @@ func (m *serverMain) Run(ctx context.Context) error {
 		// last run — however it ended, kill -9 included — come back here,
 		// resumable by their clients within their grace, from now.
 		sessions, held, err := leases.Journal(ctx, &sqldb.LeaseSessionStore{DB: db}, lease.JournalOptions{
-			OnError: func(err error) { log.Error("lease state not kept in the store yet (retrying; grants wait for it)", "err", err) },
+			OnError: func(err error) {
+				log.Error("lease state not kept in the store yet (retrying; grants wait for it)", "err", err)
+			},
 		})
 		if err != nil {
 			return err
