@@ -82,6 +82,20 @@ func (rs *leaseReplicaSet) start(i int) {
 		return resp.StatusCode == http.StatusOK
 	})
 	rs.procs[i] = p
+	rs.t.Cleanup(func() {
+		if rs.t.Failed() {
+			rs.t.Logf("server %d (%s) log:\n%s", i, rs.addrs[i], tail(p.stderr.String(), 60))
+		}
+	})
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // alive reports whether server i runs.
