@@ -117,13 +117,20 @@ func (s *leaseService) Handler() http.Handler { return s.h }
 
 // Stop tells session clients to reconnect (to the next leader), keeps
 // what the journal has not written yet (a deposed leader's write fails its
-// fence and changes nothing), and closes.
-func (s *leaseService) Stop(ctx context.Context) {
-	_ = s.srv.Shutdown(ctx)
-	if err := s.mem.Flush(ctx); err != nil {
-		s.lr.log.Warn("lease state not all kept at the step-down", "err", err)
+// fence and changes nothing), and closes. A lost term closes the Memory
+// first: from then on it grants nothing, not even to connections without
+// a session, whose grants are not journalled.
+func (s *leaseService) Stop(ctx context.Context, lost bool) {
+	if lost {
+		s.mem.Close()
 	}
-	s.mem.Close()
+	_ = s.srv.Shutdown(ctx)
+	if !lost {
+		if err := s.mem.Flush(ctx); err != nil {
+			s.lr.log.Warn("lease state not all kept at the step-down", "err", err)
+		}
+		s.mem.Close()
+	}
 	s.srv.Unregister()
 	s.lr.registered = false
 }

@@ -75,9 +75,12 @@ type Elector interface {
 type Service interface {
 	Handler() http.Handler
 	// Stop ends the service: session clients are told to reconnect
-	// (they resume on the next leader), the state is kept if the term is
-	// still held, and nothing is served after it returns.
-	Stop(ctx context.Context)
+	// (they resume on the next leader) and nothing is served after it
+	// returns. When the term was lost, nothing may be granted from the
+	// moment Stop is called (another server may lead soon) and the
+	// connections must be closed quickly; otherwise the state is kept
+	// for the next leader first.
+	Stop(ctx context.Context, lost bool)
 }
 
 // Options configure a Replica.
@@ -184,7 +187,7 @@ func (r *Replica) lead(ctx context.Context, t Term) {
 	s, err := r.opts.Lead(ctx, t)
 	if err == nil {
 		if err = t.Publish(ctx); err != nil {
-			s.Stop(context.Background())
+			s.Stop(context.Background(), true)
 		}
 	}
 	if err != nil {
@@ -197,8 +200,10 @@ func (r *Replica) lead(ctx context.Context, t Term) {
 	r.serving, r.epoch = s, t.Epoch()
 	r.mu.Unlock()
 	log.Info("leading the lease replicas: serving the lease state here")
+	lost := false
 	select {
 	case <-t.Lost():
+		lost = true
 		log.Warn("lost the lease leadership: stepping down, clients are told to reconnect", "err", t.Err())
 	case <-ctx.Done():
 		log.Info("stopping: handing the lease leadership over")
@@ -207,8 +212,14 @@ func (r *Replica) lead(ctx context.Context, t Term) {
 	r.serving = nil
 	r.read = time.Time{}
 	r.mu.Unlock()
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	s.Stop(sctx)
+	// A lost term has little time: PostgreSQL gives the lock to another
+	// about 11 s after the cut, and this leader noticed within 3 s.
+	wait := 10 * time.Second
+	if lost {
+		wait = 2 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), wait)
+	s.Stop(sctx, lost)
 	cancel()
 	t.Resign()
 }
