@@ -222,6 +222,11 @@ func (r *Replica) lead(ctx context.Context, t Term) {
 	s.Stop(sctx, lost)
 	cancel()
 	t.Resign()
+	if lost {
+		// Whatever ended the term (a cut, a slow database) may still be
+		// here: the others get the first chance to lead.
+		sleep(ctx, time.Second)
+	}
 }
 
 // Handler serves the lease endpoints: this replica's service while it
