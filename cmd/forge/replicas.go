@@ -45,7 +45,6 @@ func (lr *leaseReplicas) newReplica(self string) *replica.Replica {
 			Instance: host + " " + self}},
 		Lead:       lr.lead,
 		Token:      lr.token,
-		Keepalive:  lr.lc.KeepaliveOrDefault(),
 		WriteError: lr.writeErr,
 		Logger:     lr.log,
 	})

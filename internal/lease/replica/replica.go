@@ -18,17 +18,12 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/forgeci/forge"
 )
@@ -95,12 +90,6 @@ type Options struct {
 	// leader's instead, and the leader recognises forwarded requests by
 	// it (IsForwarded).
 	Token string
-	// Keepalive is how long a relayed client may stay silent (default
-	// 10 s): the replica pings it every Keepalive/2, like the leader.
-	Keepalive time.Duration
-	// OriginPatterns allows browsers from these origins on relayed
-	// connections (as leasehttp.Options.OriginPatterns).
-	OriginPatterns []string
 	// WriteError answers failed requests (default: JSON {code, message}).
 	WriteError func(w http.ResponseWriter, r *http.Request, err error)
 	Logger     *slog.Logger
@@ -129,9 +118,6 @@ type Replica struct {
 
 // New returns a Replica; Run makes it campaign.
 func New(opts Options) *Replica {
-	if opts.Keepalive <= 0 {
-		opts.Keepalive = 10 * time.Second
-	}
 	if opts.LeaderTTL <= 0 {
 		opts.LeaderTTL = time.Second
 	}
@@ -333,199 +319,6 @@ func (r *Replica) proxy(l Leader) *httputil.ReverseProxy {
 	}
 	r.proxies[key] = p
 	return p
-}
-
-// relay is one client connection relayed to the leader.
-type relay struct {
-	down, up *websocket.Conn
-	lastSeen atomic.Int64 // unix nanoseconds of the client's last frame
-	closed   atomic.Bool
-}
-
-// relay forwards a lease WebSocket to the leader, message by message, so
-// that how each side ends is told to the other as the protocol means it:
-// the client's close frame, or its closed socket (its choice: the leader
-// ends its session), becomes a close frame to the leader; the leader's
-// close frame reaches the client; and a client that goes silent (the
-// keepalive) is cut from the leader without a close frame, as the death
-// of this replica would be: the leader then keeps its session for the
-// grace.
-func (r *Replica) relay(w http.ResponseWriter, req *http.Request, l Leader) {
-	u := strings.Replace(strings.TrimSuffix(l.URL, "/"), "http", "ws", 1) + WSPath
-	if req.URL.RawQuery != "" {
-		u += "?" + req.URL.RawQuery
-	}
-	h := http.Header{}
-	if a := req.Header.Get("Authorization"); a != "" {
-		h.Set("Authorization", a)
-	}
-	if ua := req.Header.Get("User-Agent"); ua != "" {
-		h.Set("User-Agent", ua)
-	}
-	h.Set("X-Forwarded-For", req.RemoteAddr)
-	r.outHeader(h, l)
-	dctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
-	up, resp, err := websocket.Dial(dctx, u, &websocket.DialOptions{HTTPHeader: h, HTTPClient: &http.Client{Transport: r.http}})
-	cancel()
-	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.StatusCode != 0 {
-			// The leader refused the handshake (401, 503, …): its answer
-			// is the client's.
-			for _, k := range []string{"Content-Type", "WWW-Authenticate"} {
-				if v := resp.Header.Get(k); v != "" {
-					w.Header().Set(k, v)
-				}
-			}
-			w.WriteHeader(resp.StatusCode)
-			if resp.Body != nil {
-				_, _ = io.Copy(w, io.LimitReader(resp.Body, 1024))
-			}
-			return
-		}
-		r.forget()
-		r.opts.WriteError(w, req, forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("the lease leader at %s cannot be reached (%v): retry", l.URL, err)))
-		return
-	}
-	rl := &relay{up: up}
-	rl.seen()
-	down, err := websocket.Accept(w, req, &websocket.AcceptOptions{
-		OriginPatterns: r.opts.OriginPatterns,
-		OnPongReceived: func(context.Context, []byte) { rl.seen() },
-		OnPingReceived: func(context.Context, []byte) bool { rl.seen(); return true },
-	})
-	if err != nil {
-		up.Close(websocket.StatusGoingAway, "the client's handshake with the forwarding replica failed")
-		return
-	}
-	rl.down = down
-	// The leader bounds message sizes (and closes with 1009); this side
-	// only keeps a client from making the replica buffer without end.
-	down.SetReadLimit(4 << 20)
-	up.SetReadLimit(4 << 20)
-	r.mu.Lock()
-	if r.closing {
-		r.mu.Unlock()
-		up.CloseNow()
-		down.Close(websocket.StatusServiceRestart, "the server is restarting")
-		return
-	}
-	r.relays[rl] = struct{}{}
-	r.mu.Unlock()
-	go func() {
-		defer func() {
-			r.mu.Lock()
-			delete(r.relays, rl)
-			r.mu.Unlock()
-		}()
-		rl.run(r.opts.Keepalive)
-	}()
-}
-
-func (rl *relay) seen() { rl.lastSeen.Store(time.Now().UnixNano()) }
-
-// run relays until either side ends.
-func (rl *relay) run(keepalive time.Duration) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	fromLeader := make(chan error, 1)
-	go func() { fromLeader <- pump(ctx, rl.down, rl.up, nil) }()
-	fromClient := make(chan error, 1)
-	go func() { fromClient <- pump(ctx, rl.up, rl.down, rl.seen) }()
-	tick := time.NewTicker(keepalive / 2)
-	defer tick.Stop()
-	for {
-		select {
-		case err := <-fromClient:
-			if rl.closed.Load() {
-				return
-			}
-			if code := websocket.CloseStatus(err); code != -1 {
-				rl.up.Close(code, "closed by the client")
-			} else {
-				// The client's socket closed without a close frame (a
-				// killed process): its choice, as for a direct client.
-				rl.up.Close(websocket.StatusGoingAway, "the client's connection to the forwarding replica ended")
-			}
-			rl.down.CloseNow()
-			return
-		case err := <-fromLeader:
-			if rl.closed.Load() {
-				return
-			}
-			if code := websocket.CloseStatus(err); code != -1 {
-				rl.down.Close(code, "closed by the lease leader")
-			} else {
-				rl.down.CloseNow() // the leader died: the client resumes
-			}
-			rl.up.CloseNow()
-			return
-		case <-tick.C:
-			if time.Since(time.Unix(0, rl.lastSeen.Load())) < keepalive/2 {
-				continue
-			}
-			pctx, pcancel := context.WithTimeout(ctx, keepalive/2)
-			err := rl.down.Ping(pctx)
-			pcancel()
-			if err != nil && time.Since(time.Unix(0, rl.lastSeen.Load())) >= keepalive {
-				// Silent: cut without a close frame, so the leader
-				// keeps the session for its grace.
-				rl.closed.Store(true)
-				rl.up.CloseNow()
-				rl.down.CloseNow()
-				return
-			}
-		}
-	}
-}
-
-// pump copies messages from src to dst until src ends; seen, when set,
-// hears each one.
-func pump(ctx context.Context, dst, src *websocket.Conn, seen func()) error {
-	buf := make([]byte, 4096)
-	for {
-		typ, rd, err := src.Reader(ctx)
-		if err != nil {
-			return err
-		}
-		if seen != nil {
-			seen()
-		}
-		wr, err := dst.Writer(ctx, typ)
-		if err != nil {
-			return err
-		}
-		if _, err := io.CopyBuffer(wr, rd, buf); err != nil {
-			wr.Close()
-			return err
-		}
-		if err := wr.Close(); err != nil {
-			return err
-		}
-	}
-}
-
-// closeRelays ends every relayed connection when the server stops: the
-// leader hears nothing (it keeps the sessions for their grace) and the
-// clients are told the server restarts, so they resume elsewhere.
-func (r *Replica) closeRelays() {
-	r.mu.Lock()
-	r.closing = true
-	relays := make([]*relay, 0, len(r.relays))
-	for rl := range r.relays {
-		relays = append(relays, rl)
-	}
-	r.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, rl := range relays {
-		rl.closed.Store(true)
-		rl.up.CloseNow()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rl.down.Close(websocket.StatusServiceRestart, "the forwarding server is restarting: resume your session")
-		}()
-	}
-	wg.Wait()
 }
 
 func sleep(ctx context.Context, d time.Duration) {

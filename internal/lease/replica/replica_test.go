@@ -141,7 +141,6 @@ func startNode(t *testing.T, db *fakeDB, name string) *node {
 				Forwarded: func(r *http.Request) bool { return IsForwarded(r, token) }})
 			return &service{mem: mem, srv: srv}, nil
 		},
-		Keepalive: 2 * time.Second,
 		Logger:    quiet,
 		LeaderTTL: 10 * time.Millisecond,
 	})
@@ -388,5 +387,52 @@ func TestLeaderStepsDown(t *testing.T) {
 	c2.sessionAndAcquire()
 	if st, _ := resource(t, b.memory()); st != "leased" {
 		t.Fatalf("at the new leader dut1 is %s", st)
+	}
+}
+
+// frames finds the boundaries of client frames however the stream is cut.
+func TestFrames(t *testing.T) {
+	frame := func(op byte, n int) []byte {
+		b := []byte{0x80 | op}
+		switch {
+		case n < 126:
+			b = append(b, 0x80|byte(n))
+		case n < 1<<16:
+			b = append(b, 0x80|126, byte(n>>8), byte(n))
+		default:
+			b = append(b, 0x80|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		}
+		b = append(b, 1, 2, 3, 4)
+		return append(b, make([]byte, n)...)
+	}
+	var stream []byte
+	var ends []int
+	for _, n := range []int{0, 5, 125, 126, 300, 70000} {
+		stream = append(stream, frame(1, n)...)
+		ends = append(ends, len(stream))
+	}
+	stream = append(stream, closeFrame(1001, "bye")...)
+	ends = append(ends, len(stream))
+	for _, step := range []int{1, 3, 7, 4096, len(stream)} {
+		var f frames
+		isEnd := map[int]bool{}
+		for _, e := range ends {
+			isEnd[e] = true
+		}
+		for i := 0; i < len(stream); i += step {
+			j := min(i+step, len(stream))
+			f.feed(stream[i:j])
+			if step == 1 && f.boundary() != isEnd[j] {
+				t.Fatalf("after %d bytes: boundary %v, want %v", j, f.boundary(), isEnd[j])
+			}
+		}
+		if !f.boundary() || !f.closed {
+			t.Fatalf("step %d: at the end boundary %v closed %v", step, f.boundary(), f.closed)
+		}
+	}
+	var f frames
+	f.feed(frame(1, 10)[:5])
+	if f.boundary() || f.closed {
+		t.Fatal("a cut frame is a boundary")
 	}
 }
