@@ -111,23 +111,37 @@ func (rs *leaseReplicaSet) cpu() time.Duration {
 // evenly over them (two thirds relayed by followers), each acquiring and
 // releasing one resource of a pool of 100 in a loop, in this process
 // (the servers are processes of their own). It reports grants/s and the
-// servers' CPU per grant (all three together). Run it with
+// servers' CPU per grant (all three together), for clients spread over
+// the three ("spread") and, in the same run, all on the leader
+// ("leader"), which shows what the relays cost. Run it with
 //
 //	FORGE_TEST_POSTGRES_URL=postgres://... go test -run '^$' -bench 'LeaseReplicas$' -benchtime 30000x ./cmd/forge
 func BenchmarkLeaseReplicas(b *testing.B) {
 	pgtest.URL(b)
 	rs := startLeaseReplicas(b, 3, "pools:\n  p: {range: 1-100}\n")
+	// spread: clients on all three (two thirds relayed); leader: every
+	// client on the leader, for the relays' share.
+	b.Run("spread", func(b *testing.B) { benchReplicaGrants(b, rs, false) })
+	b.Run("leader", func(b *testing.B) { benchReplicaGrants(b, rs, true) })
+}
+
+func benchReplicaGrants(b *testing.B, rs *leaseReplicaSet, leaderOnly bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+	lead, _ := rs.leader(0)
 	const clients = 1000
 	conns := make([]*benchConn, clients)
 	for i := range conns {
-		c, err := benchSession(ctx, rs.addrs[i%len(rs.addrs)])
+		addr := rs.addrs[i%len(rs.addrs)]
+		if leaderOnly {
+			addr = rs.addrs[lead]
+		}
+		c, err := benchSession(ctx, addr)
 		if err != nil {
 			b.Fatalf("client %d: %v", i, err)
 		}
 		conns[i] = c
-		defer c.ws.CloseNow()
+		defer c.ws.CloseNow() // a closed socket ends the session at once
 	}
 	var left atomic.Int64
 	left.Store(int64(b.N))
