@@ -93,10 +93,33 @@ func (e *LeaseElection) Campaign(ctx context.Context) (*LeaseTerm, error) {
 		return nil, forge.Errorf(forge.EINVALID, "lease replicas need PostgreSQL: %s serves one server", db.where)
 	}
 	poll := cmpOr(e.Poll, 200*time.Millisecond)
+	var conn *sql.Conn // kept between attempts: one connection campaigns
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
 	for {
-		t, err := e.try(ctx)
-		if t != nil || err != nil {
-			return t, err
+		if conn == nil {
+			c, err := e.lockConn(ctx)
+			if err != nil {
+				return nil, err
+			}
+			conn = c
+		}
+		t, err := e.try(ctx, conn)
+		if t != nil {
+			conn = nil // the term's now
+			return t, nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			// The connection failed: try again on another.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			conn.Close()
+			conn = nil
 		}
 		select {
 		case <-ctx.Done():
@@ -106,46 +129,48 @@ func (e *LeaseElection) Campaign(ctx context.Context) (*LeaseTerm, error) {
 	}
 }
 
-// try makes one attempt at the lock: a term, or nil when another holds it.
-func (e *LeaseElection) try(ctx context.Context) (*LeaseTerm, error) {
+// lockConn takes a connection for the lock, with short keepalives: a
+// leader cut from the database loses the lock in seconds, not after the
+// kernel's two hours.
+func (e *LeaseElection) lockConn(ctx context.Context) (*sql.Conn, error) {
 	db := e.DB
 	conn, err := db.w.Conn(ctx)
 	if err != nil {
 		return nil, db.fail(ctx, err, "take the lease leader lock")
 	}
-	discard := func() {
-		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-		conn.Close()
-	}
-	// Short keepalives: a leader cut from the database loses the lock in
-	// seconds, not after the kernel's two hours.
 	for _, set := range []string{
 		fmt.Sprintf("SET tcp_keepalives_idle = %d", leaderKeepaliveIdle),
 		fmt.Sprintf("SET tcp_keepalives_interval = %d", leaderKeepaliveInterval),
 		fmt.Sprintf("SET tcp_keepalives_count = %d", leaderKeepaliveCount),
 	} {
 		if _, err := conn.ExecContext(ctx, set); err != nil {
-			discard()
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			conn.Close()
 			return nil, db.fail(ctx, err, "set the lease leader lock's keepalive")
 		}
 	}
+	return conn, nil
+}
+
+// try makes one attempt at the lock on conn: a term, or nil when another
+// holds it.
+func (e *LeaseElection) try(ctx context.Context, conn *sql.Conn) (*LeaseTerm, error) {
+	db := e.DB
 	var ok bool
 	if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", db.leaderLock()).Scan(&ok); err != nil {
-		discard()
 		return nil, db.fail(ctx, err, "take the lease leader lock")
 	}
 	if !ok {
-		conn.Close()
 		return nil, nil
 	}
 	t0 := micros(now())
 	var epoch int64
-	err = conn.QueryRowContext(ctx, db.q("INSERT INTO lease_leader (id, epoch, url, token, instance, elected, renewed) VALUES (1, 1, '', ?, ?, ?, ?) "+
+	err := conn.QueryRowContext(ctx, db.q("INSERT INTO lease_leader (id, epoch, url, token, instance, elected, renewed) VALUES (1, 1, '', ?, ?, ?, ?) "+
 		"ON CONFLICT (id) DO UPDATE SET epoch = lease_leader.epoch + 1, url = '', token = excluded.token, "+
 		"instance = excluded.instance, elected = excluded.elected, renewed = excluded.renewed RETURNING epoch"),
 		e.Token, e.Instance, t0, t0).Scan(&epoch)
 	if err != nil {
-		discard() // the lock goes with the session
+		// The caller drops the connection, and the lock with its session.
 		return nil, db.fail(ctx, err, "start a lease leader epoch")
 	}
 	t := &LeaseTerm{db: db, e: e, epoch: epoch, conn: conn, lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
