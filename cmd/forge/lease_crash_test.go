@@ -10,11 +10,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forgeci/forge/internal/pgtest"
 )
 
 // leaseCrashSetup writes a configuration with one device and returns the
 // directory, the config file, a free address and the data directory.
-func leaseCrashSetup(t *testing.T) (dir, cfg, addr, data string) {
+func leaseCrashSetup(t testing.TB) (dir, cfg, addr, data string) {
 	t.Helper()
 	dir = t.TempDir()
 	cfg = filepath.Join(dir, "forge.yml")
@@ -59,16 +61,27 @@ func leasePoolState(t *testing.T, addr, name string) (free int, queue int) {
 // is killed with SIGKILL resumes on the restarted server (which had no
 // chance to save anything at the end: the journal kept the grant when it
 // happened), keeps the same device — nobody else gets it — and exits 0.
+// On SQLite, and on PostgreSQL when FORGE_TEST_POSTGRES_URL is set (CI).
 func TestLeaseSurvivesKill9(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { leaseHolderSurvivesRestart(t, killServer) })
+	t.Run("postgres", func(t *testing.T) {
+		leaseHolderSurvivesRestart(t, killServer, "FORGE_DATABASE_URL="+pgtest.Database(t, "forge_lease"))
+	})
+}
+
+// leaseHolderSurvivesRestart: a forge lease holding the only device while
+// stop ends its server resumes on the next server, keeps the device
+// (another forge lease cannot get it), and exits 0.
+func leaseHolderSurvivesRestart(t *testing.T, stop func(*testing.T, *leaseProc), dbEnv ...string) {
 	dir, cfg, addr, data := leaseCrashSetup(t)
-	srv := startLeaseForgeServerAt(t, addr, data, cfg)
+	srv := startLeaseForgeServerAt(t, addr, data, cfg, dbEnv...)
 	env := []string{"FORGE_SERVER=http://" + addr, "DIR=" + dir}
 	holder := startLeaseForge(t, env, "lease", "dut", "--resume-grace", "30s", "--", "sh", "-c",
 		`touch "$DIR/running"; while [ ! -f "$DIR/finish" ]; do sleep 0.05; done; echo "held $FORGE_LEASE_DUT"`)
 	leaseWaitFor(t, 10*time.Second, "CMD to run", func() bool { _, err := os.Stat(filepath.Join(dir, "running")); return err == nil })
 
-	killServer(t, srv)
-	srv = startLeaseForgeServerAt(t, addr, data, cfg)
+	stop(t, srv)
+	srv = startLeaseForgeServerAt(t, addr, data, cfg, dbEnv...)
 	leaseWaitFor(t, 20*time.Second, "forge lease to resume", func() bool {
 		return strings.Contains(holder.stderr.String(), "resumed: 1 leases kept")
 	})

@@ -247,7 +247,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 		} else if state != nil {
 			s, h, err := leases.Restore(ctx, state)
 			if err != nil {
-				return err
+				log.Warn("lease sessions of the last run not restored", "err", err)
 			}
 			sessions, held = sessions+s, held+h
 		}

@@ -281,6 +281,11 @@ func (j *journal) write(ctx context.Context, changes map[string][]byte) bool {
 		if err == nil {
 			return true
 		}
+		select {
+		case <-j.stop: // closed mid-write: not the store's failure
+			return false
+		default:
+		}
 		if j.opts.OnError != nil {
 			j.opts.OnError(err)
 		}

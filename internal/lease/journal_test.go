@@ -241,3 +241,74 @@ func TestJournalRetriesFailedWrites(t *testing.T) {
 		t.Fatalf("stored: %+v", ss)
 	}
 }
+
+// TestJournalMovedNotHeld: resuming a session still attached tells the
+// old connection at once, even while the store holds the other events
+// back (the old connection must not end the session when it closes).
+func TestJournalMovedNotHeld(t *testing.T) {
+	ctx := context.Background()
+	store := &sessionStore{}
+	m := journaled(t, "pools: {p: {range: 1-1}}", store)
+	var a, b recorder
+	sa, _ := m.OpenSession(ctx, 0, a.notify)
+	if err := m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	store.mu.Lock()
+	store.gate = gate
+	store.mu.Unlock()
+	m.Acquire(ctx, &Request{Owner: sa.ID, ID: "r", Wants: []forge.ResourceRequest{{Pool: "p", Count: 1}}, Notify: a.notify})
+	if _, err := m.Resume(ctx, sa.ID, sa.Secret, b.notify); err != nil {
+		t.Fatal(err)
+	}
+	if a.count(EventMoved) != 1 {
+		t.Fatalf("old connection not told of the move at once: %+v", a.evs)
+	}
+	if b.count(EventResumed) != 0 {
+		t.Fatal("resumed reached the client before the grant it lists was kept")
+	}
+	close(gate)
+	if r := b.waitEvent(t, EventResumed).Resumed; len(r.Leases) != 1 {
+		t.Fatalf("resumed: %+v, want the lease", r)
+	}
+}
+
+// TestJournalRestoresMaxWait: a restored request keeps its max_wait
+// deadline: it times out on the new Memory, and its client hears of it
+// on resume.
+func TestJournalRestoresMaxWait(t *testing.T) {
+	ctx := context.Background()
+	store := &sessionStore{}
+	const cfg = "pools: {p: {range: 1-1}}"
+	m := journaled(t, cfg, store)
+	var a, b recorder
+	sa, _ := m.OpenSession(ctx, 0, a.notify)
+	sb, _ := m.OpenSession(ctx, 0, b.notify)
+	one := []forge.ResourceRequest{{Pool: "p", Count: 1}}
+	m.Acquire(ctx, &Request{Owner: sa.ID, ID: "hold", Wants: one, Notify: a.notify})
+	m.Acquire(ctx, &Request{Owner: sb.ID, ID: "wait", Wants: one, Notify: b.notify, MaxWait: 300 * time.Millisecond})
+	if err := m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ss := store.session(t, sb.ID); len(ss.Queued) != 1 || ss.Queued[0].Deadline.IsZero() {
+		t.Fatalf("stored waiter: %+v, want its deadline", ss)
+	}
+	m.Close()
+	m2 := newTestMemory(t, cfg)
+	if _, _, err := m2.Journal(ctx, store, JournalOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the restored request to time out", func() bool {
+		p, _ := m2.Pool(ctx, "p")
+		return len(p.Queue) == 0
+	})
+	var b2 recorder
+	if _, err := m2.Resume(ctx, sb.ID, sb.Secret, b2.notify); err != nil {
+		t.Fatal(err)
+	}
+	b2.waitEvent(t, EventResumed)
+	if b2.count(EventTimeout) != 1 {
+		t.Fatalf("resume did not report the timeout: %+v", b2.evs)
+	}
+}

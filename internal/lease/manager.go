@@ -199,6 +199,9 @@ const (
 type PoolState struct {
 	Name  string `json:"name"`
 	Order string `json:"order"`
+	// MaxGrace is the pool's bound on the grace of sessions holding or
+	// waiting for its resources ("30s"), when it has one.
+	MaxGrace string `json:"max_grace,omitempty"`
 	// Deleted pools linger while some of their resources are leased.
 	Deleted   bool             `json:"deleted,omitempty"`
 	Size      int              `json:"size"`

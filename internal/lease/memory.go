@@ -99,6 +99,7 @@ type memReq struct {
 	allocOrder  []int
 	pools       []*memPool
 	since       time.Time
+	deadline    time.Time // when MaxWait ends; zero: never
 	timer       *time.Timer
 	notify      func(Event)
 	queued      bool
@@ -328,6 +329,7 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 		r.pos = pos
 		r.notify(Event{Type: EventQueued, RequestID: r.id, Position: pos})
 		if req.MaxWait > 0 {
+			r.deadline = r.since.Add(req.MaxWait)
 			r.timer = time.AfterFunc(req.MaxWait, func() { m.expire(r) })
 		}
 	}
@@ -973,6 +975,9 @@ func (m *Memory) Pool(ctx context.Context, name string) (*PoolState, error) {
 func (m *Memory) poolState(p *memPool) *PoolState {
 	ps := &PoolState{Name: p.name, Order: p.order, Deleted: p.deleted, Free: p.free,
 		Resources: make([]*ResourceState, 0, len(p.res)), Queue: []*QueueEntry{}}
+	if p.maxGrace > 0 {
+		ps.MaxGrace = p.maxGrace.String()
+	}
 	for _, res := range p.res {
 		rs := &ResourceState{ID: res.r.ID, Attributes: res.r.Attributes, Labels: res.r.Labels,
 			Disabled: res.r.Disabled, Removing: res.removed, State: StateFree}

@@ -84,7 +84,7 @@ type memSession struct {
 	secretHash [32]byte
 	grace      time.Duration
 	attachment uint64
-	notify     func(Event) // session-wide events of the current connection
+	notify     func(Event) // session-wide events of the current connection (EventMoved), not held by the journal
 	detached   bool
 	until      time.Time // when the grace ends, while detached
 	timer      *time.Timer
@@ -114,7 +114,7 @@ func (m *Memory) OpenSession(ctx context.Context, grace time.Duration, notify fu
 	m.attachSeq++
 	s.Attachment = m.attachSeq
 	o := &memOwner{id: s.ID, session: &memSession{
-		secretHash: sha256.Sum256([]byte(s.Secret)), grace: grace, attachment: s.Attachment, notify: m.held(notify),
+		secretHash: sha256.Sum256([]byte(s.Secret)), grace: grace, attachment: s.Attachment, notify: notify,
 	}}
 	m.owners[s.ID] = o
 	m.touch(o)
@@ -185,6 +185,10 @@ func (m *Memory) Resume(ctx context.Context, id, secret string, notify func(Even
 		return nil, err
 	}
 	defer m.mu.Unlock()
+	// EventMoved goes to the old connection at once (it must not take the
+	// session down with it when it closes); everything else the session's
+	// client hears waits for the journal, if any.
+	moved := notify
 	notify = m.held(notify)
 	o := m.owners[id]
 	if o == nil || o.session == nil {
@@ -204,7 +208,7 @@ func (m *Memory) Resume(ctx context.Context, id, secret string, notify func(Even
 	}
 	m.attachSeq++
 	s.attachment = m.attachSeq
-	s.detached, s.until, s.notify = false, time.Time{}, notify
+	s.detached, s.until, s.notify = false, time.Time{}, moved
 	m.setNotify(o, notify)
 	kept := s.kept
 	s.kept = nil

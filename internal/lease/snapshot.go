@@ -50,6 +50,8 @@ type SavedRequest struct {
 	Holder string                  `json:"holder"`
 	Wants  []forge.ResourceRequest `json:"wants"`
 	Since  time.Time               `json:"since"`
+	// Deadline is when its max_wait ends (zero: it waits forever).
+	Deadline time.Time `json:"deadline,omitzero"`
 }
 
 // Snapshot returns the sessions' state, as JSON.
@@ -83,7 +85,7 @@ func (m *Memory) savedSession(o *memOwner) SavedSession {
 		ss.Leases = append(ss.Leases, sl)
 	}
 	for _, r := range o.reqs {
-		ss.Queued = append(ss.Queued, SavedRequest{Seq: r.seq, ID: r.id, Holder: r.holder, Wants: r.wants, Since: r.since})
+		ss.Queued = append(ss.Queued, SavedRequest{Seq: r.seq, ID: r.id, Holder: r.holder, Wants: r.wants, Since: r.since, Deadline: r.deadline})
 	}
 	return ss
 }
@@ -130,7 +132,7 @@ func (m *Memory) restore(snap *Snapshot) (sessions, leases int) {
 			}
 		}
 		for _, sr := range ss.Queued {
-			r := &memReq{owner: o, id: sr.ID, holder: sr.Holder, wants: sr.Wants, notify: keep, since: sr.Since}
+			r := &memReq{owner: o, id: sr.ID, holder: sr.Holder, wants: sr.Wants, notify: keep, since: sr.Since, deadline: sr.Deadline}
 			if err := m.prepare(r); err != nil || m.checkCapacity(r) != nil {
 				continue
 			}
@@ -148,9 +150,13 @@ func (m *Memory) restore(snap *Snapshot) (sessions, leases int) {
 	}
 	sort.Slice(idx, func(a, b int) bool { return seqs[idx[a]] < seqs[idx[b]] })
 	for _, i := range idx {
+		r := reqs[i]
 		m.seq++
-		reqs[i].seq = m.seq
-		m.enqueue(reqs[i])
+		r.seq = m.seq
+		m.enqueue(r)
+		if !r.deadline.IsZero() {
+			r.timer = time.AfterFunc(max(time.Until(r.deadline), 0), func() { m.expire(r) })
+		}
 	}
 	// The grace starts once the session's pools are known (their bounds
 	// may cut it).

@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/forgeci/forge"
 )
@@ -128,6 +129,13 @@ func (s *StoredPools) keep(ctx context.Context, name string) error {
 		return err
 	}
 	p := &forge.Pool{Name: st.Name, Order: st.Order}
+	if st.MaxGrace != "" {
+		d, err := time.ParseDuration(st.MaxGrace)
+		if err != nil {
+			return forge.Errorf(forge.EINTERNAL, "pool %q: max_grace %q: %v", name, st.MaxGrace, err)
+		}
+		p.MaxGrace = d
+	}
 	for _, r := range st.Resources {
 		if r.Removing {
 			continue
