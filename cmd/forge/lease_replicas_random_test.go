@@ -18,132 +18,9 @@ import (
 	"github.com/coder/websocket"
 
 	wire "github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/lease/leasecheck"
 	"github.com/forgeci/forge/internal/pgtest"
 )
-
-// leaseChecker records grants and releases as clients see them (the
-// checker of internal/lease/leasehttp's randomized test, for clients whose
-// sessions outlive connections): no resource held by two at once, and
-// first come, first served.
-type leaseChecker struct {
-	mu    sync.Mutex
-	reqs  map[string]*checkedReq
-	holds map[string][]*checkedHold // per "pool/id"
-}
-
-type checkedReq struct {
-	id        string
-	pools     []string
-	sent      time.Time // the last time it was sent (again after a resume that did not know it)
-	queued    time.Time // first queued since sent; zero if none
-	granted   bool
-	grantedAt time.Time // the server's
-}
-
-type checkedHold struct {
-	req        string
-	start, end time.Time
-}
-
-func newLeaseChecker() *leaseChecker {
-	return &leaseChecker{reqs: map[string]*checkedReq{}, holds: map[string][]*checkedHold{}}
-}
-
-func (c *leaseChecker) sent(id string, pools []string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.reqs[id] = &checkedReq{id: id, pools: pools, sent: time.Now()}
-}
-
-func (c *leaseChecker) queued(id string) {
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if r := c.reqs[id]; r != nil && r.queued.IsZero() {
-		r.queued = now
-	}
-}
-
-func (c *leaseChecker) granted(id string, m *wire.Message) []*checkedHold {
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r := c.reqs[id]
-	r.granted = true
-	r.grantedAt, _ = time.Parse(time.RFC3339Nano, m.GrantedAt)
-	var hs []*checkedHold
-	for pool, rs := range m.Resources {
-		for _, res := range rs {
-			h := &checkedHold{req: id, start: now}
-			c.holds[pool+"/"+res.ID] = append(c.holds[pool+"/"+res.ID], h)
-			hs = append(hs, h)
-		}
-	}
-	return hs
-}
-
-func (c *leaseChecker) ended(hs []*checkedHold) {
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, h := range hs {
-		h.end = now
-	}
-}
-
-func (c *leaseChecker) check(t *testing.T) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	grants := 0
-	for res, hs := range c.holds {
-		sort.Slice(hs, func(i, j int) bool { return hs[i].start.Before(hs[j].start) })
-		for i, h := range hs {
-			grants++
-			if h.end.IsZero() {
-				t.Errorf("%s: the hold of %s never ended", res, h.req)
-				continue
-			}
-			if i > 0 && h.start.Before(hs[i-1].end) {
-				t.Errorf("%s held twice: by %s from %s while %s held it until %s", res, h.req,
-					h.start.Format(time.StampMicro), hs[i-1].req, hs[i-1].end.Format(time.StampMicro))
-			}
-		}
-	}
-	// First come, first served, whichever replica each came through: a
-	// request queued (at the leader) before another was sent, sharing a
-	// pool with it, is granted no later than it.
-	byPool := map[string][]*checkedReq{}
-	for _, r := range c.reqs {
-		if r.granted {
-			for _, p := range r.pools {
-				byPool[p] = append(byPool[p], r)
-			}
-		}
-	}
-	checked := 0
-	for pool, rs := range byPool {
-		for _, a := range rs {
-			if a.queued.IsZero() {
-				continue
-			}
-			for _, b := range rs {
-				if a == b || !a.queued.Before(b.sent) {
-					continue
-				}
-				checked++
-				if a.grantedAt.After(b.grantedAt) {
-					t.Errorf("pool %s: %s (queued %s) granted at %s, after %s (sent %s) granted at %s",
-						pool, a.id, a.queued.Format(time.StampMicro), a.grantedAt.Format(time.StampMicro),
-						b.id, b.sent.Format(time.StampMicro), b.grantedAt.Format(time.StampMicro))
-				}
-			}
-		}
-	}
-	t.Logf("checked %d resource holds and %d ordered pairs of requests", grants, checked)
-	if grants == 0 || checked == 0 {
-		t.Errorf("the run granted %d and ordered %d pairs: nothing was tested", grants, checked)
-	}
-}
 
 // sessionClient speaks protocol version 2 with a resumable session to a
 // replica picked at random for every connection, and resumes on another
@@ -274,7 +151,7 @@ func (c *sessionClient) next() (*wire.Message, error) {
 }
 
 // run makes ops acquisitions, then goes on until stop is closed.
-func (c *sessionClient) run(i, ops int, stop <-chan struct{}, ck *leaseChecker) error {
+func (c *sessionClient) run(i, ops int, stop <-chan struct{}, ck *leasecheck.Checker) error {
 	if err := c.open(); err != nil {
 		return err
 	}
@@ -311,7 +188,7 @@ func (c *sessionClient) run(i, ops int, stop <-chan struct{}, ck *leaseChecker) 
 			reqs = []any{map[string]any{"pool": "a"}, map[string]any{"pool": "b"}}
 		}
 		acquire := map[string]any{"type": "acquire", "id": id, "holder": id, "requests": reqs}
-		ck.sent(id, pools)
+		ck.Sent(id, pools)
 		c.send(acquire)
 		var grant *wire.Message
 		for grant == nil {
@@ -321,7 +198,7 @@ func (c *sessionClient) run(i, ops int, stop <-chan struct{}, ck *leaseChecker) 
 			}
 			switch {
 			case m.Type == wire.TypeQueued && m.ID == id:
-				ck.queued(id)
+				ck.Queued(id)
 			case m.Type == wire.TypeGranted && m.ID == id:
 				grant = m
 			case m.Type == wire.TypeResumed:
@@ -336,7 +213,7 @@ func (c *sessionClient) run(i, ops int, stop <-chan struct{}, ck *leaseChecker) 
 				}
 				if grant == nil && !waiting {
 					// It never reached the leader: send it again.
-					ck.sent(id, pools)
+					ck.Sent(id, pools)
 					c.send(acquire)
 				}
 			case m.Type == wire.TypeReconnect || m.Type == wire.TypeError && m.Code == wire.CodeConflict:
@@ -344,12 +221,12 @@ func (c *sessionClient) run(i, ops int, stop <-chan struct{}, ck *leaseChecker) 
 				return fmt.Errorf("%s: unexpected %+v", id, m)
 			}
 		}
-		hs := ck.granted(id, grant)
+		hs := ck.Granted(id, grantTime(grant), grantIDs(grant))
 		want := resourceList(grant)
 		time.Sleep(time.Duration(c.rng.IntN(20)) * time.Millisecond)
 		switch x := c.rng.IntN(20); {
 		case x < 16:
-			ck.ended(hs)
+			ck.Ended(hs)
 			c.send(map[string]any{"type": "release", "lease": grant.Lease})
 			for released := false; !released; {
 				m, err := c.next()
@@ -380,15 +257,32 @@ func (c *sessionClient) run(i, ops int, stop <-chan struct{}, ck *leaseChecker) 
 				}
 			}
 		case x < 18:
-			ck.ended(hs)
+			ck.Ended(hs)
 			c.ws.CloseNow() // like a killed process: the session ends at once
 			c.ws = nil
 		default:
-			ck.ended(hs)
+			ck.Ended(hs)
 			c.ws.Close(websocket.StatusNormalClosure, "done")
 			c.ws = nil
 		}
 	}
+}
+
+// grantTime is a grant's granted_at.
+func grantTime(m *wire.Message) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, m.GrantedAt)
+	return t
+}
+
+// grantIDs is a grant's resources: pool → ids.
+func grantIDs(m *wire.Message) map[string][]string {
+	out := map[string][]string{}
+	for pool, rs := range m.Resources {
+		for _, r := range rs {
+			out[pool] = append(out[pool], r.ID)
+		}
+	}
+	return out
 }
 
 // resourceList is a grant's resources as "pool/id" in order.
@@ -426,7 +320,7 @@ func TestLeaseReplicasRandomized(t *testing.T) {
 		clients, kills = 40, 2
 	}
 	rs := startLeaseReplicas(t, 3, "pools:\n  a: {range: 1-3}\n  b: {resources: [{id: b1}, {id: b2}]}\n")
-	ck := newLeaseChecker()
+	ck := leasecheck.New()
 	stop := make(chan struct{})
 	var resumes atomic.Int64
 	var wg sync.WaitGroup
@@ -504,5 +398,5 @@ func TestLeaseReplicasRandomized(t *testing.T) {
 		}
 		return busy == "" && len(body.Pools) == 2
 	})
-	ck.check(t)
+	ck.Check(t, true)
 }
