@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -269,5 +270,72 @@ func TestLeaseReplicasFailover(t *testing.T) {
 	}
 	if err := l.Release(ctx); err != nil {
 		t.Fatalf("release after the failover: %v", err)
+	}
+}
+
+// TestLeaseReplicasLeaderCutFromDatabase: the leader loses its database
+// session (PostgreSQL ends its lock connection, as it does when a network
+// cut outlasts the keepalive). It steps down — its session clients are
+// told to reconnect, a connection without a session loses its lease — and
+// another server leads; the session's holder resumes with the same
+// device, which nobody else got meanwhile.
+func TestLeaseReplicasLeaderCutFromDatabase(t *testing.T) {
+	pgtest.URL(t)
+	rs := startLeaseReplicas(t, 2, "pools:\n  dut:\n    resources: [{id: dut1}, {id: dut2}]\n")
+	lead, epoch := rs.leader(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var log logLines
+	c, err := lease.Dial(ctx, "http://"+rs.addrs[lead], &lease.Options{Resumable: true, Grace: 30 * time.Second, Logf: log.logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l, err := c.Acquire(ctx, "session holder", []lease.Request{{Pool: "dut"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, err := lease.Dial(ctx, "http://"+rs.addrs[lead], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v1.Close()
+	l1, err := v1.Acquire(ctx, "v1 holder", []lease.Request{{Pool: "dut"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// PostgreSQL ends the leader's lock session.
+	pg, err := sql.Open("pgx", rs.pg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	res, err := pg.ExecContext(ctx, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND objid = ($1::bigint & 4294967295)::oid", rs.db.LeaseLeaderLock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		t.Fatalf("terminated %d lock sessions, want 1", n)
+	}
+	select {
+	case <-l1.Lost():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the lease of a connection without a session outlived its leader's step-down")
+	}
+	next, _ := rs.leader(epoch)
+	leaseWaitFor(t, 60*time.Second, "the session holder to resume", func() bool { return log.has("resumed: 1 leases kept") })
+	select {
+	case <-l.Lost():
+		t.Fatalf("the session's lease was lost: %v (%q)", l.Err(), log.lines)
+	default:
+	}
+	var got map[string][]string
+	leaseWaitFor(t, 30*time.Second, "the REST API", func() bool {
+		got, _, err = leasesOn(t, rs.addrs[next])
+		return err == nil
+	})
+	if len(got) != 1 || strings.Join(got[l.ID()], ",") != strings.Join(l.IDs("dut"), ",") {
+		t.Fatalf("after the step-down, leases %v; want only %s on %v", got, l.ID(), l.IDs("dut"))
 	}
 }

@@ -64,6 +64,11 @@ const leaderKeepaliveIdle, leaderKeepaliveInterval, leaderKeepaliveCount = 5, 2,
 // migration lock's key (per database and schema) with other bits.
 func (db *DB) leaderLock() int64 { return db.lockID ^ 0x1ea5e1eade4 }
 
+// LeaseLeaderLock is the key of the lease leader's advisory lock, as
+// pg_locks shows it (classid the high 32 bits, objid the low ones): an
+// operator finds the leader's database session with it.
+func (db *DB) LeaseLeaderLock() int64 { return db.leaderLock() }
+
 // LeaseLeader returns the row of lease_leader; a zero LeaseLeader when no
 // server ever led.
 func (db *DB) LeaseLeader(ctx context.Context) (*LeaseLeader, error) {
