@@ -147,6 +147,10 @@ func benchReplicaGrants(b *testing.B, rs *leaseReplicaSet, leaderOnly bool) {
 	left.Store(int64(b.N))
 	errs := make(chan error, clients)
 	cpu0 := rs.cpu()
+	per0 := make([]time.Duration, len(rs.procs))
+	for i, p := range rs.procs {
+		per0[i] = procCPU(p.cmd.Process.Pid)
+	}
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -184,10 +188,18 @@ func benchReplicaGrants(b *testing.B, rs *leaseReplicaSet, leaderOnly bool) {
 		b.Fatal(err)
 	}
 	cpu := rs.cpu() - cpu0
+	var split []string
+	for i, p := range rs.procs {
+		role := "follower"
+		if i == lead {
+			role = "leader"
+		}
+		split = append(split, fmt.Sprintf("%s %.1f", role, float64((procCPU(p.cmd.Process.Pid)-per0[i]).Microseconds())/float64(b.N)))
+	}
 	rate := float64(b.N) / elapsed.Seconds()
 	b.ReportMetric(rate, "grants/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "server-µs/grant")
-	b.Logf("%d grants in %v: %.0f grants/s, servers' CPU %v (%.1f µs/grant)", b.N, elapsed.Round(time.Millisecond), rate, cpu.Round(time.Millisecond), float64(cpu.Microseconds())/float64(b.N))
+	b.Logf("%d grants in %v: %.0f grants/s, servers' CPU %v (%.1f µs/grant: %s)", b.N, elapsed.Round(time.Millisecond), rate, cpu.Round(time.Millisecond), float64(cpu.Microseconds())/float64(b.N), strings.Join(split, ", "))
 }
 
 // BenchmarkLeaseReplicaFailover measures issue 12's "a replica's death
