@@ -60,6 +60,12 @@ type LeaseElection struct {
 // 11 s, and stops serving after at most Check + CheckTimeout (3 s).
 const leaderKeepaliveIdle, leaderKeepaliveInterval, leaderKeepaliveCount = 5, 2, 3
 
+// leaderUserTimeout bounds how long PostgreSQL keeps the lock connection
+// while what it sent there goes unacknowledged (a cut while it answered a
+// check): as long as the keepalive's bound, so a cut leader, which stops
+// within 3 s, always stops well before another can lead.
+const leaderUserTimeout = 11 * time.Second
+
 // leaderLock is the advisory lock key of the lease leader: the
 // migration lock's key (per database and schema) with other bits.
 func (db *DB) leaderLock() int64 { return db.lockID ^ 0x1ea5e1eade4 }
@@ -153,6 +159,13 @@ func (e *LeaseElection) lockConn(ctx context.Context) (*sql.Conn, error) {
 			conn.Close()
 			return nil, db.fail(ctx, err, "set the lease leader lock's keepalive")
 		}
+	}
+	// Data the database sent into a cut network is retried for many
+	// minutes, keepalive or not: bound that too (PostgreSQL 12 and
+	// later; older ones fall back to the keepalive alone).
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf("SET tcp_user_timeout = %d", leaderUserTimeout.Milliseconds())); err != nil && ctx.Err() != nil {
+		conn.Close()
+		return nil, db.fail(ctx, err, "set the lease leader lock's timeout")
 	}
 	return conn, nil
 }
