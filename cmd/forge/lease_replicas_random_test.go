@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -305,7 +307,14 @@ func resourceList(m *wire.Message) string {
 // is free at the end. FORGE_LEASE_SEED replays a run's choices.
 func TestLeaseReplicasRandomized(t *testing.T) {
 	pgtest.URL(t)
-	seed := leasecheck.Seed(t)
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("FORGE_LEASE_SEED"); s != "" {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			t.Fatalf("FORGE_LEASE_SEED=%q: %v", s, err)
+		}
+	}
+	t.Logf("seed %d (replay with FORGE_LEASE_SEED=%d go test -run TestLeaseReplicasRandomized ./cmd/forge)", seed, seed)
 	clients, ops, kills := 100, 5, 3
 	if testing.Short() {
 		clients, kills = 40, 2
