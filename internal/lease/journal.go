@@ -116,7 +116,7 @@ func (m *Memory) Journal(ctx context.Context, store SessionStore, opts JournalOp
 		cancel: cancel, progress: make(chan struct{}),
 	}
 	m.jr = j
-	sessions, leases = m.restore(&snap)
+	sessions, leases = m.restore(&snap, true)
 	for id := range rows {
 		if m.owners[id] == nil {
 			j.dirty[id] = nil

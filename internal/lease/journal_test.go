@@ -219,7 +219,7 @@ func TestJournalRestart(t *testing.T) {
 // the grant waits for it, and OnError hears of each failure.
 func TestJournalRetriesFailedWrites(t *testing.T) {
 	ctx := context.Background()
-	store := &sessionStore{fail: forge.Errorf(forge.EUNAVAILABLE, "database down")}
+	store := &sessionStore{}
 	m := newTestMemory(t, "pools: {p: {range: 1-1}}")
 	var mu sync.Mutex
 	fails := 0
@@ -227,7 +227,13 @@ func TestJournalRetriesFailedWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	var a recorder
-	sa, _ := m.OpenSession(ctx, 0, a.notify)
+	sa, err := m.OpenSession(ctx, 0, a.notify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.mu.Lock()
+	store.fail = forge.Errorf(forge.EUNAVAILABLE, "database down")
+	store.mu.Unlock()
 	m.Acquire(ctx, &Request{Owner: sa.ID, ID: "r", Wants: []forge.ResourceRequest{{Pool: "p", Count: 1}}, Notify: a.notify})
 	testwait.For(t, "two failed writes", func() bool { mu.Lock(); defer mu.Unlock(); return fails >= 2 })
 	if a.count(EventGranted) != 0 {
@@ -310,5 +316,79 @@ func TestJournalRestoresMaxWait(t *testing.T) {
 	b2.waitEvent(t, EventResumed)
 	if b2.count(EventTimeout) != 1 {
 		t.Fatalf("resume did not report the timeout: %+v", b2.evs)
+	}
+}
+
+// TestJournalSessionOpenKept: OpenSession returns (and the client learns
+// the session's id) only once the store has the session.
+func TestJournalSessionOpenKept(t *testing.T) {
+	ctx := context.Background()
+	store := &sessionStore{}
+	m := journaled(t, "pools: {p: {range: 1-1}}", store)
+	gate := make(chan struct{})
+	store.mu.Lock()
+	store.gate = gate
+	store.mu.Unlock()
+	opened := make(chan *Session, 1)
+	go func() {
+		s, err := m.OpenSession(ctx, 0, func(Event) {})
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- s
+	}()
+	select {
+	case <-opened:
+		t.Fatal("OpenSession returned before the store had the session")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(gate)
+	s := <-opened
+	if store.session(t, s.ID) == nil {
+		t.Fatal("the session OpenSession returned is not in the store")
+	}
+}
+
+// TestJournalRestartWritesOnlyChanges: taking back what the store holds
+// rewrites nothing that did not change, and a new request queues after
+// the restored ones (they keep their arrival numbers).
+func TestJournalRestartWritesOnlyChanges(t *testing.T) {
+	ctx := context.Background()
+	store := &sessionStore{}
+	const cfg = "pools: {p: {range: 1-1}}"
+	m := journaled(t, cfg, store)
+	var a, b recorder
+	one := []forge.ResourceRequest{{Pool: "p", Count: 1}}
+	sa, _ := m.OpenSession(ctx, time.Hour, a.notify)
+	sb, _ := m.OpenSession(ctx, time.Hour, b.notify)
+	m.Acquire(ctx, &Request{Owner: sa.ID, ID: "a", Wants: one, Notify: a.notify})
+	m.Acquire(ctx, &Request{Owner: sb.ID, ID: "b", Wants: one, Notify: b.notify})
+	if err := m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	store.mu.Lock()
+	writes := store.writes
+	store.mu.Unlock()
+
+	m2 := newTestMemory(t, cfg)
+	if _, _, err := m2.Journal(ctx, store, JournalOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	store.mu.Lock()
+	rewrites := store.writes - writes
+	store.mu.Unlock()
+	if rewrites != 0 {
+		t.Errorf("restoring unchanged sessions wrote %d transactions, want none", rewrites)
+	}
+	var c recorder
+	sc, _ := m2.OpenSession(ctx, 0, c.notify)
+	m2.Acquire(ctx, &Request{Owner: sc.ID, ID: "c", Wants: one, Notify: c.notify})
+	p, _ := m2.Pool(ctx, "p")
+	if len(p.Queue) != 2 || p.Queue[0].Request != "b" || p.Queue[1].Request != "c" {
+		t.Fatalf("queue after restart: %+v, want b (restored) then c (new)", p.Queue)
 	}
 }

@@ -109,7 +109,6 @@ func (m *Memory) OpenSession(ctx context.Context, grace time.Duration, notify fu
 	if err := m.lock(); err != nil {
 		return nil, err
 	}
-	defer m.mu.Unlock()
 	s := &Session{ID: NewID("S"), Secret: newSecret(), Grace: grace}
 	m.attachSeq++
 	s.Attachment = m.attachSeq
@@ -118,8 +117,25 @@ func (m *Memory) OpenSession(ctx context.Context, grace time.Duration, notify fu
 	}}
 	m.owners[s.ID] = o
 	m.touch(o)
+	journaled := m.jr != nil
+	m.mu.Unlock()
+	if journaled {
+		// The client learns the session's id only once the store has it:
+		// after a crash, a session its client knows is never unknown.
+		fctx, cancel := context.WithTimeout(ctx, OpenSessionTimeout)
+		err := m.Flush(fctx)
+		cancel()
+		if err != nil {
+			_ = m.Disconnect(ctx, s.ID)
+			return nil, forge.WrapError(forge.EUNAVAILABLE, err, "the session could not be kept in the store: "+forge.ErrorMessage(err))
+		}
+	}
 	return s, nil
 }
+
+// OpenSessionTimeout bounds how long OpenSession waits for a journaled
+// session to be kept in the store.
+const OpenSessionTimeout = 10 * time.Second
 
 // Detach implements Sessions.
 func (m *Memory) Detach(ctx context.Context, owner string, attachment uint64) error {

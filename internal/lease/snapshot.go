@@ -106,15 +106,23 @@ func (m *Memory) Restore(ctx context.Context, data []byte) (sessions, leases int
 		return 0, 0, err
 	}
 	defer m.mu.Unlock()
-	sessions, leases = m.restore(&snap)
+	sessions, leases = m.restore(&snap, false)
 	return sessions, leases, nil
 }
 
-// restore is Restore, with m.mu held. With a journal, every restored
-// session is written again (its requests have new places in the queue).
-func (m *Memory) restore(snap *Snapshot) (sessions, leases int) {
+// restore is Restore, with m.mu held. fromJournal: snap is what the
+// journal's store holds, so requests keep their arrival numbers and only
+// the sessions restoring changed (a lease or request dropped, the grace
+// cut) are written again; otherwise requests are numbered after every
+// other and, with a journal, every restored session is written.
+func (m *Memory) restore(snap *Snapshot, fromJournal bool) (sessions, leases int) {
 	var reqs []*memReq
 	var seqs []uint64
+	jr := m.jr
+	if fromJournal {
+		m.jr = nil // no marks while loading what the store has
+	}
+	changed := map[*memOwner]bool{}
 	for _, ss := range snap.Sessions {
 		if m.owners[ss.ID] != nil || len(ss.SecretHash) != 32 {
 			continue
@@ -125,15 +133,19 @@ func (m *Memory) restore(snap *Snapshot) (sessions, leases int) {
 		}
 		copy(o.session.secretHash[:], ss.SecretHash)
 		m.owners[ss.ID] = o
+		changed[o] = !fromJournal || o.session.grace != ss.Grace
 		keep := m.keeper(o)
 		for _, sl := range ss.Leases {
 			if l := m.restoreLease(o, sl, keep); l != nil {
 				leases++
+			} else {
+				changed[o] = true
 			}
 		}
 		for _, sr := range ss.Queued {
 			r := &memReq{owner: o, id: sr.ID, holder: sr.Holder, wants: sr.Wants, notify: keep, since: sr.Since, deadline: sr.Deadline}
 			if err := m.prepare(r); err != nil || m.checkCapacity(r) != nil {
+				changed[o] = true
 				continue
 			}
 			reqs = append(reqs, r)
@@ -151,8 +163,13 @@ func (m *Memory) restore(snap *Snapshot) (sessions, leases int) {
 	sort.Slice(idx, func(a, b int) bool { return seqs[idx[a]] < seqs[idx[b]] })
 	for _, i := range idx {
 		r := reqs[i]
-		m.seq++
-		r.seq = m.seq
+		if fromJournal {
+			r.seq = seqs[i]
+			m.seq = max(m.seq, r.seq)
+		} else {
+			m.seq++
+			r.seq = m.seq
+		}
 		m.enqueue(r)
 		if !r.deadline.IsZero() {
 			r.timer = time.AfterFunc(max(time.Until(r.deadline), 0), func() { m.expire(r) })
@@ -170,7 +187,12 @@ func (m *Memory) restore(snap *Snapshot) (sessions, leases int) {
 		o.session.until = now.Add(grace)
 		att := o.session.attachment
 		o.session.timer = time.AfterFunc(grace, func() { m.expireSession(o, att) })
-		m.touch(o)
+	}
+	m.jr = jr
+	for o, ch := range changed {
+		if ch {
+			m.touch(o)
+		}
 	}
 	m.schedule()
 	m.positions(false) // for Resume; nobody is listening yet
