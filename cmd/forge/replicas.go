@@ -92,7 +92,19 @@ func (lr *leaseReplicas) lead(ctx context.Context, t replica.Term) (replica.Serv
 	if !lr.registered {
 		reg = lr.reg
 	}
-	srv := leasehttp.NewServer(lease.NewStoredPools(mem, lr.db), leasehttp.Options{
+	state := lease.NewStoredPools(mem, lr.db)
+	// The health checks of the pools run on the leader alone, for its
+	// term.
+	cctx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		checker := &lease.Checker{Health: state, Logger: lr.log}
+		if err := checker.Serve(cctx); err != nil && cctx.Err() == nil {
+			lr.log.Error("lease health checks stopped", "err", err)
+		}
+	}()
+	srv := leasehttp.NewServer(state, leasehttp.Options{
 		Durable:    true,
 		Keepalive:  lr.lc.KeepaliveOrDefault(),
 		Registry:   reg,
@@ -101,7 +113,7 @@ func (lr *leaseReplicas) lead(ctx context.Context, t replica.Term) (replica.Serv
 		Forwarded:  func(r *http.Request) bool { return replica.IsForwarded(r, lr.token) },
 	})
 	lr.registered = reg != nil
-	return &leaseService{lr: lr, mem: mem, srv: srv, h: srv.Handler()}, nil
+	return &leaseService{lr: lr, mem: mem, srv: srv, h: srv.Handler(), stopChecks: func() { stopChecks(); <-checked }}, nil
 }
 
 // leaseService is the leader's lease service of one term.
@@ -110,6 +122,8 @@ type leaseService struct {
 	mem *lease.Memory
 	srv *leasehttp.Server
 	h   http.Handler
+	// stopChecks ends the term's health checks and waits for them.
+	stopChecks func()
 }
 
 func (s *leaseService) Handler() http.Handler { return s.h }
@@ -123,6 +137,7 @@ func (s *leaseService) Stop(ctx context.Context, lost bool) {
 	if lost {
 		s.mem.Close()
 	}
+	s.stopChecks()
 	_ = s.srv.Shutdown(ctx)
 	if !lost {
 		if err := s.mem.Flush(ctx); err != nil {

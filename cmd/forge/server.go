@@ -223,6 +223,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 	replicated := db.Dialect() == "postgres"
 	var leases *lease.Memory
 	var leaseSrv *leasehttp.Server
+	var leaseState *lease.StoredPools
 	var leaseHandler http.Handler
 	if !replicated {
 		leases, err = lease.NewMemory(pools, lc.ManagerOptions())
@@ -255,7 +256,8 @@ func (m *serverMain) Run(ctx context.Context) error {
 			log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
 		}
 		defer leases.Close()
-		leaseSrv = leasehttp.NewServer(lease.NewStoredPools(leases, db), leasehttp.Options{
+		leaseState = lease.NewStoredPools(leases, db)
+		leaseSrv = leasehttp.NewServer(leaseState, leasehttp.Options{
 			Durable:    true, // sessions are kept in the store as they change
 			Keepalive:  lc.KeepaliveOrDefault(),
 			Registry:   reg,
@@ -513,6 +515,18 @@ func (m *serverMain) Run(ctx context.Context) error {
 		sctx, stopSSH := context.WithCancel(context.WithoutCancel(ctx))
 		go func() { <-runDone; stopSSH() }()
 		g.Go(func() error { return sshServe(sctx) })
+	}
+	// Health checks of the lease pools run while the lease endpoint
+	// serves (through the drain of running builds). The server that owns
+	// the lease state runs them: this one on SQLite; among replicas, the
+	// leader, for its term only (replicas.go).
+	if leaseState != nil {
+		cctx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
+		go func() { <-runDone; stopChecks() }()
+		g.Go(func() error {
+			checker := &lease.Checker{Health: leaseState, Logger: log.With("component", "lease")}
+			return checker.Serve(cctx)
+		})
 	}
 	g.Go(func() error { return keeper.run(gctx) })
 	g.Go(func() error {

@@ -231,8 +231,10 @@ func webSeedData(t testing.TB, lines int) *webSeed {
 
 const webRepo = "/Codertocat/Hello-World"
 
-// webPools is a configuration with two lease pools for the pools page.
+// webPools is a configuration with three lease pools for the pools page.
 const webPools = `pools:
+  bench:
+    resources: [{id: bench1}]
   dut:
     resources:
       - {id: dut1, host: 10.0.0.5, labels: {arch: arm64}}
@@ -243,9 +245,14 @@ const webPools = `pools:
 `
 
 // webHoldLeases has two forge lease processes hold both enabled devices
-// of pool dut and a third wait in its queue, until the test ends.
+// of pool dut and a third wait in its queue, until the test ends; and a
+// holder report the bench broken.
 func webHoldLeases(t testing.TB, p *e2eServerProc) {
 	t.Helper()
+	report := exec.Command(buildForge(t), "lease", "--server", p.url, "bench", "--", "sh", "-c", `echo "fan stuck" >"$FORGE_LEASE_BROKEN"`)
+	if out, err := report.CombinedOutput(); err != nil {
+		t.Fatalf("forge lease reporting the bench broken: %v\n%s", err, out)
+	}
 	for i := 0; i < 3; i++ {
 		cmd := exec.Command(buildForge(t), "lease", "--server", p.url, "--holder", fmt.Sprintf("web-test-%d", i), "dut", "--", "sleep", "600")
 		if err := cmd.Start(); err != nil {
@@ -337,9 +344,10 @@ func TestWebPages(t *testing.T) {
 	})
 
 	t.Run("pools page", func(t *testing.T) {
-		webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+"/-/pools"), webPoll(`document.querySelectorAll("#pools table").length === 2`, 20*time.Second))
+		webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+"/-/pools"), webPoll(`document.querySelectorAll("#pools table").length === 3`, 20*time.Second))
 		text := webEval[string](t, ctx, `document.getElementById("pools").textContent`)
-		for _, want := range []string{"dut1leased", "dut2leased", "dut3disabled", "20000free", "Queue (1)", "3 resources: 0 free, 2 in use, 1 disabled", "web-test-"} {
+		for _, want := range []string{"dut1leased", "dut2leased", "dut3disabled", "20000free", "Queue (1)", "3 resources: 0 free, 2 in use, 1 disabled", "web-test-",
+			"bench1disabled by holderfan stuck"} {
 			if !strings.Contains(text, want) {
 				t.Errorf("pools page %q lacks %q", text, want)
 			}

@@ -92,6 +92,8 @@ type PoolConfig struct {
 	// for the pool's resources, as a Go duration ("30s"); empty: only the
 	// server's max_grace.
 	MaxGrace string `yaml:"max_grace" json:"max_grace,omitempty"`
+	// Check is the pool's health check (health.go).
+	Check *CheckConfig `yaml:"check" json:"check,omitempty"`
 }
 
 // ResourceConfig declares one listed resource. In YAML and JSON it is a
@@ -363,6 +365,11 @@ func (pc *PoolConfig) Pool(name string) (*forge.Pool, error) {
 		return nil, err
 	}
 	p := &forge.Pool{Name: name, Order: pc.Order}
+	check, err := pc.Check.poolCheck(name)
+	if err != nil {
+		return nil, err
+	}
+	p.Check = check
 	if p.Order == "" {
 		p.Order = OrderFIFO
 	}
@@ -490,6 +497,12 @@ func checkLabels(l map[string]string) error {
 func checkPool(p *forge.Pool) error {
 	if err := checkPoolName(p.Name); err != nil {
 		return err
+	}
+	if err := checkPoolCheck(p.Name, p.Check); err != nil {
+		return err
+	}
+	if p.Check != nil && len(p.Resources) > MaxCheckedResources {
+		return forge.Errorf(forge.EINVALID, "pool %q: %d resources, more than the %d a pool with a check may have", p.Name, len(p.Resources), MaxCheckedResources)
 	}
 	if p.Order == "" {
 		p.Order = OrderFIFO

@@ -234,11 +234,8 @@ func (m *Memory) restoreLease(o *memOwner, sl SavedLease, notify func(Event)) *m
 	}
 	l := &memLease{grant: g, owner: o, res: picked, notify: notify}
 	for _, res := range picked {
-		res.lease = l
+		m.change(res, func() { res.lease = l })
 		res.since = sl.Granted
-		if !res.r.Disabled {
-			res.pool.free--
-		}
 	}
 	o.leases = append(o.leases, l)
 	m.leases[g.ID] = l

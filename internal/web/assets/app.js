@@ -139,7 +139,7 @@
           list.forEach(function (p) {
             var sec = el("section", "pool");
             sec.appendChild(el("h2", "", p.name + (p.deleted ? " (deleted)" : "")));
-            sec.appendChild(el("p", "muted", p.size + " resources: " + p.free + " free, " + p.in_use + " in use, " + p.disabled + " disabled · order " + p.order));
+            sec.appendChild(el("p", "muted", p.size + " resources: " + p.free + " free, " + p.in_use + " in use, " + p.disabled + " disabled" + (p.checking ? ", " + p.checking + " checking" : "") + " · order " + p.order));
             var t = el("table", "res");
             var hr = el("tr");
             ["Resource", "State", "Holder", "Since", "Labels"].forEach(function (h) { hr.appendChild(el("th", "", h)); });
@@ -149,10 +149,16 @@
               var tr = el("tr");
               tr.appendChild(el("td", "", r.id));
               var st = el("td");
-              st.appendChild(el("span", "badge res-" + r.state, r.state + (r.disabled && r.state === "leased" ? " (disabled)" : "") + (r.removing ? " (removing)" : "")));
+              st.appendChild(el("span", "badge res-" + r.state, r.state + (r.disabled && r.state === "leased" ? " (disabled)" : "") + (r.removing ? " (removing)" : "") +
+                (r.state === "disabled" && r.disabled_by ? " by " + r.disabled_by : "")));
               tr.appendChild(st);
-              tr.appendChild(el("td", "", r.holder || ""));
-              tr.appendChild(el("td", "", r.since ? new Date(r.since).toLocaleString() + " (" + dur(r.since) + ")" : ""));
+              // A resource out of service shows why in the holder's place
+              // (an operator's reason, a failed check's output, a holder's
+              // report), since when in Since.
+              var why = r.state === "disabled" ? r.disabled_reason || "" : "";
+              tr.appendChild(el("td", why ? "muted" : "", r.holder || (why.length > 200 ? why.slice(0, 200) + "…" : why)));
+              var since = r.since || (r.state === "disabled" ? r.disabled_since : "");
+              tr.appendChild(el("td", "", since ? new Date(since).toLocaleString() + " (" + dur(since) + ")" : ""));
               tr.appendChild(el("td", "muted", Object.keys(r.labels || {}).map(function (k) { return k + "=" + r.labels[k]; }).join(" ")));
               tb.appendChild(tr);
             });
