@@ -24,6 +24,8 @@ INSERT INTO outbox (item_key, kind, rank, weak, payload, version, delivered, cre
 INSERT INTO repos (owner, name, clone_url, default_branch, private, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, name) DO UPDATE SET clone_url = excluded.clone_url, default_branch = excluded.default_branch, private = excluded.private, updated = excluded.updated RETURNING id, created, updated
 INSERT INTO steps (job_id, idx, name, status, exit_code, started, finished) VALUES (?, ?, ?, ?, ?, ?, ?)
 INSERT INTO steps (job_id, idx, name, status, exit_code, started, finished) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO UPDATE SET name = excluded.name, status = excluded.status, exit_code = excluded.exit_code, started = excluded.started, finished = excluded.finished
+INSERT INTO steps (job_id, idx, name, status, exit_code, started, finished, first_line, last_line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO steps (job_id, idx, name, status, exit_code, started, finished, first_line, last_line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO UPDATE SET name = excluded.name, status = excluded.status, exit_code = excluded.exit_code, started = excluded.started, finished = excluded.finished, first_line = excluded.first_line, last_line = excluded.last_line
 INSERT INTO tokens (name, hash, admin, created) VALUES (?, ?, ?, ?) RETURNING id
 SELECT 1 FROM builds WHERE delivery_id = ? AND action = ? AND delivery_id <> ''
 SELECT 1 FROM builds WHERE id = ?
@@ -67,6 +69,7 @@ SELECT j.id FROM builds b JOIN jobs j ON j.build_id = b.id WHERE b.status IN ('s
 SELECT j.id FROM builds b JOIN jobs j ON j.build_id = b.id WHERE b.status IN ('success', 'failure', 'error', 'skipped', 'canceled') AND (b.number < (SELECT c.number FROM builds c WHERE c.repo_id = b.repo_id ORDER BY c.number DESC LIMIT 1 OFFSET ?)) AND EXISTS (SELECT 1 FROM logs l WHERE l.job_id = j.id)
 SELECT j.id, COALESCE(x.lines, 0) FROM jobs j LEFT JOIN log_indexed x ON x.job_id = j.id WHERE j.status IN ('success', 'failure', 'error', 'skipped', 'canceled') AND (x.job_id IS NULL OR x.indexed = 0) ORDER BY j.id DESC LIMIT 1
 SELECT job_id, idx, name, status, exit_code, started, finished FROM steps WHERE job_id IN (?) ORDER BY job_id, idx
+SELECT job_id, idx, name, status, exit_code, started, finished, first_line, last_line FROM steps WHERE job_id IN (?) ORDER BY job_id, idx
 SELECT max(number) FROM logs WHERE job_id = ?
 SELECT name, pool, deleted FROM lease_pools ORDER BY name
 SELECT number FROM logs WHERE job_id = ? AND number > ? ORDER BY number LIMIT 1 OFFSET ?
