@@ -115,20 +115,7 @@ func (p *serverProc) memStats(b *testing.B) string {
 
 func startServerProc(b *testing.B, cfg string, env ...string) *serverProc {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchServerProcess$", "-test.count=1")
-	cmd.Env = append(append(os.Environ(), benchServerEnv+"="+cfg), env...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	cmd, stdin, stdout := startTestProc(b, "TestBenchServerProcess", append([]string{benchServerEnv + "=" + cfg}, env...)...)
 	p := &serverProc{cmd: cmd, stdin: stdin}
 	b.Cleanup(p.stop)
 	sc := bufio.NewScanner(stdout)
@@ -148,6 +135,28 @@ func startServerProc(b *testing.B, cfg string, env ...string) *serverProc {
 	}
 	b.Fatalf("server process gave no address")
 	return nil
+}
+
+// startTestProc starts this test binary again to run only the test
+// called name, with env added to the environment, and returns its stdin
+// and stdout.
+func startTestProc(b *testing.B, name string, env ...string) (*exec.Cmd, io.WriteCloser, io.ReadCloser) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return cmd, stdin, stdout
 }
 
 func (p *serverProc) stop() {

@@ -3,7 +3,6 @@ package leasehttp
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -344,15 +343,18 @@ func (c *conn) writeOut() {
 		c.writeSince.Store(int64(time.Since(c.s.epoch)))
 		c.bw.begin()
 		var err error
+		ep := encodeBuffers.Get().(*[]byte)
 		for _, msg := range batch {
-			var data []byte
-			data, err = json.Marshal(msg)
+			*ep, err = appendMessage((*ep)[:0], msg)
 			if err == nil {
-				err = c.ws.Write(context.Background(), websocket.MessageText, data)
+				err = c.bw.textFrame(*ep)
 			}
 			if err != nil {
 				break
 			}
+		}
+		if cap(*ep) <= 4096 {
+			encodeBuffers.Put(ep)
 		}
 		if endErr := c.bw.end(); err == nil {
 			err = endErr
@@ -452,6 +454,9 @@ func (c *conn) readLoop() {
 		}
 	}
 }
+
+// encodeBuffers hold a message while it is encoded and written.
+var encodeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // readBuffers hold messages while they are read and handled, so an idle
 // connection holds no buffer.
@@ -573,7 +578,7 @@ func (l *limiter) take(now time.Time) time.Duration {
 }
 
 func (c *conn) handle(data []byte) {
-	msg, err := wire.Decode(data)
+	msg, err := decode(data)
 	if err != nil {
 		c.send(errorMessage(msg.ID, msg.Lease, err))
 		return
