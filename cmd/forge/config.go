@@ -93,6 +93,9 @@ type serverConfig struct {
 		Grace          Duration `yaml:"grace"`
 		MaxGrace       Duration `yaml:"max_grace"`
 		PoolPrecedence string   `yaml:"pool_precedence"`
+		// ReplicaURL is where the other lease replicas reach this
+		// server (PostgreSQL only): replicas.go.
+		ReplicaURL string `yaml:"replica_url"`
 	} `yaml:"lease"`
 	// SSH is the admin API over SSH: see ssh.go.
 	SSH sshConfig `yaml:"ssh"`
@@ -195,6 +198,7 @@ func applyEnv(c *serverConfig, getenv func(string) string) error {
 		"FORGE_BACKEND":               &c.Backend,
 		"FORGE_GITHUB_APP_KEY":        &c.GitHub.AppKey,
 		"FORGE_FORK_APPROVAL":         &c.Builds.ForkApproval,
+		"FORGE_LEASE_REPLICA_URL":     &c.Lease.ReplicaURL,
 	}
 	for k, p := range str {
 		if v := getenv(k); v != "" {
@@ -308,6 +312,9 @@ func (c *serverConfig) validate() error {
 	}
 	if err := c.leaseConfig().Validate(); err != nil {
 		errs = append(errs, err.Error())
+	}
+	if err := checkReplicaURL(c.Lease.ReplicaURL); err != nil {
+		errs = append(errs, forge.ErrorMessage(err))
 	}
 	errs = append(errs, c.validateGitHub()...)
 	if len(errs) > 0 {

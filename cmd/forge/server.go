@@ -25,6 +25,7 @@ import (
 	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/lease/leasehttp"
+	"github.com/forgeci/forge/internal/lease/replica"
 	"github.com/forgeci/forge/internal/livelog"
 	"github.com/forgeci/forge/internal/prometheus"
 	"github.com/forgeci/forge/internal/runner"
@@ -216,44 +217,55 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if pools, err = lease.SeedPools(ctx, db, pools, lc.PoolPrecedence); err != nil {
 		return err
 	}
-	leases, err := lease.NewMemory(pools, lc.ManagerOptions())
-	if err != nil {
-		return err
-	}
-	// Every change of a resumable session is kept in the store as it
-	// happens (the journal, table lease_sessions), so the sessions of the
-	// last run — however it ended, kill -9 included — come back here,
-	// resumable by their clients within their grace, from now.
-	sessions, held, err := leases.Journal(ctx, &sqldb.LeaseSessionStore{DB: db}, lease.JournalOptions{
-		OnError: func(err error) {
-			log.Error("lease state not kept in the store yet (retrying; grants wait for it)", "err", err)
-		},
-	})
-	if err != nil {
-		return err
-	}
-	// A graceful stop of a forge from before the journal left a snapshot.
-	if state, err := db.TakeLeaseState(ctx); err != nil {
-		return err
-	} else if state != nil {
-		s, h, err := leases.Restore(ctx, state)
+	// On PostgreSQL the servers sharing the database are lease replicas
+	// (replicas.go): set up once this server's address and internal token
+	// are known. On SQLite this server alone serves the leases.
+	replicated := db.Dialect() == "postgres"
+	var leases *lease.Memory
+	var leaseSrv *leasehttp.Server
+	var leaseState *lease.StoredPools
+	var leaseHandler http.Handler
+	if !replicated {
+		leases, err = lease.NewMemory(pools, lc.ManagerOptions())
 		if err != nil {
-			log.Warn("lease sessions of the last run not restored", "err", err)
+			return err
 		}
-		sessions, held = sessions+s, held+h
+		// Every change of a resumable session is kept in the store as it
+		// happens (the journal, table lease_sessions), so the sessions of the
+		// last run — however it ended, kill -9 included — come back here,
+		// resumable by their clients within their grace, from now.
+		sessions, held, err := leases.Journal(ctx, &sqldb.LeaseSessionStore{DB: db}, lease.JournalOptions{
+			OnError: func(err error) {
+				log.Error("lease state not kept in the store yet (retrying; grants wait for it)", "err", err)
+			},
+		})
+		if err != nil {
+			return err
+		}
+		// A graceful stop of a forge from before the journal left a snapshot.
+		if state, err := db.TakeLeaseState(ctx); err != nil {
+			return err
+		} else if state != nil {
+			s, h, err := leases.Restore(ctx, state)
+			if err != nil {
+				log.Warn("lease sessions of the last run not restored", "err", err)
+			}
+			sessions, held = sessions+s, held+h
+		}
+		if sessions > 0 {
+			log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
+		}
+		defer leases.Close()
+		leaseState = lease.NewStoredPools(leases, db)
+		leaseSrv = leasehttp.NewServer(leaseState, leasehttp.Options{
+			Durable:    true, // sessions are kept in the store as they change
+			Keepalive:  lc.KeepaliveOrDefault(),
+			Registry:   reg,
+			Logger:     log.With("component", "lease"),
+			WriteError: httpapi.WriteError,
+		})
+		leaseHandler = leaseSrv.Handler()
 	}
-	if sessions > 0 {
-		log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
-	}
-	defer leases.Close()
-	leaseState := lease.NewStoredPools(leases, db)
-	leaseSrv := leasehttp.NewServer(leaseState, leasehttp.Options{
-		Durable:    true, // sessions are kept in the store as they change
-		Keepalive:  lc.KeepaliveOrDefault(),
-		Registry:   reg,
-		Logger:     log.With("component", "lease"),
-		WriteError: httpapi.WriteError,
-	})
 
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
@@ -299,6 +311,17 @@ func (m *serverMain) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	var leaseReplica *replica.Replica
+	if replicated {
+		self, err := replicaURL(c.Lease.ReplicaURL, addr)
+		if err != nil {
+			return err
+		}
+		lr := &leaseReplicas{db: db, lc: lc, reg: reg, log: log.With("component", "lease"), token: internal, writeErr: httpapi.WriteError}
+		leaseReplica = lr.newReplica(self)
+		leaseHandler = leaseReplica.Handler()
+		log.Info("lease replica: PostgreSQL is shared, the elected lease leader serves the leases and the others forward to it", "replica_url", self)
 	}
 	if c.Builds.NoRecover {
 		log.Warn("builds.no_recover is set: builds left running by a server that died stay running until a server without it ends them; replicas no longer need it")
@@ -397,7 +420,7 @@ func (m *serverMain) Run(ctx context.Context) error {
 			Metrics:  reg,
 		}),
 		Live:   liveLogs{live},
-		Leases: leaseSrv.Handler(),
+		Leases: leaseHandler,
 		Ready: func(ctx context.Context) error {
 			if err := db.Ping(ctx); err != nil {
 				return forge.WrapError(forge.EUNAVAILABLE, err, "database unreachable")
@@ -443,6 +466,19 @@ func (m *serverMain) Run(ctx context.Context) error {
 		defer close(runDone)
 		return run.Run(gctx)
 	})
+	// The lease replica campaigns and serves until the builds are done,
+	// like the lease endpoint of a single server.
+	replicaDone := make(chan struct{})
+	replicaCtx, stopReplica := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReplica()
+	if leaseReplica != nil {
+		g.Go(func() error {
+			defer close(replicaDone)
+			return leaseReplica.Run(replicaCtx)
+		})
+	} else {
+		close(replicaDone)
+	}
 	// Reporting outlives the runner: builds ended at shutdown are reported.
 	if gh != nil {
 		rctx, stopReporting := context.WithCancel(context.WithoutCancel(ctx))
@@ -457,6 +493,13 @@ func (m *serverMain) Run(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		err := srv.Shutdown(sctx)
+		if leaseReplica != nil {
+			// The leader tells its session clients to reconnect, keeps
+			// its state and resigns: another replica takes over.
+			stopReplica()
+			<-replicaDone
+			return err
+		}
 		_ = leaseSrv.Shutdown(sctx)
 		// Session clients were told to reconnect: their sessions are in
 		// the store for the next run once the journal has written the
@@ -474,15 +517,17 @@ func (m *serverMain) Run(ctx context.Context) error {
 		g.Go(func() error { return sshServe(sctx) })
 	}
 	// Health checks of the lease pools run while the lease endpoint
-	// serves (through the drain of running builds). One server owns the
-	// lease state, so it runs them; a replica that does not own it must
-	// not start a Checker.
-	cctx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
-	go func() { <-runDone; stopChecks() }()
-	g.Go(func() error {
-		checker := &lease.Checker{Health: leaseState, Logger: log.With("component", "lease")}
-		return checker.Serve(cctx)
-	})
+	// serves (through the drain of running builds). The server that owns
+	// the lease state runs them: this one on SQLite; among replicas, the
+	// leader, for its term only (replicas.go).
+	if leaseState != nil {
+		cctx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
+		go func() { <-runDone; stopChecks() }()
+		g.Go(func() error {
+			checker := &lease.Checker{Health: leaseState, Logger: log.With("component", "lease")}
+			return checker.Serve(cctx)
+		})
+	}
 	g.Go(func() error { return keeper.run(gctx) })
 	g.Go(func() error {
 		return runLogUpkeep(gctx, db, sqldb.Retention{Builds: c.Logs.KeepBuilds, Days: c.Logs.KeepDays}, log)

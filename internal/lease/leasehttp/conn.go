@@ -79,6 +79,8 @@ type conn struct {
 	// ends itself (a close frame, or a FIN or reset: a closed socket, a
 	// killed process) ends its session at once.
 	detach bool
+	// forwarded: another server relays this connection (Options.Forwarded).
+	forwarded bool
 }
 
 // maxCorked bounds the answers held back for pipelined messages: past it
@@ -428,6 +430,13 @@ func (c *conn) readLoop() {
 		if err != nil {
 			if !c.stopped() {
 				c.s.log.Debug("lease connection ended by the client", "connection", c.id, "remote", c.remote, "err", err)
+				if c.forwarded && websocket.CloseStatus(err) == -1 {
+					// The relay broke, not the client's choice: the
+					// relaying server closes with a frame for that.
+					c.mu.Lock()
+					c.detach = true
+					c.mu.Unlock()
+				}
 			}
 			return
 		}

@@ -59,6 +59,12 @@ type Options struct {
 	// in a store): on Shutdown, resumable sessions are told to reconnect
 	// and are detached rather than ended.
 	Durable bool
+	// Forwarded, when set, tells connections another server relays to
+	// this one (lease replicas: internal/lease/replica): such a
+	// connection that ends without a close frame lost its relay (the
+	// relaying server died, or cut a silent client), which is not the
+	// client's choice, so its session is detached rather than ended.
+	Forwarded func(r *http.Request) bool
 }
 
 // Why the server drops a connection (the "reason" of its log line and
@@ -95,6 +101,7 @@ type Server struct {
 	conns   map[*conn]struct{}
 	wg      sync.WaitGroup // one per connection handler
 
+	coll      *collector // registered on opts.Registry, when given
 	connCount atomic.Int64
 	dropped   map[string]*atomic.Uint64 // by reason; the map is never written after NewServer
 }
@@ -128,9 +135,19 @@ func NewServer(m lease.Manager, opts Options) *Server {
 		s.dropped[r] = new(atomic.Uint64)
 	}
 	if opts.Registry != nil {
-		opts.Registry.MustRegister(newCollector(s))
+		s.coll = newCollector(s)
+		opts.Registry.MustRegister(s.coll)
 	}
 	return s
+}
+
+// Unregister takes the server's metrics off opts.Registry, so that another
+// Server may register there (a lease replica serves one per term as the
+// leader).
+func (s *Server) Unregister() {
+	if s.coll != nil {
+		s.opts.Registry.Unregister(s.coll)
+	}
 }
 
 // Handler serves, under /api/v1/:
@@ -250,6 +267,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &conn{s: s, id: lease.NewID("C"), remote: r.RemoteAddr, done: make(chan struct{})}
 	c.owner, c.version = c.id, version
+	c.forwarded = s.opts.Forwarded != nil && s.opts.Forwarded(r)
 	c.limit.reset(s.opts.MessageRate, s.opts.MessageBurst, time.Now())
 	sb := &smallBuffers{ResponseWriter: w}
 	ws, err := websocket.Accept(sb, r, &websocket.AcceptOptions{
