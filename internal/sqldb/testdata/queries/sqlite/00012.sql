@@ -4,6 +4,7 @@
 DELETE FROM delivery_claims WHERE owner = ? AND repo IN (?)
 DELETE FROM lease_sessions WHERE id IN (?)
 DELETE FROM lease_state WHERE id = 1
+DELETE FROM log_chunks WHERE job_id = ? AND first_line <= ?
 DELETE FROM log_search WHERE rowid >= ? AND rowid <= ?
 DELETE FROM logs WHERE job_id = ? AND number <= ?
 DELETE FROM outbox WHERE version = delivered AND updated < ?
@@ -16,9 +17,11 @@ INSERT INTO jobs (build_id, name, status, attempt, exit_code, error, needs, star
 INSERT INTO lease_pools (name, pool, deleted, updated) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET pool = excluded.pool, deleted = excluded.deleted, updated = excluded.updated
 INSERT INTO lease_sessions (id, state, updated) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated
 INSERT INTO lease_state (id, state, saved) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state, saved = excluded.saved
+INSERT INTO log_chunks (job_id, first_line, last_line, line_count, data) VALUES (?, ?, ?, ?, ?)
 INSERT INTO log_indexed (job_id, lines, indexed) VALUES (?, 0, ?) ON CONFLICT (job_id) DO UPDATE SET lines = 0, indexed = excluded.indexed
 INSERT INTO log_indexed (job_id, lines, indexed) VALUES (?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET lines = excluded.lines, indexed = excluded.indexed
 INSERT INTO log_search (rowid, text) SELECT job_id * 4294967296 + number, text FROM logs WHERE job_id = ? AND number > ? AND number <= ?
+INSERT INTO log_search (rowid, text) VALUES (?, ?)
 INSERT INTO logs (job_id, number, time, stream, text) VALUES (?, ?, ?, ?, ?)
 INSERT INTO outbox (item_key, kind, rank, weak, payload, version, delivered, created, updated, owner, lease_until) VALUES (?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?)
 INSERT INTO repos (owner, name, clone_url, default_branch, private, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, name) DO UPDATE SET clone_url = excluded.clone_url, default_branch = excluded.default_branch, private = excluded.private, updated = excluded.updated RETURNING id, created, updated
@@ -31,8 +34,14 @@ SELECT 1 FROM builds WHERE delivery_id = ? AND action = ? AND delivery_id <> ''
 SELECT 1 FROM builds WHERE id = ?
 SELECT 1 FROM jobs WHERE id = ?
 SELECT COALESCE(max(number), 0) FROM logs WHERE job_id = ?
+SELECT b.number, j.id, j.name, (s.rowid & 4294967295) FROM log_search s JOIN jobs j ON j.id = (s.rowid >> 32) JOIN builds b ON b.id = j.build_id WHERE log_search MATCH ? AND b.repo_id = ? ORDER BY s.rowid DESC LIMIT ?
 SELECT b.number, j.id, j.name, l.number, l.text FROM log_search s JOIN jobs j ON j.id = (s.rowid >> 32) JOIN builds b ON b.id = j.build_id JOIN logs l ON l.job_id = j.id AND l.number = (s.rowid & 4294967295) WHERE log_search MATCH ? AND b.repo_id = ? ORDER BY s.rowid DESC LIMIT ?
 SELECT epoch, url, token, instance, elected FROM lease_leader WHERE id = 1
+SELECT first_line, data FROM log_chunks WHERE job_id = ? AND first_line <= ? ORDER BY first_line DESC LIMIT 1
+SELECT first_line, data FROM log_chunks WHERE job_id = ? AND first_line >= COALESCE( (SELECT max(first_line) FROM log_chunks WHERE job_id = ? AND first_line <= ?), 0) AND first_line < ? ORDER BY first_line
+SELECT first_line, data FROM log_chunks WHERE job_id = ? AND first_line >= COALESCE( (SELECT max(first_line) FROM log_chunks WHERE job_id = ? AND first_line <= ?), 0) ORDER BY first_line
+SELECT first_line, last_line FROM log_chunks WHERE job_id = ? ORDER BY first_line LIMIT 1 OFFSET ?
+SELECT first_line, last_line, line_count, data FROM log_chunks WHERE job_id = ? ORDER BY first_line DESC LIMIT 1
 SELECT id, build_id, name, status, attempt, exit_code, error, needs, started, finished, backend, handle FROM jobs WHERE build_id = ? ORDER BY id
 SELECT id, build_id, name, status, attempt, exit_code, error, needs, started, finished, backend, handle FROM jobs WHERE id = ?
 SELECT id, build_id, name, status, attempt, exit_code, error, needs, started, finished, backend, handle FROM jobs WHERE id > ? AND status IN (?) ORDER BY id LIMIT ?
@@ -65,11 +74,14 @@ SELECT id, repo_id, number, action, status, hook, delivery_id, error, created, s
 SELECT id, state FROM lease_sessions
 SELECT item_key, kind, rank, weak, payload, ref, progress, version, delivered, attempts, next_at, error, created, updated FROM outbox WHERE item_key = ?
 SELECT item_key, kind, rank, weak, payload, ref, progress, version, delivered, attempts, next_at, error, created, updated FROM outbox WHERE version > delivered AND (next_at IS NULL OR next_at <= ?) AND (lease_until IS NULL OR lease_until <= ? OR owner = '' OR (? = 1 AND owner = ?)) ORDER BY created, item_key LIMIT ?
+SELECT j.id FROM builds b JOIN jobs j ON j.build_id = b.id WHERE b.status IN ('success', 'failure', 'error', 'skipped', 'canceled') AND (b.finished < ?) AND (EXISTS (SELECT 1 FROM log_chunks l WHERE l.job_id = j.id) OR EXISTS (SELECT 1 FROM logs l WHERE l.job_id = j.id))
 SELECT j.id FROM builds b JOIN jobs j ON j.build_id = b.id WHERE b.status IN ('success', 'failure', 'error', 'skipped', 'canceled') AND (b.finished < ?) AND EXISTS (SELECT 1 FROM logs l WHERE l.job_id = j.id)
+SELECT j.id FROM builds b JOIN jobs j ON j.build_id = b.id WHERE b.status IN ('success', 'failure', 'error', 'skipped', 'canceled') AND (b.number < (SELECT c.number FROM builds c WHERE c.repo_id = b.repo_id ORDER BY c.number DESC LIMIT 1 OFFSET ?)) AND (EXISTS (SELECT 1 FROM log_chunks l WHERE l.job_id = j.id) OR EXISTS (SELECT 1 FROM logs l WHERE l.job_id = j.id))
 SELECT j.id FROM builds b JOIN jobs j ON j.build_id = b.id WHERE b.status IN ('success', 'failure', 'error', 'skipped', 'canceled') AND (b.number < (SELECT c.number FROM builds c WHERE c.repo_id = b.repo_id ORDER BY c.number DESC LIMIT 1 OFFSET ?)) AND EXISTS (SELECT 1 FROM logs l WHERE l.job_id = j.id)
 SELECT j.id, COALESCE(x.lines, 0) FROM jobs j LEFT JOIN log_indexed x ON x.job_id = j.id WHERE j.status IN ('success', 'failure', 'error', 'skipped', 'canceled') AND (x.job_id IS NULL OR x.indexed = 0) ORDER BY j.id DESC LIMIT 1
 SELECT job_id, idx, name, status, exit_code, started, finished FROM steps WHERE job_id IN (?) ORDER BY job_id, idx
 SELECT job_id, idx, name, status, exit_code, started, finished, first_line, last_line FROM steps WHERE job_id IN (?) ORDER BY job_id, idx
+SELECT last_line FROM log_chunks WHERE job_id = ? ORDER BY first_line DESC LIMIT 1
 SELECT max(number) FROM logs WHERE job_id = ?
 SELECT name, pool, deleted FROM lease_pools ORDER BY name
 SELECT number FROM logs WHERE job_id = ? AND number > ? ORDER BY number LIMIT 1 OFFSET ?
@@ -84,6 +96,7 @@ UPDATE builds SET status = ?, error = ?, started = ?, finished = ?, runner = ?, 
 UPDATE deliveries SET processed = ?, result = ? WHERE id = ?
 UPDATE delivery_claims SET expires = ? WHERE owner = ? AND repo IN (?)
 UPDATE jobs SET status = ?, attempt = ?, exit_code = ?, error = ?, started = ?, finished = ?, backend = ?, handle = ? WHERE id = ?
+UPDATE log_chunks SET last_line = ?, line_count = ?, data = ? WHERE job_id = ? AND first_line = ?
 UPDATE outbox SET kind = ?, rank = ?, weak = ?, payload = ?, version = ?, attempts = 0, next_at = NULL, error = '', progress = 0, updated = ?, owner = ?, lease_until = ? WHERE item_key = ?
 UPDATE outbox SET owner = ?, lease_until = ? WHERE item_key = ?
 UPDATE outbox SET ref = ?, progress = ?, attempts = CASE WHEN version = ? THEN attempts + 1 ELSE attempts END, next_at = CASE WHEN version = ? THEN ? ELSE next_at END, error = CASE WHEN version = ? THEN ? ELSE error END, owner = CASE WHEN version = ? THEN '' ELSE owner END, lease_until = CASE WHEN version = ? THEN NULL ELSE lease_until END, updated = ? WHERE item_key = ?
