@@ -77,7 +77,7 @@ func queue(t testing.TB, db *sqldb.DB, repo *forge.Repo, names ...string) *forge
 
 // backend is a scripted forge.Backend: each step's Run says what to do:
 // "echo TEXT" prints TEXT, "fail" exits 1, "block" waits for ctx or for
-// release, "sleep D" sleeps D.
+// release, "hold" waits for ctx alone, "sleep D" sleeps D.
 type backend struct {
 	mu      sync.Mutex
 	runs    []*forge.JobRun
@@ -128,6 +128,9 @@ func (b *backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 				st, code = forge.StatusCanceled, -1
 			case <-b.release:
 			}
+		case "hold":
+			<-ctx.Done()
+			st, code = forge.StatusCanceled, -1
 		case "sleep":
 			d, _ := time.ParseDuration(arg)
 			select {
@@ -175,6 +178,7 @@ type setup struct {
 	be      *backend
 	runner  *runner.Runner
 	workDir string
+	cancel  context.CancelFunc // ends Run's context (set by start)
 }
 
 func newRunner(t testing.TB, db *sqldb.DB, plan runner.Planner, tweak func(*runner.Options)) *setup {
@@ -206,6 +210,7 @@ func newRunner(t testing.TB, db *sqldb.DB, plan runner.Planner, tweak func(*runn
 // start runs the runner until the test ends; stop stops it early.
 func (s *setup) start(t testing.TB) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
 	errc := make(chan error, 1)
 	go func() { errc <- s.runner.Run(ctx) }()
 	var once sync.Once
@@ -533,24 +538,33 @@ func TestRecoverEndsBuildsLeftRunning(t *testing.T) {
 func TestShutdownLetsShortBuildsFinishAndCancelsLongOnes(t *testing.T) {
 	db := openDB(t)
 	repo := makeRepo(t, db, "app")
+	// The short build runs until the test releases it, once the shutdown
+	// has begun; the long one until it is cancelled. (A short build that
+	// slept 100ms could end before the long one started on a loaded
+	// machine, and the wait for two running jobs never ended.)
 	plan := runner.PlannerFunc(func(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error) {
-		step := "sleep 100ms"
+		step := "block"
 		if b.Number == 2 {
-			step = "block"
+			step = "hold"
 		}
 		return &forge.Plan{Action: "execute", Jobs: []*forge.Job{{Name: "test", Steps: []forge.Step{{Name: "s", Run: step}}}}}, nil
 	})
-	s := newRunner(t, db, plan, func(o *runner.Options) { o.Grace = 500 * time.Millisecond })
+	// The grace is long enough for the released build to record its end
+	// under load; the long build holds the shutdown for all of it.
+	grace := testwait.Scale(3 * time.Second)
+	s := newRunner(t, db, plan, func(o *runner.Options) { o.Grace = grace })
 	short, long := queue(t, db, repo, "test"), queue(t, db, repo, "test")
 	stop := s.start(t)
 	waitStatus(t, db, long.ID, forge.StatusRunning)
 	waitActive(t, s, 2)
 	began := time.Now()
+	s.cancel()
+	close(s.be.release)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(began); d < 400*time.Millisecond || d > 30*time.Second { // the long build would block for ever
-		t.Errorf("shutdown took %v, want about the 500ms grace", d)
+	if d := time.Since(began); d < grace-100*time.Millisecond || d > grace+30*time.Second { // the long build would hold for ever
+		t.Errorf("shutdown took %v, want about the %v grace", d, grace)
 	}
 	if got := waitBuild(t, db, short.ID); got.Status != forge.StatusSuccess {
 		t.Errorf("short build = %s, want success within the grace period", got.Status)
