@@ -384,13 +384,25 @@ func TestLimits(t *testing.T) {
 	cur := map[int64]int{}
 	peak := map[int64]int{}
 	total, peakTotal := 0, 0
+	// A build's planning waits until two builds have planned at once (or
+	// a deadline), then holds 40ms more to catch a limit overstepped. (On
+	// its own, the 40ms hold did not overlap any two builds on a loaded
+	// machine.)
+	parallel := make(chan struct{})
 	plan := runner.PlannerFunc(func(ctx context.Context, dir string, bd *forge.Build) (*forge.Plan, error) {
 		mu.Lock()
 		cur[bd.RepoID]++
 		total++
 		peak[bd.RepoID] = max(peak[bd.RepoID], cur[bd.RepoID])
+		if total >= 2 && peakTotal < 2 {
+			close(parallel)
+		}
 		peakTotal = max(peakTotal, total)
 		mu.Unlock()
+		select {
+		case <-parallel:
+		case <-time.After(testwait.Scale(30 * time.Second)):
+		}
 		time.Sleep(40 * time.Millisecond)
 		mu.Lock()
 		cur[bd.RepoID]--
