@@ -490,8 +490,12 @@ func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, m
 	more := frameBuffered(c.br)
 	c.cork(true)
 	handled := make(chan struct{}) // per message: an idle connection keeps none
+	// Working from now, not from when the handler first runs: a new
+	// goroutine can wait seconds for a CPU on a loaded machine, and
+	// meanwhile a reader waiting for it looked like a silent client to
+	// the keepalive (TestBusyConnectionsKeepTheirLeases, make test-loaded).
+	c.work(true)
 	go func() {
-		c.work(true)
 		c.handle(*bp)
 		c.work(false)
 		close(handled)
