@@ -139,6 +139,13 @@ type BuildStep struct {
 	ExitCode int       `json:"exit_code"`
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
+	// FirstLine is the number of the step's first line in its job's log
+	// (the line after those printed before it started) and LastLine that
+	// of its last, FirstLine-1 when it printed nothing. Each is 0 until
+	// the step starts or ends, and for steps recorded by a forge that did
+	// not count them.
+	FirstLine int `json:"first_line"`
+	LastLine  int `json:"last_line"`
 }
 
 // Delivery is a webhook delivery as received, kept so that nothing answered

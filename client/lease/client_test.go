@@ -721,3 +721,30 @@ func TestDialWithToken(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReleaseBroken: ReleaseBroken releases the lease and the server
+// takes its resources out of service with the reason.
+func TestReleaseBroken(t *testing.T) {
+	f := newTestServer(t, onePool("dut", "dut1"))
+	c := dial(t, f.URL)
+	l := acquire(t, c, Request{Pool: "dut"})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.ReleaseBroken(ctx, "console shows a kernel panic"); err != nil {
+		t.Fatalf("ReleaseBroken: %v", err)
+	}
+	if got := context.Cause(l.Context()); !errors.Is(got, ErrReleased) {
+		t.Errorf("Context cause after ReleaseBroken = %v, want ErrReleased", got)
+	}
+	p, err := f.m.Pool(ctx, "dut")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := p.Resources[0]
+	if r.State != "disabled" || r.Fault == nil || r.Fault.Source != forge.FaultHolder || r.Fault.Reason != "console shows a kernel panic" {
+		t.Fatalf("dut1 after ReleaseBroken: got %+v (fault %+v), want disabled by its holder", r, r.Fault)
+	}
+	if err := l.ReleaseBroken(ctx, "again"); err != nil {
+		t.Errorf("second ReleaseBroken: %v, want nil (idempotent)", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,8 +27,9 @@ type Lease struct {
 	ended  chan struct{} // closed when over, lost or released
 
 	mu        sync.Mutex
-	releasing bool // Release was called
-	sent      bool // the release message was sent
+	releasing bool   // Release was called
+	broken    string // the reason given to ReleaseBroken
+	sent      bool   // the release message was sent
 	over      bool
 	err       error // why it was lost
 }
@@ -116,7 +118,25 @@ func (l *Lease) Err() error {
 // server confirms it returns ECANCELED or ETIMEOUT; the release message
 // is out and a second call waits for the confirmation again. Closing the
 // Client releases too.
-func (l *Lease) Release(ctx context.Context) error {
+func (l *Lease) Release(ctx context.Context) error { return l.release(ctx, "") }
+
+// ReleaseBroken is Release, and reports the lease's resources broken: the
+// server takes every one of them out of service with reason (cut to
+// MaxBrokenLength bytes; empty says only that they are broken). A pool
+// with a health check brings them back when its check passes; otherwise
+// an operator enables them. After a Release that is still waiting, it
+// only waits for it.
+func (l *Lease) ReleaseBroken(ctx context.Context, reason string) error {
+	if len(reason) > MaxBrokenLength {
+		reason = strings.ToValidUTF8(reason[:MaxBrokenLength], "")
+	}
+	if reason == "" {
+		reason = "reported broken by its holder"
+	}
+	return l.release(ctx, reason)
+}
+
+func (l *Lease) release(ctx context.Context, broken string) error {
 	l.mu.Lock()
 	if l.over {
 		l.mu.Unlock()
@@ -125,11 +145,14 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.releasing = true
 	send := !l.sent
 	l.sent = true
+	if send {
+		l.broken = broken
+	}
 	l.mu.Unlock()
 	// An error here means the connection is gone, and the server released
 	// everything it held: shutdown ends the lease as released.
 	if send {
-		l.c.send(&Message{Type: TypeRelease, Lease: l.id})
+		l.c.send(l.releaseMessage())
 	}
 	select {
 	case <-l.ended:
@@ -161,6 +184,13 @@ func (l *Lease) end(cause error, lost bool) {
 	}
 	l.cancel(cause)
 	close(l.ended)
+}
+
+// releaseMessage is the release of l, broken when ReleaseBroken asked.
+func (l *Lease) releaseMessage() *Message {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return &Message{Type: TypeRelease, Lease: l.id, Broken: l.broken}
 }
 
 func (l *Lease) isReleasing() bool {

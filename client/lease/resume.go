@@ -149,7 +149,7 @@ func (c *Client) install(conn *websocket.Conn, st *Message) error {
 		if held[id] != nil {
 			delete(held, id)
 			if l.isReleasing() {
-				resend = append(resend, &Message{Type: TypeRelease, Lease: id})
+				resend = append(resend, l.releaseMessage())
 			}
 			continue
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -34,6 +33,9 @@ const (
 	MaxLeaseIDLength = 128
 	// MaxHolderLength bounds an acquire's holder, in bytes.
 	MaxHolderLength = 1024
+	// MaxBrokenLength bounds the reason of a release that reports its
+	// resources broken.
+	MaxBrokenLength = 4096
 	// MaxWaitMS bounds an acquire's max_wait_ms: a year.
 	MaxWaitMS = 365 * 24 * 3600 * 1000
 )
@@ -103,6 +105,9 @@ type Message struct {
 
 	// Lease is the lease id (release, granted, released, revoked, error).
 	Lease string `json:"lease,omitempty"`
+	// Broken, on a release, reports the lease's resources broken: the
+	// server takes them out of service with this reason (at most 4 KiB).
+	Broken string `json:"broken,omitempty"`
 
 	// Version, KeepaliveMS and Connection come with hello.
 	Version     int    `json:"version,omitempty"`
@@ -290,6 +295,9 @@ func (m *Message) Validate() error {
 	case TypePing, TypePong:
 		return checkID(m.Type, m.ID, false)
 	case TypeRelease, TypeReleased, TypeRevoked:
+		if len(m.Broken) > MaxBrokenLength {
+			return invalid("release %q: broken is %d bytes, more than %d", m.Lease, len(m.Broken), MaxBrokenLength)
+		}
 		return checkLease(m.Type, m.Lease)
 	case TypeGranted:
 		if err := checkID(m.Type, m.ID, true); err != nil {
@@ -378,24 +386,15 @@ func (m *Message) Time() time.Time {
 // FORGE_LEASE_ and the pool name upper-cased with every character other
 // than an ASCII letter or digit replaced by "_" ("lab-dut.x" gives
 // FORGE_LEASE_LAB_DUT_X).
-func EnvName(pool string) string {
-	var b strings.Builder
-	b.WriteString("FORGE_LEASE_")
-	for _, r := range pool { // an invalid byte is a rune of its own, as for regexp
-		switch {
-		case r >= 'a' && r <= 'z':
-			b.WriteRune(r - 'a' + 'A')
-		case r >= 'A' && r <= 'Z' || r >= '0' && r <= '9':
-			b.WriteRune(r)
-		default:
-			b.WriteByte('_')
-		}
-	}
-	return b.String()
-}
+func EnvName(pool string) string { return forge.EnvName("FORGE_LEASE_", pool) }
 
 // EnvJSON is the variable that carries the whole granted message.
 const EnvJSON = "FORGE_LEASE_JSON"
+
+// EnvBroken is the variable forge lease gives CMD: a file into which CMD
+// writes why its resources are broken; forge lease then releases them
+// with ReleaseBroken.
+const EnvBroken = "FORGE_LEASE_BROKEN"
 
 // GrantEnv returns the environment of a grant: one EnvName(pool) per pool
 // with the comma-separated resource ids, in the order granted, and EnvJSON

@@ -66,6 +66,11 @@ resources in its environment, and gives them back when CMD exits:
                       letter or digit as "_" (pool lab-dut.x: FORGE_LEASE_LAB_DUT_X)
   FORGE_LEASE_JSON    the server's whole "granted" message, with each
                       resource's attributes (host, serial, ...) and labels
+  FORGE_LEASE_BROKEN  a file: when CMD finds its resources broken, it
+                      writes why into it (echo "no boot" >"$FORGE_LEASE_BROKEN");
+                      they are then released as broken, out of service
+                      until their pool's health check passes or an
+                      operator enables them
 
 The lease lives as long as forge lease's session with the server: if forge
 lease dies, however it dies, the server takes the resources back at once.
@@ -272,10 +277,22 @@ func runLease(ctx context.Context, o *leaseOptions, poolArgs, argv []string, std
 	}
 	say("granted %s after %s (lease %s)", describeLeaseGrant(l), time.Since(start).Round(time.Millisecond), l.ID())
 
-	code, lost, err := runHolding(l, path, argv, stdin, stdout, stderr, o.killGrace, say)
+	// CMD may report the resources broken by writing why into the file
+	// FORGE_LEASE_BROKEN names: they are then released as broken.
+	brokenFile, err := leaseBrokenFile()
+	if err != nil {
+		return err
+	}
+	defer os.Remove(brokenFile)
+	code, lost, err := runHolding(l, path, argv, []string{lease.EnvBroken + "=" + brokenFile}, stdin, stdout, stderr, o.killGrace, say)
 	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	l.Release(rctx)
+	if reason := leaseBrokenReason(brokenFile); reason != "" && !lost {
+		say("releasing %s as broken: %s", describeLeaseGrant(l), reason)
+		l.ReleaseBroken(rctx, reason)
+	} else {
+		l.Release(rctx)
+	}
 	if err != nil {
 		return err
 	}
@@ -418,14 +435,37 @@ func leaseError(err error, server string) error {
 	return exitWith(exitFailed, "%s", errorText(err))
 }
 
+// leaseBrokenFile creates the empty file CMD writes to when it finds
+// its resources broken.
+func leaseBrokenFile() (string, error) {
+	f, err := os.CreateTemp("", "forge-lease-broken-*")
+	if err != nil {
+		return "", forge.Errorf(forge.EINTERNAL, "cannot create the file for %s: %v", lease.EnvBroken, err)
+	}
+	f.Close()
+	return f.Name(), nil
+}
+
+// leaseBrokenReason is what CMD wrote into the broken file (its first
+// lease.MaxBrokenLength bytes, trimmed); "" when nothing.
+func leaseBrokenReason(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	data, _ := io.ReadAll(io.LimitReader(f, lease.MaxBrokenLength))
+	return strings.TrimSpace(strings.ToValidUTF8(string(data), ""))
+}
+
 // runHolding runs CMD while l is held. It returns CMD's exit status, and
 // lost=true when the lease was lost and CMD stopped because of it.
-func runHolding(l *lease.Lease, path string, argv []string, stdin io.Reader, stdout, stderr io.Writer,
+func runHolding(l *lease.Lease, path string, argv, env []string, stdin io.Reader, stdout, stderr io.Writer,
 	grace time.Duration, say func(string, ...any)) (code int, lost bool, err error) {
 	cmd := exec.Command(path, argv[1:]...)
 	cmd.Args = argv
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), env...)
 	for k, v := range l.Env() {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

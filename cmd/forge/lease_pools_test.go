@@ -2,10 +2,7 @@ package main
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -96,9 +93,9 @@ func TestLeasePoolsSurviveServerRestart(t *testing.T) {
 
 // startLeaseForgeServerAt starts forge server on addr with data, and waits
 // for it to answer.
-func startLeaseForgeServerAt(t *testing.T, addr, data, cfg string) *leaseProc {
+func startLeaseForgeServerAt(t testing.TB, addr, data, cfg string, env ...string) *leaseProc {
 	t.Helper()
-	p := startLeaseForge(t, []string{"FORGE_MIGRATE=auto"}, "server", "--config", cfg, "--addr", addr, "--data", data)
+	p := startLeaseForge(t, append([]string{"FORGE_MIGRATE=auto"}, env...), "server", "--config", cfg, "--addr", addr, "--data", data)
 	leaseWaitFor(t, 20*time.Second, "forge server to answer", func() bool {
 		select {
 		case <-p.done:
@@ -119,44 +116,10 @@ func startLeaseForgeServerAt(t *testing.T, addr, data, cfg string) *leaseProc {
 // of the server keeps its device across the restart (no one else gets it
 // meanwhile), its CMD runs on, and it exits 0.
 func TestLeaseSurvivesGracefulRestart(t *testing.T) {
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "forge.yml")
-	if err := os.WriteFile(cfg, []byte("pools:\n  dut:\n    resources: [{id: dut1}]\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	data := filepath.Join(dir, "data")
-	srv := startLeaseForgeServerAt(t, addr, data, cfg)
-	env := []string{"FORGE_SERVER=http://" + addr, "DIR=" + dir}
-	holder := startLeaseForge(t, env, "lease", "dut", "--resume-grace", "30s", "--", "sh", "-c",
-		`touch "$DIR/running"; while [ ! -f "$DIR/finish" ]; do sleep 0.05; done; echo "held $FORGE_LEASE_DUT"`)
-	leaseWaitFor(t, 10*time.Second, "CMD to run", func() bool { _, err := os.Stat(filepath.Join(dir, "running")); return err == nil })
-
-	srv.cmd.Process.Signal(syscall.SIGTERM)
-	if code := srv.wait(t, 20*time.Second); code != 0 {
-		t.Fatalf("forge server exited %d on SIGTERM: %s", code, srv.stderr.String())
-	}
-	srv = startLeaseForgeServerAt(t, addr, data, cfg)
-	leaseWaitFor(t, 20*time.Second, "forge lease to resume", func() bool {
-		return strings.Contains(holder.stderr.String(), "resumed: 1 leases kept")
+	leaseHolderSurvivesRestart(t, func(t *testing.T, srv *leaseProc) {
+		srv.cmd.Process.Signal(syscall.SIGTERM)
+		if code := srv.wait(t, 20*time.Second); code != 0 {
+			t.Fatalf("forge server exited %d on SIGTERM: %s", code, srv.stderr.String())
+		}
 	})
-	// Nobody else gets the device while the holder has it.
-	other := startLeaseForge(t, env, "lease", "dut", "--wait", "1s", "--", "true")
-	if code := other.wait(t, 20*time.Second); code != exitLeaseWait {
-		t.Fatalf("another forge lease exited %d, want %d (the device is held): %s", code, exitLeaseWait, other.stderr.String())
-	}
-	os.WriteFile(filepath.Join(dir, "finish"), nil, 0o644)
-	if code := holder.wait(t, 20*time.Second); code != 0 {
-		t.Fatalf("forge lease exited %d, want 0: %s", code, holder.stderr.String())
-	}
-	if got := holder.stdout.String(); got != "held dut1\n" {
-		t.Errorf("CMD printed %q, want %q", got, "held dut1\n")
-	}
-	srv.cmd.Process.Signal(syscall.SIGTERM)
-	srv.wait(t, 20*time.Second)
 }

@@ -178,3 +178,47 @@ func TestPytestExampleErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestPytestExampleReportsBroken: a test that calls forge_report_broken
+// gets its device released as broken, both when the plugin holds the lease
+// and under an enclosing forge lease (through FORGE_LEASE_BROKEN).
+func TestPytestExampleReportsBroken(t *testing.T) {
+	py := leasePython(t)
+	srv := newLeaseServer(t, leasePool("dut", "dut1", "dut2"))
+	dir := t.TempDir()
+	test := "def test_flash(forge_resources, forge_report_broken):\n    forge_report_broken(forge_resources['dut'][0]['id'] + ' does not boot')\n"
+	if err := os.WriteFile(filepath.Join(dir, "test_flash.py"), []byte(test), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fault := func(id string) string {
+		t.Helper()
+		p, err := srv.m.Pool(context.Background(), "dut")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range p.Resources {
+			if r.ID == id && r.Fault != nil {
+				return r.DisabledBy + ": " + r.Fault.Reason
+			}
+		}
+		return ""
+	}
+
+	p := startLeasePytest(t, py, nil, dir, "-p", "forge_lease", "--forge-lease", "dut", "--forge-server", srv.URL)
+	if code := p.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("pytest exited %d\nstdout: %s\nstderr: %s", code, p.stdout.String(), p.stderr.String())
+	}
+	if got := fault("dut1"); got != "holder: dut1 does not boot" {
+		t.Fatalf("dut1 after the session: fault %q, want reported broken by its holder", got)
+	}
+
+	abs, _ := filepath.Abs(leasePytestExample)
+	f := startLeaseForge(t, []string{"FORGE_SERVER=" + srv.URL, "PYTHONDONTWRITEBYTECODE=1", "PYTHONPATH=" + abs},
+		"lease", "dut", "--", py, "-m", "pytest", "-p", "no:cacheprovider", "-p", "forge_lease", dir)
+	if code := f.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, f.stdout.String(), f.stderr.String())
+	}
+	if got := fault("dut2"); got != "holder: dut2 does not boot" {
+		t.Fatalf("dut2 after the session under forge lease: fault %q, want reported broken by its holder", got)
+	}
+}

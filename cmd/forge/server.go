@@ -220,19 +220,35 @@ func (m *serverMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The sessions a gracefully stopped server left: resumable by their
-	// clients within their grace, from now.
+	// Every change of a resumable session is kept in the store as it
+	// happens (the journal, table lease_sessions), so the sessions of the
+	// last run — however it ended, kill -9 included — come back here,
+	// resumable by their clients within their grace, from now.
+	sessions, held, err := leases.Journal(ctx, &sqldb.LeaseSessionStore{DB: db}, lease.JournalOptions{
+		OnError: func(err error) {
+			log.Error("lease state not kept in the store yet (retrying; grants wait for it)", "err", err)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	// A graceful stop of a forge from before the journal left a snapshot.
 	if state, err := db.TakeLeaseState(ctx); err != nil {
 		return err
 	} else if state != nil {
-		sessions, held, err := leases.Restore(ctx, state)
+		s, h, err := leases.Restore(ctx, state)
 		if err != nil {
 			log.Warn("lease sessions of the last run not restored", "err", err)
 		}
+		sessions, held = sessions+s, held+h
+	}
+	if sessions > 0 {
 		log.Info("lease sessions of the last run restored, waiting for their clients", "sessions", sessions, "leases", held)
 	}
-	leaseSrv := leasehttp.NewServer(lease.NewStoredPools(leases, db), leasehttp.Options{
-		Durable:    true, // sessions are kept in the store at a graceful stop
+	defer leases.Close()
+	leaseState := lease.NewStoredPools(leases, db)
+	leaseSrv := leasehttp.NewServer(leaseState, leasehttp.Options{
+		Durable:    true, // sessions are kept in the store as they change
 		Keepalive:  lc.KeepaliveOrDefault(),
 		Registry:   reg,
 		Logger:     log.With("component", "lease"),
@@ -442,12 +458,11 @@ func (m *serverMain) Run(ctx context.Context) error {
 		defer cancel()
 		err := srv.Shutdown(sctx)
 		_ = leaseSrv.Shutdown(sctx)
-		// Session clients were told to reconnect: leave their sessions
-		// for the next run.
-		if state, serr := leases.Snapshot(sctx); serr != nil {
-			log.Error("lease sessions not kept for the next run", "err", serr)
-		} else if serr := db.SaveLeaseState(context.WithoutCancel(sctx), state); serr != nil {
-			log.Error("lease sessions not kept for the next run", "err", serr)
+		// Session clients were told to reconnect: their sessions are in
+		// the store for the next run once the journal has written the
+		// last changes.
+		if serr := leases.Flush(sctx); serr != nil {
+			log.Error("the last lease session changes were not kept for the next run", "err", serr)
 		}
 		return err
 	})
@@ -458,6 +473,16 @@ func (m *serverMain) Run(ctx context.Context) error {
 		go func() { <-runDone; stopSSH() }()
 		g.Go(func() error { return sshServe(sctx) })
 	}
+	// Health checks of the lease pools run while the lease endpoint
+	// serves (through the drain of running builds). One server owns the
+	// lease state, so it runs them; a replica that does not own it must
+	// not start a Checker.
+	cctx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
+	go func() { <-runDone; stopChecks() }()
+	g.Go(func() error {
+		checker := &lease.Checker{Health: leaseState, Logger: log.With("component", "lease")}
+		return checker.Serve(cctx)
+	})
 	g.Go(func() error { return keeper.run(gctx) })
 	g.Go(func() error {
 		return runLogUpkeep(gctx, db, sqldb.Retention{Builds: c.Logs.KeepBuilds, Days: c.Logs.KeepDays}, log)

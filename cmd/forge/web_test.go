@@ -231,8 +231,10 @@ func webSeedData(t testing.TB, lines int) *webSeed {
 
 const webRepo = "/Codertocat/Hello-World"
 
-// webPools is a configuration with two lease pools for the pools page.
+// webPools is a configuration with three lease pools for the pools page.
 const webPools = `pools:
+  bench:
+    resources: [{id: bench1}]
   dut:
     resources:
       - {id: dut1, host: 10.0.0.5, labels: {arch: arm64}}
@@ -243,9 +245,14 @@ const webPools = `pools:
 `
 
 // webHoldLeases has two forge lease processes hold both enabled devices
-// of pool dut and a third wait in its queue, until the test ends.
+// of pool dut and a third wait in its queue, until the test ends; and a
+// holder report the bench broken.
 func webHoldLeases(t testing.TB, p *e2eServerProc) {
 	t.Helper()
+	report := exec.Command(buildForge(t), "lease", "--server", p.url, "bench", "--", "sh", "-c", `echo "fan stuck" >"$FORGE_LEASE_BROKEN"`)
+	if out, err := report.CombinedOutput(); err != nil {
+		t.Fatalf("forge lease reporting the bench broken: %v\n%s", err, out)
+	}
 	for i := 0; i < 3; i++ {
 		cmd := exec.Command(buildForge(t), "lease", "--server", p.url, "--holder", fmt.Sprintf("web-test-%d", i), "dut", "--", "sleep", "600")
 		if err := cmd.Start(); err != nil {
@@ -345,9 +352,10 @@ func TestWebPages(t *testing.T) {
 	})
 
 	t.Run("pools page", func(t *testing.T) {
-		webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+"/-/pools"), webPoll(`document.querySelectorAll("#pools table").length === 2`, 20*time.Second))
+		webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+"/-/pools"), webPoll(`document.querySelectorAll("#pools table").length === 3`, 20*time.Second))
 		text := webEval[string](t, ctx, `document.getElementById("pools").textContent`)
-		for _, want := range []string{"dut1leased", "dut2leased", "dut3disabled", "20000free", "Queue (1)", "3 resources: 0 free, 2 in use, 1 disabled", "web-test-"} {
+		for _, want := range []string{"dut1leased", "dut2leased", "dut3disabled", "20000free", "Queue (1)", "3 resources: 0 free, 2 in use, 1 disabled", "web-test-",
+			"bench1disabled by holderfan stuck"} {
 			if !strings.Contains(text, want) {
 				t.Errorf("pools page %q lacks %q", text, want)
 			}
@@ -623,4 +631,92 @@ func TestWebPrivateReads(t *testing.T) {
 	if st := e2eApiCall(t, "GET", p.url+e2eRepoPath+"/builds", "", nil); st != 401 {
 		t.Errorf("anonymous API read with private reads: %d, want 401", st)
 	}
+}
+
+// webShot writes a screenshot of the page as name.png.
+func webShot(t testing.TB, ctx context.Context, name string) {
+	t.Helper()
+	buf := webGet(t, ctx, 30*time.Second, chromedp.CaptureScreenshot())
+	if err := os.WriteFile(filepath.Join(webScreenshots(t), name+".png"), buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWebLiveLists: a new repository appears on the open repositories
+// page, and a new build on top of the open builds list, without a reload
+// (window.__same would be gone after one), and its state changes there.
+func TestWebLiveLists(t *testing.T) {
+	repo, sha := e2eRepo(t, "execute:\n  - echo built\n")
+	p := e2eStartServer(t, t.TempDir())
+	ctx := webBrowser(t)
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	deliver := func(id string, pr int) {
+		t.Helper()
+		if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", id, e2ePrPayload(t, "opened", repo, sha, pr)); err != nil || st != 202 {
+			t.Fatalf("delivery %s: %d %v", id, st, err)
+		}
+	}
+	webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+"/"), chromedp.WaitVisible(css("#norepos")))
+	webEval[int](t, ctx, `window.__same = 1`)
+	deliver("web-lists-1", 2)
+	webRun(t, ctx, 60*time.Second, webPoll(`window.__same === 1 && !!document.querySelector('#repos a.title[href="`+webRepo+`"]') &&
+		document.getElementById("norepos").textContent === ""`, 50*time.Second))
+	e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool { return b.Status.Done() })
+	webRun(t, ctx, 60*time.Second, webPoll(`window.__same === 1 && /#1 success/.test(document.querySelector("#repos .badge").textContent)`, 50*time.Second))
+
+	webRun(t, ctx, 30*time.Second, chromedp.Navigate(p.url+webRepo), chromedp.WaitVisible(css("#builds")))
+	webEval[int](t, ctx, `window.__same = 2`)
+	focused := webEval[bool](t, ctx, `(function(){var a=document.querySelector("#build-rows a"); a.focus(); return document.activeElement === a})()`)
+	deliver("web-lists-2", 3)
+	webRun(t, ctx, 60*time.Second, webPoll(`(function(){
+		var r = document.querySelectorAll("#build-rows tr[data-build]");
+		return window.__same === 2 && r.length === 2 && r[0].querySelector("a").textContent === "#2" && r[1].querySelector("a").textContent === "#1"})()`, 50*time.Second))
+	e2eWaitBuild(t, p, 2, 30*time.Second, func(b *e2eBuildView) bool { return b.Status.Done() })
+	webRun(t, ctx, 60*time.Second, webPoll(`document.querySelector("#build-rows tr [data-status]").textContent === "success"`, 50*time.Second))
+	// The row that was there kept its focus: only changed cells are redrawn.
+	if focused && !webEval[bool](t, ctx, `document.activeElement && document.activeElement.textContent === "#1"`) {
+		t.Errorf("the focused link of build 1 lost its focus when build 2 came")
+	}
+	webShot(t, ctx, "builds-live-new-build")
+}
+
+// TestWebStepFolds: a step that starts while the log page is open gets
+// its fold, at the line it started at.
+func TestWebStepFolds(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "go-on")
+	repo, sha := e2eRepo(t, fmt.Sprintf("execute:\n  - name: first\n    run: |\n      echo in-first-step\n      while [ ! -e %s ]; do sleep 0.1; done\n"+
+		"  - name: second\n    run: echo in-second-step\n", gate))
+	p := e2eStartServer(t, t.TempDir())
+	if st, err := e2eDeliver(http.DefaultClient, p.url, "pull_request", "web-steps-1", e2ePrPayload(t, "opened", repo, sha, 2)); err != nil || st != 202 {
+		t.Fatalf("delivery: %d %v", st, err)
+	}
+	b := e2eWaitBuild(t, p, 1, 30*time.Second, func(b *e2eBuildView) bool {
+		return len(b.Jobs[0].Steps) > 0 && b.Jobs[0].Steps[0].Status == forge.StatusRunning
+	})
+	ctx := webBrowser(t)
+	webRun(t, ctx, 30*time.Second, chromedp.Navigate(fmt.Sprintf("%s%s/builds/1/jobs/%d", p.url, webRepo, b.Jobs[0].ID)),
+		chromedp.WaitVisible(chromedp.CSS("#rows")))
+	// headerBefore(text): the step header right above the line that says text.
+	const headerBefore = `(function(text){
+		for (var r = document.getElementById("rows").firstChild; r; r = r.nextSibling)
+			if (r.querySelector(".tx") && r.querySelector(".tx").textContent === text) {
+				var h = r.previousElementSibling;
+				return h && h.classList.contains("steprow") ? h.querySelector(".fold").textContent.slice(2) : "";
+			}
+		return null})`
+	webRun(t, ctx, 60*time.Second, webPoll(headerBefore+`("in-first-step") === "first"`, 50*time.Second))
+	if got := webEval[string](t, ctx, `document.getElementById("steplist").textContent`); strings.Contains(got, "second") {
+		t.Fatalf("the step list shows step second before it started: %q", got)
+	}
+	webEval[int](t, ctx, `window.__same = 1`)
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	webRun(t, ctx, 60*time.Second, webPoll(`window.__same === 1 && `+headerBefore+`("in-second-step") === "second"`, 50*time.Second))
+	// When the job ends, both steps show their result and line count.
+	webRun(t, ctx, 60*time.Second, webPoll(`(function(){
+		var li = document.querySelectorAll("#steplist li");
+		return li.length === 2 && /^success · .* · 1 lines$/.test(li[0].querySelector("a").textContent) &&
+			/^success · .* · 1 lines$/.test(li[1].querySelector("a").textContent)})()`, 50*time.Second))
+	webShot(t, ctx, "log-step-started-live")
 }

@@ -139,12 +139,15 @@ class Lease:
             raise self._error
         return self.granted
 
-    def release(self, timeout=5.0):
-        """Give the resources back (idempotent) and stop the thread."""
+    def release(self, timeout=5.0, broken=None):
+        """Give the resources back (idempotent) and stop the thread. With
+        broken (a reason), report them broken: the server takes them out of
+        service until their pool's health check passes or an operator
+        enables them."""
         if not self._thread.is_alive():
             return
         self._releasing = True
-        fut = asyncio.run_coroutine_threadsafe(self._release(), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(self._release(broken), self._loop)
         try:
             fut.result(timeout)
         except Exception:
@@ -308,14 +311,17 @@ class Lease:
         raise LeaseError("unavailable", f"could not resume the session within its grace of {grace:g}s ({last}): "
                          "the lease is lost")
 
-    async def _release(self):
+    async def _release(self, broken=None):
         if self._ws is None or self.granted is None or self.lost.is_set():
             if self._ws is not None:
                 await self._ws.close()
             return
         self._released = asyncio.Event()
         try:
-            await self._ws.send(json.dumps({"type": "release", "lease": self.lease_id}))
+            msg = {"type": "release", "lease": self.lease_id}
+            if broken:
+                msg["broken"] = broken.encode()[:4096].decode(errors="ignore")
+            await self._ws.send(json.dumps(msg))
             await asyncio.wait_for(self._released.wait(), 5)
         finally:
             await self._ws.close()
@@ -369,6 +375,7 @@ class _State:
         self.lease = None
         self.granted = None  # the granted message, ours or forge lease's
         self.lost_reason = None
+        self.broken = None  # why a test found the resources broken
 
 
 _STATE_KEY = pytest.StashKey[_State]()  # pytest >= 7
@@ -433,7 +440,7 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session):
     st = _state(session.config)
     if st.lease is not None:
-        st.lease.release()
+        st.lease.release(broken=st.broken)
     if st.lost_reason is not None:
         session.exitstatus = EXIT_LEASE_LOST
 
@@ -464,3 +471,21 @@ def forge_resources(forge_grant):
     """Pool name -> list of granted resources, each {"id", "attributes", "labels"}."""
     return forge_grant.get("resources", {})
 
+
+@pytest.fixture(scope="session")
+def forge_report_broken(request):
+    """A function: forge_report_broken("why") reports the leased resources
+    broken. At the end of the session they are released as broken (under
+    an enclosing forge lease: through the file $FORGE_LEASE_BROKEN names),
+    and the server keeps them out of service until their pool's health
+    check passes or an operator enables them."""
+    st = _state(request.config)
+
+    def report(reason):
+        st.broken = str(reason).strip() or "reported broken by a test"
+        path = os.environ.get("FORGE_LEASE_BROKEN")
+        if st.lease is None and path:
+            with open(path, "w") as f:
+                f.write(st.broken)
+
+    return report

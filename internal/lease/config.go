@@ -88,6 +88,12 @@ type PoolConfig struct {
 	// Labels are given to every resource of the pool (a resource's own
 	// labels win).
 	Labels map[string]string `yaml:"labels" json:"labels,omitempty"`
+	// MaxGrace bounds the grace of a resumable session holding or waiting
+	// for the pool's resources, as a Go duration ("30s"); empty: only the
+	// server's max_grace.
+	MaxGrace string `yaml:"max_grace" json:"max_grace,omitempty"`
+	// Check is the pool's health check (health.go).
+	Check *CheckConfig `yaml:"check" json:"check,omitempty"`
 }
 
 // ResourceConfig declares one listed resource. In YAML and JSON it is a
@@ -359,6 +365,11 @@ func (pc *PoolConfig) Pool(name string) (*forge.Pool, error) {
 		return nil, err
 	}
 	p := &forge.Pool{Name: name, Order: pc.Order}
+	check, err := pc.Check.poolCheck(name)
+	if err != nil {
+		return nil, err
+	}
+	p.Check = check
 	if p.Order == "" {
 		p.Order = OrderFIFO
 	}
@@ -367,6 +378,13 @@ func (pc *PoolConfig) Pool(name string) (*forge.Pool, error) {
 	}
 	if err := checkLabels(pc.Labels); err != nil {
 		return nil, forge.Errorf(forge.EINVALID, "pool %q: labels: %s", name, forge.ErrorMessage(err))
+	}
+	if pc.MaxGrace != "" {
+		d, err := time.ParseDuration(pc.MaxGrace)
+		if err != nil || d <= 0 {
+			return nil, forge.Errorf(forge.EINVALID, "pool %q: max_grace %q: want a positive duration such as 30s or 2m", name, pc.MaxGrace)
+		}
+		p.MaxGrace = d
 	}
 	withLabels := func(own map[string]string) map[string]string {
 		if len(pc.Labels) == 0 {
@@ -480,11 +498,20 @@ func checkPool(p *forge.Pool) error {
 	if err := checkPoolName(p.Name); err != nil {
 		return err
 	}
+	if err := checkPoolCheck(p.Name, p.Check); err != nil {
+		return err
+	}
+	if p.Check != nil && len(p.Resources) > MaxCheckedResources {
+		return forge.Errorf(forge.EINVALID, "pool %q: %d resources, more than the %d a pool with a check may have", p.Name, len(p.Resources), MaxCheckedResources)
+	}
 	if p.Order == "" {
 		p.Order = OrderFIFO
 	}
 	if p.Order != OrderFIFO && p.Order != OrderFill {
 		return forge.Errorf(forge.EINVALID, "pool %q: unknown order %q (want %q or %q)", p.Name, p.Order, OrderFIFO, OrderFill)
+	}
+	if p.MaxGrace < 0 {
+		return forge.Errorf(forge.EINVALID, "pool %q: max_grace %s is negative", p.Name, p.MaxGrace)
 	}
 	seen := make(map[string]bool, len(p.Resources))
 	for _, r := range p.Resources {

@@ -141,3 +141,24 @@ func TestEmptyOrderIsFIFO(t *testing.T) {
 		t.Fatalf("got pools %+v, want one fifo pool", pools)
 	}
 }
+
+// TestPoolMaxGraceConfig: max_grace is a positive duration; a bad one
+// names the pool and the value.
+func TestPoolMaxGraceConfig(t *testing.T) {
+	pc := PoolConfig{Range: "1-1", MaxGrace: "45s"}
+	p, err := pc.Pool("dut")
+	if err != nil || p.MaxGrace != 45*time.Second {
+		t.Fatalf("max_grace 45s: %v, %v", p, err)
+	}
+	for _, bad := range []string{"soon", "-1s", "0s"} {
+		pc := PoolConfig{Range: "1-1", MaxGrace: bad}
+		_, err := pc.Pool("dut")
+		if forge.ErrorCode(err) != forge.EINVALID || !strings.Contains(forge.ErrorMessage(err), `pool "dut": max_grace "`+bad+`"`) {
+			t.Errorf("max_grace %q: got %v, want an error naming the pool and the value", bad, err)
+		}
+	}
+	p, err = DecodePool("dut", strings.NewReader(`{"range":"1-2","max_grace":"2m"}`))
+	if err != nil || p.MaxGrace != 2*time.Minute {
+		t.Fatalf("REST body with max_grace: %v, %v", p, err)
+	}
+}

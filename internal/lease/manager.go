@@ -40,6 +40,7 @@ type Manager interface {
 	Queue
 	Sessions
 	Admin
+	Health
 }
 
 // Queue is what a connection does: ask, give up, give back.
@@ -78,9 +79,11 @@ type Admin interface {
 	// DeletePool removes a pool. Its free resources go at once; leased
 	// ones when released. Its queued requests fail (ENOTFOUND).
 	DeletePool(ctx context.Context, name string) error
-	// SetDisabled disables or enables a resource. A leased resource stays
-	// leased and is not granted again once released until enabled.
-	SetDisabled(ctx context.Context, pool, resource string, disabled bool) error
+	// SetDisabled disables or enables a resource; reason (optional) says
+	// why it is disabled. A leased resource stays leased and is not
+	// granted again once released until enabled. Enabling ends a fault
+	// too (Health).
+	SetDisabled(ctx context.Context, pool, resource string, disabled bool, reason string) error
 	// Revoke force-releases a lease; its holder gets EventRevoked with
 	// reason.
 	Revoke(ctx context.Context, leaseID, reason string) error
@@ -193,18 +196,27 @@ const (
 	StateFree     = "free"
 	StateLeased   = "leased"
 	StateDisabled = "disabled"
+	// StateChecking: its pool's check runs (or is about to) before it is
+	// handed out again.
+	StateChecking = "checking"
 )
 
 // PoolState is an operator's view of a pool.
 type PoolState struct {
 	Name  string `json:"name"`
 	Order string `json:"order"`
+	// MaxGrace is the pool's bound on the grace of sessions holding or
+	// waiting for its resources ("30s"), when it has one.
+	MaxGrace string `json:"max_grace,omitempty"`
 	// Deleted pools linger while some of their resources are leased.
-	Deleted   bool             `json:"deleted,omitempty"`
-	Size      int              `json:"size"`
-	Free      int              `json:"free"`
-	InUse     int              `json:"in_use"`
-	Disabled  int              `json:"disabled"`
+	Deleted  bool `json:"deleted,omitempty"`
+	Size     int  `json:"size"`
+	Free     int  `json:"free"`
+	InUse    int  `json:"in_use"`
+	Disabled int  `json:"disabled"`
+	Checking int  `json:"checking,omitempty"`
+	// Check is the pool's health check, in the form it is declared.
+	Check     *CheckConfig     `json:"check,omitempty"`
 	Resources []*ResourceState `json:"resources"`
 	Queue     []*QueueEntry    `json:"queue"`
 }
@@ -214,10 +226,21 @@ type ResourceState struct {
 	ID         string            `json:"id"`
 	Attributes map[string]string `json:"attributes,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
-	// State is "free", "leased" or "disabled" (leased wins: a disabled
-	// resource still leased shows "leased" with Disabled true).
+	// State is "free", "leased", "disabled" or "checking" (leased wins: a
+	// disabled resource still leased shows "leased" with Disabled true).
 	State    string `json:"state"`
 	Disabled bool   `json:"disabled,omitempty"`
+	// DisabledBy says who took it out of service: "operator" (Disabled
+	// is true), else the source of Fault ("check" or "holder");
+	// DisabledReason and DisabledSince say why and since when (the
+	// operator's, else the fault's).
+	DisabledBy     string     `json:"disabled_by,omitempty"`
+	DisabledReason string     `json:"disabled_reason,omitempty"`
+	DisabledSince  *time.Time `json:"disabled_since,omitempty"`
+	// Fault is why a check or a holder took it out of service.
+	Fault *forge.ResourceFault `json:"fault,omitempty"`
+	// Check is its last health check, and when the next is due.
+	Check *CheckStatus `json:"check,omitempty"`
 	// Removing: the pool no longer lists it; it leaves when released.
 	Removing bool `json:"removing,omitempty"`
 	// Lease, Holder and Since are set while it is leased.
@@ -254,6 +277,7 @@ const (
 	ReasonReleased     = "released"     // the holder released it
 	ReasonDisconnected = "disconnected" // the holder's connection ended
 	ReasonRevoked      = "revoked"      // an operator force-released it
+	ReasonBroken       = "broken"       // the holder released it as broken
 	// ReasonExpired (session.go): the session's grace ended.
 )
 
@@ -265,8 +289,11 @@ type HistoryEntry struct {
 	Holder     string              `json:"holder"`
 	Connection string              `json:"connection"`
 	Resources  map[string][]string `json:"resources"`
-	// Reason is set on releases: released, disconnected or revoked.
+	// Reason is set on releases: released, broken, disconnected,
+	// revoked or expired.
 	Reason string `json:"reason,omitempty"`
+	// Broken is the holder's reason on a release as broken.
+	Broken string `json:"broken,omitempty"`
 	// Waited is how long the request queued (grants) or the lease was held
 	// (releases), in milliseconds.
 	WaitedMS float64 `json:"waited_ms,omitempty"`
@@ -281,9 +308,16 @@ type PoolStats struct {
 	Pool     string
 	Size     int // resources, enabled or not, excluding ones being removed
 	InUse    int
-	Disabled int
-	Waiters  int
-	Grants   uint64
+	Disabled int // out of service, whoever took it out
+	// DisabledBy counts disabled resources by who took them out:
+	// DisabledOperator, forge.FaultCheck, forge.FaultHolder.
+	DisabledBy map[string]int
+	Checking   int
+	// Checks counts health checks run, by result (CheckPassed,
+	// CheckFailed).
+	Checks  map[string]uint64
+	Waiters int
+	Grants  uint64
 	// Releases counts releases by reason.
 	Releases map[string]uint64
 	// WaitCounts[i] counts grants that waited at most WaitBuckets[i]

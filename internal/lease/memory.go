@@ -53,6 +53,12 @@ type Memory struct {
 	history    []*HistoryEntry
 	histNext   int
 	attachSeq  uint64
+	jr         *journal // nil: the state is kept in memory only
+
+	// Health checks (health.go).
+	checksOn  bool
+	checkWake chan struct{}
+	checkGen  uint64
 }
 
 var _ Manager = (*Memory)(nil)
@@ -63,8 +69,11 @@ type memPool struct {
 	res     []*memRes
 	byID    map[string]*memRes
 	deleted bool
-	waiters int
-	free    int // not leased, not disabled (removed ones are always leased)
+	// maxGrace bounds the grace of sessions holding or waiting for its
+	// resources (0: only the server's bound).
+	maxGrace time.Duration
+	waiters  int
+	free     int // not leased, not disabled (removed ones are always leased)
 
 	// Per scheduling pass.
 	avail       int
@@ -74,6 +83,9 @@ type memPool struct {
 	releases   map[string]uint64
 	waitCounts []uint64
 	waitSum    float64
+
+	check  *forge.PoolCheck
+	checks map[string]uint64 // by result
 }
 
 type memRes struct {
@@ -84,6 +96,7 @@ type memRes struct {
 	removed   bool
 	claimPass uint64
 	pickStamp uint64
+	chk       *resCheck // health check state (health.go)
 }
 
 type memReq struct {
@@ -95,6 +108,7 @@ type memReq struct {
 	allocOrder  []int
 	pools       []*memPool
 	since       time.Time
+	deadline    time.Time // when MaxWait ends; zero: never
 	timer       *time.Timer
 	notify      func(Event)
 	queued      bool
@@ -117,6 +131,7 @@ type memLease struct {
 	owner  *memOwner
 	res    []*memRes
 	notify func(Event)
+	broken string // the holder's reason, when it released the lease as broken
 }
 
 // NewMemory returns a Memory manager holding pools.
@@ -152,6 +167,8 @@ func NewMemory(pools []*forge.Pool, opts MemoryOptions) (*Memory, error) {
 		owners:  map[string]*memOwner{},
 		leases:  map[string]*memLease{},
 		history: make([]*HistoryEntry, 0, opts.HistorySize),
+
+		checkWake: make(chan struct{}, 1),
 	}
 	for _, p := range pools {
 		if err := checkPool(p); err != nil {
@@ -169,15 +186,18 @@ func newMemPool(p *forge.Pool) *memPool {
 	mp := &memPool{
 		name:       p.Name,
 		order:      p.Order,
+		maxGrace:   p.MaxGrace,
 		byID:       make(map[string]*memRes, len(p.Resources)),
 		releases:   map[string]uint64{},
 		waitCounts: make([]uint64, len(WaitBuckets)+1),
+		check:      copyCheck(p.Check),
+		checks:     map[string]uint64{},
 	}
 	for _, r := range p.Resources {
 		mr := &memRes{pool: mp, r: copyResource(r)}
 		mp.res = append(mp.res, mr)
 		mp.byID[r.ID] = mr
-		if !r.Disabled {
+		if !mr.out() {
 			mp.free++
 		}
 	}
@@ -185,7 +205,11 @@ func newMemPool(p *forge.Pool) *memPool {
 }
 
 func copyResource(r *forge.Resource) forge.Resource {
-	c := forge.Resource{ID: r.ID, Disabled: r.Disabled}
+	c := forge.Resource{ID: r.ID, Disabled: r.Disabled, DisabledReason: r.DisabledReason, DisabledSince: r.DisabledSince}
+	if r.Fault != nil {
+		f := *r.Fault
+		c.Fault = &f
+	}
 	// Copies, so that a caller changing its maps cannot change ours; ours
 	// are never mutated afterwards and may be shared with grants.
 	if len(r.Attributes) > 0 {
@@ -208,7 +232,13 @@ func copyResource(r *forge.Resource) forge.Resource {
 // closes their connections.
 func (m *Memory) Close() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer func() {
+		j := m.jr
+		m.mu.Unlock()
+		if j != nil {
+			j.close()
+		}
+	}()
 	m.closed = true
 	for r := m.head; r != nil; r = r.next {
 		if r.timer != nil {
@@ -302,6 +332,9 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 		return forge.Errorf(forge.EINVALID, "too many queued requests on this connection (limit %d)", m.opts.MaxQueuedPerOwner)
 	}
 	r.owner = o
+	if o.session != nil {
+		r.notify = m.held(r.notify)
+	}
 	m.seq++
 	r.seq = m.seq
 	m.enqueue(r)
@@ -314,6 +347,7 @@ func (m *Memory) Acquire(ctx context.Context, req *Request) error {
 		r.pos = pos
 		r.notify(Event{Type: EventQueued, RequestID: r.id, Position: pos})
 		if req.MaxWait > 0 {
+			r.deadline = r.since.Add(req.MaxWait)
 			r.timer = time.AfterFunc(req.MaxWait, func() { m.expire(r) })
 		}
 	}
@@ -392,6 +426,7 @@ func (m *Memory) enqueue(r *memReq) {
 	for _, p := range r.pools {
 		p.waiters++
 	}
+	m.touch(r.owner)
 }
 
 func (m *Memory) dequeue(r *memReq) {
@@ -420,6 +455,7 @@ func (m *Memory) dequeue(r *memReq) {
 	if r.timer != nil {
 		r.timer.Stop()
 	}
+	m.touch(r.owner)
 	m.positionsChanged()
 }
 
@@ -521,7 +557,7 @@ func (m *Memory) schedule() {
 				continue
 			}
 			for _, res := range p.res {
-				if res.lease == nil && !res.r.Disabled && res.claimPass != pass && matches(&res.r, w.Labels) {
+				if res.lease == nil && !res.out() && res.claimPass != pass && matches(&res.r, w.Labels) {
 					res.claimPass = pass
 					take(p, 1)
 				}
@@ -553,7 +589,7 @@ func (m *Memory) allocate(r *memReq, pass uint64) []*memRes {
 			if n == w.Count {
 				break
 			}
-			if res.lease != nil || res.r.Disabled || res.claimPass == pass || res.pickStamp == m.pick || !matches(&res.r, w.Labels) {
+			if res.lease != nil || res.out() || res.claimPass == pass || res.pickStamp == m.pick || !matches(&res.r, w.Labels) {
 				continue
 			}
 			res.pickStamp = m.pick
@@ -604,6 +640,7 @@ func (m *Memory) grant(r *memReq, picked []*memRes, now time.Time) {
 	}
 	r.owner.leases = append(r.owner.leases, l)
 	m.leases[g.ID] = l
+	m.touch(r.owner)
 	m.record(&HistoryEntry{
 		Time: now, Event: "granted", Lease: g.ID, Holder: g.Holder, Connection: g.Owner,
 		Resources: g.ResourceIDs(), WaitedMS: float64(waited.Microseconds()) / 1000,
@@ -625,8 +662,11 @@ func (m *Memory) release(l *memLease, reason string) {
 		switch {
 		case res.removed:
 			m.dropResource(p, res)
-		case !res.r.Disabled:
-			p.free++
+		default:
+			m.released(res) // a check may keep it out of service
+			if !res.out() {
+				p.free++
+			}
 		}
 	}
 	for p := range seen {
@@ -639,9 +679,10 @@ func (m *Memory) release(l *memLease, reason string) {
 	if len(l.owner.leases) == 0 {
 		l.owner.leases = nil
 	}
+	m.touch(l.owner)
 	m.record(&HistoryEntry{
 		Time: now, Event: "released", Lease: l.grant.ID, Holder: l.grant.Holder, Connection: l.grant.Owner,
-		Resources: l.grant.ResourceIDs(), Reason: reason,
+		Resources: l.grant.ResourceIDs(), Reason: reason, Broken: l.broken,
 		HeldMS: float64(now.Sub(l.grant.Granted).Microseconds()) / 1000,
 	})
 }
@@ -683,6 +724,12 @@ func (m *Memory) flushPositions() {
 	if m.closed {
 		return
 	}
+	m.positions(true)
+}
+
+// positions works out every queued request's position and, with send,
+// tells those whose position changed.
+func (m *Memory) positions(send bool) {
 	for _, p := range m.pools {
 		p.avail = 0 // reused as the running count of waiters
 	}
@@ -694,7 +741,9 @@ func (m *Memory) flushPositions() {
 		}
 		if pos != r.pos {
 			r.pos = pos
-			r.notify(Event{Type: EventQueued, RequestID: r.id, Position: pos})
+			if send {
+				r.notify(Event{Type: EventQueued, RequestID: r.id, Position: pos})
+			}
 		}
 	}
 }
@@ -722,6 +771,13 @@ func (m *Memory) Cancel(ctx context.Context, owner, requestID string) error {
 
 // Release implements Queue.
 func (m *Memory) Release(ctx context.Context, owner, leaseID string) error {
+	return m.releaseOwned(owner, leaseID, ReasonReleased, nil)
+}
+
+// releaseOwned ends owner's lease leaseID for reason (Release and
+// ReleaseBroken); first, under the lock, it applies before (if not nil)
+// to the lease.
+func (m *Memory) releaseOwned(owner, leaseID, reason string, before func(*memLease)) error {
 	if err := m.lock(); err != nil {
 		return err
 	}
@@ -730,7 +786,10 @@ func (m *Memory) Release(ctx context.Context, owner, leaseID string) error {
 	if l == nil || l.owner.id != owner {
 		return forge.Errorf(forge.ENOTFOUND, "no lease %q held by this connection", leaseID)
 	}
-	m.release(l, ReasonReleased)
+	if before != nil {
+		before(l)
+	}
+	m.release(l, reason)
 	l.notify(Event{Type: EventReleased, Lease: l.grant})
 	m.forgetOwnerIfIdle(l.owner)
 	m.schedule()
@@ -786,9 +845,14 @@ func (m *Memory) PutPool(ctx context.Context, p *forge.Pool) (bool, error) {
 		return false, err
 	}
 	defer m.mu.Unlock()
+	if err := checkPoolCheck(p.Name, p.Check); err != nil {
+		return false, err
+	}
 	old := m.pools[p.Name]
 	if old == nil {
-		m.pools[p.Name] = newMemPool(p)
+		np := newMemPool(p)
+		m.pools[p.Name] = np
+		m.checkPoolChanged(np)
 		m.schedule()
 		return true, nil
 	}
@@ -800,7 +864,14 @@ func (m *Memory) PutPool(ctx context.Context, p *forge.Pool) (bool, error) {
 		if mr == nil {
 			mr = &memRes{pool: old}
 		}
+		was := mr.r // a pool's definition does not end a fault, nor forget why a resource is disabled
 		mr.r = copyResource(r)
+		if mr.r.Fault == nil {
+			mr.r.Fault = was.Fault
+		}
+		if mr.r.Disabled && was.Disabled && mr.r.DisabledReason == "" {
+			mr.r.DisabledReason, mr.r.DisabledSince = was.DisabledReason, was.DisabledSince
+		}
 		mr.removed = false
 		keep = append(keep, mr)
 		byID[r.ID] = mr
@@ -813,10 +884,15 @@ func (m *Memory) PutPool(ctx context.Context, p *forge.Pool) (bool, error) {
 		}
 	}
 	old.res, old.byID = keep, byID
-	old.order, old.deleted = p.Order, false
+	old.order, old.deleted, old.maxGrace = p.Order, false, p.MaxGrace
+	if !sameCheck(old.check, p.Check) {
+		old.check = copyCheck(p.Check)
+		m.recheckPool(old)
+	}
+	m.checkPoolChanged(old)
 	old.free = 0
 	for _, mr := range keep {
-		if mr.lease == nil && !mr.r.Disabled {
+		if mr.available() {
 			old.free++
 		}
 	}
@@ -885,7 +961,8 @@ func (m *Memory) DeletePool(ctx context.Context, name string) error {
 }
 
 // SetDisabled implements Admin.
-func (m *Memory) SetDisabled(ctx context.Context, pool, resource string, disabled bool) error {
+func (m *Memory) SetDisabled(ctx context.Context, pool, resource string, disabled bool, reason string) error {
+	reason = truncateReason(reason)
 	if err := m.lock(); err != nil {
 		return err
 	}
@@ -898,21 +975,28 @@ func (m *Memory) SetDisabled(ctx context.Context, pool, resource string, disable
 	if res == nil || res.removed {
 		return forge.Errorf(forge.ENOTFOUND, "pool %q has no resource %q", pool, resource)
 	}
-	if res.r.Disabled == disabled {
+	if res.r.Disabled == disabled && (disabled && (reason == "" || reason == res.r.DisabledReason) || !disabled && res.r.Fault == nil) {
 		return nil
 	}
-	// A new value, not a mutation: grants share the old one.
-	r := res.r
-	r.Disabled = disabled
-	res.r = r
-	if res.lease == nil {
-		if disabled {
-			p.free--
-		} else {
-			p.free++
+	m.change(res, func() {
+		// A new value, not a mutation: grants share the old one. Enabling
+		// ends a fault too: the operator's word.
+		r := res.r
+		switch {
+		case !disabled:
+			r.Disabled, r.DisabledReason, r.DisabledSince, r.Fault = false, "", time.Time{}, nil
+		case !r.Disabled:
+			r.Disabled, r.DisabledReason, r.DisabledSince = true, reason, time.Now().UTC()
+		default:
+			r.DisabledReason = reason // a new reason for a resource already disabled
 		}
-	}
+		res.r = r
+	})
 	if !disabled {
+		if res.chk != nil && p.check != nil && m.checksOn {
+			res.chk.due, res.chk.failures = time.Time{}, 0 // checked as it enters service
+			m.wakeChecks()
+		}
 		m.schedule()
 	}
 	return nil
@@ -946,10 +1030,15 @@ func (m *Memory) Pool(ctx context.Context, name string) (*PoolState, error) {
 
 func (m *Memory) poolState(p *memPool) *PoolState {
 	ps := &PoolState{Name: p.name, Order: p.order, Deleted: p.deleted, Free: p.free,
-		Resources: make([]*ResourceState, 0, len(p.res)), Queue: []*QueueEntry{}}
+		Check: checkConfigOf(p.check), Resources: make([]*ResourceState, 0, len(p.res)), Queue: []*QueueEntry{}}
+	if p.maxGrace > 0 {
+		ps.MaxGrace = p.maxGrace.String()
+	}
 	for _, res := range p.res {
 		rs := &ResourceState{ID: res.r.ID, Attributes: res.r.Attributes, Labels: res.r.Labels,
-			Disabled: res.r.Disabled, Removing: res.removed, State: StateFree}
+			Disabled: res.r.Disabled, Removing: res.removed, State: StateFree,
+			DisabledBy: disabledBy(&res.r), Fault: res.r.Fault, Check: checkStatus(res)}
+		rs.DisabledReason, rs.DisabledSince = disabledWhy(&res.r)
 		if !res.removed {
 			ps.Size++
 		}
@@ -960,10 +1049,13 @@ func (m *Memory) poolState(p *memPool) *PoolState {
 			since := res.since
 			rs.Since = &since
 			ps.InUse++
-		case res.r.Disabled:
+		case rs.DisabledBy != "":
 			rs.State = StateDisabled
+		case res.out():
+			rs.State = StateChecking
+			ps.Checking++
 		}
-		if res.r.Disabled && !res.removed {
+		if rs.DisabledBy != "" && !res.removed {
 			ps.Disabled++
 		}
 		ps.Resources = append(ps.Resources, rs)
@@ -1037,9 +1129,13 @@ func (m *Memory) Stats(ctx context.Context) ([]*PoolStats, error) {
 	for _, name := range sortedKeys(m.pools) {
 		p := m.pools[name]
 		s := &PoolStats{Pool: name, Waiters: p.waiters, Grants: p.grants, WaitSum: p.waitSum,
-			Releases: make(map[string]uint64, len(p.releases)), WaitCounts: append([]uint64(nil), p.waitCounts...)}
+			Releases: make(map[string]uint64, len(p.releases)), WaitCounts: append([]uint64(nil), p.waitCounts...),
+			DisabledBy: map[string]int{}, Checks: make(map[string]uint64, len(p.checks))}
 		for k, v := range p.releases {
 			s.Releases[k] = v
+		}
+		for k, v := range p.checks {
+			s.Checks[k] = v
 		}
 		for _, res := range p.res {
 			if res.removed {
@@ -1049,8 +1145,11 @@ func (m *Memory) Stats(ctx context.Context) ([]*PoolStats, error) {
 			if res.lease != nil {
 				s.InUse++
 			}
-			if res.r.Disabled {
+			if by := disabledBy(&res.r); by != "" {
 				s.Disabled++
+				s.DisabledBy[by]++
+			} else if res.lease == nil && res.out() {
+				s.Checking++
 			}
 		}
 		out = append(out, s)

@@ -72,7 +72,7 @@ func TestMemoryContract(t *testing.T) {
 		{"release by another owner", m.Release(ctx, "B", ga.Lease.ID), forge.ENOTFOUND},
 		{"cancel unknown", m.Cancel(ctx, "B", "nope"), forge.ENOTFOUND},
 		{"revoke unknown", m.Revoke(ctx, "Lnope", "x"), forge.ENOTFOUND},
-		{"disable unknown", m.SetDisabled(ctx, "p", "9", true), forge.ENOTFOUND},
+		{"disable unknown", m.SetDisabled(ctx, "p", "9", true, ""), forge.ENOTFOUND},
 		{"delete unknown", m.DeletePool(ctx, "q"), forge.ENOTFOUND},
 		{"disconnect unknown", m.Disconnect(ctx, "nobody"), ""},
 	} {

@@ -84,7 +84,7 @@ type memSession struct {
 	secretHash [32]byte
 	grace      time.Duration
 	attachment uint64
-	notify     func(Event) // session-wide events of the current connection
+	notify     func(Event) // session-wide events of the current connection (EventMoved), not held by the journal
 	detached   bool
 	until      time.Time // when the grace ends, while detached
 	timer      *time.Timer
@@ -109,15 +109,33 @@ func (m *Memory) OpenSession(ctx context.Context, grace time.Duration, notify fu
 	if err := m.lock(); err != nil {
 		return nil, err
 	}
-	defer m.mu.Unlock()
 	s := &Session{ID: NewID("S"), Secret: newSecret(), Grace: grace}
 	m.attachSeq++
 	s.Attachment = m.attachSeq
-	m.owners[s.ID] = &memOwner{id: s.ID, session: &memSession{
+	o := &memOwner{id: s.ID, session: &memSession{
 		secretHash: sha256.Sum256([]byte(s.Secret)), grace: grace, attachment: s.Attachment, notify: notify,
 	}}
+	m.owners[s.ID] = o
+	m.touch(o)
+	journaled := m.jr != nil
+	m.mu.Unlock()
+	if journaled {
+		// The client learns the session's id only once the store has it:
+		// after a crash, a session its client knows is never unknown.
+		fctx, cancel := context.WithTimeout(ctx, OpenSessionTimeout)
+		err := m.Flush(fctx)
+		cancel()
+		if err != nil {
+			_ = m.Disconnect(ctx, s.ID)
+			return nil, forge.WrapError(forge.EUNAVAILABLE, err, "the session could not be kept in the store: "+forge.ErrorMessage(err))
+		}
+	}
 	return s, nil
 }
+
+// OpenSessionTimeout bounds how long OpenSession waits for a journaled
+// session to be kept in the store.
+const OpenSessionTimeout = 10 * time.Second
 
 // Detach implements Sessions.
 func (m *Memory) Detach(ctx context.Context, owner string, attachment uint64) error {
@@ -134,9 +152,10 @@ func (m *Memory) Detach(ctx context.Context, owner string, attachment uint64) er
 	}
 	s.detached = true
 	s.notify = nil
-	s.until = time.Now().Add(s.grace)
+	grace := m.effectiveGrace(o)
+	s.until = time.Now().Add(grace)
 	m.setNotify(o, m.keeper(o))
-	s.timer = time.AfterFunc(s.grace, func() { m.expireSession(o, attachment) })
+	s.timer = time.AfterFunc(grace, func() { m.expireSession(o, attachment) })
 	return nil
 }
 
@@ -173,6 +192,7 @@ func (m *Memory) endOwner(o *memOwner, reason string) {
 		o.session.timer.Stop()
 	}
 	delete(m.owners, o.id)
+	m.touch(o) // a deletion: o is no longer in m.owners
 }
 
 // Resume implements Sessions.
@@ -181,6 +201,11 @@ func (m *Memory) Resume(ctx context.Context, id, secret string, notify func(Even
 		return nil, err
 	}
 	defer m.mu.Unlock()
+	// EventMoved goes to the old connection at once (it must not take the
+	// session down with it when it closes); everything else the session's
+	// client hears waits for the journal, if any.
+	moved := notify
+	notify = m.held(notify)
 	o := m.owners[id]
 	if o == nil || o.session == nil {
 		return nil, forge.Errorf(forge.ENOTFOUND, "session %q is over: its grace ended before it was resumed (its leases were released and its requests left the queue), or this server never had it", id)
@@ -199,22 +224,51 @@ func (m *Memory) Resume(ctx context.Context, id, secret string, notify func(Even
 	}
 	m.attachSeq++
 	s.attachment = m.attachSeq
-	s.detached, s.until, s.notify = false, time.Time{}, notify
+	s.detached, s.until, s.notify = false, time.Time{}, moved
 	m.setNotify(o, notify)
 	kept := s.kept
 	s.kept = nil
 	for _, ev := range kept {
 		notify(ev)
 	}
-	st := &Resumed{Session: id, Grace: s.grace}
+	st := &Resumed{Session: id, Grace: m.effectiveGrace(o)}
 	for _, l := range o.leases {
 		st.Leases = append(st.Leases, l.grant)
 	}
+	// Positions as they are now (the coalesced updates may lag).
+	ahead := map[*memPool]int{}
 	for r := m.head; r != nil; r = r.next {
+		pos := 0
+		for _, p := range r.pools {
+			ahead[p]++
+			pos = max(pos, ahead[p])
+		}
 		if r.owner == o {
-			st.Queued = append(st.Queued, QueuedRequest{RequestID: r.id, Position: r.pos})
+			st.Queued = append(st.Queued, QueuedRequest{RequestID: r.id, Position: pos})
 		}
 	}
 	notify(Event{Type: EventResumed, Resumed: st})
-	return &Session{ID: id, Grace: s.grace, Attachment: s.attachment}, nil
+	return &Session{ID: id, Grace: st.Grace, Attachment: s.attachment}, nil
+}
+
+// effectiveGrace is o's grace cut to the smallest bound of the pools it
+// holds leases in or waits for. Called with m.mu held.
+func (m *Memory) effectiveGrace(o *memOwner) time.Duration {
+	g := o.session.grace
+	bound := func(p *memPool) {
+		if p != nil && p.maxGrace > 0 {
+			g = min(g, p.maxGrace)
+		}
+	}
+	for _, l := range o.leases {
+		for _, res := range l.res {
+			bound(res.pool)
+		}
+	}
+	for _, r := range o.reqs {
+		for _, p := range r.pools {
+			bound(p)
+		}
+	}
+	return g
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // waitEvent waits for r to record an event of type typ.
@@ -183,5 +184,59 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 	if _, _, err := m2.Restore(ctx, []byte("{")); forge.ErrorCode(err) != forge.EINVALID {
 		t.Fatalf("bad snapshot: %v", err)
+	}
+}
+
+// TestPoolMaxGrace: a pool's max_grace cuts the grace of a session that
+// holds or waits for its resources (the smallest bound of its pools), at
+// detach and in what Resume reports; a session holding nothing keeps its
+// own grace.
+func TestPoolMaxGrace(t *testing.T) {
+	ctx := context.Background()
+	m := newTestMemory(t, `
+pools:
+  short: {range: 1-1, max_grace: 50ms}
+  medium: {range: 1-2, max_grace: 1m}
+  free: {range: 1-1}
+`)
+	var a, b recorder
+	sa, _ := m.OpenSession(ctx, time.Hour, a.notify)
+	if sa.Grace != DefaultMaxGrace {
+		t.Fatalf("session grace before any pool: %s, want %s", sa.Grace, DefaultMaxGrace)
+	}
+	m.Acquire(ctx, &Request{Owner: sa.ID, ID: "r", Wants: []forge.ResourceRequest{{Pool: "medium", Count: 1}, {Pool: "free", Count: 1}}, Notify: a.notify})
+	a.waitEvent(t, EventGranted)
+	m.Detach(ctx, sa.ID, sa.Attachment)
+	var a2 recorder
+	s2, err := m.Resume(ctx, sa.ID, sa.Secret, a2.notify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a2.waitEvent(t, EventResumed).Resumed.Grace; got != time.Minute || s2.Grace != time.Minute {
+		t.Fatalf("grace holding medium: resumed %s, session %s; want medium's 1m", got, s2.Grace)
+	}
+	// Waiting for "short" (held by B) cuts it to 50ms: detached, it ends
+	// in 50ms and its lease goes back.
+	sb, _ := m.OpenSession(ctx, time.Hour, b.notify)
+	m.Acquire(ctx, &Request{Owner: sb.ID, ID: "s", Wants: []forge.ResourceRequest{{Pool: "short", Count: 1}}, Notify: b.notify})
+	b.waitEvent(t, EventGranted)
+	m.Acquire(ctx, &Request{Owner: sa.ID, ID: "w", Wants: []forge.ResourceRequest{{Pool: "short", Count: 1}}, Notify: a2.notify})
+	m.Detach(ctx, sa.ID, s2.Attachment)
+	leases, _ := m.Leases(ctx)
+	for _, l := range leases {
+		if l.Connection == sa.ID && (l.DetachedUntil == nil || time.Until(*l.DetachedUntil) > 50*time.Millisecond) {
+			t.Fatalf("detached until %v, want within 50ms (short's max_grace)", l.DetachedUntil)
+		}
+	}
+	testwait.For(t, "the session to expire after short's 50ms", func() bool {
+		leases, _ := m.Leases(ctx)
+		return len(leases) == 1 && leases[0].Connection == sb.ID
+	})
+	if _, err := m.Resume(ctx, sa.ID, sa.Secret, func(Event) {}); forge.ErrorCode(err) != forge.ENOTFOUND {
+		t.Fatalf("resume after the pool's grace: %v, want ENOTFOUND (expired)", err)
+	}
+	st, _ := m.Pool(ctx, "short")
+	if st.MaxGrace != "50ms" {
+		t.Fatalf("pool state max_grace %q, want 50ms", st.MaxGrace)
 	}
 }

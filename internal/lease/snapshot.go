@@ -50,6 +50,8 @@ type SavedRequest struct {
 	Holder string                  `json:"holder"`
 	Wants  []forge.ResourceRequest `json:"wants"`
 	Since  time.Time               `json:"since"`
+	// Deadline is when its max_wait ends (zero: it waits forever).
+	Deadline time.Time `json:"deadline,omitzero"`
 }
 
 // Snapshot returns the sessions' state, as JSON.
@@ -61,25 +63,31 @@ func (m *Memory) Snapshot(ctx context.Context) ([]byte, error) {
 		if o.session == nil {
 			continue
 		}
-		ss := SavedSession{ID: id, SecretHash: o.session.secretHash[:], Grace: o.session.grace}
-		for _, l := range o.leases {
-			sl := SavedLease{ID: l.grant.ID, RequestID: l.grant.RequestID, Holder: l.grant.Holder, Granted: l.grant.Granted}
-			for _, gp := range l.grant.Pools {
-				p := SavedGrantedPool{Pool: gp.Pool}
-				for _, r := range gp.Resources {
-					p.IDs = append(p.IDs, r.ID)
-				}
-				sl.Resources = append(sl.Resources, p)
-			}
-			ss.Leases = append(ss.Leases, sl)
-		}
-		for _, r := range o.reqs {
-			ss.Queued = append(ss.Queued, SavedRequest{Seq: r.seq, ID: r.id, Holder: r.holder, Wants: r.wants, Since: r.since})
-		}
-		snap.Sessions = append(snap.Sessions, ss)
+		snap.Sessions = append(snap.Sessions, m.savedSession(o))
 	}
 	m.mu.Unlock()
 	return json.Marshal(&snap)
+}
+
+// savedSession is o's state as Snapshot and the journal keep it. Called
+// with m.mu held; o has a session.
+func (m *Memory) savedSession(o *memOwner) SavedSession {
+	ss := SavedSession{ID: o.id, SecretHash: o.session.secretHash[:], Grace: o.session.grace}
+	for _, l := range o.leases {
+		sl := SavedLease{ID: l.grant.ID, RequestID: l.grant.RequestID, Holder: l.grant.Holder, Granted: l.grant.Granted}
+		for _, gp := range l.grant.Pools {
+			p := SavedGrantedPool{Pool: gp.Pool, IDs: make([]string, 0, len(gp.Resources))}
+			for _, r := range gp.Resources {
+				p.IDs = append(p.IDs, r.ID)
+			}
+			sl.Resources = append(sl.Resources, p)
+		}
+		ss.Leases = append(ss.Leases, sl)
+	}
+	for _, r := range o.reqs {
+		ss.Queued = append(ss.Queued, SavedRequest{Seq: r.seq, ID: r.id, Holder: r.holder, Wants: r.wants, Since: r.since, Deadline: r.deadline})
+	}
+	return ss
 }
 
 // Restore takes back the sessions of a Snapshot (as JSON) into a new
@@ -98,24 +106,46 @@ func (m *Memory) Restore(ctx context.Context, data []byte) (sessions, leases int
 		return 0, 0, err
 	}
 	defer m.mu.Unlock()
+	sessions, leases = m.restore(&snap, false)
+	return sessions, leases, nil
+}
+
+// restore is Restore, with m.mu held. fromJournal: snap is what the
+// journal's store holds, so requests keep their arrival numbers and only
+// the sessions restoring changed (a lease or request dropped, the grace
+// cut) are written again; otherwise requests are numbered after every
+// other and, with a journal, every restored session is written.
+func (m *Memory) restore(snap *Snapshot, fromJournal bool) (sessions, leases int) {
 	var reqs []*memReq
 	var seqs []uint64
+	jr := m.jr
+	if fromJournal {
+		m.jr = nil // no marks while loading what the store has
+	}
+	changed := map[*memOwner]bool{}
 	for _, ss := range snap.Sessions {
 		if m.owners[ss.ID] != nil || len(ss.SecretHash) != 32 {
 			continue
 		}
 		o := &memOwner{id: ss.ID, session: &memSession{grace: min(ss.Grace, m.opts.MaxGrace)}}
+		if o.session.grace <= 0 {
+			o.session.grace = m.opts.Grace
+		}
 		copy(o.session.secretHash[:], ss.SecretHash)
 		m.owners[ss.ID] = o
+		changed[o] = !fromJournal || o.session.grace != ss.Grace
 		keep := m.keeper(o)
 		for _, sl := range ss.Leases {
 			if l := m.restoreLease(o, sl, keep); l != nil {
 				leases++
+			} else {
+				changed[o] = true
 			}
 		}
 		for _, sr := range ss.Queued {
-			r := &memReq{owner: o, id: sr.ID, holder: sr.Holder, wants: sr.Wants, notify: keep, since: sr.Since}
+			r := &memReq{owner: o, id: sr.ID, holder: sr.Holder, wants: sr.Wants, notify: keep, since: sr.Since, deadline: sr.Deadline}
 			if err := m.prepare(r); err != nil || m.checkCapacity(r) != nil {
+				changed[o] = true
 				continue
 			}
 			reqs = append(reqs, r)
@@ -124,9 +154,6 @@ func (m *Memory) Restore(ctx context.Context, data []byte) (sessions, leases int
 		m.attachSeq++
 		o.session.attachment = m.attachSeq
 		o.session.detached = true
-		o.session.until = time.Now().Add(o.session.grace)
-		att := o.session.attachment
-		o.session.timer = time.AfterFunc(o.session.grace, func() { m.expireSession(o, att) })
 		sessions++
 	}
 	idx := make([]int, len(reqs))
@@ -135,12 +162,41 @@ func (m *Memory) Restore(ctx context.Context, data []byte) (sessions, leases int
 	}
 	sort.Slice(idx, func(a, b int) bool { return seqs[idx[a]] < seqs[idx[b]] })
 	for _, i := range idx {
-		m.seq++
-		reqs[i].seq = m.seq
-		m.enqueue(reqs[i])
+		r := reqs[i]
+		if fromJournal {
+			r.seq = seqs[i]
+			m.seq = max(m.seq, r.seq)
+		} else {
+			m.seq++
+			r.seq = m.seq
+		}
+		m.enqueue(r)
+		if !r.deadline.IsZero() {
+			r.timer = time.AfterFunc(max(time.Until(r.deadline), 0), func() { m.expire(r) })
+		}
+	}
+	// The grace starts once the session's pools are known (their bounds
+	// may cut it).
+	now := time.Now()
+	for _, ss := range snap.Sessions {
+		o := m.owners[ss.ID]
+		if o == nil || o.session == nil || o.session.timer != nil || !o.session.detached {
+			continue
+		}
+		grace := m.effectiveGrace(o)
+		o.session.until = now.Add(grace)
+		att := o.session.attachment
+		o.session.timer = time.AfterFunc(grace, func() { m.expireSession(o, att) })
+	}
+	m.jr = jr
+	for o, ch := range changed {
+		if ch {
+			m.touch(o)
+		}
 	}
 	m.schedule()
-	return sessions, leases, nil
+	m.positions(false) // for Resume; nobody is listening yet
+	return sessions, leases
 }
 
 // keeper is the event sink of a detached session: it keeps what its
@@ -178,11 +234,8 @@ func (m *Memory) restoreLease(o *memOwner, sl SavedLease, notify func(Event)) *m
 	}
 	l := &memLease{grant: g, owner: o, res: picked, notify: notify}
 	for _, res := range picked {
-		res.lease = l
+		m.change(res, func() { res.lease = l })
 		res.since = sl.Granted
-		if !res.r.Disabled {
-			res.pool.free--
-		}
 	}
 	o.leases = append(o.leases, l)
 	m.leases[g.ID] = l

@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/forgeci/forge"
 )
@@ -62,6 +63,9 @@ func SeedPools(ctx context.Context, store PoolStore, config []*forge.Pool, prece
 		if precedence == PrecedenceStore && (have || gone[p.Name]) {
 			continue
 		}
+		if old := byName[p.Name]; old != nil {
+			p = withFaults(p, old)
+		}
 		if err := store.SaveLeasePool(ctx, p); err != nil {
 			return nil, err
 		}
@@ -112,13 +116,52 @@ func (s *StoredPools) DeletePool(ctx context.Context, name string) error {
 }
 
 // SetDisabled implements Admin.
-func (s *StoredPools) SetDisabled(ctx context.Context, pool, resource string, disabled bool) error {
+func (s *StoredPools) SetDisabled(ctx context.Context, pool, resource string, disabled bool, reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.Manager.SetDisabled(ctx, pool, resource, disabled); err != nil {
+	if err := s.Manager.SetDisabled(ctx, pool, resource, disabled, reason); err != nil {
 		return err
 	}
 	return s.keep(ctx, pool)
+}
+
+// ReleaseBroken implements Health: the faults it makes are kept.
+func (s *StoredPools) ReleaseBroken(ctx context.Context, owner, leaseID, reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// The lease's pools, read before it ends (a lease of a session may
+	// move, but only its owner can release it: no race that matters).
+	var pools []string
+	if ls, err := s.Manager.Leases(ctx); err == nil {
+		for _, l := range ls {
+			if l.ID == leaseID {
+				pools = sortedKeys(l.Resources)
+			}
+		}
+	}
+	if err := s.Manager.ReleaseBroken(ctx, owner, leaseID, reason); err != nil {
+		return err
+	}
+	for _, p := range pools {
+		if err := s.keep(ctx, p); err != nil && forge.ErrorCode(err) != forge.ENOTFOUND {
+			return err
+		}
+	}
+	return nil
+}
+
+// FinishCheck implements Health: a fault a check makes or ends is kept.
+func (s *StoredPools) FinishCheck(ctx context.Context, job *CheckJob, result *CheckResult) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed, err := s.Manager.FinishCheck(ctx, job, result)
+	if err != nil || !changed {
+		return changed, err
+	}
+	if err := s.keep(ctx, job.Pool); err != nil && forge.ErrorCode(err) != forge.ENOTFOUND {
+		return changed, err
+	}
+	return changed, nil
 }
 
 // keep saves pool name as the Manager now defines it.
@@ -128,11 +171,30 @@ func (s *StoredPools) keep(ctx context.Context, name string) error {
 		return err
 	}
 	p := &forge.Pool{Name: st.Name, Order: st.Order}
+	if st.MaxGrace != "" {
+		d, err := time.ParseDuration(st.MaxGrace)
+		if err != nil {
+			return forge.Errorf(forge.EINTERNAL, "pool %q: max_grace %q: %v", name, st.MaxGrace, err)
+		}
+		p.MaxGrace = d
+	}
+	check, err := st.Check.poolCheck(st.Name)
+	if err != nil {
+		return err
+	}
+	p.Check = check
 	for _, r := range st.Resources {
 		if r.Removing {
 			continue
 		}
-		p.Resources = append(p.Resources, &forge.Resource{ID: r.ID, Attributes: r.Attributes, Labels: r.Labels, Disabled: r.Disabled})
+		kept := &forge.Resource{ID: r.ID, Attributes: r.Attributes, Labels: r.Labels, Disabled: r.Disabled, Fault: r.Fault}
+		if r.Disabled {
+			kept.DisabledReason = r.DisabledReason
+			if r.DisabledSince != nil {
+				kept.DisabledSince = *r.DisabledSince
+			}
+		}
+		p.Resources = append(p.Resources, kept)
 	}
 	return s.kept(s.store.SaveLeasePool(ctx, p), name)
 }
@@ -143,4 +205,30 @@ func (s *StoredPools) kept(err error, name string) error {
 	}
 	code := forge.ErrorCode(err)
 	return forge.WrapError(code, err, "pool "+name+" was changed, but keeping the change in the store failed (it is lost at the next restart): "+forge.ErrorMessage(err))
+}
+
+// withFaults is p with the faults old's resources of the same ids have (a
+// holder's report or a failed check outlives a reset to the file's
+// definition; the check, if any, decides again).
+func withFaults(p, old *forge.Pool) *forge.Pool {
+	faults := map[string]*forge.ResourceFault{}
+	for _, r := range old.Resources {
+		if r.Fault != nil {
+			faults[r.ID] = r.Fault
+		}
+	}
+	if len(faults) == 0 {
+		return p
+	}
+	c := *p
+	c.Resources = make([]*forge.Resource, len(p.Resources))
+	for i, r := range p.Resources {
+		c.Resources[i] = r
+		if f := faults[r.ID]; f != nil && r.Fault == nil {
+			rc := *r
+			rc.Fault = f
+			c.Resources[i] = &rc
+		}
+	}
+	return &c
 }

@@ -77,7 +77,7 @@ func TestPoolsSurviveRestart(t *testing.T) {
 	if _, err := m.PutPool(ctx, &forge.Pool{Name: "acct", Order: "fill", Resources: []*forge.Resource{{ID: "a1", Labels: map[string]string{"k": "v"}}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.SetDisabled(ctx, "dut", "d2", true); err != nil {
+	if err := m.SetDisabled(ctx, "dut", "d2", true, "rack moved"); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.DeletePool(ctx, "ports"); err != nil {
@@ -98,8 +98,8 @@ func TestPoolsSurviveRestart(t *testing.T) {
 		t.Fatalf("acct after restart: %+v", acct)
 	}
 	dut, _ := m.Pool(ctx, "dut")
-	if dut.Resources[1].State != StateDisabled {
-		t.Fatalf("d2 after restart: got %+v, want disabled", dut.Resources[1])
+	if d2 := dut.Resources[1]; d2.State != StateDisabled || d2.DisabledBy != DisabledOperator || d2.DisabledReason != "rack moved" || d2.DisabledSince == nil {
+		t.Fatalf("d2 after restart: got %+v, want disabled by the operator, with the reason and since when", d2)
 	}
 
 	// The configuration wins: its pools come back as written; acct, which

@@ -61,6 +61,7 @@ func (rec *recorder) resume(ctx context.Context) (map[string]engine.Resumed, err
 				return nil, fmt.Errorf("job %s: unreadable handle", row.Name)
 			}
 			out[row.Name] = engine.Resumed{Attempt: row.Attempt, Handle: h.Backend, From: n - h.Offset}
+			js.resumed = true
 			rec.system(js, now, "forge restarted: following this job again")
 			// The attempt's lines go on after that note, and a later
 			// restart must know.

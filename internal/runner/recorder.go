@@ -49,6 +49,9 @@ type jobState struct {
 	cover      *coverageCounts // the coverage reports read, summed
 	tail       []string
 	tailAt     int
+	// resumed: the job is followed again after a restart, and its
+	// backend may report the starts and ends of its steps again.
+	resumed bool
 }
 
 // write is one queued database write: a job row, a step row or log lines.
@@ -173,7 +176,16 @@ func (rec *recorder) Report(e forge.Event) {
 		rec.queueJob(js)
 		rec.kick() // a restart needs it soon
 	case forge.EventStepStarted:
-		s := &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName, Status: forge.StatusRunning, Started: e.Time}
+		if old := js.steps[e.Step]; js.resumed && old != nil && old.FirstLine > 0 && sameInstant(old.Started, e.Time) {
+			// The start again, replayed by a backend following the job
+			// after a restart: the step keeps what it has (its lines are
+			// not where this recorder's count stands).
+			return
+		}
+		// Its lines are numbered from the next one: the log page folds
+		// it there, also while the job runs.
+		s := &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName, Status: forge.StatusRunning, Started: e.Time,
+			FirstLine: js.last + 1}
 		js.steps[e.Step] = s
 		rec.queueStep(s)
 	case forge.EventLine:
@@ -189,7 +201,13 @@ func (rec *recorder) Report(e forge.Event) {
 			s = &forge.BuildStep{JobID: row.ID, Index: e.Step, Name: e.StepName}
 			js.steps[e.Step] = s
 		}
+		if js.resumed && s.Status.Done() && s.FirstLine > 0 && sameInstant(s.Finished, e.Time) {
+			return // the end again, replayed after a restart
+		}
 		s.Status, s.ExitCode, s.Finished = e.Status, e.ExitCode, e.Time
+		if s.FirstLine > 0 {
+			s.LastLine = js.last // its lines came before this event
+		}
 		if s.Started.IsZero() && e.Status != forge.StatusSkipped {
 			s.Started = e.Time.Add(-e.Duration)
 		}
@@ -218,6 +236,13 @@ func (rec *recorder) Report(e forge.Event) {
 			rec.r.metrics.jobSeconds.WithLabelValues(string(e.Status)).Observe(d.Seconds())
 		}
 	}
+}
+
+// sameInstant tells whether a recorded time (stored to the microsecond)
+// is that of event time t.
+func sameInstant(recorded, t time.Time) bool {
+	d := recorded.Sub(t)
+	return !recorded.IsZero() && d > -time.Millisecond && d < time.Millisecond
 }
 
 // system adds one of forge's own lines to js's log; the caller holds mu.

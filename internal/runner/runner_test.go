@@ -323,6 +323,12 @@ func TestRunsQueuedBuildAndRecordsEverything(t *testing.T) {
 			t.Errorf("step %d = %s finished %v, want success", st.Index, st.Status, st.Finished)
 		}
 	}
+	// The steps' lines: 1-2, 3, 4.
+	for i, want := range [][2]int{{1, 2}, {3, 3}, {4, 4}} {
+		if got := [2]int{j.Steps[i].FirstLine, j.Steps[i].LastLine}; got != want {
+			t.Errorf("step %d lines %d-%d, want %d-%d", i, got[0], got[1], want[0], want[1])
+		}
+	}
 	want := fmt.Sprintf("one\ntwo\nFORGE_STATUS_URL=https://ci.example.com/acme/app/builds/%d/jobs/%d\nFORGE_PULL_REQUEST=7\n", b.Number, j.ID)
 	if log := logText(t, db, j.ID); log != want {
 		t.Errorf("log =\n%s\nwant\n%s", log, want)
@@ -646,6 +652,10 @@ func TestLinesOfRetriedJobKeepUniqueNumbers(t *testing.T) {
 	}
 	if log := logText(t, db, j[0].ID); log != "try\nattempt 2\ntry\n" {
 		t.Errorf("log = %q, want both attempts' lines", log)
+	}
+	// The steps' lines are the last attempt's: "try" at 3, and none for b.
+	if a, b := j[0].Steps[0], j[0].Steps[1]; a.FirstLine != 3 || a.LastLine != 3 || b.FirstLine != 4 || b.LastLine != 3 {
+		t.Errorf("step lines a %d-%d, b %d-%d; want 3-3 and 4-3 (none)", a.FirstLine, a.LastLine, b.FirstLine, b.LastLine)
 	}
 }
 

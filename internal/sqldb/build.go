@@ -275,14 +275,14 @@ func (db *DB) insertJobs(ctx context.Context, tx *sql.Tx, buildID int64, jobs []
 	for start := 0; start < len(steps); start += 1000 {
 		chunk := steps[start:min(start+1000, len(steps))]
 		var q strings.Builder
-		q.WriteString("INSERT INTO steps (job_id, idx, name, status, exit_code, started, finished) VALUES ")
-		args := make([]any, 0, 7*len(chunk))
+		q.WriteString("INSERT INTO steps (" + stepColumns + ") VALUES ")
+		args := make([]any, 0, 9*len(chunk))
 		for i, st := range chunk {
 			if i > 0 {
 				q.WriteString(", ")
 			}
-			q.WriteString("(?, ?, ?, ?, ?, ?, ?)")
-			args = append(args, st.JobID, st.Index, st.Name, string(st.Status), st.ExitCode, micros(st.Started), micros(st.Finished))
+			q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+			args = append(args, st.JobID, st.Index, st.Name, string(st.Status), st.ExitCode, micros(st.Started), micros(st.Finished), st.FirstLine, st.LastLine)
 		}
 		if _, err := tx.ExecContext(ctx, db.q(q.String()), args...); err != nil {
 			return db.fail(ctx, err, "save steps")
@@ -625,11 +625,11 @@ func (db *DB) UpdateJob(ctx context.Context, j *forge.BuildJob) error {
 	})
 }
 
-const stepColumns = "job_id, idx, name, status, exit_code, started, finished"
+const stepColumns = "job_id, idx, name, status, exit_code, started, finished, first_line, last_line"
 
 func scanStep(row interface{ Scan(...any) error }) (*forge.BuildStep, error) {
 	s := new(forge.BuildStep)
-	err := row.Scan(&s.JobID, &s.Index, &s.Name, &s.Status, &s.ExitCode, timeCol{&s.Started}, timeCol{&s.Finished})
+	err := row.Scan(&s.JobID, &s.Index, &s.Name, &s.Status, &s.ExitCode, timeCol{&s.Started}, timeCol{&s.Finished}, &s.FirstLine, &s.LastLine)
 	return s, err
 }
 
@@ -643,15 +643,19 @@ func (db *DB) saveStep(ctx context.Context, tx *sql.Tx, s *forge.BuildStep) erro
 	if s.Index < 0 {
 		return forge.Errorf(forge.EINVALID, "step index %d is negative", s.Index)
 	}
+	if s.FirstLine < 0 || s.LastLine < 0 {
+		return forge.Errorf(forge.EINVALID, "step %d: line numbers %d and %d: want 0 or more", s.Index, s.FirstLine, s.LastLine)
+	}
 	if s.Status == "" {
 		s.Status = forge.StatusPending
 	}
 	s.Started, s.Finished = stamp(s.Started), stamp(s.Finished)
-	_, err := tx.ExecContext(ctx, db.q(`INSERT INTO steps (job_id, idx, name, status, exit_code, started, finished)
-		VALUES (?, ?, ?, ?, ?, ?, ?)
+	_, err := tx.ExecContext(ctx, db.q(`INSERT INTO steps (`+stepColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (job_id, idx) DO UPDATE SET name = excluded.name, status = excluded.status,
-			exit_code = excluded.exit_code, started = excluded.started, finished = excluded.finished`),
-		s.JobID, s.Index, s.Name, string(s.Status), s.ExitCode, micros(s.Started), micros(s.Finished))
+			exit_code = excluded.exit_code, started = excluded.started, finished = excluded.finished,
+			first_line = excluded.first_line, last_line = excluded.last_line`),
+		s.JobID, s.Index, s.Name, string(s.Status), s.ExitCode, micros(s.Started), micros(s.Finished), s.FirstLine, s.LastLine)
 	if isForeignKey(err) {
 		return forge.WrapError(forge.ENOTFOUND, err, fmt.Sprintf("job %d not found", s.JobID))
 	}

@@ -3,6 +3,7 @@ package sqldb
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/forgeci/forge"
 )
@@ -70,6 +71,38 @@ func TestLeaseState(t *testing.T) {
 		}
 		if got, _ := db.TakeLeaseState(ctx); got != nil {
 			t.Fatalf("second take: got %q, want nothing", got)
+		}
+	})
+}
+
+// TestLeasePoolCheckAndFaults: a pool's health check and its resources'
+// faults (a failed check, a holder's report) are kept with the pool.
+func TestLeasePoolCheckAndFaults(t *testing.T) {
+	eachDialect(t, func(t *testing.T, kind string) {
+		db := newTestDB(t, kind)
+		ctx := context.Background()
+		since := time.Date(2026, 12, 3, 12, 0, 0, 123456789, time.UTC)
+		check := &forge.PoolCheck{Command: "ping -c1 $FORGE_RESOURCE_HOST", Interval: 10 * time.Minute, Timeout: 30 * time.Second, Retry: 30 * time.Second}
+		dut := &forge.Pool{Name: "dut", Order: "fifo", Check: check, Resources: []*forge.Resource{
+			{ID: "d1", Fault: &forge.ResourceFault{Source: forge.FaultCheck, Reason: "no answer", Since: since}},
+			{ID: "d2", Fault: &forge.ResourceFault{Source: forge.FaultHolder, Reason: "fan stuck", Since: since}},
+			{ID: "d3"},
+		}}
+		if err := db.SaveLeasePool(ctx, dut); err != nil {
+			t.Fatal(err)
+		}
+		pools, _, err := db.LeasePools(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := pools[0]
+		if got.Check == nil || *got.Check != *check {
+			t.Fatalf("check: got %+v, want %+v", got.Check, check)
+		}
+		for i, want := range dut.Resources {
+			if f := got.Resources[i].Fault; (f == nil) != (want.Fault == nil) || f != nil && (*f != *want.Fault || !f.Since.Equal(since)) {
+				t.Errorf("%s: fault %+v, want %+v", want.ID, f, want.Fault)
+			}
 		}
 	})
 }

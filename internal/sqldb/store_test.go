@@ -579,12 +579,14 @@ func TestJobsAndSteps(t *testing.T) {
 			}
 		}
 		// Updating a step replaces it.
-		setup := &forge.BuildStep{JobID: test.ID, Index: 0, Name: "setup", Status: forge.StatusSuccess, Started: at(1), Finished: at(2)}
+		setup := &forge.BuildStep{JobID: test.ID, Index: 0, Name: "setup", Status: forge.StatusSuccess, Started: at(1), Finished: at(2),
+			FirstLine: 3, LastLine: 70}
 		if err := db.SaveStep(ctx, setup); err != nil {
 			t.Fatal(err)
 		}
 		wantCode(t, db.SaveStep(ctx, &forge.BuildStep{JobID: 9999, Index: 0, Name: "x"}), forge.ENOTFOUND)
 		wantCode(t, db.SaveStep(ctx, &forge.BuildStep{JobID: test.ID, Index: -1, Name: "x"}), forge.EINVALID)
+		wantCode(t, db.SaveStep(ctx, &forge.BuildStep{JobID: test.ID, Index: 2, Name: "x", FirstLine: -1}), forge.EINVALID)
 
 		test.Status, test.Attempt, test.ExitCode, test.Error = forge.StatusFailure, 2, 3, "exit status 3"
 		test.Started, test.Finished, test.Backend, test.Handle = at(1), at(9), "docker", []byte(`{"container":"c1"}`)
@@ -623,7 +625,7 @@ func TestJobsAndSteps(t *testing.T) {
 		// Needs survive, and steps given to CreateBuild are stored.
 		b2 := &forge.Build{RepoID: r.ID, Action: "execute"}
 		j2 := []*forge.BuildJob{{Name: "deploy", Needs: []string{"build", "test"},
-			Steps: []*forge.BuildStep{{Index: 0, Name: "push"}}}}
+			Steps: []*forge.BuildStep{{Index: 0, Name: "push", FirstLine: 5, LastLine: 4}}}}
 		if err := db.CreateBuild(ctx, b2, j2); err != nil {
 			t.Fatal(err)
 		}
@@ -631,7 +633,8 @@ func TestJobsAndSteps(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(d.Needs, []string{"build", "test"}) || len(d.Steps) != 1 || d.Steps[0].Name != "push" || d.Steps[0].Status != forge.StatusPending {
+		if !reflect.DeepEqual(d.Needs, []string{"build", "test"}) || len(d.Steps) != 1 || d.Steps[0].Name != "push" || d.Steps[0].Status != forge.StatusPending ||
+			d.Steps[0].FirstLine != 5 || d.Steps[0].LastLine != 4 {
 			t.Fatalf("created job: got %+v with steps %+v", d, d.Steps)
 		}
 

@@ -49,12 +49,19 @@ type stepRange struct {
 	Duration string       `json:"duration"`
 	From     int          `json:"from"`
 	To       int          `json:"to"` // From-1 when it printed nothing
-	Open     bool         `json:"open"`
+	// Last is the step's own last line once it ended (0 if unknown): the
+	// lines after it up to To are forge's, printed between steps.
+	Last int  `json:"last,omitempty"`
+	Open bool `json:"open"`
 }
 
-// stepRanges places j's steps in its log of total lines by time: a step's
-// lines start at the first line stamped at or after the step started. The
-// lines before the first step (forge's own) make a section of their own.
+// stepRanges places j's steps in its log of total lines. A step's lines
+// start at its recorded first line; for steps recorded without one (by an
+// older forge), at the first line stamped at or after the step started.
+// They run to the next step's start, or the end of the log. The lines
+// before the first step (forge's own) make a section of their own. The log
+// page (log.js, splitSteps) places the steps of a running job the same
+// way as they start.
 func stepRanges(ctx context.Context, logs forge.LogStore, j *forge.BuildJob, total int) ([]stepRange, error) {
 	// firstAt finds the first line in [lo, total] stamped at or after t.
 	firstAt := func(lo int, t time.Time) (int, error) {
@@ -77,18 +84,28 @@ func stepRanges(ctx context.Context, logs forge.LogStore, j *forge.BuildJob, tot
 	var out []stepRange
 	at := 1
 	for _, s := range j.Steps {
-		if s.Started.IsZero() {
+		if s.Started.IsZero() && s.FirstLine == 0 {
 			continue
 		}
-		from, err := firstAt(at, s.Started)
-		if err != nil {
-			return nil, err
+		from := s.FirstLine
+		if from == 0 {
+			var err error
+			if from, err = firstAt(at, s.Started); err != nil {
+				return nil, err
+			}
 		}
+		// A step of an earlier attempt that has not run again yet starts
+		// where the one before it does.
+		from = max(from, at)
 		if len(out) == 0 && from > 1 {
 			out = append(out, stepRange{Index: -1, Name: "set up", Status: forge.StatusSuccess, From: 1, Open: !failed})
 		}
-		out = append(out, stepRange{Index: s.Index, Name: s.Name, Status: s.Status, Duration: durationText(s.Started, s.Finished),
-			From: from, Open: !failed || s.Status == forge.StatusFailure || s.Status == forge.StatusError})
+		r := stepRange{Index: s.Index, Name: s.Name, Status: s.Status, Duration: durationText(s.Started, s.Finished),
+			From: from, Open: !failed || s.Status == forge.StatusFailure || s.Status == forge.StatusError}
+		if s.FirstLine == from && s.Status.Done() {
+			r.Last = s.LastLine
+		}
+		out = append(out, r)
 		at = from
 	}
 	for i := range out {
@@ -96,6 +113,9 @@ func stepRanges(ctx context.Context, logs forge.LogStore, j *forge.BuildJob, tot
 			out[i].To = out[i+1].From - 1
 		} else {
 			out[i].To = total
+		}
+		if out[i].Last < out[i].From-1 || out[i].Last > out[i].To {
+			out[i].Last = 0 // not this step's lines after all
 		}
 	}
 	return out, nil

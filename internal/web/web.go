@@ -3,8 +3,9 @@
 // rendered on the server with html/template; a little JavaScript and CSS,
 // embedded in the binary, make them live (no front-end build step).
 //
-// The JavaScript only reads the REST API (/api/v1/...) with the page's own
-// fetches; everything that changes something (sign in, sign out, cancel,
+// The JavaScript reads the REST API (/api/v1/...) with the page's own
+// fetches, and a page's own list again (X-Forge-Part: list) to show new
+// builds and repositories; everything that changes something (sign in, sign out, cancel,
 // restart) is a form posted to this package, checked for cross-origin
 // requests (net/http's CrossOriginProtection) and carrying a CSRF token.
 //
@@ -305,14 +306,21 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name str
 	if !strings.HasPrefix(r.URL.Path, "/-/") {
 		data["Here"] = r.URL.RequestURI() // where signing in comes back to
 	}
+	// A page's script asks for just its list (X-Forge-Part: list) to show
+	// what changed without a reload; the rest of the page stays.
+	part := "layout"
+	if r.Header.Get("X-Forge-Part") == "list" && status == http.StatusOK && t.Lookup("list") != nil {
+		part = "list"
+	}
 	var b strings.Builder
-	if err := t.ExecuteTemplate(&b, "layout", data); err != nil {
+	if err := t.ExecuteTemplate(&b, part, data); err != nil {
 		u.log.Error("rendering a page", "page", name, "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Vary", "X-Forge-Part")
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(b.String()))
 }

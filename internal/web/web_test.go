@@ -198,6 +198,64 @@ func TestBuildsPaging(t *testing.T) {
 	}
 }
 
+// TestListPart: a page's script asks for just its list (X-Forge-Part:
+// list), answered by the page's own query: a new build is in it on the
+// first page when it matches the filter, never on an older page.
+func TestListPart(t *testing.T) {
+	f := newFixture(t, buildsPerPage+5, false)
+	c := f.client()
+	part := func(path string) string {
+		t.Helper()
+		req, _ := http.NewRequest("GET", f.srv.URL+path, nil)
+		req.Header.Set("X-Forge-Part", "list")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || strings.Contains(string(b), "<html") || !strings.Contains(resp.Header.Get("Vary"), "X-Forge-Part") {
+			t.Fatalf("GET %s as a list: %d, Vary %q\n%s", path, resp.StatusCode, resp.Header.Get("Vary"), b)
+		}
+		return string(b)
+	}
+	_, page := get(t, c, f.srv.URL+"/acme/app")
+	older := "/acme/app?" + strings.ReplaceAll(between(page, `<a href="?`, `"`), "&amp;", "&")
+	b := &forge.Build{RepoID: f.repo.ID, Action: "execute", Status: forge.StatusRunning, Hook: forge.Hook{Event: "push", Branch: "feature"}}
+	if err := f.db.CreateBuild(context.Background(), b, []*forge.BuildJob{{Name: "build"}}); err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf(`data-key="b%d"`, b.ID)
+	for path, want := range map[string]bool{"/acme/app": true, "/acme/app?status=running": true, "/acme/app?branch=feature": true,
+		"/acme/app?status=failure": false, "/acme/app?branch=main": false, older: false} {
+		body := part(path)
+		if strings.Contains(body, key) != want {
+			t.Errorf("list of %s: has the new build %v, want %v", path, !want, want)
+		}
+		if !strings.Contains(body, `id="build-rows"`) || !strings.Contains(body, `id="older"`) {
+			t.Errorf("list of %s lacks its rows or paging:\n%s", path, body)
+		}
+	}
+	if n := strings.Count(part("/acme/app"), "<tr data-build="); n != buildsPerPage {
+		t.Errorf("first page's list: %d builds, want %d", n, buildsPerPage)
+	}
+	// A new repository is on the repositories page's list.
+	if err := f.db.UpsertRepo(context.Background(), &forge.Repo{Owner: "acme", Name: "newer", CloneURL: "x", DefaultBranch: "main"}); err != nil {
+		t.Fatal(err)
+	}
+	if body := part("/"); !strings.Contains(body, `href="/acme/newer"`) || !strings.Contains(body, `id="repos"`) {
+		t.Errorf("repositories' list lacks the new repository:\n%s", body)
+	}
+	// Pages without a list, and errors, answer whole.
+	req, _ := http.NewRequest("GET", f.srv.URL+"/acme/nope", nil)
+	req.Header.Set("X-Forge-Part", "list")
+	if resp, err := c.Do(req); err != nil || resp.StatusCode != 404 {
+		t.Errorf("list of a missing repository: %v %v, want 404", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+}
+
 func TestSignInAndCSRF(t *testing.T) {
 	f := newFixture(t, 2, true)
 	c := f.client()
@@ -316,6 +374,27 @@ func TestLastLineAndSteps(t *testing.T) {
 		}
 		if got2 != want {
 			t.Errorf("steps = %s, want %s", got2, want)
+		}
+		// Recorded line numbers win over the timestamps: a running step
+		// reaches the end of the log, a finished one knows its last line,
+		// and a stale step of an earlier attempt starts no earlier than
+		// the one before it.
+		j.Status = forge.StatusRunning
+		j.Steps = []*forge.BuildStep{
+			{Index: 0, Name: "a", Status: forge.StatusSuccess, Started: time.Unix(10, 0), Finished: time.Unix(500, 0), FirstLine: 3, LastLine: 40},
+			{Index: 1, Name: "b", Status: forge.StatusFailure, Started: time.Unix(600, 0), Finished: time.Unix(700, 0), FirstLine: 2, LastLine: 2},
+			{Index: 2, Name: "c", Status: forge.StatusSuccess, Started: time.Unix(800, 0), Finished: time.Unix(800, 0), FirstLine: 42, LastLine: 41},
+			{Index: 3, Name: "d", Status: forge.StatusRunning, Started: time.Unix(900, 0), FirstLine: 50},
+		}
+		if steps, err = stepRanges(ctx, f.db, j, n); err != nil {
+			t.Fatal(err)
+		}
+		want, got2 = "set up 1-2 last 0|a 3-2 last 0|b 3-41 last 0|c 42-49 last 41|d 50-1025 last 0|", ""
+		for _, s := range steps {
+			got2 += fmt.Sprintf("%s %d-%d last %d|", s.Name, s.From, s.To, s.Last)
+		}
+		if got2 != want {
+			t.Errorf("steps by recorded lines = %s, want %s", got2, want)
 		}
 	}
 }

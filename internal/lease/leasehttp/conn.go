@@ -603,7 +603,13 @@ func (c *conn) handle(data []byte) {
 			c.send(errorMessage(msg.ID, "", err))
 		}
 	case wire.TypeRelease:
-		if err := c.s.m.Release(ctx, c.owner, msg.Lease); err != nil {
+		release := c.s.m.Release
+		if msg.Broken != "" {
+			release = func(ctx context.Context, owner, leaseID string) error {
+				return c.s.m.ReleaseBroken(ctx, owner, leaseID, msg.Broken)
+			}
+		}
+		if err := release(ctx, c.owner, msg.Lease); err != nil {
 			c.send(errorMessage("", msg.Lease, err))
 		}
 	case wire.TypeCancel:

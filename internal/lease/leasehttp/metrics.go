@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/lease"
 	"github.com/forgeci/forge/internal/prometheus"
 )
@@ -16,6 +17,7 @@ type collector struct {
 
 	size, inUse, disabled, waiters, grants, releases, wait *prometheus.Desc
 	conns, slow, dropped                                   *prometheus.Desc
+	disabledBy, checking, checks                           *prometheus.Desc
 }
 
 func newCollector(s *Server) *collector {
@@ -27,13 +29,19 @@ func newCollector(s *Server) *collector {
 		inUse: prometheus.NewDesc("forge_lease_pool_in_use",
 			"Resources of the pool held by a lease.", pool, nil),
 		disabled: prometheus.NewDesc("forge_lease_pool_disabled",
-			"Resources of the pool disabled for maintenance.", pool, nil),
+			"Resources of the pool out of service: disabled by an operator, by a failed health check or by a holder's report.", pool, nil),
+		disabledBy: prometheus.NewDesc("forge_lease_pool_disabled_by",
+			"Resources of the pool out of service, by who took them out (operator, check, holder).", []string{"pool", "by"}, nil),
+		checking: prometheus.NewDesc("forge_lease_pool_checking",
+			"Resources of the pool waiting for their health check to pass before they are granted again.", pool, nil),
+		checks: prometheus.NewDesc("forge_lease_checks_total",
+			"Health checks run on the pool's resources, by result (passed, failed).", []string{"pool", "result"}, nil),
 		waiters: prometheus.NewDesc("forge_lease_pool_waiters",
 			"Requests waiting in the pool's queue.", pool, nil),
 		grants: prometheus.NewDesc("forge_lease_grants_total",
 			"Leases granted that include the pool.", pool, nil),
 		releases: prometheus.NewDesc("forge_lease_releases_total",
-			"Leases that included the pool ended, by reason (released, disconnected, revoked).", []string{"pool", "reason"}, nil),
+			"Leases that included the pool ended, by reason (released, broken, disconnected, revoked, expired).", []string{"pool", "reason"}, nil),
 		wait: prometheus.NewDesc("forge_lease_wait_seconds",
 			"Time from acquire to grant.", pool, nil),
 		conns: prometheus.NewDesc("forge_lease_connections",
@@ -46,7 +54,8 @@ func newCollector(s *Server) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.size, c.inUse, c.disabled, c.waiters, c.grants, c.releases, c.wait, c.conns, c.slow, c.dropped} {
+	for _, d := range []*prometheus.Desc{c.size, c.inUse, c.disabled, c.waiters, c.grants, c.releases, c.wait, c.conns, c.slow, c.dropped,
+		c.disabledBy, c.checking, c.checks} {
 		ch <- d
 	}
 }
@@ -71,7 +80,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.disabled, prometheus.GaugeValue, float64(st.Disabled), st.Pool)
 		ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(st.Waiters), st.Pool)
 		ch <- prometheus.MustNewConstMetric(c.grants, prometheus.CounterValue, float64(st.Grants), st.Pool)
-		for _, reason := range []string{lease.ReasonReleased, lease.ReasonDisconnected, lease.ReasonRevoked, lease.ReasonExpired} {
+		for _, by := range []string{lease.DisabledOperator, forge.FaultCheck, forge.FaultHolder} {
+			ch <- prometheus.MustNewConstMetric(c.disabledBy, prometheus.GaugeValue, float64(st.DisabledBy[by]), st.Pool, by)
+		}
+		ch <- prometheus.MustNewConstMetric(c.checking, prometheus.GaugeValue, float64(st.Checking), st.Pool)
+		for _, result := range []string{lease.CheckPassed, lease.CheckFailed} {
+			ch <- prometheus.MustNewConstMetric(c.checks, prometheus.CounterValue, float64(st.Checks[result]), st.Pool, result)
+		}
+		for _, reason := range []string{lease.ReasonReleased, lease.ReasonBroken, lease.ReasonDisconnected, lease.ReasonRevoked, lease.ReasonExpired} {
 			ch <- prometheus.MustNewConstMetric(c.releases, prometheus.CounterValue, float64(st.Releases[reason]), st.Pool, reason)
 		}
 		buckets := make(map[float64]uint64, len(lease.WaitBuckets))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"sort"
 	"strconv"
 	"sync"
 	"testing"
@@ -16,136 +15,9 @@ import (
 
 	wire "github.com/forgeci/forge/client/lease"
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/lease/leasecheck"
 	"github.com/forgeci/forge/internal/testwait"
 )
-
-// checker records grants and releases as the clients see them.
-type checker struct {
-	mu   sync.Mutex
-	reqs map[string]*seenReq
-	// holds per resource ("pool/id"): when a client saw it granted and when
-	// it let go of it.
-	holds map[string][]*hold
-}
-
-type seenReq struct {
-	id        string
-	pools     []string
-	sent      time.Time
-	queued    time.Time // first queued message received; zero if none
-	granted   bool
-	grantedAt time.Time // server time of the grant
-	gone      bool      // timed out, canceled or its connection dropped while queued
-}
-
-type hold struct {
-	req        string
-	start, end time.Time
-}
-
-func (c *checker) sent(id string, pools []string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.reqs[id] = &seenReq{id: id, pools: pools, sent: time.Now()}
-}
-
-func (c *checker) queued(id string) {
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if r := c.reqs[id]; r.queued.IsZero() {
-		r.queued = now
-	}
-}
-
-func (c *checker) granted(id string, m *wire.Message) []*hold {
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r := c.reqs[id]
-	r.granted = true
-	r.grantedAt, _ = time.Parse(time.RFC3339Nano, m.GrantedAt)
-	var hs []*hold
-	for pool, rs := range m.Resources {
-		for _, res := range rs {
-			h := &hold{req: id, start: now}
-			c.holds[pool+"/"+res.ID] = append(c.holds[pool+"/"+res.ID], h)
-			hs = append(hs, h)
-		}
-	}
-	return hs
-}
-
-func (c *checker) ended(hs []*hold) {
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, h := range hs {
-		h.end = now
-	}
-}
-
-func (c *checker) gone(id string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.reqs[id].gone = true
-}
-
-func (c *checker) check(t *testing.T) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	grants := 0
-	// Nobody holds a resource another holds.
-	for res, hs := range c.holds {
-		sort.Slice(hs, func(i, j int) bool { return hs[i].start.Before(hs[j].start) })
-		for i, h := range hs {
-			grants++
-			if h.end.IsZero() {
-				t.Errorf("%s: the hold of %s never ended", res, h.req)
-				continue
-			}
-			if i > 0 && h.start.Before(hs[i-1].end) {
-				t.Errorf("%s held twice: %s from %s while %s held it until %s", res, h.req,
-					h.start.Format(time.StampMicro), hs[i-1].req, hs[i-1].end.Format(time.StampMicro))
-			}
-		}
-	}
-	// First come, first served: a request queued before another was sent,
-	// sharing a pool with it, is granted no later than it.
-	byPool := map[string][]*seenReq{}
-	for _, r := range c.reqs {
-		if r.granted {
-			for _, p := range r.pools {
-				if p != "c" { // "order: fill" lets requests pass
-					byPool[p] = append(byPool[p], r)
-				}
-			}
-		}
-	}
-	checked := 0
-	for pool, rs := range byPool {
-		for _, a := range rs {
-			if a.queued.IsZero() {
-				continue
-			}
-			for _, b := range rs {
-				if a == b || !a.queued.Before(b.sent) {
-					continue
-				}
-				checked++
-				if a.grantedAt.After(b.grantedAt) {
-					t.Errorf("pool %s: %s (queued %s) granted at %s, after %s (sent %s) granted at %s",
-						pool, a.id, a.queued.Format(time.StampMicro), a.grantedAt.Format(time.StampMicro),
-						b.id, b.sent.Format(time.StampMicro), b.grantedAt.Format(time.StampMicro))
-				}
-			}
-		}
-	}
-	t.Logf("checked %d resource holds and %d ordered pairs of requests", grants, checked)
-	if grants == 0 || checked == 0 {
-		t.Errorf("the run granted %d and ordered %d pairs: nothing was tested", grants, checked)
-	}
-}
 
 // TestRandomized: hundreds of clients acquire, release, cancel, time out
 // and disconnect abruptly against pools of a few resources; the checker
@@ -177,7 +49,7 @@ pools:
   c: {order: fill, resources: [{id: c1}, {id: c2}]}
 `
 	e := newEnv(t, cfg, Options{}, lease.MemoryOptions{PositionInterval: 5 * time.Millisecond})
-	ck := &checker{reqs: map[string]*seenReq{}, holds: map[string][]*hold{}}
+	ck := leasecheck.New("c") // "order: fill" lets requests pass
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	for i := 0; i < clients; i++ {
@@ -217,10 +89,10 @@ pools:
 	}); err != nil {
 		t.Fatalf("at the end:%s; want every resource free and no queue (%v)", busy, err)
 	}
-	ck.check(t)
+	ck.Check(t, true)
 }
 
-func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
+func randomClient(url string, i, ops int, rng *rand.Rand, ck *leasecheck.Checker) error {
 	var (
 		ws   *websocket.Conn
 		msgs chan *wire.Message
@@ -310,7 +182,7 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 			msg["max_wait_ms"] = 5 + rng.IntN(60)
 		}
 		wantCancel := rng.IntN(10) == 0
-		ck.sent(id, pools)
+		ck.Sent(id, pools)
 		if err := send(msg); err != nil {
 			return err
 		}
@@ -324,7 +196,7 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 			}
 			switch {
 			case m.Type == wire.TypeQueued && m.ID == id:
-				ck.queued(id)
+				ck.Queued(id)
 				if wantCancel && !canceled {
 					canceled = true
 					staleCancel[id] = true
@@ -336,10 +208,10 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 				grant = m
 				break wait
 			case m.Type == wire.TypeCanceled && m.ID == id:
-				ck.gone(id)
+				ck.Gone(id)
 				break wait
 			case m.Type == wire.TypeError && m.ID == id && m.Code == "timeout":
-				ck.gone(id)
+				ck.Gone(id)
 				break wait
 			case m.Type == wire.TypeError && m.Code == "not_found" && staleCancel[m.ID]:
 			default:
@@ -349,11 +221,12 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 		if grant == nil {
 			continue
 		}
-		hs := ck.granted(id, grant)
+		grantedAt, _ := time.Parse(time.RFC3339Nano, grant.GrantedAt)
+		hs := ck.Granted(id, grantedAt, grantResources(grant))
 		time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
 		switch x := rng.IntN(20); {
 		case x < 14:
-			ck.ended(hs)
+			ck.Ended(hs)
 			if err := send(map[string]any{"type": "release", "lease": grant.Lease}); err != nil {
 				return err
 			}
@@ -370,11 +243,11 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 				}
 			}
 		case x < 17:
-			ck.ended(hs)
+			ck.Ended(hs)
 			ws.CloseNow() // like a killed process
 			ws = nil
 		default:
-			ck.ended(hs)
+			ck.Ended(hs)
 			ws.Close(websocket.StatusNormalClosure, "done")
 			ws = nil
 		}
@@ -384,4 +257,15 @@ func randomClient(url string, i, ops int, rng *rand.Rand, ck *checker) error {
 		ws = nil
 	}
 	return nil
+}
+
+// grantResources is a granted message's pool → resource ids.
+func grantResources(m *wire.Message) map[string][]string {
+	out := make(map[string][]string, len(m.Resources))
+	for pool, rs := range m.Resources {
+		for _, r := range rs {
+			out[pool] = append(out[pool], r.ID)
+		}
+	}
+	return out
 }

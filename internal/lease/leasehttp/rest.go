@@ -121,7 +121,12 @@ func (s *Server) deletePool(w http.ResponseWriter, r *http.Request) {
 func (s *Server) setDisabled(disabled bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name, id := r.PathValue("name"), r.PathValue("id")
-		if err := s.m.SetDisabled(r.Context(), name, id, disabled); err != nil {
+		reason, err := readReason(w, r)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if err := s.m.SetDisabled(r.Context(), name, id, disabled, reason); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -177,23 +182,34 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, historyResponse{History: h})
 }
 
-// revokeRequest is the optional body of DELETE /api/v1/leases/{id}.
-type revokeRequest struct {
+// reasonRequest is the optional body of DELETE /api/v1/leases/{id} and
+// POST …/disable.
+type reasonRequest struct {
 	Reason string `json:"reason"`
+}
+
+// readReason reads the optional {"reason": "..."} body of r, trimmed.
+func readReason(w http.ResponseWriter, r *http.Request) (string, error) {
+	if r.ContentLength == 0 {
+		return "", nil
+	}
+	var body reasonRequest
+	err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 8192)).Decode(&body)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", forge.Errorf(forge.EINVALID, "body must be {\"reason\":\"...\"}: %v", err)
+	}
+	return strings.TrimSpace(body.Reason), nil
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	reason := "forced release by operator"
-	if r.ContentLength != 0 {
-		var body revokeRequest
-		err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body)
-		if err != nil && !errors.Is(err, io.EOF) {
-			s.writeError(w, r, forge.Errorf(forge.EINVALID, "body must be {\"reason\":\"...\"}: %v", err))
-			return
-		}
-		if strings.TrimSpace(body.Reason) != "" {
-			reason = fmt.Sprintf("forced release by operator: %s", strings.TrimSpace(body.Reason))
-		}
+	why, err := readReason(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if why != "" {
+		reason = fmt.Sprintf("forced release by operator: %s", why)
 	}
 	if err := s.m.Revoke(r.Context(), r.PathValue("id"), reason); err != nil {
 		s.writeError(w, r, err)

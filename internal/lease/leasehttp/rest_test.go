@@ -3,6 +3,7 @@ package leasehttp
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/forgeci/forge"
@@ -160,5 +161,22 @@ func TestWriteErrorOption(t *testing.T) {
 	s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/pools/nope", nil))
 	if rec.Code != http.StatusTeapot || forge.ErrorCode(got) != forge.ENOTFOUND {
 		t.Fatalf("got status %d and error %v, want the injected writer called with a not_found error", rec.Code, got)
+	}
+}
+
+// TestRESTPoolMaxGrace: a pool's max_grace goes in through PUT and comes
+// back in GET, in the same form; a bad one is refused naming it.
+func TestRESTPoolMaxGrace(t *testing.T) {
+	e := newEnv(t, dutConfig, Options{}, lease.MemoryOptions{})
+	var p lease.PoolState
+	if code := e.rest("PUT", "/api/v1/pools/lab", `{"range":"1-2","max_grace":"90s"}`, &p); code != http.StatusCreated || p.MaxGrace != "1m30s" {
+		t.Fatalf("PUT: got %d %+v, want 201 with max_grace 1m30s", code, p)
+	}
+	if code := e.rest("GET", "/api/v1/pools/lab", "", &p); code != http.StatusOK || p.MaxGrace != "1m30s" {
+		t.Fatalf("GET: got %d %+v, want max_grace 1m30s", code, p)
+	}
+	var apiErr struct{ Code, Message string }
+	if code := e.rest("PUT", "/api/v1/pools/lab", `{"range":"1-2","max_grace":"later"}`, &apiErr); code != http.StatusBadRequest || !strings.Contains(apiErr.Message, "max_grace") {
+		t.Fatalf("PUT with a bad max_grace: got %d %+v, want 400 naming max_grace", code, apiErr)
 	}
 }

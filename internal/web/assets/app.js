@@ -1,6 +1,6 @@
-// forge's pages: live states without reloads, the badge copy button, the
+// forge's pages: live lists and states without reloads, the badge copy button, the
 // cross-build search and the pools page. Everything from the API goes into
-// the page through textContent.
+// the page through textContent; the lists come as the server's own markup.
 (function () {
   "use strict";
   var DONE = ["success", "failure", "error", "skipped", "canceled"];
@@ -42,6 +42,55 @@
     }
     var id = setInterval(tick, 2000);
   }
+  // The log page (log.js) shares these.
+  window.forge = {dur: dur};
+
+  // liveList keeps a page's list up to date: every 2 s it asks the page
+  // again for just its list (X-Forge-Part: list, the same query, so
+  // filters and paging hold) and merges it in.
+  function liveList(box) {
+    poll(function () {
+      return fetch(location.pathname + location.search, {headers: {"X-Forge-Part": "list"}, credentials: "same-origin"}).then(function (r) {
+        if (!r.ok || r.redirected) return;
+        return r.text().then(function (html) {
+          var t = document.createElement("template");
+          t.innerHTML = html; // the server's escaped markup, never log text
+          box.querySelectorAll("[data-keyed]").forEach(function (old) {
+            var neu = t.content.getElementById(old.id);
+            if (neu) mergeKeyed(old, neu);
+          });
+          box.querySelectorAll("[data-swap]").forEach(function (old) {
+            var neu = t.content.getElementById(old.id);
+            if (neu && neu.outerHTML !== old.outerHTML) old.replaceWith(neu);
+          });
+        });
+      });
+    });
+  }
+  // mergeKeyed makes old's children (each with a data-key) those of neu,
+  // in neu's order: new ones are inserted, gone ones removed, and of a
+  // changed one only the changed cells are replaced, so focus and
+  // scrolling stay where they are.
+  function mergeKeyed(old, neu) {
+    var have = {}, want = [];
+    Array.prototype.forEach.call(old.children, function (c) { have[c.dataset.key] = c; });
+    Array.prototype.forEach.call(neu.children, function (n) {
+      var o = have[n.dataset.key];
+      if (!o) { want.push(n); return; }
+      delete have[n.dataset.key];
+      if (o.outerHTML !== n.outerHTML) {
+        if (o.tagName !== n.tagName || o.children.length !== n.children.length || o.className !== n.className) { want.push(n); return; }
+        Array.prototype.slice.call(n.children).forEach(function (c, i) {
+          if (o.children[i].outerHTML !== c.outerHTML) o.replaceChild(c, o.children[i]);
+        });
+      }
+      want.push(o);
+    });
+    Object.keys(have).forEach(function (k) { have[k].remove(); });
+    want.forEach(function (n, i) {
+      if (old.children[i] !== n) old.insertBefore(n, old.children[i] || null);
+    });
+  }
 
   document.addEventListener("DOMContentLoaded", function () {
     // Copy buttons.
@@ -54,18 +103,9 @@
       });
     });
 
-    // A repository's builds: states and durations of the listed builds.
-    var builds = document.getElementById("builds");
-    if (builds && builds.dataset.live) poll(function () {
-      return getJSON(builds.dataset.live + "?limit=50").then(function (b) {
-        (b && b.builds || []).forEach(function (x) {
-          var tr = builds.querySelector('tr[data-build="' + x.id + '"]');
-          if (!tr) return;
-          setStatus(tr.querySelector("[data-status]"), x.status);
-          tr.querySelector("[data-duration]").textContent = dur(x.started, x.finished);
-        });
-      });
-    });
+    // The repositories and a repository's builds: new ones appear, states
+    // change.
+    document.querySelectorAll("[data-live-list]").forEach(liveList);
 
     // A build: its state, its jobs' states, the buttons.
     var actions = document.getElementById("actions");
@@ -100,6 +140,8 @@
         if (!j) return false;
         setStatus(js, j.status);
         document.getElementById("job-duration").textContent = dur(j.started, j.finished);
+        // The log viewer re-folds its steps as they start and end.
+        log.dispatchEvent(new CustomEvent("forge:job", {detail: j}));
         return DONE.indexOf(j.status) < 0;
       });
     });
@@ -139,7 +181,7 @@
           list.forEach(function (p) {
             var sec = el("section", "pool");
             sec.appendChild(el("h2", "", p.name + (p.deleted ? " (deleted)" : "")));
-            sec.appendChild(el("p", "muted", p.size + " resources: " + p.free + " free, " + p.in_use + " in use, " + p.disabled + " disabled · order " + p.order));
+            sec.appendChild(el("p", "muted", p.size + " resources: " + p.free + " free, " + p.in_use + " in use, " + p.disabled + " disabled" + (p.checking ? ", " + p.checking + " checking" : "") + " · order " + p.order));
             var t = el("table", "res");
             var hr = el("tr");
             ["Resource", "State", "Holder", "Since", "Labels"].forEach(function (h) { hr.appendChild(el("th", "", h)); });
@@ -149,10 +191,16 @@
               var tr = el("tr");
               tr.appendChild(el("td", "", r.id));
               var st = el("td");
-              st.appendChild(el("span", "badge res-" + r.state, r.state + (r.disabled && r.state === "leased" ? " (disabled)" : "") + (r.removing ? " (removing)" : "")));
+              st.appendChild(el("span", "badge res-" + r.state, r.state + (r.disabled && r.state === "leased" ? " (disabled)" : "") + (r.removing ? " (removing)" : "") +
+                (r.state === "disabled" && r.disabled_by ? " by " + r.disabled_by : "")));
               tr.appendChild(st);
-              tr.appendChild(el("td", "", r.holder || ""));
-              tr.appendChild(el("td", "", r.since ? new Date(r.since).toLocaleString() + " (" + dur(r.since) + ")" : ""));
+              // A resource out of service shows why in the holder's place
+              // (an operator's reason, a failed check's output, a holder's
+              // report), since when in Since.
+              var why = r.state === "disabled" ? r.disabled_reason || "" : "";
+              tr.appendChild(el("td", why ? "muted" : "", r.holder || (why.length > 200 ? why.slice(0, 200) + "…" : why)));
+              var since = r.since || (r.state === "disabled" ? r.disabled_since : "");
+              tr.appendChild(el("td", "", since ? new Date(since).toLocaleString() + " (" + dur(since) + ")" : ""));
               tr.appendChild(el("td", "muted", Object.keys(r.labels || {}).map(function (k) { return k + "=" + r.labels[k]; }).join(" ")));
               tb.appendChild(tr);
             });

@@ -10,7 +10,8 @@
   var status = root.dataset.status;
   var steps = [];
   try { steps = JSON.parse(root.dataset.steps || "[]") || []; } catch (e) { steps = []; }
-  var done = ["success", "failure", "error", "skipped", "canceled"].indexOf(status) >= 0;
+  var DONE = ["success", "failure", "error", "skipped", "canceled"];
+  var done = DONE.indexOf(status) >= 0;
 
   var LH = 18;                 // px per row, as in forge.css
   var MAXPX = 15000000;        // browsers cap an element's height
@@ -71,6 +72,44 @@
     }
     return r;
   }
+
+  // splitSteps places a running job's steps (as the API lists them) by
+  // their recorded first lines, as the server placed them for the page
+  // (stepRanges in internal/web/logs.go); null when a started step has no
+  // recorded line (an older forge recorded it: the server's placement
+  // stays).
+  function splitSteps(list, jobStatus) {
+    var failed = jobStatus === "failure" || jobStatus === "error";
+    var out = [], at = 1, i;
+    list = list.slice().sort(function (a, b) { return a.index - b.index; });
+    for (i = 0; i < list.length; i++) {
+      var s = list[i];
+      if (!s.first_line) { if (s.started) return null; continue; }
+      var from = Math.max(s.first_line, at);
+      if (!out.length && from > 1) out.push({index: -1, name: "set up", status: "success", from: 1, open: !failed});
+      out.push({index: s.index, name: s.name, status: s.status, duration: window.forge ? window.forge.dur(s.started, s.finished) : "",
+        from: from, last: s.first_line === from && DONE.indexOf(s.status) >= 0 ? s.last_line : 0,
+        open: !failed || s.status === "failure" || s.status === "error"});
+      at = from;
+    }
+    for (i = 0; i < out.length; i++) {
+      out[i].to = i + 1 < out.length ? out[i + 1].from - 1 : total;
+      if (out[i].last < out[i].from - 1 || out[i].last > out[i].to) out[i].last = 0;
+    }
+    return out;
+  }
+  // The page's poll of the job (app.js) brings its steps: a step that
+  // starts gets its fold, and states and durations change; what the
+  // reader folded stays folded.
+  root.addEventListener("forge:job", function (ev) {
+    var next = splitSteps(ev.detail.steps || [], ev.detail.status);
+    if (!next || !next.length) return;
+    var was = {};
+    steps.forEach(function (s) { if (!s.bare) was[s.index] = s; });
+    next.forEach(function (s) { if (was[s.index]) s.open = was[s.index].open; });
+    steps = next;
+    if (follow) toEnd(); else render();
+  });
 
   // ---- ANSI SGR to styled spans ----
   var C256 = null;
@@ -502,7 +541,7 @@
   if (!readHash()) {
     var failed = null;
     for (var i = 0; i < steps.length; i++) if (steps[i].status === "failure" || steps[i].status === "error") failed = steps[i];
-    if (failed && failed.to >= failed.from) scrollToLine(failed.to, "bottom");
+    if (failed && failed.to >= failed.from) scrollToLine(failed.last >= failed.from ? failed.last : failed.to, "bottom");
     else toEnd();
   }
   if (!done) setFollow(true);
