@@ -609,8 +609,12 @@ func testTwoRunners(t *testing.T, db *sqldb.DB) {
 	})
 	// Replicas run with recovery on, recovering often, and the second
 	// starts while the first runs builds: neither takes the other's
-	// running builds for a dead server's.
-	replica := fast
+	// running builds for a dead server's. Their 40 builds' writes queue
+	// for SQLite's one writer lock, heartbeats among them: under make
+	// test-loaded a heartbeat waited more than fast's 3s window and the
+	// other replica ended six live builds as "server restarted", so the
+	// window here is 10s (recovery still runs several times meanwhile).
+	replica := func(o *runner.Options) { o.Heartbeat, o.Stale = 100*time.Millisecond, testwait.Scale(10*time.Second) }
 	s1 := newRunner(t, db, plan, replica)
 	s2 := newRunner(t, db, plan, replica)
 	var ids []int64
