@@ -568,8 +568,10 @@ func TestWebLiveAndCancel(t *testing.T) {
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
 	webRun(t, ctx, 30*time.Second, chromedp.Navigate(fmt.Sprintf("%s%s/builds/1/jobs/%d", p.url, webRepo, b.Jobs[0].ID)), chromedp.WaitVisible(css("#rows")))
 	total := webEval[int](t, ctx, `parseInt(document.getElementById("log").dataset.total,10)`)
-	// Lines printed after the page loaded appear without a reload.
-	webRun(t, ctx, 60*time.Second, webPoll(fmt.Sprintf(`(function(){var r=document.getElementById("L%d"); return !!r && /tick \d+/.test(r.textContent)})()`, total+5), 50*time.Second))
+	// Lines printed after the page loaded appear without a reload (50s
+	// were not enough under make test-loaded, with chromium, the server
+	// and the step's shell sharing two busy cores).
+	webRun(t, ctx, 2*time.Minute, webPoll(fmt.Sprintf(`(function(){var r=document.getElementById("L%d"); return !!r && /tick \d+/.test(r.textContent)})()`, total+5), 110*time.Second))
 
 	// Sign in through the form, come back to the build and cancel it.
 	build := p.url + webRepo + "/builds/1"
