@@ -35,13 +35,16 @@ test:
 # The suite under the race detector while a busy loop occupies every core
 # (LOADERS of them, one a core by default): what a shared CI machine does
 # to timing. The loops stop when the tests end, pass or fail or interrupt.
+# A package may take twice as long as in make test: cmd/forge's browser
+# and end-to-end tests took more than 30 minutes on a shared machine.
 LOADERS ?= $(shell nproc 2>/dev/null || echo 2)
+LOADEDFLAGS ?= -race -count=1 -timeout 60m
 test-loaded:
 	@pids=""; trap 'kill $$pids 2>/dev/null; wait $$pids 2>/dev/null' EXIT INT TERM; \
 	for i in $$(seq $(LOADERS)); do sh -c 'while :; do :; done' & pids="$$pids $$!"; done; \
 	echo "test-loaded: $(LOADERS) busy loops (pids$$pids)"; \
 	start=$$(date +%s); \
-	$(GO) test $(TESTFLAGS) $(PKGS); rc=$$?; \
+	$(GO) test $(LOADEDFLAGS) $(PKGS); rc=$$?; \
 	echo "test-loaded: exit $$rc after $$(( $$(date +%s) - start ))s"; exit $$rc
 
 FUZZTIME ?= 15s

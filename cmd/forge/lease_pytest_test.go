@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // leasePytestExample is the folder of the pytest plugin example.
@@ -145,7 +146,9 @@ def test_slow(forge_resources):
 	if code := p.wait(t, 10*time.Second); code != 75 {
 		t.Errorf("pytest exited %d, want 75\nstdout: %s\nstderr: %s", code, p.stdout.String(), p.stderr.String())
 	}
-	if d := time.Since(lost); d > 5*time.Second {
+	// At once, not after the test's 60s sleep: under make test-loaded
+	// python and forge took 9.7s to get the CPU they needed for it.
+	if d := time.Since(lost); d > testwait.Scale(20*time.Second) {
 		t.Errorf("session ended %v after the loss; want at once", d)
 	}
 	if got := p.stderr.String(); !strings.Contains(got, "lost the lease on dut (revoked by the server: maintenance)") {

@@ -159,6 +159,7 @@ func startLeaseForge(t testing.TB, env []string, args ...string) *leaseProc {
 
 func (p *leaseProc) wait(t testing.TB, timeout time.Duration) int {
 	t.Helper()
+	timeout = testwait.Scale(max(timeout, testwait.Patience)) // as leaseWaitFor: a bound, not a measurement
 	select {
 	case <-p.done:
 		return p.code

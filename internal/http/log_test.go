@@ -17,6 +17,7 @@ import (
 	"github.com/forgeci/forge"
 	httpapi "github.com/forgeci/forge/internal/http"
 	"github.com/forgeci/forge/internal/livelog"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // newJob creates a build of f's repository with one job of status st and
@@ -226,7 +227,7 @@ func TestLogEventsResumeWithoutGapOrRepeat(t *testing.T) {
 	var second []sseEvent
 	select {
 	case second = <-done:
-	case <-time.After(60 * time.Second):
+	case <-time.After(testwait.Scale(5 * time.Minute)): // 60s was not enough under make test-loaded
 		t.Fatal("the event stream did not end with the job")
 	}
 	resp.Body.Close()

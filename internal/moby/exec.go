@@ -40,19 +40,51 @@ func ExecVolumeName(sum string) string { return "forge-exec-" + sum[:16] }
 // it through a container of image (which the engine has) that is created
 // with labels, never started, and removed. Jobs then mount it read-only
 // at forgexec.BinDir.
+//
+// One filler at a time writes a volume: the fill container is named
+// ExecVolumeName(sum)+"-fill", and the engine refuses a second container
+// of that name. The others wait for the marker. (Two servers, or two test
+// processes, that both found no marker and both copied made a job of the
+// first that ran the binary while the second rewrote it fail with "text
+// file busy".) A fill container older than fillStale was left by a filler
+// that died, and is removed.
 func FillExecVolume(ctx context.Context, cli *client.Client, path, sum, image string, labels map[string]string) (string, error) {
 	name := ExecVolumeName(sum)
 	if _, err := cli.VolumeCreate(ctx, client.VolumeCreateOptions{Name: name, Labels: map[string]string{LabelExec: sum}}); err != nil {
 		return "", EngineError(err, "cannot create the forgexec volume")
 	}
-	created, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
-		Config: &container.Config{Image: image, Entrypoint: []string{forgexec.Bin}, Cmd: []string{}, Labels: labels},
-		HostConfig: &container.HostConfig{Mounts: []mount.Mount{
-			{Type: mount.TypeVolume, Source: name, Target: forgexec.BinDir, VolumeOptions: &mount.VolumeOptions{NoCopy: true}},
-		}},
-	})
-	if err != nil {
-		return "", EngineError(err, "cannot create a container to fill the forgexec volume")
+	lock := name + "-fill"
+	var created client.ContainerCreateResult
+	for pause := 50 * time.Millisecond; ; pause = min(2*pause, time.Second) {
+		var err error
+		created, err = cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+			Name:   lock,
+			Config: &container.Config{Image: image, Entrypoint: []string{forgexec.Bin}, Cmd: []string{}, Labels: labels},
+			HostConfig: &container.HostConfig{Mounts: []mount.Mount{
+				{Type: mount.TypeVolume, Source: name, Target: forgexec.BinDir, VolumeOptions: &mount.VolumeOptions{NoCopy: true}},
+			}},
+		})
+		if err == nil {
+			break
+		}
+		if !cerrdefs.IsConflict(err) {
+			return "", EngineError(err, "cannot create a container to fill the forgexec volume")
+		}
+		// Another filler holds the volume: its fill container mounts it,
+		// so the marker is seen through it.
+		if _, err := cli.ContainerStatPath(ctx, lock, client.ContainerStatPathOptions{Path: ExecMarker}); err == nil {
+			return name, nil
+		}
+		if in, err := cli.ContainerInspect(ctx, lock, client.ContainerInspectOptions{}); err == nil {
+			if at, err := time.Parse(time.RFC3339Nano, in.Container.Created); err == nil && time.Since(at) > fillStale {
+				_, _ = cli.ContainerRemove(ctx, lock, client.ContainerRemoveOptions{Force: true})
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", EngineError(ctx.Err(), "waiting for another server to fill the forgexec volume")
+		case <-time.After(pause):
+		}
 	}
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -77,6 +109,10 @@ func FillExecVolume(ctx context.Context, cli *client.Client, path, sum, image st
 	}
 	return name, nil
 }
+
+// fillStale is how old a volume's fill container is when its filler is
+// taken for dead: a fill copies one binary of tens of megabytes.
+const fillStale = 5 * time.Minute
 
 // CheckStatic refuses a forgexec binary that needs a dynamic loader: the
 // job's image may have none (or another libc).

@@ -2,13 +2,13 @@ package runner_test
 
 import (
 	"context"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/runner"
 	"github.com/forgeci/forge/internal/sqldb"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // BenchmarkDrain measures the runner's scheduling overhead: 1,000 queued
@@ -43,7 +43,7 @@ func benchDrain(b *testing.B, open func() *sqldb.DB) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		b.StartTimer()
-		cpu0 := cpuTime()
+		cpu0 := testwait.CPU()
 		start := time.Now()
 		go func() { done <- s.runner.Run(ctx) }()
 		last := ids[len(ids)-1]
@@ -74,7 +74,7 @@ func benchDrain(b *testing.B, open func() *sqldb.DB) {
 			}
 		}
 		elapsed := time.Since(start)
-		cpu := cpuTime() - cpu0
+		cpu := testwait.CPU() - cpu0
 		b.StopTimer()
 		cancel()
 		if err := <-done; err != nil {
@@ -83,13 +83,4 @@ func benchDrain(b *testing.B, open func() *sqldb.DB) {
 		b.ReportMetric(float64(elapsed.Microseconds())/1000/builds, "ms/build")
 		b.ReportMetric(float64(cpu.Microseconds())/1000/builds, "cpu-ms/build")
 	}
-}
-
-// cpuTime is the CPU time (user and system) the process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -13,17 +13,19 @@ import (
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/runner"
 	"github.com/forgeci/forge/internal/sqldb"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
-// fast makes a runner heartbeat every 100ms and recover every second.
-// A live runner's build looks stale only after ten missed heartbeats: a
-// loaded machine running the race detector delays a ticker by hundreds of
-// milliseconds, and a window of a few heartbeats made replicas end each
-// other's live builds there.
-func fast(o *runner.Options) { o.Heartbeat, o.Stale = 100*time.Millisecond, time.Second }
+// fast makes a runner heartbeat every 100ms and recover every
+// staleWindow. A live runner's build looks stale only after thirty missed
+// heartbeats: a loaded machine running the race detector delays a ticker
+// by hundreds of milliseconds and a heartbeat's write (stamped before it
+// waits for SQLite's lock) by more than a second; a window of 1s made
+// replicas end each other's live builds there (TestTwoRunnersNeverRunABuildTwice).
+func fast(o *runner.Options) { o.Heartbeat, o.Stale = 100*time.Millisecond, staleWindow }
 
-// staleWindow is fast's Stale.
-const staleWindow = time.Second
+// staleWindow is fast's Stale (FORGE_TEST_WAIT_SCALE scales it).
+var staleWindow = testwait.Scale(3 * time.Second)
 
 // eachDB runs fn on SQLite, and on PostgreSQL when it is configured.
 func eachDB(t *testing.T, fn func(t *testing.T, db *sqldb.DB)) {
@@ -41,7 +43,7 @@ func markRunning(t testing.TB, db *sqldb.DB, b *forge.Build, runnerID string, be
 }
 
 // TestLiveReplicaBuildIsNotRecovered: a runner that starts while another
-// runs a build, and recovers every second, never ends that build, whose
+// runs a build, and recovers every staleWindow, never ends that build, whose
 // heartbeat keeps advancing.
 func TestLiveReplicaBuildIsNotRecovered(t *testing.T) {
 	eachDB(t, func(t *testing.T, db *sqldb.DB) {
@@ -79,7 +81,7 @@ func TestLiveReplicaBuildIsNotRecovered(t *testing.T) {
 				cur.Status, cur.Error, cur.Runner, cur.Version, claimed.Version)
 		}
 		if !cur.Heartbeat.After(claimed.Heartbeat.Add(staleWindow)) {
-			t.Errorf("heartbeat went from %v to %v in 3s: want it refreshed every 100ms", claimed.Heartbeat, cur.Heartbeat)
+			t.Errorf("heartbeat went from %v to %v in 3 stale windows: want it refreshed every 100ms", claimed.Heartbeat, cur.Heartbeat)
 		}
 		if n := first.be.active.Load(); n != 1 {
 			t.Errorf("%d jobs running on the first runner, want 1", n)
@@ -133,7 +135,7 @@ func TestStaleBuildIsRecovered(t *testing.T) {
 		// windows; ten is room for a loaded machine, and still far below
 		// the server's 30s.
 		if d := time.Since(stopped); d > 10*staleWindow {
-			t.Errorf("recovered %v after the heartbeat stopped, want within a few 1s periods", d)
+			t.Errorf("recovered %v after the heartbeat stopped, want within a few %v periods", d, staleWindow)
 		}
 		// The hung runner kills the job of a build another runner ended.
 		waitActive(t, hung, 0)

@@ -77,7 +77,7 @@ func queue(t testing.TB, db *sqldb.DB, repo *forge.Repo, names ...string) *forge
 
 // backend is a scripted forge.Backend: each step's Run says what to do:
 // "echo TEXT" prints TEXT, "fail" exits 1, "block" waits for ctx or for
-// release, "sleep D" sleeps D.
+// release, "hold" waits for ctx alone, "sleep D" sleeps D.
 type backend struct {
 	mu      sync.Mutex
 	runs    []*forge.JobRun
@@ -128,6 +128,9 @@ func (b *backend) Run(ctx context.Context, run *forge.JobRun, rep forge.Reporter
 				st, code = forge.StatusCanceled, -1
 			case <-b.release:
 			}
+		case "hold":
+			<-ctx.Done()
+			st, code = forge.StatusCanceled, -1
 		case "sleep":
 			d, _ := time.ParseDuration(arg)
 			select {
@@ -175,6 +178,7 @@ type setup struct {
 	be      *backend
 	runner  *runner.Runner
 	workDir string
+	cancel  context.CancelFunc // ends Run's context (set by start)
 }
 
 func newRunner(t testing.TB, db *sqldb.DB, plan runner.Planner, tweak func(*runner.Options)) *setup {
@@ -206,6 +210,7 @@ func newRunner(t testing.TB, db *sqldb.DB, plan runner.Planner, tweak func(*runn
 // start runs the runner until the test ends; stop stops it early.
 func (s *setup) start(t testing.TB) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
 	errc := make(chan error, 1)
 	go func() { errc <- s.runner.Run(ctx) }()
 	var once sync.Once
@@ -385,13 +390,25 @@ func TestLimits(t *testing.T) {
 	cur := map[int64]int{}
 	peak := map[int64]int{}
 	total, peakTotal := 0, 0
+	// A build's planning waits until two builds have planned at once (or
+	// a deadline), then holds 40ms more to catch a limit overstepped. (On
+	// its own, the 40ms hold did not overlap any two builds on a loaded
+	// machine.)
+	parallel := make(chan struct{})
 	plan := runner.PlannerFunc(func(ctx context.Context, dir string, bd *forge.Build) (*forge.Plan, error) {
 		mu.Lock()
 		cur[bd.RepoID]++
 		total++
 		peak[bd.RepoID] = max(peak[bd.RepoID], cur[bd.RepoID])
+		if total >= 2 && peakTotal < 2 {
+			close(parallel)
+		}
 		peakTotal = max(peakTotal, total)
 		mu.Unlock()
+		select {
+		case <-parallel:
+		case <-time.After(testwait.Scale(30 * time.Second)):
+		}
 		time.Sleep(40 * time.Millisecond)
 		mu.Lock()
 		cur[bd.RepoID]--
@@ -539,24 +556,33 @@ func TestRecoverEndsBuildsLeftRunning(t *testing.T) {
 func TestShutdownLetsShortBuildsFinishAndCancelsLongOnes(t *testing.T) {
 	db := openDB(t)
 	repo := makeRepo(t, db, "app")
+	// The short build runs until the test releases it, once the shutdown
+	// has begun; the long one until it is cancelled. (A short build that
+	// slept 100ms could end before the long one started on a loaded
+	// machine, and the wait for two running jobs never ended.)
 	plan := runner.PlannerFunc(func(ctx context.Context, dir string, b *forge.Build) (*forge.Plan, error) {
-		step := "sleep 100ms"
+		step := "block"
 		if b.Number == 2 {
-			step = "block"
+			step = "hold"
 		}
 		return &forge.Plan{Action: "execute", Jobs: []*forge.Job{{Name: "test", Steps: []forge.Step{{Name: "s", Run: step}}}}}, nil
 	})
-	s := newRunner(t, db, plan, func(o *runner.Options) { o.Grace = 500 * time.Millisecond })
+	// The grace is long enough for the released build to record its end
+	// under load; the long build holds the shutdown for all of it.
+	grace := testwait.Scale(3 * time.Second)
+	s := newRunner(t, db, plan, func(o *runner.Options) { o.Grace = grace })
 	short, long := queue(t, db, repo, "test"), queue(t, db, repo, "test")
 	stop := s.start(t)
 	waitStatus(t, db, long.ID, forge.StatusRunning)
 	waitActive(t, s, 2)
 	began := time.Now()
+	s.cancel()
+	close(s.be.release)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(began); d < 400*time.Millisecond || d > 30*time.Second { // the long build would block for ever
-		t.Errorf("shutdown took %v, want about the 500ms grace", d)
+	if d := time.Since(began); d < grace-100*time.Millisecond || d > grace+30*time.Second { // the long build would hold for ever
+		t.Errorf("shutdown took %v, want about the %v grace", d, grace)
 	}
 	if got := waitBuild(t, db, short.ID); got.Status != forge.StatusSuccess {
 		t.Errorf("short build = %s, want success within the grace period", got.Status)
@@ -583,8 +609,12 @@ func testTwoRunners(t *testing.T, db *sqldb.DB) {
 	})
 	// Replicas run with recovery on, recovering often, and the second
 	// starts while the first runs builds: neither takes the other's
-	// running builds for a dead server's.
-	replica := fast
+	// running builds for a dead server's. Their 40 builds' writes queue
+	// for SQLite's one writer lock, heartbeats among them: under make
+	// test-loaded a heartbeat waited more than fast's 3s window and the
+	// other replica ended six live builds as "server restarted", so the
+	// window here is 10s (recovery still runs several times meanwhile).
+	replica := func(o *runner.Options) { o.Heartbeat, o.Stale = 100*time.Millisecond, testwait.Scale(10*time.Second) }
 	s1 := newRunner(t, db, plan, replica)
 	s2 := newRunner(t, db, plan, replica)
 	var ids []int64
@@ -747,7 +777,17 @@ func TestManyLinesAreAllStoredInOrder(t *testing.T) {
 	s := newRunner(t, db, planOf("many 120000", "echo last"), nil)
 	b := queue(t, db, repo, "test")
 	s.start(t)
-	if got := waitBuild(t, db, b.ID); got.Status != forge.StatusSuccess {
+	// Storing 120,000 lines in SQLite under the race detector took more
+	// than testwait.Patience (2 minutes) on a loaded machine.
+	var got *forge.Build
+	testwait.Within(t, 10*time.Minute, "the build to finish", func() bool {
+		var err error
+		if got, err = db.Build(context.Background(), b.ID); err != nil {
+			t.Fatal(err)
+		}
+		return got.Status.Done()
+	})
+	if got.Status != forge.StatusSuccess {
 		t.Fatalf("build = %s %q", got.Status, got.Error)
 	}
 	j, _ := db.Jobs(context.Background(), b.ID)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // TestHostileInputsAreFast feeds Parse inputs on which the YAML library
@@ -39,12 +41,14 @@ func TestHostileInputsAreFast(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			start := time.Now()
+			start := testwait.CPU()
 			_, err := Parse("f.yml", []byte(tc.src))
 			// Unguarded, these take minutes; quiet, each takes under half
-			// a second. The bound leaves room for a CI machine under load.
-			if d := time.Since(start); d > 15*time.Second {
-				t.Errorf("took %v", d)
+			// a second (2s with the race detector). CPU time, not wall
+			// time: busy loops on every core stretched a parse past a wall
+			// clock bound of 15s without it doing any more work.
+			if d := testwait.CPU() - start; d > testwait.Scale(15*time.Second) {
+				t.Errorf("took %v of CPU time", d)
 			}
 			switch {
 			case tc.want == "" && err != nil:

@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/forgeci/forge"
+	"github.com/forgeci/forge/internal/dockertest"
 	"github.com/forgeci/forge/internal/moby"
 )
 
@@ -97,17 +97,14 @@ func setup() error {
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		return fmt.Errorf("the test images need Debian's busybox-static (/bin/busybox): %w", err)
 	}
-	dir, err := os.MkdirTemp("", "forge-swarm-test-")
+	// A binary of this process's own (dockertest.BuildForge), so that
+	// its forgexec volume is too: with one build ID for every run, test
+	// processes running at once (CI's packages, several checkouts) filled
+	// one volume while another ran the binary in it ("text file busy"),
+	// and each one's end removed it from under the others.
+	bin, err := dockertest.BuildForge()
 	if err != nil {
 		return err
-	}
-	bin := filepath.Join(dir, "forge")
-	// A build ID of its own: this package's forgexec volume is not the
-	// docker backend tests' one, which their end removes.
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-buildid=forge-swarm-test", "-o", bin, "github.com/forgeci/forge/cmd/forge")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building a static forge: %v\n%s", err, out)
 	}
 	forgeBin = bin
 	bctx, bcancel := context.WithTimeout(context.Background(), 5*time.Minute)

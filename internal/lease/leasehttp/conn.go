@@ -150,7 +150,11 @@ func (c *conn) serve() {
 func (c *conn) send(msg *wire.Message) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	// Nothing follows the message a connection goes off with: a grant
+	// queued after "the server is shutting down" (the holder's leases
+	// released as its own connection closed) made forge lease run its
+	// command on a lease about to end (TestLeaseServerGoesAwayWhileWaiting).
+	if c.closed || c.goingOff != 0 {
 		return
 	}
 	if len(c.out) >= c.s.opts.SendQueue {
@@ -504,16 +508,21 @@ func (c *conn) readMessage(typ websocket.MessageType, r io.Reader, bp *[]byte, m
 	more := frameBuffered(c.br)
 	c.cork(true)
 	handled := make(chan struct{}) // per message: an idle connection keeps none
+	// Working from now until the reader runs again, not only while the
+	// handler runs: a goroutine made runnable can wait seconds for a CPU
+	// on a loaded machine, and meanwhile a reader waiting for its handler
+	// looked like a silent client to the keepalive
+	// (TestBusyConnectionsKeepTheirLeases, make test-loaded).
+	c.work(true)
 	go func() {
-		c.work(true)
 		c.handle(*bp)
-		c.work(false)
 		close(handled)
 		if !more || c.backlog() >= maxCorked {
 			c.uncorkAndWrite()
 		}
 	}()
 	<-handled
+	c.work(false) // when the reader runs again, not before
 	return true
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/forgeci/forge"
 	wire "github.com/forgeci/forge/client/lease"
 	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // testEnv is a real server on loopback with its manager.
@@ -177,7 +178,8 @@ func req(pool string, count int, labels ...string) map[string]any {
 	return r
 }
 
-// next returns the next message, failing after 5s.
+// next returns the next message, failing after 30s: room for a loaded
+// machine (5s was not: make test-loaded).
 func (c *testClient) next() *wire.Message {
 	c.t.Helper()
 	select {
@@ -186,8 +188,8 @@ func (c *testClient) next() *wire.Message {
 			c.t.Fatalf("connection closed while waiting for a message")
 		}
 		return m
-	case <-time.After(5 * time.Second):
-		c.t.Fatalf("no message within 5s")
+	case <-time.After(testwait.Scale(30 * time.Second)):
+		c.t.Fatalf("no message within 30s")
 	}
 	return nil
 }
