@@ -194,6 +194,22 @@ func Dial(ctx context.Context, serverURL string, opts *Options) (*Client, error)
 	// The server's pings prove it alive; the watchdog reads lastSeen.
 	var lastSeen atomic.Int64
 	conn, hello, err := dialOnce(ctx, serverURL, wsURL, opts, &lastSeen)
+	// A server that answers 503 is there but not ready to lease (a
+	// replica while a lease leader is being elected or loads the state):
+	// ask again for a while rather than fail a client that came a moment
+	// early.
+	var nr notReady
+	for wait, start := 50*time.Millisecond, time.Now(); err != nil && errors.As(err, &nr) && time.Since(start) < notReadyPatience; wait = min(2*wait, time.Second) {
+		if opts.Logf != nil {
+			opts.Logf("%v; asking again", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, contextError(ctx)
+		case <-time.After(wait):
+		}
+		conn, hello, err = dialOnce(ctx, serverURL, wsURL, opts, &lastSeen)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -348,9 +364,22 @@ func handshakeError(wsURL string, resp *http.Response, err error) error {
 		return forge.WrapError(forge.EUNAUTHORIZED, err, fmt.Sprintf("lease server at %s wants an API token (HTTP 401)%s", wsURL, why))
 	case http.StatusForbidden:
 		return forge.WrapError(forge.EFORBIDDEN, err, fmt.Sprintf("lease server at %s refused the connection (HTTP 403)%s", wsURL, why))
+	case http.StatusServiceUnavailable:
+		return notReady{forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("lease server at %s is not ready to lease (HTTP 503)%s", wsURL, why))}
 	}
 	return forge.WrapError(forge.EUNAVAILABLE, err, fmt.Sprintf("%s answered HTTP %d instead of opening the lease WebSocket%s: is it a forge server?", wsURL, resp.StatusCode, why))
 }
+
+// notReadyPatience bounds how long Dial asks again a server that answers
+// 503 (not ready to lease yet): longer than a lease leader's election
+// after a failover, short enough that a server that stays unready is
+// reported.
+const notReadyPatience = 30 * time.Second
+
+// notReady is the handshake error of a server that answered 503.
+type notReady struct{ error }
+
+func (e notReady) Unwrap() error { return e.error }
 
 // contextError maps an ended ctx to ECANCELED or ETIMEOUT; nil while ctx
 // is live.

@@ -4,17 +4,23 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/forgeci/forge"
 	. "github.com/forgeci/forge/client/lease"
+	"github.com/forgeci/forge/internal/lease"
+	"github.com/forgeci/forge/internal/lease/leasehttp"
 	"github.com/forgeci/forge/internal/testwait"
 )
 
@@ -746,5 +752,57 @@ func TestReleaseBroken(t *testing.T) {
 	}
 	if err := l.ReleaseBroken(ctx, "again"); err != nil {
 		t.Errorf("second ReleaseBroken: %v, want nil (idempotent)", err)
+	}
+}
+
+// TestDialWaitsForAServerNotReady: a server answering 503 (a replica
+// while a lease leader is elected) is asked again until it leases; one
+// that stays unready ends the dial with the caller's context.
+func TestDialWaitsForAServerNotReady(t *testing.T) {
+	m, err := lease.NewMemory(twoDUTs(), lease.MemoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	s := leasehttp.NewServer(m, leasehttp.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	var asked atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if asked.Add(1) <= 3 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"code":"unavailable","message":"no lease leader right now: retry"}`)
+			return
+		}
+		s.Handler().ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	var logged atomic.Int32
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := Dial(ctx, hs.URL, &Options{Logf: func(format string, args ...any) {
+		if strings.Contains(fmt.Sprintf(format, args...), "no lease leader right now") {
+			logged.Add(1)
+		}
+	}})
+	if err != nil {
+		t.Fatalf("Dial = %v, want a connection once the server is ready", err)
+	}
+	defer c.Close()
+	if n := asked.Load(); n != 4 {
+		t.Errorf("the server was asked %d times, want 4", n)
+	}
+	if n := logged.Load(); n != 3 {
+		t.Errorf("Logf heard %d refusals, want 3", n)
+	}
+	acquire(t, c, Request{Pool: "dut"})
+
+	never := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer never.Close()
+	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := Dial(ctx, never.URL, nil); forge.ErrorCode(err) != forge.ETIMEOUT {
+		t.Errorf("Dial of a server never ready = %v, want %s when the context ends", err, forge.ETIMEOUT)
 	}
 }
