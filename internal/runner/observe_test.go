@@ -8,6 +8,7 @@ import (
 
 	"github.com/forgeci/forge"
 	"github.com/forgeci/forge/internal/runner"
+	"github.com/forgeci/forge/internal/testwait"
 )
 
 // changes records what a runner publishes.
@@ -42,10 +43,17 @@ func TestChangesPublishedOnce(t *testing.T) {
 	s.start(t)
 	waitBuild(t, db, b.ID)
 	waitJobs(t, db, b.ID, forge.StatusFailure)
+	// The build's end is published after it is stored: wait for it to be
+	// heard, not for the store (under load the observer came later).
+	want := "build running, job test running, job test failure, build failure"
+	testwait.For(t, "the build's end to be published", func() bool {
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		return len(obs.seen) >= 4
+	})
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
 	// The job was created queued: its first change is the start.
-	want := "build running, job test running, job test failure, build failure"
 	if got := strings.Join(obs.seen, ", "); got != want {
 		t.Errorf("published:\n%s\nwant\n%s", got, want)
 	}
